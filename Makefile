@@ -1,0 +1,37 @@
+# figsearch — quick start: `make demo` (build the demo corpus, model, index; serve API + UI)
+# and `make test` (lint, type-check, full test suite). Both create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint typecheck install browser clean bench-smoke
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's chromium for the end-to-end browser test (playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+lint: install
+	$(BIN)/ruff check figsearch indexer trainer ui tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install browser lint typecheck
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+demo: install
+	$(BIN)/python -m figsearch.demo
+
+clean:
+	rm -rf $(VENV) figsearch-data

@@ -1,0 +1,3 @@
+"""figsearch: semantic search over the figures of PubMed Central."""
+
+__version__ = "0.1.0"

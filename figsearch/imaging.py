@@ -1,0 +1,144 @@
+"""Safe image decoding and normalisation, shared by ingest and the API.
+
+Everything that reaches the model or the image store goes through :func:`open_image`:
+size caps (decompression bombs), truncated files, and every mode (CMYK, 16-bit, palette,
+alpha) converted to 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 90_000_000
+MAX_ASPECT = 50.0  # a 100k x 20 px strip is not a figure
+
+
+class ImageError(ValueError):
+    """An image that cannot or must not be decoded; the message says why."""
+
+
+@dataclass
+class StoredImage:
+    image_path: str  # relative to the images dir
+    thumb_path: str
+    width: int
+    height: int
+    orig_width: int
+    orig_height: int
+    sha256: str
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: rescale to 8 bits by the actual range, not by truncation.
+        lo, hi = img.getextrema()  # type: ignore[misc]
+        scale = 255.0 / max(1, int(hi) - int(lo))
+        img = img.point(lambda v: (v - lo) * scale).convert("L")
+    elif img.mode == "F":
+        img = img.convert("L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode bytes into an 8-bit RGB image, refusing bombs, truncation and absurd shapes."""
+    if not data:
+        raise ImageError("empty image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise ImageError(f"image has no pixels ({w}x{h})")
+            if w * h > max_pixels:
+                raise ImageError(
+                    f"image too large: {w}x{h} = {w * h} pixels (limit {max_pixels}); "
+                    "refused as a possible decompression bomb"
+                )
+            if max(w, h) / min(w, h) > MAX_ASPECT:
+                raise ImageError(f"image aspect ratio {w}x{h} is not a figure")
+            img.seek(0)  # animated images: the first frame
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return _to_rgb(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"refused as a possible decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"corrupt or truncated image: {exc}") from exc
+
+
+def _resized(img: Image.Image, max_side: int) -> Image.Image:
+    if max(img.size) <= max_side:
+        return img
+    out = img.copy()
+    out.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return out
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a partial image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _encode_jpeg(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def store_image(
+    data: bytes,
+    images_dir: str | Path,
+    max_side: int = 1024,
+    thumb_side: int = 256,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> StoredImage:
+    """Normalise an image and store it (and its thumbnail) content-addressed by sha256.
+
+    The same bytes always land at the same paths, so re-ingesting is idempotent.
+    """
+    img = open_image(data, max_pixels=max_pixels)
+    sha = hashlib.sha256(data).hexdigest()
+    images_dir = Path(images_dir)
+    rel = f"{sha[:2]}/{sha}.jpg"
+    thumb_rel = f"thumbs/{sha[:2]}/{sha}.jpg"
+    big = _resized(img, max_side)
+    if not (images_dir / rel).exists():
+        _atomic_write(images_dir / rel, _encode_jpeg(big, 90))
+    if not (images_dir / thumb_rel).exists():
+        _atomic_write(images_dir / thumb_rel, _encode_jpeg(_resized(img, thumb_side), 85))
+    return StoredImage(rel, thumb_rel, big.width, big.height, img.width, img.height, sha)
+
+
+def safe_image_path(images_dir: str | Path, rel: str) -> Path:
+    """Resolve a stored relative path inside ``images_dir``; refuse anything outside it."""
+    root = Path(images_dir).resolve()
+    path = (root / rel).resolve()
+    if root not in path.parents:
+        raise ImageError(f"path escapes the image directory: {rel!r}")
+    return path

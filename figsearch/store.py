@@ -1,0 +1,545 @@
+"""The figure store: SQLAlchemy 2 over SQLite (WAL) with an FTS5 index over captions.
+
+One class, :class:`FigureStore`, owns the database. Every article is written in one
+transaction, so a crash never leaves half an article; figures are upserted by their key so
+that their integer ids (also the FAISS ids) stay stable across re-ingests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from figsearch.licenses import COMMERCIAL_CLASSES
+from figsearch.records import ArticleRecord, FigureRecord
+
+SCHEMA_VERSION = 1
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Article(Base):
+    __tablename__ = "articles"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String, unique=True, index=True)
+    pmcid: Mapped[str | None] = mapped_column(String, index=True)
+    pmid: Mapped[str | None] = mapped_column(String)
+    doi: Mapped[str | None] = mapped_column(String)
+    title: Mapped[str] = mapped_column(Text, default="")
+    journal: Mapped[str] = mapped_column(String, default="", index=True)
+    year: Mapped[int | None] = mapped_column(Integer, index=True)
+    license_text: Mapped[str] = mapped_column(Text, default="")
+    license_url: Mapped[str] = mapped_column(String, default="")
+    license_class: Mapped[str] = mapped_column(String, default="none", index=True)
+    source: Mapped[str] = mapped_column(String, default="")
+    last_updated: Mapped[str | None] = mapped_column(String)
+    content_hash: Mapped[str] = mapped_column(String, default="")
+    retracted: Mapped[bool] = mapped_column(Boolean, default=False)
+    ingested_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+    figures: Mapped[list[Figure]] = relationship(
+        back_populates="article", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Figure(Base):
+    __tablename__ = "figures"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String, unique=True, index=True)
+    article_id: Mapped[int] = mapped_column(
+        ForeignKey("articles.id", ondelete="CASCADE"), index=True
+    )
+    fig_id: Mapped[str] = mapped_column(String)
+    label: Mapped[str] = mapped_column(String, default="")
+    caption: Mapped[str] = mapped_column(Text, default="")
+    image_path: Mapped[str | None] = mapped_column(String)
+    thumb_path: Mapped[str | None] = mapped_column(String)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    orig_width: Mapped[int | None] = mapped_column(Integer)
+    orig_height: Mapped[int | None] = mapped_column(Integer)
+    sha256: Mapped[str | None] = mapped_column(String, index=True)
+    has_image: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str] = mapped_column(String, default="")
+    figure_type: Mapped[str | None] = mapped_column(String, index=True)
+    figure_type_score: Mapped[float | None] = mapped_column(Float)
+    attributes: Mapped[str] = mapped_column(Text, default="{}")  # JSON (synthetic ground truth)
+
+    article: Mapped[Article] = relationship(back_populates="figures")
+
+
+class IngestError(Base):
+    """A skipped input and why. One row per (source, item, reason); reruns bump ``count``."""
+
+    __tablename__ = "ingest_errors"
+    __table_args__ = (UniqueConstraint("source", "item", "reason"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String)
+    item: Mapped[str] = mapped_column(String, default="")
+    stage: Mapped[str] = mapped_column(String, default="")
+    reason: Mapped[str] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    last_seen: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+class Embedding(Base):
+    """Cached image embeddings (float16) by image hash and model key, reused by rebuilds."""
+
+    __tablename__ = "embeddings"
+
+    sha256: Mapped[str] = mapped_column(String, primary_key=True)
+    model_key: Mapped[str] = mapped_column(String, primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+FTS_DDL = [
+    "CREATE VIRTUAL TABLE IF NOT EXISTS figures_fts USING fts5("
+    "caption, label, title, tokenize='porter unicode61 remove_diacritics 2')",
+    # Triggers keep the FTS rows in sync with every writer, ORM or not.
+    "CREATE TRIGGER IF NOT EXISTS figures_ai AFTER INSERT ON figures BEGIN "
+    "INSERT INTO figures_fts(rowid, caption, label, title) VALUES (new.id, new.caption, "
+    "new.label, (SELECT title FROM articles WHERE id = new.article_id)); END",
+    "CREATE TRIGGER IF NOT EXISTS figures_ad AFTER DELETE ON figures BEGIN "
+    "DELETE FROM figures_fts WHERE rowid = old.id; END",
+    "CREATE TRIGGER IF NOT EXISTS figures_au AFTER UPDATE OF caption, label, article_id "
+    "ON figures BEGIN DELETE FROM figures_fts WHERE rowid = old.id; "
+    "INSERT INTO figures_fts(rowid, caption, label, title) VALUES (new.id, new.caption, "
+    "new.label, (SELECT title FROM articles WHERE id = new.article_id)); END",
+    "CREATE TRIGGER IF NOT EXISTS articles_au AFTER UPDATE OF title ON articles BEGIN "
+    "UPDATE figures_fts SET title = new.title WHERE rowid IN "
+    "(SELECT id FROM figures WHERE article_id = new.id); END",
+]
+
+# Migrations: version -> list of SQL statements that bring the schema from version-1.
+MIGRATIONS: dict[int, list[str]] = {1: FTS_DDL}
+
+
+@dataclass
+class FigureFilter:
+    """Filters shared by dense, keyword and hybrid search."""
+
+    year_from: int | None = None
+    year_to: int | None = None
+    journal: str | None = None
+    commercial_only: bool = False
+    figure_type: str | None = None
+    pmcid: str | None = None
+    license_class: str | None = None
+
+    def is_empty(self) -> bool:
+        return not (
+            self.year_from or self.year_to or self.journal or self.commercial_only
+            or self.figure_type or self.pmcid or self.license_class
+        )
+
+    def sql(self) -> tuple[str, dict[str, Any]]:
+        """A WHERE fragment over ``figures f JOIN articles a`` and its parameters."""
+        clauses, params = ["a.retracted = 0"], {}
+        if self.year_from is not None:
+            clauses.append("a.year >= :year_from")
+            params["year_from"] = self.year_from
+        if self.year_to is not None:
+            clauses.append("a.year <= :year_to")
+            params["year_to"] = self.year_to
+        if self.journal:
+            clauses.append("lower(a.journal) = lower(:journal)")
+            params["journal"] = self.journal
+        if self.commercial_only:
+            names = sorted(COMMERCIAL_CLASSES)
+            marks = ", ".join(f":lc{i}" for i in range(len(names)))
+            clauses.append(f"a.license_class IN ({marks})")
+            params.update({f"lc{i}": n for i, n in enumerate(names)})
+        if self.license_class:
+            clauses.append("a.license_class = :license_class")
+            params["license_class"] = self.license_class
+        if self.figure_type:
+            clauses.append("f.figure_type = :figure_type")
+            params["figure_type"] = self.figure_type
+        if self.pmcid:
+            clauses.append("a.pmcid = :pmcid")
+            params["pmcid"] = self.pmcid
+        return " AND ".join(clauses), params
+
+
+@dataclass
+class UpsertResult:
+    status: str  # "added" | "updated" | "unchanged"
+    figures_added: int = 0
+    figures_updated: int = 0
+    figures_removed: int = 0
+
+
+_FTS_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def fts_query(user_text: str) -> str:
+    """Turn free text into a safe FTS5 query: quoted terms joined by OR.
+
+    User input never reaches FTS5's query syntax (quotes, ``*``, ``NEAR``, parentheses), so
+    no query can raise a syntax error; BM25 still ranks documents matching more terms first.
+    """
+    terms = [t for t in _FTS_TOKEN.findall(user_text.lower()) if t]
+    seen: list[str] = []
+    for t in terms:
+        if t not in seen:
+            seen.append(t)
+    return " OR ".join(f'"{t}"' for t in seen[:32])
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class FigureStore:
+    """The SQLite figure store. Safe to open from many processes (WAL, busy timeout)."""
+
+    def __init__(self, db_path: str | Path, create: bool = True) -> None:
+        self.path = Path(db_path)
+        if not create and not self.path.exists():
+            raise FileNotFoundError(f"no figure store at {self.path}; run `figsearch ingest` first")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(
+            f"sqlite:///{self.path}", connect_args={"timeout": 30, "check_same_thread": False}
+        )
+        event.listen(self.engine, "connect", _set_sqlite_pragmas)
+        self._migrate()
+
+    # -- schema -----------------------------------------------------------------------
+    def _migrate(self) -> None:
+        Base.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            row = conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).first()
+            current = int(row[0]) if row else 0
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for stmt in MIGRATIONS.get(version, []):
+                    conn.execute(text(stmt))
+            if current != SCHEMA_VERSION:
+                conn.execute(
+                    text("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', :v)"),
+                    {"v": str(SCHEMA_VERSION)},
+                )
+
+    def schema_version(self) -> int:
+        return int(self.get_meta("schema_version") or 0)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error."""
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- meta -------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self.session() as s:
+            m = s.get(Meta, key)
+            return m.value if m else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.session() as s:
+            s.merge(Meta(key=key, value=value))
+
+    # -- writing ----------------------------------------------------------------------
+    def article_state(self, key: str) -> tuple[str | None, str] | None:
+        """(last_updated, content_hash) of a stored article, or None."""
+        with self.session() as s:
+            row = s.execute(
+                select(Article.last_updated, Article.content_hash).where(Article.key == key)
+            ).first()
+            return (row[0], row[1]) if row else None
+
+    def upsert_article(self, rec: ArticleRecord, figures: Sequence[FigureRecord]) -> UpsertResult:
+        """Write an article and its figures in one transaction (skip when unchanged)."""
+        with self.session() as s:
+            art = s.execute(select(Article).where(Article.key == rec.key)).scalar_one_or_none()
+            if art is not None and art.content_hash == rec.content_hash and rec.content_hash:
+                if art.last_updated == rec.last_updated and not art.retracted:
+                    return UpsertResult("unchanged")
+            status = "updated" if art is not None else "added"
+            if art is None:
+                art = Article(key=rec.key)
+                s.add(art)
+            for name in ("pmcid", "pmid", "doi", "title", "journal", "year", "license_text",
+                         "license_url", "license_class", "source", "last_updated",
+                         "content_hash"):
+                setattr(art, name, getattr(rec, name))
+            art.retracted = False
+            art.ingested_at = _now()
+            s.flush()
+            result = UpsertResult(status)
+            self._sync_figures(s, art, figures, result)
+            return result
+
+    def _sync_figures(
+        self, s: Session, art: Article, figures: Sequence[FigureRecord], result: UpsertResult
+    ) -> None:
+        existing = {
+            f.fig_id: f for f in s.execute(select(Figure).where(Figure.article_id == art.id)).scalars()
+        }
+        wanted = {f.fig_id for f in figures}
+        for fig_id, row in existing.items():
+            if fig_id not in wanted:
+                s.delete(row)
+                result.figures_removed += 1
+        for rec in figures:
+            row = existing.get(rec.fig_id)
+            if row is None:
+                row = Figure(key=f"{art.key}/{rec.fig_id}", article_id=art.id, fig_id=rec.fig_id)
+                s.add(row)
+                result.figures_added += 1
+            else:
+                result.figures_updated += 1
+                if row.sha256 != rec.sha256:
+                    row.figure_type, row.figure_type_score = None, None
+            for name in ("label", "caption", "image_path", "thumb_path", "width", "height",
+                         "orig_width", "orig_height", "sha256", "source"):
+                setattr(row, name, getattr(rec, name))
+            row.has_image = rec.has_image
+            row.attributes = json.dumps(rec.attributes, sort_keys=True)
+
+    def remove_article(self, key: str) -> int:
+        """Delete an article (e.g. retracted) and its figures; returns figures removed."""
+        with self.session() as s:
+            art = s.execute(select(Article).where(Article.key == key)).scalar_one_or_none()
+            if art is None:
+                return 0
+            n = len(art.figures)
+            s.delete(art)
+            return n
+
+    def find_article_key(self, pmcid: str) -> str | None:
+        with self.session() as s:
+            return s.execute(select(Article.key).where(Article.pmcid == pmcid)).scalar()
+
+    def record_error(self, source: str, reason: str, item: str = "", stage: str = "") -> None:
+        """Record a skipped input; the same (source, item, reason) is counted, not duplicated."""
+        with self.session() as s:
+            row = s.execute(
+                select(IngestError).where(
+                    IngestError.source == source, IngestError.item == item,
+                    IngestError.reason == reason,
+                )
+            ).scalar_one_or_none()
+            if row is None:
+                s.add(IngestError(source=source, item=item, stage=stage, reason=reason))
+            else:
+                row.count += 1
+                row.last_seen = _now()
+
+    def errors(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.execute(select(IngestError).order_by(IngestError.id)).scalars()
+            return [
+                {"source": r.source, "item": r.item, "stage": r.stage, "reason": r.reason,
+                 "count": r.count}
+                for r in rows
+            ]
+
+    def set_figure_types(self, rows: Iterable[tuple[int, str, float]]) -> None:
+        """Store zero-shot figure types: (figure id, label, score)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE figures SET figure_type = :t, figure_type_score = :s WHERE id = :i"),
+                [{"i": int(i), "t": t, "s": float(sc)} for i, t, sc in rows],
+            )
+
+    # -- embeddings cache ---------------------------------------------------------------
+    def get_embeddings(self, sha256s: Sequence[str], model_key: str) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        with self.session() as s:
+            for i in range(0, len(sha256s), 500):
+                chunk = list(sha256s[i : i + 500])
+                rows = s.execute(
+                    select(Embedding.sha256, Embedding.vector).where(
+                        Embedding.model_key == model_key, Embedding.sha256.in_(chunk)
+                    )
+                )
+                for sha, blob in rows:
+                    out[sha] = np.frombuffer(blob, dtype=np.float16)
+        return out
+
+    def put_embeddings(self, items: Iterable[tuple[str, np.ndarray]], model_key: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("INSERT OR REPLACE INTO embeddings(sha256, model_key, vector) "
+                     "VALUES (:s, :m, :v)"),
+                [{"s": sha, "m": model_key, "v": np.asarray(v, np.float16).tobytes()}
+                 for sha, v in items],
+            )
+
+    # -- reading ----------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        with self.session() as s:
+            return {
+                "articles": s.scalar(select(func.count(Article.id))) or 0,
+                "figures": s.scalar(select(func.count(Figure.id))) or 0,
+                "figures_with_images": s.scalar(
+                    select(func.count(Figure.id)).where(Figure.has_image.is_(True))
+                ) or 0,
+                "errors": s.scalar(select(func.count(IngestError.id))) or 0,
+            }
+
+    def iter_figure_rows(
+        self, with_images_only: bool = True, batch: int = 2000
+    ) -> Iterator[list[tuple[int, str | None, str | None]]]:
+        """Batches of (id, image_path, sha256) in id order, for embedding."""
+        last = -1
+        cond = "AND f.has_image = 1" if with_images_only else ""
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    text(
+                        "SELECT f.id, f.image_path, f.sha256 FROM figures f "
+                        "JOIN articles a ON a.id = f.article_id "
+                        f"WHERE f.id > :last AND a.retracted = 0 {cond} ORDER BY f.id LIMIT :n"
+                    ),
+                    {"last": last, "n": batch},
+                ).all()
+            if not rows:
+                return
+            yield [(int(r[0]), r[1], r[2]) for r in rows]
+            last = int(rows[-1][0])
+
+    _FIGURE_COLUMNS = (
+        "f.id, f.key, f.fig_id, f.label, f.caption, f.image_path, f.thumb_path, f.width, "
+        "f.height, f.orig_width, f.orig_height, f.sha256, f.has_image, f.source, f.figure_type, "
+        "f.figure_type_score, f.attributes, a.pmcid, a.pmid, a.doi, a.title, a.journal, a.year, "
+        "a.license_class, a.license_text, a.license_url, a.key AS article_key"
+    )
+
+    def get_figures(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Figure + article metadata for the given ids (missing ids are absent)."""
+        out: dict[int, dict[str, Any]] = {}
+        ids = [int(i) for i in ids]
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ", ".join(f":i{j}" for j in range(len(chunk)))
+                rows = conn.execute(
+                    text(f"SELECT {self._FIGURE_COLUMNS} FROM figures f JOIN articles a "
+                         f"ON a.id = f.article_id WHERE f.id IN ({marks}) AND a.retracted = 0"),
+                    {f"i{j}": v for j, v in enumerate(chunk)},
+                ).mappings()
+                for r in rows:
+                    d = dict(r)
+                    d["attributes"] = json.loads(d["attributes"] or "{}")
+                    d["has_image"] = bool(d["has_image"])
+                    out[int(d["id"])] = d
+        return out
+
+    def get_figure(self, figure_id: int) -> dict[str, Any] | None:
+        return self.get_figures([figure_id]).get(int(figure_id))
+
+    def figure_ids_for_article(self, pmcid: str) -> list[int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT f.id FROM figures f JOIN articles a ON a.id = f.article_id "
+                     "WHERE (a.pmcid = :p OR a.key = :p) AND a.retracted = 0 ORDER BY f.id"),
+                {"p": pmcid},
+            ).all()
+        return [int(r[0]) for r in rows]
+
+    def filtered_ids(self, flt: FigureFilter) -> np.ndarray:
+        """All figure ids passing the filter (int64, sorted)."""
+        where, params = flt.sql()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(f"SELECT f.id FROM figures f JOIN articles a ON a.id = f.article_id "
+                     f"WHERE {where} ORDER BY f.id"),
+                params,
+            ).all()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def keyword_search(
+        self, query: str, limit: int, flt: FigureFilter | None = None
+    ) -> list[tuple[int, float]]:
+        """BM25 search over caption, label and title: [(figure id, score)], best first.
+
+        Scores are ``-bm25`` so that higher is better.
+        """
+        match = fts_query(query)
+        if not match:
+            return []
+        where, params = (flt or FigureFilter()).sql()
+        params.update({"match": match, "limit": int(limit)})
+        sql = (
+            "SELECT f.id, -bm25(figures_fts, 1.0, 0.5, 0.3) AS score FROM figures_fts "
+            "JOIN figures f ON f.id = figures_fts.rowid JOIN articles a ON a.id = f.article_id "
+            f"WHERE figures_fts MATCH :match AND {where} ORDER BY bm25(figures_fts, 1.0, 0.5, 0.3) "
+            "LIMIT :limit"
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(text(sql), params).all()
+        return [(int(r[0]), float(r[1])) for r in rows]
+
+    def distinct_values(self, column: str) -> list[str]:
+        """Distinct journals / figure types / license classes for UI pickers."""
+        allowed = {"journal": "a.journal", "figure_type": "f.figure_type",
+                   "license_class": "a.license_class"}
+        col = allowed[column]
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(f"SELECT DISTINCT {col} FROM figures f JOIN articles a ON a.id = f.article_id "
+                     f"WHERE {col} IS NOT NULL AND {col} != '' ORDER BY {col}")
+            ).all()
+        return [str(r[0]) for r in rows]
+
+    def integrity_ok(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+
+    def delete_figures_without_article(self) -> None:  # pragma: no cover - FK cascade covers it
+        with self.session() as s:
+            s.execute(delete(Figure).where(~Figure.article_id.in_(select(Article.id))))

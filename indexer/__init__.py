@@ -1,0 +1,1 @@
+"""PMC ingestion, synthetic corpus, batch embedding, index building and nightly rebuilds."""

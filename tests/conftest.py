@@ -1,0 +1,29 @@
+"""Shared fixtures. The real data lives in ../shared beside the checkout (never copied here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FIGSEARCH_SHARED", REPO.parent / "shared")) / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``: real PMC figures, JATS articles and packages, OA file lists."""
+    if not SHARED.is_dir():
+        pytest.fail(f"shared data not found at {SHARED} (set FIGSEARCH_SHARED)")
+    return SHARED
+
+
+@pytest.fixture()
+def store(tmp_path):
+    """An empty figure store in a temporary directory."""
+    from figsearch.store import FigureStore
+
+    s = FigureStore(tmp_path / "figsearch.db")
+    yield s
+    s.close()

@@ -1,0 +1,1 @@
+"""Contrastive training of BiomedCLIP-style models on the figure store (open_clip)."""

@@ -1,0 +1,1 @@
+"""The Streamlit research UI; talks to the API only through figsearch.client."""
