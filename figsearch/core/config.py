@@ -104,3 +104,16 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Process-wide settings from the environment (tests build their own Settings)."""
     return Settings()
+
+
+def settings_markdown() -> str:
+    """The settings table for the README (``python -m figsearch.core.config``)."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default if field.default not in ("", None) else "(empty)"
+        rows.append(f"| `FIGSEARCH_{name.upper()}` | `{default}` | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_markdown())
