@@ -50,10 +50,10 @@ def command(args: argparse.Namespace) -> int:
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {}
+    settings = Settings()
     if getattr(args, "data_dir", None):
-        overrides["data_dir"] = Path(args.data_dir)
-    return Settings(**overrides)
+        settings = settings.model_copy(update={"data_dir": Path(args.data_dir)})
+    return settings
 
 
 def build_parser(verb: str | None) -> argparse.ArgumentParser:

@@ -39,8 +39,8 @@ class StoredImage:
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit greyscale: rescale to 8 bits by the actual range, not by truncation.
-        lo, hi = img.getextrema()  # type: ignore[misc]
-        scale = 255.0 / max(1, int(hi) - int(lo))
+        lo, hi = (int(v) for v in img.getextrema())  # type: ignore[arg-type,union-attr]
+        scale = 255.0 / max(1, hi - lo)
         img = img.point(lambda v: (v - lo) * scale).convert("L")
     elif img.mode == "F":
         img = img.convert("L")
@@ -59,7 +59,7 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             w, h = img.size
             if w <= 0 or h <= 0:
                 raise ImageError(f"image has no pixels ({w}x{h})")

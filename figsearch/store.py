@@ -179,7 +179,8 @@ class FigureFilter:
 
     def sql(self) -> tuple[str, dict[str, Any]]:
         """A WHERE fragment over ``figures f JOIN articles a`` and its parameters."""
-        clauses, params = ["a.retracted = 0"], {}
+        clauses: list[str] = ["a.retracted = 0"]
+        params: dict[str, Any] = {}
         if self.year_from is not None:
             clauses.append("a.year >= :year_from")
             params["year_from"] = self.year_from
@@ -329,9 +330,9 @@ class FigureStore:
             f.fig_id: f for f in s.execute(select(Figure).where(Figure.article_id == art.id)).scalars()
         }
         wanted = {f.fig_id for f in figures}
-        for fig_id, row in existing.items():
+        for fig_id, old in existing.items():
             if fig_id not in wanted:
-                s.delete(row)
+                s.delete(old)
                 result.figures_removed += 1
         for rec in figures:
             row = existing.get(rec.fig_id)
