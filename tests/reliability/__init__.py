@@ -1,0 +1,1 @@
+"""Reliability and security tests: load, faults, hostile input, access control."""
