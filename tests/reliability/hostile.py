@@ -110,3 +110,62 @@ def xxe_article(target: str = "file:///etc/passwd") -> bytes:
         "</article-meta></front><body><fig id='f1'><label>Figure 1</label><caption><p>Caption "
         "&xxe; end</p></caption><graphic xlink:href='f1'/></fig></body></article>"
     ).encode()
+
+
+# -- archives -------------------------------------------------------------------------------
+MINI_ARTICLE = (
+    b'<?xml version="1.0"?><article xmlns:xlink="http://www.w3.org/1999/xlink"><front>'
+    b'<article-meta><article-id pub-id-type="pmc">PMC%d</article-id><title-group>'
+    b"<article-title>Hostile package %d</article-title></title-group></article-meta></front>"
+    b"<body><fig id='f1'><label>Figure 1</label><caption><p>A kinase cascade.</p></caption>"
+    b"<graphic xlink:href='f1'/></fig></body></article>"
+)
+
+
+def mini_article(n: int = 990_001) -> bytes:
+    """A minimal valid JATS article with one figure whose graphic is ``f1``."""
+    return MINI_ARTICLE % (n, n)
+
+
+def zip_bytes(members: list[tuple[str, bytes]], symlinks: dict[str, str] | None = None) -> bytes:
+    """A deflated zip of ``members``; ``symlinks`` adds link members (name -> target)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, target)
+    return buf.getvalue()
+
+
+def tar_gz_bytes(members: list[tuple[str, bytes]], links: dict[str, str] | None = None,
+                 hardlinks: dict[str, str] | None = None) -> bytes:
+    """A .tar.gz of ``members`` plus symlink/hardlink members (name -> target)."""
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for kind, table in ((tarfile.SYMTYPE, links or {}), (tarfile.LNKTYPE, hardlinks or {})):
+            for name, target in table.items():
+                info = tarfile.TarInfo(name)
+                info.type, info.linkname = kind, target
+                tf.addfile(info)
+    return buf.getvalue()
+
+
+def tar_gz_claiming(name: str, size: int) -> bytes:
+    """A .tar.gz whose single member header claims ``size`` bytes (data absent)."""
+    import gzip
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return gzip.compress(info.tobuf(format=tarfile.GNU_FORMAT) + b"\x00" * 1024)
