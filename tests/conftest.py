@@ -27,3 +27,14 @@ def store(tmp_path):
     s = FigureStore(tmp_path / "figsearch.db")
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny randomly initialised CLIP model (ViT + BERT) in open_clip's hub format.
+
+    ``load_model(str(tiny_model_dir))`` loads it without network (embed dim 32, 32 px images).
+    """
+    from tests.trainer.tiny import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-clip")
