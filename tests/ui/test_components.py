@@ -1,0 +1,144 @@
+"""Unit tests of the UI's pure helpers: URL state, safe highlighting, badges, export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ui import components as c
+
+RESULT = {
+    "id": 7, "rank": 1, "score": 0.8123, "label": "Fig. 3B", "figure_type": "pathway",
+    "figure_type_score": 0.91, "caption": "MAPK <signalling> & crosstalk",
+    "caption_highlighted": "<mark>MAPK</mark> &lt;signalling&gt; &amp; crosstalk",
+    "thumbnail_url": "http://api/v1/figures/7/thumbnail", "image_url": "http://api/v1/figures/7/image",
+    "pmcid": "PMC123", "article_url": "https://pmc.ncbi.nlm.nih.gov/articles/PMC123/",
+    "figure_url": "https://pmc.ncbi.nlm.nih.gov/articles/PMC123/figure/F3/",
+    "title": "A pathway atlas", "journal": "Viruses", "year": 2020, "license": "cc-by",
+    "license_url": "https://creativecommons.org/licenses/by/4.0/", "doi": "10.1/x", "source": "pmc",
+}
+
+
+def test_view_state_round_trips_through_url_params():
+    state = c.ViewState(q="p53 blot", mode="keyword", year_from=2015, year_to=2020,
+                        journal="PLoS One", commercial=True, figure_type="photo", k=48, page=3,
+                        fig=12, similar=5)
+    params = state.to_params()
+    assert params["q"] == "p53 blot" and params["commercial"] == "1" and params["page"] == "3"
+    assert c.ViewState.from_params(params) == state
+
+
+def test_default_view_has_empty_url_and_defaults_are_left_out():
+    assert c.ViewState().to_params() == {}
+    assert c.ViewState(q="x", mode="hybrid", k=c.DEFAULT_K, page=1).to_params() == {"q": "x"}
+
+
+def test_nonsense_url_values_fall_back_to_defaults():
+    state = c.ViewState.from_params({"mode": "evil", "k": "100000", "page": "-2", "fig": "abc",
+                                     "year_from": "20x", "commercial": "maybe"})
+    assert state == c.ViewState()
+
+
+def test_filters_and_offset_for_the_client():
+    state = c.ViewState(commercial=True, journal="Viruses", k=12, page=3)
+    assert state.filters() == {"year_from": None, "year_to": None, "journal": "Viruses",
+                               "license": "commercial", "figure_type": None}
+    assert state.offset == 24
+
+
+def test_search_source_precedence():
+    assert c.search_source(c.ViewState(q="x", similar=3), True) == "similar"
+    assert c.search_source(c.ViewState(q="x"), True) == "image"
+    assert c.search_source(c.ViewState(q="x"), False) == "text"
+    assert c.search_source(c.ViewState(), False) == "none"
+
+
+def test_safe_highlight_keeps_marks_and_escapes_everything_else():
+    hostile = '<mark>p53</mark><script>alert(1)</script> <img src=x onerror=alert(1)> &amp;'
+    out = c.safe_highlight(hostile)
+    assert "<script" not in out and "<img" not in out
+    assert out.startswith("<mark>p53</mark>&lt;script&gt;")
+    assert out.endswith("&amp;")  # already-escaped text is not double-escaped
+
+
+@given(st.text(max_size=300))
+def test_safe_highlight_never_lets_a_tag_through(text):
+    out = c.safe_highlight(text).replace("<mark>", "").replace("</mark>", "")
+    assert "<" not in out and ">" not in out
+
+
+def test_snippet_centres_on_the_first_highlight_and_stays_short():
+    caption = "word " * 200 + "<mark>TREM2</mark> signalling " + "tail " * 100
+    out = c.snippet(caption, max_chars=120)
+    assert "<mark>TREM2</mark>" in out
+    assert out.startswith("… ") and out.endswith(" …")
+    plain = out.replace("<mark>", "").replace("</mark>", "")
+    assert len(plain) <= 120 + 4
+
+
+def test_snippet_of_short_caption_is_the_whole_caption():
+    assert c.snippet("a <mark>b</mark> c") == "a <mark>b</mark> c"
+
+
+def test_license_badge_is_green_only_for_commercial_classes():
+    assert "fs-lic-ok" in c.license_badge("cc-by") and ">CC BY<" in c.license_badge("cc-by")
+    assert "fs-lic-nc" in c.license_badge("cc-by-nc")
+    assert "fs-lic-none" in c.license_badge("none")
+    assert "fs-lic-none" in c.license_badge(None)
+
+
+def test_type_badge_escapes_and_is_empty_without_type():
+    assert c.type_badge(None) == ""
+    assert "&lt;b&gt;" in c.type_badge("<b>")
+
+
+def test_attribution_line():
+    line = c.attribution(RESULT)
+    assert line == ("Figure 3B from A pathway atlas, Viruses 2020, PMCID PMC123, licensed CC BY "
+                    "(https://creativecommons.org/licenses/by/4.0/)")
+    synthetic = {"label": "", "title": "", "license": "none", "doi": None, "pmcid": None}
+    assert c.attribution(synthetic) == "Figure from an untitled article, licensed No license stated"
+
+
+def test_result_card_is_safe_and_complete():
+    hostile = {**RESULT, "title": '"><script>x</script>', "thumbnail_url": 'x" onerror="alert(1)'}
+    card = c.result_card_html(hostile)
+    assert "<script>" not in card and 'onerror="' not in card
+    card = c.result_card_html(RESULT)
+    for piece in ("Fig. 3B", "<mark>MAPK</mark>", "Viruses · 2020 · score 0.812", "fs-lic-ok",
+                  'src="http://api/v1/figures/7/thumbnail"', ">pathway<"):
+        assert piece in card
+
+
+def test_csv_export_has_all_columns_and_defuses_formulas():
+    text = c.results_to_csv([RESULT, {**RESULT, "id": 8, "caption": "=HYPERLINK(1)"}])
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == list(c.EXPORT_COLUMNS)
+    assert rows[0]["caption"] == RESULT["caption"] and rows[0]["pmcid"] == "PMC123"
+    assert rows[1]["caption"] == "'=HYPERLINK(1)"
+
+
+def test_json_export_keeps_the_response_and_the_view():
+    state = c.ViewState(q="mapk", commercial=True)
+    data = json.loads(c.results_to_json({"query": "mapk", "results": [RESULT]}, state))
+    assert data["view"] == {"q": "mapk", "commercial": "1"}
+    assert data["results"][0]["id"] == 7
+
+
+def test_export_basename():
+    assert c.export_basename(c.ViewState(q="MAPK signalling!", page=2), "text") == \
+        "figsearch-mapk-signalling-p2"
+    assert c.export_basename(c.ViewState(similar=9), "similar") == "figsearch-similar-9"
+
+
+def test_parse_facets_reads_the_api_shape_and_tolerates_gaps():
+    facets = c.parse_facets({"journals": ["Viruses", "PLoS One"], "figure_types": ["pathway"],
+                             "license_classes": ["cc-by"], "years": {"min": 2003, "max": 2021}})
+    assert facets.journals == ["Viruses", "PLoS One"] and facets.figure_types == ["pathway"]
+    assert (facets.year_min, facets.year_max) == (2003, 2021)
+    assert c.parse_facets(None) == c.Facets()
+    assert c.parse_facets({"years": {"min": None, "max": None}}).year_min is None

@@ -1,0 +1,360 @@
+"""Pure helpers of the research UI: URL state, safe highlighting, badges, attribution, export.
+
+Nothing here imports Streamlit, so every function is unit-tested directly
+(``tests/ui/test_components.py``); ``ui/app.py`` only lays these pieces out.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from figsearch.licenses import COMMERCIAL_CLASSES
+
+MODES = ("hybrid", "dense", "keyword")
+PAGE_SIZES = (12, 24, 48, 96)
+DEFAULT_K = 24
+
+#: How each license class is written for people.
+LICENSE_NAMES = {
+    "cc0": "CC0",
+    "public-domain": "Public domain",
+    "cc-by": "CC BY",
+    "cc-by-sa": "CC BY-SA",
+    "cc-by-nd": "CC BY-ND",
+    "cc-by-nc": "CC BY-NC",
+    "cc-by-nc-sa": "CC BY-NC-SA",
+    "cc-by-nc-nd": "CC BY-NC-ND",
+    "other": "Other license",
+    "none": "No license stated",
+}
+
+#: Columns of the CSV export, in order (all are keys of an API search result).
+EXPORT_COLUMNS = (
+    "rank", "id", "score", "label", "figure_type", "caption", "title", "journal", "year",
+    "pmcid", "doi", "license", "license_url", "article_url", "figure_url", "image_url",
+    "thumbnail_url", "source",
+)
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(str(text).strip()) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """Everything that defines a view; round-trips through the URL query string."""
+
+    q: str = ""
+    mode: str = "hybrid"
+    year_from: int | None = None
+    year_to: int | None = None
+    journal: str = ""
+    commercial: bool = False
+    figure_type: str = ""
+    k: int = DEFAULT_K
+    page: int = 1
+    fig: int | None = None  # figure shown in the detail view
+    similar: int | None = None  # figure whose neighbours are listed
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> ViewState:
+        """Parse URL query parameters, ignoring values that make no sense."""
+        k = _int_or_none(params.get("k"))
+        page = _int_or_none(params.get("page"))
+        mode = params.get("mode", "hybrid")
+        return cls(
+            q=params.get("q", "").strip(),
+            mode=mode if mode in MODES else "hybrid",
+            year_from=_int_or_none(params.get("year_from")),
+            year_to=_int_or_none(params.get("year_to")),
+            journal=params.get("journal", "").strip(),
+            commercial=params.get("commercial", "") in {"1", "true", "yes"},
+            figure_type=params.get("type", "").strip(),
+            k=k if k in PAGE_SIZES else DEFAULT_K,
+            page=page if page and page > 0 else 1,
+            fig=_int_or_none(params.get("fig")),
+            similar=_int_or_none(params.get("similar")),
+        )
+
+    def to_params(self) -> dict[str, str]:
+        """URL query parameters; defaults are left out so links stay short."""
+        values: dict[str, Any] = {
+            "q": self.q, "mode": self.mode if self.mode != "hybrid" else "",
+            "year_from": self.year_from, "year_to": self.year_to, "journal": self.journal,
+            "commercial": "1" if self.commercial else "", "type": self.figure_type,
+            "k": self.k if self.k != DEFAULT_K else None,
+            "page": self.page if self.page > 1 else None,
+            "similar": self.similar, "fig": self.fig,
+        }
+        return {key: str(v) for key, v in values.items() if v not in (None, "")}
+
+    def filters(self) -> dict[str, Any]:
+        """Filter keyword arguments for :class:`figsearch.client.FigSearchClient` calls."""
+        return {
+            "year_from": self.year_from,
+            "year_to": self.year_to,
+            "journal": self.journal or None,
+            "license": "commercial" if self.commercial else None,
+            "figure_type": self.figure_type or None,
+        }
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.k
+
+    def with_(self, **changes: Any) -> ViewState:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- highlighting -------------------------------------------------------------------------
+
+_MARK_SPLIT = re.compile(r"(</?mark>)", re.I)
+
+
+@dataclass
+class _Segment:
+    text: str
+    marked: bool
+
+
+def _segments(highlighted: str) -> list[_Segment]:
+    """Split API highlight markup into plain-text pieces, each marked or not.
+
+    The API escapes everything but ``<mark>``; we still unescape and re-escape each piece so
+    that nothing but ``<mark>`` can ever reach the page, whatever the server sends.
+    """
+    segments: list[_Segment] = []
+    marked = False
+    for token in _MARK_SPLIT.split(highlighted or ""):
+        low = token.lower()
+        if low == "<mark>":
+            marked = True
+        elif low == "</mark>":
+            marked = False
+        elif token:
+            segments.append(_Segment(html.unescape(token), marked))
+    return segments
+
+
+def _render(segments: Iterable[_Segment]) -> str:
+    out = []
+    for seg in segments:
+        text = html.escape(seg.text)
+        out.append(f"<mark>{text}</mark>" if seg.marked else text)
+    return "".join(out)
+
+
+def safe_highlight(highlighted: str) -> str:
+    """Return HTML with only ``<mark>`` tags kept and all other text escaped."""
+    return _render(_segments(highlighted))
+
+
+def _clip(segments: list[_Segment], start: int, length: int) -> list[_Segment]:
+    """The segments covering plain-text characters ``[start, start + length)``."""
+    out, pos = [], 0
+    for seg in segments:
+        lo, hi = max(start - pos, 0), min(start + length - pos, len(seg.text))
+        if lo < hi:
+            out.append(_Segment(seg.text[lo:hi], seg.marked))
+        pos += len(seg.text)
+    return out
+
+
+def snippet(highlighted: str, max_chars: int = 240, lead: int = 60) -> str:
+    """A safe HTML snippet of a highlighted caption, centred near the first highlight."""
+    segments = _segments(highlighted)
+    plain = "".join(s.text for s in segments)
+    if len(plain) <= max_chars:
+        return _render(segments)
+    first = 0
+    for seg in segments:
+        if seg.marked:
+            break
+        first += len(seg.text)
+    start = 0 if first >= len(plain) or first < max_chars - lead else first - lead
+    if start:
+        space = plain.find(" ", start)
+        start = space + 1 if 0 <= space < first else start
+    end = min(start + max_chars, len(plain))
+    if end < len(plain):
+        space = plain.rfind(" ", start + max_chars // 2, end)
+        end = space if space > 0 else end
+    body = _render(_clip(segments, start, end - start)).strip()
+    return ("… " if start else "") + body + (" …" if end < len(plain) else "")
+
+
+# --- badges and labels -------------------------------------------------------------------
+
+def license_name(license_class: str | None) -> str:
+    """Human name of a license class ("cc-by" -> "CC BY")."""
+    return LICENSE_NAMES.get(license_class or "none", license_class or "No license stated")
+
+
+def is_commercial(license_class: str | None) -> bool:
+    """True when the license class allows commercial reuse."""
+    return (license_class or "") in COMMERCIAL_CLASSES
+
+
+def license_badge(license_class: str | None) -> str:
+    """HTML badge: green for classes that allow commercial reuse, amber otherwise."""
+    kind = "ok" if is_commercial(license_class) else ("none" if license_class in (None, "none") else "nc")
+    tip = "commercial reuse allowed" if kind == "ok" else "check the license before reuse"
+    name = html.escape(license_name(license_class))
+    return f'<span class="fs-badge fs-lic-{kind}" title="{tip}">{name}</span>'
+
+
+def type_badge(figure_type: str | None, score: float | None = None) -> str:
+    """HTML badge with the figure type (and the classifier's confidence when known)."""
+    if not figure_type:
+        return ""
+    tip = f' title="confidence {score:.2f}"' if isinstance(score, (int, float)) else ""
+    return f'<span class="fs-badge fs-type"{tip}>{html.escape(figure_type)}</span>'
+
+
+def figure_number(label: str | None) -> str:
+    """The figure's number from its label ("Fig. 3B" -> "3B"), or "" when it has none."""
+    match = re.search(r"\d+[A-Za-z]?", label or "")
+    return match.group(0) if match else ""
+
+
+def attribution(fig: Mapping[str, Any]) -> str:
+    """One-line credit: "Figure k from <title>, <journal> <year>, PMCID …, licensed <license>"."""
+    number = figure_number(fig.get("label"))
+    parts = [f"Figure {number}" if number else (fig.get("label") or "Figure")]
+    parts[0] += f" from {fig.get('title') or 'an untitled article'}"
+    venue = " ".join(str(v) for v in (fig.get("journal"), fig.get("year")) if v)
+    if venue:
+        parts.append(venue)
+    if fig.get("pmcid"):
+        parts.append(f"PMCID {fig['pmcid']}")
+    elif fig.get("doi"):
+        parts.append(f"doi:{fig['doi']}")
+    licensed = f"licensed {license_name(fig.get('license'))}"
+    if fig.get("license_url"):
+        licensed += f" ({fig['license_url']})"
+    parts.append(licensed)
+    return ", ".join(parts)
+
+
+def meta_line(result: Mapping[str, Any]) -> str:
+    """Escaped "journal · year · score" line of a result card."""
+    bits = [str(result.get(key)) for key in ("journal", "year") if result.get(key)]
+    if isinstance(result.get("score"), (int, float)):
+        bits.append(f"score {result['score']:.3f}")
+    return html.escape(" · ".join(bits))
+
+
+def result_card_html(result: Mapping[str, Any]) -> str:
+    """The HTML body of one result card (the buttons are Streamlit widgets below it)."""
+    label = html.escape(result.get("label") or f"Figure #{result.get('id')}")
+    title = html.escape(result.get("title") or "")
+    caption = result.get("caption_highlighted") or html.escape(result.get("caption") or "")
+    thumb = html.escape(result.get("thumbnail_url") or "", quote=True)
+    img = f'<img class="fs-thumb" src="{thumb}" alt="{label}" loading="lazy">' if thumb else ""
+    return (
+        f'<div class="fs-card">{img}'
+        f'<div class="fs-head"><b>{label}</b> {type_badge(result.get("figure_type"), result.get("figure_type_score"))}'
+        f' {license_badge(result.get("license"))}</div>'
+        f'<div class="fs-title" title="{title}">{title}</div>'
+        f'<div class="fs-caption">{snippet(caption)}</div>'
+        f'<div class="fs-meta">{meta_line(result)}</div></div>'
+    )
+
+
+# --- export -------------------------------------------------------------------------------
+
+def _csv_cell(value: Any) -> Any:
+    """Neutralise spreadsheet formulas in text cells (captions are untrusted text)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def results_to_csv(results: Iterable[Mapping[str, Any]]) -> str:
+    """CSV text with one row per result and the columns of :data:`EXPORT_COLUMNS`."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for result in results:
+        writer.writerow({col: _csv_cell(result.get(col)) for col in EXPORT_COLUMNS})
+    return buffer.getvalue()
+
+
+def results_to_json(response: Mapping[str, Any], state: ViewState) -> str:
+    """JSON export: the API's response plus the view (query, filters, page) that produced it."""
+    payload = {"view": state.to_params(), **dict(response)}
+    return json.dumps(payload, ensure_ascii=False, indent=2)
+
+
+def export_basename(state: ViewState, source: str) -> str:
+    """File name stem for exports, e.g. ``figsearch-mapk-signalling-p2``."""
+    words = re.findall(r"[a-z0-9]+", state.q.lower())[:6] if source == "text" else [source]
+    if state.similar is not None and source == "similar":
+        words.append(str(state.similar))
+    stem = "-".join(["figsearch", *words])
+    return stem + (f"-p{state.page}" if state.page > 1 else "")
+
+
+# --- facets -------------------------------------------------------------------------------
+
+@dataclass
+class Facets:
+    """Values offered by the sidebar pickers (empty lists when the API has no facets)."""
+
+    journals: list[str] = field(default_factory=list)
+    figure_types: list[str] = field(default_factory=list)
+    year_min: int | None = None
+    year_max: int | None = None
+
+
+def _names(raw: Any) -> list[str]:
+    """Facet values from a list of strings, of {"value"|"name": …} dicts, or a {value: count} map."""
+    if isinstance(raw, Mapping):
+        return sorted(str(k) for k in raw if k)
+    names = []
+    for item in raw or []:
+        value = item.get("value", item.get("name")) if isinstance(item, Mapping) else item
+        if value not in (None, ""):
+            names.append(str(value))
+    return names
+
+
+def parse_facets(raw: Mapping[str, Any] | None) -> Facets:
+    """Read the API's ``/v1/facets`` answer into :class:`Facets`, tolerating missing parts."""
+    if not raw:
+        return Facets()
+    years = raw.get("years") or raw.get("year") or {}
+    if isinstance(years, Mapping):
+        lo, hi = _int_or_none(years.get("min")), _int_or_none(years.get("max"))
+    else:
+        values = [y for y in (_int_or_none(v) for v in _names(years)) if y is not None]
+        lo, hi = (min(values), max(values)) if values else (None, None)
+    return Facets(
+        journals=_names(raw.get("journals") or raw.get("journal")),
+        figure_types=_names(raw.get("figure_types") or raw.get("figure_type")),
+        year_min=lo,
+        year_max=hi,
+    )
+
+
+def search_source(state: ViewState, has_image: bool) -> str:
+    """Which search the view asks for: "similar" beats an uploaded "image" beats "text"."""
+    if state.similar is not None:
+        return "similar"
+    if has_image:
+        return "image"
+    return "text" if state.q else "none"
