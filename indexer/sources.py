@@ -1,0 +1,193 @@
+"""Sources that are not JATS packages: JSONL figure manifests and PMC OA file lists.
+
+A figure manifest (the format of ``shared/data/pmc-figures/figures.jsonl``) has one figure a
+line; its figures are grouped into one article per ``pmcid``. A PMC OA file list (legacy
+``oa_file_list.csv`` / ``.txt``, the bulk list with its ``Retracted`` column, or an
+``oa.fcgi`` response) becomes :class:`FileListEntry` rows that :mod:`indexer.remote`
+downloads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from indexer.jats import JatsError, normalise_pmcid, parse_xml
+
+MANIFEST_FIELDS = ("image", "pmcid", "figure_number", "caption")
+
+
+class FileListError(ValueError):
+    """A file list that cannot be read; the message says why."""
+
+
+# -- JSONL figure manifests ----------------------------------------------------------------
+@dataclass
+class ManifestGroup:
+    """The manifest rows of one article (same ``pmcid``), in file order."""
+
+    manifest: str  # path of the .jsonl file
+    pmcid: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _manifest_row(line: str, lineno: int) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"line {lineno}: not JSON ({exc.msg})") from exc
+    if not isinstance(row, dict):
+        raise ValueError(f"line {lineno}: not a JSON object")
+    missing = [f for f in MANIFEST_FIELDS if not row.get(f)]
+    if missing and not (row.get("caption") and row.get("pmcid")):
+        raise ValueError(f"line {lineno}: missing {', '.join(missing)}")
+    if not normalise_pmcid(str(row.get("pmcid"))):
+        raise ValueError(f"line {lineno}: bad pmcid {row.get('pmcid')!r}")
+    return row
+
+
+def read_manifest(path: Path) -> tuple[list[ManifestGroup], list[tuple[str, str]]]:
+    """Rows grouped by article, plus ``(item, reason)`` for every line that was skipped."""
+    groups: dict[str, ManifestGroup] = {}
+    problems: list[tuple[str, str]] = []
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = _manifest_row(line, lineno)
+            except ValueError as exc:
+                problems.append((f"{path.name}:{lineno}", str(exc)))
+                continue
+            pmcid = normalise_pmcid(str(row["pmcid"])) or ""
+            groups.setdefault(pmcid, ManifestGroup(str(path), pmcid)).rows.append(row)
+    return list(groups.values()), problems
+
+
+def manifest_fig_id(row: dict[str, Any], n: int) -> str:
+    """A figure id stable across runs: the PMC figure link's last part, else the number."""
+    link = str(row.get("pmc_figure_link") or "").rstrip("/")
+    if "/figure/" in link:
+        return link.rsplit("/", 1)[-1]
+    label = re.sub(r"[^A-Za-z0-9]+", "-", str(row.get("figure_number") or "")).strip("-")
+    return label or f"fig{n}"
+
+
+def manifest_year(value: Any) -> int | None:
+    """An int year from the manifest's ``year`` (int or string), else None."""
+    m = re.search(r"\d{4}", str(value or ""))
+    return int(m.group(0)) if m else None
+
+
+# -- PMC OA file lists ---------------------------------------------------------------------
+@dataclass
+class FileListEntry:
+    """One article of a PMC OA file list."""
+
+    path: str  # relative to the base URL (or absolute URL)
+    pmcid: str | None
+    pmid: str | None = None
+    last_updated: str | None = None
+    license: str = ""
+    citation: str = ""
+    retracted: bool = False
+
+    @property
+    def key(self) -> str | None:
+        return self.pmcid
+
+
+def _clean_pmid(value: str | None) -> str | None:
+    value = (value or "").strip()
+    if value.upper().startswith("PMID:"):
+        value = value[5:].strip()
+    return value or None
+
+
+def _column(row: dict[str, str], *prefixes: str) -> str:
+    for name, value in row.items():
+        if name and any(name.strip().lower().startswith(p) for p in prefixes):
+            return (value or "").strip()
+    return ""
+
+
+def _parse_csv(text: str) -> list[FileListEntry]:
+    entries = []
+    for row in csv.DictReader(io.StringIO(text)):
+        path = _column(row, "article file", "file")
+        if not path:
+            continue
+        entries.append(FileListEntry(
+            path=path,
+            pmcid=normalise_pmcid(_column(row, "accession", "accessionid")),
+            pmid=_clean_pmid(_column(row, "pmid")),
+            last_updated=_column(row, "last updated", "lastupdated") or None,
+            license=_column(row, "license"),
+            citation=_column(row, "article citation"),
+            retracted=_column(row, "retracted").lower() in ("yes", "y", "true", "1"),
+        ))
+    return entries
+
+
+def _parse_txt(text: str) -> list[FileListEntry]:
+    lines = text.splitlines()
+    entries = []
+    for line in lines[1:]:  # the first line is the list's own timestamp
+        cols = line.split("\t")
+        if len(cols) < 3 or not cols[0].strip():
+            continue
+        cols += [""] * (5 - len(cols))
+        entries.append(FileListEntry(
+            path=cols[0].strip(), pmcid=normalise_pmcid(cols[2]), pmid=_clean_pmid(cols[3]),
+            license=cols[4].strip(), citation=cols[1].strip(),
+        ))
+    return entries
+
+
+def _parse_fcgi(data: bytes) -> list[FileListEntry]:
+    try:
+        root = parse_xml(data)
+    except JatsError as exc:
+        raise FileListError(f"oa.fcgi response: {exc}") from exc
+    entries = []
+    for rec in root.iter("{*}record"):
+        links = {ln.get("format"): ln for ln in rec.iter("{*}link")}
+        link = links.get("tgz") or next(iter(links.values()), None)
+        if link is None or not link.get("href"):
+            continue
+        entries.append(FileListEntry(
+            path=link.get("href") or "", pmcid=normalise_pmcid(rec.get("id")),
+            last_updated=link.get("updated"), license=rec.get("license") or "",
+            citation=rec.get("citation") or "",
+            retracted=(rec.get("retracted") or "").lower() == "yes",
+        ))
+    return entries
+
+
+def parse_file_list(data: bytes) -> list[FileListEntry]:
+    """Entries of any PMC OA file-list format (detected from the content)."""
+    text = data.decode("utf-8", errors="replace").lstrip("\ufeff")
+    head = text.lstrip()[:200]
+    if head.startswith("<"):
+        return _parse_fcgi(text.encode("utf-8"))
+    first = text.splitlines()[0] if text else ""
+    if "," in first and ("file" in first.lower()):
+        return _parse_csv(text)
+    if re.match(r"\d{4}-\d{2}-\d{2}", first.strip()) or "\t" in text:
+        return _parse_txt(text)
+    raise FileListError("not a PMC OA file list (expected csv, tab-separated txt or oa.fcgi XML)")
+
+
+def updated_since(entries: Iterable[FileListEntry], since: date | None) -> list[FileListEntry]:
+    """Entries whose LastUpdated is on or after ``since`` (entries without a date are kept)."""
+    if since is None:
+        return list(entries)
+    cutoff = since.isoformat()
+    return [e for e in entries if not e.last_updated or e.last_updated[:10] >= cutoff]
