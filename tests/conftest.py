@@ -38,3 +38,34 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tests.trainer.tiny import make_tiny_model_dir
 
     return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+# -- search API fixtures (API helper) ----------------------------------------------------------
+@pytest.fixture(scope="session")
+def small_index_data_dir(tmp_path_factory, shared_data, tiny_model_dir) -> Path:
+    """A complete, real data dir for search/API/UI tests (session scope: do NOT modify it).
+
+    ``figsearch.db`` with 36 real PMC figures (real JPEGs from shared/data/pmc-figures, licenses
+    cc-by / cc-by-nc, figure types pathway / diagram), one article reusing the first figure's
+    image (pmcid PMC0000001, same sha256 -> collapsed by dedup) and one synthetic article
+    (key ``synthetic:SYNTH-7-1``, two ``chart`` figures, no PMC links); ``images/``; and one
+    FAISS index version built with ``tiny_model_dir`` (dim 32) as ``indexes/current``.
+    Copy it (``shutil.copytree(..., symlinks=True)``) or use
+    ``tests.figsearch.api_fixtures.make_small_index_data_dir`` for a mutable one.
+    """
+    from tests.figsearch.api_fixtures import make_small_index_data_dir
+
+    return make_small_index_data_dir(tmp_path_factory.mktemp("search-data"), shared_data,
+                                     tiny_model_dir)
+
+
+@pytest.fixture()
+def small_index_settings(small_index_data_dir, tiny_model_dir):
+    """Settings over ``small_index_data_dir`` for in-process apps: tiny model, no rate limit,
+    fast reload polling. Copy with ``model_copy(update=...)`` to change a limit."""
+    from figsearch.core.config import Settings
+
+    return Settings(
+        data_dir=small_index_data_dir, model=str(tiny_model_dir), device="cpu",
+        rate_limit_per_minute=0, reload_interval_s=0.2, admin_token="",
+    )

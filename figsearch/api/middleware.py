@@ -1,0 +1,175 @@
+"""Small ASGI middlewares: per-IP rate limiting, request body size limit, Prometheus metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+Scope = dict[str, Any]
+ASGIApp = Any
+#: Probes and scrapes are never rate limited.
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+    payload = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class TokenBuckets:
+    """One token bucket per key: ``per_minute`` capacity, refilled continuously."""
+
+    def __init__(self, per_minute: int, max_keys: int = 100_000) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last time)
+        self._lock = threading.Lock()
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """0 when a token was taken, else the seconds until one is available."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                wait = 0.0
+            else:
+                self._buckets[key] = (tokens, now)
+                wait = (1.0 - tokens) / self.rate
+            if len(self._buckets) > self.max_keys:
+                self._prune(now)
+            return wait
+
+    def _prune(self, now: float) -> None:
+        """Forget buckets that have refilled completely (they behave like new ones)."""
+        full = [k for k, (t, last) in self._buckets.items()
+                if t + (now - last) * self.rate >= self.capacity]
+        for k in full:
+            del self._buckets[k]
+
+
+class RateLimitMiddleware:
+    """429 with ``Retry-After`` once a client IP has used its per-minute budget."""
+
+    def __init__(self, app: ASGIApp, per_minute: int) -> None:
+        self.app = app
+        self.buckets = TokenBuckets(per_minute)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") in UNLIMITED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client") or ("unknown", 0)
+        wait = self.buckets.take(str(client[0]))
+        if wait > 0:
+            await _send_json(
+                send, 429,
+                {"detail": f"rate limit of {int(self.buckets.capacity)} requests per minute "
+                           f"exceeded; retry in {math.ceil(wait)} s"},
+                {"Retry-After": str(math.ceil(wait))},
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413: by Content-Length up front, and by
+    counting the streamed bytes (a client may lie or send chunked)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _message(self) -> dict[str, str]:
+        return {"detail": f"request body is over the {self.max_bytes / 2**20:g} MB limit"}
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _send_json(send, 413, self._message(), {"Connection": "close"})
+            return
+        state = {"seen": 0, "over": False, "started": False}
+
+        async def counting_receive() -> Any:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["seen"] += len(message.get("body", b""))
+                if state["seen"] > self.max_bytes:
+                    state["over"] = True
+                    raise _BodyTooLarge()
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            if state["over"]:
+                return  # whatever the app answers after the overflow, the answer is 413
+            state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except _BodyTooLarge:
+            pass
+        if state["over"] and not state["started"]:
+            await _send_json(send, 413, self._message(), {"Connection": "close"})
+
+
+class Metrics:
+    """Request counter and latency histogram by route template, in a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "figsearch_http_requests_total", "HTTP requests by route, method and status",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "figsearch_http_request_duration_seconds", "Request latency by route",
+            ["route", "method"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request; the route label is the path template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def recording_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = int(message["status"])
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(label, method, str(status["code"])).inc()
+            self.metrics.latency.labels(label, method).observe(time.perf_counter() - start)

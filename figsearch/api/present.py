@@ -1,0 +1,57 @@
+"""Turning store rows and search pages into the API's response models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from figsearch.api.schemas import FigureDetail, SearchResponse, SearchResult
+from figsearch.search import SearchPage, article_url, figure_url
+
+
+def links(figure: dict[str, Any], base_url: str) -> dict[str, str | None]:
+    """Image links on this API (None without an image) and PMC links (None for synthetic)."""
+    has_image = bool(figure.get("has_image") and figure.get("image_path"))
+    fid = int(figure["id"])
+    return {
+        "thumbnail_url": f"{base_url}/v1/figures/{fid}/thumbnail" if has_image else None,
+        "image_url": f"{base_url}/v1/figures/{fid}/image" if has_image else None,
+        "article_url": article_url(figure),
+        "figure_url": figure_url(figure),
+    }
+
+
+def _common(figure: dict[str, Any], base_url: str) -> dict[str, Any]:
+    return {
+        "id": int(figure["id"]), "label": figure.get("label") or "",
+        "caption": figure.get("caption") or "", "figure_type": figure.get("figure_type"),
+        "figure_type_score": figure.get("figure_type_score"), "pmcid": figure.get("pmcid"),
+        "title": figure.get("title") or "", "journal": figure.get("journal") or "",
+        "year": figure.get("year"), "license": figure.get("license_class") or "none",
+        "license_url": figure.get("license_url") or None, "doi": figure.get("doi"),
+        "source": figure.get("source") or "", **links(figure, base_url),
+    }
+
+
+def search_response(page: SearchPage, base_url: str) -> SearchResponse:
+    """The JSON of one search page."""
+    results = [
+        SearchResult(
+            rank=h.rank, score=round(float(h.score), 6), caption_highlighted=h.caption_highlighted,
+            **_common(h.figure, base_url),
+        )
+        for h in page.hits
+    ]
+    return SearchResponse(
+        query=page.query, mode=page.mode, k=page.k, offset=page.offset,
+        index_version=page.index_version, took_ms=page.took_ms, results=results,
+    )
+
+
+def figure_detail(figure: dict[str, Any], base_url: str, in_index: bool) -> FigureDetail:
+    """The JSON of one figure with its article metadata."""
+    return FigureDetail(
+        fig_id=str(figure.get("fig_id") or ""), width=figure.get("width"),
+        height=figure.get("height"), has_image=bool(figure.get("has_image")),
+        license_text=figure.get("license_text"), pmid=figure.get("pmid"), in_index=in_index,
+        attributes=figure.get("attributes") or {}, **_common(figure, base_url),
+    )

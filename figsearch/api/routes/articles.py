@@ -1,0 +1,42 @@
+"""Article route: an article's metadata and all its figures."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path
+
+from figsearch.api.deps import BaseUrlDep, StateDep, StoreDep
+from figsearch.api.present import figure_detail
+from figsearch.api.schemas import ArticleResponse, ErrorResponse
+from figsearch.search import article_url
+
+router = APIRouter(prefix="/v1/articles", tags=["articles"])
+
+
+@router.get(
+    "/{pmcid}", response_model=ArticleResponse,
+    responses={404: {"model": ErrorResponse, "description": "No such article"}},
+    summary="An article and its figures (by PMCID, or by article key for non-PMC articles)",
+)
+def get_article(
+    pmcid: Annotated[str, Path(max_length=300, examples=["PMC5519703"])],
+    store: StoreDep, state: StateDep, base_url: BaseUrlDep,
+) -> ArticleResponse:
+    ids = store.figure_ids_for_article(pmcid.strip())
+    figures = store.get_figures(ids) if ids else {}
+    if not figures:
+        raise HTTPException(404, f"no article {pmcid!r} with figures in the store")
+    loaded = state.current
+    details = [
+        figure_detail(f, base_url, bool(loaded and loaded.index.contains(fid)))
+        for fid, f in sorted(figures.items())
+    ]
+    first = figures[min(figures)]
+    return ArticleResponse(
+        pmcid=first.get("pmcid"), key=str(first.get("article_key") or ""),
+        title=first.get("title") or "", journal=first.get("journal") or "",
+        year=first.get("year"), doi=first.get("doi"), license=first.get("license_class") or "none",
+        license_url=first.get("license_url") or None, source=first.get("source") or "",
+        article_url=article_url(first), figures=details,
+    )

@@ -1,0 +1,106 @@
+"""Figure routes: metadata, similar figures, and the stored image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, Response
+
+from figsearch.api.deps import (
+    BaseUrlDep,
+    FilterDep,
+    KParam,
+    LoadedDep,
+    OffsetParam,
+    SettingsDep,
+    StateDep,
+    StoreDep,
+)
+from figsearch.api.present import figure_detail, search_response
+from figsearch.api.schemas import ErrorResponse, FigureDetail, SearchResponse
+from figsearch.imaging import ImageError, safe_image_path
+
+router = APIRouter(prefix="/v1/figures", tags=["figures"])
+FigureId = Annotated[int, PathParam(ge=1, le=2**62, description="Figure id.", examples=[1])]
+_404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "No such figure"}}
+#: Stored images are content-addressed (sha256 in the name), so they never change in place.
+CACHE_CONTROL = "public, max-age=86400"
+
+
+def _figure_or_404(store: Any, figure_id: int) -> dict[str, Any]:
+    figure = store.get_figure(figure_id)
+    if figure is None:
+        raise HTTPException(404, f"no figure with id {figure_id}")
+    return dict(figure)
+
+
+@router.get("/{figure_id}", response_model=FigureDetail, responses=_404,
+            summary="One figure with its article metadata and links")
+def get_figure(
+    figure_id: FigureId, store: StoreDep, state: StateDep, base_url: BaseUrlDep
+) -> FigureDetail:
+    figure = _figure_or_404(store, figure_id)
+    loaded = state.current
+    in_index = bool(loaded and loaded.index.contains(figure_id))
+    return figure_detail(figure, base_url, in_index)
+
+
+@router.get(
+    "/{figure_id}/similar", response_model=SearchResponse,
+    responses={**_404, 400: {"model": ErrorResponse, "description": "Bad filter"},
+               503: {"model": ErrorResponse, "description": "No index loaded yet"}},
+    summary="Figures that look like this one",
+    description="Nearest neighbours of the figure's stored embedding; the figure itself and "
+                "copies of its image are left out. Filters and paging as in /v1/search.",
+)
+def similar(
+    figure_id: FigureId, loaded: LoadedDep, flt: FilterDep, base_url: BaseUrlDep,
+    k: KParam = 20, offset: OffsetParam = 0,
+) -> SearchResponse:
+    page = loaded.service.similar(figure_id, k=k, offset=offset, flt=flt)
+    return search_response(page, base_url)
+
+
+def _image_file(
+    request: Request, figure_id: int, store: Any, images_dir: Path, thumbnail: bool
+) -> Response:
+    figure = _figure_or_404(store, figure_id)
+    rel = figure.get("thumb_path") if thumbnail else figure.get("image_path")
+    if not figure.get("has_image") or not rel:
+        raise HTTPException(404, f"figure {figure_id} has no stored image")
+    try:
+        path = safe_image_path(images_dir, str(rel))
+    except ImageError as exc:
+        raise HTTPException(404, f"figure {figure_id}: image not available ({exc})") from exc
+    if not path.is_file():
+        raise HTTPException(404, f"figure {figure_id}: image file is missing from the data dir")
+    etag = f'"{figure.get("sha256") or path.stem}{"-thumb" if thumbnail else ""}"'
+    headers = {"Cache-Control": CACHE_CONTROL, "ETag": etag}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type="image/jpeg", headers=headers)
+
+
+_IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_404, 200: {"content": {"image/jpeg": {}}, "description": "JPEG image"},
+    304: {"description": "Not modified (If-None-Match matched the ETag)"},
+}
+
+
+@router.get("/{figure_id}/image", response_class=FileResponse, responses=_IMAGE_RESPONSES,
+            summary="The stored figure image (JPEG, long side <= image_max_side)")
+def get_image(
+    request: Request, figure_id: FigureId, store: StoreDep, settings: SettingsDep
+) -> Response:
+    return _image_file(request, figure_id, store, settings.images_dir, thumbnail=False)
+
+
+@router.get("/{figure_id}/thumbnail", response_class=FileResponse, responses=_IMAGE_RESPONSES,
+            summary="The figure's thumbnail (JPEG, long side <= thumb_max_side)")
+def get_thumbnail(
+    request: Request, figure_id: FigureId, store: StoreDep, settings: SettingsDep
+) -> Response:
+    return _image_file(request, figure_id, store, settings.images_dir, thumbnail=True)

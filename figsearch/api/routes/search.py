@@ -1,0 +1,110 @@
+"""Search routes: text (GET), batch text/vector (POST JSON), image (POST multipart)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from figsearch.api.deps import (
+    BaseUrlDep,
+    FilterDep,
+    KParam,
+    LoadedDep,
+    OffsetParam,
+    SettingsDep,
+    StateDep,
+    build_filter,
+)
+from figsearch.api.errors import PayloadTooLarge
+from figsearch.api.present import search_response
+from figsearch.api.schemas import (
+    BatchSearchRequest,
+    BatchSearchResponse,
+    ErrorResponse,
+    Mode,
+    SearchResponse,
+)
+from figsearch.imaging import open_image
+from figsearch.search import SearchInputError
+
+router = APIRouter(prefix="/v1", tags=["search"])
+_ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorResponse, "description": "Bad query or filter"},
+           503: {"model": ErrorResponse, "description": "No index loaded yet"}}
+
+
+@router.get(
+    "/search", response_model=SearchResponse, responses=_ERRORS,
+    summary="Search figures by text",
+    description=(
+        "Hybrid (default: reciprocal rank fusion of dense CLIP retrieval and BM25 over captions),"
+        " dense or keyword search. Filters apply before truncation to `k`; near-duplicate images"
+        " are collapsed. Any text is accepted: FTS syntax and SQL-looking strings are searched"
+        " as plain words."
+    ),
+)
+def search(
+    loaded: LoadedDep, flt: FilterDep, base_url: BaseUrlDep,
+    q: Annotated[str, Query(description="Query text.", examples=["MAPK signalling pathway"])],
+    k: KParam = 20, offset: OffsetParam = 0,
+    mode: Annotated[Mode, Query(description="hybrid | dense | keyword")] = "hybrid",
+) -> SearchResponse:
+    page = loaded.service.search_text(q, k=k, offset=offset, mode=mode, flt=flt)
+    return search_response(page, base_url)
+
+
+@router.post(
+    "/search", response_model=BatchSearchResponse, responses=_ERRORS,
+    summary="Several queries in one call (text and/or raw embedding vectors)",
+    description=(
+        "Each query is `{\"q\": text}` or `{\"vector\": [floats]}` (the index's dimension, "
+        "finite; normalised here). Paging and filters apply to every query. A bad query fails "
+        "the whole call with 400 naming it (`queries[i]: ...`)."
+    ),
+)
+def search_batch(
+    body: BatchSearchRequest, loaded: LoadedDep, state: StateDep, base_url: BaseUrlDep
+) -> BatchSearchResponse:
+    flt = build_filter(state, body.year_from, body.year_to, body.journal, body.license,
+                       body.figure_type, body.pmcid)
+    responses = []
+    for i, item in enumerate(body.queries):
+        try:
+            if item.vector is not None:
+                page = loaded.service.search_vector(item.vector, k=body.k, offset=body.offset, flt=flt)
+            else:
+                page = loaded.service.search_text(
+                    item.q or "", k=body.k, offset=body.offset, mode=item.mode or body.mode, flt=flt
+                )
+        except SearchInputError as exc:
+            raise SearchInputError(f"queries[{i}]: {exc}") from exc
+        responses.append(search_response(page, base_url))
+    return BatchSearchResponse(responses=responses)
+
+
+@router.post(
+    "/search/image", response_model=SearchResponse,
+    responses={**_ERRORS, 413: {"model": ErrorResponse, "description": "Upload too large"}},
+    summary="Search figures by example image",
+    description=(
+        "Multipart upload in field `image` (PNG, JPEG, TIFF, GIF, WebP...). Filters and paging "
+        "are query parameters. Refused with 400: files that are not images, truncated images, "
+        "decompression bombs; with 413: uploads over `max_upload_mb`."
+    ),
+)
+async def search_image(
+    image: UploadFile, loaded: LoadedDep, flt: FilterDep,
+    settings: SettingsDep, base_url: BaseUrlDep, k: KParam = 20, offset: OffsetParam = 0,
+) -> SearchResponse:
+    limit = int(settings.max_upload_mb * 1024 * 1024)
+    data = await image.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"image is over the {settings.max_upload_mb:g} MB upload limit")
+    if not data:
+        raise HTTPException(400, "the uploaded image file is empty")
+    img = await run_in_threadpool(open_image, data, settings.max_image_pixels)
+    page = await run_in_threadpool(
+        loaded.service.search_image, img, k=k, offset=offset, flt=flt
+    )
+    return search_response(page, base_url)

@@ -1,0 +1,174 @@
+"""Request and response models of the HTTP API (the "API JSON" contract the UI consumes)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from figsearch.licenses import LICENSE_CLASSES
+
+Mode = Literal["hybrid", "dense", "keyword"]
+#: ``any`` = no license filter, ``commercial`` = classes allowing commercial reuse, else one class.
+LICENSE_CHOICES = ("any", "commercial", *LICENSE_CLASSES)
+MAX_BATCH_QUERIES = 32
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer."""
+
+    detail: str = Field(description="What is wrong, in words.", examples=["query is empty"])
+
+
+class ValidationErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(BaseModel):
+    """422: the request did not match the schema; ``detail`` summarises ``errors``."""
+
+    detail: str = Field(examples=["query parameter k: Input should be greater than or equal to 1"])
+    errors: list[ValidationErrorItem]
+
+
+class FigureLinks(BaseModel):
+    thumbnail_url: str | None = Field(description="Thumbnail JPEG served by this API.")
+    image_url: str | None = Field(description="Full-size JPEG served by this API.")
+    article_url: str | None = Field(description="PMC article page; null for synthetic figures.")
+    figure_url: str | None = Field(description="PMC figure page; null for synthetic figures.")
+
+
+class FigureBase(FigureLinks):
+    id: int = Field(description="Figure id (stable; also the FAISS id).", examples=[42])
+    label: str = Field(examples=["Figure 2"])
+    caption: str
+    figure_type: str | None = Field(description="Zero-shot figure type, if classified.")
+    figure_type_score: float | None
+    pmcid: str | None = Field(examples=["PMC5519703"])
+    title: str = Field(description="Article title.")
+    journal: str
+    year: int | None
+    license: str = Field(description="License class, e.g. cc-by, cc-by-nc, none.")
+    license_url: str | None
+    doi: str | None
+    source: str = Field(description="Where the figure came from, e.g. pmc, synthetic.")
+
+
+class SearchResult(FigureBase):
+    rank: int = Field(description="1-based rank over all pages.", examples=[1])
+    score: float = Field(description="Cosine similarity (dense), BM25 (keyword) or RRF (hybrid).")
+    caption_highlighted: str = Field(
+        description="HTML-escaped caption with query terms wrapped in <mark></mark>."
+    )
+
+
+class SearchResponse(BaseModel):
+    query: str
+    mode: str
+    k: int
+    offset: int
+    index_version: str
+    took_ms: float
+    results: list[SearchResult]
+
+
+class FigureDetail(FigureBase):
+    fig_id: str = Field(description="The figure's id inside its article (JATS fig/@id).")
+    width: int | None
+    height: int | None
+    has_image: bool
+    license_text: str | None
+    pmid: str | None
+    in_index: bool = Field(description="Whether the current index holds this figure's vector.")
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class ArticleResponse(BaseModel):
+    pmcid: str | None
+    key: str
+    title: str
+    journal: str
+    year: int | None
+    doi: str | None
+    license: str
+    license_url: str | None
+    source: str
+    article_url: str | None
+    figures: list[FigureDetail]
+
+
+class YearRange(BaseModel):
+    min: int | None
+    max: int | None
+
+
+class FacetsResponse(BaseModel):
+    journals: list[str]
+    figure_types: list[str]
+    license_classes: list[str]
+    license_options: list[str] = Field(description="Values accepted by the `license` filter.")
+    years: YearRange
+
+
+class StatsResponse(BaseModel):
+    ready: bool
+    index_version: str | None
+    index_count: int
+    index_factory: str | None
+    index_built_at: str | None
+    model_spec: str | None
+    model_key: str | None
+    dim: int | None
+    store: dict[str, int]
+    reloads: int
+    last_reload_error: str | None
+
+
+class BatchQuery(BaseModel):
+    """One query of a batch: text (``q``) or a raw embedding (``vector``), not both."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"q": "MAPK signalling"}]})
+
+    q: str | None = Field(None, description="Text query.")
+    vector: list[float] | None = Field(
+        None, description="Query embedding (the index's dimension; normalised by the server)."
+    )
+    mode: Mode | None = Field(None, description="Mode for a text query; default: the batch mode.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> BatchQuery:
+        if (self.q is None) == (self.vector is None):
+            raise ValueError("give exactly one of `q` (text) or `vector` (embedding)")
+        return self
+
+
+class BatchSearchRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"queries": [{"q": "TREM2 signaling"}, {"q": "apoptosis pathway"}],
+                          "k": 5, "mode": "hybrid", "license": "commercial"}]
+        }
+    )
+
+    queries: list[BatchQuery] = Field(min_length=1, max_length=MAX_BATCH_QUERIES)
+    k: int = Field(20, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=100_000)
+    mode: Mode = "hybrid"
+    year_from: int | None = Field(None, ge=1000, le=3000)
+    year_to: int | None = Field(None, ge=1000, le=3000)
+    journal: str | None = Field(None, max_length=300)
+    license: Literal[LICENSE_CHOICES] | None = None  # type: ignore[valid-type]
+    figure_type: str | None = Field(None, max_length=100)
+    pmcid: str | None = Field(None, max_length=40)
+
+
+class BatchSearchResponse(BaseModel):
+    responses: list[SearchResponse] = Field(description="One response per query, in order.")
+
+
+class ReloadResponse(BaseModel):
+    reloaded: bool
+    index_version: str | None
+    previous_version: str | None

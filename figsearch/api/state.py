@@ -1,0 +1,144 @@
+"""The hot-reloadable search state: one loaded index version + model, swapped atomically.
+
+:class:`AppState` holds a reference to a frozen :class:`Loaded` snapshot. A request takes the
+snapshot once (``state.current``) and uses it to the end, so a swap never changes the index
+under a request in flight: the old version stays alive until its last request drops it.
+
+A reload loads the new version *fully* (FAISS index, ids, vectors, model, ``check_model``) before
+assigning the new snapshot - a single reference assignment, atomic in CPython. A version that
+fails to load is logged and remembered (``last_error``); the previous version keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from figsearch.core.config import Settings
+from figsearch.index import IndexLoadError, SearchIndex, current_version_dir
+from figsearch.search import SearchService
+from figsearch.store import FigureStore
+
+log = logging.getLogger("figsearch.api")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One servable version: index + encoder + the service over them."""
+
+    version: str
+    version_dir: Path
+    index: SearchIndex
+    encoder: Any
+    service: SearchService
+    loaded_at: float
+    figure_types: frozenset[str] = field(default_factory=frozenset)
+
+
+class AppState:
+    """Store, current snapshot and reload logic of one API process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store: FigureStore | None = None
+        self.current: Loaded | None = None
+        self.last_error: str | None = None
+        self._failed: tuple[Path, float] | None = None  # (version dir, mtime) that failed
+        self._reload_lock = threading.Lock()
+        self._encoders: dict[str, Any] = {}
+        self.reloads = 0
+
+    # -- store ---------------------------------------------------------------------------
+    @property
+    def store(self) -> FigureStore | None:
+        """The figure store, opened on first use (None while the database does not exist)."""
+        if self._store is None and self.settings.db_path.exists():
+            self._store = FigureStore(self.settings.db_path, create=False)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    # -- reloading -----------------------------------------------------------------------
+    def reload(self, force: bool = False) -> bool:
+        """Load ``indexes/current`` if it changed (or ``force``); True when a swap happened.
+
+        Raises :class:`IndexLoadError` / model errors when the new version cannot be served;
+        the old snapshot stays in place then.
+        """
+        with self._reload_lock:
+            target = current_version_dir(self.settings.indexes_dir)
+            if target is None:
+                raise IndexLoadError(f"no index in {self.settings.indexes_dir}; run `figsearch index`")
+            old = self.current
+            if not force and old is not None and old.version_dir == target:
+                return False
+            try:
+                loaded = self._load(target)
+            except Exception as exc:
+                self.last_error = f"{target.name}: {exc}"
+                self._failed = (target, _mtime(target))
+                raise
+            self.current = loaded  # the atomic swap
+            self.last_error, self._failed = None, None
+            self.reloads += 1
+            self._drop_unused_encoders()
+            log.info("serving index version %s (%d vectors)", loaded.version, loaded.index.ntotal)
+            return True
+
+    def poll_once(self) -> None:
+        """One poll of ``indexes/current``: reload if it moved; errors are logged, not raised."""
+        target = current_version_dir(self.settings.indexes_dir)
+        if target is None or (self.current is not None and self.current.version_dir == target):
+            return
+        if self._failed == (target, _mtime(target)):
+            return  # already failed on this exact version; wait for a new one
+        try:
+            self.reload()
+        except Exception as exc:  # keep serving the old version whatever went wrong
+            log.error("cannot load index version %s: %s", target.name, exc)
+
+    async def poll_forever(self) -> None:
+        """Background task: poll every ``settings.reload_interval_s`` seconds."""
+        while True:
+            await asyncio.to_thread(self.poll_once)
+            await asyncio.sleep(max(self.settings.reload_interval_s, 0.05))
+
+    def _load(self, version_dir: Path) -> Loaded:
+        store = self.store
+        if store is None:
+            raise IndexLoadError(f"no figure store at {self.settings.db_path}")
+        index = SearchIndex.load(version_dir, nprobe=self.settings.nprobe)
+        encoder = self._encoder_for(index)
+        index.check_model(encoder.model_key, encoder.dim)
+        service = SearchService(store, index, encoder, self.settings)
+        types = frozenset(store.distinct_values("figure_type"))
+        return Loaded(index.version, version_dir, index, encoder, service, time.time(), types)
+
+    def _encoder_for(self, index: SearchIndex) -> Any:
+        from figsearch.encoders import load_model, resolve_model_spec
+
+        spec = self.settings.model or str(index.manifest.get("model_spec") or "")
+        spec = spec or resolve_model_spec(self.settings)
+        if spec not in self._encoders:
+            self._encoders[spec] = load_model(
+                spec, device=self.settings.device or None, batch_size=self.settings.batch_size
+            )
+        return self._encoders[spec]
+
+    def _drop_unused_encoders(self) -> None:
+        live = self.current.encoder if self.current else None
+        self._encoders = {s: e for s, e in self._encoders.items() if e is live}
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
