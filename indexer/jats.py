@@ -92,9 +92,14 @@ def parse_xml(data: bytes) -> etree._Element:
             "entity-expansion attack"
         )
     try:
-        return etree.fromstring(data, parser=secure_parser())
+        root = etree.fromstring(data, parser=secure_parser())
     except etree.XMLSyntaxError as exc:
         raise JatsError(f"malformed XML: {exc}") from exc
+    dtd = root.getroottree().docinfo.internalDTD
+    if dtd is not None and any(True for _ in dtd.iterentities()):
+        # Second line of defence: the entities were not expanded, but refuse the document.
+        raise JatsError("XML declares its own entities in its DTD; refused")
+    return root
 
 
 def normalise_space(text: str) -> str:
