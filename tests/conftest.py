@@ -62,10 +62,12 @@ def small_index_data_dir(tmp_path_factory, shared_data, tiny_model_dir) -> Path:
 @pytest.fixture()
 def small_index_settings(small_index_data_dir, tiny_model_dir):
     """Settings over ``small_index_data_dir`` for in-process apps: tiny model, no rate limit,
-    fast reload polling. Copy with ``model_copy(update=...)`` to change a limit."""
+    fast reload polling, and ``dedup_threshold=0.99999`` because the random tiny model maps all
+    images to nearly the same direction (exact copies are still collapsed by sha256). Copy with
+    ``model_copy(update=...)`` to change a limit."""
     from figsearch.core.config import Settings
 
     return Settings(
         data_dir=small_index_data_dir, model=str(tiny_model_dir), device="cpu",
-        rate_limit_per_minute=0, reload_interval_s=0.2, admin_token="",
+        rate_limit_per_minute=0, reload_interval_s=0.2, admin_token="", dedup_threshold=0.99999,
     )

@@ -112,6 +112,11 @@ OffsetParam = Annotated[
     int, Query(ge=0, le=100_000, description="Results to skip (<= settings.max_offset).")
 ]
 
+DedupParam = Annotated[
+    bool, Query(description="Collapse near-duplicate images (same sha256 or cosine > "
+                            "settings.dedup_threshold). Default true.")
+]
+
 
 def require_admin(request: Request, settings: SettingsDep) -> None:
     """Bearer-token check; admin routes answer 404 while ``settings.admin_token`` is empty."""

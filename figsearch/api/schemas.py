@@ -156,6 +156,7 @@ class BatchSearchRequest(BaseModel):
     k: int = Field(20, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=100_000)
     mode: Mode = "hybrid"
+    dedup: bool = Field(True, description="Collapse near-duplicate images.")
     year_from: int | None = Field(None, ge=1000, le=3000)
     year_to: int | None = Field(None, ge=1000, le=3000)
     journal: str | None = Field(None, max_length=300)

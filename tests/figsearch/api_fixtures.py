@@ -13,7 +13,12 @@ index from :func:`indexer.build.build_version`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +148,39 @@ def make_small_index_data_dir(data_dir: Path, shared_data: Path, model_dir: Path
     encoder = load_model(str(model_dir), device="cpu")
     build_index(data_dir, encoder, str(model_dir))
     return data_dir
+
+
+# -- app / server helpers -------------------------------------------------------------------
+def loaded_app(settings: Settings, start_poller: bool = False) -> Any:
+    """A FastAPI app whose state has already loaded ``indexes/current`` (ready at once)."""
+    from figsearch.api.main import create_app
+    from figsearch.api.state import AppState
+
+    state = AppState(settings)
+    state.reload()
+    return create_app(settings, state=state, start_poller=start_poller)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn server on 127.0.0.1 (random port); yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

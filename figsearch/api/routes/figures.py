@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, Response
 
 from figsearch.api.deps import (
     BaseUrlDep,
+    DedupParam,
     FilterDep,
     KParam,
     LoadedDep,
@@ -58,9 +59,9 @@ def get_figure(
 )
 def similar(
     figure_id: FigureId, loaded: LoadedDep, flt: FilterDep, base_url: BaseUrlDep,
-    k: KParam = 20, offset: OffsetParam = 0,
+    k: KParam = 20, offset: OffsetParam = 0, dedup: DedupParam = True,
 ) -> SearchResponse:
-    page = loaded.service.similar(figure_id, k=k, offset=offset, flt=flt)
+    page = loaded.service.similar(figure_id, k=k, offset=offset, flt=flt, dedup=dedup)
     return search_response(page, base_url)
 
 

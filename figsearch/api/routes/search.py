@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from figsearch.api.deps import (
     BaseUrlDep,
+    DedupParam,
     FilterDep,
     KParam,
     LoadedDep,
@@ -49,8 +50,9 @@ def search(
     q: Annotated[str, Query(description="Query text.", examples=["MAPK signalling pathway"])],
     k: KParam = 20, offset: OffsetParam = 0,
     mode: Annotated[Mode, Query(description="hybrid | dense | keyword")] = "hybrid",
+    dedup: DedupParam = True,
 ) -> SearchResponse:
-    page = loaded.service.search_text(q, k=k, offset=offset, mode=mode, flt=flt)
+    page = loaded.service.search_text(q, k=k, offset=offset, mode=mode, flt=flt, dedup=dedup)
     return search_response(page, base_url)
 
 
@@ -72,10 +74,13 @@ def search_batch(
     for i, item in enumerate(body.queries):
         try:
             if item.vector is not None:
-                page = loaded.service.search_vector(item.vector, k=body.k, offset=body.offset, flt=flt)
+                page = loaded.service.search_vector(
+                    item.vector, k=body.k, offset=body.offset, flt=flt, dedup=body.dedup
+                )
             else:
                 page = loaded.service.search_text(
-                    item.q or "", k=body.k, offset=body.offset, mode=item.mode or body.mode, flt=flt
+                    item.q or "", k=body.k, offset=body.offset, mode=item.mode or body.mode,
+                    flt=flt, dedup=body.dedup,
                 )
         except SearchInputError as exc:
             raise SearchInputError(f"queries[{i}]: {exc}") from exc
@@ -96,6 +101,7 @@ def search_batch(
 async def search_image(
     image: UploadFile, loaded: LoadedDep, flt: FilterDep,
     settings: SettingsDep, base_url: BaseUrlDep, k: KParam = 20, offset: OffsetParam = 0,
+    dedup: DedupParam = True,
 ) -> SearchResponse:
     limit = int(settings.max_upload_mb * 1024 * 1024)
     data = await image.read(limit + 1)
@@ -105,6 +111,6 @@ async def search_image(
         raise HTTPException(400, "the uploaded image file is empty")
     img = await run_in_threadpool(open_image, data, settings.max_image_pixels)
     page = await run_in_threadpool(
-        loaded.service.search_image, img, k=k, offset=offset, flt=flt
+        loaded.service.search_image, img, k=k, offset=offset, flt=flt, dedup=dedup
     )
     return search_response(page, base_url)
