@@ -22,7 +22,7 @@ from figsearch.search import FigureNotFound, SearchInputError
 
 log = logging.getLogger("figsearch.api")
 
-_LOCATIONS = {"query": "query parameter", "path": "path parameter", "body": "body",
+_LOCATIONS = {"query": "query parameter", "path": "path parameter", "body": "body field",
               "header": "header", "form": "form field", "cookie": "cookie"}
 
 
