@@ -159,7 +159,7 @@ def _parse_fcgi(data: bytes) -> list[FileListEntry]:
     entries = []
     for rec in root.iter("{*}record"):
         links = {ln.get("format"): ln for ln in rec.iter("{*}link")}
-        link = links.get("tgz") or next(iter(links.values()), None)
+        link = links["tgz"] if "tgz" in links else next(iter(links.values()), None)
         if link is None or not link.get("href"):
             continue
         entries.append(FileListEntry(
