@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -57,3 +59,24 @@ def streamlit_server(api_url: str, log_path: Path) -> Iterator[str]:
 
 
 
+
+
+@contextmanager
+def api_server(settings: Any) -> Iterator[str]:
+    """The real figsearch API (uvicorn in a thread) on a free loopback port; yields its URL."""
+    import uvicorn
+
+    from figsearch.api.main import create_app
+
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="figsearch-api", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/readyz", timeout=120)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

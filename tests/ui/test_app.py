@@ -1,0 +1,197 @@
+"""The Streamlit app driven by ``AppTest`` against a real API over a small real index.
+
+Every test talks to a real uvicorn server on loopback (``api_url`` fixture); what the app shows
+is compared with what the API answers for the same request.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from figsearch.client import FigSearchClient
+from tests.ui.servers import free_port
+
+APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
+
+
+@pytest.fixture()
+def app(api_url, monkeypatch):
+    """A fresh AppTest of ui/app.py pointed at the real API, with empty caches."""
+    monkeypatch.setenv("FIGSEARCH_API_URL", api_url)
+    st.cache_data.clear()
+    return AppTest.from_file(APP, default_timeout=60)
+
+
+@pytest.fixture(scope="module")
+def client(api_url):
+    return FigSearchClient(api_url)
+
+
+def run_with(at: AppTest, **params: str) -> AppTest:
+    for key, value in params.items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def cards(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if 'class="fs-card"' in m.value]
+
+
+def card_ids(at: AppTest) -> list[int]:
+    return [int(b.key.split("_")[1]) for b in at.button if b.key and b.key.startswith("detail_")]
+
+
+def test_landing_page_offers_examples_and_no_error(app):
+    run_with(app)
+    assert [b.label for b in app.button][:3] == ["signalling pathway", "western blot", "survival curve"]
+    assert not app.error and not cards(app)
+    app.button(key="ex_signalling pathway").click().run()
+    assert _param(app, "q") == "signalling pathway"
+    assert cards(app)
+
+
+def test_text_search_shows_the_api_results_in_order(app, client, api_url):
+    expected = client.search("pathway", k=24)["results"]
+    run_with(app, q="pathway")
+    assert card_ids(app) == [r["id"] for r in expected]
+    assert any("<mark>pathway</mark>" in card.lower() for card in cards(app))
+    first = cards(app)[0]
+    assert f'src="{api_url}/v1/figures/{expected[0]["id"]}/thumbnail"' in first
+    assert expected[0]["label"] in first and str(expected[0]["year"]) in first
+    assert {b.label for b in app.download_button} == {"⬇ CSV", "⬇ JSON"}
+    assert any("Results 1–" in c.value for c in app.caption)
+
+
+def test_typing_a_query_updates_the_url(app):
+    run_with(app)
+    app.text_input(key="q").set_value("apoptosis").run()
+    assert list(app.query_params) == ["q"] and _param(app, "q") == "apoptosis"
+    assert cards(app)
+
+
+def test_mode_selector_and_no_results_message(app):
+    run_with(app, q="zzzqqxx nonexistentword", mode="keyword")
+    assert app.segmented_control(key="mode").value == "keyword"
+    assert not cards(app)
+    assert any("No figures found" in i.value for i in app.info)
+
+
+def test_commercial_filter_keeps_only_green_badges(app, client):
+    run_with(app, q="pathway", k="48")
+    everything = cards(app)
+    assert any("fs-lic-nc" in card for card in everything)  # the fixture has cc-by-nc figures
+    app.toggle(key="commercial").set_value(True).run()
+    filtered = cards(app)
+    expected = client.search("pathway", k=48, license="commercial")["results"]
+    assert len(filtered) == len(expected) < len(everything)
+    assert all("fs-lic-ok" in card and "fs-lic-nc" not in card for card in filtered)
+    assert _param(app, "commercial") == "1"
+
+
+def test_journal_and_type_pickers_come_from_facets(app, client):
+    facets = client.facets()
+    run_with(app, q="pathway")
+    assert app.selectbox(key="journal").options[1:] == facets["journals"]
+    app.selectbox(key="figure_type").set_value("chart").run()
+    assert _param(app, "type") == "chart"
+    shown = cards(app)
+    assert shown and all(">chart<" in card for card in shown)
+    app.selectbox(key="figure_type").set_value("").run()
+    app.selectbox(key="journal").set_value("Viruses").run()
+    assert cards(app) and all("Viruses" in card for card in cards(app))
+
+
+def test_year_slider_filters_and_reaches_the_url(app, client):
+    years = client.facets()["years"]
+    run_with(app, q="pathway", k="96")
+    app.slider(key="years").set_value((years["min"], 2015)).run()
+    assert _param(app, "year_to") == "2015" and "year_from" not in app.query_params
+    shown_years = [int(y) for card in cards(app) for y in re.findall(r"· (\d{4}) ·", card)]
+    assert shown_years and max(shown_years) <= 2015
+
+
+def test_paging_moves_the_offset(app, client):
+    page2 = client.search("pathway", k=12, offset=12)["results"]
+    run_with(app, q="pathway", k="12")
+    app.button(key="next_page").click().run()
+    assert _param(app, "page") == "2"
+    assert card_ids(app) == [r["id"] for r in page2]
+    assert any("Results 13–" in c.value for c in app.caption)
+
+
+def test_similar_and_detail_from_a_result(app, client):
+    run_with(app, q="pathway")
+    fid = card_ids(app)[0]
+    app.button(key=f"similar_{fid}").click().run()
+    assert _param(app, "similar") == str(fid)
+    assert any(f"similar to figure #{fid}" in i.value for i in app.info)
+    expected = [r["id"] for r in client.similar(fid, k=24)["results"]]
+    assert card_ids(app) == expected and fid not in expected
+    other = expected[0]
+    app.button(key=f"detail_{other}").click().run()
+    assert _param(app, "fig") == str(other)
+    figure = client.figure(other)
+    assert {b.proto.url for b in app.link_button} >= {figure["article_url"], figure["figure_url"]}
+    attribution = app.code[0].value
+    assert attribution.startswith("Figure ") and f"PMCID {figure['pmcid']}" in attribution
+    assert figure["title"] in attribution
+    assert app.image[0].value[0] == figure["image_url"]
+    app.button(key="back").click().run()
+    assert "fig" not in app.query_params and card_ids(app) == expected
+
+
+def test_a_link_reproduces_the_detail_view(app, client):
+    fid = client.search("pathway", k=1)["results"][0]["id"]
+    run_with(app, q="pathway", fig=str(fid))
+    assert app.subheader[0].value == client.figure(fid)["label"]
+    assert app.text_input(key="q").value == "pathway"
+
+
+def test_back_and_forward_reload_the_view_from_the_url(app):
+    run_with(app, q="pathway")
+    app.text_input(key="q").set_value("apoptosis").run()
+    app.query_params.clear()
+    run_with(app, q="pathway", page="2", k="12")  # what the browser sends after "back"
+    assert app.text_input(key="q").value == "pathway"
+    assert app.select_slider(key="k").value == 12
+    assert any("Results 13–" in c.value for c in app.caption)
+
+
+def test_image_upload_searches_by_image(app, client, small_index_data_dir):
+    image = next((small_index_data_dir / "images").rglob("*.jpg")).read_bytes()
+    expected = [r["id"] for r in client.search_image(image, k=24)["results"]]
+    run_with(app)
+    app.file_uploader[0].set_value(("query.jpg", image, "image/jpeg")).run()
+    assert not app.exception
+    assert any("your image query.jpg" in i.value for i in app.info)
+    assert card_ids(app) == expected
+
+
+def test_refused_upload_shows_the_apis_message(app, client):
+    with pytest.raises(Exception) as refused:
+        client.search_image(b"this is not an image", k=24)
+    run_with(app)
+    app.file_uploader[0].set_value(("fake.png", b"this is not an image", "image/png")).run()
+    errors = [e.value for e in app.error]
+    assert errors and refused.value.message in errors[0] and "image was refused" in errors[0]
+
+
+def test_unreachable_api_is_reported(monkeypatch):
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("FIGSEARCH_API_URL", dead)
+    st.cache_data.clear()
+    at = AppTest.from_file(APP, default_timeout=60)
+    run_with(at, q="pathway")
+    assert any(dead in e.value and "unreachable" in e.value for e in at.error)
+
+
+def _param(at: AppTest, name: str) -> str | None:
+    value = at.query_params.get(name)
+    return value[0] if isinstance(value, list) else value
