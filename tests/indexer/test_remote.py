@@ -26,7 +26,7 @@ from indexer.remote import Downloader, DownloadError, resolve_url
 from indexer.sources import parse_file_list, updated_since
 from tests.indexer.packages import build_pmc_package
 
-WITH_FIGURES = ["1471-2180-11-174", "ehp-116-1694", "mds526", "pone.0046493"]  # 4+3+2+4 figs
+WITH_FIGURES = ["1471-2180-11-174", "pone.0000217", "mds526", "pone.0046493"]  # 4+3+2+4 figs
 
 
 class PMCServer:
@@ -146,7 +146,10 @@ def test_legacy_csv_download_ingest_retry_and_rerun(pmc, tmp_path):
     assert not list((settings.data_dir / "downloads").rglob("*.part"))
     store = FigureStore(settings.db_path)
     assert store.article_state("PMC3166277")[0] == "2020-01-02 10:00:00"  # 2nd row, sorted
-    assert store.get_figures([1])[1]["license_class"] == "cc-by"
+    licenses = {f["pmcid"]: f["license_class"] for f in store.get_figures(range(1, 14)).values()}
+    # The XML's <license> wins; the list's "CC BY" fills in where the XML has none.
+    assert licenses == {"PMC1790863": "cc-by", "PMC3166277": "cc-by", "PMC3460867": "cc-by",
+                        "PMC3574550": "cc-by-nc"}
     # Second run: LastUpdated unchanged -> nothing downloaded, nothing written.
     before = sum(pmc.requests.values())
     again = ingest_file_list(file_list, settings, workers=1)
@@ -155,13 +158,13 @@ def test_legacy_csv_download_ingest_retry_and_rerun(pmc, tmp_path):
 
 
 def test_since_limit_and_fcgi_rebased_on_base_url(pmc, tmp_path):
-    dates = {"PMC3166277": "2019-05-01 00:00:00", "PMC2599765": "2021-03-01 00:00:00",
+    dates = {"PMC3166277": "2019-05-01 00:00:00", "PMC1790863": "2021-03-01 00:00:00",
              "PMC3574550": "2022-07-01 00:00:00", "PMC3460867": "2023-01-01 00:00:00"}
     file_list = _write(tmp_path, "list.csv", legacy_csv(pmc.packages, dates))
     settings = Settings(data_dir=tmp_path / "data", pmc_base_url="http://unused.invalid/")
     summary = ingest_file_list(file_list, settings, base_url=pmc.url, since=date(2021, 3, 1),
                                limit=2, workers=1)
-    assert sorted(summary.added_keys) == ["PMC2599765", "PMC3460867"]  # first 2 since 2021-03
+    assert sorted(summary.added_keys) == ["PMC1790863", "PMC3460867"]  # first 2 since 2021-03
     rel = pmc.packages["PMC3574550"]
     fcgi = (f'<OA><records><record id="PMC3574550" citation="x" license="CC BY" retracted="no">'
             f'<link format="pdf" href="x.pdf"/><link format="tgz" updated="2022-07-01 00:00:00" '
@@ -176,14 +179,14 @@ def test_bulk_list_xml_and_retraction(pmc, tmp_path):
     ingest_file_list(_write(tmp_path, "a.csv", legacy_csv(pmc.packages)), settings, workers=1)
     header = "Article File,Article Citation,AccessionID,LastUpdated (YYYY-MM-DD HH:MM:SS),PMID,License,Retracted"
     rows = [header,
-            'PMC002xxxxxx/PMC2599765.xml,"EHP",PMC2599765,"2024-02-07 23:35:31",1,"CC BY",yes',
+            'PMC001xxxxxx/PMC1790863.xml,"PLoS ONE",PMC1790863,"2024-02-07 23:35:31",1,"CC BY",yes',
             'PMC003xxxxxx/PMC3574550.xml,"AO",PMC3574550,"2024-02-08 10:00:00",2,"CC BY-NC",no']
     bulk = _write(tmp_path, "oa_comm.filelist.csv", ("\n".join(rows) + "\n").encode())
     summary = ingest_file_list(bulk, settings, base_url=pmc.url + "oa_bulk/", workers=1)
-    assert summary.removed_keys == ["PMC2599765"]
+    assert summary.removed_keys == ["PMC1790863"]
     assert summary.updated_keys == ["PMC3574550"]  # newer LastUpdated, now from bare XML
     store = FigureStore(settings.db_path)
-    assert store.article_state("PMC2599765") is None
+    assert store.article_state("PMC1790863") is None
     assert store.counts()["articles"] == 3
     assert store.article_state("PMC3574550")[0] == "2024-02-08 10:00:00"
 
@@ -206,7 +209,7 @@ def test_downloader_resumes_partial_file_and_retries_timeouts(pmc, tmp_path):
     part = cache / (rel + ".part")
     part.parent.mkdir(parents=True)
     part.write_bytes(full[:1000])
-    stalled = pmc.packages["PMC2599765"]
+    stalled = pmc.packages["PMC1790863"]
     pmc.stall_first.add("/" + stalled)
     downloader = Downloader(cache, concurrency=2, backoff_s=0.05, timeout_s=0.5)
     results = dict(downloader.download_all([pmc.url + rel, pmc.url + stalled]))
