@@ -53,6 +53,14 @@ def _manifest_row(line: str, lineno: int) -> dict[str, Any]:
     return row
 
 
+def _looks_like_manifest(first_line: str) -> bool:
+    try:
+        row = json.loads(first_line)
+    except json.JSONDecodeError:
+        return True  # a broken first line is reported as such, line by line
+    return not isinstance(row, dict) or "pmcid" in row or "caption" in row
+
+
 def read_manifest(path: Path) -> tuple[list[ManifestGroup], list[tuple[str, str]]]:
     """Rows grouped by article, plus ``(item, reason)`` for every line that was skipped."""
     groups: dict[str, ManifestGroup] = {}
@@ -61,6 +69,9 @@ def read_manifest(path: Path) -> tuple[list[ManifestGroup], list[tuple[str, str]
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
+            if not groups and not problems and not _looks_like_manifest(line):
+                return [], [(path.name, "not a figure manifest (first row has no pmcid and no "
+                                        "caption); file skipped")]
             try:
                 row = _manifest_row(line, lineno)
             except ValueError as exc:
