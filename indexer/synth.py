@@ -534,9 +534,15 @@ def _mpl_image(fig: Any) -> Image.Image:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
-    fig.tight_layout(pad=0.4)
+    # fixed margins: tight_layout would double the drawing time
+    fig.subplots_adjust(left=0.15, right=0.97, bottom=0.2, top=0.9)
     canvas.draw()
     return Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
+
+
+def _title(fig: Any, text: str, size: Size) -> None:
+    """A figure-level title at a fixed place (Axes titles cost a layout pass)."""
+    fig.text(0.56, 0.985, text, ha="center", va="top", fontsize=_fontsize(size) + 1)
 
 
 def _fontsize(size: Size) -> float:
@@ -560,7 +566,7 @@ def render_bar_chart(a: dict[str, Any], rng: np.random.Generator, size: Size) ->
     ax.set_ylabel(f"Relative {a['gene']} {a['measure']}", fontsize=_fontsize(size))
     for x, m, e in zip(xs[1:], means[1:], errs[1:], strict=False):
         ax.text(x, m + e + 0.05, _pick(rng, ("*", "**", "ns")), ha="center", fontsize=_fontsize(size))
-    ax.set_title(a["cell_line"], fontsize=_fontsize(size) + 1)
+    _title(fig, a["cell_line"], size)
     return _mpl_image(fig)
 
 
@@ -589,7 +595,7 @@ def render_scatter_plot(a: dict[str, Any], rng: np.random.Generator, size: Size)
     ax.set_xlabel(f"{a['x_gene']} expression (log2 TPM)", fontsize=_fontsize(size))
     ax.set_ylabel(f"{a['y_gene']} expression (log2 TPM)", fontsize=_fontsize(size))
     ax.text(0.03, 0.95, f"r = {r:.2f}", transform=ax.transAxes, va="top", fontsize=_fontsize(size))
-    ax.set_title(a["disease"], fontsize=_fontsize(size) + 1)
+    _title(fig, a["disease"], size)
     return _mpl_image(fig)
 
 
@@ -602,7 +608,7 @@ def render_box_plot(a: dict[str, Any], rng: np.random.Generator, size: Size) -> 
                boxprops={"facecolor": PALETTE[2], "alpha": 0.6}, flierprops={"markersize": 2})
     ax.set_xticks(xs, [textwrap.fill(g, 10) for g in a["groups"]], fontsize=_fontsize(size))
     ax.set_ylabel(f"{a['gene']} expression", fontsize=_fontsize(size))
-    ax.set_title(a["disease"], fontsize=_fontsize(size) + 1)
+    _title(fig, a["disease"], size)
     return _mpl_image(fig)
 
 
@@ -630,7 +636,7 @@ def render_kaplan_meier(a: dict[str, Any], rng: np.random.Generator, size: Size)
     ax.set_ylabel(f"{a['endpoint'].capitalize()} probability", fontsize=_fontsize(size))
     ax.text(0.03, 0.05, f"log-rank p = {a['p_value']}", transform=ax.transAxes, fontsize=_fontsize(size))
     ax.legend(fontsize=_fontsize(size), frameon=False, loc="upper right")
-    ax.set_title(a["disease"], fontsize=_fontsize(size) + 1)
+    _title(fig, a["disease"], size)
     return _mpl_image(fig)
 
 
@@ -772,7 +778,7 @@ def render_fluorescence(a: dict[str, Any], rng: np.random.Generator, size: Size)
     f = font(max(9, w // 40), bold=True)
     labels = [(m, c) for m, c in zip(a["markers"], ("#40ff40", "#ff4040"), strict=False)] + [("DAPI", "#6080ff")]
     for i, (label, colour) in enumerate(labels):
-        draw.text((6, 4 + i * (f.size + 3)), label, font=f, fill=colour)
+        draw.text((w - 6, 4 + i * (f.size + 3)), label, font=f, fill=colour, anchor="ra")
     _scale_bar(draw, size, f"{a['scale_bar_um']} µm", "white")
     return img
 
