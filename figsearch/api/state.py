@@ -78,6 +78,7 @@ class AppState:
                 raise IndexLoadError(f"no index in {self.settings.indexes_dir}; run `figsearch index`")
             old = self.current
             if not force and old is not None and old.version_dir == target:
+                self.last_error, self._failed = None, None  # `current` points at what we serve
                 return False
             try:
                 loaded = self._load(target)
@@ -95,7 +96,10 @@ class AppState:
     def poll_once(self) -> None:
         """One poll of ``indexes/current``: reload if it moved; errors are logged, not raised."""
         target = current_version_dir(self.settings.indexes_dir)
-        if target is None or (self.current is not None and self.current.version_dir == target):
+        if target is None:
+            return
+        if self.current is not None and self.current.version_dir == target:
+            self.last_error, self._failed = None, None  # e.g. rolled back to the served version
             return
         if self._failed == (target, _mtime(target)):
             return  # already failed on this exact version; wait for a new one
