@@ -164,3 +164,28 @@ def test_cli_writes_corpus_and_prints_summary(tmp_path: Path, capsys: pytest.Cap
     assert len(list(tmp_path.glob("SYNTH-9-*.tar.gz"))) == 2
     assert cli_main(["synth", "--n", "0", str(tmp_path)]) == 2
     assert "--n must be at least 1" in capsys.readouterr().err
+
+
+def test_ingesting_a_synthetic_corpus_stores_truth_and_source(tmp_path: Path, corpus: Path) -> None:
+    from figsearch.core.config import Settings
+    from figsearch.store import FigureStore
+    from indexer.ingest import ingest_paths
+
+    settings = Settings(data_dir=tmp_path / "data")
+    packages = sorted(corpus.glob("*.tar.gz"))[:3]
+    summary = ingest_paths(packages, settings, workers=1)
+    truth = [json.loads(line) for line in (corpus / synth.GROUND_TRUTH).read_text().splitlines()]
+    truth = [t for t in truth if t["package"] in {p.name for p in packages}]
+    store = FigureStore(settings.db_path)
+    try:
+        assert store.counts()["figures_with_images"] == summary.figures == len(truth)
+        stored = store.get_figures(range(1, len(truth) + 1))
+        by_key = {(f["article_key"], f["fig_id"]): f for f in stored.values()}
+        for row in truth:
+            fig = by_key[(f"synthetic:{row['article_id']}", row["figure_id"])]
+            assert fig["attributes"] == {"type": row["type"], "attributes": row["attributes"]}
+            assert fig["source"] == "synthetic" and fig["pmcid"] is None
+            assert fig["journal"].startswith("Synthetic ") and fig["has_image"]
+            assert fig["license_class"] in {"cc-by", "cc-by-nc", "none"}
+    finally:
+        store.close()
