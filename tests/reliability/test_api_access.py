@@ -22,15 +22,6 @@ READ_ONLY_POSTS = {"/v1/search", "/v1/search/image"}  # searches: POST only for 
 ADMIN_ROUTES = {"/v1/admin/reload"}
 
 
-@pytest.fixture(scope="module")
-def default_api(small_index_data_dir, tiny_model_dir):
-    """The API with *default* access settings (only the model and data dir chosen)."""
-    settings = Settings(data_dir=small_index_data_dir, model=str(tiny_model_dir), device="cpu")
-    assert settings.admin_token == "" and settings.cors_origins == ""
-    with api_thread(settings) as url:
-        yield url
-
-
 def _routes():
     from figsearch.api.main import create_app
 
