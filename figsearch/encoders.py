@@ -428,9 +428,13 @@ def create_from_config(
     if text_cfg.get("hf_model_name"):
         hub_name = text_cfg["hf_model_name"]
         local = next((_local_hf_copies()[n] for n in _hf_names(hub_name) if n in _local_hf_copies()), None)
+        if local is None and (Path(hub_name) / "config.json").is_file():
+            local = Path(hub_name)  # a config may name a local HF directory
         text_dir = tok_dir = local
         if local is not None:
             text_cfg["hf_model_name"] = str(local)
+        # a config may say its text tower starts random (tests, from-scratch experiments)
+        pretrained_text = pretrained_text and bool(text_cfg.get("hf_model_pretrained", True))
         text_cfg["hf_model_pretrained"] = pretrained_text
     try:
         with torch.random.fork_rng(devices=[]):
@@ -462,7 +466,7 @@ def make_transform(preprocess_cfg: dict[str, Any], train: bool = False) -> Calla
     if isinstance(cfg.size, list):
         cfg.size = tuple(cfg.size)
     # light augmentation only: figures are charts and scans, flips and heavy crops lie
-    aug = AugmentationCfg(scale=(0.85, 1.0), ratio=(0.9, 1.1)) if train else None
+    aug = AugmentationCfg(scale=(0.85, 1.0)) if train else None
     return image_transform_v2(cfg, is_train=train, aug_cfg=aug)
 
 

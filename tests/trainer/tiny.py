@@ -45,7 +45,7 @@ def tiny_model_cfg(hf_name: str = "figsearch/tiny-bert", context_length: int = 6
                        "head_width": 16},
         "text_cfg": {"hf_model_name": hf_name, "hf_tokenizer_name": hf_name,
                      "hf_proj_type": "mlp", "hf_pooler_type": "mean_pooler",
-                     "context_length": context_length},
+                     "hf_model_pretrained": False, "context_length": context_length},
     }
 
 
@@ -97,3 +97,61 @@ def make_biomedclip_style_dir(dest: Path, seed: int = 0) -> Path:
     (dest / "figsearch_model.json").unlink()  # the real hub repo has no such file
     shutil.rmtree(text_dir)
     return dest
+
+
+#: (caption words, RGB colour) — a learnable image/caption relation for tiny training runs
+KINDS = (
+    ("red western blot bands", (200, 30, 30), "western_blot"),
+    ("green fluorescence micrograph", (30, 200, 30), "fluorescence_micrograph"),
+    ("blue survival curve", (30, 30, 200), "kaplan_meier"),
+    ("yellow heatmap of expression", (220, 220, 40), "heatmap"),
+)
+
+
+def make_figure_store(data_dir: Path, n_articles: int = 12, per_article: int = 4) -> Path:
+    """A real figure store (SQLite + stored JPEGs) whose captions describe the image colour."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from figsearch.core.config import Settings
+    from figsearch.imaging import store_image
+    from figsearch.records import ArticleRecord, FigureRecord
+    from figsearch.store import FigureStore
+
+    settings = Settings(data_dir=data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = FigureStore(settings.db_path)
+    rng = np.random.default_rng(0)
+    for a in range(n_articles):
+        figures = []
+        for f in range(per_article):
+            words, colour, truth = KINDS[(a + f) % len(KINDS)]
+            pixels = np.clip(rng.normal(colour, 25, (48, 64, 3)), 0, 255).astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, "PNG")
+            stored = store_image(buf.getvalue(), settings.images_dir)
+            figures.append(FigureRecord(
+                fig_id=f"F{f}", label=f"Figure {f + 1}", caption=f"{words} in sample {a}-{f}",
+                image_path=stored.image_path, thumb_path=stored.thumb_path, width=stored.width,
+                height=stored.height, sha256=stored.sha256, source="synthetic",
+                attributes={"type": truth, "attributes": {}}))
+        store.upsert_article(ArticleRecord(key=f"synthetic:TEST-{a}", source="synthetic",
+                                           title=f"Article {a}"), figures)
+    store.close()
+    return data_dir
+
+
+def write_tiny_config(directory: Path, name: str = "tiny-test") -> Path:
+    """A model-config JSON (trainer ``--config PATH``) for the tiny model, text tower random."""
+    text_dir = tiny_bert_dir(directory / f"{name}-text")
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(tiny_model_cfg(hf_name=str(text_dir))), encoding="utf-8")
+    return path
+
+
+def train_log(state_dir: Path, event: str = "train") -> list[dict[str, Any]]:
+    """Records of one kind from a run's ``log.jsonl``."""
+    lines = (state_dir / "log.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
