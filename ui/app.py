@@ -35,7 +35,10 @@ CSS = """<style>
   text-overflow:ellipsis; margin-top:.2rem}
 .fs-caption {font-size:.85rem; line-height:1.35; height:6.9em; overflow:hidden; margin-top:.3rem}
 .fs-caption mark, .fs-full-caption mark {background:#fde68a; padding:0 .1em; border-radius:2px}
-.fs-meta {font-size:.75rem; color:#6b7280; margin-top:.35rem}
+.fs-meta {font-size:.75rem; color:#6b7280; margin-top:.35rem; white-space:nowrap;
+  overflow:hidden; text-overflow:ellipsis}
+[data-testid="stMainBlockContainer"] {padding-top:2.5rem}
+[role="dialog"] [data-testid="stImage"] img {max-height:72vh; object-fit:contain}
 .fs-full-caption {font-size:.95rem; line-height:1.5}
 </style>"""
 
@@ -416,22 +419,33 @@ def render_detail_facts(fig: dict) -> None:
     render_links(fig)
     st.markdown("**Attribution**")
     st.code(c.attribution(fig), language=None, wrap_lines=True)
-    st.button("Find similar figures", key="detail_similar", on_click=show_similar,
-              args=(fig["id"],), type="primary")
+    left, right = st.columns(2)
+    # Buttons in a dialog rerun only the dialog; st.rerun() refreshes the page behind it.
+    if left.button("Find similar figures", key="detail_similar", on_click=show_similar,
+                   args=(fig["id"],), type="primary", width="stretch"):
+        st.rerun()
+    if right.button("Close", key="close_detail", on_click=close_detail, width="stretch"):
+        st.rerun()
 
 
-def render_detail(url: str, state: c.ViewState) -> None:
-    st.button("← Back to results", on_click=close_detail, key="back")
-    assert state.fig is not None
+def load_figure(url: str, figure_id: int) -> dict | None:
+    """The figure's record from the API, or None after showing why it is not available."""
     try:
-        fig = fetch_figure(url, state.fig)
+        return fetch_figure(url, figure_id)
     except APIUnavailable as exc:
         st.error(f"Cannot show the figure: {exc.message}.")
-        return
     except FigSearchError as exc:
-        st.error(f"Figure {state.fig} could not be shown: {exc.message}")
+        st.error(f"Figure {figure_id} could not be shown: {exc.message}")
+    return None
+
+
+@st.dialog("Figure details", width="large", on_dismiss=close_detail)
+def detail_dialog(url: str, figure_id: int) -> None:
+    """Large image, facts, links, attribution, "find similar" and the full caption."""
+    fig = load_figure(url, figure_id)
+    if fig is None:
         return
-    left, right = st.columns([3, 2], gap="large")
+    left, right = st.columns([3, 2], gap="medium")
     with left:
         if fig.get("image_url"):
             st.image(fig["image_url"], width="stretch")
@@ -439,7 +453,7 @@ def render_detail(url: str, state: c.ViewState) -> None:
             st.info("This figure has no image.")
     with right:
         render_detail_facts(fig)
-    st.markdown("#### Caption")
+    st.markdown("**Caption**")
     caption = c.html.escape(fig.get("caption") or "(no caption)")
     st.markdown(f'<div class="fs-full-caption">{caption}</div>', unsafe_allow_html=True)
 
@@ -453,15 +467,15 @@ def main() -> None:
     url = api_url()
     facets = facets_or_empty(url)
     sync_from_url(facets)
-    st.title("🔎 figsearch")
+    st.title("figsearch")
+    st.caption("Semantic search over the figures of PubMed Central")
     render_sidebar(facets, url)
     image, image_name = render_search_bar()
     state = read_state(facets)
     write_url(state)
+    render_results(url, state, image, image_name)
     if state.fig is not None:
-        render_detail(url, state)
-    else:
-        render_results(url, state, image, image_name)
+        detail_dialog(url, state.fig)
 
 
 main()

@@ -235,7 +235,8 @@ def attribution(fig: Mapping[str, Any]) -> str:
     """One-line credit: "Figure k from <title>, <journal> <year>, PMCID …, licensed <license>"."""
     number = figure_number(fig.get("label"))
     parts = [f"Figure {number}" if number else (fig.get("label") or "Figure")]
-    parts[0] += f" from {fig.get('title') or 'an untitled article'}"
+    title = (fig.get("title") or "").strip().rstrip(".") or "an untitled article"
+    parts[0] += f" from {title}"
     venue = " ".join(str(v) for v in (fig.get("journal"), fig.get("year")) if v)
     if venue:
         parts.append(venue)

@@ -7,6 +7,7 @@ Starts ``streamlit run ui/app.py`` as a child process with the API address in
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import subprocess
@@ -36,12 +37,17 @@ def check_api_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def streamlit_command(port: int, address: str, app_path: Path = APP_PATH) -> list[str]:
-    """The ``streamlit run`` command line (headless, no usage statistics)."""
+def streamlit_command(
+    port: int, address: str, max_upload_mb: float = 20.0, app_path: Path = APP_PATH
+) -> list[str]:
+    """The ``streamlit run`` command line: headless, no usage statistics, no developer
+    toolbar, and uploads capped like the API's (larger ones would be refused there anyway)."""
     return [
         sys.executable, "-m", "streamlit", "run", str(app_path),
         "--server.port", str(port), "--server.address", address,
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer",
+        "--server.maxUploadSize", str(max(1, math.ceil(max_upload_mb))),
     ]
 
 
@@ -56,12 +62,12 @@ def stop(process: subprocess.Popen) -> int:
     return process.wait()
 
 
-def run_ui(api_url: str, port: int, address: str = "127.0.0.1") -> int:
+def run_ui(api_url: str, port: int, address: str = "127.0.0.1", max_upload_mb: float = 20.0) -> int:
     """Run the UI in the foreground until it exits or Ctrl-C; return an exit code."""
     env = {**os.environ, "FIGSEARCH_API_URL": check_api_url(api_url)}
     print(f"figsearch UI on http://{address}:{port} (API {env['FIGSEARCH_API_URL']}); "
           "Ctrl-C stops it", flush=True)
-    process = subprocess.Popen(streamlit_command(port, address), env=env)
+    process = subprocess.Popen(streamlit_command(port, address, max_upload_mb), env=env)
     try:
         return process.wait()
     except KeyboardInterrupt:
@@ -73,7 +79,8 @@ def command(args: argparse.Namespace) -> int:
     """Entry point of ``figsearch ui``."""
     settings = args.settings
     try:
-        return run_ui(args.api or settings.api_url, args.port or settings.ui_port, args.address)
+        return run_ui(args.api or settings.api_url, args.port or settings.ui_port, args.address,
+                      settings.max_upload_mb)
     except ValueError as exc:
         print(f"figsearch ui: {exc}", file=sys.stderr)
         return 2

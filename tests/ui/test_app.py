@@ -141,9 +141,9 @@ def test_similar_and_detail_from_a_result(app, client):
     assert {b.proto.url for b in app.link_button} >= {figure["article_url"], figure["figure_url"]}
     attribution = app.code[0].value
     assert attribution.startswith("Figure ") and f"PMCID {figure['pmcid']}" in attribution
-    assert figure["title"] in attribution
+    assert figure["title"].rstrip(".") in attribution
     assert app.image[0].value[0] == figure["image_url"]
-    app.button(key="back").click().run()
+    app.button(key="close_detail").click().run()
     assert "fig" not in app.query_params and card_ids(app) == expected
 
 

@@ -18,7 +18,7 @@ RESULT = {
     "thumbnail_url": "http://api/v1/figures/7/thumbnail", "image_url": "http://api/v1/figures/7/image",
     "pmcid": "PMC123", "article_url": "https://pmc.ncbi.nlm.nih.gov/articles/PMC123/",
     "figure_url": "https://pmc.ncbi.nlm.nih.gov/articles/PMC123/figure/F3/",
-    "title": "A pathway atlas", "journal": "Viruses", "year": 2020, "license": "cc-by",
+    "title": "A pathway atlas.", "journal": "Viruses", "year": 2020, "license": "cc-by",
     "license_url": "https://creativecommons.org/licenses/by/4.0/", "doi": "10.1/x", "source": "pmc",
 }
 

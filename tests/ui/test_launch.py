@@ -17,11 +17,12 @@ from ui.launch import APP_PATH, check_api_url, streamlit_command
 
 
 def test_streamlit_command_is_headless_without_usage_stats():
-    cmd = streamlit_command(8765, "127.0.0.1")
+    cmd = streamlit_command(8765, "127.0.0.1", max_upload_mb=2.5)
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(APP_PATH)
     flags = dict(zip(cmd[5::2], cmd[6::2], strict=True))
     assert flags == {"--server.port": "8765", "--server.address": "127.0.0.1",
-                     "--server.headless": "true", "--browser.gatherUsageStats": "false"}
+                     "--server.headless": "true", "--browser.gatherUsageStats": "false",
+                     "--client.toolbarMode": "viewer", "--server.maxUploadSize": "3"}
 
 
 def test_api_url_must_be_http():

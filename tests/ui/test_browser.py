@@ -1,0 +1,114 @@
+"""End to end in a real browser: headless Chromium (Debian's) -> Streamlit UI -> API -> index.
+
+Both servers run on loopback over the small real index. Screenshots land in the test's tmp dir
+and, when ``FIGSEARCH_SCREENSHOT_DIR`` is set, are copied there (for the README).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from figsearch.client import FigSearchClient
+from tests.ui.servers import streamlit_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update"]
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture()
+def browser_page():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (`make browser`)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1100})
+        page.set_default_timeout(TIMEOUT_MS)
+        yield page
+        browser.close()
+
+
+def _shoot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.get_by_role("heading", name="figsearch").scroll_into_view_if_needed()
+    page.screenshot(path=str(path))
+    target = os.environ.get("FIGSEARCH_SCREENSHOT_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(target) / path.name)
+    return path
+
+
+def _wait_for_images(page, selector: str) -> None:
+    """Wait until the first image matching ``selector`` has really loaded (from the API)."""
+    page.wait_for_function(
+        "sel => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0 }",
+        arg=selector,
+    )
+
+
+def test_search_filter_detail_and_upload_in_a_browser(api_url, browser_page, tmp_path, shared_data):
+    from playwright.sync_api import expect
+
+    page = browser_page
+    client = FigSearchClient(api_url)
+    real = client.search("pathway", k=1, mode="keyword")["results"][0]  # a real PMC figure
+    with streamlit_server(api_url, tmp_path / "streamlit.log") as ui_url:
+        page.goto(ui_url)
+        expect(page).to_have_title("figsearch")
+
+        # A text query: cards with highlighted captions and thumbnails served by the API.
+        box = page.get_by_label("Describe a figure")
+        box.fill("pathway")
+        box.press("Enter")
+        expect(page).to_have_url(re.compile(r"[?&]q=pathway"))
+        expect(page.locator(".fs-card").first).to_be_visible()
+        expect(page.locator(".fs-caption mark").first).to_have_text(re.compile("pathway", re.I))
+        assert page.locator(".fs-card img.fs-thumb").first.get_attribute("src").startswith(api_url)
+        _wait_for_images(page, ".fs-card img.fs-thumb")
+        expect(page.get_by_role("button", name="⬇ CSV")).to_be_visible()
+        _shoot(page, tmp_path, "ui-results")
+
+        # The detail view of a real figure: large image, attribution, PMC links.
+        page.locator(f".st-key-detail_{real['id']} button").click()
+        expect(page).to_have_url(re.compile(rf"[?&]fig={real['id']}\b"))
+        dialog = page.get_by_role("dialog")
+        expect(dialog.get_by_text("Attribution")).to_be_visible()
+        link = dialog.get_by_role("link", name="Article in PMC")
+        expect(link).to_have_attribute("href", real["article_url"])
+        assert "pmc.ncbi.nlm.nih.gov/articles/PMC" in real["article_url"]
+        expect(dialog.get_by_text(f"PMCID {real['pmcid']}").first).to_be_visible()
+        _wait_for_images(page, "[role=dialog] [data-testid=stImage] img")
+        _shoot(page, tmp_path, "ui-detail")
+
+        # Browser back returns to the grid (the view lives in the URL).
+        page.go_back()
+        expect(page).not_to_have_url(re.compile(r"fig="))
+        expect(page.get_by_role("dialog")).to_have_count(0)
+        expect(page.locator(".fs-card").first).to_be_visible()
+
+        # A filter: commercial-use licenses only -> only green license badges.
+        assert page.locator(".fs-lic-nc").count() > 0
+        page.get_by_text("Commercial-use licenses only").click()
+        expect(page).to_have_url(re.compile(r"commercial=1"))
+        expect(page.locator(".fs-lic-nc")).to_have_count(0)
+        expect(page.locator(".fs-lic-ok").first).to_be_visible()
+
+        # Drop an image: results are figures that look like it.
+        image = shared_data / "pmc-figures" / "images"
+        first_image = sorted(image.iterdir())[0]
+        page.locator("input[type=file]").set_input_files(str(first_image))
+        expect(page.get_by_text(f"Figures similar to your image {first_image.name}")).to_be_visible()
+        expect(page.locator(".fs-card").first).to_be_visible()
+        _wait_for_images(page, ".fs-card img.fs-thumb")
+        _shoot(page, tmp_path, "ui-image-search")
