@@ -2,6 +2,11 @@
 
 Run bench scripts from the repository root as modules (``.venv/bin/python -m bench.ann ...``)
 and import these helpers with ``from bench.common import write_result, markdown_table``.
+To also allow ``python bench/ann.py``, put this before that import (``bench`` has no
+``__init__.py``; it is a namespace package)::
+
+    if __package__ in (None, ""):
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 Each script ends with :func:`write_result`, which writes ``bench/results/<name>.json`` holding
 ``{"name", "timestamp", "params", "figures", "machine", "versions"}``. ``figures`` is a flat

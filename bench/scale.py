@@ -1,0 +1,431 @@
+"""Project figsearch to the target scale (15 M figures / 4.5 M articles) from measured inputs.
+
+Reads the other bench results (``bench/results/{ann,embed,ingest}.json``), measures the figure
+store's bytes per figure by ingesting a small synthetic corpus (or reads a given database), and
+writes ``scale.md`` + ``scale.json`` into the results directory. Every input names its source;
+a missing input falls back to a documented default marked *assumed*.
+
+    .venv/bin/python -m bench.scale                     # measure the store on 60 articles
+    .venv/bin/python -m bench.scale --synth-n 4         # smoke size
+    .venv/bin/python -m bench.scale --db figsearch-data/figsearch.db --images-dir figsearch-data/images
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file (python bench/x.py): make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO_ROOT, load_results, markdown_table, results_dir, write_result  # noqa: E402
+
+GIB = 2**30
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+#: Defaults used when a measurement is missing; each is marked "assumed" in the output.
+DEFAULTS: dict[str, tuple[float, str]] = {
+    "dim": (512, "BiomedCLIP ViT-B/16 embedding size"),
+    "gpu_images_per_s": (800.0, "ViT-B/16 at 224 px, fp16, one A100-class GPU, JPEG decode "
+                                "in 8+ DataLoader workers (decode-bound)"),
+    "ingest_figures_per_s": (40.0, "2 parse workers on 2 cores"),
+    "build_s_per_vector": (5e-5, "OPQ+IVF-PQ train on a 1 M sample plus add, 16 cores"),
+    "query_p50_ms": (20.0, "IVF-PQ, nprobe 32, re-rank 10x from mmap float16 vectors"),
+    "query_p95_ms": (60.0, "as p50, cold page cache for re-rank vectors"),
+    "store_bytes_per_figure": (3000.0, "SQLite row + FTS5 postings for a ~600 char caption"),
+    "image_bytes_per_figure": (150_000.0, "JPEG at max side 1024 + 256 px thumbnail"),
+    "caption_chars": (600.0, "mean PMC figure caption length"),
+}
+
+#: Result keys tried in order for each input (figures first, then params).
+KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dim": ("ann", ("dim",)),
+    "embed_images_per_s": ("embed", ("images_per_s", "throughput_images_per_s", "img_per_s")),
+    "ingest_figures_per_s": ("ingest", ("figures_per_s", "figs_per_s")),
+    "build_s_per_vector": ("ann", ("build_s_per_vector",)),
+    "query_p50_ms": ("ann", ("query_p50_ms", "latency_p50_ms", "p50_ms", "search_p50_ms")),
+    "query_p95_ms": ("ann", ("query_p95_ms", "latency_p95_ms", "p95_ms", "search_p95_ms")),
+    "ann_bytes_per_vector": ("ann", ("bytes_per_vector", "index_bytes_per_vector")),
+}
+
+
+@dataclass
+class Input:
+    """One number the projection uses, with where it came from."""
+
+    name: str
+    value: float
+    source: str
+    assumed: bool = False
+
+    def basis(self) -> str:
+        return f"assumed: {self.source}" if self.assumed else f"measured: {self.source}"
+
+
+def _lookup(results: dict[str, dict[str, Any]], bench: str, keys: tuple[str, ...]) -> tuple[Any, str] | None:
+    res = results.get(bench)
+    if not res:
+        return None
+    for section in ("figures", "params"):
+        block = res.get(section) or {}
+        for key in keys:
+            if isinstance(block.get(key), (int, float)) and not isinstance(block.get(key), bool):
+                return block[key], f"bench/results/{bench}.json {section}.{key}"
+    return None
+
+
+def _param(results: dict[str, dict[str, Any]], bench: str, *keys: str) -> Any:
+    res = results.get(bench) or {}
+    for section in ("params", "figures"):
+        for key in keys:
+            if key in (res.get(section) or {}):
+                return res[section][key]
+    return None
+
+
+def measured_or_default(results: dict[str, dict[str, Any]], name: str, default_key: str | None = None) -> Input:
+    """The measured value of ``name`` if a result has it, else the documented default."""
+    if name in KEYS:
+        found = _lookup(results, *KEYS[name])
+        if found is not None:
+            return Input(name, float(found[0]), found[1])
+    value, why = DEFAULTS[default_key or name]
+    return Input(name, float(value), f"{why} (default; no measurement)", assumed=True)
+
+
+def _build_s_per_vector(results: dict[str, dict[str, Any]]) -> Input:
+    direct = _lookup(results, *KEYS["build_s_per_vector"])
+    if direct is not None:
+        return Input("build_s_per_vector", float(direct[0]), direct[1])
+    build = _lookup(results, "ann", ("build_s", "build_time_s", "train_add_s"))
+    n = _param(results, "ann", "n", "n_vectors", "count")
+    if build is not None and isinstance(n, (int, float)) and n > 0:
+        return Input("build_s_per_vector", float(build[0]) / float(n), f"{build[1]} / params.n")
+    return measured_or_default(results, "build_s_per_vector")
+
+
+# ----------------------------------------------------------------------------- store measurement
+
+
+def _db_bytes(db_path: Path) -> int:
+    """Size of the database after folding the WAL back in (what a copy of it would take)."""
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return db_path.stat().st_size
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def _store_stats(db_path: Path) -> tuple[int, int, float]:
+    """(figures, articles, mean caption chars) of a figure store."""
+    with sqlite3.connect(db_path) as conn:
+        figures, chars = conn.execute("SELECT COUNT(*), AVG(LENGTH(caption)) FROM figures").fetchone()
+        articles = conn.execute("SELECT COUNT(*) FROM articles").fetchone()[0]
+    return int(figures), int(articles), float(chars or 0.0)
+
+
+def measure_store_synthetic(n_articles: int, seed: int, workdir: Path) -> dict[str, Any]:
+    """Ingest a synthetic corpus in two halves; bytes/figure = growth of the second half.
+
+    Taking the difference removes SQLite's fixed overhead (schema, empty FTS tables), which
+    would dominate a small corpus.
+    """
+    from figsearch.core.config import Settings
+    from indexer.ingest import ingest_paths
+    from indexer.synth import generate_corpus
+
+    generate_corpus(workdir / "corpus", n_articles, seed=seed, workers=2, progress=False)
+    packages = sorted((workdir / "corpus").glob("*.tar.gz"))
+    settings = Settings(data_dir=workdir / "data")
+    half = max(1, len(packages) // 2)
+    started = time.perf_counter()
+    ingest_paths(packages[:half], settings, workers=1)
+    size1, (figs1, _, _) = _db_bytes(settings.db_path), _store_stats(settings.db_path)
+    ingest_paths(packages[half:], settings, workers=1)
+    elapsed = time.perf_counter() - started
+    size2, (figs2, articles, chars) = _db_bytes(settings.db_path), _store_stats(settings.db_path)
+    marginal = figs2 > figs1 and size2 > size1
+    per_fig = (size2 - size1) / (figs2 - figs1) if marginal else size2 / max(figs2, 1)
+    return {
+        "figures": figs2, "articles": articles, "caption_chars": chars,
+        "store_bytes_per_figure": per_fig,
+        "image_bytes_per_figure": _dir_bytes(settings.images_dir) / max(figs2, 1),
+        "ingest_figures_per_s": figs2 / elapsed if elapsed else 0.0,
+        "how": (f"ingest of {articles} synthetic articles ({figs2} figures), growth of the second half"
+                if marginal else f"ingest of {articles} synthetic articles, total size / figures"),
+    }
+
+
+def measure_store_db(db: Path, images_dir: Path | None) -> dict[str, Any]:
+    """Bytes per figure of an existing store (whole file / figures, so an upper bound)."""
+    figures, articles, chars = _store_stats(db)
+    return {
+        "figures": figures, "articles": articles, "caption_chars": chars,
+        "store_bytes_per_figure": _db_bytes(db) / max(figures, 1),
+        "image_bytes_per_figure": (_dir_bytes(images_dir) / max(figures, 1)) if images_dir else None,
+        "how": f"{db} ({figures} figures, {articles} articles), size / figures",
+    }
+
+
+def real_caption_chars() -> Input:
+    """Mean caption length of the real PMC captions in ../shared/data (ROCO + PMC figures)."""
+    lengths: list[int] = []
+    roco = SHARED_DATA / "roco" / "roco_pmc_figures.csv"
+    pmc = SHARED_DATA / "pmc-figures" / "figures.jsonl"
+    if roco.is_file():
+        with roco.open(newline="", encoding="utf-8") as fh:
+            lengths += [len(row["caption"]) for row in csv.DictReader(fh) if row.get("kind") != "radiology"]
+    if pmc.is_file():
+        lengths += [len(json.loads(line)["caption"]) for line in pmc.open(encoding="utf-8") if line.strip()]
+    if not lengths:
+        return Input("caption_chars", DEFAULTS["caption_chars"][0], DEFAULTS["caption_chars"][1], assumed=True)
+    return Input("caption_chars", statistics.mean(lengths),
+                 f"{len(lengths)} real PMC captions in shared/data (ROCO non-radiology + pmc-figures)")
+
+
+def real_image_bytes(limit: int = 60) -> Input | None:
+    """Stored bytes (image + thumbnail) per figure for real PMC figures via ``store_image``."""
+    from figsearch.core.config import Settings
+    from figsearch.imaging import store_image
+
+    images = sorted((SHARED_DATA / "pmc-figures" / "images").glob("*.jp*g"))[:limit]
+    if not images:
+        return None
+    s = Settings()
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in images:
+            store_image(path.read_bytes(), tmp, s.image_max_side, s.thumb_max_side)
+        total = _dir_bytes(Path(tmp))
+    return Input("image_bytes_per_figure", total / len(images),
+                 f"store_image on {len(images)} real PMC figures (400-800 px; larger originals "
+                 f"would store up to {s.image_max_side} px)")
+
+
+# ----------------------------------------------------------------------------- projection
+
+
+def factory_numbers(factory: str, dim: int) -> dict[str, int]:
+    """nlist, PQ bytes, OPQ and HNSW from a faiss factory string ('Flat' gives zeros)."""
+    ivf = re.search(r"IVF(\d+)", factory)
+    pq = re.search(r"PQ(\d+)(?:x(\d+))?$", factory.split(",")[-1])
+    m = int(pq.group(1)) if pq else 0
+    bits = int(pq.group(2)) if pq and pq.group(2) else 8
+    code = m * bits // 8 if pq else (dim * 4 if factory.split(",")[-1] == "Flat" else dim)
+    return {"nlist": int(ivf.group(1)) if ivf else 0, "code_bytes": code, "pq_m": m,
+            "opq": int(factory.startswith("OPQ")), "hnsw": int("HNSW" in factory)}
+
+
+def index_ram_bytes(n: int, dim: int, factory: str) -> dict[str, float]:
+    """RAM of the FAISS index: codes + ids, coarse centroids (+HNSW links), OPQ, PQ codebooks."""
+    f = factory_numbers(factory, dim)
+    codes = n * (f["code_bytes"] + (8 if f["nlist"] else 0))
+    coarse = f["nlist"] * dim * 4 + (f["nlist"] * 32 * 2 * 4 if f["hnsw"] else 0)
+    opq = dim * dim * 4 if f["opq"] else 0
+    codebooks = 256 * dim * 4 if f["pq_m"] else 0
+    return {"codes": codes, "coarse": coarse, "opq": opq, "codebooks": codebooks,
+            "total": codes + coarse + opq + codebooks}
+
+
+def _scanned_per_query(n: float, factory: str, nprobe: int, dim: int) -> float:
+    nlist = factory_numbers(factory, dim)["nlist"]
+    return n if not nlist else n * min(nprobe, nlist) / nlist
+
+
+def project_latency(inp: Input, n_meas: float | None, factory_meas: str | None, n: int,
+                    factory: str, nprobe: int, dim: int) -> tuple[float, str]:
+    """Scale measured latency by codes scanned per query (upper bound: scanning dominates)."""
+    if not n_meas or not factory_meas or inp.assumed:
+        return inp.value, inp.basis() + "; not scaled"
+    ratio = _scanned_per_query(n, factory, nprobe, dim) / _scanned_per_query(n_meas, factory_meas, nprobe, dim)
+    return inp.value * ratio, (f"{inp.basis()} at n={int(n_meas):,} ({factory_meas}), x{ratio:.2f} codes "
+                               f"scanned per query at nprobe {nprobe} (upper bound)")
+
+
+@dataclass
+class Row:
+    quantity: str
+    value: Any
+    unit: str
+    basis: str
+
+
+def gather_inputs(results: dict[str, dict[str, Any]], store: dict[str, Any] | None) -> dict[str, Input]:
+    """Every input of the projection, measured where a result exists."""
+    inputs = {name: measured_or_default(results, name)
+              for name in ("dim", "query_p50_ms", "query_p95_ms")}
+    inputs["build_s_per_vector"] = _build_s_per_vector(results)
+    inputs["embed_images_per_s"] = measured_or_default(results, "embed_images_per_s", "gpu_images_per_s")
+    inputs["ingest_figures_per_s"] = measured_or_default(results, "ingest_figures_per_s")
+    if inputs["ingest_figures_per_s"].assumed and store and store.get("ingest_figures_per_s"):
+        inputs["ingest_figures_per_s"] = Input("ingest_figures_per_s", store["ingest_figures_per_s"],
+                                               f"scale.py's own {store['how']} (1 worker)")
+    inputs["caption_chars"] = real_caption_chars()
+    for key in ("store_bytes_per_figure", "image_bytes_per_figure"):
+        if store and store.get(key):
+            inputs[key] = Input(key, float(store[key]), str(store["how"]))
+        else:
+            inputs[key] = measured_or_default(results, key)
+    real_images = real_image_bytes()
+    if real_images is not None:
+        inputs["image_bytes_per_figure"] = real_images
+    return inputs
+
+
+def _gpu_throughput(results: dict[str, dict[str, Any]], inp: Input) -> tuple[float, str]:
+    """Images/s on one GPU: the measurement if it ran on CUDA, else the assumed GPU default."""
+    device = str(_param(results, "embed", "device") or "")
+    gpu = ((results.get("embed") or {}).get("machine") or {}).get("gpu")
+    if not inp.assumed and (device.startswith("cuda") or (gpu and not device)):
+        return inp.value, f"{inp.basis()} on {gpu or device}"
+    value, why = DEFAULTS["gpu_images_per_s"]
+    note = f"; measured {inp.value:,.1f}/s on {device or 'cpu'}" if not inp.assumed else ""
+    return value, f"assumed: {why}{note}"
+
+
+def project(results: dict[str, dict[str, Any]], inputs: dict[str, Input], n: int, articles: int,
+            memory_gb: float, nprobe: int, synth_caption_chars: float | None) -> list[Row]:
+    """The projection table rows for ``n`` figures in ``articles`` articles."""
+    from figsearch.index import choose_factory
+
+    dim = int(inputs["dim"].value)
+    factory = choose_factory(n, dim, memory_gb)
+    ram = index_ram_bytes(n, dim, factory)
+    rows = [
+        Row("figures", n, "", "target"), Row("articles", articles, "", "target"),
+        Row("embedding dim", dim, "", inputs["dim"].basis()),
+        Row("index factory", factory, "", f"figsearch.index.choose_factory(n, dim, {memory_gb:g} GiB)"),
+        Row("index RAM: PQ codes + ids", ram["codes"] / GIB, "GiB", "n x (PQ bytes + 8-byte id)"),
+        Row("index RAM: IVF centroids + HNSW", ram["coarse"] / GIB, "GiB", "nlist x dim x 4 + HNSW32 links"),
+        Row("index RAM: OPQ + PQ codebooks", (ram["opq"] + ram["codebooks"]) / GIB, "GiB", "dim^2 x 4 + 256 x dim x 4"),
+        Row("index RAM total", ram["total"] / GIB, "GiB", "sum of the above"),
+        Row("re-rank vectors (float16, mmap, disk)", n * dim * 2 / GIB, "GiB", "n x dim x 2 bytes; page cache, not heap"),
+    ]
+    rows += _store_rows(inputs, n, synth_caption_chars)
+    rows += _time_rows(results, inputs, n, factory, nprobe, dim)
+    return rows
+
+
+def _store_rows(inputs: dict[str, Input], n: int, synth_chars: float | None) -> list[Row]:
+    store = inputs["store_bytes_per_figure"]
+    rows = [Row("store bytes / figure", store.value, "B", store.basis()),
+            Row("store (SQLite + FTS5)", n * store.value / GIB, "GiB", "n x bytes/figure")]
+    real = inputs["caption_chars"]
+    if synth_chars and not store.assumed and "synthetic" in store.source:
+        adjusted = store.value * real.value / synth_chars
+        rows.append(Row("store, caption-length adjusted", n * adjusted / GIB, "GiB",
+                        f"x {real.value:.0f}/{synth_chars:.0f} caption chars (real/synthetic; "
+                        f"assumed linear in caption length; real: {real.source})"))
+    img = inputs["image_bytes_per_figure"]
+    rows += [Row("image bytes / figure", img.value, "B", img.basis()),
+             Row("image disk (JPEG + thumbnail)", n * img.value / GIB, "GiB", "n x bytes/figure")]
+    return rows
+
+
+def _time_rows(results: dict[str, dict[str, Any]], inputs: dict[str, Input], n: int, factory: str,
+               nprobe: int, dim: int) -> list[Row]:
+    gpu_rate, gpu_basis = _gpu_throughput(results, inputs["embed_images_per_s"])
+    emb = inputs["embed_images_per_s"]
+    ingest, build = inputs["ingest_figures_per_s"], inputs["build_s_per_vector"]
+    n_meas = _param(results, "ann", "n", "n_vectors", "count")
+    f_meas = _param(results, "ann", "factory")
+    rows = [
+        Row("embedding, one GPU", n / gpu_rate / 3600, "h", f"{gpu_rate:,.0f} images/s; {gpu_basis}"),
+        Row("ingest (parse + store images)", n / ingest.value / 3600, "h", f"{ingest.value:,.1f} figures/s; {ingest.basis()}"),
+        Row("index build (train + add)", n * build.value / 3600, "h", f"{build.value:.3g} s/vector x n, linear (conservative); {build.basis()}"),
+    ]
+    if not emb.assumed:
+        rows.insert(1, Row("embedding, measured device", n / emb.value / 3600, "h",
+                           f"{emb.value:,.1f} images/s; {emb.basis()}"))
+    measured_bpv = _lookup(results, *KEYS["ann_bytes_per_vector"])
+    if measured_bpv is not None:
+        rows.append(Row("index bytes / vector (measured)", measured_bpv[0], "B",
+                        f"measured: {measured_bpv[1]} at n={n_meas} ({f_meas})"))
+    for key in ("query_p50_ms", "query_p95_ms"):
+        value, basis = project_latency(inputs[key], n_meas, f_meas if isinstance(f_meas, str) else None,
+                                       n, factory, nprobe, dim)
+        rows.append(Row(f"query latency {key[6:9]} (measured)", inputs[key].value, "ms", inputs[key].basis()))
+        rows.append(Row(f"query latency {key[6:9]} at target", value, "ms", basis))
+    return rows
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def render_markdown(rows: list[Row], inputs: dict[str, Input], args: argparse.Namespace) -> str:
+    table = markdown_table(["quantity", "value", "unit", "basis"],
+                           [[r.quantity, r.value, r.unit, r.basis] for r in rows])
+    sources = markdown_table(["input", "value", "source"],
+                             [[i.name, i.value, i.basis()] for i in inputs.values()])
+    return (f"# Scale projection: {args.figures:,} figures / {args.articles:,} articles\n\n"
+            f"{table}\n\n## Inputs\n\n{sources}\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench.scale", description=__doc__.splitlines()[0])
+    p.add_argument("--figures", type=int, default=15_000_000, help="target figures (default 15 M)")
+    p.add_argument("--articles", type=int, default=4_500_000, help="target articles (default 4.5 M)")
+    p.add_argument("--results", type=Path, default=None, help="results dir to read and write (default bench/results)")
+    p.add_argument("--synth-n", type=int, default=60, help="synthetic articles ingested to measure the store")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
+    p.add_argument("--db", type=Path, default=None, help="measure an existing figsearch.db instead")
+    p.add_argument("--images-dir", type=Path, default=None, help="its images directory (with --db)")
+    p.add_argument("--memory-gb", type=float, default=None, help="index memory budget (default: settings)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default: settings)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from figsearch.core.config import Settings
+
+    args = parse_args(argv)
+    settings = Settings()
+    memory_gb = args.memory_gb or settings.index_memory_gb
+    nprobe = args.nprobe or settings.nprobe
+    results = load_results(args.results)
+    if args.db:
+        if not args.db.is_file():
+            print(f"error: no database at {args.db}")
+            return 2
+        store = measure_store_db(args.db, args.images_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="figsearch-scale-") as tmp:
+            store = measure_store_synthetic(args.synth_n, args.seed, Path(tmp))
+    inputs = gather_inputs(results, store)
+    synth_chars = store["caption_chars"] if not args.db else None
+    rows = project(results, inputs, args.figures, args.articles, memory_gb, nprobe, synth_chars)
+    text = render_markdown(rows, inputs, args)
+    out_dir = args.results or results_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scale.md").write_text(text, encoding="utf-8")
+    figures = {r.quantity: r.value for r in rows}
+    params = {"figures": args.figures, "articles": args.articles, "memory_gb": memory_gb,
+              "nprobe": nprobe, "store_measured_on": store["how"],
+              "inputs": {k: {"value": v.value, "source": v.source, "assumed": v.assumed} for k, v in inputs.items()}}
+    _write(out_dir, params, figures, args.results is not None)
+    print(text)
+    return 0
+
+
+def _write(out_dir: Path, params: dict[str, Any], figures: dict[str, Any], explicit: bool) -> None:
+    import os
+
+    if explicit:  # write_result honours FIGSEARCH_BENCH_RESULTS; point it at --results
+        os.environ["FIGSEARCH_BENCH_RESULTS"] = str(out_dir)
+    path = write_result("scale", params, figures)
+    print(f"wrote {path} and {out_dir / 'scale.md'}\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
