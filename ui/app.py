@@ -8,6 +8,7 @@ URL query string, so a link reproduces the view and back/forward step through it
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import streamlit as st
@@ -22,7 +23,7 @@ GRID_COLUMNS = 4
 ALL = ""  # picker value meaning "no filter"
 
 CSS = """<style>
-.fs-card img.fs-thumb {width:100%; height:170px; object-fit:contain; background:#f5f6f8;
+.fs-card .fs-thumb {width:100%; height:170px; object-fit:contain; background:#f5f6f8;
   border-radius:6px; display:block}
 .fs-head {margin-top:.45rem; display:flex; gap:.3rem; flex-wrap:wrap; align-items:center}
 .fs-badge {font-size:.7rem; padding:.05rem .45rem; border-radius:.6rem; white-space:nowrap;
@@ -40,6 +41,8 @@ CSS = """<style>
 [data-testid="stMainBlockContainer"] {padding-top:2.5rem}
 [role="dialog"] [data-testid="stImage"] img {max-height:72vh; object-fit:contain}
 .fs-full-caption {font-size:.95rem; line-height:1.5}
+.fs-noimg {display:flex; align-items:center; justify-content:center; color:#9ca3af;
+  font-size:.8rem}
 </style>"""
 
 
@@ -73,16 +76,18 @@ def fetch_figure(url: str, figure_id: int) -> dict[str, Any]:
 
 @st.cache_data(ttl=120, show_spinner=False, max_entries=64)
 def fetch_results(
-    url: str, source: str, params: tuple[tuple[str, str], ...], image: bytes | None
+    url: str, source: str, params: tuple[tuple[str, str], ...], image_sha256: str,
+    _image: bytes | None,
 ) -> dict[str, Any]:
-    """One page of results; ``params`` is the view's query string (hashable for the cache)."""
+    """One page of results. The cache key is the view's query string and the image's hash
+    (the leading underscore keeps the image bytes themselves out of the cache)."""
     state = c.ViewState.from_params(dict(params))
     client = get_client(url)
     k, offset = state.k, state.offset
     if source == "similar" and state.similar is not None:
         return client.similar(state.similar, k=k, offset=offset, **state.filters())
-    if source == "image" and image is not None:
-        return client.search_image(image, k=k, offset=offset, **state.filters())
+    if source == "image" and _image is not None:
+        return client.search_image(_image, k=k, offset=offset, **state.filters())
     return client.search(state.q, k=k, offset=offset, mode=state.mode, **state.filters())
 
 
@@ -223,10 +228,9 @@ def _year_filter(facets: c.Facets) -> None:
         st.slider("Publication year", lo, hi, key="years", on_change=restart_paging)
         return
     left, right = st.columns(2)
-    left.number_input("Year from", min_value=1800, max_value=2100, step=1, key="year_from",
-                      on_change=restart_paging)
-    right.number_input("Year to", min_value=1800, max_value=2100, step=1, key="year_to",
-                       on_change=restart_paging)
+    for col, label, key in ((left, "Year from", "year_from"), (right, "Year to", "year_to")):
+        col.number_input(label, min_value=1800, max_value=2100, value=None, step=1, key=key,
+                         on_change=restart_paging, placeholder="any")
 
 
 def render_sidebar(facets: c.Facets, url: str) -> None:
@@ -316,9 +320,11 @@ def render_banner(source: str, state: c.ViewState, image_name: str) -> None:
 def search(url: str, source: str, state: c.ViewState, image: bytes | None) -> dict | None:
     """Run the search with a spinner; show a clear message and return None on failure."""
     params = tuple(sorted(state.with_(fig=None).to_params().items()))
+    image = image if source == "image" else None
+    digest = hashlib.sha256(image).hexdigest() if image else ""
     try:
         with st.spinner("Searching…"):
-            return fetch_results(url, source, params, image if source == "image" else None)
+            return fetch_results(url, source, params, digest, image)
     except APIUnavailable as exc:
         st.error(f"Cannot search: {exc.message}. Is `figsearch serve` running?")
     except FigSearchError as exc:

@@ -265,7 +265,8 @@ def result_card_html(result: Mapping[str, Any]) -> str:
     title = html.escape(result.get("title") or "")
     caption = result.get("caption_highlighted") or html.escape(result.get("caption") or "")
     thumb = html.escape(result.get("thumbnail_url") or "", quote=True)
-    img = f'<img class="fs-thumb" src="{thumb}" alt="{label}" loading="lazy">' if thumb else ""
+    img = (f'<img class="fs-thumb" src="{thumb}" alt="{label}" loading="lazy">' if thumb
+           else '<div class="fs-thumb fs-noimg">no image</div>')
     return (
         f'<div class="fs-card">{img}'
         f'<div class="fs-head"><b>{label}</b> {type_badge(result.get("figure_type"), result.get("figure_type_score"))}'

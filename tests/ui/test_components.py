@@ -142,3 +142,8 @@ def test_parse_facets_reads_the_api_shape_and_tolerates_gaps():
     assert (facets.year_min, facets.year_max) == (2003, 2021)
     assert c.parse_facets(None) == c.Facets()
     assert c.parse_facets({"years": {"min": None, "max": None}}).year_min is None
+
+
+def test_card_without_image_keeps_its_place():
+    card = c.result_card_html({**RESULT, "thumbnail_url": None})
+    assert "<img" not in card and "fs-noimg" in card
