@@ -6,6 +6,7 @@ and, when ``FIGSEARCH_SCREENSHOT_DIR`` is set, are copied there (for the README)
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -76,7 +77,11 @@ def test_search_filter_detail_and_upload_in_a_browser(api_url, browser_page, tmp
         expect(page.locator(".fs-caption mark").first).to_have_text(re.compile("pathway", re.I))
         assert page.locator(".fs-card img.fs-thumb").first.get_attribute("src").startswith(api_url)
         _wait_for_images(page, ".fs-card img.fs-thumb")
-        expect(page.get_by_role("button", name="⬇ CSV")).to_be_visible()
+        with page.expect_download() as download:
+            page.get_by_role("button", name="⬇ CSV").click()
+        rows = list(csv.DictReader(open(download.value.path(), encoding="utf-8")))
+        shown = page.locator(".fs-card").count()
+        assert len(rows) == shown and rows[0]["rank"] == "1" and rows[0]["caption"]
         _shoot(page, tmp_path, "ui-results")
 
         # The detail view of a real figure: large image, attribution, PMC links.
@@ -96,6 +101,11 @@ def test_search_filter_detail_and_upload_in_a_browser(api_url, browser_page, tmp
         expect(page).not_to_have_url(re.compile(r"fig="))
         expect(page.get_by_role("dialog")).to_have_count(0)
         expect(page.locator(".fs-card").first).to_be_visible()
+        page.go_forward()  # ... and forward opens the figure again
+        expect(page.get_by_role("dialog").get_by_text("Attribution")).to_be_visible()
+        page.keyboard.press("Escape")
+        expect(page.get_by_role("dialog")).to_have_count(0)
+        expect(page).not_to_have_url(re.compile(r"fig="))
 
         # A filter: commercial-use licenses only -> only green license badges.
         assert page.locator(".fs-lic-nc").count() > 0
