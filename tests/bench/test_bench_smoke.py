@@ -1,0 +1,129 @@
+"""Every bench script runs at a tiny size, exits 0, prints its table and writes its result.
+
+Scripts run as subprocesses with the venv's python (``python -m bench.<name>``), writing into
+a temporary results directory (``FIGSEARCH_BENCH_RESULTS``) so real results are never touched.
+The scripts run in file order: ``scale`` then reads what the earlier ones measured and
+``report`` renders all of them into a temporary copy of the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_PY = REPO / ".venv" / "bin" / "python"
+PYTHON = str(VENV_PY if VENV_PY.exists() else Path(sys.executable))
+TABLE = re.compile(r"^\|.*\|[ \t]*\n\|(?:-+\|)+[ \t]*$", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench-results")
+
+
+def run_bench(name: str, args: list[str], results: Path, timeout: float = 600) -> tuple[str, dict[str, Any]]:
+    """Run ``bench.<name>``; assert exit 0, a printed markdown table and a result file."""
+    env = {**os.environ, "FIGSEARCH_BENCH_RESULTS": str(results), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([PYTHON, "-m", f"bench.{name}", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    tail = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, tail
+    assert TABLE.search(proc.stdout), f"no markdown table printed\n{tail}"
+    result = json.loads((results / f"{name}.json").read_text())
+    assert result["name"] == name and result["figures"], result
+    assert result["machine"]["cores"] >= 1 and result["versions"]["python"]
+    return proc.stdout, result
+
+
+@pytest.mark.slow
+def test_api_bench_smoke(results_dir: Path) -> None:
+    _, result = run_bench("api", ["--n", "2000", "--duration", "1", "--concurrency", "1,4"], results_dir)
+    assert result["params"]["n"] == 2000
+    assert any(k.endswith("_p50_ms") and v > 0 for k, v in result["figures"].items())
+
+
+@pytest.mark.slow
+def test_scale_bench_smoke(results_dir: Path) -> None:
+    out, result = run_bench("scale", ["--synth-n", "4", "--results", str(results_dir)], results_dir)
+    md = (results_dir / "scale.md").read_text()
+    assert "15,000,000 figures / 4,500,000 articles" in md and TABLE.search(md)
+    figures = result["figures"]
+    assert figures["index factory"].startswith("OPQ") and figures["index RAM total"] > 0
+    assert figures["store bytes / figure"] > 0 and figures["re-rank vectors (float16, mmap, disk)"] > 0
+    inputs = result["params"]["inputs"]
+    for name, inp in inputs.items():  # every measured input names a result that exists
+        match = re.search(r"bench/results/(\w+)\.json", inp["source"])
+        if match and not inp["assumed"]:
+            assert (results_dir / f"{match.group(1)}.json").is_file(), (name, inp)
+    assert inputs["store_bytes_per_figure"]["assumed"] is False
+
+
+@pytest.mark.slow
+def test_report_regenerates_only_between_markers(results_dir: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    original = (REPO / "README.md").read_text(encoding="utf-8")
+    if "<!-- bench:start -->" not in original:
+        original += "\n<!-- bench:start -->\n<!-- bench:end -->\n"
+    before, _, rest = original.partition("<!-- bench:start -->")
+    _, _, after = rest.partition("<!-- bench:end -->")
+    readme.write_text(original, encoding="utf-8")
+    env = {**os.environ, "FIGSEARCH_BENCH_RESULTS": str(results_dir)}
+    proc = subprocess.run([PYTHON, "-m", "bench.report", "--readme", str(readme)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert TABLE.search(proc.stdout)
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith(before + "<!-- bench:start -->") and text.endswith("<!-- bench:end -->" + after)
+    table = text[len(before):len(text) - len(after)]
+    for result in results_dir.glob("*.json"):
+        assert f"| {result.stem} |" in table
+    again = subprocess.run([PYTHON, "-m", "bench.report", "--readme", str(readme)], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and readme.read_text(encoding="utf-8") == text  # idempotent
+
+
+def test_index_ram_from_factory_string() -> None:
+    from bench.scale import factory_numbers, index_ram_bytes
+
+    f = factory_numbers("OPQ64,IVF65536_HNSW32,PQ64", 512)
+    assert f == {"nlist": 65536, "code_bytes": 64, "pq_m": 64, "opq": 1, "hnsw": 1}
+    ram = index_ram_bytes(15_000_000, 512, "OPQ64,IVF65536_HNSW32,PQ64")
+    assert ram["codes"] == 15_000_000 * (64 + 8)
+    assert ram["coarse"] == 65536 * 512 * 4 + 65536 * 32 * 2 * 4
+    assert ram["total"] == ram["codes"] + ram["coarse"] + 512 * 512 * 4 + 256 * 512 * 4
+    assert index_ram_bytes(1000, 64, "Flat")["total"] == 1000 * 64 * 4
+
+
+def test_missing_inputs_fall_back_to_marked_defaults() -> None:
+    from bench.scale import DEFAULTS, _build_s_per_vector, measured_or_default
+
+    results = {"ann": {"params": {"n": 1000, "dim": 256}, "figures": {"build_s": 2.0, "query_p50_ms": 3.5}}}
+    p50 = measured_or_default(results, "query_p50_ms")
+    assert (p50.value, p50.assumed) == (3.5, False) and "ann.json" in p50.source
+    assert measured_or_default(results, "dim").value == 256
+    build = _build_s_per_vector(results)
+    assert build.value == pytest.approx(0.002) and not build.assumed
+    missing = measured_or_default({}, "ingest_figures_per_s")
+    assert missing.assumed and missing.value == DEFAULTS["ingest_figures_per_s"][0]
+    assert missing.basis().startswith("assumed:")
+
+
+def test_report_refuses_a_readme_without_markers(tmp_path: Path) -> None:
+    from bench.report import replace_between_markers
+
+    assert replace_between_markers("a\n<!-- bench:start -->\nold\n<!-- bench:end -->\nz", "T") == (
+        "a\n<!-- bench:start -->\nT\n<!-- bench:end -->\nz")
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    proc = subprocess.run([PYTHON, "-m", "bench.report", "--readme", str(readme)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "markers" in proc.stderr
+    assert readme.read_text() == "no markers here\n"
