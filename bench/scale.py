@@ -47,10 +47,13 @@ DEFAULTS: dict[str, tuple[float, str]] = {
     "caption_chars": (600.0, "mean PMC figure caption length"),
 }
 
-#: Result keys tried in order for each input (figures first, then params).
+#: Result keys (regular expressions, full match) tried in order for each input; figures first,
+#: then params. Matches what bench/{ann,embed,embed_gpu,ingest}.py write.
 KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dim": ("ann", ("dim",)),
-    "embed_images_per_s": ("embed", ("images_per_s", "throughput_images_per_s", "img_per_s")),
+    "embed_images_per_s": ("embed", ("images_per_s", "vit-b16_pipeline_fig_s", "vit-b16_naive_fig_s",
+                                     "figclip-mini_pipeline_fig_s", "figclip-mini_naive_fig_s")),
+    "gpu_images_per_s": ("embed_gpu", (r"end_to_end_jpeg_b\d+_img_s", r"images_per_s")),
     "ingest_figures_per_s": ("ingest", ("figures_per_s", "figs_per_s")),
     "build_s_per_vector": ("ann", ("build_s_per_vector",)),
     "query_p50_ms": ("ann", ("query_p50_ms", "latency_p50_ms", "p50_ms", "search_p50_ms")),
@@ -78,9 +81,11 @@ def _lookup(results: dict[str, dict[str, Any]], bench: str, keys: tuple[str, ...
         return None
     for section in ("figures", "params"):
         block = res.get(section) or {}
-        for key in keys:
-            if isinstance(block.get(key), (int, float)) and not isinstance(block.get(key), bool):
-                return block[key], f"bench/results/{bench}.json {section}.{key}"
+        for pattern in keys:
+            for key, value in block.items():
+                if re.fullmatch(pattern, key) and isinstance(value, (int, float)) \
+                        and not isinstance(value, bool) and value > 0:
+                    return value, f"bench/results/{bench}.json {section}.{key}"
     return None
 
 
@@ -284,7 +289,12 @@ def gather_inputs(results: dict[str, dict[str, Any]], store: dict[str, Any] | No
 
 
 def _gpu_throughput(results: dict[str, dict[str, Any]], inp: Input) -> tuple[float, str]:
-    """Images/s on one GPU: the measurement if it ran on CUDA, else the assumed GPU default."""
+    """Images/s on one GPU: bench.embed_gpu's end-to-end rate, else bench.embed if it ran on
+    CUDA, else the assumed GPU default."""
+    gpu_run = _lookup(results, *KEYS["gpu_images_per_s"])
+    if gpu_run is not None:
+        name = _param(results, "embed_gpu", "gpu") or "GPU"
+        return float(gpu_run[0]), f"measured: {gpu_run[1]} on {name}"
     device = str(_param(results, "embed", "device") or "")
     gpu = ((results.get("embed") or {}).get("machine") or {}).get("gpu")
     if not inp.assumed and (device.startswith("cuda") or (gpu and not device)):

@@ -44,6 +44,12 @@ def run_bench(name: str, args: list[str], results: Path, timeout: float = 600) -
 
 
 @pytest.mark.slow
+def test_embed_bench_smoke(results_dir: Path) -> None:
+    _, result = run_bench("embed", ["--n", "16", "--quick"], results_dir)
+    assert result["figures"]["figclip-mini_naive_fig_s"] > 0
+
+
+@pytest.mark.slow
 def test_api_bench_smoke(results_dir: Path) -> None:
     _, result = run_bench("api", ["--n", "2000", "--duration", "1", "--concurrency", "1,4"], results_dir)
     assert result["params"]["n"] == 2000
@@ -103,7 +109,7 @@ def test_index_ram_from_factory_string() -> None:
 
 
 def test_missing_inputs_fall_back_to_marked_defaults() -> None:
-    from bench.scale import DEFAULTS, _build_s_per_vector, measured_or_default
+    from bench.scale import DEFAULTS, _build_s_per_vector, _gpu_throughput, measured_or_default
 
     results = {"ann": {"params": {"n": 1000, "dim": 256}, "figures": {"build_s": 2.0, "query_p50_ms": 3.5}}}
     p50 = measured_or_default(results, "query_p50_ms")
@@ -111,6 +117,9 @@ def test_missing_inputs_fall_back_to_marked_defaults() -> None:
     assert measured_or_default(results, "dim").value == 256
     build = _build_s_per_vector(results)
     assert build.value == pytest.approx(0.002) and not build.assumed
+    gpu_results = {"embed_gpu": {"params": {"gpu": "H200"}, "figures": {"end_to_end_jpeg_b512_img_s": 2500.0}}}
+    rate, basis = _gpu_throughput(gpu_results, measured_or_default(gpu_results, "embed_images_per_s", "gpu_images_per_s"))
+    assert rate == 2500.0 and "H200" in basis and basis.startswith("measured")
     missing = measured_or_default({}, "ingest_figures_per_s")
     assert missing.assumed and missing.value == DEFAULTS["ingest_figures_per_s"][0]
     assert missing.basis().startswith("assumed:")
