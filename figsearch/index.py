@@ -1,0 +1,392 @@
+"""Versioned FAISS indexes: the factory-string rule and the read side used by search.
+
+A version directory (``<data_dir>/indexes/<version>/``) holds:
+
+- ``index.faiss`` — the FAISS index over *row positions* 0..n-1 (inner product on
+  L2-normalised vectors),
+- ``ids.npy`` — int64 figure ids, sorted ascending; row ``i`` of the index is figure ``ids[i]``,
+- ``vectors.npy`` — the float16 vectors in the same row order, memory-mapped for exact
+  re-ranking of compressed (PQ) candidates and for :meth:`SearchIndex.vectors_for`,
+- ``manifest.json`` — model spec/key, dim, count, factory string, build time, checksums.
+
+``indexes/current`` is a symlink to the live version, switched atomically by the builder
+(:mod:`indexer.build`). This module only reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.npy"
+VECTORS_FILE = "vectors.npy"
+MANIFEST_FILE = "manifest.json"
+CURRENT_LINK = "current"
+
+#: Below this many points a flat (exact) index is both fastest to build and fast enough to search.
+FLAT_MAX = 50_000
+#: From this many points on, OPQ + IVF65536/HNSW + PQ (the faiss guideline for 10M-100M).
+HUGE_MIN = 10_000_000
+#: Allowed subsets at most this large are searched exactly (brute force over their vectors).
+EXACT_SUBSET_MAX = 20_000
+#: PQ bytes/vector tried, largest first. Capped at 64: longer codes slow the scan, and exact
+#: re-ranking recovers the precision instead.
+#: efSearch for plain HNSW indexes (faiss's default of 16 loses recall on clustered data).
+HNSW_EF_SEARCH = 128
+#: faiss's bundled type stubs lack the SearchParameters keyword constructors used here.
+_faiss: Any = faiss
+_PQ_M_CHOICES = (64, 48, 32, 16, 8, 4)
+
+
+class IndexLoadError(RuntimeError):
+    """An index version is missing, incomplete or corrupt."""
+
+
+class IndexModelMismatch(IndexLoadError):
+    """The index was built with another model than the one asked to query it."""
+
+
+# -- locating versions ------------------------------------------------------------------------
+def current_version_dir(indexes_dir: str | Path) -> Path | None:
+    """The version directory ``indexes/current`` points to, or None when there is none."""
+    link = Path(indexes_dir) / CURRENT_LINK
+    if not link.exists():
+        return None
+    target = link.resolve()
+    return target if (target / MANIFEST_FILE).is_file() else None
+
+
+# -- the factory rule --------------------------------------------------------------------------
+def _pow2_near(x: float) -> int:
+    return int(2 ** round(math.log2(max(x, 1.0))))
+
+
+def ivf_lists(n: int) -> int:
+    """IVF list count: a power of two near 8·sqrt(n) (faiss: 4–16·sqrt(n)), with >= 39 points
+    per centroid available for training."""
+    k = _pow2_near(8 * math.sqrt(n))
+    while k > 1 and n < 39 * k:
+        k //= 2
+    return max(k, 1)
+
+
+def pq_code_size(n: int, dim: int, memory_gb: float) -> int:
+    """Largest PQ sub-quantizer count ``m`` (bytes per vector) that divides ``dim`` and whose
+    codes + 8-byte ids for ``n`` vectors fit in ~70% of the memory budget."""
+    budget = memory_gb * 2**30 * 0.7 / max(n, 1) - 8
+    for m in _PQ_M_CHOICES:
+        if dim % m == 0 and m <= budget and m <= dim:
+            return m
+    return next((m for m in reversed(_PQ_M_CHOICES) if dim % m == 0), 1)
+
+
+def choose_factory(n: int, dim: int, memory_gb: float) -> str:
+    """The faiss factory string for ``n`` vectors of ``dim`` under a memory budget (GiB).
+
+    ====================  =============================================================
+    n                     factory
+    ====================  =============================================================
+    < 50k                 ``Flat`` (exact)
+    50k – 10M, fits       ``IVF{k},Flat`` (k < 4096) or ``IVF{k}_HNSW32,Flat`` (k >= 4096)
+                          when float32 vectors take <= 50% of the budget
+    50k – 10M, too big    ``IVF{k}[_HNSW32],PQ{m}`` (m = PQ bytes/vector from the budget)
+    >= 10M                ``OPQ{m},IVF65536_HNSW32,PQ{m}`` (``IVF262144`` from 100M)
+    ====================  =============================================================
+
+    ``k`` is a power of two near 8·sqrt(n), halved until n >= 39·k (faiss's minimum training
+    points per centroid). Re-ranking with the stored float16 vectors restores the precision
+    PQ loses (see docs/indexing.md).
+    """
+    if n < FLAT_MAX:
+        return "Flat"
+    if n >= HUGE_MIN:
+        k = 262144 if n >= 100_000_000 else 65536
+        m = pq_code_size(n, dim, memory_gb)
+        return f"OPQ{m},IVF{k}_HNSW32,PQ{m}"
+    k = ivf_lists(n)
+    coarse = f"IVF{k}_HNSW32" if k >= 4096 else f"IVF{k}"
+    if n * dim * 4 <= memory_gb * 2**30 * 0.5:
+        return f"{coarse},Flat"
+    return f"{coarse},PQ{pq_code_size(n, dim, memory_gb)}"
+
+
+def is_compressed(factory: str) -> bool:
+    """Whether the index stores lossy codes (then exact re-ranking helps)."""
+    codec = factory.split(",")[-1]
+    return codec.startswith(("PQ", "SQ", "RQ", "LSQ", "RaBitQ"))
+
+
+# -- checksums ------------------------------------------------------------------------------
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_files(version_dir: Path, checksums: dict[str, Any], full_hash: bool) -> None:
+    """Raise :class:`IndexLoadError` when a listed file is missing or differs in size (or hash)."""
+    for name, info in checksums.items():
+        path = version_dir / name
+        if not path.is_file():
+            raise IndexLoadError(f"index version {version_dir.name}: file {name} is missing")
+        size = path.stat().st_size
+        if size != int(info["size"]):
+            raise IndexLoadError(
+                f"index version {version_dir.name}: {name} is {size} bytes, "
+                f"manifest says {info['size']} (truncated or replaced)"
+            )
+        if full_hash and file_sha256(path) != info["sha256"]:
+            raise IndexLoadError(f"index version {version_dir.name}: {name} checksum mismatch")
+
+
+def read_manifest(version_dir: Path) -> dict[str, Any]:
+    """The parsed manifest of a version directory (IndexLoadError if absent or unreadable)."""
+    path = version_dir / MANIFEST_FILE
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise IndexLoadError(f"{version_dir} is not an index version (no {MANIFEST_FILE})") from None
+    except (OSError, ValueError) as exc:
+        raise IndexLoadError(f"{path}: unreadable manifest ({exc})") from exc
+
+
+# -- search parameters with selectors ------------------------------------------------------------
+def _search_params(index: faiss.Index, sel: Any, nprobe: int) -> Any:
+    """SearchParameters carrying an id selector, shaped for the index type (None if unsupported)."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        inner = _search_params(index.index, sel, nprobe)
+        if inner is None:
+            return None
+        params = _faiss.SearchParametersPreTransform()
+        params.index_params = inner
+        params._keep = inner  # keep the SWIG object alive while params lives
+        return params
+    if isinstance(index, faiss.IndexIVF):
+        return _faiss.SearchParametersIVF(sel=sel, nprobe=min(nprobe, index.nlist))
+    if isinstance(index, faiss.IndexHNSW):
+        return _faiss.SearchParametersHNSW(sel=sel, efSearch=index.hnsw.efSearch)
+    if isinstance(index, (faiss.IndexFlat, faiss.IndexPQ, faiss.IndexScalarQuantizer)):
+        return _faiss.SearchParameters(sel=sel)
+    return None
+
+
+def _nlist(index: faiss.Index) -> int | None:
+    ivf = faiss.try_extract_index_ivf(index)
+    return int(ivf.nlist) if ivf is not None else None
+
+
+def _top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the k best (score, row) pairs in descending score; -1 rows sort last."""
+    scores = np.where(rows < 0, -np.inf, scores).astype(np.float32)
+    kk = min(k, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+
+
+def _pad(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    n, have = rows.shape
+    if have >= k:
+        return scores[:, :k], rows[:, :k]
+    s = np.full((n, k), -np.inf, np.float32)
+    r = np.full((n, k), -1, np.int64)
+    s[:, :have], r[:, :have] = scores, rows
+    return s, r
+
+
+class SearchIndex:
+    """One loaded index version: FAISS index + id map + memory-mapped float16 vectors."""
+
+    def __init__(
+        self, version_dir: Path, manifest: dict[str, Any], index: faiss.Index,
+        ids: np.ndarray, vectors: np.ndarray, nprobe: int,
+    ) -> None:
+        self.version_dir = version_dir
+        self.version: str = str(manifest.get("version", version_dir.name))
+        self.manifest = manifest
+        self.index = index
+        self.ids = ids
+        self.vectors = vectors
+        self.nprobe = nprobe
+        self.factory: str = str(manifest.get("factory", ""))
+        self.compressed = is_compressed(self.factory)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @classmethod
+    def load(cls, version_dir: str | Path, nprobe: int = 32, full_hash: bool = False,
+             mmap_index: bool = False) -> SearchIndex:
+        """Open a version directory, checking file sizes (and hashes if ``full_hash``)."""
+        version_dir = Path(version_dir).resolve()
+        manifest = read_manifest(version_dir)
+        verify_files(version_dir, manifest.get("checksums", {}), full_hash)
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap_index else 0
+        try:
+            index = faiss.read_index(str(version_dir / INDEX_FILE), flags)
+            ids = np.load(version_dir / IDS_FILE)
+            vectors = np.load(version_dir / VECTORS_FILE, mmap_mode="r")
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise IndexLoadError(f"index version {version_dir.name}: cannot read ({exc})") from exc
+        if not (index.ntotal == len(ids) == len(vectors) == int(manifest["count"])):
+            raise IndexLoadError(
+                f"index version {version_dir.name}: inconsistent counts (index {index.ntotal}, "
+                f"ids {len(ids)}, vectors {len(vectors)}, manifest {manifest['count']})"
+            )
+        if index.ntotal and vectors.shape[1] != index.d:
+            raise IndexLoadError(f"index version {version_dir.name}: vector dim mismatch")
+        out = cls(version_dir, manifest, index, ids.astype(np.int64), vectors, nprobe)
+        out.set_nprobe(nprobe)
+        return out
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """Lists probed per query (IVF indexes; no-op for others)."""
+        self.nprobe = nprobe
+        try:
+            faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", nprobe)
+        except RuntimeError:
+            pass  # not an IVF index
+        hnsw = faiss.downcast_index(self.index)
+        if isinstance(hnsw, faiss.IndexHNSW):
+            hnsw.hnsw.efSearch = max(hnsw.hnsw.efSearch, HNSW_EF_SEARCH)
+
+    def check_model(self, model_key: str, dim: int) -> None:
+        """Refuse to query with a model other than the one the index was built with."""
+        built_key = self.manifest.get("model_key")
+        if dim != self.dim or model_key != built_key:
+            raise IndexModelMismatch(
+                f"index version {self.version} was built with model {built_key!r} "
+                f"(spec {self.manifest.get('model_spec')!r}, dim {self.dim}); the loaded model is "
+                f"{model_key!r} (dim {dim}). Load that model or rebuild the index with "
+                f"`figsearch index --model <spec>`."
+            )
+
+    # -- id <-> row ---------------------------------------------------------------------------
+    def rows_for(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, found mask) of figure ids in this index."""
+        ids = np.asarray(ids, np.int64).ravel()
+        if len(self.ids) == 0:
+            return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+        pos = np.searchsorted(self.ids, ids).clip(0, len(self.ids) - 1)
+        return pos.astype(np.int64), self.ids[pos] == ids
+
+    def vectors_for(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """float32 vectors of the given figure ids (KeyError naming ids not in the index)."""
+        rows, found = self.rows_for(np.asarray(ids, np.int64))
+        if not found.all():
+            missing = np.asarray(ids, np.int64).ravel()[~found][:10].tolist()
+            raise KeyError(f"figure ids not in index {self.version}: {missing}")
+        return np.asarray(self.vectors[rows], np.float32)
+
+    def contains(self, figure_id: int) -> bool:
+        """Whether a figure id is in this index."""
+        return bool(self.rows_for(np.array([figure_id]))[1][0])
+
+    # -- search -----------------------------------------------------------------------------
+    def search(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None,
+        rerank: bool = True, rerank_factor: int = 10,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, figure ids) per query, padded with score -inf / id -1.
+
+        ``allowed_ids`` restricts results to those figures: small sets are searched exactly,
+        larger ones through a FAISS id selector so k results come back whenever k exist.
+        Compressed indexes fetch ``rerank_factor·k`` candidates re-scored with exact vectors.
+        """
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query dim {q.shape[1]} != index dim {self.dim}")
+        if k <= 0 or self.ntotal == 0:
+            return _pad(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), max(k, 0))
+        fetch = k * max(rerank_factor, 1) if (rerank and self.compressed) else k
+        if allowed_ids is None:
+            scores, rows = self._search_rows(q, fetch, None)
+        else:
+            allowed_rows = self._allowed_rows(allowed_ids)
+            if len(allowed_rows) <= EXACT_SUBSET_MAX:
+                scores, rows = self._exact_subset(q, k, allowed_rows)
+                fetch = k  # already exact
+            else:
+                scores, rows = self._filtered(q, fetch, allowed_rows)
+        if fetch > k:
+            scores, rows = self._rerank(q, rows, k)
+        scores, rows = _pad(*_top_k(scores, rows, k), k)
+        ids = np.where(rows >= 0, self.ids[rows.clip(0)], -1)
+        return scores.astype(np.float32), ids.astype(np.int64)
+
+    def _search_rows(self, q: np.ndarray, k: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, self.ntotal)
+        scores, rows = self.index.search(q, k, params=params) if params else self.index.search(q, k)
+        return scores, rows.astype(np.int64)
+
+    def _allowed_rows(self, allowed_ids: np.ndarray) -> np.ndarray:
+        rows, found = self.rows_for(np.unique(np.asarray(allowed_ids, np.int64)))
+        return rows[found]
+
+    def _exact_subset(self, q: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(rows) == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        scores = q @ np.asarray(self.vectors[rows], np.float32).T
+        return _top_k(scores, np.broadcast_to(rows, scores.shape).copy(), k)
+
+    def _filtered(self, q: np.ndarray, fetch: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Selector search; IVF probes more lists until each query has enough allowed hits,
+        over-fetch where selectors are unsupported, exact search for any query still short."""
+        want = min(fetch, len(rows))
+        sel = faiss.IDSelectorBatch(rows)
+        nlist = _nlist(self.index)
+        nprobe = self.nprobe
+        result = None
+        while (params := _search_params(self.index, sel, nprobe)) is not None:
+            try:
+                result = self._search_rows(q, fetch, params)
+            except RuntimeError:
+                break  # this index type refuses selectors
+            if nlist is None or nprobe >= nlist or ((result[1] >= 0).sum(1) >= want).all():
+                break
+            nprobe = min(nlist, nprobe * 4)
+        scores, got = result if result is not None else self._overfetch(q, fetch, rows)
+        short = np.nonzero((got >= 0).sum(1) < want)[0]
+        if len(short):
+            scores, got = _pad(scores, got, fetch)
+            scores[short], got[short] = _pad(*self._exact_subset(q[short], fetch, rows), fetch)
+        return scores, got
+
+    def _overfetch(self, q: np.ndarray, fetch: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fetch ever more unfiltered candidates until each query has ``fetch`` allowed ones."""
+        mask = np.zeros(self.ntotal, bool)
+        mask[rows] = True
+        want = min(fetch, len(rows))
+        depth = min(self.ntotal, max(fetch * self.ntotal // max(len(rows), 1) * 2, fetch))
+        while True:
+            scores, got = self._search_rows(q, depth, None)
+            ok = (got >= 0) & mask[got.clip(0)]
+            if ok.sum(axis=1).min() >= want or depth >= self.ntotal:
+                break
+            depth = min(self.ntotal, depth * 4)
+        return np.where(ok, scores, -np.inf), np.where(ok, got, -1)
+
+    def _rerank(self, q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact inner products of the candidates from the float16 vectors."""
+        valid = rows >= 0
+        uniq, inverse = np.unique(rows[valid], return_inverse=True)
+        cand = np.asarray(self.vectors[uniq], np.float32)
+        scores = np.full(rows.shape, -np.inf, np.float32)
+        qi = np.nonzero(valid)[0]
+        scores[valid] = np.einsum("ij,ij->i", q[qi], cand[inverse])
+        return _top_k(scores, rows, k)

@@ -1,0 +1,273 @@
+"""Build a FAISS index version and switch ``indexes/current`` to it atomically.
+
+A build writes everything into ``indexes/.building-<version>/``, fsyncs, renames that
+directory to ``indexes/<version>/`` and only then points ``current`` at it (a fresh symlink
+renamed over the old one with ``os.replace``). A build that fails or is killed at any point
+leaves ``current`` on the previous version; its leftovers are removed by the next build.
+``indexes/.lock`` (``fcntl.flock``) keeps two builds from running at once.
+
+The factory string comes from :func:`figsearch.index.choose_factory` unless given; the rule is
+documented in docs/indexing.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from figsearch.index import (
+    CURRENT_LINK,
+    IDS_FILE,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    VECTORS_FILE,
+    choose_factory,
+    current_version_dir,
+    file_sha256,
+)
+
+log = logging.getLogger(__name__)
+LOCK_FILE = ".lock"
+BUILDING_PREFIX = ".building-"
+ADD_BATCH = 65_536
+_held_locks: set[Path] = set()
+
+#: Test/debug hook: called with a stage name ("trained", "written", "renamed", "switched").
+StageHook = Callable[[str], None]
+
+
+class BuildLockedError(RuntimeError):
+    """Another build holds ``indexes/.lock``."""
+
+
+@contextlib.contextmanager
+def index_lock(indexes_dir: Path) -> Iterator[None]:
+    """Hold the exclusive build lock on ``indexes_dir`` (re-entrant within one process)."""
+    indexes_dir.mkdir(parents=True, exist_ok=True)
+    path = (indexes_dir / LOCK_FILE).resolve()
+    if path in _held_locks:
+        yield
+        return
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise BuildLockedError(
+                f"another index build is running on {indexes_dir} ({holder}); "
+                f"wait for it to finish (lock: {path})"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} since {datetime.now(timezone.utc).isoformat()}")
+        fh.flush()
+        _held_locks.add(path)
+        try:
+            yield
+        finally:
+            _held_locks.discard(path)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
+
+
+def new_version_name() -> str:
+    """Sortable, unique version name: UTC timestamp + random suffix."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def list_versions(indexes_dir: Path) -> list[Path]:
+    """Complete version directories, oldest first."""
+    if not indexes_dir.is_dir():
+        return []
+    return sorted(
+        p for p in indexes_dir.iterdir()
+        if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+        and (p / MANIFEST_FILE).is_file()
+    )
+
+
+# -- training and adding ----------------------------------------------------------------------
+def normalise(x: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def training_size(n: int, factory: str) -> int:
+    """Training sample: >= 50 points per IVF list and >= 20k for PQ codebooks, capped at n."""
+    match = re.search(r"IVF(\d+)", factory)
+    lists = int(match.group(1)) if match else 0
+    want = max(50 * lists, 20_000 if "PQ" in factory else 0)
+    return min(n, want, 2_000_000)
+
+
+def train_index(factory: str, vectors: np.ndarray, use_gpu: bool = False, seed: int = 0) -> faiss.Index:
+    """An untrained index from ``factory`` (inner product), trained on a random sample."""
+    n, dim = vectors.shape
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if index.is_trained:
+        return index
+    size = training_size(n, factory)
+    rng = np.random.default_rng(seed)
+    sample_rows = np.sort(rng.choice(n, size=size, replace=False)) if size < n else np.arange(n)
+    sample = normalise(vectors[sample_rows])
+    if use_gpu:
+        from indexer.gpu import train_with_gpu
+
+        train_with_gpu(index, sample)
+    else:
+        index.train(sample)
+    return index
+
+
+def add_in_batches(index: faiss.Index, vectors: np.ndarray, batch: int = ADD_BATCH,
+                   progress: bool = True) -> None:
+    """Add rows 0..n-1 of ``vectors`` (normalised on the fly) to ``index``."""
+    n = len(vectors)
+    with tqdm(total=n, desc="index add", unit="vec", disable=not progress) as bar:
+        for start in range(0, n, batch):
+            chunk = normalise(vectors[start : start + batch])
+            index.add(chunk)
+            bar.update(len(chunk))
+
+
+# -- writing a version ------------------------------------------------------------------------
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _checksums(version_dir: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"size": (version_dir / name).stat().st_size, "sha256": file_sha256(version_dir / name)}
+        for name in names
+    }
+
+
+def _validate_inputs(vectors: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if vectors.ndim != 2 or len(vectors) != len(ids):
+        raise ValueError(f"vectors {vectors.shape} and ids {ids.shape} do not match")
+    ids = np.asarray(ids, np.int64)
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    if len(ids) > 1 and (np.diff(ids) == 0).any():
+        dup = ids[1:][np.diff(ids) == 0][:5].tolist()
+        raise ValueError(f"duplicate figure ids in build input: {dup}")
+    vectors = normalise(vectors[order]).astype(np.float16)
+    if not np.isfinite(vectors).all():
+        raise ValueError("build input contains non-finite vectors")
+    return vectors, ids
+
+
+def write_version_files(tmp_dir: Path, vectors: np.ndarray, ids: np.ndarray, factory: str,
+                        use_gpu: bool, hook: StageHook | None) -> float:
+    """Train + fill the index and write index/ids/vectors into ``tmp_dir``; returns seconds."""
+    t0 = time.perf_counter()
+    index = train_index(factory, vectors, use_gpu=use_gpu)
+    if hook:
+        hook("trained")
+    add_in_batches(index, vectors)
+    faiss.write_index(index, str(tmp_dir / INDEX_FILE))
+    np.save(tmp_dir / IDS_FILE, ids)
+    np.save(tmp_dir / VECTORS_FILE, vectors)
+    return time.perf_counter() - t0
+
+
+def build_version(
+    indexes_dir: Path, vectors: np.ndarray, ids: np.ndarray, *, model_spec: str, model_key: str,
+    factory: str | None = None, memory_gb: float = 16.0, keep: int = 3,
+    use_gpu: bool | None = None, extra: dict[str, Any] | None = None,
+    hook: StageHook | None = None,
+) -> Path:
+    """Build a new index version from (vectors, figure ids), switch ``current``, prune old ones.
+
+    Returns the new version directory. On any exception ``current`` is untouched.
+    """
+    indexes_dir = Path(indexes_dir)
+    vectors, ids = _validate_inputs(np.asarray(vectors), np.asarray(ids))
+    n, dim = vectors.shape
+    factory = factory or choose_factory(n, dim, memory_gb)
+    if use_gpu is None:
+        from indexer.gpu import cuda_available
+
+        use_gpu = cuda_available()
+    with index_lock(indexes_dir):
+        remove_stale_builds(indexes_dir)
+        version = new_version_name()
+        tmp_dir = indexes_dir / f"{BUILDING_PREFIX}{version}"
+        tmp_dir.mkdir(parents=True)
+        seconds = write_version_files(tmp_dir, vectors, ids, factory, bool(use_gpu), hook)
+        manifest = {
+            "version": version, "model_spec": model_spec, "model_key": model_key, "dim": dim,
+            "count": n, "factory": factory, "metric": "inner_product",
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "build_seconds": round(seconds, 3), "faiss_version": faiss.__version__,
+            "gpu": bool(use_gpu), "training_size": training_size(n, factory),
+            "checksums": _checksums(tmp_dir, [INDEX_FILE, IDS_FILE, VECTORS_FILE]),
+            **(extra or {}),
+        }
+        (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE, MANIFEST_FILE):
+            _fsync_path(tmp_dir / name)
+        if hook:
+            hook("written")
+        final = indexes_dir / version
+        os.rename(tmp_dir, final)
+        _fsync_path(indexes_dir)
+        if hook:
+            hook("renamed")
+        switch_current(indexes_dir, final)
+        if hook:
+            hook("switched")
+        prune_versions(indexes_dir, keep)
+    log.info("index version %s: %d vectors, %s, %.1fs", version, n, factory, seconds)
+    return final
+
+
+def switch_current(indexes_dir: Path, version_dir: Path) -> None:
+    """Point ``indexes/current`` at ``version_dir`` atomically (symlink + rename)."""
+    tmp_link = indexes_dir / f".current-{secrets.token_hex(4)}"
+    os.symlink(version_dir.name, tmp_link)
+    os.replace(tmp_link, indexes_dir / CURRENT_LINK)
+    _fsync_path(indexes_dir)
+
+
+def remove_stale_builds(indexes_dir: Path) -> None:
+    """Delete leftovers of killed builds (call with the lock held)."""
+    for p in indexes_dir.iterdir():
+        if p.name.startswith(BUILDING_PREFIX):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(".current-") and p.is_symlink():
+            p.unlink(missing_ok=True)
+
+
+def prune_versions(indexes_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest versions besides ``current``; returns those deleted."""
+    current = current_version_dir(indexes_dir)
+    others = [p for p in list_versions(indexes_dir) if current is None or p.resolve() != current]
+    doomed = others[: max(len(others) - max(keep, 0), 0)]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed

@@ -1,0 +1,166 @@
+"""figsearch.index: the factory rule and SearchIndex over real FAISS indexes built on disk."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from figsearch.index import (
+    IndexLoadError,
+    IndexModelMismatch,
+    SearchIndex,
+    choose_factory,
+    current_version_dir,
+    ivf_lists,
+)
+from indexer.build import build_version
+
+DIM = 32
+N = 4000
+faiss.omp_set_num_threads(1)  # OpenMP spin-waits badly on the shared 2-core CI machine
+
+
+def clustered(n: int, dim: int = DIM, centers: int = 40, seed: int = 0) -> np.ndarray:
+    """Gaussian-mixture unit vectors: clustered like real embeddings, so recall means something."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, dim)).astype(np.float32)
+    x = c[rng.integers(0, centers, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def exact_topk(base: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    scores = q @ base.T
+    return ids[np.argsort(-scores, axis=1)[:, :k]]
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+
+
+# -- the rule -----------------------------------------------------------------------------------
+def test_rule_picks_flat_ivf_pq_and_opq_by_size_and_budget():
+    assert choose_factory(10_000, 512, 16) == "Flat"
+    mid = choose_factory(1_000_000, 512, 16)
+    assert mid.startswith("IVF8192_HNSW32") and mid.endswith(",Flat")  # 2 GB of float32 fits
+    assert choose_factory(1_000_000, 512, 1).endswith(",PQ64")  # 1 GiB: 64-byte codes
+    assert choose_factory(200_000, 512, 16) == "IVF4096_HNSW32,Flat"
+    assert choose_factory(60_000, 512, 16) == "IVF1024,Flat"  # 2048 lists would need 80k points
+    assert choose_factory(15_000_000, 512, 16) == "OPQ64,IVF65536_HNSW32,PQ64"
+    assert choose_factory(15_000_000, 512, 0.5) == "OPQ16,IVF65536_HNSW32,PQ16"  # budget-bound
+    assert choose_factory(200_000_000, 512, 32).startswith("OPQ")
+
+
+def test_ivf_lists_respect_39_training_points_per_centroid():
+    for n in (1_000, 50_000, 123_457, 2_000_000):
+        k = ivf_lists(n)
+        assert n >= 39 * k and k & (k - 1) == 0
+        assert k <= 16 * np.sqrt(n)
+
+
+# -- self queries and recall for each family ----------------------------------------------------
+FAMILIES = ["Flat", "IVF64,Flat", "IVF64_HNSW32,Flat", "IVF64,PQ8x4", "OPQ8,IVF64_HNSW32,PQ8x4", "HNSW32"]
+BASE = clustered(N)
+IDS = np.arange(N, dtype=np.int64) * 3 + 7  # figure ids are not row numbers
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """factory -> version dir over BASE/IDS, each family built once for the module."""
+    cache: dict[str, object] = {}
+
+    def get(factory: str):
+        if factory not in cache:
+            root = tmp_path_factory.mktemp("idx")
+            cache[factory] = build_version(root, BASE, IDS, model_spec="s", model_key="k",
+                                           factory=factory)
+        return cache[factory]
+
+    return get
+
+
+@pytest.mark.parametrize("factory", FAMILIES)
+def test_each_family_returns_itself_top1_and_recalls(built, factory):
+    idx = SearchIndex.load(built(factory), nprobe=16)
+    assert idx.ntotal == N and idx.dim == DIM and idx.manifest["factory"] == factory
+    probe = np.arange(0, N, 97)
+    scores, got = idx.search(BASE[probe], 5)
+    assert (got[:, 0] == IDS[probe]).mean() >= 0.97
+    queries = clustered(60, seed=5)
+    _, found = idx.search(queries, 10)
+    assert recall(found, exact_topk(BASE, IDS, queries, 10)) >= 0.8
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+
+
+def test_rerank_improves_pq_recall(built):
+    idx = SearchIndex.load(built("IVF64,PQ8x4"), nprobe=64)
+    queries = clustered(80, seed=9)
+    truth = exact_topk(BASE, IDS, queries, 10)
+    plain = recall(idx.search(queries, 10, rerank=False)[1], truth)
+    reranked = recall(idx.search(queries, 10, rerank=True, rerank_factor=10)[1], truth)
+    assert reranked > plain + 0.05 and reranked >= 0.95
+
+
+# -- filtering ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("factory", ["Flat", "IVF64,PQ8x4", "OPQ8,IVF64_HNSW32,PQ8x4", "HNSW32"])
+def test_filtered_search_returns_k_when_k_exist(built, factory, monkeypatch):
+    import figsearch.index as index_mod
+
+    monkeypatch.setattr(index_mod, "EXACT_SUBSET_MAX", 0)  # force the FAISS selector path
+    idx = SearchIndex.load(built(factory), nprobe=4)
+    allowed = IDS[::50]  # 80 figures scattered over all clusters
+    scores, got = idx.search(BASE[1:8], 20, allowed_ids=allowed)
+    assert got.shape == (7, 20) and np.isin(got, allowed).all()
+    assert (got[:, 0] == exact_topk(BASE[::50], allowed, BASE[1:8], 1)[:, 0]).mean() >= 0.8
+    few = IDS[[5, 17, N - 1]]
+    _, got_few = idx.search(BASE[:2], 10, allowed_ids=few)
+    assert sorted(got_few[0][:3]) == sorted(few) and (got_few[:, 3:] == -1).all()
+
+
+def test_small_allowed_sets_are_exact(tmp_path):
+    base = clustered(3000)
+    ids = np.arange(3000, dtype=np.int64) + 100
+    idx = SearchIndex.load(build_version(tmp_path, base, ids, model_spec="s", model_key="k",
+                                         factory="IVF16,PQ4x4"))
+    allowed = ids[::7]
+    _, got = idx.search(base[:5], 10, allowed_ids=allowed)
+    sub = np.isin(ids, allowed)
+    assert (got == exact_topk(base[sub], ids[sub], base[:5], 10)).all()
+
+
+# -- loading, vectors, model checks -------------------------------------------------------------
+def test_vectors_for_current_and_padding(tmp_path):
+    base = clustered(50)
+    ids = np.arange(50, dtype=np.int64)[::-1] * 2  # unsorted input
+    vdir = build_version(tmp_path, base, ids, model_spec="s", model_key="k")
+    assert current_version_dir(tmp_path) == vdir.resolve()
+    idx = SearchIndex.load(vdir)
+    np.testing.assert_allclose(idx.vectors_for([0, 98]), base[[49, 0]], atol=2e-3)
+    with pytest.raises(KeyError, match="3"):
+        idx.vectors_for([3])
+    scores, got = idx.search(base[:1], 60)
+    assert (got[0, 50:] == -1).all() and np.isneginf(scores[0, 50:]).all()
+
+
+def test_check_model_refuses_other_model_and_dim(tmp_path):
+    idx = SearchIndex.load(build_version(tmp_path, clustered(20), np.arange(20), model_spec="spec-a",
+                                         model_key="key-a"))
+    idx.check_model("key-a", DIM)
+    with pytest.raises(IndexModelMismatch, match="key-a.*key-b"):
+        idx.check_model("key-b", DIM)
+    with pytest.raises(IndexModelMismatch, match="dim 64"):
+        idx.check_model("key-a", 64)
+
+
+def test_load_detects_truncated_files_and_missing_manifest(tmp_path):
+    vdir = build_version(tmp_path, clustered(300), np.arange(300), model_spec="s", model_key="k")
+    with open(vdir / "vectors.npy", "r+b") as fh:
+        fh.truncate(100)
+    with pytest.raises(IndexLoadError, match="vectors.npy"):
+        SearchIndex.load(vdir)
+    with pytest.raises(IndexLoadError, match="no manifest"):
+        SearchIndex.load(tmp_path)
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    assert manifest["count"] == 300 and manifest["model_key"] == "k"
