@@ -46,9 +46,9 @@ def small_index_data_dir(tmp_path_factory, shared_data, tiny_model_dir) -> Path:
     """A complete, real data dir for search/API/UI tests (session scope: do NOT modify it).
 
     ``figsearch.db`` with 36 real PMC figures (real JPEGs from shared/data/pmc-figures, licenses
-    cc-by / cc-by-nc, figure types pathway / diagram), one article reusing the first figure's
+    cc-by / cc-by-nc, figure types diagram/pathway / multi-panel figure), one article reusing the first figure's
     image (pmcid PMC0000001, same sha256 -> collapsed by dedup) and one synthetic article
-    (key ``synthetic:SYNTH-7-1``, two ``chart`` figures, no PMC links); ``images/``; and one
+    (key ``synthetic:SYNTH-7-1``, two ``chart/plot`` figures, no PMC links); ``images/``; and one
     FAISS index version built with ``tiny_model_dir`` (dim 32) as ``indexes/current``.
     Copy it (``shutil.copytree(..., symlinks=True)``) or use
     ``tests.figsearch.api_fixtures.make_small_index_data_dir`` for a mutable one.

@@ -14,6 +14,7 @@ from fastapi import Depends, HTTPException, Query, Request
 from figsearch.api.schemas import LICENSE_CHOICES
 from figsearch.api.state import AppState, Loaded
 from figsearch.core.config import Settings
+from figsearch.figure_types import LABELS
 from figsearch.store import FigureFilter, FigureStore
 
 
@@ -73,8 +74,8 @@ def build_filter(
     if year_from is not None and year_to is not None and year_from > year_to:
         raise HTTPException(400, f"year_from ({year_from}) is after year_to ({year_to})")
     if figure_type:
-        known = state.current.figure_types if state.current else frozenset()
-        if known and figure_type not in known:
+        known = set(LABELS) | (state.current.figure_types if state.current else frozenset())
+        if figure_type not in known:
             raise HTTPException(
                 400, f"unknown figure_type {figure_type!r}; known: {', '.join(sorted(known))}"
             )

@@ -37,6 +37,7 @@ class Loaded:
     encoder: Any
     service: SearchService
     loaded_at: float
+    #: figure types present in the store (besides figsearch.figure_types.LABELS)
     figure_types: frozenset[str] = field(default_factory=frozenset)
 
 

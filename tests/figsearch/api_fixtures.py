@@ -5,9 +5,10 @@ directly by tests that need their own, mutable copy (hot reload).
 
 The data: ``N_REAL`` real PMC figures from ``shared/data/pmc-figures`` (real JPEGs stored through
 :func:`figsearch.imaging.store_image`), spread over licenses (cc-by, cc-by-nc), with zero-shot
-figure types set to ``pathway`` / ``diagram``; one *copy* of the first figure's image in a second
+figure types set to ``diagram/pathway`` / ``multi-panel figure`` (labels of
+:mod:`figsearch.figure_types`); one *copy* of the first figure's image in a second
 article (same sha256 -> collapsed by dedup); and one synthetic article with two figures
-(``source="synthetic"``, no PMC links, type ``chart``). Vectors come from the tiny model, the
+(``source="synthetic"``, no PMC links, type ``chart/plot``). Vectors come from the tiny model, the
 index from :func:`indexer.build.build_version`.
 """
 
@@ -101,7 +102,8 @@ def _add_synthetic(store: FigureStore, settings: Settings) -> None:
 def _set_types(store: FigureStore) -> None:
     rows = []
     for fid, figure in sorted(store.get_figures(range(1, 10_000)).items()):
-        kind = "chart" if figure["source"] == "synthetic" else ("diagram" if fid % 5 == 0 else "pathway")
+        kind = ("chart/plot" if figure["source"] == "synthetic"
+                else "multi-panel figure" if fid % 5 == 0 else "diagram/pathway")
         rows.append((fid, kind, 0.9))
     store.set_figure_types(rows)
 

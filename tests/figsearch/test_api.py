@@ -80,8 +80,10 @@ def test_filters_and_paging(client):
     page2 = client.get("/v1/search", params={"q": "pathway", "k": 5, "offset": 5, "mode": "dense"})
     both = client.get("/v1/search", params={"q": "pathway", "k": 10, "mode": "dense"})
     assert [h["id"] for h in page2.json()["results"]] == [h["id"] for h in both.json()["results"][5:]]
-    typed = client.get("/v1/search", params={"q": "chart", "figure_type": "chart"}).json()
-    assert {h["figure_type"] for h in typed["results"]} == {"chart"}
+    typed = client.get("/v1/search", params={"q": "chart", "figure_type": "chart/plot"}).json()
+    assert {h["figure_type"] for h in typed["results"]} == {"chart/plot"}
+    known_but_absent = client.get("/v1/search", params={"q": "x", "figure_type": "CT"})
+    assert known_but_absent.status_code == 200 and known_but_absent.json()["results"] == []
 
 
 def test_batch_text_and_vector_queries(client):
@@ -111,7 +113,7 @@ def test_figure_article_facets_stats(client):
     synthetic = client.get(f"/v1/articles/{SYNTHETIC_KEY}").json()
     assert synthetic["article_url"] is None and len(synthetic["figures"]) == 2
     facets = client.get("/v1/facets").json()
-    assert set(facets["figure_types"]) == {"chart", "diagram", "pathway"}
+    assert set(facets["figure_types"]) == {"chart/plot", "diagram/pathway", "multi-panel figure"}
     assert "commercial" in facets["license_options"] and facets["years"]["min"] == 2001
     assert COPY_PMCID not in facets["journals"]
     stats = client.get("/v1/stats").json()

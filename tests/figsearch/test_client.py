@@ -47,7 +47,7 @@ def test_records_similar_stats_health(api):
     assert api.similar(1, k=3)["results"][0]["id"] != 1
     assert api.article(fig["pmcid"])["pmcid"] == fig["pmcid"]
     assert api.stats()["index_count"] == 39
-    assert "pathway" in api.facets()["figure_types"]
+    assert "diagram/pathway" in api.facets()["figure_types"]
     assert api.health() is True
     assert api.image_url(1) == f"{api.base_url}/v1/figures/1/image"
     assert api.image_bytes(1, thumbnail=True)[:2] == b"\xff\xd8"  # JPEG

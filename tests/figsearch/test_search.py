@@ -89,8 +89,8 @@ def test_filter_applies_before_truncation(service):
 
 
 def test_year_and_type_filters(service):
-    page = service.search_text("chart", k=10, flt=FigureFilter(figure_type="chart"))
-    assert {h.figure["figure_type"] for h in page.hits} == {"chart"} and len(page.hits) == 2
+    page = service.search_text("chart", k=10, flt=FigureFilter(figure_type="chart/plot"))
+    assert {h.figure["figure_type"] for h in page.hits} == {"chart/plot"} and len(page.hits) == 2
     none = service.search_text("pathway", k=10, flt=FigureFilter(year_from=1900, year_to=1901))
     assert none.hits == []
 
