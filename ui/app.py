@@ -122,6 +122,8 @@ def sync_from_url(facets: c.Facets) -> None:
     if st.session_state.get("_url") != params:
         load_state(c.ViewState.from_params(params), facets)
         st.session_state["_url"] = params
+        # An uploaded image is not in the URL, so the URL's view never includes one.
+        st.session_state["_upload_gen"] = st.session_state.get("_upload_gen", 0) + 1
 
 
 def year_bounds(facets: c.Facets) -> tuple[int | None, int | None]:

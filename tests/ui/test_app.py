@@ -13,7 +13,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from figsearch.client import FigSearchClient
+from figsearch.client import FigSearchClient, FigSearchError
 from tests.ui.servers import free_port
 
 APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
@@ -76,7 +76,12 @@ def test_typing_a_query_updates_the_url(app):
     assert cards(app)
 
 
-def test_mode_selector_and_no_results_message(app):
+def test_mode_selector_and_no_results_message(app, client):
+    run_with(app, q="apoptosis")
+    app.segmented_control(key="mode").set_value("dense").run()
+    assert _param(app, "mode") == "dense"
+    assert card_ids(app) == [r["id"] for r in client.search("apoptosis", k=24, mode="dense")["results"]]
+    app.query_params.clear()
     run_with(app, q="zzzqqxx nonexistentword", mode="keyword")
     assert app.segmented_control(key="mode").value == "keyword"
     assert not cards(app)
@@ -99,10 +104,12 @@ def test_journal_and_type_pickers_come_from_facets(app, client):
     facets = client.facets()
     run_with(app, q="pathway")
     assert app.selectbox(key="journal").options[1:] == facets["journals"]
-    app.selectbox(key="figure_type").set_value("chart").run()
-    assert _param(app, "type") == "chart"
+    kind = facets["figure_types"][0]
+    app.selectbox(key="figure_type").set_value(kind).run()
+    assert _param(app, "type") == kind
     shown = cards(app)
-    assert shown and all(">chart<" in card for card in shown)
+    assert len(shown) == len(client.search("pathway", k=24, figure_type=kind)["results"]) > 0
+    assert all(f">{kind}<" in card for card in shown)
     app.selectbox(key="figure_type").set_value("").run()
     app.selectbox(key="journal").set_value("Viruses").run()
     assert cards(app) and all("Viruses" in card for card in cards(app))
@@ -174,8 +181,32 @@ def test_image_upload_searches_by_image(app, client, small_index_data_dir):
     assert card_ids(app) == expected
 
 
+def test_back_to_a_text_search_drops_the_uploaded_image(app, small_index_data_dir):
+    image = next((small_index_data_dir / "images").rglob("*.jpg")).read_bytes()
+    run_with(app, q="pathway")
+    app.file_uploader[0].set_value(("query.jpg", image, "image/jpeg")).run()
+    assert "q" not in app.query_params and any("your image" in i.value for i in app.info)
+    run_with(app, q="pathway")  # the browser's back button
+    assert not app.info and app.text_input(key="q").value == "pathway"
+    assert app.file_uploader[0].value is None and cards(app)
+
+
+def test_api_refusals_are_shown_with_the_apis_message(app, client):
+    too_long = "x" * 600
+    with pytest.raises(FigSearchError) as refused:
+        client.search(too_long)
+    run_with(app, q=too_long)
+    assert any(refused.value.message in e.value for e in app.error)
+    app.query_params.clear()
+    with pytest.raises(FigSearchError) as missing:
+        client.figure(987654)
+    run_with(app, q="pathway", fig="987654")
+    assert any(missing.value.message in e.value for e in app.error)
+    assert cards(app)  # the grid behind the dialog is still there
+
+
 def test_refused_upload_shows_the_apis_message(app, client):
-    with pytest.raises(Exception) as refused:
+    with pytest.raises(FigSearchError) as refused:
         client.search_image(b"this is not an image", k=24)
     run_with(app)
     app.file_uploader[0].set_value(("fake.png", b"this is not an image", "image/png")).run()
