@@ -359,7 +359,7 @@ def plan_flowchart(rng: np.random.Generator, t: Topic) -> FigurePlan:
     method = _pick(rng, ("RNA-seq", "single-cell RNA-seq", "proteomics", "CRISPR screening"))
     attrs = {"kind": "workflow", "disease": t.disease, "method": method, "cell_line": t.cell_line}
     return FigurePlan("flowchart", attrs, "Schematic workflow of the study.",
-                      f"Flowchart of the study design: {t.disease} samples were profiled by "
+                      f"Flowchart of the study workflow: {t.disease} samples were profiled by "
                       f"{method}, and candidate genes were validated in {t.cell_line} cells.")
 
 
@@ -369,7 +369,7 @@ def plan_pathway(rng: np.random.Generator, t: Topic) -> FigurePlan:
     start = int(rng.integers(0, len(chain) - k + 1))
     genes = list(chain[start:start + k])
     attrs: dict[str, Any] = {"pathway": t.pathway, "genes": genes, "disease": t.disease}
-    text = (f"Schematic diagram of the {t.pathway} pathway: {_join(genes)}. "
+    text = (f"Schematic diagram of the {t.pathway} pathway in {t.disease}: {_join(genes)}. "
             f"{genes[0]} activates {genes[1]}, leading to activation of {genes[-1]}.")
     if rng.random() < 0.6:
         attrs["drug"], attrs["drug_target"] = t.drug, _pick(rng, genes[1:])
@@ -385,6 +385,10 @@ PLANNERS: dict[str, Callable[[np.random.Generator, Topic], FigurePlan]] = {
     "radiology": plan_radiology, "flowchart": plan_flowchart, "pathway_diagram": plan_pathway,
 }
 PANEL_LABELS = "ABCD"
+MULTI_TITLES = ("{gene} regulates {pathway} signalling in {disease}.",
+                "{drug} treatment alters {gene} in {cell_line} cells.",
+                "Characterisation of {gene} in {disease}.",
+                "{gene} expression and function in {cell_type}.")
 
 
 def plan_multi_panel(rng: np.random.Generator, t: Topic) -> FigurePlan:
@@ -392,8 +396,9 @@ def plan_multi_panel(rng: np.random.Generator, t: Topic) -> FigurePlan:
     panels = [PLANNERS[k](rng, t) for k in kinds]
     attrs = {"panels": [{"label": PANEL_LABELS[i], "type": p.fig_type, "attributes": p.attributes}
                         for i, p in enumerate(panels)]}
-    text = " ".join(f"({PANEL_LABELS[i]}) {p.title[:-1]}: {p.text}" for i, p in enumerate(panels))
-    return FigurePlan("multi_panel", attrs, f"{t.gene} in {t.disease}: multi-panel overview.", text)
+    text = " ".join(f"({PANEL_LABELS[i]}) {p.text}" for i, p in enumerate(panels))
+    title = _pick(rng, MULTI_TITLES).format(**t.__dict__)
+    return FigurePlan("multi_panel", attrs, title[0].upper() + title[1:], text)
 
 
 def plan_figure(rng: np.random.Generator, topic: Topic) -> FigurePlan:
