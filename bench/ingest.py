@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def machine_info() -> dict[str, Any]:
     """Machine and library versions, so numbers can be compared across runs."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("lxml", "pillow", "sqlalchemy", "httpx", "tqdm"):
         try:
             versions[pkg] = metadata.version(pkg)
