@@ -437,14 +437,19 @@ def run_tasks(
         results: Iterator[tuple[Task, list[Outcome]]] = ((t, process_task(t)) for t in tasks)
     else:
         results = _pool_results(tasks, config, workers)
-    with tqdm(total=total, desc="ingest", unit="task", mininterval=0.5, file=sys.stderr) as bar:
-        for _task, outcomes in results:
-            summary.inputs += 1
-            for outcome in outcomes:
-                write_outcome(store, outcome, summary)
-            bar.update(1)
-            bar.set_postfix(added=summary.added, figs=summary.figures, skipped=summary.skipped,
-                            refresh=False)
+    try:
+        with tqdm(total=total, desc="ingest", unit="task", mininterval=0.5,
+                  file=sys.stderr) as bar:
+            for _task, outcomes in results:
+                summary.inputs += 1
+                for outcome in outcomes:
+                    write_outcome(store, outcome, summary)
+                bar.update(1)
+                bar.set_postfix(added=summary.added, figs=summary.figures,
+                                skipped=summary.skipped, refresh=False)
+    finally:
+        if workers <= 1 and "store" in _WORKER:
+            _WORKER.pop("store").close()
     summary.elapsed_s += time.perf_counter() - start
     return summary
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from figsearch.cli import main as cli_main
 from figsearch.core.config import Settings
 from figsearch.store import FigureStore
 from indexer.ingest import ingest_file_list
@@ -228,3 +229,17 @@ def test_downloader_gives_up_after_retries(pmc, tmp_path):
     with pytest.raises(DownloadError, match="refusing URL path"):
         with httpx.Client() as client:
             downloader.download(client, pmc.url + "a/../../etc/passwd")
+
+
+def test_cli_file_list_by_url(pmc, tmp_path, capsys):
+    dates = {"PMC3166277": "2019-05-01 00:00:00", "PMC1790863": "2021-03-01 00:00:00",
+             "PMC3574550": "2022-07-01 00:00:00", "PMC3460867": "2023-01-01 00:00:00"}
+    (pmc.root / "oa_file_list.csv").write_bytes(legacy_csv(pmc.packages, dates))
+    argv = ["ingest", "--file-list", pmc.url + "oa_file_list.csv", "--base-url", pmc.url,
+            "--since", "2022-01-01", "--data-dir", str(tmp_path / "d"), "--workers", "1"]
+    assert cli_main(argv) == 0
+    assert "ingest: 2 articles added" in capsys.readouterr().out
+    assert cli_main(["ingest", "--since", "2022-01-01", str(tmp_path)]) == 2  # needs a list
+    assert cli_main(["ingest", "--file-list", pmc.url + "missing.csv",
+                     "--data-dir", str(tmp_path / "d")]) == 1
+    assert "cannot read file list" in capsys.readouterr().err
