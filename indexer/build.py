@@ -199,11 +199,13 @@ def build_version(
     indexes_dir: Path, vectors: np.ndarray, ids: np.ndarray, *, model_spec: str, model_key: str,
     factory: str | None = None, memory_gb: float = 16.0, keep: int = 3,
     use_gpu: bool | None = None, extra: dict[str, Any] | None = None,
-    hook: StageHook | None = None,
+    hook: StageHook | None = None, activate: bool = True,
 ) -> Path:
     """Build a new index version from (vectors, figure ids), switch ``current``, prune old ones.
 
-    Returns the new version directory. On any exception ``current`` is untouched.
+    Returns the new version directory. On any exception ``current`` is untouched. With
+    ``activate=False`` the version is written but ``current`` is left for the caller to switch
+    (after validating) with :func:`activate_version`.
     """
     indexes_dir = Path(indexes_dir)
     vectors, ids = _validate_inputs(np.asarray(vectors), np.asarray(ids))
@@ -238,12 +240,20 @@ def build_version(
         _fsync_path(indexes_dir)
         if hook:
             hook("renamed")
-        switch_current(indexes_dir, final)
+        if activate:
+            activate_version(indexes_dir, final, keep, hook)
+    log.info("index version %s: %d vectors, %s, %.1fs", version, n, factory, seconds)
+    return final
+
+
+def activate_version(indexes_dir: Path, version_dir: Path, keep: int,
+                     hook: StageHook | None = None) -> None:
+    """Make ``version_dir`` current, then prune old versions beyond ``keep``."""
+    with index_lock(indexes_dir):
+        switch_current(indexes_dir, version_dir)
         if hook:
             hook("switched")
         prune_versions(indexes_dir, keep)
-    log.info("index version %s: %d vectors, %s, %.1fs", version, n, factory, seconds)
-    return final
 
 
 def switch_current(indexes_dir: Path, version_dir: Path) -> None:

@@ -1,0 +1,190 @@
+"""``figsearch rebuild``: the nightly job — ingest, embed what changed, build, validate, swap.
+
+1. Ingest every ``--source``: PMC OA file lists (csv / txt / oa.fcgi XML, local or URL; their
+   retracted articles are removed) through :func:`indexer.ingest.ingest_file_list`, anything
+   else (packages, directories, manifests) through :func:`indexer.ingest.ingest_paths`.
+2. Embed: the store's embedding cache means only new or changed images are encoded.
+3. Build a new index version *without* activating it.
+4. Validate it: the count equals the store's indexable figures minus unreadable ones, and a
+   sample of self-queries returns each figure top-1.
+5. Switch ``indexes/current``. Any failure exits non-zero with ``current`` untouched.
+
+The whole run holds ``indexes/.lock``. A cron line and systemd units are in docs/indexing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from figsearch.core.config import Settings
+from figsearch.index import SearchIndex, current_version_dir, read_manifest
+from figsearch.store import FigureStore
+from indexer.build import BuildLockedError, StageHook, activate_version, index_lock
+from indexer.indexing import build_from_store, indexable_count, load_encoder
+
+FILE_LIST_SUFFIXES = (".csv", ".txt")
+SELF_QUERY_SAMPLE = 200
+
+
+class ValidationError(RuntimeError):
+    """A freshly built version failed its checks; it was not activated."""
+
+
+@dataclass
+class RebuildReport:
+    """Outcome of one nightly rebuild."""
+
+    ingest_lines: list[str] = field(default_factory=list)
+    version: str = ""
+    previous: str = ""
+    count: int = 0
+    previous_count: int = 0
+    elapsed_s: float = 0.0
+
+    def line(self) -> str:
+        return (
+            f"rebuild: version {self.version} active with {self.count} figures "
+            f"(was {self.previous or 'none'} with {self.previous_count}; "
+            f"{self.count - self.previous_count:+d}); {self.elapsed_s:.1f} s"
+        )
+
+
+def is_file_list(source: str) -> bool:
+    """URLs and .csv/.txt files are OA file lists; so is XML that is an oa.fcgi response."""
+    if urlsplit(source).scheme in ("http", "https"):
+        return True
+    path = Path(source)
+    if path.suffix.lower() in FILE_LIST_SUFFIXES:
+        return True
+    if path.suffix.lower() == ".xml" and path.is_file():
+        with open(path, "rb") as fh:
+            return b"<OA" in fh.read(512)
+    return False
+
+
+def ingest_sources(settings: Settings, sources: list[str], since: date | None) -> list[str]:
+    """Ingest every source; returns the summary lines (RuntimeError if nothing was readable)."""
+    from indexer.ingest import ingest_file_list, ingest_paths
+
+    lines = []
+    lists = [s for s in sources if is_file_list(s)]
+    paths = [s for s in sources if not is_file_list(s)]
+    for file_list in lists:
+        lines.append(ingest_file_list(file_list, settings, since=since).line())
+    if paths:
+        summary = ingest_paths(paths, settings)
+        if not summary.read_anything and summary.skipped:
+            raise RuntimeError(f"nothing readable in {paths}: {summary.line()}")
+        lines.append(summary.line())
+    return lines
+
+
+def validate_version(version_dir: Path, store: FigureStore, model_key: str,
+                     sample: int = SELF_QUERY_SAMPLE, min_self_hit: float = 0.98) -> SearchIndex:
+    """Raise :class:`ValidationError` unless the version is complete and finds itself."""
+    index = SearchIndex.load(version_dir, full_hash=True)
+    index.check_model(model_key, index.dim)
+    manifest = read_manifest(version_dir)
+    expected = indexable_count(store) - int(manifest.get("unreadable", 0))
+    if index.ntotal != expected:
+        raise ValidationError(
+            f"version {version_dir.name} holds {index.ntotal} figures, the store has {expected} "
+            "indexable ones (figures with images of live articles minus unreadable)"
+        )
+    rng = np.random.default_rng(0)
+    ids = rng.choice(index.ids, size=min(sample, index.ntotal), replace=False)
+    vectors = index.vectors_for(ids)
+    scores, got = index.search(vectors, 1)
+    self_scores = np.einsum("ij,ij->i", vectors, vectors)
+    # an identical image elsewhere (same vector) ties with the figure itself: that is a hit too
+    hits = (got[:, 0] == ids) | (scores[:, 0] >= self_scores - 1e-3)
+    if hits.mean() < min_self_hit:
+        raise ValidationError(
+            f"version {version_dir.name}: only {hits.mean():.1%} of {len(ids)} self-queries "
+            f"returned the figure itself top-1 (need {min_self_hit:.0%})"
+        )
+    return index
+
+
+def _model_for_rebuild(settings: Settings, model_spec: str | None) -> str | None:
+    """Explicit spec, else the current index's model (nightly runs keep the model), else None."""
+    if model_spec or settings.model:
+        return model_spec or settings.model
+    current = current_version_dir(settings.indexes_dir)
+    return str(read_manifest(current)["model_spec"]) if current else None
+
+
+def rebuild(settings: Settings, sources: list[str], model_spec: str | None = None,
+            since: date | None = None, *, encoder: Any = None, factory: str | None = None,
+            hook: StageHook | None = None, progress: bool = True) -> RebuildReport:
+    """Ingest ``sources``, build a new version, validate it and only then activate it."""
+    start = time.perf_counter()
+    report = RebuildReport()
+    with index_lock(settings.indexes_dir):
+        previous = current_version_dir(settings.indexes_dir)
+        if previous is not None:
+            report.previous = previous.name
+            report.previous_count = int(read_manifest(previous)["count"])
+        report.ingest_lines = ingest_sources(settings, sources, since)
+        if encoder is None:
+            spec, encoder = load_encoder(settings, _model_for_rebuild(settings, model_spec))
+        else:
+            spec = model_spec or encoder.spec
+        store = FigureStore(settings.db_path, create=False)
+        try:
+            built = build_from_store(settings, store, spec, encoder, factory=factory,
+                                     activate=False, hook=hook, progress=progress)
+            assert built is not None  # rebuild runs single-process
+            try:
+                validate_version(built.version_dir, store, encoder.model_key)
+            except Exception:
+                shutil.rmtree(built.version_dir, ignore_errors=True)
+                raise
+        finally:
+            store.close()
+        activate_version(settings.indexes_dir, built.version_dir, settings.index_keep_versions, hook)
+    report.version, report.count = built.version_dir.name, built.count
+    report.elapsed_s = time.perf_counter() - start
+    return report
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``figsearch rebuild --source PATH_OR_FILE_LIST... [--model SPEC] [--since DATE]``."""
+    parser.add_argument("--source", action="append", required=True, metavar="PATH_OR_FILE_LIST",
+                        help="package, directory, manifest, or PMC OA file list (path or URL); "
+                             "repeatable")
+    parser.add_argument("--model", help="model spec (default: the current index's model)")
+    parser.add_argument("--since", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                        help="only file-list entries updated on or after this date")
+    parser.add_argument("--factory", help="faiss factory string (default: the size/memory rule)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run the nightly rebuild; non-zero (with the reason) on any failure."""
+    from figsearch.encoders import ModelLoadError
+    from figsearch.index import IndexLoadError
+
+    settings: Settings = args.settings
+    try:
+        report = rebuild(settings, args.source, args.model, args.since, factory=args.factory,
+                         progress=not args.no_progress)
+    except (BuildLockedError, ModelLoadError, IndexLoadError, RuntimeError, ValueError,
+            OSError) as exc:
+        print(f"figsearch rebuild failed, index unchanged: {exc}", file=sys.stderr)
+        return 1
+    for line in report.ingest_lines:
+        print(line)
+    print(report.line())
+    return 0
