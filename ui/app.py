@@ -25,9 +25,11 @@ ALL = ""  # picker value meaning "no filter"
 CSS = """<style>
 .fs-card .fs-thumb {width:100%; height:170px; object-fit:contain; background:#f5f6f8;
   border-radius:6px; display:block}
-.fs-head {margin-top:.45rem; display:flex; gap:.3rem; flex-wrap:wrap; align-items:center}
+.fs-head {margin-top:.45rem; white-space:nowrap; overflow:hidden; text-overflow:ellipsis}
+.fs-badges {display:flex; gap:.3rem; flex-wrap:nowrap; overflow:hidden; margin-top:.2rem}
 .fs-badge {font-size:.7rem; padding:.05rem .45rem; border-radius:.6rem; white-space:nowrap;
-  font-weight:600}
+  font-weight:600; overflow:hidden; text-overflow:ellipsis; flex-shrink:1; min-width:0}
+.fs-badges .fs-badge[class*="fs-lic"] {flex-shrink:0}
 .fs-lic-ok {background:#dcfce7; color:#166534; border:1px solid #86efac}
 .fs-lic-nc {background:#fef3c7; color:#92400e; border:1px solid #fcd34d}
 .fs-lic-none {background:#f3f4f6; color:#4b5563; border:1px solid #d1d5db}

@@ -221,8 +221,9 @@ def type_badge(figure_type: str | None, score: float | None = None) -> str:
     """HTML badge with the figure type (and the classifier's confidence when known)."""
     if not figure_type:
         return ""
-    tip = f' title="confidence {score:.2f}"' if isinstance(score, (int, float)) else ""
-    return f'<span class="fs-badge fs-type"{tip}>{html.escape(figure_type)}</span>'
+    name = html.escape(figure_type, quote=True)
+    tip = f"{name} (confidence {score:.2f})" if isinstance(score, (int, float)) else name
+    return f'<span class="fs-badge fs-type" title="{tip}">{name}</span>'
 
 
 def figure_number(label: str | None) -> str:
@@ -269,7 +270,8 @@ def result_card_html(result: Mapping[str, Any]) -> str:
            else '<div class="fs-thumb fs-noimg">no image</div>')
     return (
         f'<div class="fs-card">{img}'
-        f'<div class="fs-head"><b>{label}</b> {type_badge(result.get("figure_type"), result.get("figure_type_score"))}'
+        f'<div class="fs-head"><b>{label}</b></div>'
+        f'<div class="fs-badges">{type_badge(result.get("figure_type"), result.get("figure_type_score"))}'
         f' {license_badge(result.get("license"))}</div>'
         f'<div class="fs-title" title="{title}">{title}</div>'
         f'<div class="fs-caption">{snippet(caption)}</div>'
