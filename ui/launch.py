@@ -62,17 +62,34 @@ def stop(process: subprocess.Popen) -> int:
     return process.wait()
 
 
+class TerminateRequested(Exception):
+    """SIGTERM arrived (service manager, ``docker stop``)."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise TerminateRequested
+
+
 def run_ui(api_url: str, port: int, address: str = "127.0.0.1", max_upload_mb: float = 20.0) -> int:
-    """Run the UI in the foreground until it exits or Ctrl-C; return an exit code."""
+    """Run the UI in the foreground until it exits, Ctrl-C (130) or SIGTERM (143).
+
+    Either signal stops the Streamlit child before returning, so no server is left behind.
+    """
     env = {**os.environ, "FIGSEARCH_API_URL": check_api_url(api_url)}
     print(f"figsearch UI on http://{address}:{port} (API {env['FIGSEARCH_API_URL']}); "
           "Ctrl-C stops it", flush=True)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     process = subprocess.Popen(streamlit_command(port, address, max_upload_mb), env=env)
     try:
         return process.wait()
     except KeyboardInterrupt:
         stop(process)
         return 130
+    except TerminateRequested:
+        stop(process)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def command(args: argparse.Namespace) -> int:

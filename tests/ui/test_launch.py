@@ -37,7 +37,9 @@ def test_bad_api_url_is_a_clear_error(capsys):
 
 
 @pytest.mark.slow
-def test_launcher_serves_the_app_and_stops_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_launcher_serves_the_app_and_stops_on_a_signal(tmp_path, signum, code):
     port = free_port()
     env = {**os.environ, "FIGSEARCH_DATA_DIR": str(tmp_path)}
     launcher = subprocess.Popen(
@@ -49,8 +51,8 @@ def test_launcher_serves_the_app_and_stops_on_ctrl_c(tmp_path):
         wait_for_http(f"http://127.0.0.1:{port}/_stcore/health", timeout=90, process=launcher)
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert page.status_code == 200 and "<div id=\"root\">" in page.text
-        launcher.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the launcher
-        assert launcher.wait(timeout=30) == 130
+        launcher.send_signal(signum)  # SIGINT: what Ctrl-C delivers to the launcher
+        assert launcher.wait(timeout=30) == code
     finally:
         if launcher.poll() is None:
             launcher.kill()
@@ -63,4 +65,4 @@ def test_launcher_serves_the_app_and_stops_on_ctrl_c(tmp_path):
         except httpx.TransportError:
             return
         time.sleep(0.2)
-    pytest.fail("the Streamlit server still answers after Ctrl-C")
+    pytest.fail("the Streamlit server still answers after the launcher stopped")
