@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -392,23 +393,40 @@ def write_outcome(store: FigureStore, outcome: Outcome, summary: IngestSummary) 
         summary.updated_keys.append(outcome.key)
 
 
-def _pool_results(
-    tasks: Iterable[Task], config: WorkerConfig, workers: int
-) -> Iterator[tuple[Task, list[Outcome]]]:
-    """Outcomes of tasks processed by ``workers`` processes, a bounded number in flight."""
+def _new_pool(config: WorkerConfig, workers: int) -> ProcessPoolExecutor:
     # forkserver: workers start from a clean process, never from a copy of our open
     # SQLite connections (sharing those across fork corrupts locks).
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["indexer.ingest"])
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker,
-                             initargs=(config,)) as pool:
-        pending: dict[Future[list[Outcome]], Task] = {}
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker,
+                               initargs=(config,))
+
+
+def _pool_results(
+    tasks: Iterable[Task], config: WorkerConfig, workers: int
+) -> Iterator[tuple[Task, list[Outcome]]]:
+    """Outcomes of tasks processed by ``workers`` processes, a bounded number in flight.
+
+    A worker that dies (a crash in an image decoder, an out-of-memory kill) costs only the
+    tasks in flight: they are recorded as failed and a fresh pool takes the rest.
+    """
+    pool = _new_pool(config, workers)
+    pending: dict[Future[list[Outcome]], Task] = {}
+    try:
         for task in tasks:
-            pending[pool.submit(process_task, task)] = task
+            try:
+                pending[pool.submit(process_task, task)] = task
+            except BrokenProcessPool:
+                yield from _collect(pending, list(pending))
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = _new_pool(config, workers)
+                pending[pool.submit(process_task, task)] = task
             if len(pending) >= 4 * workers:
                 yield from _collect(pending, wait(pending, return_when=FIRST_COMPLETED)[0])
         while pending:
             yield from _collect(pending, wait(pending, return_when=FIRST_COMPLETED)[0])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _collect(
@@ -418,10 +436,16 @@ def _collect(
         task = pending.pop(future)
         try:
             yield task, future.result()
-        except Exception as exc:  # a crashed worker must not stop the run
-            reason = f"worker failed: {type(exc).__name__}: {exc}"
-            yield task, [Outcome("failed", problems=[Problem(task.path, Path(task.path).name,
-                                                             reason, "worker")])]
+        except BrokenProcessPool:
+            reason = ("a worker process died (crash or killed, e.g. out of memory) while this "
+                      "input was being processed")
+            yield task, [_failed(task, reason, "worker")]
+        except Exception as exc:  # one bad task must not stop the run
+            yield task, [_failed(task, f"worker failed: {type(exc).__name__}: {exc}", "worker")]
+
+
+def _failed(task: Task, reason: str, stage: str) -> Outcome:
+    return Outcome("failed", problems=[Problem(task.path, Path(task.path).name, reason, stage)])
 
 
 def run_tasks(

@@ -4,6 +4,7 @@ while the good inputs of the same run are ingested."""
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from PIL import Image
 
 from figsearch.core.config import Settings
 from figsearch.store import FigureStore
-from indexer.ingest import ingest_paths
+from indexer.ingest import IngestSummary, Task, collect_tasks, ingest_paths, run_tasks
+from indexer.sources import ManifestGroup
 from tests.indexer.packages import make_jpeg, pmc_members, write_tar
 
 NXML = "jats/pmc-nxml/ehp-116-1694.nxml"  # 3 figures: f1/f2/f3-ehp-116-1694
@@ -128,3 +130,22 @@ def test_all_bad_inputs_in_one_parallel_run(shared_data, tmp_path):
     # good: ok.tar.gz + the 4 readable shared packages; bad: 6 given + elife-39122 again
     assert (summary.added, summary.skipped) == (5, 7)
     assert summary.figures == 3 + 8
+
+
+class _DiesWhenUnpickled(ManifestGroup):
+    """A task payload that kills the worker process that receives it (like a decoder crash)."""
+
+    def __reduce__(self):
+        return (os._exit, (3,))
+
+
+def test_a_dying_worker_costs_only_the_tasks_in_flight(shared_data, tmp_path):
+    tasks, _ = collect_tasks([shared_data / "jats/plos", shared_data / "jats/pmc-nxml"])
+    crash = Task(str(tmp_path / "crash.tar.gz"), group=_DiesWhenUnpickled("m", "PMC1"))
+    settings = Settings(data_dir=tmp_path / "data")
+    store = FigureStore(settings.db_path)
+    summary = run_tasks([crash, *tasks], settings, store, IngestSummary(), workers=2)
+    died = [e for e in store.errors() if "worker process died" in e["reason"]]
+    assert "crash.tar.gz" in [e["item"] for e in died]
+    assert len(died) <= 8  # at most the tasks in flight with it (4 per worker)
+    assert summary.added == len(tasks) + 1 - len(died)  # a fresh pool did all the rest
