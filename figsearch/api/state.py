@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from figsearch.api.batching import BatchingEncoder
 from figsearch.core.config import Settings
 from figsearch.index import IndexLoadError, SearchIndex, current_version_dir
 from figsearch.search import SearchService
@@ -65,6 +66,8 @@ class AppState:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+        for encoder in self._encoders.values():
+            encoder.close()
 
     # -- reloading -----------------------------------------------------------------------
     def reload(self, force: bool = False) -> bool:
@@ -132,13 +135,17 @@ class AppState:
         spec = self.settings.model or str(index.manifest.get("model_spec") or "")
         spec = spec or resolve_model_spec(self.settings)
         if spec not in self._encoders:
-            self._encoders[spec] = load_model(
+            encoder = load_model(
                 spec, device=self.settings.device or None, batch_size=self.settings.batch_size
             )
+            self._encoders[spec] = BatchingEncoder(encoder, max_batch=self.settings.batch_size)
         return self._encoders[spec]
 
     def _drop_unused_encoders(self) -> None:
         live = self.current.encoder if self.current else None
+        for encoder in self._encoders.values():
+            if encoder is not live:
+                encoder.close()
         self._encoders = {s: e for s, e in self._encoders.items() if e is live}
 
 
