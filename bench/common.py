@@ -130,9 +130,31 @@ def load_results(directory: Path | None = None) -> dict[str, dict[str, Any]]:
             print(f"warning: skipping unreadable result {path}", file=sys.stderr)
             continue
         if isinstance(data, dict):
+            data = normalise_result(data, path.stem)
             data["_path"] = str(path)
-            found[str(data.get("name") or path.stem)] = data
+            found[str(data["name"])] = data
     return found
+
+
+def normalise_result(data: dict[str, Any], stem: str) -> dict[str, Any]:
+    """A result in the standard shape; also accepts the ``{"benchmark", "when", "parameters",
+    "results": [{"corpus", "cold": {...}, "warm": {...}}]}`` shape (bench/ingest.py), whose
+    per-run numbers become figures named ``"<corpus> <run> <number>"``."""
+    if "results" not in data or "figures" in data:
+        data.setdefault("name", stem)
+        return data
+    figures: dict[str, Any] = {}
+    for row in data.get("results") or []:
+        for run, numbers in row.items():
+            if isinstance(numbers, dict):
+                for key, value in numbers.items():
+                    figures[f"{row.get('corpus', '?')} {run} {key}"] = value
+    machine = dict(data.get("machine") or {})
+    machine.setdefault("cores", machine.get("cpu_count"))
+    machine.setdefault("cpu", machine.get("processor") or "?")
+    return {"name": data.get("benchmark") or stem, "timestamp": data.get("when", ""),
+            "params": data.get("parameters") or {}, "figures": figures, "machine": machine,
+            "versions": {"python": machine.get("python"), **(machine.get("versions") or {})}}
 
 
 def format_value(value: Any) -> str:

@@ -21,7 +21,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 VENV_PY = REPO / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PY if VENV_PY.exists() else Path(sys.executable))
-TABLE = re.compile(r"^\|.*\|[ \t]*\n\|(?:-+\|)+[ \t]*$", re.MULTILINE)
+TABLE = re.compile(r"^\|.*\|[ \t]*\n\|(?:-+\|)+[ \t]*$", re.MULTILINE)  # markdown
+TEXT_TABLE = re.compile(r"^\S.*\s{2,}\S.*\n-{20,}[ \t]*$", re.MULTILINE)  # header + dashes
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +30,30 @@ def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bench-results")
 
 
-def run_bench(name: str, args: list[str], results: Path, timeout: float = 600) -> tuple[str, dict[str, Any]]:
-    """Run ``bench.<name>``; assert exit 0, a printed markdown table and a result file."""
+def run_bench(name: str, args: list[str], results: Path, table: re.Pattern[str] = TABLE,
+              timeout: float = 600) -> tuple[str, dict[str, Any]]:
+    """Run ``bench.<name>``; assert exit 0, a printed table and a result file."""
+    from bench.common import normalise_result
+
     env = {**os.environ, "FIGSEARCH_BENCH_RESULTS": str(results), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([PYTHON, "-m", f"bench.{name}", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
     tail = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     assert proc.returncode == 0, tail
-    assert TABLE.search(proc.stdout), f"no markdown table printed\n{tail}"
-    result = json.loads((results / f"{name}.json").read_text())
+    assert table.search(proc.stdout), f"no table printed\n{tail}"
+    result = normalise_result(json.loads((results / f"{name}.json").read_text()), name)
     assert result["name"] == name and result["figures"], result
     assert result["machine"]["cores"] >= 1 and result["versions"]["python"]
     return proc.stdout, result
+
+
+@pytest.mark.slow
+def test_ingest_bench_smoke(results_dir: Path, tmp_path: Path) -> None:
+    args = ["--synthetic", "6", "--quick", "--synth-dir", str(tmp_path / "synth"),
+            "--out", str(results_dir / "ingest.json")]
+    _, result = run_bench("ingest", args, results_dir, table=TEXT_TABLE)
+    assert result["figures"]["synthetic (6) cold figures_per_s"] > 0
+    assert result["figures"]["synthetic (6) cold articles"] == 6
 
 
 @pytest.mark.slow
