@@ -89,8 +89,8 @@ def index_lock(indexes_dir: Path) -> Iterator[None]:
 
 
 def new_version_name() -> str:
-    """Sortable, unique version name: UTC timestamp + random suffix."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    """Sortable, unique version name: UTC timestamp (microseconds) + random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
 
 
 def list_versions(indexes_dir: Path) -> list[Path]:

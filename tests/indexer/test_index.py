@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -18,6 +19,7 @@ from figsearch.index import (
 )
 from indexer.build import build_version
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DIM = 32
 N = 4000
 faiss.omp_set_num_threads(1)  # OpenMP spin-waits badly on the shared 2-core CI machine

@@ -1,0 +1,116 @@
+"""indexer.build: atomic versions, kill safety, the build lock, pruning, GPU-path training."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import faiss
+import numpy as np
+import pytest
+
+from figsearch.index import SearchIndex, current_version_dir
+from indexer.build import BuildLockedError, build_version, list_versions
+from indexer.gpu import train_coarse_with_torch
+from tests.indexer.test_index import REPO_ROOT, clustered, exact_topk, recall
+
+faiss.omp_set_num_threads(1)
+
+
+def _build(root, n=300, seed=0, **kw):
+    return build_version(root, clustered(n, seed=seed), np.arange(n) + 1000 * seed,
+                         model_spec="s", model_key="k", **kw)
+
+
+def _run_build_in_subprocess(root, kill_at: str) -> subprocess.CompletedProcess:
+    """A real build in another process that SIGKILLs itself at ``kill_at``."""
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        import numpy as np
+        from indexer.build import build_version
+        from tests.indexer.test_index import clustered
+        def hook(stage):
+            if stage == {kill_at!r}:
+                os.kill(os.getpid(), signal.SIGKILL)
+        build_version({str(root)!r}, clustered(500, seed=3), np.arange(500), model_spec="s",
+                      model_key="k", factory="IVF8,Flat", hook=hook)
+    """)
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("kill_at", ["trained", "written", "renamed"])
+def test_killed_build_leaves_current_and_rerun_completes(tmp_path, kill_at):
+    old = _build(tmp_path)
+    proc = _run_build_in_subprocess(tmp_path, kill_at)
+    assert proc.returncode == -9, proc.stderr
+    assert current_version_dir(tmp_path) == old.resolve()
+    assert SearchIndex.load(current_version_dir(tmp_path), full_hash=True).ntotal == 300
+    new = _build(tmp_path, n=400, seed=1)
+    assert current_version_dir(tmp_path) == new.resolve()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".building-", ".current-"))]
+    assert SearchIndex.load(new).ntotal == 400
+
+
+def test_exception_mid_build_keeps_current(tmp_path):
+    old = _build(tmp_path)
+
+    def boom(stage):
+        if stage == "written":
+            raise RuntimeError("disk full (injected)")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        _build(tmp_path, n=200, seed=2, hook=boom)
+    assert current_version_dir(tmp_path) == old.resolve()
+    assert list_versions(tmp_path) == [old]
+
+
+def test_lock_refuses_a_concurrent_build(tmp_path):
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import pathlib, time
+        from indexer.build import index_lock
+        with index_lock(pathlib.Path({str(tmp_path)!r})):
+            pathlib.Path({str(ready)!r}).touch()
+            time.sleep(60)
+    """)], cwd=REPO_ROOT)
+    try:
+        deadline = time.time() + 60
+        while not ready.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(BuildLockedError, match="another index build is running"):
+            _build(tmp_path)
+        assert current_version_dir(tmp_path) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    _build(tmp_path)  # the lock dies with its holder
+    assert current_version_dir(tmp_path) is not None
+
+
+def test_keeps_last_k_versions_besides_current(tmp_path):
+    built = [_build(tmp_path, n=60, seed=s, keep=2) for s in range(5)]
+    assert list_versions(tmp_path) == built[-3:]
+    assert current_version_dir(tmp_path) == built[-1].resolve()
+
+
+def test_bad_input_is_refused_with_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="duplicate figure ids"):
+        build_version(tmp_path, clustered(3), np.array([1, 1, 2]), model_spec="s", model_key="k")
+    with pytest.raises(ValueError, match="do not match"):
+        build_version(tmp_path, clustered(3), np.array([1, 2]), model_spec="s", model_key="k")
+    assert current_version_dir(tmp_path) is None
+
+
+def test_torch_kmeans_training_path_builds_a_working_ivf(tmp_path):
+    base = clustered(3000)
+    index = faiss.index_factory(base.shape[1], "IVF32,Flat", faiss.METRIC_INNER_PRODUCT)
+    train_coarse_with_torch(index, base, device="cpu", niter=10)
+    assert index.is_trained and faiss.extract_index_ivf(index).quantizer.ntotal == 32
+    index.add(base)
+    faiss.extract_index_ivf(index).nprobe = 8
+    queries = clustered(50, seed=4)
+    _, found = index.search(queries, 10)
+    assert recall(found, exact_topk(base, np.arange(3000), queries, 10)) >= 0.9
