@@ -47,10 +47,13 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
         params = params_summary(res.get("params"))
         machine = machine_summary(res.get("machine"))
         date = str(res.get("timestamp", ""))[:10]
+        first = True
         for key, value in figures.items():
             if isinstance(value, (dict, list)):
                 continue
-            rows.append([name, key, value, params, machine, date])
+            # parameters, machine and date once per benchmark: the table stays readable
+            rows.append([name, key, value] + ([params, machine, date] if first else ["", "", ""]))
+            first = False
     if not rows:
         return "_No benchmark results yet: run the scripts in bench/ (see bench/README.md)._"
     return markdown_table(["bench", "figure", "value", "parameters", "machine", "date"], rows)

@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.results or results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scale.md").write_text(text, encoding="utf-8")
-    figures = {r.quantity: r.value for r in rows}
+    figures = {f"{r.quantity} ({r.unit})" if r.unit else r.quantity: r.value for r in rows}
     params = {"figures": args.figures, "articles": args.articles, "memory_gb": memory_gb,
               "nprobe": nprobe, "store_measured_on": store["how"],
               "inputs": {k: {"value": v.value, "source": v.source, "assumed": v.assumed} for k, v in inputs.items()}}

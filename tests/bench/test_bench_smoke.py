@@ -75,8 +75,10 @@ def test_scale_bench_smoke(results_dir: Path) -> None:
     md = (results_dir / "scale.md").read_text()
     assert "15,000,000 figures / 4,500,000 articles" in md and TABLE.search(md)
     figures = result["figures"]
-    assert figures["index factory"].startswith("OPQ") and figures["index RAM total"] > 0
-    assert figures["store bytes / figure"] > 0 and figures["re-rank vectors (float16, mmap, disk)"] > 0
+    assert figures["index factory"].startswith("OPQ") and figures["index RAM total (GiB)"] > 0
+    assert figures["store bytes / figure (B)"] > 0
+    assert figures["re-rank vectors (float16, mmap, disk) (GiB)"] == pytest.approx(
+        15_000_000 * figures["embedding dim"] * 2 / 2**30)
     inputs = result["params"]["inputs"]
     for name, inp in inputs.items():  # every measured input names a result that exists
         match = re.search(r"bench/results/(\w+)\.json", inp["source"])
