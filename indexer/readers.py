@@ -179,10 +179,29 @@ def _zip_member_is_link(info: zipfile.ZipInfo) -> bool:
     return mode == 0o120000
 
 
-def read_zip(path: Path, limits: Limits | None = None) -> dict[str, bytes]:
-    """XML and image members of a zip package, with sizes checked while reading."""
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error)
+
+
+def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> bytes:
+    with zf.open(info) as fh:
+        data = fh.read(info.file_size + 1)
+    if len(data) > info.file_size:
+        raise InputError(f"{label}: member {info.filename!r} is larger than it declares")
+    return data
+
+
+def index_zip(
+    path: Path, limits: Limits | None = None
+) -> tuple[dict[str, bytes], dict[str, zipfile.ZipInfo]]:
+    """XML members (read) and image members (indexed, read on demand) of a zip package.
+
+    Every member is checked from the central directory first (paths, links, count,
+    declared sizes, compression ratio), so a bomb is refused before anything is inflated.
+    """
     limits = limits or Limits()
-    budget, files = _Budget(limits, path.name), {}
+    budget = _Budget(limits, path.name)
+    xml_files: dict[str, bytes] = {}
+    images: dict[str, zipfile.ZipInfo] = {}
     try:
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
@@ -194,14 +213,31 @@ def read_zip(path: Path, limits: Limits | None = None) -> dict[str, bytes]:
                     continue
                 _check_ratio(info, limits, path.name)
                 budget.add(info.file_size)
-                with zf.open(info) as fh:
-                    data = fh.read(info.file_size + 1)
-                if len(data) > info.file_size:
-                    raise InputError(f"{path.name}: member {name!r} is larger than it declares")
-                files[name] = data
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error) as exc:
+                if name.lower().endswith(XML_EXTENSIONS):
+                    xml_files[name] = _zip_member(zf, info, path.name)
+                else:
+                    images[name] = info
+    except _ZIP_ERRORS as exc:
         raise InputError(f"{path.name}: truncated or corrupt archive: {exc}") from exc
-    return files
+    return xml_files, images
+
+
+def read_zip_unit(path: Path, limits: Limits | None = None) -> ArticleUnit:
+    """The article of a zip / MECA package; images are read only when fetched."""
+    xml_files, images = index_zip(path, limits)
+    xml_name = choose_article_xml(xml_files, path.name)
+    names = [n for n in (*xml_files, *images) if n != xml_name]
+
+    def fetch(name: str) -> bytes:
+        if name in xml_files:
+            return xml_files[name]
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return _zip_member(zf, images[name], path.name)
+        except _ZIP_ERRORS as exc:
+            raise InputError(f"{path.name}: cannot read member {name!r}: {exc}") from exc
+
+    return ArticleUnit(f"{path.name}:{xml_name}", xml_name, xml_files[xml_name], names, fetch)
 
 
 def _check_ratio(info: zipfile.ZipInfo, limits: Limits, label: str) -> None:
@@ -215,9 +251,10 @@ def _check_ratio(info: zipfile.ZipInfo, limits: Limits, label: str) -> None:
 # -- the readers --------------------------------------------------------------------------
 def read_archive(path: Path, limits: Limits | None = None) -> Iterator[ArticleUnit]:
     """The article of a ``.tar.gz`` / ``.zip`` / MECA package."""
-    name = path.name.lower()
-    files = read_zip(path, limits) if name.endswith(".zip") else read_tar(path, limits)
-    yield _unit(files, path.name)
+    if path.name.lower().endswith(".zip"):
+        yield read_zip_unit(path, limits)
+    else:
+        yield _unit(read_tar(path, limits), path.name)
 
 
 def read_directory(path: Path, limits: Limits | None = None) -> Iterator[ArticleUnit]:

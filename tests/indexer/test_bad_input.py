@@ -149,3 +149,22 @@ def test_a_dying_worker_costs_only_the_tasks_in_flight(shared_data, tmp_path):
     assert "crash.tar.gz" in [e["item"] for e in died]
     assert len(died) <= 8  # at most the tasks in flight with it (4 per worker)
     assert summary.added == len(tasks) + 1 - len(died)  # a fresh pool did all the rest
+
+
+def test_corrupt_zip_member_keeps_the_figure(shared_data, tmp_path):
+    _, members = pmc_members(shared_data / NXML)
+    pkg = tmp_path / "crc.zip"
+    with zipfile.ZipFile(pkg, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    raw = bytearray(pkg.read_bytes())
+    jpeg = members["PMC2599765/ehp-116-1694f3.jpg"]
+    at = bytes(raw).index(jpeg) + len(jpeg) // 2
+    raw[at:at + 8] = b"XXXXXXXX"  # damage the stored bytes: the CRC no longer matches
+    pkg.write_bytes(bytes(raw))
+    settings = Settings(data_dir=tmp_path / "data")
+    summary = ingest_paths([pkg], settings, workers=1)
+    assert (summary.figures, summary.figures_with_images, summary.problems) == (3, 2, 1)
+    [error] = FigureStore(settings.db_path).errors()
+    assert "cannot read member 'PMC2599765/ehp-116-1694f3.jpg'" in error["reason"]
+    assert "CRC" in error["reason"]
