@@ -305,15 +305,27 @@ def render_landing(url: str) -> None:
     except FigSearchError:
         healthy = False
     if not healthy:
-        st.error(f"The figsearch API at {url} is not answering. Start it with "
+        st.error(f"The figsearch API at {url} is not answering or not ready. Start it with "
                  "`figsearch serve` or pass the right address to `figsearch ui --api URL`.")
 
 
-def render_banner(source: str, state: c.ViewState, image_name: str) -> None:
+def describe_figure(url: str, figure_id: int | None) -> str:
+    """ "Figure 2 of <title>" for the banner, or "figure #id" when the API cannot say."""
+    fallback = f"figure #{figure_id}"
+    try:
+        fig = fetch_figure(url, int(figure_id or 0))
+    except FigSearchError:
+        return fallback
+    label = fig.get("label") or fallback
+    title = (fig.get("title") or "").rstrip(".")
+    return f"{label} of “{title}”" if title else label
+
+
+def render_banner(url: str, source: str, state: c.ViewState, image_name: str) -> None:
     """What the results are relative to, with a button to drop it."""
     if source == "similar":
         left, right = st.columns([8, 2], vertical_alignment="center")
-        left.info(f"Figures similar to figure #{state.similar}")
+        left.info(f"Figures similar to {describe_figure(url, state.similar)}")
         right.button("✕ Clear similar", on_click=clear_similar, key="clear_similar")
     elif source == "image":
         left, right = st.columns([8, 2], vertical_alignment="center")
@@ -388,7 +400,7 @@ def render_results(url: str, state: c.ViewState, image: bytes | None, image_name
     if source == "none":
         render_landing(url)
         return
-    render_banner(source, state, image_name)
+    render_banner(url, source, state, image_name)
     response = search(url, source, state, image)
     if response is None:
         return

@@ -138,7 +138,9 @@ def test_similar_and_detail_from_a_result(app, client):
     fid = card_ids(app)[0]
     app.button(key=f"similar_{fid}").click().run()
     assert _param(app, "similar") == str(fid)
-    assert any(f"similar to figure #{fid}" in i.value for i in app.info)
+    source = client.figure(fid)
+    assert any(f"similar to {source['label']} of “{source['title'].rstrip('.')}”" in i.value
+               for i in app.info)
     expected = [r["id"] for r in client.similar(fid, k=24)["results"]]
     assert card_ids(app) == expected and fid not in expected
     other = expected[0]
