@@ -841,7 +841,9 @@ def render_radiology(a: dict[str, Any], rng: np.random.Generator, size: Size) ->
     f = font(max(10, w // 30))
     draw.text((6, 6), "R", font=f, fill="white")
     draw.text((w - 6, h - 6), {"MRI": "T2", "CT": "C+", "X-ray": "PA"}[a["modality"]], font=f, fill="white", anchor="rd")
-    return img.resize(size) if img.size != size else img
+    canvas = Image.new("RGB", size, "black")  # square scan centred on a black film
+    canvas.paste(img, ((size[0] - w) // 2, (size[1] - h) // 2))
+    return canvas
 
 
 # ----------------------------------------------------------------------------- diagram renderers
