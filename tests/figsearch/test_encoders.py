@@ -12,10 +12,16 @@ from PIL import Image
 from figsearch.core.config import Settings
 from figsearch.encoders import ModelLoadError, load_model, normalise_spec, resolve_model_spec
 
+BIOMEDCLIP = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
+def _offline(monkeypatch, tmp_path):
+    """No network, and an empty private HF cache (a developer's real cache never leaks in)."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
 
 
 def _images(n: int) -> list[Image.Image]:
@@ -92,11 +98,26 @@ def test_unknown_config_name_lists_known_ones():
         load_model("no-such-model")
 
 
-def test_hub_model_offline_without_cache_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+def test_hub_model_offline_without_cache_is_a_clear_error():
     with pytest.raises(ModelLoadError, match="not available.*Offline"):
-        load_model("hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")
+        load_model("hf-hub:" + BIOMEDCLIP)
+
+
+def test_hub_spec_loads_a_cached_snapshot_offline(tmp_path):
+    """The real BiomedCLIP spec, served from an HF cache laid out like huggingface_hub's."""
+    from tests.trainer.tiny import make_biomedclip_style_dir
+
+    repo = tmp_path / "hf-cache" / f"models--{BIOMEDCLIP.replace('/', '--')}"
+    commit = "0" * 40
+    make_biomedclip_style_dir(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    enc = load_model("BiomedCLIP", device="cpu")
+    assert enc.spec == "hf-hub:" + BIOMEDCLIP and enc.context_length == 256
+    assert enc.model_key.startswith(BIOMEDCLIP + "@")
+    assert enc.encode_texts(["chest radiograph"]).shape == (1, 32)
+    settings = Settings(data_dir=tmp_path / "data", model="")
+    assert resolve_model_spec(settings) == "hf-hub:" + BIOMEDCLIP
 
 
 def test_bare_hub_id_gets_prefix():
@@ -105,8 +126,7 @@ def test_bare_hub_id_gets_prefix():
     assert normalise_spec("BiomedCLIP") == "hf-hub:" + spec
 
 
-def test_resolve_model_spec(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+def test_resolve_model_spec(tiny_model_dir, tmp_path):
     settings = Settings(data_dir=tmp_path / "data", model="")
     with pytest.raises(ModelLoadError, match="figsearch train --config figclip-mini"):
         resolve_model_spec(settings)
