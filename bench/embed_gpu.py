@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch.utils.data as torch_data
 
 
 def _sync() -> None:
@@ -64,7 +65,7 @@ def write_jpegs(directory: Path, n: int) -> list[Path]:
     return paths
 
 
-class _Files:
+class _Files(torch_data.Dataset):  # type: ignore[type-arg]
     def __init__(self, paths: list[Path], transform: Any) -> None:
         self.paths, self.transform = paths, transform
 
@@ -83,7 +84,7 @@ def end_to_end(visual: Any, transform: Any, paths: list[Path], batch: int, worke
     import torch
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(_Files(paths, transform), batch_size=batch, num_workers=workers,
+    loader: DataLoader[Any] = DataLoader(_Files(paths, transform), batch_size=batch, num_workers=workers,
                         pin_memory=True, prefetch_factor=4 if workers else None,
                         persistent_workers=False)
     count = 0
