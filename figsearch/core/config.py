@@ -30,8 +30,8 @@ class Settings(BaseSettings):
         "",
         description=(
             "Model spec: an hf-hub: id, a local model directory, or a config name. Empty means "
-            "the model recorded in the current index, else BiomedCLIP when the hub is reachable, "
-            "else the trained figclip-mini in <data_dir>/models/figclip-mini."
+            "the model recorded in the current index, else the trained figclip-mini in "
+            "<data_dir>/models/figclip-mini when it exists, else BiomedCLIP (HF cache or hub)."
         ),
     )
     device: str = Field("", description="Torch device for encoding ('cuda', 'cpu'); empty = auto.")
