@@ -242,6 +242,9 @@ def _license(meta: etree._Element | None, art: ParsedArticle) -> None:
     ref = _first(lic, "license_ref")
     if ref is not None and (ref.text or "").strip():
         url = url or (ref.text or "").strip()
+    if not url:  # some publishers only link the license inside its text
+        links = (e.get(XLINK_HREF) or "" for e in lic.iter("{*}ext-link", "{*}uri"))
+        url = next((u for u in links if "creativecommons.org" in u), "")
     paragraphs = [flat_text(p) for p in lic if _localname(p) == "license-p"]
     art.license_text = normalise_space(" ".join(paragraphs)) or flat_text(lic)
     art.license_url = url.strip()

@@ -185,3 +185,13 @@ def test_normalise_pmcid():
     assert normalise_pmcid("3166277") == "PMC3166277"
     assert normalise_pmcid(" pmc3166277 ") == "PMC3166277"
     assert normalise_pmcid("PMC-x") is None
+
+
+def test_license_url_only_inside_the_license_text():
+    xml = b"""<article xmlns:xlink="http://www.w3.org/1999/xlink"><front><article-meta>
+      <permissions><license license-type="open-access"><license-p>Distributed under
+      <ext-link ext-link-type="uri" xlink:href="http://creativecommons.org/licenses/by-nc-nd/4.0/">
+      this license</ext-link>.</license-p></license></permissions></article-meta></front></article>"""
+    art = parse_article(xml)
+    assert art.license_url == "http://creativecommons.org/licenses/by-nc-nd/4.0/"
+    assert art.license_text == "Distributed under this license."
