@@ -55,6 +55,7 @@ def test_training_lowers_loss_and_export_loads_identically(tiny_setup, tmp_path)
     assert meta["training"]["steps"] == result.summary["steps"]
 
 
+@pytest.mark.slow
 def test_resume_after_crash_continues_from_checkpoint(tiny_setup, tmp_path):
     uninterrupted = train(_cfg(tiny_setup, tmp_path / "a", epochs=3)).model.state_dict()
 
