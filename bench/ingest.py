@@ -104,7 +104,7 @@ def measure(name: str, inputs: list[Path], workers: int | None, rerun: bool) -> 
         settings = Settings(data_dir=data_dir)
         cold = ingest_paths(inputs, settings, workers=workers)
         row = {"corpus": name, "inputs": len(inputs), "workers": workers or settings.ingest_workers,
-               "cold": _numbers(cold)}
+               "load_avg_1m": round(os.getloadavg()[0], 2), "cold": _numbers(cold)}
         if rerun:
             row["warm"] = _numbers(ingest_paths(inputs, settings, workers=workers))
         return row
