@@ -251,7 +251,9 @@ def embed_shard(store: FigureStore, encoder: Any, rows: Sequence[Row], cfg: Embe
             fresh.update(zip(ids, encode_batch(encoder, pixels), strict=True))
         if bar is not None:
             bar.update(len(ids) + len(failed))
-    store.put_embeddings([(str(sha_of[i]), v) for i, v in fresh.items() if sha_of[i]], encoder.model_key)
+    new_cache = [(str(sha_of[i]), v) for i, v in fresh.items() if sha_of[i]]
+    if new_cache:  # an empty executemany is an error in SQLAlchemy
+        store.put_embeddings(new_cache, encoder.model_key)
     vectors = {**found, **fresh}
     ids_out = np.array(sorted(vectors), np.int64)
     stacked = np.stack([vectors[i] for i in ids_out]) if len(ids_out) else np.zeros((0, encoder.dim))
