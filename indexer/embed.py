@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from figsearch.faults import maybe_crash
 from figsearch.imaging import ImageError, open_image, safe_image_path
 from figsearch.store import FigureStore
 
@@ -249,6 +250,7 @@ def embed_shard(store: FigureStore, encoder: Any, rows: Sequence[Row], cfg: Embe
         failures.extend(failed)
         if pixels is not None:
             fresh.update(zip(ids, encode_batch(encoder, pixels), strict=True))
+            maybe_crash("embed-batch")  # test-only fault injection (FIGSEARCH_FAULT_AT)
         if bar is not None:
             bar.update(len(ids) + len(failed))
     new_cache = [(str(sha_of[i]), v) for i, v in fresh.items() if sha_of[i]]

@@ -28,6 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from figsearch.core.config import Settings
+from figsearch.faults import maybe_crash
 from figsearch.imaging import ImageError, store_image
 from figsearch.licenses import normalise_license
 from figsearch.records import ArticleRecord, FigureRecord
@@ -380,6 +381,7 @@ def write_outcome(store: FigureStore, outcome: Outcome, summary: IngestSummary) 
     if outcome.status != "parsed" or outcome.article is None:
         return
     result = store.upsert_article(outcome.article, outcome.figures)
+    maybe_crash("ingest-article")  # test-only fault injection (FIGSEARCH_FAULT_AT)
     if result.status == "unchanged":
         summary.unchanged += 1
         return

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from figsearch.core.config import Settings
+from figsearch.faults import build_hook, maybe_crash
 from figsearch.index import SearchIndex, current_version_dir, read_manifest
 from figsearch.store import FigureStore
 from indexer.build import BuildLockedError, StageHook, activate_version, index_lock
@@ -136,6 +137,7 @@ def rebuild(settings: Settings, sources: list[str], model_spec: str | None = Non
             report.previous = previous.name
             report.previous_count = int(read_manifest(previous)["count"])
         report.ingest_lines = ingest_sources(settings, sources, since)
+        maybe_crash("ingest-done")  # test-only fault injection (FIGSEARCH_FAULT_AT)
         if encoder is None:
             spec, encoder = load_encoder(settings, _model_for_rebuild(settings, model_spec))
         else:
@@ -179,7 +181,7 @@ def command(args: argparse.Namespace) -> int:
     settings: Settings = args.settings
     try:
         report = rebuild(settings, args.source, args.model, args.since, factory=args.factory,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, hook=build_hook)
     except (BuildLockedError, ModelLoadError, IndexLoadError, RuntimeError, ValueError,
             OSError) as exc:
         print(f"figsearch rebuild failed, index unchanged: {exc}", file=sys.stderr)
