@@ -55,6 +55,7 @@ from indexer.sources import (
 )
 
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson")
+MAX_PRINTED_SKIPS = 20
 
 
 # -- records passed between processes -------------------------------------------------------
@@ -610,7 +611,10 @@ def command(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
     for summary in summaries:
-        for item, reason in summary.skipped_items:
+        for item, reason in summary.skipped_items[:MAX_PRINTED_SKIPS]:
             print(f"skipped {item}: {reason}", file=sys.stderr)
+        if len(summary.skipped_items) > MAX_PRINTED_SKIPS:
+            print(f"... and {len(summary.skipped_items) - MAX_PRINTED_SKIPS} more skipped "
+                  "(all are in the store's ingest_errors table)", file=sys.stderr)
         print(summary.line())
     return 0 if any(s.read_anything for s in summaries) else 1
