@@ -407,10 +407,24 @@ class _Loop:
         self.schedule = lambda step: cosine_lr(optimizer, cfg.lr, cfg.warmup,
                                                max(self.state.total_steps, 1))(step)
 
+    def _agree(self, value: int, op: str) -> int:
+        """The same decision on every rank (clocks differ; a lone rank stopping would hang)."""
+        if self.dist.world == 1:
+            return value
+        import torch
+        import torch.distributed as tdist
+
+        tensor = torch.tensor([value], device=self.dist.device)
+        tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX if op == "max" else tdist.ReduceOp.MIN)
+        return int(tensor.item())
+
     def out_of_time(self) -> bool:
+        if self.state.step >= self.state.total_steps:
+            return True
+        if self.cfg.max_minutes is None:
+            return False
         minutes = (time.monotonic() - self.started) / 60
-        over_time = self.cfg.max_minutes is not None and minutes >= self.cfg.max_minutes
-        return over_time or self.state.step >= self.state.total_steps
+        return bool(self._agree(int(minutes >= self.cfg.max_minutes), "max"))
 
     def _adapt_schedule(self) -> None:
         """With --max-minutes, shrink the cosine so that it ends when the time does."""
@@ -418,7 +432,7 @@ class _Loop:
             return
         per_step = (time.monotonic() - self.started) / self.steps_this_run
         left = self.cfg.max_minutes * 60 - (time.monotonic() - self.started)
-        fits = self.state.step + int(left / per_step * 0.97)
+        fits = self._agree(self.state.step + int(left / per_step * 0.97), "min")
         if fits < self.state.total_steps:
             self.state.total_steps = max(fits, self.state.step + 1)
             self.log.write("schedule", self.state.step, total_steps=self.state.total_steps)

@@ -28,7 +28,8 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
 
     base = Path(root)
     cfg = TrainConfig(out=base / "model", data_dir=base / "data", config=str(base / "tiny.json"),
-                      epochs=2, batch_size=4, warmup=1, lr=2e-3, workers=0, progress=False,
+                      epochs=3, batch_size=4, warmup=1, lr=2e-3, workers=0, progress=False,
+                      max_minutes=30,  # exercises the ranks agreeing on time and schedule
                       log_every=1, val_fraction=0.25, device="cpu")
     result = train(cfg)
     torch.save({"state": result.model.state_dict(), "summary": result.summary},
