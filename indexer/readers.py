@@ -14,7 +14,7 @@ import re
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -101,8 +101,13 @@ def meca_article_path(manifest: bytes) -> str | None:
     return None
 
 
-def choose_article_xml(files: dict[str, bytes], label: str) -> str:
-    """Name of the article XML among a package's files (manifest first, else by root)."""
+def choose_article_xml(
+    files: dict[str, bytes], label: str, listing: Iterable[str] | None = None
+) -> str:
+    """Name of the article XML among a package's files (manifest first, else by root).
+
+    ``listing`` (all member names) only makes the error message more helpful.
+    """
     manifests = [n for n in files if PurePosixPath(n).name.lower() == "manifest.xml"]
     for m in manifests:
         href = meca_article_path(files[m])
@@ -119,8 +124,9 @@ def choose_article_xml(files: dict[str, bytes], label: str) -> str:
         and looks_like_article(files[n])
     )
     if not candidates:
-        listing = ", ".join(sorted(files)[:8]) or "(no XML or image files)"
-        raise InputError(f"{label}: no JATS article XML in package (found: {listing})")
+        found = ", ".join(sorted(listing if listing is not None else files)[:8])
+        raise InputError(f"{label}: no JATS article XML in package "
+                         f"(found: {found or 'no XML or image files'})")
     return candidates[0]
 
 
@@ -225,7 +231,7 @@ def index_zip(
 def read_zip_unit(path: Path, limits: Limits | None = None) -> ArticleUnit:
     """The article of a zip / MECA package; images are read only when fetched."""
     xml_files, images = index_zip(path, limits)
-    xml_name = choose_article_xml(xml_files, path.name)
+    xml_name = choose_article_xml(xml_files, path.name, [*xml_files, *images])
     names = [n for n in (*xml_files, *images) if n != xml_name]
 
     def fetch(name: str) -> bytes:

@@ -73,7 +73,8 @@ def test_bare_nxml_has_no_files(shared_data):
 
 
 def test_package_without_article_xml_is_refused(shared_data):
-    with pytest.raises(InputError, match="no JATS article XML in package"):
+    with pytest.raises(InputError, match=r"no JATS article XML in package \(found: "
+                                         r"elife-39122-sa2-fig1.jpg, elife-39122-sa2-fig2.jpg\)"):
         list(read_units(shared_data / "jats/packages/elife-39122.zip"))
 
 
