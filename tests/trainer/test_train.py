@@ -105,3 +105,17 @@ def test_fine_tune_from_exported_model_and_wds(tiny_setup, tiny_model_dir, tmp_p
 def test_too_little_data_is_a_clear_error(tiny_setup, tmp_path):
     with pytest.raises(TrainError, match="too few"):
         train(_cfg(tiny_setup, tmp_path / "m", batch_size=64))
+
+
+def test_train_command_runs_and_reports_errors_clearly(tiny_setup, tmp_path, capsys):
+    from figsearch.cli import main
+
+    data_dir, config = tiny_setup
+    out = tmp_path / "cli-model"
+    assert main(["train", "--config", str(config), "--data-dir", str(data_dir), "--out", str(out),
+                 "--batch-size", "8", "--max-steps", "2", "--workers", "0", "--warmup", "1"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert (out / "open_clip_config.json").is_file()
+    assert main(["train", "--config", str(config), "--data-dir", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "no figure store" in capsys.readouterr().err
