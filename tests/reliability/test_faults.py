@@ -170,8 +170,12 @@ def test_ingest_while_searching_never_reports_locked(small_index_data_dir, tiny_
     for t in threads:
         t.start()
     try:
-        inputs = [shared_data / "pmc-figures" / "figures.jsonl", shared_data / "jats" / "pmc-nxml",
-                  shared_data / "jats" / "packages"]
+        manifest = tmp_path / "figures.jsonl"  # 80 real figures, images by absolute path
+        rows = (shared_data / "pmc-figures" / "figures.jsonl").read_text().splitlines()[40:120]
+        manifest.write_text("".join(
+            line.replace('"image": "', f'"image": "{shared_data / "pmc-figures"}/') + "\n"
+            for line in rows))
+        inputs = [manifest, shared_data / "jats" / "pmc-nxml", shared_data / "jats" / "packages"]
         proc = subprocess.run(_ingest_cmd(data, *inputs), cwd=REPO, capture_output=True,
                               text=True, timeout=600, env=server_env(tiny_model_dir))
     finally:
