@@ -108,8 +108,14 @@ def main() -> None:
                 figures[f"{name}_speedup"] = round(rate / figures[f"{name}_naive_fig_s"], 2)
             print(f"{name}: naive {figures[f'{name}_naive_fig_s']} fig/s, "
                   f"pipeline {figures[f'{name}_pipeline_fig_s']} fig/s", flush=True)
-    path = write_result("embed", {"n": args.n, "batch": args.batch, "workers": args.workers,
-                                  "models": models, "device": "cpu"}, figures)
+    import os
+
+    import torch
+
+    params = {"n": args.n, "batch": args.batch, "workers": args.workers, "models": models,
+              "device": "cpu", "torch_threads": torch.get_num_threads(),
+              "load_average_at_end": os.getloadavg()[0]}
+    path = write_result("embed", params, figures)
     print(f"-> {path}")
 
 
