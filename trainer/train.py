@@ -356,9 +356,17 @@ def _start_state(cfg: TrainConfig, model: Any, optimizer: Any, micro_per_epoch: 
                 f"{checkpoint_path(cfg)} exists from an earlier run: pass --resume to continue it "
                 f"or remove {cfg.state_dir} to start over"
             )
-        return load_checkpoint(cfg, model, optimizer)
+        state = load_checkpoint(cfg, model, optimizer)
+        # this run's limits apply anew (a run stopped by --max-minutes/--max-steps can go on);
+        # after a crash with unchanged flags the plan, hence the schedule, is the same
+        state.total_steps = _planned_steps(cfg, micro_per_epoch)
+        return state
+    return RunState(total_steps=_planned_steps(cfg, micro_per_epoch))
+
+
+def _planned_steps(cfg: TrainConfig, micro_per_epoch: int) -> int:
     total = cfg.epochs * micro_per_epoch // cfg.accum_steps
-    return RunState(total_steps=cfg.max_steps and min(cfg.max_steps, total) or total)
+    return min(cfg.max_steps, total) if cfg.max_steps else total
 
 
 def train(cfg: TrainConfig, on_epoch_end: Callable[[int], None] | None = None) -> TrainResult:

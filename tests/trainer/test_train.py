@@ -57,23 +57,33 @@ def test_training_lowers_loss_and_export_loads_identically(tiny_setup, tmp_path)
 
 @pytest.mark.slow
 def test_resume_after_crash_continues_from_checkpoint(tiny_setup, tmp_path):
-    uninterrupted = train(_cfg(tiny_setup, tmp_path / "a", epochs=3)).model.state_dict()
+    uninterrupted = train(_cfg(tiny_setup, tmp_path / "a", epochs=2)).model.state_dict()
 
     def crash(epoch: int) -> None:
-        if epoch == 2:
+        if epoch == 1:
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(_cfg(tiny_setup, tmp_path / "b", epochs=3), on_epoch_end=crash)
+        train(_cfg(tiny_setup, tmp_path / "b", epochs=2), on_epoch_end=crash)
     assert not (tmp_path / "b").exists()  # no half-exported model
     with pytest.raises(TrainError, match="--resume"):
-        train(_cfg(tiny_setup, tmp_path / "b", epochs=3))
-    resumed = train(_cfg(tiny_setup, tmp_path / "b", epochs=3, resume=True))
-    assert [h["epoch"] for h in resumed.summary["history"]] == [1, 2, 3]
+        train(_cfg(tiny_setup, tmp_path / "b", epochs=2))
+    resumed = train(_cfg(tiny_setup, tmp_path / "b", epochs=2, resume=True))
+    assert [h["epoch"] for h in resumed.summary["history"]] == [1, 2]
     starts = train_log(_cfg(tiny_setup, tmp_path / "b").state_dir, "start")
-    assert [s["step"] for s in starts] == [0, 2 * starts[0]["total_steps"] // 3]
+    assert [s["step"] for s in starts] == [0, starts[0]["total_steps"] // 2]
     for name, tensor in resumed.model.state_dict().items():
         torch.testing.assert_close(tensor, uninterrupted[name], msg=name)
+
+
+def test_resume_mid_epoch_after_a_step_limit(tiny_setup, tmp_path):
+    first = train(_cfg(tiny_setup, tmp_path / "m", epochs=2, max_steps=3))
+    assert first.summary["stopped_early"] and first.summary["epochs_done"] == 0
+    resumed = train(_cfg(tiny_setup, tmp_path / "m", epochs=2, resume=True))
+    starts = train_log(_cfg(tiny_setup, tmp_path / "m").state_dir, "start")
+    assert [s["step"] for s in starts] == [0, 3]
+    assert resumed.summary["steps"] == starts[1]["total_steps"] > 3
+    assert not resumed.summary["stopped_early"] and resumed.summary["epochs_done"] == 2
 
 
 def test_accumulation_locking_and_step_limit(tiny_setup, tmp_path):
