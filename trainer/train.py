@@ -461,6 +461,8 @@ class _Loop:
         from tqdm import tqdm
 
         self.model.train()
+        if self.cfg.lock_text:  # a frozen tower runs as at inference (no dropout), as in LiT
+            unwrap(self.model).text.eval()
         micro_total = self.data["micro_per_epoch"]
         batches = epoch_batches(self.cfg, self.data, self.state.epoch,
                                 self.state.batch_in_epoch, self.dist)
@@ -521,6 +523,8 @@ class _Loop:
         images, texts = embed_pairs(model, self.loaded, self.data["val"], self.dist.device,
                                     batch_size=self.cfg.batch_size, workers=self.cfg.workers)
         model.train()
+        if self.cfg.lock_text:
+            model.text.eval()
         return retrieval_metrics(images, texts)
 
     def checkpoint(self) -> None:

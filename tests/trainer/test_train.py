@@ -107,8 +107,14 @@ def test_fine_tune_from_exported_model_and_wds(tiny_setup, tiny_model_dir, tmp_p
                           val_fraction=0.25)
     assert sum(manifest["counts"].values()) == 48 and len(manifest["shards"]) == 3
     result = train(_cfg(tiny_setup, tmp_path / "ft", config=None, init=str(tiny_model_dir),
-                        wds=str(tmp_path / "shards" / "*.tar"), epochs=1))
+                        wds=str(tmp_path / "shards" / "*.tar"), epochs=1, lock_text=True))
     assert result.summary["steps"] == manifest["counts"]["train"] // 8
+    start = load_model(str(tiny_model_dir), device="cpu").model.text
+    for (name, p0), p1 in zip(start.transformer.named_parameters(),
+                              result.model.text.transformer.parameters(), strict=True):
+        torch.testing.assert_close(p0, p1, msg=f"locked text tower changed: {name}")
+    assert any(not torch.equal(a, b) for a, b in
+               zip(start.proj.parameters(), result.model.text.proj.parameters(), strict=True))
     assert load_model(str(tmp_path / "ft"), device="cpu").dim == 32
 
 
