@@ -255,8 +255,10 @@ def project_latency(inp: Input, n_meas: float | None, factory_meas: str | None, 
     if not n_meas or not factory_meas or inp.assumed:
         return inp.value, inp.basis() + "; not scaled"
     ratio = _scanned_per_query(n, factory, nprobe, dim) / _scanned_per_query(n_meas, factory_meas, nprobe, dim)
-    return inp.value * ratio, (f"{inp.basis()} at n={int(n_meas):,} ({factory_meas}), x{ratio:.2f} codes "
-                               f"scanned per query at nprobe {nprobe} (upper bound)")
+    basis = f"{inp.basis()} at n={int(n_meas):,} ({factory_meas}); codes scanned per query x{ratio:.2f}"
+    if ratio <= 1:  # fewer codes scanned, but fixed costs (coarse search, re-rank) remain
+        return inp.value, basis + " at the target: measured latency kept (conservative)"
+    return inp.value * ratio, basis + f" at nprobe {nprobe}: latency scaled by it (upper bound)"
 
 
 @dataclass

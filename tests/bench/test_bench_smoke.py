@@ -57,6 +57,14 @@ def test_ingest_bench_smoke(results_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_ann_bench_smoke(results_dir: Path, tmp_path: Path) -> None:
+    _, result = run_bench("ann", ["--sizes", "2000", "--quick", "--tmp", str(tmp_path)], results_dir)
+    figures = result["figures"]
+    assert 0 < figures["recall_at_10"] <= 1 and figures["bytes_per_vector"] > 0
+    assert figures["query_p50_ms"] > 0 and result["params"]["n"] == 2000
+
+
+@pytest.mark.slow
 def test_embed_bench_smoke(results_dir: Path) -> None:
     _, result = run_bench("embed", ["--n", "16", "--quick"], results_dir)
     assert result["figures"]["figclip-mini_naive_fig_s"] > 0
@@ -85,6 +93,10 @@ def test_scale_bench_smoke(results_dir: Path) -> None:
         if match and not inp["assumed"]:
             assert (results_dir / f"{match.group(1)}.json").is_file(), (name, inp)
     assert inputs["store_bytes_per_figure"]["assumed"] is False
+    if (results_dir / "ann.json").is_file():  # written by the ann smoke case above
+        assert not inputs["query_p50_ms"]["assumed"] and not inputs["build_s_per_vector"]["assumed"]
+    if (results_dir / "ingest.json").is_file():
+        assert not inputs["ingest_figures_per_s"]["assumed"]
 
 
 @pytest.mark.slow
