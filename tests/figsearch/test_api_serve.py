@@ -1,0 +1,86 @@
+"""`figsearch serve` and `figsearch search` as a user runs them, and the API bench smoke run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import REPO
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_figsearch_serve_answers_searches(small_index_data_dir, tiny_model_dir):
+    port = _free_port()
+    env = {**os.environ, "FIGSEARCH_MODEL": str(tiny_model_dir), "FIGSEARCH_DEVICE": "cpu"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "figsearch.cli", "serve", "--data-dir", str(small_index_data_dir),
+         "--port", str(port), "--log-level", "warning"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "figsearch serve never became ready"
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        r = httpx.get(f"{base}/v1/search", params={"q": "TREM2", "mode": "keyword"})
+        assert r.status_code == 200 and "TREM2" in r.json()["results"][0]["caption"]
+        assert httpx.get(f"{base}/v1/search", params={"q": ""}).status_code == 400
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0].decode()
+    assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_figsearch_search_cli(small_index_data_dir, tiny_model_dir):
+    env = {**os.environ, "FIGSEARCH_MODEL": str(tiny_model_dir), "FIGSEARCH_DEVICE": "cpu"}
+    cmd = [sys.executable, "-m", "figsearch.cli", "search", "--data-dir",
+           str(small_index_data_dir)]
+    ok = subprocess.run([*cmd, "TREM2 signaling", "--k", "3", "--mode", "keyword", "--no-dedup"], env=env,
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.splitlines()
+    assert lines[0].startswith("keyword search for 'TREM2 signaling'")
+    assert len(lines) == 4 and lines[1].split()[0] == "1" and "TREM2" in lines[1]
+    bad = subprocess.run([*cmd, "   "], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "query is empty" in bad.stderr
+
+
+@pytest.mark.slow
+def test_api_bench_smoke(tmp_path, tiny_model_dir):
+    env = {**os.environ, "FIGSEARCH_BENCH_RESULTS": str(tmp_path / "results")}
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.api", "--n", "1500", "--duration", "0.5", "--concurrency",
+         "1,4", "--model", str(tiny_model_dir)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "results" / "api.json").read_text())
+    figures = result["figures"]
+    for kind in ("dense", "hybrid", "image"):
+        for c in (1, 4):
+            assert figures[f"{kind}_c{c}_requests"] > 0
+            assert figures[f"{kind}_c{c}_errors"] == 0
+            assert 0 < figures[f"{kind}_c{c}_p50_ms"] <= figures[f"{kind}_c{c}_p99_ms"]
+    assert result["params"]["n"] == 1500 and "| kind |" in run.stdout
