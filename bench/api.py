@@ -83,6 +83,17 @@ def write_store_rows(db_path: Path, n: int, seed: int = 0) -> None:
     conn.close()
 
 
+def store_figure_count(db_path: Path) -> int:
+    """Figures in an existing store (0 when there is none)."""
+    if not db_path.exists():
+        return 0
+    with sqlite3.connect(db_path) as conn:
+        try:
+            return int(conn.execute("SELECT count(*) FROM figures").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+
 def clustered_vectors(n: int, dim: int, seed: int = 0, clusters: int = 1000) -> np.ndarray:
     """Unit vectors around random centres (like real embeddings: not uniform on the sphere)."""
     rng = np.random.default_rng(seed)
@@ -103,7 +114,9 @@ def build_data_dir(data_dir: Path, n: int, model: str, factory: str | None) -> d
 
     encoder = load_model(model, device="cpu")
     t0 = time.perf_counter()
-    write_store_rows(data_dir / "figsearch.db", n)
+    if store_figure_count(data_dir / "figsearch.db") != n:  # reuse rows of an earlier run
+        (data_dir / "figsearch.db").unlink(missing_ok=True)
+        write_store_rows(data_dir / "figsearch.db", n)
     t_rows = time.perf_counter() - t0
     vectors = clustered_vectors(n, encoder.dim)
     t1 = time.perf_counter()
