@@ -291,3 +291,4 @@ def test_full_disk_during_ingest_loses_nothing(tmp_path, shared_data):
     print(f"\nfull disk during ingest ({outcome[:160]}); {partial} figures stored before the "
           f"disk filled; rerun: {summary.line()}")
     assert total == with_images == 189
+

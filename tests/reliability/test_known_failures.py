@@ -7,10 +7,18 @@ file it belongs to.
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import httpx
 import pytest
 
+from figsearch.index import current_version_dir
+
+from .servers import copy_data_dir
 from .test_api_schemathesis import ALL_CHECKS, _run_operation
+from .test_faults import small_tmpfs
 
 
 # figsearch/api/deps.py (KParam le=1000, OffsetParam le=100_000) and
@@ -59,3 +67,57 @@ def test_schemathesis_positive_data_acceptance(default_api):
         except Exception as exc:  # collect all
             failures.append(f"{operation.label}: {str(exc)[:600]}")
     assert not failures, "\n\n".join(failures)
+
+
+# indexer/indexing.py command(): `figsearch index` on a full disk. ENOSPC surfaces as OSError
+# from the lock file write (indexer/build.py index_lock) or np.save of ids/vectors, and command()
+# catches only (BuildLockedError, ModelLoadError, RuntimeError, ValueError): the user gets a
+# Python traceback. Expected: exit 1 with "figsearch index: ... No space left on device"
+# (as `figsearch rebuild` does: it catches OSError). `current` is untouched either way.
+
+
+def _tmpfs_used_kb(path: Path) -> int:
+    out = subprocess.run(["df", "-k", "--output=used", str(path)], capture_output=True, text=True)
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.parametrize("spare_pages", [0, 2, 4])
+def test_full_disk_cli_index_reports_cleanly(small_index_data_dir, tiny_model_dir, tmp_path,
+                                             monkeypatch, capsys, spare_pages):
+    """`figsearch index` with an index dir that fills up at different files of the build: exit 1
+    with a message naming the full disk (no traceback), `current` untouched."""
+    import shutil
+
+    from figsearch.cli import main as figsearch
+
+    data = copy_data_dir(small_index_data_dir, tmp_path / "data")
+    saved = tmp_path / "indexes-saved"
+    shutil.move(data / "indexes", saved)
+    with small_tmpfs(data / "indexes", 64 * 1024) as mounted:
+        if not mounted:
+            pytest.fail("needs a small tmpfs (root); see test_full_disk_during_index_build_keeps_current")
+        for entry in saved.iterdir():
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry), data / "indexes" / entry.name)
+            elif entry.is_dir():
+                shutil.copytree(entry, data / "indexes" / entry.name)
+        old = current_version_dir(data / "indexes").name
+        size = _tmpfs_used_kb(data / "indexes") + 4 * spare_pages
+        subprocess.run(["mount", "-o", f"remount,size={size}k", str(data / "indexes")], check=True)
+        monkeypatch.setenv("FIGSEARCH_MODEL", str(tiny_model_dir))
+        monkeypatch.setenv("FIGSEARCH_DEVICE", "cpu")
+        monkeypatch.setenv("FIGSEARCH_NUM_WORKERS", "0")
+        try:
+            code = figsearch(["index", "--data-dir", str(data), "--no-progress"])
+            escaped = None
+        except OSError as exc:  # what happens today: a traceback instead of a message
+            code, escaped = None, exc
+        err = capsys.readouterr().err
+        assert current_version_dir(data / "indexes").name == old, "current moved"
+        assert escaped is None, (
+            f"`figsearch index` crashed with an uncaught {escaped!r} instead of exiting 1 with a "
+            "message (indexer/indexing.py command() catches RuntimeError/ValueError, not OSError)")
+        assert code == 1, err[-2000:]
+        assert "no space left on device" in err.lower(), err[-2000:]
+        assert current_version_dir(data / "indexes").name == old
+    print(f"\nfigsearch index on a full disk ({spare_pages} spare pages): {err.strip().splitlines()[-1][:200]}")
