@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from html.entities import html5, name2codepoint
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -114,7 +115,15 @@ def _localname(el: etree._Element) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
+def _entity_text(name: str) -> str:
+    """A named entity left unexpanded (its DTD is never loaded) as its character."""
+    return html5.get(f"{name};") or (chr(name2codepoint[name]) if name in name2codepoint else "")
+
+
 def _text_parts(el: etree._Element) -> Iterable[str]:
+    if el.tag is etree.Entity:
+        yield _entity_text(el.name)
+        return
     name = _localname(el)
     if name in _SKIP_TEXT:
         return

@@ -195,3 +195,11 @@ def test_license_url_only_inside_the_license_text():
     art = parse_article(xml)
     assert art.license_url == "http://creativecommons.org/licenses/by-nc-nd/4.0/"
     assert art.license_text == "Distributed under this license."
+
+
+def test_named_entities_of_the_external_dtd_become_characters():
+    xml = (b'<!DOCTYPE article PUBLIC "-//NLM//DTD JATS (Z39.96) Journal Archiving and Interchange '
+           b'DTD v1.1 20151215//EN" "JATS-archivearticle1.dtd"><article><body><fig id="f">'
+           b'<caption><p>TGF&beta;&nbsp;signalling &ndash; 5&thinsp;&micro;m &#945;</p></caption>'
+           b'</fig></body></article>')
+    assert parse_article(xml).figures[0].caption == "TGFβ signalling – 5 µm α"
