@@ -275,7 +275,7 @@ def test_full_disk_during_ingest_loses_nothing(tmp_path, shared_data):
             outcome = f"stopped: {exc}"
         except Exception as exc:  # sqlite3/SQLAlchemy errors must still name the cause
             assert "full" in str(exc).lower() or "space" in str(exc).lower(), repr(exc)
-            outcome = f"stopped: {type(exc).__name__}: {str(exc)[:120]}"
+            outcome = f"stopped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
         _integrity(settings.db_path)
         con = sqlite3.connect(settings.db_path)
         partial = con.execute("SELECT count(*) FROM figures").fetchone()[0]
