@@ -8,6 +8,7 @@ import http.server
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -101,9 +102,12 @@ def test_cors_open_to_configured_origin_only(small_index_settings):
 def test_rate_limit_returns_429_past_the_limit(small_index_settings):
     settings = small_index_settings.model_copy(update={"rate_limit_per_minute": 20})
     with api_thread(settings) as url, httpx.Client(base_url=url) as client:
+        t0 = time.monotonic()
         codes = [client.get("/v1/stats").status_code for _ in range(30)]
+        refilled = (time.monotonic() - t0) * 20 / 60  # tokens that came back meanwhile
         assert codes[:20] == [200] * 20, codes
-        assert set(codes[20:]) == {429}, codes
+        assert codes.count(200) <= 20 + int(refilled) + 1, (codes, refilled)
+        assert 429 in codes, codes
         r = client.get("/v1/search", params={"q": "kinase"})
         assert r.status_code == 429
         assert int(r.headers["retry-after"]) >= 1
