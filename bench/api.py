@@ -4,7 +4,7 @@ Builds (or reuses, ``--data-dir``) a data dir with ``--n`` figures: store rows w
 captions written with one ``executemany`` transaction, clustered synthetic vectors indexed by
 :func:`indexer.build.build_version` (factory from :func:`figsearch.index.choose_factory`), then
 starts ``uvicorn`` in a subprocess and fires queries with ``httpx.AsyncClient`` at concurrency
-1, 8 and 32 for dense text, hybrid text and image queries (images from shared/data/pmc-figures,
+1, 8 and 32 for dense text, hybrid text, image and filtered hybrid queries (images from shared/data/pmc-figures,
 uploaded as multipart). Writes ``bench/results/api.json``.
 
     .venv/bin/python -m bench.api                           # 1M figures (the real run)
@@ -50,7 +50,7 @@ QUERIES = [
     "coronavirus replication cycle", "mitochondrial autophagy", "T cell receptor activation",
     "heatmap of gene expression", "calcium channel in neurons", "tumor hypoxia angiogenesis",
 ]
-KINDS = ("dense", "hybrid", "image")
+KINDS = ("dense", "hybrid", "image", "filtered")
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -107,12 +107,44 @@ def clustered_vectors(n: int, dim: int, seed: int = 0, clusters: int = 1000) -> 
     return out
 
 
-def build_data_dir(data_dir: Path, n: int, model: str, factory: str | None) -> dict[str, Any]:
-    """Store rows + an index version whose manifest names ``model``; returns build figures."""
+def bench_model(model: str, data_dir: Path) -> tuple[str, Any]:
+    """(spec, encoder) of a model with a stable identity.
+
+    A config name (e.g. ``figclip-mini``) is randomly initialised on every load, so its weights
+    (and ``model_key``) differ between processes; it is exported once to
+    ``<data_dir>/models/bench-<name>`` and that directory is used by the index and the server.
+    """
     from figsearch.encoders import load_model
+
+    if not Path(model).is_dir():
+        dest = data_dir / "models" / f"bench-{model}"
+        if not dest.is_dir():
+            from trainer.export import export_loaded
+
+            export_loaded(load_model(model, device="cpu").loaded, dest)
+        model = str(dest)
+    return model, load_model(model, device="cpu")
+
+
+def stamp_manifest(version_dir: Path, spec: str, model_key: str) -> None:
+    """Record the bench model in the manifest of a reused index (synthetic vectors belong to no
+    model, so any model of the same dimension may query them)."""
+    import json
+
+    path = version_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if manifest.get("model_key") != model_key:
+        manifest.update(model_spec=spec, model_key=model_key)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2))
+        tmp.replace(path)
+
+
+def build_data_dir(data_dir: Path, n: int, spec: str, encoder: Any,
+                   factory: str | None) -> dict[str, Any]:
+    """Store rows + an index version for ``encoder``; returns build figures."""
     from indexer.build import build_version
 
-    encoder = load_model(model, device="cpu")
     t0 = time.perf_counter()
     if store_figure_count(data_dir / "figsearch.db") != n:  # reuse rows of an earlier run
         (data_dir / "figsearch.db").unlink(missing_ok=True)
@@ -121,7 +153,7 @@ def build_data_dir(data_dir: Path, n: int, model: str, factory: str | None) -> d
     vectors = clustered_vectors(n, encoder.dim)
     t1 = time.perf_counter()
     version = build_version(data_dir / "indexes", vectors, np.arange(1, n + 1, dtype=np.int64),
-                            model_spec=model, model_key=encoder.model_key, factory=factory,
+                            model_spec=spec, model_key=encoder.model_key, factory=factory,
                             use_gpu=False)
     import json
 
@@ -165,9 +197,11 @@ def make_request(kind: str, i: int, images: list[bytes], k: int) -> dict[str, An
     if kind == "image":
         return {"method": "POST", "url": "/v1/search/image", "params": {"k": k},
                 "files": {"image": ("q.jpg", images[i % len(images)], "image/jpeg")}}
-    mode = "dense" if kind == "dense" else "hybrid"
-    return {"method": "GET", "url": "/v1/search",
-            "params": {"q": QUERIES[i % len(QUERIES)], "k": k, "mode": mode}}
+    params: dict[str, Any] = {"q": QUERIES[i % len(QUERIES)], "k": k,
+                              "mode": "dense" if kind == "dense" else "hybrid"}
+    if kind == "filtered":  # hybrid + license and year filters (about a third of the figures)
+        params.update(license="commercial", year_from=2010 + i % 5)
+    return {"method": "GET", "url": "/v1/search", "params": params}
 
 
 async def run_load(base_url: str, kind: str, concurrency: int, duration: float,
@@ -217,14 +251,23 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="bench-api-")
         args.data_dir = Path(tmp.name)
     args.data_dir.mkdir(parents=True, exist_ok=True)
+    spec, encoder = bench_model(args.model, args.data_dir)
     build: dict[str, Any] = {}
-    if not (args.data_dir / "indexes" / "current").exists():
+    current = args.data_dir / "indexes" / "current"
+    if not current.exists():
         print(f"building {args.n:,} figures in {args.data_dir} ...", flush=True)
-        build = build_data_dir(args.data_dir, args.n, args.model, args.factory)
+        build = build_data_dir(args.data_dir, args.n, spec, encoder, args.factory)
         print(f"built: {build}", flush=True)
+    else:
+        stamp_manifest(current.resolve(), spec, encoder.model_key)
+        import json
+
+        manifest = json.loads((current / "manifest.json").read_text())
+        build = {"factory": manifest["factory"], "dim": manifest["dim"], "reused_index": True}
+    del encoder
     images = [f.read_bytes() for f in sorted(SHARED_FIGURES.glob("*.jpg"))[:8]]
     port = free_port()
-    proc = start_server(args.data_dir, args.model, port)
+    proc = start_server(args.data_dir, spec, port)
     base_url = f"http://127.0.0.1:{port}"
     try:
         t0 = time.perf_counter()

@@ -19,9 +19,12 @@ overlap and never repeat a duplicate.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -179,6 +182,10 @@ class SearchService:
         self.index = index
         self.encoder = encoder
         self.settings = settings
+        # Filtered id sets, reused across queries: a service lives as long as its index
+        # version, and ids the store dropped since are discarded again by get_figures.
+        self._allowed_cache: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     @property
     def index_version(self) -> str:
@@ -308,7 +315,7 @@ class SearchService:
 
     def _dense(self, qvec: np.ndarray, n: int, flt: FigureFilter) -> _Candidates:
         index = self._require_index()
-        allowed = None if flt.is_empty() else self.store.filtered_ids(flt)
+        allowed = None if flt.is_empty() else self._allowed_ids(flt)
         if allowed is not None and allowed.size == 0:
             return _Candidates([], [], True)
         n = max(1, min(n, index.ntotal))
@@ -319,6 +326,20 @@ class SearchService:
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
         exhausted = len(pairs) < n or n >= index.ntotal
         return _Candidates([i for i, _ in pairs], [s for _, s in pairs], exhausted)
+
+    def _allowed_ids(self, flt: FigureFilter, max_entries: int = 32) -> np.ndarray:
+        """``store.filtered_ids`` with a small LRU cache keyed by the filter's values."""
+        key = dataclasses.astuple(flt)
+        with self._cache_lock:
+            if key in self._allowed_cache:
+                self._allowed_cache.move_to_end(key)
+                return self._allowed_cache[key]
+        ids = self.store.filtered_ids(flt)
+        with self._cache_lock:
+            self._allowed_cache[key] = ids
+            while len(self._allowed_cache) > max_entries:
+                self._allowed_cache.popitem(last=False)
+        return ids
 
     def _keyword(self, query: str, n: int, flt: FigureFilter) -> _Candidates:
         rows = self.store.keyword_search(query, n, flt)
