@@ -253,7 +253,22 @@ def test_full_disk_during_index_build_keeps_current(tmp_path, monkeypatch):
     print(f"\nfull disk: {'tmpfs of 3 MiB' if mounted else 'injected ENOSPC'}; current kept")
 
 
-def test_full_disk_during_ingest_loses_nothing(tmp_path, shared_data):
+def _fill_disk_after(monkeypatch, writes: int) -> None:
+    """No tmpfs allowed: image writes fail with ENOSPC after ``writes`` successful ones."""
+    import figsearch.imaging as imaging
+
+    real, count = imaging._atomic_write, [0]
+
+    def full(path, payload):
+        count[0] += 1
+        if count[0] > writes:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, payload)
+
+    monkeypatch.setattr(imaging, "_atomic_write", full)
+
+
+def test_full_disk_during_ingest_loses_nothing(tmp_path, shared_data, monkeypatch):
     """The data dir fills up while ingesting real figures: the run stops with a clear error or
     records reasons; the store stays intact (every article with all its figures); after making
     room a rerun completes."""
@@ -263,8 +278,7 @@ def test_full_disk_during_ingest_loses_nothing(tmp_path, shared_data):
     data = tmp_path / "data"
     with small_tmpfs(data, 2 * 1024) as mounted:
         if not mounted:
-            pytest.fail("this test needs a small tmpfs (run as root); the index full-disk test "
-                        "covers the no-mount case")
+            _fill_disk_after(monkeypatch, 60)
         settings = Settings(data_dir=data)
         manifest = shared_data / "pmc-figures" / "figures.jsonl"
         try:
@@ -281,7 +295,9 @@ def test_full_disk_during_ingest_loses_nothing(tmp_path, shared_data):
         partial = con.execute("SELECT count(*) FROM figures").fetchone()[0]
         con.close()
         # make room (grow the tmpfs) and rerun on the same data dir: it completes
-        subprocess.run(["mount", "-o", "remount,size=400m", str(data)], check=True)
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,size=400m", str(data)], check=True)
+        monkeypatch.undo()
         summary = ingest_paths([manifest], settings, workers=1)
         _integrity(settings.db_path)
         con = sqlite3.connect(settings.db_path)
