@@ -404,46 +404,46 @@ class _Loop:
     def __init__(self, cfg: TrainConfig, dist: Dist, loaded: LoadedClip, model: Any,
                  optimizer: Any, loss_fn: Any, data: dict[str, Any], state: RunState,
                  log: RunLog) -> None:
-        from open_clip_train.scheduler import cosine_lr
-
         self.cfg, self.dist, self.loaded, self.model = cfg, dist, loaded, model
         self.optimizer, self.loss_fn, self.data, self.state, self.log = (
             optimizer, loss_fn, data, state, log)
         self.started = time.monotonic()
+        self.elapsed = 0.0  # seconds of this run, the same on every rank
         self.steps_this_run = 0
         self.samples_this_run = 0
-        self.schedule = lambda step: cosine_lr(optimizer, cfg.lr, cfg.warmup,
-                                               max(self.state.total_steps, 1))(step)
 
-    def _agree(self, value: int, op: str) -> int:
-        """The same decision on every rank (clocks differ; a lone rank stopping would hang)."""
+    def _agreed_elapsed(self) -> float:
+        """Seconds since this run started; under DDP the largest of all ranks (clocks differ,
+        and a lone rank stopping or decaying differently would hang or drift)."""
+        elapsed = time.monotonic() - self.started
         if self.dist.world == 1:
-            return value
+            return elapsed
         import torch
         import torch.distributed as tdist
 
-        tensor = torch.tensor([value], device=self.dist.device)
-        tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX if op == "max" else tdist.ReduceOp.MIN)
-        return int(tensor.item())
+        tensor = torch.tensor([elapsed], dtype=torch.float64, device=self.dist.device)
+        tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX)
+        return float(tensor.item())
 
     def out_of_time(self) -> bool:
+        """Step budget spent, or (with --max-minutes) time budget spent."""
         if self.state.step >= self.state.total_steps:
             return True
         if self.cfg.max_minutes is None:
             return False
-        minutes = (time.monotonic() - self.started) / 60
-        return bool(self._agree(int(minutes >= self.cfg.max_minutes), "max"))
+        self.elapsed = self._agreed_elapsed()
+        return self.elapsed >= self.cfg.max_minutes * 60
 
-    def _adapt_schedule(self) -> None:
-        """With --max-minutes, shrink the cosine so that it ends when the time does."""
-        if self.cfg.max_minutes is None or self.steps_this_run != 10:
-            return
-        per_step = (time.monotonic() - self.started) / self.steps_this_run
-        left = self.cfg.max_minutes * 60 - (time.monotonic() - self.started)
-        fits = self._agree(self.state.step + int(left / per_step * 0.97), "min")
-        if fits < self.state.total_steps:
-            self.state.total_steps = max(fits, self.state.step + 1)
-            self.log.write("schedule", self.state.step, total_steps=self.state.total_steps)
+    def learning_rate(self) -> float:
+        """Linear warmup, then cosine decay over the steps or, with --max-minutes, over
+        whichever budget runs out first (so the decay ends on time at any speed)."""
+        cfg, step = self.cfg, self.state.step
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(self.state.total_steps - cfg.warmup, 1)
+        if cfg.max_minutes:
+            progress = max(progress, self.elapsed / (cfg.max_minutes * 60))
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * cfg.lr
 
     def run(self, on_epoch_end: Callable[[int], None] | None) -> bool:
         """Train epochs until done; returns True when stopped early (time / step limit)."""
@@ -490,13 +490,14 @@ class _Loop:
         return False
 
     def step(self, group: list[tuple[Any, Any]]) -> float:
-        lr = self.schedule(self.state.step)
+        lr = self.learning_rate()
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr
         loss = train_step(self.model, self.loss_fn, group, self.optimizer, self.dist.device)
         self.state.step += 1
         self.state.batch_in_epoch += len(group)
         self.steps_this_run += 1
         self.samples_this_run += sum(len(images) for images, _ in group) * self.dist.world
-        self._adapt_schedule()
         if self.state.step % self.cfg.log_every == 0 or self.state.step == 1:
             elapsed = time.monotonic() - self.started
             self.log.write("train", self.state.step, epoch=self.state.epoch, loss=loss, lr=lr,

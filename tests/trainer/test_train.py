@@ -38,6 +38,9 @@ def test_training_lowers_loss_and_export_loads_identically(tiny_setup, tmp_path)
     losses = [r["loss"] for r in train_log(cfg.state_dir)]
     assert len(losses) == result.summary["steps"] >= 10
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    lrs = [r["lr"] for r in train_log(cfg.state_dir)]  # warmup 2 steps, then cosine to ~0
+    assert lrs[0] == pytest.approx(1e-3) and max(lrs) == pytest.approx(2e-3)
+    assert lrs[-1] < 0.1 * 2e-3 and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
     assert [h["epoch"] for h in result.summary["history"]] == [1, 2, 3]
     assert "t2i_R@1" in result.summary["history"][-1]
     # the exported directory reproduces the trained model's embeddings exactly
