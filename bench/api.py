@@ -54,44 +54,73 @@ KINDS = ("dense", "hybrid", "image", "filtered")
 
 
 # -- data ----------------------------------------------------------------------------------------
+ROWS_FORMAT = "zipf-v1"  # bump when the generated rows change, so old bench stores are rebuilt
+
+
+def caption_vocabulary(n_tokens: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+    """(words, probabilities): a Zipf-like word distribution like real captions have.
+
+    The biomedical words of :data:`VOCAB` sit at ranks 20..2000 (in 1-15 % of captions, like
+    "pathway" or "western blot" in PMC), among synthetic filler tokens.
+    """
+    words = np.array([f"w{i}" for i in range(n_tokens)], dtype=object)
+    for j, word in enumerate(VOCAB):
+        words[20 + 20 * j] = word
+    ranks = np.arange(1, n_tokens + 1, dtype=np.float64)
+    p = 1.0 / ranks**1.07
+    return words, p / p.sum()
+
+
 def write_store_rows(db_path: Path, n: int, seed: int = 0) -> None:
-    """n figures over n/3 articles, captions from a small vocabulary; one transaction."""
+    """n figures over n/3 articles with 25-word Zipfian captions; one transaction."""
     from figsearch.store import FigureStore
 
-    FigureStore(db_path).close()  # schema, FTS table and triggers
+    store = FigureStore(db_path)  # schema, FTS table and triggers
+    store.close()
     rng = np.random.default_rng(seed)
     n_articles = max(1, n // 3)
-    words = np.array(VOCAB)
+    words, probs = caption_vocabulary()
     years = rng.integers(2000, 2025, n_articles)
     licenses = np.array(["cc-by", "cc-by-nc", "cc0", "cc-by-nc-nd"])[rng.integers(0, 4, n_articles)]
+
+    cdf = np.cumsum(probs)
+
+    def texts(count: int, length: int) -> list[str]:
+        drawn = np.searchsorted(cdf, rng.random((count, length))).clip(0, len(words) - 1)
+        return [" ".join(words[row]) for row in drawn]
+
+    titles, captions = texts(n_articles, 8), texts(n, 25)
     conn = sqlite3.connect(db_path)
     with conn:
         conn.executemany(
             "INSERT INTO articles(id, key, pmcid, title, journal, year, license_text, license_url, "
             "license_class, source, content_hash, retracted, ingested_at) VALUES "
             "(?, ?, ?, ?, ?, ?, '', '', ?, 'bench', '', 0, '2026-01-01')",
-            ((a + 1, f"bench:{a + 1}", f"PMC{9_000_000 + a}", " ".join(rng.choice(words, 8)),
-              f"Journal {a % 50}", int(years[a]), str(licenses[a])) for a in range(n_articles)),
+            ((a + 1, f"bench:{a + 1}", f"PMC{9_000_000 + a}", titles[a], f"Journal {a % 50}",
+              int(years[a]), str(licenses[a])) for a in range(n_articles)),
         )
         conn.executemany(
             "INSERT INTO figures(id, key, article_id, fig_id, label, caption, has_image, source, "
             "figure_type, attributes, sha256) VALUES (?, ?, ?, ?, ?, ?, 0, 'bench', ?, '{}', ?)",
             ((i + 1, f"bench:{i % n_articles + 1}/F{i}", i % n_articles + 1, f"F{i}",
-              f"Figure {i % 9 + 1}", " ".join(rng.choice(words, 25)),
-              ("pathway", "chart", "micrograph")[i % 3], f"{i:064x}") for i in range(n)),
+              f"Figure {i % 9 + 1}", captions[i], ("diagram/pathway", "chart/plot", "heatmap")[i % 3],
+              f"{i:064x}") for i in range(n)),
         )
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('bench_rows', ?)",
+                     (f"{ROWS_FORMAT}:{n}",))
     conn.close()
 
 
-def store_figure_count(db_path: Path) -> int:
-    """Figures in an existing store (0 when there is none)."""
+def bench_rows_marker(db_path: Path) -> str:
+    """``<format>:<n>`` of a store written by :func:`write_store_rows` ('' when none)."""
     if not db_path.exists():
-        return 0
+        return ""
     with sqlite3.connect(db_path) as conn:
         try:
-            return int(conn.execute("SELECT count(*) FROM figures").fetchone()[0])
+            row = conn.execute("SELECT value FROM meta WHERE key = 'bench_rows'").fetchone()
         except sqlite3.OperationalError:
-            return 0
+            return ""
+    return str(row[0]) if row else ""
 
 
 def clustered_vectors(n: int, dim: int, seed: int = 0, clusters: int = 1000) -> np.ndarray:
@@ -140,16 +169,23 @@ def stamp_manifest(version_dir: Path, spec: str, model_key: str) -> None:
         tmp.replace(path)
 
 
-def build_data_dir(data_dir: Path, n: int, spec: str, encoder: Any,
-                   factory: str | None) -> dict[str, Any]:
-    """Store rows + an index version for ``encoder``; returns build figures."""
+def ensure_store_rows(data_dir: Path, n: int) -> float | None:
+    """Write the bench store unless one with the same format and n exists; seconds or None."""
+    db = data_dir / "figsearch.db"
+    if bench_rows_marker(db) == f"{ROWS_FORMAT}:{n}":
+        return None
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        path.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    write_store_rows(db, n)
+    return round(time.perf_counter() - t0, 1)
+
+
+def build_index(data_dir: Path, n: int, spec: str, encoder: Any,
+                factory: str | None) -> dict[str, Any]:
+    """An index version of n clustered vectors for ``encoder``; returns build figures."""
     from indexer.build import build_version
 
-    t0 = time.perf_counter()
-    if store_figure_count(data_dir / "figsearch.db") != n:  # reuse rows of an earlier run
-        (data_dir / "figsearch.db").unlink(missing_ok=True)
-        write_store_rows(data_dir / "figsearch.db", n)
-    t_rows = time.perf_counter() - t0
     vectors = clustered_vectors(n, encoder.dim)
     t1 = time.perf_counter()
     version = build_version(data_dir / "indexes", vectors, np.arange(1, n + 1, dtype=np.int64),
@@ -158,8 +194,8 @@ def build_data_dir(data_dir: Path, n: int, spec: str, encoder: Any,
     import json
 
     manifest = json.loads((version / "manifest.json").read_text())
-    return {"store_rows_s": round(t_rows, 1), "index_build_s": round(time.perf_counter() - t1, 1),
-            "factory": manifest["factory"], "dim": encoder.dim}
+    return {"index_build_s": round(time.perf_counter() - t1, 1), "factory": manifest["factory"],
+            "dim": encoder.dim}
 
 
 # -- server ----------------------------------------------------------------------------------------
@@ -252,18 +288,20 @@ def main(argv: list[str] | None = None) -> int:
         args.data_dir = Path(tmp.name)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     spec, encoder = bench_model(args.model, args.data_dir)
-    build: dict[str, Any] = {}
+    print(f"store rows for {args.n:,} figures in {args.data_dir} ...", flush=True)
+    rows_s = ensure_store_rows(args.data_dir, args.n)
+    build: dict[str, Any] = {"store_rows_s": rows_s} if rows_s is not None else {}
     current = args.data_dir / "indexes" / "current"
     if not current.exists():
-        print(f"building {args.n:,} figures in {args.data_dir} ...", flush=True)
-        build = build_data_dir(args.data_dir, args.n, spec, encoder, args.factory)
+        print(f"building the index of {args.n:,} vectors ...", flush=True)
+        build.update(build_index(args.data_dir, args.n, spec, encoder, args.factory))
         print(f"built: {build}", flush=True)
     else:
         stamp_manifest(current.resolve(), spec, encoder.model_key)
         import json
 
         manifest = json.loads((current / "manifest.json").read_text())
-        build = {"factory": manifest["factory"], "dim": manifest["dim"], "reused_index": True}
+        build.update(factory=manifest["factory"], dim=manifest["dim"], reused_index=True)
     del encoder
     images = [f.read_bytes() for f in sorted(SHARED_FIGURES.glob("*.jpg"))[:8]]
     port = free_port()

@@ -144,6 +144,11 @@ def stem(word: str) -> str:
     return w
 
 
+def query_terms(query: str) -> set[str]:
+    """Distinct lower-case words of a query (as the keyword index sees them)."""
+    return {w.lower() for w in _WORD.findall(query)}
+
+
 def query_stems(query: str) -> set[str]:
     """Stems of the query's words, without stopwords and single letters."""
     return {stem(w) for w in _WORD.findall(query) if len(w) > 1 and w.lower() not in _STOPWORDS}
@@ -342,7 +347,18 @@ class SearchService:
         return ids
 
     def _keyword(self, query: str, n: int, flt: FigureFilter) -> _Candidates:
-        rows = self.store.keyword_search(query, n, flt)
+        """BM25 candidates: the best ``n`` figures containing every query word when there are
+        that many, else the best ``n`` containing any of them.
+
+        The all-words query is selective and cheap; the any-word query scores every figure
+        that contains any one word (slow for common words on millions of captions), so it
+        only runs when the first finds fewer than ``n``.
+        """
+        rows: list[tuple[int, float]] = []
+        if len(query_terms(query)) > 1:
+            rows = self.store.keyword_search(query, n, flt, match_all=True)
+        if len(rows) < n:
+            rows = self.store.keyword_search(query, n, flt)
         return _Candidates([i for i, _ in rows], [s for _, s in rows], len(rows) < n)
 
     def _fuse(self, dense: _Candidates, keyword: _Candidates) -> _Candidates:

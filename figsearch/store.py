@@ -218,8 +218,8 @@ class UpsertResult:
 _FTS_TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
-def fts_query(user_text: str) -> str:
-    """Turn free text into a safe FTS5 query: quoted terms joined by OR.
+def fts_query(user_text: str, operator: str = "OR") -> str:
+    """Turn free text into a safe FTS5 query: quoted terms joined by OR (or ``operator``).
 
     User input never reaches FTS5's query syntax (quotes, ``*``, ``NEAR``, parentheses), so
     no query can raise a syntax error; BM25 still ranks documents matching more terms first.
@@ -229,7 +229,7 @@ def fts_query(user_text: str) -> str:
     for t in terms:
         if t not in seen:
             seen.append(t)
-    return " OR ".join(f'"{t}"' for t in seen[:32])
+    return f" {'AND' if operator == 'AND' else 'OR'} ".join(f'"{t}"' for t in seen[:32])
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -504,13 +504,13 @@ class FigureStore:
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def keyword_search(
-        self, query: str, limit: int, flt: FigureFilter | None = None
+        self, query: str, limit: int, flt: FigureFilter | None = None, match_all: bool = False
     ) -> list[tuple[int, float]]:
         """BM25 search over caption, label and title: [(figure id, score)], best first.
 
-        Scores are ``-bm25`` so that higher is better.
+        Scores are ``-bm25`` so that higher is better. ``match_all`` requires every term.
         """
-        match = fts_query(query)
+        match = fts_query(query, "AND" if match_all else "OR")
         if not match:
             return []
         where, params = (flt or FigureFilter()).sql()

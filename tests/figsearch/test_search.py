@@ -178,3 +178,13 @@ def test_bad_text_queries(service, query, k, offset, mode, message):
 def test_bad_vectors(service, vector, message):
     with pytest.raises(SearchInputError, match=message):
         service.search_vector(vector, k=3)
+
+
+def test_keyword_prefers_figures_with_every_word(service):
+    every = {i for i, _ in service.store.keyword_search("viral RNA", 100, match_all=True)}
+    some = {i for i, _ in service.store.keyword_search("viral RNA", 100)}
+    assert 3 <= len(every) < len(some)
+    page = service.search_text("viral RNA", k=3, mode="keyword")
+    assert {h.id for h in page.hits} <= every
+    wide = service.search_text("viral RNA", k=len(every) + 2, mode="keyword")
+    assert {h.id for h in wide.hits} <= some and len(wide.hits) == len(every) + 2
