@@ -308,3 +308,19 @@ def test_full_disk_during_ingest_loses_nothing(tmp_path, shared_data, monkeypatc
           f"disk filled; rerun: {summary.line()}")
     assert total == with_images == 189
 
+
+
+@pytest.mark.parametrize("spec, rc, printed", [
+    ("", 0, "0 1 2 3 4 done"), ("x@3", -signal.SIGKILL, "0 1 2"), ("x", -signal.SIGKILL, "0"),
+    ("y", 0, "0 1 2 3 4 done"), ("done", -signal.SIGKILL, "0 1 2 3 4"),
+])
+def test_fault_hook_kills_exactly_at_its_stage(spec, rc, printed):
+    """FIGSEARCH_FAULT_AT=<stage>[@n]: SIGKILL on the n-th time ``stage`` is reached, else no-op."""
+    code = ("from figsearch.faults import maybe_crash\n"
+            "for i in range(5):\n    print(i, flush=True)\n    maybe_crash('x')\n"
+            "maybe_crash('done')\nprint('done')")
+    env = {**server_env(Path("/nonexistent")), "FIGSEARCH_FAULT_AT": spec}
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == rc, res.stderr
+    assert res.stdout.split() == printed.split()
