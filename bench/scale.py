@@ -35,7 +35,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 #: Defaults used when a measurement is missing; each is marked "assumed" in the output.
 DEFAULTS: dict[str, tuple[float, str]] = {
-    "dim": (512, "BiomedCLIP ViT-B/16 embedding size"),
+    "dim": (512, "embedding size of the BiomedCLIP-style target model (--dim)"),
     "gpu_images_per_s": (800.0, "ViT-B/16 at 224 px, fp16, one A100-class GPU, JPEG decode "
                                 "in 8+ DataLoader workers (decode-bound)"),
     "ingest_figures_per_s": (40.0, "2 parse workers on 2 cores"),
@@ -50,7 +50,6 @@ DEFAULTS: dict[str, tuple[float, str]] = {
 #: Result keys (regular expressions, full match) tried in order for each input; figures first,
 #: then params. Matches what bench/{ann,embed,embed_gpu,ingest}.py write.
 KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "dim": ("ann", ("dim",)),
     "embed_images_per_s": ("embed", ("images_per_s", "vit-b16_pipeline_fig_s", "vit-b16_naive_fig_s",
                                      "figclip-mini_pipeline_fig_s", "figclip-mini_naive_fig_s")),
     "gpu_images_per_s": ("embed_gpu", (r"end_to_end_jpeg_b\d+_img_s", r"images_per_s")),
@@ -73,6 +72,8 @@ class Input:
     assumed: bool = False
 
     def basis(self) -> str:
+        if self.name == "dim":  # a property of the chosen model, neither measured nor assumed
+            return f"target: {self.source}"
         return f"assumed: {self.source}" if self.assumed else f"measured: {self.source}"
 
 
@@ -118,6 +119,38 @@ def _build_s_per_vector(results: dict[str, dict[str, Any]]) -> Input:
     if build is not None and isinstance(n, (int, float)) and n > 0:
         return Input("build_s_per_vector", float(build[0]) / float(n), f"{build[1]} / params.n")
     return measured_or_default(results, "build_s_per_vector")
+
+
+def build_fit(results: dict[str, dict[str, Any]]) -> tuple[float, float, str] | None:
+    """(train seconds, add seconds/vector, family) from the headline family's build times at
+    the two largest sizes of bench.ann, or None with fewer than two sizes."""
+    figures = (results.get("ann") or {}).get("figures") or {}
+    pattern = re.compile(r"(\d+) (.+?)(?: rerank)? build_s")
+    top = max((int(m.group(1)) for k in figures if (m := pattern.fullmatch(k))), default=0)
+    family = next((m.group(2) for k, v in figures.items() if (m := pattern.fullmatch(k))
+                   and int(m.group(1)) == top and v == figures.get("build_s")), None)
+    if family is None:
+        return None
+    points = sorted({int(m.group(1)): float(v) for k, v in figures.items()
+                     if (m := pattern.fullmatch(k)) and m.group(2) == family}.items())
+    if len(points) < 2:
+        return None
+    (n1, t1), (n2, t2) = points[-2:]
+    slope = (t2 - t1) / (n2 - n1)
+    return (t2 - slope * n2, slope, family) if slope > 0 else None
+
+
+def _build_row(results: dict[str, dict[str, Any]], build: Input, n: int) -> Row:
+    fit = build_fit(results)
+    if fit is not None:
+        train, per_vector, family = fit
+        return Row("index build (train + add)", (max(train, 0.0) + per_vector * n) / 3600, "h",
+                   f"measured: bench.ann {family} build times at its two largest sizes: "
+                   f"{max(train, 0.0):.0f} s + {per_vector:.3g} s/vector x n (k-means for the "
+                   f"target's larger nlist not measured; faiss GPU k-means is the usual remedy)")
+    return Row("index build (train + add)", n * build.value / 3600, "h",
+               f"{build.value:.3g} s/vector x n with training included per vector (overstates at "
+               f"small measured n); {build.basis()}")
 
 
 # ----------------------------------------------------------------------------- store measurement
@@ -269,10 +302,11 @@ class Row:
     basis: str
 
 
-def gather_inputs(results: dict[str, dict[str, Any]], store: dict[str, Any] | None) -> dict[str, Input]:
+def gather_inputs(results: dict[str, dict[str, Any]], store: dict[str, Any] | None,
+                  dim: int = 512) -> dict[str, Input]:
     """Every input of the projection, measured where a result exists."""
-    inputs = {name: measured_or_default(results, name)
-              for name in ("dim", "query_p50_ms", "query_p95_ms")}
+    inputs = {name: measured_or_default(results, name) for name in ("query_p50_ms", "query_p95_ms")}
+    inputs["dim"] = Input("dim", float(dim), DEFAULTS["dim"][1])
     inputs["build_s_per_vector"] = _build_s_per_vector(results)
     inputs["embed_images_per_s"] = measured_or_default(results, "embed_images_per_s", "gpu_images_per_s")
     inputs["ingest_figures_per_s"] = measured_or_default(results, "ingest_figures_per_s")
@@ -317,7 +351,7 @@ def project(results: dict[str, dict[str, Any]], inputs: dict[str, Input], n: int
     ram = index_ram_bytes(n, dim, factory)
     rows = [
         Row("figures", n, "", "target"), Row("articles", articles, "", "target"),
-        Row("embedding dim", dim, "", inputs["dim"].basis()),
+        Row("embedding dim", dim, "", inputs["dim"].source),
         Row("index factory", factory, "", f"figsearch.index.choose_factory(n, dim, {memory_gb:g} GiB)"),
         Row("index RAM: PQ codes + ids", ram["codes"] / GIB, "GiB", "n x (PQ bytes + 8-byte id)"),
         Row("index RAM: IVF centroids + HNSW", ram["coarse"] / GIB, "GiB", "nlist x dim x 4 + HNSW32 links"),
@@ -356,7 +390,7 @@ def _time_rows(results: dict[str, dict[str, Any]], inputs: dict[str, Input], n: 
     rows = [
         Row("embedding, one GPU", n / gpu_rate / 3600, "h", f"{gpu_rate:,.0f} images/s; {gpu_basis}"),
         Row("ingest (parse + store images)", n / ingest.value / 3600, "h", f"{ingest.value:,.1f} figures/s; {ingest.basis()}"),
-        Row("index build (train + add)", n * build.value / 3600, "h", f"{build.value:.3g} s/vector x n, linear (conservative); {build.basis()}"),
+        _build_row(results, build, n),
     ]
     if not emb.assumed:
         rows.insert(1, Row("embedding, measured device", n / emb.value / 3600, "h",
@@ -394,6 +428,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
     p.add_argument("--db", type=Path, default=None, help="measure an existing figsearch.db instead")
     p.add_argument("--images-dir", type=Path, default=None, help="its images directory (with --db)")
+    p.add_argument("--dim", type=int, default=512, help="embedding size of the target model")
     p.add_argument("--memory-gb", type=float, default=None, help="index memory budget (default: settings)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default: settings)")
     return p.parse_args(argv)
@@ -415,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="figsearch-scale-") as tmp:
             store = measure_store_synthetic(args.synth_n, args.seed, Path(tmp))
-    inputs = gather_inputs(results, store)
+    inputs = gather_inputs(results, store, args.dim)
     synth_chars = store["caption_chars"] if not args.db else None
     rows = project(results, inputs, args.figures, args.articles, memory_gb, nprobe, synth_chars)
     text = render_markdown(rows, inputs, args)

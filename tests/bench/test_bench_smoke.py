@@ -136,12 +136,22 @@ def test_index_ram_from_factory_string() -> None:
 
 
 def test_missing_inputs_fall_back_to_marked_defaults() -> None:
-    from bench.scale import DEFAULTS, _build_s_per_vector, _gpu_throughput, measured_or_default
+    from bench.scale import (
+        DEFAULTS,
+        _build_s_per_vector,
+        _gpu_throughput,
+        build_fit,
+        measured_or_default,
+    )
 
     results = {"ann": {"params": {"n": 1000, "dim": 256}, "figures": {"build_s": 2.0, "query_p50_ms": 3.5}}}
     p50 = measured_or_default(results, "query_p50_ms")
     assert (p50.value, p50.assumed) == (3.5, False) and "ann.json" in p50.source
-    assert measured_or_default(results, "dim").value == 256
+    fit_results = {"ann": {"figures": {"100000 IVF-PQ build_s": 9.0, "100000 IVF-PQ rerank build_s": 10.0,
+                                       "1000000 IVF-PQ rerank build_s": 55.0, "build_s": 55.0}}}
+    train, per_vector, family = build_fit(fit_results)  # type: ignore[misc]
+    assert family == "IVF-PQ" and per_vector == pytest.approx(5e-5) and train == pytest.approx(5.0)
+    assert build_fit(results) is None  # one size only: no fit
     build = _build_s_per_vector(results)
     assert build.value == pytest.approx(0.002) and not build.assumed
     gpu_results = {"embed_gpu": {"params": {"gpu": "H200"}, "figures": {"end_to_end_jpeg_b512_img_s": 2500.0}}}
