@@ -30,7 +30,6 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    func,
     select,
     text,
 )
@@ -422,15 +421,15 @@ class FigureStore:
 
     # -- reading ----------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        with self.session() as s:
-            return {
-                "articles": s.scalar(select(func.count(Article.id))) or 0,
-                "figures": s.scalar(select(func.count(Figure.id))) or 0,
-                "figures_with_images": s.scalar(
-                    select(func.count(Figure.id)).where(Figure.has_image.is_(True))
-                ) or 0,
-                "errors": s.scalar(select(func.count(IngestError.id))) or 0,
-            }
+        """Articles, figures, figures with images, recorded errors — one consistent snapshot."""
+        sql = (
+            "SELECT (SELECT count(*) FROM articles), (SELECT count(*) FROM figures), "
+            "(SELECT count(*) FROM figures WHERE has_image = 1), "
+            "(SELECT count(*) FROM ingest_errors)"
+        )
+        with self.engine.connect() as conn:
+            a, f, fi, e = conn.execute(text(sql)).one()
+        return {"articles": a, "figures": f, "figures_with_images": fi, "errors": e}
 
     def iter_figure_rows(
         self, with_images_only: bool = True, batch: int = 2000
