@@ -90,11 +90,12 @@ def time_queries(search: Any, queries: np.ndarray, singles: int) -> tuple[float,
 
 
 def bench_family(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, factory: str,
-                 nprobe: int, singles: int, workdir: Path) -> list[dict[str, Any]]:
+                 nprobe: int, singles: int, workdir: Path,
+                 train_size: int | None = None) -> list[dict[str, Any]]:
     """Build one index version and measure it with and without re-ranking."""
     n = len(base)
     vdir = build_version(workdir, base, np.arange(n), model_spec="bench", model_key="bench",
-                         factory=factory, keep=0)
+                         factory=factory, keep=0, train_size=train_size)
     index = SearchIndex.load(vdir, nprobe=nprobe)
     rows = []
     for rerank in ([False, True] if index.compressed else [False]):
@@ -141,7 +142,8 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
             continue
         seen.add(factory)
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-            for row in bench_family(base, queries, truth, factory, args.nprobe, args.singles, Path(tmp)):
+            for row in bench_family(base, queries, truth, factory, args.nprobe,
+                                    args.singles, Path(tmp), args.train_size):
                 rows.append({"n": n, "family": label, **row})
                 print(_row_text(rows[-1]), file=sys.stderr, flush=True)
     if n <= args.hnsw_max_n:
@@ -184,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nprobe", type=int, default=32)
     p.add_argument("--max-nlist", type=int, default=1024,
                    help="cap on IVF lists (the rule's 2048/8192 train too long on 2 shared cores)")
+    p.add_argument("--train-size", type=int, default=None,
+                   help="training sample (default: the builder's rule; PQ64 training is slow on 2 cores)")
     p.add_argument("--memory-gb", type=float, default=16.0, help="budget given to the rule")
     p.add_argument("--families", nargs="*", help="only these family labels")
     p.add_argument("--hnsw-max-n", type=int, default=200_000, help="skip hnswlib above this n")
@@ -196,18 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.queries, args.singles, args.dim, args.hnsw_efc = 50, 20, 64, 40
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    rows = [row for n in sizes for row in run_size(n, args)]
+    rows: list[dict[str, Any]] = []
+    for n in sizes:  # the result is rewritten after each size, so a long run keeps what it has
+        rows += run_size(n, args)
+        done = sorted({r["n"] for r in rows})
+        figures = figures_of(rows)
+        params = {"sizes": done, "n": max(done), "dim": args.dim, "k": K, "queries": args.queries,
+                  "nprobe": args.nprobe, "max_nlist": args.max_nlist, "train_size": args.train_size,
+                  "factory": figures["headline"], "rerank_factor": 10,
+                  "hnsw": [args.hnsw_m, args.hnsw_efc, args.hnsw_ef], "hnsw_max_n": args.hnsw_max_n,
+                  "families": args.families, "threads": faiss.omp_get_max_threads()}
+        path = write_result("ann", params, figures)
     print(markdown_table(
         ["n", "family", "factory", "rerank", "recall@10", "q/s batched", "q/s single", "build s", "B/vector"],
         [[r["n"], r["family"], r["factory"], "yes" if r["rerank"] else "no", f"{r['recall']:.3f}",
           f"{r['qps_batch']:.0f}", f"{r['qps_single']:.0f}", f"{r['build_s']:.1f}",
           f"{r['bytes_per_vector']:.1f}"] for r in rows]))
-    figures = figures_of(rows)
-    params = {"sizes": sizes, "n": max(sizes), "dim": args.dim, "k": K, "queries": args.queries,
-              "nprobe": args.nprobe, "max_nlist": args.max_nlist, "factory": figures["headline"],
-              "rerank_factor": 10, "hnsw": [args.hnsw_m, args.hnsw_efc, args.hnsw_ef],
-              "hnsw_max_n": args.hnsw_max_n, "threads": faiss.omp_get_max_threads()}
-    print(f"wrote {write_result('ann', params, figures)}")
+    print(f"wrote {path}")
     return 0
 
 

@@ -120,13 +120,15 @@ def training_size(n: int, factory: str) -> int:
     return min(n, want, 2_000_000)
 
 
-def train_index(factory: str, vectors: np.ndarray, use_gpu: bool = False, seed: int = 0) -> faiss.Index:
-    """An untrained index from ``factory`` (inner product), trained on a random sample."""
+def train_index(factory: str, vectors: np.ndarray, use_gpu: bool = False, seed: int = 0,
+                size: int | None = None) -> faiss.Index:
+    """An index from ``factory`` (inner product), trained on a random sample of ``size``
+    (default :func:`training_size`)."""
     n, dim = vectors.shape
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if index.is_trained:
         return index
-    size = training_size(n, factory)
+    size = min(n, size or training_size(n, factory))
     rng = np.random.default_rng(seed)
     sample_rows = np.sort(rng.choice(n, size=size, replace=False)) if size < n else np.arange(n)
     sample = normalise(vectors[sample_rows])
@@ -182,10 +184,10 @@ def _validate_inputs(vectors: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, 
 
 
 def write_version_files(tmp_dir: Path, vectors: np.ndarray, ids: np.ndarray, factory: str,
-                        use_gpu: bool, hook: StageHook | None) -> float:
+                        use_gpu: bool, hook: StageHook | None, train_size: int | None = None) -> float:
     """Train + fill the index and write index/ids/vectors into ``tmp_dir``; returns seconds."""
     t0 = time.perf_counter()
-    index = train_index(factory, vectors, use_gpu=use_gpu)
+    index = train_index(factory, vectors, use_gpu=use_gpu, size=train_size)
     if hook:
         hook("trained")
     add_in_batches(index, vectors)
@@ -199,7 +201,7 @@ def build_version(
     indexes_dir: Path, vectors: np.ndarray, ids: np.ndarray, *, model_spec: str, model_key: str,
     factory: str | None = None, memory_gb: float = 16.0, keep: int = 3,
     use_gpu: bool | None = None, extra: dict[str, Any] | None = None,
-    hook: StageHook | None = None, activate: bool = True,
+    hook: StageHook | None = None, activate: bool = True, train_size: int | None = None,
 ) -> Path:
     """Build a new index version from (vectors, figure ids), switch ``current``, prune old ones.
 
@@ -220,13 +222,14 @@ def build_version(
         version = new_version_name()
         tmp_dir = indexes_dir / f"{BUILDING_PREFIX}{version}"
         tmp_dir.mkdir(parents=True)
-        seconds = write_version_files(tmp_dir, vectors, ids, factory, bool(use_gpu), hook)
+        seconds = write_version_files(tmp_dir, vectors, ids, factory, bool(use_gpu), hook,
+                                      train_size)
         manifest = {
             "version": version, "model_spec": model_spec, "model_key": model_key, "dim": dim,
             "count": n, "factory": factory, "metric": "inner_product",
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "build_seconds": round(seconds, 3), "faiss_version": faiss.__version__,
-            "gpu": bool(use_gpu), "training_size": training_size(n, factory),
+            "gpu": bool(use_gpu), "training_size": min(n, train_size or training_size(n, factory)),
             "checksums": _checksums(tmp_dir, [INDEX_FILE, IDS_FILE, VECTORS_FILE]),
             **(extra or {}),
         }
