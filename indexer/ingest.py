@@ -260,6 +260,11 @@ def _manifest_image(group: ManifestGroup, row: dict[str, Any]) -> tuple[bytes | 
     rel = str(row.get("image") or "")
     if not rel:
         return None, "manifest row has no image"
+    if os.path.isabs(rel) or os.path.normpath(rel).startswith(".."):
+        # A manifest only reaches images in its own folder tree (symlinks placed there are
+        # the owner's choice): an untrusted manifest must not copy arbitrary local files
+        # into the served image store.
+        return None, f"image {rel!r} is outside the manifest's folder"
     path = Path(group.manifest).parent / rel
     try:
         return path.read_bytes(), ""
@@ -586,6 +591,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     """Run the ingest; 0 when it ran (even with skipped inputs), 1 when nothing was read."""
     import httpx
+    import sqlalchemy.exc
 
     settings: Settings = args.settings
     if not args.paths and not args.file_list:
@@ -601,7 +607,14 @@ def command(args: argparse.Namespace) -> int:
         return 2
     summaries = []
     if args.paths:
-        summaries.append(ingest_paths(args.paths, settings, args.workers))
+        try:
+            summaries.append(ingest_paths(args.paths, settings, args.workers))
+        except (OSError, sqlalchemy.exc.OperationalError) as exc:
+            # A full disk or unwritable data dir: every article written so far is whole
+            # (one transaction each), so say what happened and how to resume.
+            print(f"figsearch ingest: stopped: {exc}. Articles stored so far are complete; "
+                  "free space or fix the data directory and rerun to resume.", file=sys.stderr)
+            return 1
     if args.file_list:
         try:
             summaries.append(ingest_file_list(args.file_list, settings, args.base_url,

@@ -170,11 +170,12 @@ def test_ingest_while_searching_never_reports_locked(small_index_data_dir, tiny_
     for t in threads:
         t.start()
     try:
-        manifest = tmp_path / "figures.jsonl"  # 80 real figures, images by absolute path
+        # 80 real figures; the manifest reaches them through a symlinked images folder
+        (tmp_path / "manifest").mkdir()
+        manifest = tmp_path / "manifest" / "figures.jsonl"
+        (tmp_path / "manifest" / "images").symlink_to(shared_data / "pmc-figures" / "images")
         rows = (shared_data / "pmc-figures" / "figures.jsonl").read_text().splitlines()[40:120]
-        manifest.write_text("".join(
-            line.replace('"image": "', f'"image": "{shared_data / "pmc-figures"}/') + "\n"
-            for line in rows))
+        manifest.write_text("".join(line + "\n" for line in rows))
         inputs = [manifest, shared_data / "jats" / "pmc-nxml", shared_data / "jats" / "packages"]
         proc = subprocess.run(_ingest_cmd(data, *inputs), cwd=REPO, capture_output=True,
                               text=True, timeout=600, env=server_env(tiny_model_dir))
