@@ -36,24 +36,35 @@ K = 10
 
 
 def mixture(n: int, dim: int, centers: np.ndarray, rng: np.random.Generator,
-            spread: float = 0.6) -> np.ndarray:
-    """n unit vectors around random centers (isotropic noise of total norm ~spread)."""
+            spread: float = 0.6, basis: np.ndarray | None = None) -> np.ndarray:
+    """n unit vectors around random centers: noise of total norm ~spread, isotropic, or in
+    the span of ``basis`` (dim x r, low intrinsic dimension like real embeddings) plus 10%."""
     out = np.empty((n, dim), np.float32)
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
         x = centers[rng.integers(0, len(centers), m)]
-        x = x + rng.standard_normal((m, dim), dtype=np.float32) * (spread / np.sqrt(dim))
+        if basis is None:
+            x = x + rng.standard_normal((m, dim), dtype=np.float32) * (spread / np.sqrt(dim))
+        else:
+            r = basis.shape[1]
+            z = rng.standard_normal((m, r), dtype=np.float32) * (spread / np.sqrt(r))
+            x = x + z @ basis.T + rng.standard_normal((m, dim), dtype=np.float32) * (
+                0.1 * spread / np.sqrt(dim))
         out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
 
-def make_data(n: int, dim: int, nq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_data(n: int, dim: int, nq: int, seed: int = 0,
+              intrinsic: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(base, queries): queries are held-out mixture points perturbed a little more."""
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((max(100, n // 1000), dim), dtype=np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    base = mixture(n, dim, centers, rng)
-    held_out = mixture(nq, dim, centers, rng)
+    basis = None
+    if intrinsic:
+        basis = np.linalg.qr(rng.standard_normal((dim, intrinsic)))[0].astype(np.float32)
+    base = mixture(n, dim, centers, rng, basis=basis)
+    held_out = mixture(nq, dim, centers, rng, basis=basis)
     q = held_out + rng.standard_normal(held_out.shape, dtype=np.float32) * (0.2 / np.sqrt(dim))
     return base, q / np.linalg.norm(q, axis=1, keepdims=True)
 
@@ -133,7 +144,7 @@ def bench_hnswlib(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, sing
 
 
 def run_size(n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    base, queries = make_data(n, args.dim, args.queries, seed=n)
+    base, queries = make_data(n, args.dim, args.queries, seed=n, intrinsic=args.intrinsic_dim)
     _, truth = faiss.knn(queries, base, K, metric=faiss.METRIC_INNER_PRODUCT)
     rows = []
     seen: set[str] = set()
@@ -181,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="100000,1000000", help="comma-separated database sizes")
     p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--intrinsic-dim", type=int, default=0,
+                   help="noise in an r-dim subspace (real embeddings' low intrinsic dimension); "
+                        "0 = isotropic in all dims (hardest for PQ)")
     p.add_argument("--queries", type=int, default=1000, help="queries for recall and batched q/s")
     p.add_argument("--singles", type=int, default=200, help="queries timed one at a time")
     p.add_argument("--nprobe", type=int, default=32)
@@ -206,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         done = sorted({r["n"] for r in rows})
         figures = figures_of(rows)
         params = {"sizes": done, "n": max(done), "dim": args.dim, "k": K, "queries": args.queries,
-                  "nprobe": args.nprobe, "max_nlist": args.max_nlist, "train_size": args.train_size,
+                  "nprobe": args.nprobe, "intrinsic_dim": args.intrinsic_dim, "max_nlist": args.max_nlist, "train_size": args.train_size,
                   "factory": figures["headline"], "rerank_factor": 10,
                   "hnsw": [args.hnsw_m, args.hnsw_efc, args.hnsw_ef], "hnsw_max_n": args.hnsw_max_n,
                   "families": args.families, "threads": faiss.omp_get_max_threads()}
