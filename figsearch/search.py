@@ -216,7 +216,7 @@ class SearchService:
             dense = self._dense(qvec, n, flt)  # type: ignore[arg-type]
             if mode == "dense":
                 return dense
-            return self._fuse(dense, self._keyword(query, n, flt))
+            return self._fuse(dense, self._keyword(query, n, flt, widen=False))
 
         hits = self._collect(fetch, k, offset, dedup, query_stems(query))
         return self._page(query, mode, k, offset, start, hits)
@@ -346,18 +346,20 @@ class SearchService:
                 self._allowed_cache.popitem(last=False)
         return ids
 
-    def _keyword(self, query: str, n: int, flt: FigureFilter) -> _Candidates:
+    def _keyword(self, query: str, n: int, flt: FigureFilter, widen: bool = True) -> _Candidates:
         """BM25 candidates: the best ``n`` figures containing every query word when there are
-        that many, else the best ``n`` containing any of them.
+        that many, else (``widen``) the best ``n`` containing any of them.
 
         The all-words query is selective and cheap; the any-word query scores every figure
         that contains any one word (slow for common words on millions of captions), so it
-        only runs when the first finds fewer than ``n``.
+        only runs when the first finds fewer than ``n``. Hybrid search does not widen: there
+        the dense ranking already supplies the partial matches.
         """
         rows: list[tuple[int, float]] = []
-        if len(query_terms(query)) > 1:
+        single_word = len(query_terms(query)) <= 1
+        if not single_word:
             rows = self.store.keyword_search(query, n, flt, match_all=True)
-        if len(rows) < n:
+        if len(rows) < n and (widen or single_word):
             rows = self.store.keyword_search(query, n, flt)
         return _Candidates([i for i, _ in rows], [s for _, s in rows], len(rows) < n)
 

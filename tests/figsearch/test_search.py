@@ -188,3 +188,15 @@ def test_keyword_prefers_figures_with_every_word(service):
     assert {h.id for h in page.hits} <= every
     wide = service.search_text("viral RNA", k=len(every) + 2, mode="keyword")
     assert {h.id for h in wide.hits} <= some and len(wide.hits) == len(every) + 2
+
+
+def test_hybrid_keyword_side_uses_only_all_word_matches(service):
+    every = {i for i, _ in service.store.keyword_search("viral RNA", 100, match_all=True)}
+    some = {i for i, _ in service.store.keyword_search("viral RNA", 100)}
+    assert len(some - every) > 0
+    narrow = service._keyword("viral RNA", 50, FigureFilter(), widen=False)
+    assert set(narrow.ids) == every and narrow.exhausted
+    wide = service._keyword("viral RNA", 50, FigureFilter(), widen=True)
+    assert set(wide.ids) == some
+    single = service._keyword("TREM2", 50, FigureFilter(), widen=False)
+    assert single.ids  # one word: the all-words and any-word queries are the same
