@@ -42,13 +42,14 @@ def _operations(api_schema) -> list:
 def test_api_conforms_to_its_schema(api_schema, mode):
     operations = _operations(api_schema)
     assert len(operations) >= 12
-    failures = []
+    failures, calls = [], []
     for operation in operations:
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=8, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         def run(case):
-            case.call_and_validate(checks=CHECKS)
+            response = case.call_and_validate(checks=CHECKS)
+            calls.append(response.status_code)
 
         try:
             run()
@@ -57,6 +58,9 @@ def test_api_conforms_to_its_schema(api_schema, mode):
         except Exception as exc:  # collect every operation's failure, then report them all
             failures.append(f"{operation.label}: {exc}")
     assert not failures, "\n\n".join(failures)
+    assert len(calls) >= 3 * len(operations) and max(calls) < 500
+    if mode is GenerationMode.NEGATIVE:
+        assert sum(400 <= c < 500 for c in calls) > len(calls) / 2  # invalid input was refused
 
 
 def test_openapi_documents_the_error_shapes(small_index_data_dir, tiny_model_dir):
