@@ -281,7 +281,7 @@ class SearchService:
         """A (1, dim) float32 unit vector, or SearchInputError saying what is wrong."""
         index = self._require_index()
         try:
-            arr = np.asarray(vector, dtype=np.float32).reshape(-1)
+            arr = np.asarray(vector, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError) as exc:
             raise SearchInputError(f"vector is not a list of numbers: {exc}") from exc
         if arr.shape[0] != index.dim:
@@ -290,10 +290,13 @@ class SearchService:
             )
         if not np.all(np.isfinite(arr)):
             raise SearchInputError("vector contains NaN or infinite values")
-        norm = float(np.linalg.norm(arr))
-        if norm == 0.0:
+        # Scale by the largest component first, so tiny or huge values neither underflow
+        # nor overflow on their way to a float32 unit vector.
+        peak = float(np.max(np.abs(arr)))
+        if peak == 0.0:
             raise SearchInputError("vector is all zeros")
-        return (arr / norm).reshape(1, -1)
+        arr = arr / peak
+        return (arr / np.linalg.norm(arr)).astype(np.float32).reshape(1, -1)
 
     def _check_page(self, k: int, offset: int) -> None:
         if not 1 <= k <= self.settings.max_k:

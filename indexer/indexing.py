@@ -171,6 +171,9 @@ def command(args: argparse.Namespace) -> int:
     except (BuildLockedError, ModelLoadError, RuntimeError, ValueError) as exc:
         print(f"figsearch index: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # e.g. a full disk: `current` is untouched, say so
+        print(f"figsearch index: {exc}; the current index is unchanged", file=sys.stderr)
+        return 1
     if report is not None:
         print(report.line())
     return 0

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 
 from figsearch.api.errors import install_error_handlers
 from figsearch.api.middleware import (
@@ -27,6 +28,7 @@ from figsearch.api.routes import admin, articles, figures, health, search
 from figsearch.api.schemas import ValidationErrorResponse
 from figsearch.api.state import AppState
 from figsearch.core.config import Settings, get_settings
+from figsearch.figure_types import LABELS
 
 log = logging.getLogger("figsearch.api")
 
@@ -72,7 +74,46 @@ def create_app(
     for module in (search, figures, articles, health, admin):
         app.include_router(module.router)
     _add_middlewares(app, settings)
+    _state_limits_in_schema(app, settings)
     return app
+
+
+def _state_limits_in_schema(app: FastAPI, settings: Settings) -> None:
+    """Write the configured limits (max_k, max_offset, max_query_chars, figure types) into OpenAPI.
+
+    The route signatures are fixed at import time, but the limits are settings; without this
+    a client generated from the schema would send requests the server then refuses.
+    """
+    limits: dict[str, dict[str, object]] = {
+        "k": {"maximum": settings.max_k},
+        "offset": {"maximum": settings.max_offset},
+        "q": {"minLength": 1, "maxLength": settings.max_query_chars, "pattern": r"\S"},
+        "figure_type": {"enum": sorted(LABELS)},
+    }
+
+    def openapi() -> dict:
+        dim = _served_dim(app)
+        if app.openapi_schema and app.openapi_schema.get("x-index-dim") == dim:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version,
+                             description=app.description, routes=app.routes)
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                for param in operation.get("parameters", []):
+                    if param.get("in") == "query" and param.get("name") in limits:
+                        param["schema"].update(limits[param["name"]])
+        components = schema.get("components", {}).get("schemas", {})
+        for field, extra in limits.items():
+            for name in ("BatchSearchRequest", "BatchQuery"):
+                prop = components.get(name, {}).get("properties", {}).get(field)
+                if prop is not None:
+                    _limit_property(prop, extra)
+        _batch_query_schema(components.get("BatchQuery", {}), dim)
+        schema["x-index-dim"] = dim
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_middlewares(app: FastAPI, settings: Settings) -> None:
@@ -87,6 +128,36 @@ def _add_middlewares(app: FastAPI, settings: Settings) -> None:
             allow_headers=["Authorization", "Content-Type"], max_age=600,
         )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+
+
+def _served_dim(app: FastAPI) -> int | None:
+    loaded = getattr(app.state.figsearch, "current", None)
+    return getattr(getattr(loaded, "index", None), "dim", None)
+
+
+def _batch_query_schema(query: dict, dim: int | None) -> None:
+    """State in the schema what the validator enforces: exactly one of ``q`` and ``vector``,
+    and a non-zero vector of the served index's dimension."""
+    props = query.get("properties", {})
+    for name in ("q", "vector"):
+        if name in props and "anyOf" in props[name]:
+            variants = [v for v in props[name]["anyOf"] if v.get("type") != "null"]
+            props[name] = {**{k: v for k, v in props[name].items() if k != "anyOf"}, **variants[0]}
+    query["oneOf"] = [{"required": ["q"], "not": {"required": ["vector"]}},
+                      {"required": ["vector"], "not": {"required": ["q"]}}]
+    vector = props.get("vector")
+    if vector is not None:
+        vector["contains"] = {"not": {"const": 0}}
+        if dim:
+            vector.update({"minItems": dim, "maxItems": dim})
+
+
+def _limit_property(prop: dict, extra: dict[str, object]) -> None:
+    """Apply limits to a body property, inside ``anyOf`` for optional fields."""
+    for variant in prop.get("anyOf", [prop]):
+        kind = "integer" if "maximum" in extra else "string"
+        if variant.get("type") == kind:
+            variant.update(extra)
 
 
 def app_from_env() -> FastAPI:
