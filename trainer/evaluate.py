@@ -28,6 +28,7 @@ def embed_pairs(model: Any, loaded: LoadedClip, pairs: list[Any], device: str,
     """L2-normalised image and caption embeddings of ``pairs`` (row i belongs to pair i)."""
     import torch
     from torch.utils.data import DataLoader
+    from tqdm import tqdm
 
     from trainer.data import PairDataset, collate_pairs
 
@@ -36,7 +37,7 @@ def embed_pairs(model: Any, loaded: LoadedClip, pairs: list[Any], device: str,
     images, texts = [], []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     with torch.inference_mode(), autocast:
-        for pixels, captions in loader:
+        for pixels, captions in tqdm(loader, desc="embedding", unit="batch", leave=False):
             images.append(model.encode_image(pixels.to(device), normalize=True).float().cpu())
             tokens = loaded.tokenizer(captions).to(device)
             texts.append(model.encode_text(tokens, normalize=True).float().cpu())
@@ -95,7 +96,9 @@ def keyword_and_hybrid(store: Any, pairs: list[Any], images: np.ndarray, texts: 
     gallery = np.array([p.figure_id for p in pairs])
     allowed = set(gallery.tolist())
     hits = {"keyword": dict.fromkeys(KS, 0), "hybrid": dict.fromkeys(KS, 0)}
-    for row, pair in enumerate(pairs):
+    from tqdm import tqdm
+
+    for row, pair in enumerate(tqdm(pairs, desc="keyword/hybrid", unit="query", leave=False)):
         found = store.keyword_search(pair.caption, limit=depth * 5)
         keyword = [fid for fid, _ in found if fid in allowed][:depth]
         dense = gallery[np.argsort(-(images @ texts[row]))[:depth]].tolist()
