@@ -34,11 +34,14 @@ from tests.indexer.test_index import REPO_ROOT
 
 
 def manifest_subset(shared_data: Path, dest: Path, start: int, stop: int) -> Path:
-    """A JSONL manifest of shared real figures [start, stop) with absolute image paths."""
+    """A JSONL manifest of shared real figures [start, stop), images copied beside it
+    (manifests may only reach images in their own folder)."""
     lines = (shared_data / "pmc-figures/figures.jsonl").read_text().splitlines()[start:stop]
     rows = [json.loads(line) for line in lines]
     for row in rows:
-        row["image"] = str(shared_data / "pmc-figures" / row["image"])
+        target = dest.parent / row["image"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared_data / "pmc-figures" / row["image"], target)
     dest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return dest
 
