@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ FLAT_MAX = 50_000
 HUGE_MIN = 10_000_000
 #: Allowed subsets at most this large are searched exactly (brute force over their vectors).
 EXACT_SUBSET_MAX = 20_000
+SUBSET_CACHE_SIZE = 8  # allowed-id sets whose rows and FAISS selector are kept
 #: PQ bytes/vector tried, largest first. Capped at 64: longer codes slow the scan, and exact
 #: re-ranking recovers the precision instead.
 #: efSearch for plain HNSW indexes (faiss's default of 16 loses recall on clustered data).
@@ -220,6 +223,10 @@ class SearchIndex:
         self.nprobe = nprobe
         self.factory: str = str(manifest.get("factory", ""))
         self.compressed = is_compressed(self.factory)
+        # Filters repeat (the same license/year subset query after query): keep the rows and
+        # the FAISS selector of the last few allowed-id sets instead of rebuilding them.
+        self._subsets: OrderedDict[bytes, tuple[np.ndarray, Any]] = OrderedDict()
+        self._subsets_lock = threading.Lock()
 
     @property
     def ntotal(self) -> int:
@@ -335,8 +342,34 @@ class SearchIndex:
         return scores, rows.astype(np.int64)
 
     def _allowed_rows(self, allowed_ids: np.ndarray) -> np.ndarray:
-        rows, found = self.rows_for(np.unique(np.asarray(allowed_ids, np.int64)))
-        return rows[found]
+        return self._subset(allowed_ids)[0]
+
+    def _subset(self, allowed_ids: np.ndarray) -> tuple[np.ndarray, Any]:
+        """(rows, lazily built IDSelectorBatch) of an allowed-id set, cached by content."""
+        ids = np.asarray(allowed_ids, np.int64).ravel()
+        key = hashlib.blake2b(ids.tobytes(), digest_size=16).digest()
+        with self._subsets_lock:
+            hit = self._subsets.get(key)
+            if hit is not None:
+                self._subsets.move_to_end(key)
+                return hit
+        if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            ids = np.unique(ids)  # the store hands out sorted unique ids: skip the sort then
+        rows, found = self.rows_for(ids)
+        rows = rows[found]
+        entry = (rows, faiss.IDSelectorBatch(rows) if len(rows) > EXACT_SUBSET_MAX else None)
+        with self._subsets_lock:
+            self._subsets[key] = entry
+            while len(self._subsets) > SUBSET_CACHE_SIZE:
+                self._subsets.popitem(last=False)
+        return entry
+
+    def _subset_selector(self, rows: np.ndarray) -> Any:
+        with self._subsets_lock:
+            for cached_rows, sel in self._subsets.values():
+                if cached_rows is rows and sel is not None:
+                    return sel
+        return faiss.IDSelectorBatch(rows)
 
     def _exact_subset(self, q: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(rows) == 0:
@@ -348,7 +381,7 @@ class SearchIndex:
         """Selector search; IVF probes more lists until each query has enough allowed hits,
         over-fetch where selectors are unsupported, exact search for any query still short."""
         want = min(fetch, len(rows))
-        sel = faiss.IDSelectorBatch(rows)
+        sel = self._subset_selector(rows)
         nlist = _nlist(self.index)
         nprobe = self.nprobe
         result = None
