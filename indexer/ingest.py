@@ -47,6 +47,7 @@ from indexer.sources import (
     FileListEntry,
     FileListError,
     ManifestGroup,
+    is_figure_manifest,
     manifest_fig_id,
     manifest_year,
     parse_file_list,
@@ -342,6 +343,8 @@ def _walk(root: Path) -> Iterator[Path]:
         if entry.is_dir():
             yield from _walk(entry)
         elif entry.is_file() and _is_input_file(entry):
+            if entry.name.lower().endswith(MANIFEST_SUFFIXES) and not is_figure_manifest(entry):
+                continue  # other JSONL met while walking a folder (e.g. synth's ground truth)
             yield entry
 
 

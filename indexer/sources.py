@@ -61,6 +61,13 @@ def _looks_like_manifest(first_line: str) -> bool:
     return not isinstance(row, dict) or "pmcid" in row or "caption" in row
 
 
+def is_figure_manifest(path: Path) -> bool:
+    """Whether a JSONL file's first non-empty line looks like a figure manifest row."""
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        first = next((line for line in fh if line.strip()), "")
+    return bool(first) and _looks_like_manifest(first)
+
+
 def read_manifest(path: Path) -> tuple[list[ManifestGroup], list[tuple[str, str]]]:
     """Rows grouped by article, plus ``(item, reason)`` for every line that was skipped."""
     groups: dict[str, ManifestGroup] = {}

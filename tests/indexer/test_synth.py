@@ -192,3 +192,23 @@ def test_ingesting_a_synthetic_corpus_stores_truth_and_source(tmp_path: Path, co
             assert fig["license_class"] in {"cc-by", "cc-by-nc", "none"}
     finally:
         store.close()
+
+
+def test_ingesting_the_corpus_folder_skips_ground_truth_silently(tmp_path: Path, corpus: Path) -> None:
+    """The folder holds ground_truth.jsonl beside the packages: walking it is not an error."""
+    from figsearch.core.config import Settings
+    from figsearch.store import FigureStore
+    from indexer.ingest import ingest_paths
+
+    small = tmp_path / "small"
+    small.mkdir()
+    for package in sorted(corpus.glob("*.tar.gz"))[:2]:
+        (small / package.name).write_bytes(package.read_bytes())
+    (small / synth.GROUND_TRUTH).write_text((corpus / synth.GROUND_TRUTH).read_text())
+    settings = Settings(data_dir=tmp_path / "data")
+    summary = ingest_paths([small], settings, workers=1)
+    store = FigureStore(settings.db_path)
+    try:
+        assert summary.added == 2 and store.errors() == []
+    finally:
+        store.close()
