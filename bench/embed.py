@@ -85,7 +85,7 @@ def encoder_for(name: str, batch: int) -> Any:
 
 
 def main() -> None:
-    from bench.common import write_result
+    from bench.common import print_figures, write_result
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512, help="images per measurement")
@@ -116,6 +116,7 @@ def main() -> None:
               "device": "cpu", "torch_threads": torch.get_num_threads(),
               "load_average_at_end": os.getloadavg()[0]}
     path = write_result("embed", params, figures)
+    print_figures("embed", figures)
     print(f"-> {path}")
 
 
