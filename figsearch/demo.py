@@ -120,8 +120,14 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> Non
     raise SystemExit(f"{url} did not become ready in {timeout:.0f} s")
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(settings: Settings, model: str) -> None:
-    """Start API and UI; block until Ctrl-C, then stop both."""
+    """Start API and UI; block until Ctrl-C (or SIGTERM), then stop both."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored
     env = dict(os.environ, FIGSEARCH_MODEL=model, FIGSEARCH_DATA_DIR=str(settings.data_dir))
     api_url = f"http://{settings.host}:{settings.port}"
     exe = [sys.executable, "-m", "figsearch.cli"]
