@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ import httpx
 import numpy as np
 
 from bench.common import REPO_ROOT, markdown_table, write_result
+from figsearch.netutil import free_port, wait_for_http
 
 SHARED_FIGURES = REPO_ROOT.parent / "shared" / "data" / "pmc-figures" / "images"
 VOCAB = (
@@ -199,12 +199,6 @@ def build_index(data_dir: Path, n: int, spec: str, encoder: Any,
 
 
 # -- server ----------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(data_dir: Path, model: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FIGSEARCH_DATA_DIR": str(data_dir), "FIGSEARCH_MODEL": model,
            "FIGSEARCH_RATE_LIMIT_PER_MINUTE": "0", "FIGSEARCH_DEVICE": "cpu",
@@ -215,17 +209,7 @@ def start_server(data_dir: Path, model: str, port: int) -> subprocess.Popen[byte
 
 
 def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 900) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("server not ready in time")
+    wait_for_http(f"{base_url}/readyz", process=proc, timeout=timeout, interval=0.5)
 
 
 # -- load ------------------------------------------------------------------------------------------

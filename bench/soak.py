@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and ``figsearch
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO_ROOT, print_figures, write_result  # noqa: E402
+from figsearch.netutil import free_port, wait_for_http  # noqa: E402
 
 SHARED = Path(os.environ.get("FIGSEARCH_SHARED", REPO_ROOT.parent / "shared")) / "data"
 QUERIES = ["MAPK signalling pathway", "interferon response to viral RNA", "apoptosis caspase",
@@ -83,13 +83,6 @@ def build_data_dir(data_dir: Path, model: str) -> dict[str, Any]:
 
 
 # -- server -------------------------------------------------------------------------------------
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(data_dir: Path, model: str, port: int, log: Any = None) -> subprocess.Popen[bytes]:
     """``figsearch serve`` (one uvicorn worker, in this process group's child)."""
     env = {**os.environ, "FIGSEARCH_MODEL": model, "FIGSEARCH_DEVICE": "cpu",
@@ -101,17 +94,7 @@ def start_server(data_dir: Path, model: str, port: int, log: Any = None) -> subp
 
 def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
     """Poll ``/readyz`` until 200; raise if the server exits or the time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"server not ready within {timeout}s")
+    wait_for_http(f"{base_url}/readyz", process=proc, timeout=timeout)
 
 
 def rss_mb(pid: int) -> float:

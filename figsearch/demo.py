@@ -23,6 +23,7 @@ import httpx
 
 from figsearch.cli import main as figsearch
 from figsearch.core.config import BIOMEDCLIP_SPEC, Settings
+from figsearch.netutil import wait_for_http
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FIGSEARCH_SHARED", REPO.parent / "shared")) / "data"
@@ -107,17 +108,10 @@ def build_index(settings: Settings, model: str) -> None:
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url} exited with code {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} did not become ready in {timeout:.0f} s")
+    try:
+        wait_for_http(url, process=proc, timeout=timeout, interval=0.5)
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
+from figsearch.netutil import free_port, wait_for_http
 from tests.conftest import REPO
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow
 def test_figsearch_serve_answers_searches(small_index_data_dir, tiny_model_dir):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "FIGSEARCH_MODEL": str(tiny_model_dir), "FIGSEARCH_DEVICE": "cpu"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "figsearch.cli", "serve", "--data-dir", str(small_index_data_dir),
@@ -32,16 +25,7 @@ def test_figsearch_serve_answers_searches(small_index_data_dir, tiny_model_dir):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            assert time.monotonic() < deadline, "figsearch serve never became ready"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        wait_for_http(f"{base}/readyz", process=proc, timeout=120, interval=0.3)
         r = httpx.get(f"{base}/v1/search", params={"q": "TREM2", "mode": "keyword"})
         assert r.status_code == 200 and "TREM2" in r.json()["results"][0]["caption"]
         assert httpx.get(f"{base}/v1/search", params={"q": ""}).status_code == 400

@@ -8,6 +8,7 @@ import pytest
 
 from figsearch.client import APIUnavailable, FigSearchClient, FigSearchError
 from figsearch.core.config import Settings
+from figsearch.netutil import free_port
 from tests.figsearch.api_fixtures import loaded_app, serve_in_thread
 
 
@@ -75,14 +76,8 @@ def test_api_errors_carry_the_detail(api):
         api.similar(1, colour="red")
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_api_raises_api_unavailable():
-    with FigSearchClient(f"http://127.0.0.1:{_closed_port()}", timeout=2) as client:
+    with FigSearchClient(f"http://127.0.0.1:{free_port()}", timeout=2) as client:
         assert client.health() is False
         with pytest.raises(APIUnavailable) as info:
             client.search("anything")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import torch
 
 from figsearch.core.config import Settings
 from figsearch.imaging import open_image
+from figsearch.netutil import free_port
 from figsearch.store import FigureStore
 from indexer.embed import (
     DistInfo,
@@ -135,12 +135,6 @@ def test_embedding_resumes_finished_shards_and_reuses_the_cache(data, encoder):
     assert "12 figures (12 cached, 0 encoded, 0 unreadable)" in again.line()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_two_torchrun_ranks_split_the_work_and_rank0_merges(data, tiny_model_dir):
     settings, store = data
@@ -158,7 +152,7 @@ def test_two_torchrun_ranks_split_the_work_and_rank0_merges(data, tiny_model_dir
         out = run_embedding(store, enc, cfg)
         print("RESULT", "none" if out is None else ",".join(map(str, out.ids.tolist())))
     """)
-    port = _free_port()
+    port = free_port()
     procs = [
         subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from figsearch.netutil import free_port
 from tests.trainer.tiny import make_figure_store, train_log, write_tiny_config
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _worker(rank: int, world: int, port: int, root: str) -> None:
@@ -41,7 +35,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
 def test_two_process_gloo_training(tmp_path):
     make_figure_store(tmp_path / "data", n_articles=12, per_article=4)
     write_tiny_config(tmp_path, "tiny")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     assert rank0["summary"]["world_size"] == 2 and rank0["summary"]["steps"] >= 4
