@@ -324,12 +324,12 @@ class SearchIndex:
         if allowed_ids is None:
             scores, rows = self._search_rows(q, fetch, None)
         else:
-            allowed_rows = self._allowed_rows(allowed_ids)
+            allowed_rows, selector = self._subset(allowed_ids)
             if len(allowed_rows) <= EXACT_SUBSET_MAX:
                 scores, rows = self._exact_subset(q, k, allowed_rows)
                 fetch = k  # already exact
             else:
-                scores, rows = self._filtered(q, fetch, allowed_rows)
+                scores, rows = self._filtered(q, fetch, allowed_rows, selector)
         if fetch > k:
             scores, rows = self._rerank(q, rows, k)
         scores, rows = _pad(*_top_k(scores, rows, k), k)
@@ -341,11 +341,8 @@ class SearchIndex:
         scores, rows = self.index.search(q, k, params=params) if params else self.index.search(q, k)
         return scores, rows.astype(np.int64)
 
-    def _allowed_rows(self, allowed_ids: np.ndarray) -> np.ndarray:
-        return self._subset(allowed_ids)[0]
-
     def _subset(self, allowed_ids: np.ndarray) -> tuple[np.ndarray, Any]:
-        """(rows, lazily built IDSelectorBatch) of an allowed-id set, cached by content."""
+        """(rows, IDSelectorBatch when too many for exact search) of an allowed-id set, cached."""
         ids = np.asarray(allowed_ids, np.int64).ravel()
         key = hashlib.blake2b(ids.tobytes(), digest_size=16).digest()
         with self._subsets_lock:
@@ -364,24 +361,18 @@ class SearchIndex:
                 self._subsets.popitem(last=False)
         return entry
 
-    def _subset_selector(self, rows: np.ndarray) -> Any:
-        with self._subsets_lock:
-            for cached_rows, sel in self._subsets.values():
-                if cached_rows is rows and sel is not None:
-                    return sel
-        return faiss.IDSelectorBatch(rows)
-
     def _exact_subset(self, q: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(rows) == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         scores = q @ np.asarray(self.vectors[rows], np.float32).T
         return _top_k(scores, np.broadcast_to(rows, scores.shape).copy(), k)
 
-    def _filtered(self, q: np.ndarray, fetch: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _filtered(
+        self, q: np.ndarray, fetch: int, rows: np.ndarray, sel: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Selector search; IVF probes more lists until each query has enough allowed hits,
         over-fetch where selectors are unsupported, exact search for any query still short."""
         want = min(fetch, len(rows))
-        sel = self._subset_selector(rows)
         nlist = _nlist(self.index)
         nprobe = self.nprobe
         result = None
