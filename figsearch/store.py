@@ -28,7 +28,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
-    delete,
     event,
     select,
     text,
@@ -539,7 +538,3 @@ class FigureStore:
     def integrity_ok(self) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
-
-    def delete_figures_without_article(self) -> None:  # pragma: no cover - FK cascade covers it
-        with self.session() as s:
-            s.execute(delete(Figure).where(~Figure.article_id.in_(select(Article.id))))

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from figsearch.licenses import COMMERCIAL_CLASSES
+from figsearch.licenses import allows_commercial_use
 
 MODES = ("hybrid", "dense", "keyword")
 PAGE_SIZES = (12, 24, 48, 96)
@@ -206,7 +206,7 @@ def license_name(license_class: str | None) -> str:
 
 def is_commercial(license_class: str | None) -> bool:
     """True when the license class allows commercial reuse."""
-    return (license_class or "") in COMMERCIAL_CLASSES
+    return allows_commercial_use(license_class or "")
 
 
 def license_badge(license_class: str | None) -> str:
