@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -45,7 +46,7 @@ from figsearch.store import FigureStore
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_QUERIES = HERE / "queries.jsonl"
-SHARED = HERE.parents[1] / ".." / "shared" / "data"
+SHARED = Path(os.environ.get("FIGSEARCH_SHARED", HERE.parents[1].parent / "shared")) / "data"
 KINDS = {"caption", "ocr", "title", "synonym", "method", "organism"}
 SOURCES = {"pmc-figures", "plos", "pmc-nxml", "packages"}
 SPLITS = {"dev", "test"}
@@ -63,11 +64,14 @@ class Target:
     article_key: str
     pmcid: str | None
     doi: str | None
+    has_image: bool
 
 
 @dataclass
 class Report:
     errors: list[str] = field(default_factory=list)
+    runs: Counter[int] = field(default_factory=Counter)  # longest shared run with the caption
+    n_queries: int = 0
 
     def fail(self, qid: str, message: str) -> None:
         self.errors.append(f"{qid}: {message}")
@@ -107,7 +111,8 @@ def dataset_of(target: Target) -> str:
         return "packages"
     if target.pmcid is None:
         return "plos"
-    return "pmc"  # pmc-figures or pmc-nxml: both keyed by PMCID
+    # both keyed by PMCID; only the pathway manifest (pmc-figures) comes with images
+    return "pmc-figures" if target.has_image else "pmc-nxml"
 
 
 def resolve(store: FigureStore, entry: dict[str, Any]) -> list[Target]:
@@ -119,12 +124,12 @@ def resolve(store: FigureStore, entry: dict[str, Any]) -> list[Target]:
     else:
         where, ident = "lower(a.doi) = lower(:ident)", entry.get("doi", "")
     sql = text(
-        "SELECT f.id, f.caption, a.title, a.key, a.pmcid, a.doi FROM figures f "
+        "SELECT f.id, f.caption, a.title, a.key, a.pmcid, a.doi, f.has_image FROM figures f "
         f"JOIN articles a ON a.id = f.article_id WHERE {where} AND f.label = :label"
     )
     with store.engine.connect() as conn:
         rows = conn.execute(sql, {"ident": ident, "label": entry.get("label", "")}).all()
-    return [Target(int(r[0]), r[1] or "", r[2] or "", r[3], r[4], r[5]) for r in rows]
+    return [Target(int(r[0]), r[1] or "", r[2] or "", r[3], r[4], r[5], bool(r[6])) for r in rows]
 
 
 def check_fields(q: Any, n: int, report: Report) -> bool:
@@ -171,9 +176,11 @@ def check_query(store: FigureStore, q: dict[str, Any], report: Report) -> list[i
             continue
         t = found[0]
         ds = dataset_of(t)
-        if ds != q["source"] and not (ds == "pmc" and q["source"] in ("pmc-figures", "pmc-nxml")):
+        if ds != q["source"]:
             report.fail(qid, f"{e} is a {ds} figure but source is {q['source']}")
         run = longest_shared_run(q["query"], t.caption)
+        if e.get("grade") == 2:
+            report.runs[run] += 1
         if run > MAX_SHARED_RUN:
             report.fail(qid, f"shares {run} consecutive words with the caption of {e['label']}")
         if e.get("grade") == 2:
@@ -242,8 +249,16 @@ def build_store(target: Path) -> None:
 
 def validate(queries_path: Path, data_dir: Path, keyword: bool) -> int:
     """Run every check; print counts (and the keyword baseline); return the exit status."""
-    db = data_dir / "figsearch.db"
-    store = FigureStore(db, create=False)
+    report = check_file(queries_path, data_dir, keyword)
+    for err in report.errors:
+        print("ERROR", err)
+    print(f"{len(report.errors)} problems in {report.n_queries} queries")
+    return 1 if report.errors else 0
+
+
+def check_file(queries_path: Path, data_dir: Path, keyword: bool = False) -> Report:
+    """All checks of a query file against the store in ``data_dir``; prints the counts."""
+    store = FigureStore(data_dir / "figsearch.db", create=False)
     report = Report()
     queries: list[dict[str, Any]] = []
     for n, line in enumerate(queries_path.read_text(encoding="utf-8").splitlines(), 1):
@@ -268,13 +283,13 @@ def validate(queries_path: Path, data_dir: Path, keyword: bool) -> int:
         if keyword and intended:
             ranks.append((q, keyword_rank(store, q["query"], intended)))
     print_counts(queries)
+    print("  longest word run shared with the intended caption: "
+          + ", ".join(f"{n} words: {c}" for n, c in sorted(report.runs.items())))
     if keyword:
         print_keyword(ranks)
-    for err in report.errors:
-        print("ERROR", err)
-    print(f"{len(report.errors)} problems in {len(queries)} queries")
+    report.n_queries = len(queries)
     store.close()
-    return 1 if report.errors else 0
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
