@@ -129,7 +129,7 @@ def _record_failures(store: FigureStore, wl: WorkList, failures: list[tuple[int,
         return
     pos = np.searchsorted(wl.ids, [i for i, _ in failures])
     for (fig_id, reason), p in zip(failures, pos, strict=True):
-        store.record_error(wl.paths[p], reason, item=f"figure {fig_id}", stage="embed")
+        store.record_error(wl.path(int(p)), reason, item=f"figure {fig_id}", stage="embed")
 
 
 def build_from_worklist(

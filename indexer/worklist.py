@@ -3,8 +3,10 @@
 Written once, by the one process that can read the figure store (``figsearch index --prepare``,
 or rank 0 before a barrier), into ``<work_dir>/worklist/``:
 
-- ``ids.npy`` (int64), ``sha256.npy`` ((n, 32) uint8) and ``paths.txt`` (one image path
-  relative to the images directory per line): the figures to *encode*, in id order;
+- ``ids.npy`` (int64), ``sha256.npy`` ((n, 32) uint8), ``paths.bin`` + ``path_offsets.npy``
+  (UTF-8 image paths relative to the images directory, concatenated; item i is
+  ``paths.bin[offsets[i]:offsets[i+1]]``, memory-mapped so a rank holds only what it reads):
+  the figures to *encode*, in id order;
 - ``reuse_ids.npy``, ``reuse_rows.npy``, ``reuse_sha256.npy``: figures whose image (sha256)
   is already in the previous index version built with the same model key; their vectors are
   copied from that version's ``vectors.npy`` at the merge instead of being encoded again;
@@ -49,7 +51,8 @@ class WorkList:
     directory: Path
     ids: np.ndarray
     sha: np.ndarray
-    paths: list[str]
+    path_blob: np.ndarray  # uint8, memory-mapped
+    path_offsets: np.ndarray
     reuse_ids: np.ndarray
     reuse_rows: np.ndarray
     reuse_sha: np.ndarray
@@ -75,9 +78,13 @@ class WorkList:
             if j % world == rank:
                 yield start, min(start + block, n)
 
+    def path(self, i: int) -> str:
+        """Image path of item ``i``."""
+        return bytes(self.path_blob[self.path_offsets[i] : self.path_offsets[i + 1]]).decode()
+
     def rows(self, start: int, stop: int) -> list[Row]:
         """(id, path, None) rows of items [start, stop)."""
-        return [(int(self.ids[i]), self.paths[i], None) for i in range(start, stop)]
+        return [(int(self.ids[i]), self.path(i), None) for i in range(start, stop)]
 
     def line(self) -> str:
         prev = self.meta.get("previous_version") or "none"
@@ -111,27 +118,23 @@ def split_reuse(sha: np.ndarray, previous: tuple[np.ndarray, np.ndarray] | None
     return hit, rows
 
 
-def _store_rows(store: FigureStore) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(ids, (n, 32) sha256, paths) of every indexable figure image, in id order."""
-    ids: list[int] = []
+def _store_rows(store: FigureStore) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    """(ids, (n, 32) sha256, UTF-8 paths) of every indexable figure image, in id order."""
+    ids: list[np.ndarray] = [np.zeros(0, np.int64)]
     shas: list[bytes] = []
-    paths: list[str] = []
+    paths: list[bytes] = []
     for batch in store.iter_figure_rows(with_images_only=True):
-        for fig_id, path, sha in batch:
-            if path and ("\n" in path or "\r" in path):
-                raise ValueError(f"figure {fig_id}: image path {path!r} contains a line break")
-            ids.append(fig_id)
-            shas.append(sha_bytes(sha))
-            paths.append(path or "")
+        ids.append(np.fromiter((r[0] for r in batch), np.int64, count=len(batch)))
+        shas.append(b"".join(sha_bytes(r[2]) for r in batch))
+        paths.extend((r[1] or "").encode() for r in batch)
     sha_arr = np.frombuffer(b"".join(shas), np.uint8).reshape(-1, 32)
-    return np.asarray(ids, np.int64), sha_arr, paths
+    return np.concatenate(ids), sha_arr, paths
 
 
-def _digest(meta: dict[str, Any], arrays: list[np.ndarray], paths: list[str]) -> str:
+def _digest(meta: dict[str, Any], arrays: list[np.ndarray]) -> str:
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for arr in arrays:
         h.update(np.ascontiguousarray(arr).tobytes())
-    h.update("\n".join(paths).encode())
     return h.hexdigest()[:24]
 
 
@@ -152,9 +155,13 @@ def write_worklist(store: FigureStore, work_dir: Path, model_key: str, previous:
         "previous_dir": str(previous) if previous is not None else None,
     }
     todo_paths = [p for p, t in zip(paths, todo, strict=True) if t]
+    offsets = np.zeros(len(todo_paths) + 1, np.int64)
+    np.cumsum([len(p) for p in todo_paths], out=offsets[1:])
     arrays = {"ids.npy": ids[todo], "sha256.npy": sha[todo], "reuse_ids.npy": ids[reuse],
-              "reuse_rows.npy": rows[reuse], "reuse_sha256.npy": sha[reuse]}
-    meta["digest"] = _digest(meta, list(arrays.values()), todo_paths)
+              "reuse_rows.npy": rows[reuse], "reuse_sha256.npy": sha[reuse],
+              "path_offsets.npy": offsets}
+    blob = b"".join(todo_paths)
+    meta["digest"] = _digest(meta, [*arrays.values(), np.frombuffer(blob, np.uint8)])
     final = Path(work_dir) / WORKLIST_DIR
     if final.is_dir() and _read_meta(final).get("digest") == meta["digest"]:
         return load_worklist(work_dir)
@@ -163,7 +170,7 @@ def write_worklist(store: FigureStore, work_dir: Path, model_key: str, previous:
     tmp.mkdir(parents=True)
     for name, arr in arrays.items():
         np.save(tmp / name, arr)
-    (tmp / "paths.txt").write_text("\n".join(todo_paths), encoding="utf-8")
+    (tmp / "paths.bin").write_bytes(blob)
     meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
     os.replace(tmp, final)
@@ -197,13 +204,15 @@ def load_worklist(work_dir: Path) -> WorkList:
             f"no work list in {work_dir}; run `figsearch index --prepare` (or plain "
             "`figsearch index`, whose rank 0 writes it) first"
         )
-    text = (directory / "paths.txt").read_text(encoding="utf-8")
     ids = np.load(directory / "ids.npy")
-    paths = text.split("\n") if len(ids) else []
-    if len(paths) != len(ids):
-        raise RuntimeError(f"work list {directory}: {len(paths)} paths for {len(ids)} ids")
+    offsets = np.load(directory / "path_offsets.npy")
+    size = (directory / "paths.bin").stat().st_size
+    if len(offsets) != len(ids) + 1 or offsets[-1] != size:
+        raise RuntimeError(f"work list {directory}: paths do not match its {len(ids)} ids")
+    blob = (np.memmap(directory / "paths.bin", np.uint8, mode="r") if size
+            else np.zeros(0, np.uint8))  # an empty file cannot be memory-mapped
     return WorkList(
-        directory, ids, np.load(directory / "sha256.npy"), paths,
+        directory, ids, np.load(directory / "sha256.npy"), blob, offsets,
         np.load(directory / "reuse_ids.npy"), np.load(directory / "reuse_rows.npy"),
         np.load(directory / "reuse_sha256.npy"), meta,
     )

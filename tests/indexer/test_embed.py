@@ -189,6 +189,20 @@ def test_unchanged_images_reuse_the_previous_versions_vectors(data, encoder):
     assert bytes(np.load(second.version_dir / "sha256.npy")[3]) == bytes.fromhex("ab" * 32)
 
 
+def test_unreadable_images_are_recorded_by_the_merge_only(data, encoder):
+    settings, store = data
+    wl = _worklist(settings, store, encoder.model_key)
+    broken_id, broken_path = wl.rows(5, 6)[0][:2]
+    (settings.images_dir / str(broken_path)).write_bytes(b"not an image")
+    embed_rank(wl, encoder, _cfg(settings), DistInfo())
+    assert store.errors() == []  # ranks write shards, never the store
+    report = build_from_store(settings, store, "tiny", encoder)
+    assert (report.count, report.unreadable) == (11, 1)
+    errors = store.errors()
+    assert [(e["source"], e["item"], e["stage"]) for e in errors] == [
+        (broken_path, f"figure {broken_id}", "embed")]
+
+
 def test_each_rank_takes_its_device_from_local_rank(monkeypatch):
     monkeypatch.setenv("RANK", "5")
     monkeypatch.setenv("WORLD_SIZE", "8")
@@ -200,24 +214,30 @@ def test_each_rank_takes_its_device_from_local_rank(monkeypatch):
 
 
 def test_separate_steps_need_the_store_only_to_prepare_and_merge(shared_data, tmp_path, encoder,
-                                                                  monkeypatch):
-    """prepare -> two ranks with --embed-only and no store -> merge == one plain run."""
+                                                                  tiny_model_dir, monkeypatch):
+    """--prepare -> two ranks with --embed-only and no store -> --merge == one plain run."""
+    from figsearch.cli import main
+
     settings = ingested_settings(shared_data, tmp_path)
     alone = tmp_path / "alone"
     shutil.copytree(settings.data_dir, alone)
     index_all(Settings(data_dir=alone, num_workers=0, batch_size=4), encoder=encoder,
               progress=False)
-    index_all(settings, encoder=encoder, progress=False, step="prepare")
+    monkeypatch.setenv("FIGSEARCH_BATCH_SIZE", "4")
+    monkeypatch.setenv("FIGSEARCH_NUM_WORKERS", "0")
+    cli = ["index", "--model", str(tiny_model_dir), "--data-dir", str(settings.data_dir),
+           "--no-progress"]
+    assert main([*cli, "--prepare"]) == 0
     hidden = settings.db_path.rename(tmp_path / "elsewhere.db")  # ranks never open the store
     for rank in (1, 0):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        assert index_all(settings, encoder=encoder, progress=False, step="embed") is None
+        assert main([*cli, "--embed-only"]) == 0
     hidden.rename(settings.db_path)
     monkeypatch.setenv("RANK", "0")
-    report = index_all(settings, encoder=encoder, progress=False, step="merge")
-    assert report is not None and report.count == 12
+    assert main([*cli, "--merge"]) == 0
     assert _version_bytes(settings) == _version_bytes(Settings(data_dir=alone))
+    assert main([*cli, "--merge"]) == 1  # the work list went with the merge: a clear refusal
 
 
 @pytest.mark.slow
