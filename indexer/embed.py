@@ -201,18 +201,20 @@ class ShardWriter:
 
 
 def _plans(work_dir: Path, worklist: str) -> list[list[str]]:
-    """Every rank's shard names for this work list; RuntimeError naming missing ranks."""
+    """Every rank's shard names for this work list; RuntimeError naming missing ranks.
+
+    Rank 0's plan, rewritten by every run, gives the world size; plans left by an earlier
+    run with another world size are ignored."""
     plans = {}
     for path in sorted(work_dir.glob("plan-r*.json")):
         plan = json.loads(path.read_text())
         if plan.get("worklist") == worklist:
             plans[int(plan["rank"])] = (int(plan["world"]), list(plan["shards"]))
-    worlds = {w for w, _ in plans.values()}
-    if len(worlds) != 1:
-        raise RuntimeError(f"no consistent set of rank plans for work list {worklist} in "
-                           f"{work_dir} (world sizes {sorted(worlds)}); run the ranks first")
-    world = worlds.pop()
-    missing = sorted(set(range(world)) - set(plans))
+    if 0 not in plans:
+        raise RuntimeError(f"rank 0 left no shard plan for work list {worklist} in {work_dir}; "
+                           "run the ranks first")
+    world = plans[0][0]
+    missing = [r for r in range(world) if plans.get(r, (None,))[0] != world]
     if missing:
         raise RuntimeError(f"ranks {missing} of {world} left no shard plan in {work_dir}; "
                            "did they fail? Rerun them (finished shards are kept)")
@@ -340,11 +342,11 @@ def merge_embeddings(wl: WorkList, work_dir: Path, elapsed_s: float = 0.0) -> Em
     """Every rank's encoded shards + the vectors reused from the previous version, by id."""
     start = time.perf_counter()
     ids, vectors, failures = merge_shards(work_dir, wl.digest)
-    expected = set(wl.ids.tolist())
-    got = set(ids.tolist()) | {i for i, _ in failures}
-    if got != expected:
-        raise RuntimeError(f"the shards in {work_dir} cover {len(got & expected)} of "
-                           f"{len(expected)} work-list figures; rerun the ranks")
+    got = np.union1d(ids, np.asarray([i for i, _ in failures], np.int64))
+    if not np.array_equal(got, wl.ids):
+        covered = int(np.isin(wl.ids, got).sum())
+        raise RuntimeError(f"the shards in {work_dir} cover {covered} of {len(wl.ids)} "
+                           "work-list figures; rerun the ranks")
     sha = wl.sha[np.searchsorted(wl.ids, ids)] if len(ids) else wl.sha[:0]
     reused = reused_vectors(wl)
     if len(reused):

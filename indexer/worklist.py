@@ -163,6 +163,8 @@ def write_worklist(store: FigureStore, work_dir: Path, model_key: str, previous:
     blob = b"".join(todo_paths)
     meta["digest"] = _digest(meta, [*arrays.values(), np.frombuffer(blob, np.uint8)])
     final = Path(work_dir) / WORKLIST_DIR
+    for leftover in Path(work_dir).glob(".worklist-*"):  # from a process killed while writing
+        shutil.rmtree(leftover, ignore_errors=True)
     if final.is_dir() and _read_meta(final).get("digest") == meta["digest"]:
         return load_worklist(work_dir)
     _clear_work_dir(Path(work_dir))

@@ -139,7 +139,8 @@ def test_writer_marks_shards_done_and_merge_needs_every_rank(tmp_path):
     other = ShardWriter(tmp_path, rank=1)
     other.write(0, [4], np.array([4]), np.full((1, 4), 2), [])
     other.write_plan([other.name(0)], "wl-a", world=2)
-    ShardWriter(tmp_path, rank=2).write_plan([], "wl-old", world=3)  # a stale plan is ignored
+    ShardWriter(tmp_path, rank=2).write_plan([], "wl-old", world=3)  # stale plans are ignored:
+    ShardWriter(tmp_path, rank=3).write_plan(["gone"], "wl-a", world=4)  # other list / world
     ids, vectors, failures = merge_shards(tmp_path, "wl-a")
     assert ids.tolist() == [3, 4, 5, 9] and vectors.dtype == np.float16
     assert vectors[:, 0].tolist() == [1, 2, 1, 0] and failures == [(8, "bad image")]
