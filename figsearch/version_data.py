@@ -18,6 +18,7 @@ the store's ``figures.figure_type`` column.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,7 @@ class VersionedStore(FigureStore):
     def close(self) -> None:
         """The underlying store owns the engine."""
 
-    def get_figures(self, ids: Any) -> dict[int, dict[str, Any]]:
+    def get_figures(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         out = super().get_figures(ids)
         keys = list(out)
         for fid, (kind, score) in zip(keys, self.types.lookup(np.asarray(keys, np.int64)), strict=True):

@@ -278,7 +278,9 @@ def command(args: argparse.Namespace) -> int:
 
     settings: Settings = args.settings
     step = getattr(args, "step", None) or "all"
-    if step != "embed" and not settings.db_path.is_file():
+    # only the process that prepares and merges reads the store; other ranks may have none
+    needs_store = step in ("prepare", "merge") or (step == "all" and DistInfo.from_env().rank == 0)
+    if needs_store and not settings.db_path.is_file():
         print(f"figsearch index: no figure store at {settings.db_path}; run `figsearch ingest` "
               "first", file=sys.stderr)
         return 1

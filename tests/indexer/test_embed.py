@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +242,8 @@ def test_separate_steps_need_the_store_only_to_prepare_and_merge(shared_data, tm
 
 @pytest.mark.slow
 def test_two_gloo_ranks_merge_bit_for_bit_like_one_process(shared_data, tmp_path, tiny_model_dir):
+    """`figsearch index` on two gloo ranks laid out like two nodes: rank 1's data dir holds no
+    store, only the shared images and work dir (symlinks) — and the version equals one process's."""
     settings = ingested_settings(shared_data, tmp_path, stop=20)
     alone = tmp_path / "alone"
     shutil.copytree(settings.data_dir, alone)
@@ -251,27 +252,24 @@ def test_two_gloo_ranks_merge_bit_for_bit_like_one_process(shared_data, tmp_path
     single = load_model(str(tiny_model_dir), device="cpu", batch_size=4)
     index_all(Settings(data_dir=alone, num_workers=0, batch_size=4), encoder=single,
               progress=False)
-    script = textwrap.dedent(f"""
-        from pathlib import Path
-        from figsearch.core.config import Settings
-        from figsearch.encoders import load_model
-        from indexer.indexing import index_all
-        settings = Settings(data_dir=Path({str(settings.data_dir)!r}), num_workers=0, batch_size=4)
-        enc = load_model({str(tiny_model_dir)!r}, device="cpu", batch_size=4)
-        out = index_all(settings, encoder=enc, progress=False)
-        print("RESULT", "none" if out is None else out.count)
-    """)
+    node2 = tmp_path / "node2"
+    node2.mkdir()
+    (settings.data_dir / "work").mkdir()
+    for shared in ("images", "work"):
+        (node2 / shared).symlink_to(settings.data_dir / shared)
     port = free_port()
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "FIGSEARCH_BATCH_SIZE": "4", "FIGSEARCH_NUM_WORKERS": "0"}
     procs = [
-        subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r),
-                              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-        for r in range(2)
+        subprocess.Popen([sys.executable, "-m", "figsearch.cli", "index", "--model",
+                          str(tiny_model_dir), "--data-dir", str(data_dir), "--no-progress"],
+                         cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**env, "RANK": str(r), "LOCAL_RANK": "0"})
+        for r, data_dir in enumerate((settings.data_dir, node2))
     ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    results = [line.split()[1] for out, _ in outs for line in out.splitlines() if line.startswith("RESULT")]
-    assert results == ["20", "none"]
+    assert "20 figures indexed" in outs[0][0] and outs[1][0] == ""
     assert "embed: 20 figures (0 reused, 20 encoded, 0 unreadable)" in outs[0][1]
+    assert not (node2 / "figsearch.db").exists() and not (node2 / "indexes").exists()
     assert _version_bytes(settings) == _version_bytes(Settings(data_dir=alone))
