@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from figsearch.index import MANIFEST_FILE, VECTORS_FILE, read_manifest
+from figsearch.index import MANIFEST_FILE, VECTORS_FILE, read_manifest, verify_files
 from figsearch.store import FigureStore
 from figsearch.version_data import SHA_FILE, sha_bytes
 
@@ -230,6 +230,7 @@ def reused_vectors(wl: WorkList) -> np.ndarray:
             f"the work list reuses vectors of index version {wl.meta.get('previous_version')}, "
             f"which is gone ({prev}); run `figsearch index --prepare` again"
         )
+    verify_files(prev, read_manifest(prev).get("checksums", {}), full_hash=False)
     vectors = np.load(prev / VECTORS_FILE, mmap_mode="r")
     order = np.argsort(wl.reuse_rows, kind="stable")  # read the memory map front to back
     out = np.empty((len(order), vectors.shape[1]), np.float16)
