@@ -234,6 +234,7 @@ def index_all(settings: Settings, model_spec: str | None = None, *, encoder: Any
 
 def _rank0(settings: Settings, spec: str, encoder: Any, dist: DistInfo, step: str,
            factory: str | None, hook: StageHook | None, progress: bool) -> IndexReport | None:
+    """The store-side steps (work list, merge, build) under the build lock, embedding between."""
     start = time.perf_counter()
     with index_lock(settings.indexes_dir):
         store = FigureStore(settings.db_path, create=False)
