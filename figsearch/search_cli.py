@@ -36,8 +36,11 @@ def open_service(settings: Settings) -> SearchService:
     spec = settings.model or str(index.manifest.get("model_spec") or "") or resolve_model_spec(settings)
     encoder = load_model(spec, device=settings.device or None, batch_size=settings.batch_size)
     index.check_model(encoder.model_key, encoder.dim)
+    from figsearch.version_data import versioned_store
+
     store = FigureStore(settings.db_path, create=False)
-    return SearchService(store, index, encoder, settings)
+    view = versioned_store(store, version_dir, index.manifest, index.ids)
+    return SearchService(view, index, encoder, settings)
 
 
 def format_page(page: SearchPage, width: int = 70) -> str:

@@ -23,7 +23,6 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
-    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -116,16 +115,6 @@ class IngestError(Base):
     reason: Mapped[str] = mapped_column(Text)
     count: Mapped[int] = mapped_column(Integer, default=1)
     last_seen: Mapped[datetime] = mapped_column(DateTime, default=_now)
-
-
-class Embedding(Base):
-    """Cached image embeddings (float16) by image hash and model key, reused by rebuilds."""
-
-    __tablename__ = "embeddings"
-
-    sha256: Mapped[str] = mapped_column(String, primary_key=True)
-    model_key: Mapped[str] = mapped_column(String, primary_key=True)
-    vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Meta(Base):
@@ -392,30 +381,6 @@ class FigureStore:
             conn.execute(
                 text("UPDATE figures SET figure_type = :t, figure_type_score = :s WHERE id = :i"),
                 [{"i": int(i), "t": t, "s": float(sc)} for i, t, sc in rows],
-            )
-
-    # -- embeddings cache ---------------------------------------------------------------
-    def get_embeddings(self, sha256s: Sequence[str], model_key: str) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        with self.session() as s:
-            for i in range(0, len(sha256s), 500):
-                chunk = list(sha256s[i : i + 500])
-                rows = s.execute(
-                    select(Embedding.sha256, Embedding.vector).where(
-                        Embedding.model_key == model_key, Embedding.sha256.in_(chunk)
-                    )
-                )
-                for sha, blob in rows:
-                    out[sha] = np.frombuffer(blob, dtype=np.float16)
-        return out
-
-    def put_embeddings(self, items: Iterable[tuple[str, np.ndarray]], model_key: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                text("INSERT OR REPLACE INTO embeddings(sha256, model_key, vector) "
-                     "VALUES (:s, :m, :v)"),
-                [{"s": sha, "m": model_key, "v": np.asarray(v, np.float16).tobytes()}
-                 for sha, v in items],
             )
 
     # -- reading ----------------------------------------------------------------------

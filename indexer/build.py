@@ -183,6 +183,18 @@ def _validate_inputs(vectors: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, 
     return vectors, ids
 
 
+def _row_files_in_id_order(row_files: dict[str, np.ndarray], ids: np.ndarray
+                           ) -> dict[str, np.ndarray]:
+    """Per-row arrays put in the sorted-id order the version's rows use."""
+    order = np.argsort(np.asarray(ids, np.int64), kind="stable")
+    out = {}
+    for name, arr in row_files.items():
+        if len(arr) != len(ids) or not re.fullmatch(r"[A-Za-z0-9_]+\.npy", name):
+            raise ValueError(f"row file {name!r}: {len(arr)} rows for {len(ids)} ids")
+        out[name] = np.asarray(arr)[order]
+    return out
+
+
 def write_version_files(tmp_dir: Path, vectors: np.ndarray, ids: np.ndarray, factory: str,
                         use_gpu: bool, hook: StageHook | None, train_size: int | None = None) -> float:
     """Train + fill the index and write index/ids/vectors into ``tmp_dir``; returns seconds."""
@@ -202,14 +214,18 @@ def build_version(
     factory: str | None = None, memory_gb: float = 16.0, keep: int = 3,
     use_gpu: bool | None = None, extra: dict[str, Any] | None = None,
     hook: StageHook | None = None, activate: bool = True, train_size: int | None = None,
+    row_files: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Build a new index version from (vectors, figure ids), switch ``current``, prune old ones.
 
     Returns the new version directory. On any exception ``current`` is untouched. With
     ``activate=False`` the version is written but ``current`` is left for the caller to switch
-    (after validating) with :func:`activate_version`.
+    (after validating) with :func:`activate_version`. ``row_files`` are per-row arrays aligned
+    with ``ids`` (e.g. :mod:`figsearch.version_data`'s image hashes and figure types), saved as
+    ``<name>`` in id order and checksummed with the rest.
     """
     indexes_dir = Path(indexes_dir)
+    rows = _row_files_in_id_order(row_files or {}, np.asarray(ids))
     vectors, ids = _validate_inputs(np.asarray(vectors), np.asarray(ids))
     n, dim = vectors.shape
     factory = factory or choose_factory(n, dim, memory_gb)
@@ -224,17 +240,19 @@ def build_version(
         tmp_dir.mkdir(parents=True)
         seconds = write_version_files(tmp_dir, vectors, ids, factory, bool(use_gpu), hook,
                                       train_size)
+        for name, arr in rows.items():
+            np.save(tmp_dir / name, arr)
         manifest = {
             "version": version, "model_spec": model_spec, "model_key": model_key, "dim": dim,
             "count": n, "factory": factory, "metric": "inner_product",
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "build_seconds": round(seconds, 3), "faiss_version": faiss.__version__,
             "gpu": bool(use_gpu), "training_size": min(n, train_size or training_size(n, factory)),
-            "checksums": _checksums(tmp_dir, [INDEX_FILE, IDS_FILE, VECTORS_FILE]),
+            "checksums": _checksums(tmp_dir, [INDEX_FILE, IDS_FILE, VECTORS_FILE, *rows]),
             **(extra or {}),
         }
         (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE, MANIFEST_FILE):
+        for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE, *rows, MANIFEST_FILE):
             _fsync_path(tmp_dir / name)
         if hook:
             hook("written")

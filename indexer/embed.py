@@ -1,17 +1,21 @@
-"""Embed every stored figure image: reader -> mapper -> writer (clip-retrieval style).
+"""Embed figure images: work list -> reader -> mapper -> writer -> merge (clip-retrieval style).
 
-- **reader** (:func:`read_figure_rows`, :class:`FigureImageDataset`, :func:`decode_batches`):
-  streams (id, image_path, sha256) rows of this rank's slice from the store; DataLoader worker
-  processes read the stored file, decode it with :func:`figsearch.imaging.open_image` and run
+- **work list** (:mod:`indexer.worklist`): frozen once by the process that reads the store;
+  it names the figures to encode (id, image path, sha256) and those whose vectors are reused
+  from the previous index version (same image hash, same model key).
+- **reader** (:class:`FigureImageDataset`, :func:`decode_batches`): DataLoader worker processes
+  read this rank's images, decode them with :func:`figsearch.imaging.open_image` and run
   ``encoder.preprocess``. Unreadable images come back as failures with a reason.
 - **mapper** (:func:`encode_batch`): ``encoder.encode_pixels`` -> float16 vectors.
 - **writer** (:class:`ShardWriter`): float16 ``.npy`` vectors + int64 ids per shard, written
   atomically; a ``.done.json`` marker written last makes a shard finished, so a rerun after a
-  crash skips it.
+  crash skips it. A ``plan-rRRR.json`` per rank lists its shards for the work list's digest.
+- **merge** (:func:`merge_embeddings`): every rank's shards + the reused vectors, sorted by id.
 
-Vectors are cached in the store by (sha256, model_key): unchanged images are never re-encoded.
-Under ``torchrun`` (RANK / WORLD_SIZE) each rank embeds the figures with ``id % world == rank``
-and rank 0 merges every rank's shards after a barrier (gloo).
+Ranks never touch the SQLite store: under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK) each
+rank encodes the work list's blocks ``j % world == rank`` on ``cuda:<LOCAL_RANK>`` and writes
+its own shards; one process (rank 0 after a gloo barrier, or ``figsearch index --merge``)
+merges them and writes the store.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +37,14 @@ from tqdm import tqdm
 
 from figsearch.faults import maybe_crash
 from figsearch.imaging import ImageError, open_image, safe_image_path
-from figsearch.store import FigureStore
+from indexer.worklist import WorkList, reused_vectors
 
 log = logging.getLogger(__name__)
 Row = tuple[int, str | None, str | None]  # (figure id, image path, sha256)
 SHARD_SIZE = 10_000
+#: Only barriers use the process group. torchrun tears the group down when a rank dies, so a
+#: long timeout merely lets ranks wait for rank 0's work list and for the slowest rank.
+BARRIER_TIMEOUT = timedelta(hours=24)
 
 
 @dataclass
@@ -44,7 +52,7 @@ class EmbedSummary:
     """Counts of one embedding run."""
 
     figures: int = 0
-    cached: int = 0
+    reused: int = 0
     encoded: int = 0
     failed: int = 0
     shards_done: int = 0
@@ -52,15 +60,10 @@ class EmbedSummary:
     elapsed_s: float = 0.0
     failures: list[tuple[int, str]] = field(default_factory=list)
 
-    def add(self, other: EmbedSummary) -> None:
-        for name in ("figures", "cached", "encoded", "failed", "shards_done", "shards_skipped"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.failures.extend(other.failures)
-
     def line(self) -> str:
         rate = self.figures / self.elapsed_s if self.elapsed_s > 0 else 0.0
         return (
-            f"embed: {self.figures} figures ({self.cached} cached, {self.encoded} encoded, "
+            f"embed: {self.figures} figures ({self.reused} reused, {self.encoded} encoded, "
             f"{self.failed} unreadable); {self.shards_done} shards written, "
             f"{self.shards_skipped} resumed; {self.elapsed_s:.1f} s, {rate:.1f} figures/s"
         )
@@ -72,22 +75,24 @@ class DistInfo:
 
     rank: int = 0
     world: int = 1
+    local_rank: int = 0
 
     @classmethod
     def from_env(cls) -> DistInfo:
-        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+        rank = int(os.environ.get("RANK", "0"))
+        return cls(rank, int(os.environ.get("WORLD_SIZE", "1")),
+                   int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def rank_device(device: str, dist: DistInfo) -> str:
+    """This rank's torch device: ``cuda`` (or auto-detected CUDA) becomes ``cuda:<LOCAL_RANK>``,
+    so the ranks of one node use one GPU each; an explicit ``cuda:N`` or ``cpu`` is kept."""
+    if not device:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{dist.local_rank}" if device == "cuda" else device
 
 
 # -- reader -----------------------------------------------------------------------------------
-def read_figure_rows(store: FigureStore, dist: DistInfo | None = None) -> Iterator[Row]:
-    """This rank's (id, image_path, sha256) rows, in id order (id modulo world size)."""
-    dist = dist or DistInfo()
-    for batch in store.iter_figure_rows(with_images_only=True):
-        for row in batch:
-            if row[0] % dist.world == dist.rank:
-                yield row
-
-
 class FigureImageDataset(torch.utils.data.Dataset):
     """Decodes + preprocesses stored figure images; items are (id, pixels | None, reason)."""
 
@@ -187,31 +192,51 @@ class ShardWriter:
         os.replace(tmp, self._marker(name))
         return name
 
-    def write_plan(self, names: list[str]) -> None:
-        """The shard names this rank produced in this run (what the merge reads)."""
+    def write_plan(self, names: list[str], worklist: str, world: int) -> None:
+        """The shard names this rank produced for one work list (what the merge reads)."""
         tmp = self.work_dir / f"plan-r{self.rank:03d}.json.tmp"
-        tmp.write_text(json.dumps(names))
+        tmp.write_text(json.dumps({"worklist": worklist, "world": world, "rank": self.rank,
+                                   "shards": names}))
         os.replace(tmp, self.work_dir / f"plan-r{self.rank:03d}.json")
 
 
-def merge_shards(work_dir: Path, world: int = 1) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
-    """(ids, float16 vectors, failures) of every rank's planned shards, sorted by id."""
+def _plans(work_dir: Path, worklist: str) -> list[list[str]]:
+    """Every rank's shard names for this work list; RuntimeError naming missing ranks.
+
+    Rank 0's plan, rewritten by every run, gives the world size; plans left by an earlier
+    run with another world size are ignored."""
+    plans = {}
+    for path in sorted(work_dir.glob("plan-r*.json")):
+        plan = json.loads(path.read_text())
+        if plan.get("worklist") == worklist:
+            plans[int(plan["rank"])] = (int(plan["world"]), list(plan["shards"]))
+    if 0 not in plans:
+        raise RuntimeError(f"rank 0 left no shard plan for work list {worklist} in {work_dir}; "
+                           "run the ranks first")
+    world = plans[0][0]
+    missing = [r for r in range(world) if plans.get(r, (None,))[0] != world]
+    if missing:
+        raise RuntimeError(f"ranks {missing} of {world} left no shard plan in {work_dir}; "
+                           "did they fail? Rerun them (finished shards are kept)")
+    return [plans[r][1] for r in range(world)]
+
+
+def merge_shards(work_dir: Path, worklist: str) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """(ids, float16 vectors, failures) of every rank's shards for a work list, sorted by id."""
     ids, vecs = [np.zeros(0, np.int64)], []
     failures: list[tuple[int, str]] = []
-    for rank in range(world):
-        plan = work_dir / f"plan-r{rank:03d}.json"
-        if not plan.is_file():
-            raise RuntimeError(f"rank {rank} left no shard plan in {work_dir}; did it fail?")
-        for name in json.loads(plan.read_text()):
+    for names in _plans(work_dir, worklist):
+        for name in names:
             ids.append(np.load(work_dir / f"{name}.ids.npy"))
             vecs.append(np.load(work_dir / f"{name}.vectors.npy"))
             marker = json.loads((work_dir / f"{name}.done.json").read_text())
             failures.extend((int(i), str(r)) for i, r in marker["failures"])
     all_ids = np.concatenate(ids)
-    dim = vecs[0].shape[1] if vecs and vecs[0].ndim == 2 else 0
-    all_vecs = np.concatenate([v.reshape(-1, dim) for v in vecs]) if vecs else np.zeros((0, 0), np.float16)
+    dim = max((v.shape[1] for v in vecs if v.ndim == 2 and len(v)), default=0)
+    all_vecs = (np.concatenate([v.reshape(-1, dim) for v in vecs]) if vecs and dim
+                else np.zeros((0, dim), np.float16))
     order = np.argsort(all_ids, kind="stable")
-    return all_ids[order], all_vecs[order] if len(all_vecs) else all_vecs, failures
+    return all_ids[order], all_vecs[order], sorted(failures)
 
 
 # -- one shard, one rank, the whole run ---------------------------------------------------------
@@ -221,73 +246,53 @@ class EmbedConfig:
 
     work_dir: Path
     images_dir: Path
-    batch_size: int = 64
+    batch_size: int = 64  # the work list's block size: ranks encode whole blocks
     num_workers: int = 2
     max_pixels: int = 90_000_000
     shard_size: int = SHARD_SIZE
     progress: bool = True
 
 
-def _cached_vectors(store: FigureStore, rows: Sequence[Row], model_key: str, dim: int
-                    ) -> tuple[dict[int, np.ndarray], list[Row]]:
-    """Cache hits by figure id, and the rows still to encode."""
-    cache = store.get_embeddings([r[2] for r in rows if r[2]], model_key)
-    hits = {r[0]: cache[r[2]] for r in rows if r[2] in cache and cache[r[2]].shape == (dim,)}
-    return hits, [r for r in rows if r[0] not in hits]
-
-
-def embed_shard(store: FigureStore, encoder: Any, rows: Sequence[Row], cfg: EmbedConfig,
-                bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]], int]:
-    """(ids, float16 vectors, failures, cache hits) of one shard's rows."""
-    found, todo = _cached_vectors(store, rows, encoder.model_key, encoder.dim)
-    if bar is not None:
-        bar.update(len(found))
-    sha_of = {r[0]: r[2] for r in todo}
+def embed_shard(encoder: Any, rows: Sequence[Row], cfg: EmbedConfig, batch: int,
+                bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """(ids, float16 vectors, failures) of one shard's rows, encoded in batches of ``batch``."""
     failures: list[tuple[int, str]] = []
     fresh: dict[int, np.ndarray] = {}
-    for ids, pixels, failed in decode_batches(todo, cfg.images_dir, encoder.preprocess,
-                                              cfg.batch_size, cfg.num_workers, cfg.max_pixels):
+    for ids, pixels, failed in decode_batches(rows, cfg.images_dir, encoder.preprocess,
+                                              batch, cfg.num_workers, cfg.max_pixels):
         failures.extend(failed)
         if pixels is not None:
             fresh.update(zip(ids, encode_batch(encoder, pixels), strict=True))
             maybe_crash("embed-batch")  # test-only fault injection (FIGSEARCH_FAULT_AT)
         if bar is not None:
             bar.update(len(ids) + len(failed))
-    new_cache = [(str(sha_of[i]), v) for i, v in fresh.items() if sha_of[i]]
-    if new_cache:  # an empty executemany is an error in SQLAlchemy
-        store.put_embeddings(new_cache, encoder.model_key)
-    vectors = {**found, **fresh}
-    ids_out = np.array(sorted(vectors), np.int64)
-    stacked = np.stack([vectors[i] for i in ids_out]) if len(ids_out) else np.zeros((0, encoder.dim))
-    return ids_out, stacked.astype(np.float16), failures, len(found)
+    ids_out = np.array(sorted(fresh), np.int64)
+    stacked = np.stack([fresh[i] for i in ids_out]) if len(ids_out) else np.zeros((0, encoder.dim))
+    return ids_out, stacked.astype(np.float16), failures
 
 
-def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
-    chunk: list[Row] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def rank_shards(wl: WorkList, dist: DistInfo, shard_size: int) -> Iterator[list[Row]]:
+    """This rank's rows in shards of whole blocks (so batches are the work list's blocks)."""
+    per_shard = max(shard_size // wl.block, 1)
+    shard: list[Row] = []
+    for n, (start, stop) in enumerate(wl.blocks_for(dist.rank, dist.world), start=1):
+        shard.extend(wl.rows(start, stop))
+        if n % per_shard == 0:
+            yield shard
+            shard = []
+    if shard:
+        yield shard
 
 
-def _record_failures(store: FigureStore, rows: Sequence[Row], failures: list[tuple[int, str]]) -> None:
-    path_of = {r[0]: r[1] or "" for r in rows}
-    for fig_id, reason in failures:
-        store.record_error(path_of.get(fig_id, ""), reason, item=f"figure {fig_id}", stage="embed")
-
-
-def embed_rank(store: FigureStore, encoder: Any, cfg: EmbedConfig, dist: DistInfo) -> EmbedSummary:
-    """Embed this rank's figures into shards, skipping shards finished by an earlier run."""
+def embed_rank(wl: WorkList, encoder: Any, cfg: EmbedConfig, dist: DistInfo) -> EmbedSummary:
+    """Encode this rank's blocks of the work list into shards, skipping finished ones."""
     start = time.perf_counter()
     writer = ShardWriter(cfg.work_dir, dist.rank)
     summary, names = EmbedSummary(), []
-    total = store.counts()["figures_with_images"] // max(dist.world, 1)
+    total = sum(stop - begin for begin, stop in wl.blocks_for(dist.rank, dist.world))
     with tqdm(total=total, desc=f"embed r{dist.rank}", unit="fig", disable=not cfg.progress,
               dynamic_ncols=True) as bar:
-        for shard_no, rows in enumerate(_chunks(read_figure_rows(store, dist), cfg.shard_size)):
+        for shard_no, rows in enumerate(rank_shards(wl, dist, cfg.shard_size)):
             planned = [r[0] for r in rows]
             names.append(writer.name(shard_no))
             summary.figures += len(rows)
@@ -295,55 +300,68 @@ def embed_rank(store: FigureStore, encoder: Any, cfg: EmbedConfig, dist: DistInf
                 summary.shards_skipped += 1
                 bar.update(len(rows))
                 continue
-            ids, vectors, failures, hits = embed_shard(store, encoder, rows, cfg, bar)
+            ids, vectors, failures = embed_shard(encoder, rows, cfg, wl.block, bar)
             writer.write(shard_no, planned, ids, vectors, failures)
-            _record_failures(store, rows, failures)
-            summary.cached += hits
-            summary.encoded += len(ids) - hits
+            summary.encoded += len(ids)
             summary.failed += len(failures)
             summary.failures.extend(failures)
             summary.shards_done += 1
-    writer.write_plan(names)
+    writer.write_plan(names, wl.digest, dist.world)
     summary.elapsed_s = time.perf_counter() - start
     return summary
 
 
-def _init_distributed(dist: DistInfo) -> bool:
+# -- process group (barriers only) ----------------------------------------------------------
+def init_distributed(dist: DistInfo) -> bool:
     """Join the torchrun process group (gloo: only barriers are needed); True if joined here."""
     if dist.world <= 1 or torch.distributed.is_initialized():
         return False
-    torch.distributed.init_process_group("gloo")
+    torch.distributed.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
     return True
 
 
+def barrier(dist: DistInfo) -> None:
+    """Wait for every rank (no-op when running alone)."""
+    if dist.world > 1:
+        torch.distributed.barrier()
+
+
+# -- merge ------------------------------------------------------------------------------------
 @dataclass
 class Embedded:
-    """The merged result of an embedding run (rank 0)."""
+    """The merged result of an embedding run: rows sorted by figure id."""
 
     ids: np.ndarray
     vectors: np.ndarray
+    sha: np.ndarray  # (n, 32) uint8 image hashes, row-aligned
     failures: list[tuple[int, str]]
     summary: EmbedSummary
 
 
-def run_embedding(store: FigureStore, encoder: Any, cfg: EmbedConfig,
-                  dist: DistInfo | None = None) -> Embedded | None:
-    """Embed all figures (this rank's slice), barrier, and on rank 0 merge every rank's shards.
-
-    Returns None on ranks other than 0.
-    """
-    dist = dist or DistInfo.from_env()
-    joined = _init_distributed(dist)
-    try:
-        summary = embed_rank(store, encoder, cfg, dist)
-        if dist.world > 1:
-            torch.distributed.barrier()
-        if dist.rank != 0:
-            return None
-        ids, vectors, failures = merge_shards(cfg.work_dir, dist.world)
-        summary.failures = failures
-        summary.failed = len(failures)
-        return Embedded(ids, vectors, failures, summary)
-    finally:
-        if joined:
-            torch.distributed.destroy_process_group()
+def merge_embeddings(wl: WorkList, work_dir: Path, elapsed_s: float = 0.0) -> Embedded:
+    """Every rank's encoded shards + the vectors reused from the previous version, by id."""
+    start = time.perf_counter()
+    ids, vectors, failures = merge_shards(work_dir, wl.digest)
+    got = np.union1d(ids, np.asarray([i for i, _ in failures], np.int64))
+    if not np.array_equal(got, wl.ids):
+        covered = int(np.isin(wl.ids, got).sum())
+        raise RuntimeError(f"the shards in {work_dir} cover {covered} of {len(wl.ids)} "
+                           "work-list figures; rerun the ranks")
+    sha = wl.sha[np.searchsorted(wl.ids, ids)] if len(ids) else wl.sha[:0]
+    reused = reused_vectors(wl)
+    if len(reused):
+        if len(vectors) and vectors.shape[1] != reused.shape[1]:
+            raise RuntimeError(f"reused vectors have dim {reused.shape[1]}, new ones "
+                               f"{vectors.shape[1]}")
+        ids = np.concatenate([ids, wl.reuse_ids])
+        vectors = np.concatenate([vectors.reshape(-1, reused.shape[1]), reused])
+        sha = np.concatenate([sha, wl.reuse_sha])
+        order = np.argsort(ids, kind="stable")
+        ids, vectors, sha = ids[order], vectors[order], sha[order]
+    summary = EmbedSummary(
+        figures=len(wl.ids) + len(wl.reuse_ids), reused=len(wl.reuse_ids),
+        encoded=len(ids) - len(wl.reuse_ids), failed=len(failures),
+        shards_done=sum(len(names) for names in _plans(work_dir, wl.digest)),
+        elapsed_s=elapsed_s + time.perf_counter() - start, failures=failures,
+    )
+    return Embedded(ids, vectors, sha, failures, summary)

@@ -1,9 +1,12 @@
 """``figsearch index``: embed every figure, classify figure types, build and swap an index.
 
-Steps: embed (cached by image hash + model key, resumable shards, torchrun-aware) ->
-zero-shot figure types (:func:`figsearch.figure_types.classify`) -> new index version
-(:func:`indexer.build.build_version`) -> ``indexes/current`` switched atomically. The whole
-run holds ``indexes/.lock`` so two builds never overlap.
+Steps: work list (:mod:`indexer.worklist`: what to encode; unchanged images reuse the current
+version's vectors by image hash + model key) -> embed (resumable per-rank shards, torchrun-aware,
+:mod:`indexer.embed`) -> merge -> zero-shot figure types
+(:func:`figsearch.figure_types.classify`) -> new index version holding vectors, image hashes and
+figure types (:func:`indexer.build.build_version`) -> ``indexes/current`` switched atomically.
+Only the process that merges writes the store (unreadable-image errors). Building holds
+``indexes/.lock`` so two builds never overlap.
 """
 
 from __future__ import annotations
@@ -18,12 +21,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sqlalchemy import text
 
 from figsearch.core.config import Settings
+from figsearch.index import current_version_dir
 from figsearch.store import FigureStore
+from figsearch.version_data import LABELS_KEY, SHA_FILE, TYPE_SCORES_FILE, TYPES_FILE, type_arrays
 from indexer.build import BuildLockedError, StageHook, activate_version, build_version, index_lock
-from indexer.embed import DistInfo, EmbedConfig, Embedded, run_embedding
+from indexer.embed import (
+    DistInfo,
+    EmbedConfig,
+    EmbedSummary,
+    barrier,
+    embed_rank,
+    init_distributed,
+    merge_embeddings,
+    rank_device,
+)
+from indexer.worklist import WorkList, load_worklist, write_worklist
 
 CLASSIFY_CHUNK = 100_000
 
@@ -54,25 +70,26 @@ def work_dir_for(settings: Settings, model_key: str) -> Path:
     return settings.data_dir / "work" / f"embed-{safe}"
 
 
-def load_encoder(settings: Settings, model_spec: str | None) -> tuple[str, Any]:
-    """(spec, Encoder) for ``model_spec`` or the settings' default model."""
+def load_encoder(settings: Settings, model_spec: str | None,
+                 device: str | None = None) -> tuple[str, Any]:
+    """(spec, Encoder) for ``model_spec`` or the settings' default model, on ``device``
+    (default: ``settings.device``, else auto)."""
     from figsearch.encoders import load_model, resolve_model_spec
 
     spec = model_spec or resolve_model_spec(settings)
-    return spec, load_model(spec, device=settings.device or None, batch_size=settings.batch_size)
+    return spec, load_model(spec, device=device or settings.device or None,
+                            batch_size=settings.batch_size)
 
 
-def classify_figures(store: FigureStore, encoder: Any, ids: np.ndarray, vectors: np.ndarray) -> None:
-    """Zero-shot figure types for every embedded figure, stored in the figure table."""
+def classify_figures(encoder: Any, vectors: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Zero-shot figure types of every row: (label names, int16 codes, float16 scores)."""
     from figsearch.figure_types import classify
 
-    for start in range(0, len(ids), CLASSIFY_CHUNK):
-        chunk = np.asarray(vectors[start : start + CLASSIFY_CHUNK], np.float32)
-        labels = classify(encoder, chunk)
-        store.set_figure_types(
-            (int(i), label, score)
-            for i, (label, score) in zip(ids[start : start + CLASSIFY_CHUNK], labels, strict=True)
-        )
+    labels: list[tuple[str, float]] = []
+    for start in range(0, len(vectors), CLASSIFY_CHUNK):
+        labels.extend(classify(encoder, np.asarray(vectors[start : start + CLASSIFY_CHUNK],
+                                                   np.float32)))
+    return type_arrays(labels)
 
 
 def indexable_count(store: FigureStore) -> int:
@@ -84,42 +101,92 @@ def indexable_count(store: FigureStore) -> int:
         )).scalar() or 0)
 
 
-def embed_store(settings: Settings, store: FigureStore, encoder: Any,
-                progress: bool = True) -> Embedded | None:
-    """Run the embedding stage for the store (None on torchrun ranks other than 0)."""
-    cfg = EmbedConfig(
-        work_dir=work_dir_for(settings, encoder.model_key), images_dir=settings.images_dir,
+def embed_config(settings: Settings, model_key: str, progress: bool = True) -> EmbedConfig:
+    """Where this model's shards go and how images are read."""
+    return EmbedConfig(
+        work_dir=work_dir_for(settings, model_key), images_dir=settings.images_dir,
         batch_size=settings.batch_size, num_workers=settings.num_workers,
         max_pixels=settings.max_image_pixels, progress=progress,
     )
-    return run_embedding(store, encoder, cfg)
 
 
-def build_from_store(
+def prepare_worklist(settings: Settings, store: FigureStore, model_key: str) -> WorkList:
+    """Freeze the work list: the store's figure images minus those the current version has."""
+    return write_worklist(store, work_dir_for(settings, model_key), model_key,
+                          current_version_dir(settings.indexes_dir), settings.batch_size)
+
+
+def embed_worklist(settings: Settings, encoder: Any, dist: DistInfo | None = None,
+                   progress: bool = True) -> EmbedSummary:
+    """Encode this rank's share of the prepared work list into its shards (no store needed)."""
+    cfg = embed_config(settings, encoder.model_key, progress)
+    return embed_rank(load_worklist(cfg.work_dir), encoder, cfg, dist or DistInfo())
+
+
+def _record_failures(store: FigureStore, wl: WorkList, failures: list[tuple[int, str]]) -> None:
+    """Unreadable images into the store's error table (only the merging process writes it)."""
+    if not failures:
+        return
+    pos = np.searchsorted(wl.ids, [i for i, _ in failures])
+    for (fig_id, reason), p in zip(failures, pos, strict=True):
+        store.record_error(wl.path(int(p)), reason, item=f"figure {fig_id}", stage="embed")
+
+
+def build_from_worklist(
     settings: Settings, store: FigureStore, spec: str, encoder: Any, *, factory: str | None = None,
-    activate: bool = True, hook: StageHook | None = None, progress: bool = True,
-) -> IndexReport | None:
-    """Embed + classify + build one version (the caller holds the lock on rank 0)."""
+    activate: bool = True, hook: StageHook | None = None, elapsed_s: float = 0.0,
+) -> IndexReport:
+    """Merge the ranks' shards (+ reused vectors), classify, build one version (lock held)."""
     start = time.perf_counter()
-    embedded = embed_store(settings, store, encoder, progress)
-    if embedded is None:
-        return None
+    work_dir = work_dir_for(settings, encoder.model_key)
+    wl = load_worklist(work_dir)
+    if wl.meta.get("model_key") != encoder.model_key:
+        raise RuntimeError(f"the work list in {work_dir} is for model {wl.meta.get('model_key')!r}, "
+                           f"not {encoder.model_key!r}; run `figsearch index --prepare` again")
+    embedded = merge_embeddings(wl, work_dir, elapsed_s)
     print(embedded.summary.line(), file=sys.stderr)
+    _record_failures(store, wl, embedded.failures)
     if len(embedded.ids) == 0:
         raise RuntimeError(
             f"no figure images to index in {settings.db_path} "
             f"({len(embedded.failures)} unreadable); run `figsearch ingest` first"
         )
-    classify_figures(store, encoder, embedded.ids, embedded.vectors)
+    names, codes, scores = classify_figures(encoder, embedded.vectors)
     version = build_version(
         settings.indexes_dir, embedded.vectors, embedded.ids, model_spec=spec,
         model_key=encoder.model_key, factory=factory, memory_gb=settings.index_memory_gb,
         keep=settings.index_keep_versions, hook=hook, activate=activate,
-        extra={"unreadable": len(embedded.failures), "indexable": indexable_count(store)},
+        extra={"unreadable": len(embedded.failures), "indexable": indexable_count(store),
+               "reused": embedded.summary.reused, "encoded": embedded.summary.encoded,
+               LABELS_KEY: names},
+        row_files={SHA_FILE: embedded.sha, TYPES_FILE: codes, TYPE_SCORES_FILE: scores},
     )
-    shutil.rmtree(work_dir_for(settings, encoder.model_key), ignore_errors=True)
+    if activate:
+        discard_work(settings, encoder.model_key)
     return IndexReport(version, len(embedded.ids), len(embedded.failures),
-                       embedded.summary.line(), _factory_of(version), time.perf_counter() - start)
+                       embedded.summary.line(), _factory_of(version),
+                       elapsed_s + time.perf_counter() - start)
+
+
+def discard_work(settings: Settings, model_key: str) -> None:
+    """Remove the work list and shards once their version is live."""
+    shutil.rmtree(work_dir_for(settings, model_key), ignore_errors=True)
+
+
+def build_from_store(
+    settings: Settings, store: FigureStore, spec: str, encoder: Any, *, factory: str | None = None,
+    activate: bool = True, hook: StageHook | None = None, progress: bool = True,
+) -> IndexReport:
+    """Work list + embed + classify + build one version in this process (lock held).
+
+    With ``activate=False`` the work dir stays until the caller activates the version (then
+    :func:`discard_work`), so a rerun after a failed validation resumes the shards."""
+    start = time.perf_counter()
+    prepare_worklist(settings, store, encoder.model_key)
+    embed_worklist(settings, encoder, DistInfo(), progress)
+    return build_from_worklist(settings, store, spec, encoder, factory=factory,
+                               activate=activate, hook=hook,
+                               elapsed_s=time.perf_counter() - start)
 
 
 def _factory_of(version_dir: Path) -> str:
@@ -128,20 +195,62 @@ def _factory_of(version_dir: Path) -> str:
     return str(read_manifest(version_dir)["factory"])
 
 
+STEPS = ("all", "prepare", "embed", "merge")
+
+
 def index_all(settings: Settings, model_spec: str | None = None, *, encoder: Any = None,
               factory: str | None = None, hook: StageHook | None = None,
-              progress: bool = True) -> IndexReport | None:
-    """Embed all stored figures and build + activate a new index version."""
-    spec, encoder = (model_spec or encoder.spec, encoder) if encoder else load_encoder(settings, model_spec)
-    store = FigureStore(settings.db_path, create=False)
+              progress: bool = True, step: str = "all") -> IndexReport | None:
+    """Embed all stored figures and build + activate a new index version.
+
+    ``step`` runs one part alone: ``prepare`` (write the work list), ``embed`` (this rank's
+    share, RANK / WORLD_SIZE from the environment, no store), ``merge`` (merge the shards,
+    build, swap). ``all`` runs them in turn; under torchrun rank 0 writes the work list and
+    merges, with a barrier before and after the ranks embed. Returns the report of the build
+    (None for ``prepare``, ``embed`` and ranks other than 0).
+    """
+    if step not in STEPS:
+        raise ValueError(f"unknown step {step!r}; use one of {', '.join(STEPS)}")
+    dist = DistInfo.from_env()
+    if encoder is not None:
+        spec = model_spec or encoder.spec
+    else:
+        spec, encoder = load_encoder(settings, model_spec, rank_device(settings.device, dist))
+    if step == "embed":
+        print(embed_worklist(settings, encoder, dist, progress).line(), file=sys.stderr)
+        return None
+    joined = init_distributed(dist) if step == "all" else False
     try:
-        if DistInfo.from_env().rank != 0:
-            return build_from_store(settings, store, spec, encoder, factory=factory, progress=progress)
-        with index_lock(settings.indexes_dir):
-            return build_from_store(settings, store, spec, encoder, factory=factory, hook=hook,
-                                    progress=progress)
+        if dist.rank != 0 and step == "all":
+            barrier(dist)  # rank 0 writes the work list
+            embed_worklist(settings, encoder, dist, progress)
+            barrier(dist)  # rank 0 merges
+            return None
+        return _rank0(settings, spec, encoder, dist, step, factory, hook, progress)
     finally:
-        store.close()
+        if joined:
+            torch.distributed.destroy_process_group()
+
+
+def _rank0(settings: Settings, spec: str, encoder: Any, dist: DistInfo, step: str,
+           factory: str | None, hook: StageHook | None, progress: bool) -> IndexReport | None:
+    """The store-side steps (work list, merge, build) under the build lock, embedding between."""
+    start = time.perf_counter()
+    with index_lock(settings.indexes_dir):
+        store = FigureStore(settings.db_path, create=False)
+        try:
+            if step in ("all", "prepare"):
+                print(prepare_worklist(settings, store, encoder.model_key).line(), file=sys.stderr)
+            if step == "prepare":
+                return None
+            if step == "all":
+                barrier(dist)
+                embed_worklist(settings, encoder, dist, progress)
+                barrier(dist)
+            return build_from_worklist(settings, store, spec, encoder, factory=factory, hook=hook,
+                                       elapsed_s=time.perf_counter() - start)
+        finally:
+            store.close()
 
 
 __all__ = ["IndexReport", "index_all", "build_from_store", "activate_version", "indexable_count"]
@@ -149,11 +258,19 @@ __all__ = ["IndexReport", "index_all", "build_from_store", "activate_version", "
 
 # -- CLI ----------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``figsearch index [--model SPEC] [--factory STR]``."""
+    """``figsearch index [--model SPEC] [--factory STR] [--prepare | --embed-only | --merge]``."""
     parser.add_argument("--model", help="model spec (default: $FIGSEARCH_MODEL, else figclip-mini "
                                         "in <data-dir>/models, else BiomedCLIP)")
     parser.add_argument("--factory", help="faiss factory string (default: the size/memory rule)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    steps = parser.add_mutually_exclusive_group()
+    steps.add_argument("--prepare", dest="step", action="store_const", const="prepare",
+                       help="only write the work list (needs the store)")
+    steps.add_argument("--embed-only", dest="step", action="store_const", const="embed",
+                       help="only encode this rank's share of the work list into shards "
+                            "(RANK / WORLD_SIZE from the environment; needs no store)")
+    steps.add_argument("--merge", dest="step", action="store_const", const="merge",
+                       help="only merge every rank's shards, build and swap the version")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -161,13 +278,16 @@ def command(args: argparse.Namespace) -> int:
     from figsearch.encoders import ModelLoadError
 
     settings: Settings = args.settings
-    if not settings.db_path.is_file():
+    step = getattr(args, "step", None) or "all"
+    # only the process that prepares and merges reads the store; other ranks may have none
+    needs_store = step in ("prepare", "merge") or (step == "all" and DistInfo.from_env().rank == 0)
+    if needs_store and not settings.db_path.is_file():
         print(f"figsearch index: no figure store at {settings.db_path}; run `figsearch ingest` "
               "first", file=sys.stderr)
         return 1
     try:
         report = index_all(settings, args.model, factory=args.factory,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, step=step)
     except (BuildLockedError, ModelLoadError, RuntimeError, ValueError) as exc:
         print(f"figsearch index: {exc}", file=sys.stderr)
         return 1

@@ -3,8 +3,10 @@
 1. Ingest every ``--source``: PMC OA file lists (csv / txt / oa.fcgi XML, local or URL; their
    retracted articles are removed) through :func:`indexer.ingest.ingest_file_list`, anything
    else (packages, directories, manifests) through :func:`indexer.ingest.ingest_paths`.
-2. Embed: the store's embedding cache means only new or changed images are encoded.
-3. Build a new index version *without* activating it.
+2. Embed: images unchanged since the current version (same sha256, same model) reuse its
+   vectors, so only new or changed images are encoded.
+3. Build a new index version *without* activating it; its figure types live in the version
+   directory, so nothing users see changes before the swap.
 4. Validate it: the count equals the store's indexable figures minus unreadable ones, and a
    sample of self-queries returns each figure top-1.
 5. Switch ``indexes/current``. Any failure exits non-zero with ``current`` untouched.
@@ -31,7 +33,7 @@ from figsearch.faults import build_hook, maybe_crash
 from figsearch.index import SearchIndex, current_version_dir, read_manifest
 from figsearch.store import FigureStore
 from indexer.build import BuildLockedError, StageHook, activate_version, index_lock
-from indexer.indexing import build_from_store, indexable_count, load_encoder
+from indexer.indexing import build_from_store, discard_work, indexable_count, load_encoder
 
 FILE_LIST_SUFFIXES = (".csv", ".txt")
 SELF_QUERY_SAMPLE = 200
@@ -155,6 +157,7 @@ def rebuild(settings: Settings, sources: list[str], model_spec: str | None = Non
         finally:
             store.close()
         activate_version(settings.indexes_dir, built.version_dir, settings.index_keep_versions, hook)
+        discard_work(settings, encoder.model_key)
     report.version, report.count = built.version_dir.name, built.count
     report.elapsed_s = time.perf_counter() - start
     return report

@@ -47,6 +47,10 @@ LoadedDep = Annotated[Loaded, Depends(get_loaded)]
 
 
 def get_store(state: StateDep) -> FigureStore:
+    """The store as the served version sees it (its figure types), else the plain store."""
+    loaded = state.current
+    if loaded is not None:
+        return loaded.service.store
     store = state.store
     if store is None:
         raise HTTPException(503, f"no figure store at {state.settings.db_path} yet")

@@ -24,6 +24,7 @@ from figsearch.core.config import Settings
 from figsearch.index import IndexLoadError, SearchIndex, current_version_dir
 from figsearch.search import SearchService
 from figsearch.store import FigureStore
+from figsearch.version_data import versioned_store
 
 log = logging.getLogger("figsearch.api")
 
@@ -38,7 +39,7 @@ class Loaded:
     encoder: Any
     service: SearchService
     loaded_at: float
-    #: figure types present in the store (besides figsearch.figure_types.LABELS)
+    #: figure types present in this version (besides figsearch.figure_types.LABELS)
     figure_types: frozenset[str] = field(default_factory=frozenset)
 
 
@@ -125,8 +126,10 @@ class AppState:
         index = SearchIndex.load(version_dir, nprobe=self.settings.nprobe)
         encoder = self._encoder_for(index)
         index.check_model(encoder.model_key, encoder.dim)
-        service = SearchService(store, index, encoder, self.settings)
-        types = frozenset(store.distinct_values("figure_type"))
+        # figure types (filter, facets, result fields) come from the version being loaded
+        view = versioned_store(store, version_dir, index.manifest, index.ids)
+        service = SearchService(view, index, encoder, self.settings)
+        types = frozenset(view.distinct_values("figure_type"))
         return Loaded(index.version, version_dir, index, encoder, service, time.time(), types)
 
     def _encoder_for(self, index: SearchIndex) -> Any:

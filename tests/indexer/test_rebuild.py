@@ -10,6 +10,7 @@ import pytest
 from figsearch.cli import main
 from figsearch.index import IndexModelMismatch, SearchIndex, current_version_dir
 from figsearch.store import FigureStore
+from figsearch.version_data import VersionTypes
 from indexer.build import list_versions
 from indexer.indexing import index_all
 from indexer.rebuild import ValidationError, is_file_list, rebuild
@@ -41,10 +42,10 @@ def test_index_then_rebuild_adds_new_figures_and_drops_retracted(shared_data, tm
     settings = ingested_settings(shared_data, tmp_path, stop=10)
     first = index_all(settings, encoder=encoder, progress=False)
     assert first is not None and first.count == 10 and _ids_of(settings) == _store_ids(settings)
-    store = FigureStore(settings.db_path)
-    types = {f["figure_type"] for f in store.get_figures(sorted(_store_ids(settings))).values()}
-    store.close()
-    assert None not in types  # every indexed figure got a zero-shot type
+    index = SearchIndex.load(first.version_dir)
+    types = VersionTypes.load(first.version_dir, index.manifest, index.ids)
+    assert types is not None  # every indexed figure got a zero-shot type, kept in the version
+    assert None not in {kind for kind, _ in types.lookup(index.ids)}
     before = _store_ids(settings)
 
     batch = manifest_subset(shared_data, tmp_path / "batch2.jsonl", 20, 28)
