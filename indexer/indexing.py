@@ -1,6 +1,7 @@
 """``figsearch index``: embed every figure, classify figure types, build and swap an index.
 
-Steps: embed (cached by image hash + model key, resumable shards, torchrun-aware) ->
+Steps: in-figure text when ``FIGSEARCH_OCR=true`` (:func:`indexer.ocr.ocr_step`; new images
+only) -> embed (cached by image hash + model key, resumable shards, torchrun-aware) ->
 zero-shot figure types (:func:`figsearch.figure_types.classify`) -> new index version
 (:func:`indexer.build.build_version`) -> ``indexes/current`` switched atomically. The whole
 run holds ``indexes/.lock`` so two builds never overlap.
@@ -99,8 +100,12 @@ def build_from_store(
     settings: Settings, store: FigureStore, spec: str, encoder: Any, *, factory: str | None = None,
     activate: bool = True, hook: StageHook | None = None, progress: bool = True,
 ) -> IndexReport | None:
-    """Embed + classify + build one version (the caller holds the lock on rank 0)."""
+    """[OCR +] embed + classify + build one version (the caller holds the lock on rank 0)."""
     start = time.perf_counter()
+    if DistInfo.from_env().rank == 0:
+        from indexer.ocr import ocr_step
+
+        ocr_step(settings, store, progress)
     embedded = embed_store(settings, store, encoder, progress)
     if embedded is None:
         return None

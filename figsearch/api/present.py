@@ -37,7 +37,7 @@ def search_response(page: SearchPage, base_url: str) -> SearchResponse:
     results = [
         SearchResult(
             rank=h.rank, score=round(float(h.score), 6), caption_highlighted=h.caption_highlighted,
-            **_common(h.figure, base_url),
+            ocr_snippet=h.ocr_snippet, **_common(h.figure, base_url),
         )
         for h in page.hits
     ]

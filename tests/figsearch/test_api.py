@@ -18,7 +18,7 @@ from tests.figsearch.api_fixtures import COPY_PMCID, SYNTHETIC_KEY, loaded_app
 RESULT_FIELDS = {
     "id", "rank", "score", "label", "caption", "caption_highlighted", "figure_type",
     "figure_type_score", "thumbnail_url", "image_url", "pmcid", "article_url", "figure_url",
-    "title", "journal", "year", "license", "license_url", "doi", "source",
+    "title", "journal", "year", "license", "license_url", "doi", "source", "ocr_snippet",
 }
 RESPONSE_FIELDS = {"query", "mode", "k", "offset", "index_version", "took_ms", "results"}
 

@@ -14,8 +14,6 @@ from figsearch.search import (
     SearchService,
     article_url,
     figure_url,
-    highlight,
-    query_stems,
     reciprocal_rank_fusion,
 )
 from figsearch.store import FigureFilter, FigureStore
@@ -41,15 +39,6 @@ def test_rrf_rewards_agreement_and_is_ordered():
     assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
     assert all(a[1] >= b[1] for a, b in zip(fused, fused[1:], strict=False))
     assert reciprocal_rank_fusion([]) == []
-
-
-def test_highlight_escapes_and_matches_plurals():
-    stems = query_stems("pathway <kinase> and the receptors")
-    out = highlight("Pathways of <b>kinases</b> & a receptor.", stems)
-    assert out.startswith("<mark>Pathways</mark> of &lt;b&gt;<mark>kinases</mark>&lt;/b&gt; &amp;")
-    assert "<mark>receptor</mark>" in out
-    assert "<mark>a</mark>" not in out and "<b>" not in out
-    assert highlight("x < y", set()) == "x &lt; y"
 
 
 def test_links_none_for_synthetic():
