@@ -189,3 +189,15 @@ def test_hybrid_keyword_side_uses_only_all_word_matches(service):
     assert set(wide.ids) == some
     single = service._keyword("TREM2", 50, FigureFilter(), widen=False)
     assert single.ids  # one word: the all-words and any-word queries are the same
+
+
+def test_dense_hits_get_fts_highlights_exactly_where_the_index_matches(service):
+    page = service.search_text("signaling pathway", k=20, mode="dense")
+    matching = {i for i, _ in service.store.keyword_search("signaling pathway", 10_000)}
+    assert page.hits
+    for hit in page.hits:
+        marked = hit.id in matching and "<mark>" in hit.caption_highlighted
+        assert marked or "<mark>" not in hit.caption_highlighted
+        if "<mark>" in hit.caption_highlighted:
+            assert hit.id in matching
+    assert any("<mark>" in h.caption_highlighted for h in page.hits)
