@@ -196,9 +196,12 @@ def run_ocr(store: FigureStore, images_dir: Path, *, workers: int = 1, max_pixel
             if not rows:
                 break
             jobs, refused = _jobs(rows, Path(images_dir), max_pixels)
-            results = pool.map(_ocr_job, jobs) if pool else map(_ocr_job, jobs)
-            _store_results(store, [*refused, *results], summary, dict(rows))
-            bar.update(len(rows))
+            results = list(refused)
+            bar.update(len(refused))
+            for result in pool.map(_ocr_job, jobs) if pool else map(_ocr_job, jobs):
+                results.append(result)
+                bar.update(1)
+            _store_results(store, results, summary, dict(rows))
     finally:
         bar.close()
         if pool is not None:
