@@ -557,7 +557,8 @@ class FigureStore:
         "f.id, f.key, f.fig_id, f.label, f.caption, f.image_path, f.thumb_path, f.width, "
         "f.height, f.orig_width, f.orig_height, f.sha256, f.has_image, f.source, f.figure_type, "
         "f.figure_type_score, f.attributes, a.pmcid, a.pmid, a.doi, a.title, a.journal, a.year, "
-        "a.license_class, a.license_text, a.license_url, a.key AS article_key"
+        "a.license_class, a.license_text, a.license_url, a.key AS article_key, "
+        "(SELECT o.text FROM figure_ocr o WHERE o.sha256 = f.sha256) AS ocr_text"
     )
 
     def get_figures(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:

@@ -92,6 +92,13 @@ class FigureDetail(FigureBase):
     license_text: str | None
     pmid: str | None
     in_index: bool = Field(description="Whether the current index holds this figure's vector.")
+    ocr_text: str | None = Field(
+        None,
+        description=(
+            "Text read inside the figure image by OCR, one text box a line; null when the "
+            "image has not been read (see `figsearch ocr`), empty when it holds no text."
+        ),
+    )
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 
