@@ -481,6 +481,9 @@ def detail_dialog(url: str, figure_id: int) -> None:
     st.markdown("**Caption**")
     caption = c.html.escape(fig.get("caption") or "(no caption)")
     st.markdown(f'<div class="fs-full-caption">{caption}</div>', unsafe_allow_html=True)
+    if fig.get("ocr_text"):
+        st.markdown("**Text in the figure** (OCR)")
+        st.code(fig["ocr_text"], language=None, wrap_lines=True)
 
 
 # --- page ---------------------------------------------------------------------------------
