@@ -123,3 +123,14 @@ def test_cli_without_a_store_says_what_to_do(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "figsearch.cli", "ocr", "--data-dir",
                            str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "run `figsearch ingest` first" in proc.stderr
+
+
+def test_figsearch_index_runs_the_ocr_step_when_enabled(corpus, tiny_model_dir):
+    from figsearch.encoders import load_model
+    from indexer.indexing import index_all
+
+    settings, store = corpus
+    encoder = load_model(str(tiny_model_dir), device="cpu", batch_size=8)
+    report = index_all(settings.model_copy(update={"ocr": True}), encoder=encoder, progress=False)
+    assert report is not None and report.count == 3  # the damaged image is skipped there too
+    assert store.ocr_done_count() == 3 and len(store.keyword_search("KRAS", 10)) == 2
