@@ -43,22 +43,6 @@ def small_manifest(n: int, out_dir: Path) -> Path:
     return path
 
 
-def dump_texts(store, path: Path) -> int:
-    """One JSON line per figure with an image: where it is from and the text read in it."""
-    from sqlalchemy import text
-
-    sql = ("SELECT a.pmcid, f.label, f.fig_id, f.sha256, o.text, o.error FROM figures f "
-           "JOIN articles a ON a.id = f.article_id JOIN figure_ocr o ON o.sha256 = f.sha256 "
-           "ORDER BY a.pmcid, f.fig_id")
-    with store.engine.connect() as conn:
-        rows = conn.execute(text(sql)).all()
-    with open(path, "w") as fh:
-        for pmcid, label, fig_id, sha, ocr_text, error in rows:
-            fh.write(json.dumps({"pmcid": pmcid, "label": label, "fig_id": fig_id, "sha256": sha,
-                                 "ocr_text": ocr_text, "error": error}) + "\n")
-    return len(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=None, help="only the first N figures")
@@ -70,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from figsearch.core.config import Settings
     from figsearch.store import FigureStore
     from indexer.ingest import ingest_paths
-    from indexer.ocr import engine_name, run_ocr
+    from indexer.ocr import engine_name, export_ocr, run_ocr
 
     with tempfile.TemporaryDirectory(prefix="bench-ocr-") as tmp:
         manifest = small_manifest(args.n, Path(tmp) / "in") if args.n else MANIFEST
@@ -86,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         rerun_s = time.perf_counter() - start
         texts = store.ocr_texts(_all_shas(store))
         chars = sum(len(t) for t in texts.values())
-        written = dump_texts(store, args.texts) if args.texts else 0
+        written = export_ocr(store, args.texts) if args.texts else 0
         store.close()
     print(summary.line())
     figures = {

@@ -11,12 +11,14 @@ never read twice, across articles and reruns. An unreadable image gets a row wit
 Work is done in batches by ``--workers`` processes (``FIGSEARCH_OCR_WORKERS``), each running one
 engine with its share of the CPU threads; each batch is committed before the next, so a killed
 run resumes where it stopped. ``figsearch index`` and ``figsearch rebuild`` run the same step
-first when ``FIGSEARCH_OCR=true``.
+first when ``FIGSEARCH_OCR=true``. ``--export``/``--import`` move the texts between stores as
+JSONL keyed by sha256 (e.g. read once on a big machine, loaded everywhere else).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import re
@@ -220,6 +222,47 @@ def ocr_step(settings: Settings, store: FigureStore, progress: bool = True) -> O
     return summary
 
 
+# -- export / import -----------------------------------------------------------------------------
+def export_ocr(store: FigureStore, path: Path) -> int:
+    """Write one JSON line per figure whose image was read: pmcid, label, fig_id, sha256,
+    ocr_text, error. Returns the number of lines."""
+    from sqlalchemy import text
+
+    sql = ("SELECT a.pmcid, f.label, f.fig_id, f.sha256, o.text, o.error FROM figures f "
+           "JOIN articles a ON a.id = f.article_id JOIN figure_ocr o ON o.sha256 = f.sha256 "
+           "ORDER BY a.pmcid, f.fig_id")
+    with store.engine.connect() as conn:
+        rows = conn.execute(text(sql)).all()
+    with open(path, "w", encoding="utf-8") as fh:
+        for pmcid, label, fig_id, sha, ocr_text, error in rows:
+            fh.write(json.dumps({"pmcid": pmcid, "label": label, "fig_id": fig_id, "sha256": sha,
+                                 "ocr_text": ocr_text, "error": error}) + "\n")
+    return len(rows)
+
+
+def import_ocr(store: FigureStore, path: Path) -> int:
+    """Load texts written by :func:`export_ocr` (by sha256, e.g. from another machine) so that
+    those images are not read again. Lines without a 64-hex ``sha256`` are refused with their
+    line number. Returns the number of images loaded."""
+    rows: dict[str, tuple[str, str, int, str, str | None]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                sha = str(rec["sha256"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{n}: not an OCR export line ({exc})") from exc
+            if not re.fullmatch(r"[0-9a-f]{64}", sha):
+                raise ValueError(f"{path}:{n}: sha256 {sha!r} is not 64 hex digits")
+            txt = str(rec.get("ocr_text") or "")
+            rows[sha] = (sha, txt, len(txt.splitlines()), f"import:{Path(path).name}",
+                         rec.get("error"))
+    store.put_ocr(rows.values())
+    return len(rows)
+
+
 # -- CLI ----------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``figsearch ocr [--workers N] [--limit N] [--no-progress]``."""
@@ -228,6 +271,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None,
                         help="read at most this many images now (a rerun continues)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--import", dest="import_file", type=Path, default=None,
+                        help="first load texts from a JSONL file written by --export (by sha256)")
+    parser.add_argument("--export", dest="export_file", type=Path, default=None,
+                        help="afterwards write every figure's text to this JSONL file")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -242,14 +289,20 @@ def command(args: argparse.Namespace) -> int:
         return 1
     store = FigureStore(settings.db_path, create=False)
     try:
+        if args.import_file:
+            print(f"ocr: loaded {import_ocr(store, args.import_file)} images' text from "
+                  f"{args.import_file}")
         summary = run_ocr(
             store, settings.images_dir, workers=args.workers or settings.ocr_workers,
             max_pixels=settings.max_image_pixels, limit=args.limit, progress=not args.no_progress,
         )
-    except RuntimeError as exc:
+        print(summary.line())
+        if args.export_file:
+            print(f"ocr: wrote {export_ocr(store, args.export_file)} figures' text to "
+                  f"{args.export_file}")
+    except (RuntimeError, ValueError, OSError) as exc:
         print(f"figsearch ocr: {exc}", file=sys.stderr)
         return 1
     finally:
         store.close()
-    print(summary.line())
     return 0

@@ -134,3 +134,26 @@ def test_figsearch_index_runs_the_ocr_step_when_enabled(corpus, tiny_model_dir):
     report = index_all(settings.model_copy(update={"ocr": True}), encoder=encoder, progress=False)
     assert report is not None and report.count == 3  # the damaged image is skipped there too
     assert store.ocr_done_count() == 3 and len(store.keyword_search("KRAS", 10)) == 2
+
+
+def test_export_then_import_into_another_store_reads_nothing_again(corpus, tmp_path):
+    from indexer.ocr import export_ocr, import_ocr
+
+    settings, store = corpus
+    run_ocr(store, settings.images_dir, progress=False)
+    exported = tmp_path / "ocr.jsonl"
+    assert export_ocr(store, exported) == 4  # one line per figure, the shared image twice
+    other = FigureStore(tmp_path / "other" / "figsearch.db")
+    try:
+        other.upsert_article(_article("PMC9"), [FigureRecord(
+            "F1", caption="Imported", image_path="missing.jpg",
+            sha256=store.get_figure(store.figure_ids_for_article("PMC2")[0])["sha256"])])
+        assert import_ocr(other, exported) == 3
+        assert len(other.keyword_search("BRAF", 10)) == 1
+        assert other.ocr_pending_count() == 0  # the image file is not even needed now
+    finally:
+        other.close()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"sha256": "abc", "ocr_text": "x"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1: sha256 'abc' is not 64 hex digits"):
+        import_ocr(store, bad)
