@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-wds": ("trainer.wds", "Export the figure store as WebDataset shards."),
     "eval": ("trainer.evaluate", "Retrieval recall@K and zero-shot figure-type accuracy."),
     "index": ("indexer.indexing", "Embed all figures and build a new index version."),
+    "ocr": ("indexer.ocr", "Read the text inside figure images (OCR) into the keyword index."),
     "rebuild": ("indexer.rebuild", "Nightly: incremental ingest, embed, build, validate, swap."),
     "search": ("figsearch.search_cli", "Search the current index from the terminal."),
     "serve": ("figsearch.api.server", "Run the HTTP search API (uvicorn)."),

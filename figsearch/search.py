@@ -3,7 +3,8 @@
 Modes for text queries:
 
 * ``dense``   - the query text is encoded by the CLIP text tower and looked up in the FAISS index;
-* ``keyword`` - SQLite FTS5 BM25 over caption, label and article title;
+* ``keyword`` - SQLite FTS5 BM25 over caption, label, article title and in-figure text (OCR),
+  each column with its own weight (``settings.fts_weights``);
 * ``hybrid``  - (default) reciprocal rank fusion (RRF, k=60) of the dense and keyword rankings,
   so exact gene names found by BM25 and paraphrases found by the model both rank high.
 
@@ -15,6 +16,10 @@ Near-duplicates are collapsed by default: a result is dropped when an earlier (b
 result has the same image (sha256) or an embedding with cosine similarity above
 ``settings.dedup_threshold``. Paging (``offset``) is applied after the collapse, so pages never
 overlap and never repeat a duplicate.
+
+Highlights come from FTS5 itself (``highlight()``/``snippet()``, see
+:meth:`~figsearch.store.FigureStore.highlights`), for every mode: they mark exactly the tokens
+the index matches (porter stems included), in the caption and in the in-figure text.
 """
 
 from __future__ import annotations
@@ -38,10 +43,6 @@ MODES = ("hybrid", "dense", "keyword")
 RRF_K = 60
 PMC_ARTICLE_URL = "https://pmc.ncbi.nlm.nih.gov/articles/{pmcid}/"
 _WORD = re.compile(r"\w+", re.UNICODE)
-# Words too common to be worth highlighting in a caption.
-_STOPWORDS = frozenset(
-    "a an and are as at be by for from in into is it of on or the to with without via vs".split()
-)
 
 
 class SearchInputError(ValueError):
@@ -82,13 +83,19 @@ class VectorIndex(Protocol):
 
 @dataclass
 class SearchHit:
-    """One result: the figure's store row plus rank, score and highlighted caption."""
+    """One result: the figure's store row plus rank, score and FTS5 highlights.
+
+    ``caption_highlighted`` is the HTML-escaped caption with the tokens FTS5 matched in
+    ``<mark>``; ``ocr_snippet`` the best matching window of the in-figure text ("" when the
+    query matched none of it).
+    """
 
     id: int
     rank: int
     score: float
     figure: dict[str, Any]
     caption_highlighted: str
+    ocr_snippet: str = ""
 
 
 @dataclass
@@ -104,7 +111,7 @@ class SearchPage:
     hits: list[SearchHit] = field(default_factory=list)
 
 
-# -- rank fusion, links, highlighting ------------------------------------------------------
+# -- rank fusion and links ------------------------------------------------------
 def reciprocal_rank_fusion(rankings: list[list[int]], k: int = RRF_K) -> list[tuple[int, float]]:
     """Fuse ranked id lists: score(id) = sum over lists of 1 / (k + rank), rank from 1.
 
@@ -132,40 +139,9 @@ def figure_url(figure: dict[str, Any]) -> str | None:
     return f"{base}figure/{figure['fig_id']}/" if base and figure.get("fig_id") else None
 
 
-def stem(word: str) -> str:
-    """A light English stemmer, enough to match plurals and -ing/-ed forms for highlighting."""
-    w = word.lower()
-    for suffix, replacement, min_len in (
-        ("ies", "y", 5), ("sses", "ss", 5), ("ches", "ch", 5), ("shes", "sh", 5),
-        ("xes", "x", 4), ("ing", "", 6), ("ed", "", 5), ("s", "", 4),
-    ):
-        if w.endswith(suffix) and len(w) >= min_len and not (suffix == "s" and w.endswith("ss")):
-            return w[: len(w) - len(suffix)] + replacement
-    return w
-
-
 def query_terms(query: str) -> set[str]:
     """Distinct lower-case words of a query (as the keyword index sees them)."""
     return {w.lower() for w in _WORD.findall(query)}
-
-
-def query_stems(query: str) -> set[str]:
-    """Stems of the query's words, without stopwords and single letters."""
-    return {stem(w) for w in _WORD.findall(query) if len(w) > 1 and w.lower() not in _STOPWORDS}
-
-
-def highlight(caption: str, stems: set[str]) -> str:
-    """HTML-escape ``caption`` and wrap words whose stem is a query stem in ``<mark>``."""
-    if not stems:
-        return html.escape(caption)
-    parts, last = [], 0
-    for m in _WORD.finditer(caption):
-        if stem(m.group()) in stems:
-            parts.append(html.escape(caption[last : m.start()]))
-            parts.append(f"<mark>{html.escape(m.group())}</mark>")
-            last = m.end()
-    parts.append(html.escape(caption[last:]))
-    return "".join(parts)
 
 
 # -- the service ----------------------------------------------------------------------------
@@ -218,7 +194,7 @@ class SearchService:
                 return dense
             return self._fuse(dense, self._keyword(query, n, flt, widen=False))
 
-        hits = self._collect(fetch, k, offset, dedup, query_stems(query))
+        hits = self._collect(fetch, k, offset, dedup, query)
         return self._page(query, mode, k, offset, start, hits)
 
     def search_vector(
@@ -238,7 +214,7 @@ class SearchService:
             keep = [(i, s) for i, s in zip(cands.ids, cands.scores, strict=True) if i not in excluded]
             return _Candidates([i for i, _ in keep], [s for _, s in keep], cands.exhausted)
 
-        hits = self._collect(fetch, k, offset, dedup, set())
+        hits = self._collect(fetch, k, offset, dedup, "")
         return self._page(label, "dense", k, offset, start, hits)
 
     def search_image(
@@ -359,11 +335,12 @@ class SearchService:
         the dense ranking already supplies the partial matches.
         """
         rows: list[tuple[int, float]] = []
+        weights = self.settings.fts_weights
         single_word = len(query_terms(query)) <= 1
         if not single_word:
-            rows = self.store.keyword_search(query, n, flt, match_all=True)
+            rows = self.store.keyword_search(query, n, flt, match_all=True, weights=weights)
         if len(rows) < n and (widen or single_word):
-            rows = self.store.keyword_search(query, n, flt)
+            rows = self.store.keyword_search(query, n, flt, weights=weights)
         return _Candidates([i for i, _ in rows], [s for _, s in rows], len(rows) < n)
 
     def _fuse(self, dense: _Candidates, keyword: _Candidates) -> _Candidates:
@@ -395,7 +372,7 @@ class SearchService:
     # -- collecting, dedup, paging ------------------------------------------------------
     def _collect(
         self, fetch: Callable[[int], _Candidates], k: int, offset: int, dedup: bool,
-        stems: set[str],
+        highlight_query: str,
     ) -> list[SearchHit]:
         """Fetch deeper until ``offset + k`` distinct results exist or candidates run out."""
         need = offset + k
@@ -409,10 +386,13 @@ class SearchService:
             if len(kept) >= need or cands.exhausted or n >= 8 * need + 1000:
                 break
             n *= 2
-        return [
-            SearchHit(i, offset + r + 1, s, figures[i], highlight(figures[i]["caption"] or "", stems))
-            for r, (i, s) in enumerate(kept[offset:need])
-        ]
+        page = kept[offset:need]
+        marked = self.store.highlights(highlight_query, [i for i, _ in page])
+        hits = []
+        for r, (i, s) in enumerate(page):
+            caption, ocr = marked.get(i, (html.escape(figures[i]["caption"] or ""), ""))
+            hits.append(SearchHit(i, offset + r + 1, s, figures[i], caption, ocr))
+        return hits
 
     def _collapse(
         self, ranked: list[tuple[int, float]], figures: dict[int, dict[str, Any]]

@@ -7,9 +7,10 @@ that their integer ids (also the FAISS ids) stay stable across re-ingests.
 
 from __future__ import annotations
 
+import html
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,7 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from figsearch.licenses import COMMERCIAL_CLASSES
 from figsearch.records import ArticleRecord, FigureRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _now() -> datetime:
@@ -117,6 +118,23 @@ class IngestError(Base):
     last_seen: Mapped[datetime] = mapped_column(DateTime, default=_now)
 
 
+class FigureOcr(Base):
+    """Text drawn inside an image (OCR), cached by image hash: one row per distinct image.
+
+    ``error`` is set (and ``text`` empty) for an image that could not be read, so that a
+    rerun does not try it again; the reason is also in ``ingest_errors``.
+    """
+
+    __tablename__ = "figure_ocr"
+
+    sha256: Mapped[str] = mapped_column(String, primary_key=True)
+    text: Mapped[str] = mapped_column(Text, default="")
+    boxes: Mapped[int] = mapped_column(Integer, default=0)
+    engine: Mapped[str] = mapped_column(String, default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    ocr_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
 class Meta(Base):
     __tablename__ = "meta"
 
@@ -124,7 +142,8 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-FTS_DDL = [
+# Schema 1's FTS table (caption, label, title); kept so that migration 1 stays what it was.
+FTS_DDL_V1 = [
     "CREATE VIRTUAL TABLE IF NOT EXISTS figures_fts USING fts5("
     "caption, label, title, tokenize='porter unicode61 remove_diacritics 2')",
     # Triggers keep the FTS rows in sync with every writer, ORM or not.
@@ -142,8 +161,58 @@ FTS_DDL = [
     "(SELECT id FROM figures WHERE article_id = new.id); END",
 ]
 
+#: FTS5 columns, in order; their index is the column number of highlight()/snippet()/bm25().
+FTS_COLUMNS = ("caption", "label", "title", "ocr")
+#: Default BM25 weight per FTS column (higher = a match there counts more). The search
+#: service passes its own (``Settings.fts_weights``); the fusion step may tune them.
+DEFAULT_FTS_WEIGHTS: dict[str, float] = {"caption": 1.0, "label": 0.5, "title": 0.3, "ocr": 0.5}
+
+_OCR_OF_NEW = "(SELECT text FROM figure_ocr WHERE sha256 = new.sha256)"
+_FTS_ROW_OF_NEW = (
+    "INSERT INTO figures_fts(rowid, caption, label, title, ocr) VALUES (new.id, new.caption, "
+    f"new.label, (SELECT title FROM articles WHERE id = new.article_id), {_OCR_OF_NEW}); "
+)
+# The current FTS table: schema 1's columns plus ``ocr``, the in-figure text of the figure's
+# image (figure_ocr, by sha256). Triggers keep it in sync with figures, articles and OCR rows.
+FTS_DDL = [
+    "CREATE VIRTUAL TABLE IF NOT EXISTS figures_fts USING fts5("
+    "caption, label, title, ocr, tokenize='porter unicode61 remove_diacritics 2')",
+    f"CREATE TRIGGER IF NOT EXISTS figures_ai AFTER INSERT ON figures BEGIN {_FTS_ROW_OF_NEW}END",
+    "CREATE TRIGGER IF NOT EXISTS figures_ad AFTER DELETE ON figures BEGIN "
+    "DELETE FROM figures_fts WHERE rowid = old.id; END",
+    "CREATE TRIGGER IF NOT EXISTS figures_au AFTER UPDATE OF caption, label, article_id, sha256 "
+    "ON figures BEGIN DELETE FROM figures_fts WHERE rowid = old.id; "
+    f"{_FTS_ROW_OF_NEW}END",
+    "CREATE TRIGGER IF NOT EXISTS articles_au AFTER UPDATE OF title ON articles BEGIN "
+    "UPDATE figures_fts SET title = new.title WHERE rowid IN "
+    "(SELECT id FROM figures WHERE article_id = new.id); END",
+    "CREATE TRIGGER IF NOT EXISTS figure_ocr_ai AFTER INSERT ON figure_ocr BEGIN "
+    "UPDATE figures_fts SET ocr = new.text WHERE rowid IN "
+    "(SELECT id FROM figures WHERE sha256 = new.sha256); END",
+    "CREATE TRIGGER IF NOT EXISTS figure_ocr_au AFTER UPDATE OF text ON figure_ocr BEGIN "
+    "UPDATE figures_fts SET ocr = new.text WHERE rowid IN "
+    "(SELECT id FROM figures WHERE sha256 = new.sha256); END",
+    "CREATE TRIGGER IF NOT EXISTS figure_ocr_ad AFTER DELETE ON figure_ocr BEGIN "
+    "UPDATE figures_fts SET ocr = NULL WHERE rowid IN "
+    "(SELECT id FROM figures WHERE sha256 = old.sha256); END",
+]
+
+# Migration 2: in-figure text. The figure_ocr table itself comes from create_all (it runs
+# first, for new and old databases alike); the FTS table gains an ``ocr`` column, which FTS5
+# cannot ALTER, so table and triggers are dropped, created anew and refilled from the store.
+OCR_FTS_MIGRATION = [
+    *(f"DROP TRIGGER IF EXISTS {name}" for name in (
+        "figures_ai", "figures_ad", "figures_au", "articles_au",
+        "figure_ocr_ai", "figure_ocr_au", "figure_ocr_ad")),
+    "DROP TABLE IF EXISTS figures_fts",
+    *FTS_DDL,
+    "INSERT INTO figures_fts(rowid, caption, label, title, ocr) "
+    "SELECT f.id, f.caption, f.label, a.title, o.text FROM figures f "
+    "JOIN articles a ON a.id = f.article_id LEFT JOIN figure_ocr o ON o.sha256 = f.sha256",
+]
+
 # Migrations: version -> list of SQL statements that bring the schema from version-1.
-MIGRATIONS: dict[int, list[str]] = {1: FTS_DDL}
+MIGRATIONS: dict[int, list[str]] = {1: FTS_DDL_V1, 2: OCR_FTS_MIGRATION}
 
 
 @dataclass
@@ -217,6 +286,39 @@ def fts_query(user_text: str, operator: str = "OR") -> str:
         if t not in seen:
             seen.append(t)
     return f" {'AND' if operator == 'AND' else 'OR'} ".join(f'"{t}"' for t in seen[:32])
+
+
+def bm25_weights(weights: Mapping[str, float] | None = None) -> str:
+    """The weight arguments of ``bm25(figures_fts, ...)`` in FTS column order."""
+    merged = {**DEFAULT_FTS_WEIGHTS, **(weights or {})}
+    unknown = set(merged) - set(FTS_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown FTS column(s) {sorted(unknown)}; use {', '.join(FTS_COLUMNS)}")
+    return ", ".join(repr(float(merged[c])) for c in FTS_COLUMNS)
+
+
+# Private-use characters mark FTS5 highlights until the text is HTML-escaped.
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
+
+
+def marked_html(marked: str, original: str | None) -> str:
+    """HTML-escape FTS5 highlight() output and turn its markers into ``<mark>`` tags.
+
+    When ``original`` (the column's text) already holds a marker character, the markers
+    cannot be told apart: the plain escaped ``original`` is returned instead.
+    """
+    if original is not None and (_MARK_OPEN in original or _MARK_CLOSE in original):
+        return html.escape(original)
+    escaped = html.escape(marked)
+    return escaped.replace(_MARK_OPEN, "<mark>").replace(_MARK_CLOSE, "</mark>")
+
+
+# Live figures with an image whose hash has no OCR row yet (a WHERE follows; append AND ...).
+_OCR_PENDING_FROM = (
+    "figures f JOIN articles a ON a.id = f.article_id "
+    "WHERE f.has_image = 1 AND a.retracted = 0 AND f.sha256 IS NOT NULL AND f.image_path "
+    "IS NOT NULL AND NOT EXISTS (SELECT 1 FROM figure_ocr o WHERE o.sha256 = f.sha256)"
+)
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -420,7 +522,8 @@ class FigureStore:
         "f.id, f.key, f.fig_id, f.label, f.caption, f.image_path, f.thumb_path, f.width, "
         "f.height, f.orig_width, f.orig_height, f.sha256, f.has_image, f.source, f.figure_type, "
         "f.figure_type_score, f.attributes, a.pmcid, a.pmid, a.doi, a.title, a.journal, a.year, "
-        "a.license_class, a.license_text, a.license_url, a.key AS article_key"
+        "a.license_class, a.license_text, a.license_url, a.key AS article_key, "
+        "(SELECT o.text FROM figure_ocr o WHERE o.sha256 = f.sha256) AS ocr_text"
     )
 
     def get_figures(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -467,26 +570,114 @@ class FigureStore:
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
     def keyword_search(
-        self, query: str, limit: int, flt: FigureFilter | None = None, match_all: bool = False
+        self, query: str, limit: int, flt: FigureFilter | None = None, match_all: bool = False,
+        weights: Mapping[str, float] | None = None,
     ) -> list[tuple[int, float]]:
-        """BM25 search over caption, label and title: [(figure id, score)], best first.
+        """BM25 search over caption, label, title and in-figure text: [(figure id, score)].
 
-        Scores are ``-bm25`` so that higher is better. ``match_all`` requires every term.
+        Scores are ``-bm25`` so that higher is better, best first. ``match_all`` requires
+        every term. ``weights`` maps FTS columns to BM25 weights (missing ones: defaults).
         """
         match = fts_query(query, "AND" if match_all else "OR")
         if not match:
             return []
         where, params = (flt or FigureFilter()).sql()
         params.update({"match": match, "limit": int(limit)})
+        bm25 = f"bm25(figures_fts, {bm25_weights(weights)})"
         sql = (
-            "SELECT f.id, -bm25(figures_fts, 1.0, 0.5, 0.3) AS score FROM figures_fts "
+            f"SELECT f.id, -{bm25} AS score FROM figures_fts "
             "JOIN figures f ON f.id = figures_fts.rowid JOIN articles a ON a.id = f.article_id "
-            f"WHERE figures_fts MATCH :match AND {where} ORDER BY bm25(figures_fts, 1.0, 0.5, 0.3) "
-            "LIMIT :limit"
+            f"WHERE figures_fts MATCH :match AND {where} ORDER BY {bm25} LIMIT :limit"
         )
         with self.engine.connect() as conn:
             rows = conn.execute(text(sql), params).all()
         return [(int(r[0]), float(r[1])) for r in rows]
+
+    def highlights(
+        self, query: str, ids: Sequence[int], snippet_tokens: int = 16
+    ) -> dict[int, tuple[str, str]]:
+        """FTS5's own highlights of ``query`` in the given figures: {id: (caption, ocr snippet)}.
+
+        Both are HTML: escaped text with the tokens FTS5 matched (porter stems included)
+        wrapped in ``<mark>``; the OCR snippet is the best window of the in-figure text, or ""
+        when the query matched none of it. Figures the query matches nowhere are absent.
+        Any query word counts (OR), so highlights show every matching term even for
+        results found by the dense index or by an all-words query.
+        """
+        match = fts_query(query, "OR")
+        if not match or not ids:
+            return {}
+        cap, ocr = FTS_COLUMNS.index("caption"), FTS_COLUMNS.index("ocr")
+        marks = f"'{_MARK_OPEN}', '{_MARK_CLOSE}'"
+        # One lookup per id: FTS5 seeks straight to a rowid it is given with MATCH.
+        sql = text(
+            f"SELECT highlight(figures_fts, {cap}, {marks}), "
+            f"snippet(figures_fts, {ocr}, {marks}, '…', {int(snippet_tokens)}), caption, ocr "
+            "FROM figures_fts WHERE figures_fts MATCH :match AND rowid = :id"
+        )
+        out: dict[int, tuple[str, str]] = {}
+        with self.engine.connect() as conn:
+            for fid in dict.fromkeys(int(i) for i in ids):
+                row = conn.execute(sql, {"match": match, "id": fid}).first()
+                if row is None:
+                    continue
+                caption_html = marked_html(row[0] or "", row[2] or "")
+                ocr_html = marked_html(row[1] or "", row[3] or "")
+                out[fid] = (caption_html, ocr_html if _MARK_OPEN in (row[1] or "") else "")
+        return out
+
+    # -- in-figure text (OCR) -------------------------------------------------------------
+    def ocr_pending_count(self) -> int:
+        """Distinct images of live figures that have no OCR row yet."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(text(
+                f"SELECT count(DISTINCT f.sha256) FROM {_OCR_PENDING_FROM}"
+            )).scalar() or 0)
+
+    def ocr_done_count(self) -> int:
+        """Images with an OCR row (text or error)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM figure_ocr")).scalar() or 0)
+
+    def iter_ocr_pending(self, batch: int = 256) -> Iterator[list[tuple[str, str]]]:
+        """Batches of (sha256, image_path) of images without OCR, one row per image, by hash."""
+        last = ""
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(text(
+                    f"SELECT f.sha256, min(f.image_path) FROM {_OCR_PENDING_FROM} "
+                    "AND f.sha256 > :last GROUP BY f.sha256 ORDER BY f.sha256 LIMIT :n"
+                ), {"last": last, "n": int(batch)}).all()
+            if not rows:
+                return
+            yield [(str(r[0]), str(r[1])) for r in rows]
+            last = str(rows[-1][0])
+
+    def put_ocr(self, rows: Iterable[tuple[str, str, int, str, str | None]]) -> None:
+        """Store OCR results: (sha256, text, boxes, engine, error or None); the FTS follows."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO figure_ocr(sha256, text, boxes, engine, error, ocr_at) "
+                     "VALUES (:s, :t, :b, :e, :err, :at) ON CONFLICT(sha256) DO UPDATE SET "
+                     "text = excluded.text, boxes = excluded.boxes, engine = excluded.engine, "
+                     "error = excluded.error, ocr_at = excluded.ocr_at"),
+                [{"s": sha, "t": txt, "b": int(boxes), "e": engine, "err": err, "at": _now()}
+                 for sha, txt, boxes, engine, err in rows],
+            )
+
+    def ocr_texts(self, sha256s: Sequence[str]) -> dict[str, str]:
+        """In-figure text by image hash (images without OCR are absent)."""
+        out: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(sha256s), 500):
+                chunk = list(sha256s[i : i + 500])
+                marks = ", ".join(f":s{j}" for j in range(len(chunk)))
+                rows = conn.execute(
+                    text(f"SELECT sha256, text FROM figure_ocr WHERE sha256 IN ({marks})"),
+                    {f"s{j}": v for j, v in enumerate(chunk)},
+                ).all()
+                out.update({str(r[0]): str(r[1] or "") for r in rows})
+        return out
 
     def distinct_values(self, column: str) -> list[str]:
         """Distinct journals / figure types / license classes for UI pickers."""

@@ -18,7 +18,7 @@ the store's ``figures.figure_type`` column.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,13 +127,14 @@ class VersionedStore(FigureStore):
         return np.intersect1d(rest, self.types.ids_of(flt.figure_type), assume_unique=True)
 
     def keyword_search(self, query: str, limit: int, flt: FigureFilter | None = None,
-                       match_all: bool = False) -> list[tuple[int, float]]:
+                       match_all: bool = False, weights: Mapping[str, float] | None = None,
+                       ) -> list[tuple[int, float]]:
         if flt is None or not flt.figure_type:
-            return super().keyword_search(query, limit, flt, match_all)
+            return super().keyword_search(query, limit, flt, match_all, weights)
         allowed = self.types.ids_of(flt.figure_type)
         rest, n = dataclasses.replace(flt, figure_type=None), max(int(limit), 1)
         while True:  # BM25 ranks before the type filter: widen until enough pass or none are left
-            rows = super().keyword_search(query, n, rest, match_all)
+            rows = super().keyword_search(query, n, rest, match_all, weights)
             ids = np.asarray([i for i, _ in rows], np.int64)
             keep = [r for r, ok in zip(rows, np.isin(ids, allowed), strict=True) if ok]
             if len(keep) >= limit or len(rows) < n:

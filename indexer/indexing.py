@@ -1,6 +1,7 @@
 """``figsearch index``: embed every figure, classify figure types, build and swap an index.
 
-Steps: work list (:mod:`indexer.worklist`: what to encode; unchanged images reuse the current
+Steps: in-figure text when ``FIGSEARCH_OCR=true`` (:func:`indexer.ocr.ocr_step`; new images
+only) -> work list (:mod:`indexer.worklist`: what to encode; unchanged images reuse the current
 version's vectors by image hash + model key) -> embed (resumable per-rank shards, torchrun-aware,
 :mod:`indexer.embed`) -> merge -> zero-shot figure types
 (:func:`figsearch.figure_types.classify`) -> new index version holding vectors, image hashes and
@@ -110,8 +111,15 @@ def embed_config(settings: Settings, model_key: str, progress: bool = True) -> E
     )
 
 
-def prepare_worklist(settings: Settings, store: FigureStore, model_key: str) -> WorkList:
-    """Freeze the work list: the store's figure images minus those the current version has."""
+def prepare_worklist(settings: Settings, store: FigureStore, model_key: str,
+                     progress: bool = False) -> WorkList:
+    """Freeze the work list: the store's figure images minus those the current version has.
+
+    In-figure text is read first when ``FIGSEARCH_OCR`` is on (new images only), since this
+    is the store-side step that runs once per build, on the merging process."""
+    from indexer.ocr import ocr_step
+
+    ocr_step(settings, store, progress)
     return write_worklist(store, work_dir_for(settings, model_key), model_key,
                           current_version_dir(settings.indexes_dir), settings.batch_size)
 
@@ -182,7 +190,7 @@ def build_from_store(
     With ``activate=False`` the work dir stays until the caller activates the version (then
     :func:`discard_work`), so a rerun after a failed validation resumes the shards."""
     start = time.perf_counter()
-    prepare_worklist(settings, store, encoder.model_key)
+    prepare_worklist(settings, store, encoder.model_key, progress)
     embed_worklist(settings, encoder, DistInfo(), progress)
     return build_from_worklist(settings, store, spec, encoder, factory=factory,
                                activate=activate, hook=hook,
@@ -240,7 +248,8 @@ def _rank0(settings: Settings, spec: str, encoder: Any, dist: DistInfo, step: st
         store = FigureStore(settings.db_path, create=False)
         try:
             if step in ("all", "prepare"):
-                print(prepare_worklist(settings, store, encoder.model_key).line(), file=sys.stderr)
+                print(prepare_worklist(settings, store, encoder.model_key, progress).line(),
+                      file=sys.stderr)
             if step == "prepare":
                 return None
             if step == "all":

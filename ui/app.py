@@ -37,7 +37,10 @@ CSS = """<style>
 .fs-title {font-size:.78rem; color:#6b7280; white-space:nowrap; overflow:hidden;
   text-overflow:ellipsis; margin-top:.2rem}
 .fs-caption {font-size:.85rem; line-height:1.35; height:6.9em; overflow:hidden; margin-top:.3rem}
-.fs-caption mark, .fs-full-caption mark {background:#fde68a; padding:0 .1em; border-radius:2px}
+.fs-ocr {font-size:.78rem; line-height:1.3; margin-top:.25rem; white-space:nowrap;
+  overflow:hidden; text-overflow:ellipsis}
+.fs-ocr span {color:#6b7280}
+.fs-caption mark, .fs-full-caption mark, .fs-ocr mark {background:#fde68a; padding:0 .1em; border-radius:2px}
 .fs-meta {font-size:.75rem; color:#6b7280; margin-top:.35rem; white-space:nowrap;
   overflow:hidden; text-overflow:ellipsis}
 [data-testid="stMainBlockContainer"] {padding-top:2.5rem}
@@ -478,6 +481,9 @@ def detail_dialog(url: str, figure_id: int) -> None:
     st.markdown("**Caption**")
     caption = c.html.escape(fig.get("caption") or "(no caption)")
     st.markdown(f'<div class="fs-full-caption">{caption}</div>', unsafe_allow_html=True)
+    if fig.get("ocr_text"):
+        st.markdown("**Text in the figure** (OCR)")
+        st.code(fig["ocr_text"], language=None, wrap_lines=True)
 
 
 # --- page ---------------------------------------------------------------------------------

@@ -197,6 +197,15 @@ def snippet(highlighted: str, max_chars: int = 240, lead: int = 60) -> str:
     return ("… " if start else "") + body + (" …" if end < len(plain) else "")
 
 
+def ocr_line(ocr_snippet: str, max_chars: int = 160) -> str:
+    """Safe HTML of the in-figure text that matched (its lines joined by " · "), or ""."""
+    if "<mark>" not in (ocr_snippet or "").lower():
+        return ""
+    segments = [_Segment(seg.text.replace("\n", " · "), seg.marked)
+                for seg in _segments(ocr_snippet)]
+    return snippet(_render(segments), max_chars=max_chars, lead=40)
+
+
 # --- badges and labels -------------------------------------------------------------------
 
 def license_name(license_class: str | None) -> str:
@@ -275,8 +284,15 @@ def result_card_html(result: Mapping[str, Any]) -> str:
         f' {license_badge(result.get("license"))}</div>'
         f'<div class="fs-title" title="{title}">{title}</div>'
         f'<div class="fs-caption">{snippet(caption)}</div>'
+        f"{_ocr_div(result)}"
         f'<div class="fs-meta">{meta_line(result)}</div></div>'
     )
+
+
+def _ocr_div(result: Mapping[str, Any]) -> str:
+    line = ocr_line(result.get("ocr_snippet") or "")
+    return (f'<div class="fs-ocr" title="words read inside the figure image">'
+            f"<span>in figure:</span> {line}</div>") if line else ""
 
 
 # --- export -------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def search_response(page: SearchPage, base_url: str) -> SearchResponse:
     results = [
         SearchResult(
             rank=h.rank, score=round(float(h.score), 6), caption_highlighted=h.caption_highlighted,
-            **_common(h.figure, base_url),
+            ocr_snippet=h.ocr_snippet, **_common(h.figure, base_url),
         )
         for h in page.hits
     ]
@@ -53,5 +53,6 @@ def figure_detail(figure: dict[str, Any], base_url: str, in_index: bool) -> Figu
         fig_id=str(figure.get("fig_id") or ""), width=figure.get("width"),
         height=figure.get("height"), has_image=bool(figure.get("has_image")),
         license_text=figure.get("license_text"), pmid=figure.get("pmid"), in_index=in_index,
-        attributes=figure.get("attributes") or {}, **_common(figure, base_url),
+        attributes=figure.get("attributes") or {}, ocr_text=figure.get("ocr_text"),
+        **_common(figure, base_url),
     )

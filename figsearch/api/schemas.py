@@ -60,7 +60,17 @@ class SearchResult(FigureBase):
     rank: int = Field(description="1-based rank over all pages.", examples=[1])
     score: float = Field(description="Cosine similarity (dense), BM25 (keyword) or RRF (hybrid).")
     caption_highlighted: str = Field(
-        description="HTML-escaped caption with query terms wrapped in <mark></mark>."
+        description=(
+            "HTML-escaped caption with the words the keyword index (SQLite FTS5, porter "
+            "stemming) matched for the query wrapped in <mark></mark>; also for dense hits."
+        )
+    )
+    ocr_snippet: str = Field(
+        "",
+        description=(
+            "HTML-escaped window of the text read inside the figure image (OCR) around the "
+            "query words it matched, in <mark></mark>; empty when it matched none."
+        ),
     )
 
 
@@ -82,6 +92,13 @@ class FigureDetail(FigureBase):
     license_text: str | None
     pmid: str | None
     in_index: bool = Field(description="Whether the current index holds this figure's vector.")
+    ocr_text: str | None = Field(
+        None,
+        description=(
+            "Text read inside the figure image by OCR, one text box a line; null when the "
+            "image has not been read (see `figsearch ocr`), empty when it holds no text."
+        ),
+    )
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 

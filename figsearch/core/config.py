@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BIOMEDCLIP_SPEC = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
@@ -58,6 +58,21 @@ class Settings(BaseSettings):
     dedup_threshold: float = Field(
         0.98, description="Cosine similarity above which two results are near-duplicates."
     )
+    fts_weights: dict[str, float] = Field(
+        {"caption": 1.0, "label": 0.5, "title": 0.3, "ocr": 0.5},
+        description=(
+            "BM25 weight of each keyword-index column (caption, label, article title, ocr = "
+            "in-figure text), as JSON; columns left out keep these defaults."
+        ),
+    )
+    ocr: bool = Field(
+        False,
+        description=(
+            "Run OCR (in-figure text, rapidocr) on new images as a step of `figsearch index` "
+            "and `figsearch rebuild`; `figsearch ocr` runs it on its own."
+        ),
+    )
+    ocr_workers: int = Field(2, description="Worker processes for OCR (each runs one engine).")
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, description="API port.")
     workers: int = Field(1, description="uvicorn worker processes for the API.")
@@ -82,6 +97,18 @@ class Settings(BaseSettings):
     )
     api_url: str = Field("http://127.0.0.1:8000", description="API URL the UI and client use.")
     ui_port: int = Field(8501, description="Port of the Streamlit UI.")
+
+    @field_validator("fts_weights")
+    @classmethod
+    def _known_fts_columns(cls, value: dict[str, float]) -> dict[str, float]:
+        from figsearch.store import FTS_COLUMNS
+
+        unknown = sorted(set(value) - set(FTS_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown column(s) {unknown}; the columns are {list(FTS_COLUMNS)}")
+        if any(w < 0 for w in value.values()):
+            raise ValueError("BM25 weights must not be negative")
+        return value
 
     @property
     def db_path(self) -> Path:

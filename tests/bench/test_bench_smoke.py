@@ -78,6 +78,17 @@ def test_api_bench_smoke(results_dir: Path) -> None:
 
 
 @pytest.mark.slow
+def test_ocr_bench_smoke(results_dir: Path, tmp_path: Path) -> None:
+    texts = tmp_path / "texts.jsonl"
+    _, result = run_bench("ocr", ["--n", "1", "--workers", "1", "--texts", str(texts)], results_dir)
+    figures = result["figures"]
+    assert figures["images"] == 1 and figures["images_per_s"] > 0
+    assert figures["rerun_images_read"] == 0  # the second run finds the image cached
+    (row,) = [json.loads(line) for line in texts.read_text().splitlines()]
+    assert row["pmcid"].startswith("PMC") and len(row["sha256"]) == 64 and row["error"] is None
+
+
+@pytest.mark.slow
 def test_scale_bench_smoke(results_dir: Path) -> None:
     out, result = run_bench("scale", ["--synth-n", "4", "--results", str(results_dir)], results_dir)
     md = (results_dir / "scale.md").read_text()

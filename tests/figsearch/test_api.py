@@ -18,7 +18,7 @@ from tests.figsearch.api_fixtures import COPY_PMCID, SYNTHETIC_KEY, loaded_app
 RESULT_FIELDS = {
     "id", "rank", "score", "label", "caption", "caption_highlighted", "figure_type",
     "figure_type_score", "thumbnail_url", "image_url", "pmcid", "article_url", "figure_url",
-    "title", "journal", "year", "license", "license_url", "doi", "source",
+    "title", "journal", "year", "license", "license_url", "doi", "source", "ocr_snippet",
 }
 RESPONSE_FIELDS = {"query", "mode", "k", "offset", "index_version", "took_ms", "results"}
 
@@ -315,3 +315,23 @@ def test_api_is_read_only(client):
     for method, path in [("PUT", "/v1/figures/1"), ("DELETE", "/v1/figures/1"),
                          ("POST", "/v1/figures/1"), ("PATCH", "/v1/articles/PMC1")]:
         assert client.request(method, path).status_code == 405
+
+
+def test_in_figure_text_is_searchable_highlighted_and_shown(small_index_data_dir, settings,
+                                                             tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(small_index_data_dir, data, symlinks=True)
+    store = FigureStore(data / "figsearch.db")
+    sha = store.get_figure(2)["sha256"]
+    store.put_ocr([(sha, "Nucleus\nQWERTYASE\nCytoplasm", 3, "test", None)])
+    store.close()
+    with TestClient(loaded_app(settings.model_copy(update={"data_dir": data}))) as c:
+        for mode in ("keyword", "hybrid"):
+            body = c.get("/v1/search", params={"q": "qwertyase", "mode": mode, "k": 3}).json()
+            hits = {h["id"]: h for h in body["results"]}  # hybrid: tied with the dense top 1
+            assert body["results"][0]["id"] == 2 or mode == "hybrid"
+            hit = hits[2]
+            assert all(h["ocr_snippet"] == "" for i, h in hits.items() if i != 2)
+            assert hit["ocr_snippet"] == "Nucleus\n<mark>QWERTYASE</mark>\nCytoplasm"
+        assert c.get("/v1/figures/2").json()["ocr_text"] == "Nucleus\nQWERTYASE\nCytoplasm"
+        assert c.get("/v1/figures/3").json()["ocr_text"] is None

@@ -14,8 +14,6 @@ from figsearch.search import (
     SearchService,
     article_url,
     figure_url,
-    highlight,
-    query_stems,
     reciprocal_rank_fusion,
 )
 from figsearch.store import FigureFilter, FigureStore
@@ -41,15 +39,6 @@ def test_rrf_rewards_agreement_and_is_ordered():
     assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
     assert all(a[1] >= b[1] for a, b in zip(fused, fused[1:], strict=False))
     assert reciprocal_rank_fusion([]) == []
-
-
-def test_highlight_escapes_and_matches_plurals():
-    stems = query_stems("pathway <kinase> and the receptors")
-    out = highlight("Pathways of <b>kinases</b> & a receptor.", stems)
-    assert out.startswith("<mark>Pathways</mark> of &lt;b&gt;<mark>kinases</mark>&lt;/b&gt; &amp;")
-    assert "<mark>receptor</mark>" in out
-    assert "<mark>a</mark>" not in out and "<b>" not in out
-    assert highlight("x < y", set()) == "x &lt; y"
 
 
 def test_links_none_for_synthetic():
@@ -200,3 +189,15 @@ def test_hybrid_keyword_side_uses_only_all_word_matches(service):
     assert set(wide.ids) == some
     single = service._keyword("TREM2", 50, FigureFilter(), widen=False)
     assert single.ids  # one word: the all-words and any-word queries are the same
+
+
+def test_dense_hits_get_fts_highlights_exactly_where_the_index_matches(service):
+    page = service.search_text("signaling pathway", k=20, mode="dense")
+    matching = {i for i, _ in service.store.keyword_search("signaling pathway", 10_000)}
+    assert page.hits
+    for hit in page.hits:
+        marked = hit.id in matching and "<mark>" in hit.caption_highlighted
+        assert marked or "<mark>" not in hit.caption_highlighted
+        if "<mark>" in hit.caption_highlighted:
+            assert hit.id in matching
+    assert any("<mark>" in h.caption_highlighted for h in page.hits)

@@ -147,3 +147,12 @@ def test_parse_facets_reads_the_api_shape_and_tolerates_gaps():
 def test_card_without_image_keeps_its_place():
     card = c.result_card_html({**RESULT, "thumbnail_url": None})
     assert "<img" not in card and "fs-noimg" in card
+
+
+def test_card_shows_the_matched_in_figure_text_safely():
+    result = {**RESULT, "ocr_snippet": "EGFR\n<mark>MAPK1</mark>\n&lt;img onerror=x&gt;"}
+    card = c.result_card_html(result)
+    assert '<div class="fs-ocr"' in card
+    assert "EGFR · <mark>MAPK1</mark> · &lt;img onerror=x&gt;" in card and "<img onerror" not in card
+    assert "fs-ocr" not in c.result_card_html({**RESULT, "ocr_snippet": ""})
+    assert c.ocr_line("EGFR\nMAPK1") == ""  # nothing matched: nothing shown
