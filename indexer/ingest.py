@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -413,25 +413,27 @@ def _new_pool(config: WorkerConfig, workers: int) -> ProcessPoolExecutor:
                                initargs=(config,))
 
 
-def _pool_results(
-    tasks: Iterable[Task], config: WorkerConfig, workers: int
+def pool_results(
+    tasks: Iterable[Task], config: WorkerConfig, workers: int,
+    fn: Callable[[Task], list[Outcome]] | None = None,
 ) -> Iterator[tuple[Task, list[Outcome]]]:
     """Outcomes of tasks processed by ``workers`` processes, a bounded number in flight.
 
     A worker that dies (a crash in an image decoder, an out-of-memory kill) costs only the
     tasks in flight: they are recorded as failed and a fresh pool takes the rest.
     """
+    fn = fn or process_task
     pool = _new_pool(config, workers)
     pending: dict[Future[list[Outcome]], Task] = {}
     try:
         for task in tasks:
             try:
-                pending[pool.submit(process_task, task)] = task
+                pending[pool.submit(fn, task)] = task
             except BrokenProcessPool:
                 yield from _collect(pending, list(pending))
                 pool.shutdown(wait=True, cancel_futures=True)
                 pool = _new_pool(config, workers)
-                pending[pool.submit(process_task, task)] = task
+                pending[pool.submit(fn, task)] = task
             if len(pending) >= 4 * workers:
                 yield from _collect(pending, wait(pending, return_when=FIRST_COMPLETED)[0])
         while pending:
@@ -471,7 +473,7 @@ def run_tasks(
         init_worker(config)
         results: Iterator[tuple[Task, list[Outcome]]] = ((t, process_task(t)) for t in tasks)
     else:
-        results = _pool_results(tasks, config, workers)
+        results = pool_results(tasks, config, workers)
     try:
         with tqdm(total=total, desc="ingest", unit="task", mininterval=0.5,
                   file=sys.stderr) as bar:
@@ -532,9 +534,14 @@ def _download_tasks(
     entries: list[FileListEntry], settings: Settings, base_url: str, store: FigureStore,
     summary: IngestSummary,
 ) -> Iterator[Task]:
-    from indexer.remote import Downloader, resolve_url
+    from indexer.remote import Downloader, DownloadError, resolve_url
 
-    by_url = {resolve_url(e.path, base_url): e for e in entries}
+    by_url: dict[str, FileListEntry] = {}
+    for e in entries:
+        try:
+            by_url[resolve_url(e.path, base_url)] = e
+        except DownloadError as exc:
+            _record(store, [Problem(e.path, e.pmcid or e.path, str(exc), "download")], summary)
     downloader = Downloader(settings.data_dir / "downloads", settings.download_concurrency)
     for url, result in downloader.download_all(by_url):
         entry = by_url[url]
