@@ -44,7 +44,8 @@ class S3TestServer:
             with self._lock:
                 self.requests.append((method, path + (f"?{query}" if query else "")))
                 fail = method == "GET" and path in self.fail_first and path not in self._seen
-                self._seen.add(path)
+                if method == "GET":
+                    self._seen.add(path)
             if fail:
                 start_response("503 Slow Down", [("Content-Type", "application/xml")])
                 return [b"<Error><Code>SlowDown</Code><Message>busy</Message></Error>"]
@@ -58,11 +59,10 @@ class S3TestServer:
         self.thread.start()
 
     def gets(self, bucket: str) -> list[str]:
-        """Object keys (and listings) GET from ``bucket``, in request order."""
-        prefix = f"/{bucket}/"
+        """Object keys GET from ``bucket`` (listings as ``?query``), in request order."""
         with self._lock:
-            return [p[len(prefix):] for m, p in self.requests if m == "GET"
-                    and (p.startswith(prefix) or p.startswith(f"/{bucket}?"))]
+            return [p[len(bucket) + 1:].lstrip("/") for m, p in self.requests if m == "GET"
+                    and (p.startswith(f"/{bucket}/") or p.startswith(f"/{bucket}?"))]
 
     def clear(self) -> None:
         with self._lock:
