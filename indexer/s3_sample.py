@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -85,28 +86,31 @@ def writer_client(endpoint_url: str) -> Any:
     )
 
 
+def create_public_bucket(client: Any, bucket: str) -> None:
+    """Create ``bucket`` (if missing), readable and listable anonymously like the real one."""
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    if bucket in existing:
+        return
+    client.create_bucket(Bucket=bucket)
+    client.put_bucket_policy(Bucket=bucket, Policy=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+             "Resource": f"arn:aws:s3:::{bucket}/*"},
+            {"Effect": "Allow", "Principal": "*", "Action": "s3:ListBucket",
+             "Resource": f"arn:aws:s3:::{bucket}"},
+        ],
+    }))
+
+
 def load_folder(client: Any, bucket: str, folder: Path) -> int:
     """Upload every file under ``folder`` as ``bucket/<relative path>``; returns the count."""
-    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-    if bucket not in existing:
-        client.create_bucket(Bucket=bucket)
-        # Public read and list, as the real bucket: figsearch reads it without credentials.
-        client.put_bucket_policy(Bucket=bucket, Policy=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [
-                {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
-                 "Resource": f"arn:aws:s3:::{bucket}/*"},
-                {"Effect": "Allow", "Principal": "*", "Action": "s3:ListBucket",
-                 "Resource": f"arn:aws:s3:::{bucket}"},
-            ],
-        }))
-    n = 0
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            client.put_object(Bucket=bucket, Key=path.relative_to(folder).as_posix(),
-                              Body=path.read_bytes())
-            n += 1
-    return n
+    create_public_bucket(client, bucket)
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+    with ThreadPoolExecutor(8) as pool:  # moto answers one PUT in tens of ms
+        list(pool.map(lambda p: client.put_object(
+            Bucket=bucket, Key=p.relative_to(folder).as_posix(), Body=p.read_bytes()), files))
+    return len(files)
 
 
 def main(argv: list[str] | None = None) -> int:
