@@ -468,3 +468,19 @@ def test_migration_3_adds_the_version_table_to_an_old_store(tmp_path):
     assert store.schema_version() == SCHEMA_VERSION == 3
     assert version_states(store) == {}
     store.close()
+
+
+def test_legacy_file_lists_have_no_ftp_default(tmp_path):
+    from indexer.ingest import ingest_file_list
+    from indexer.remote import DownloadError, resolve_url
+
+    assert Settings().pmc_base_url == ""
+    with pytest.raises(DownloadError, match="needs --base-url"):
+        resolve_url("oa_package/08/e0/PMC13900.tar.gz", "")
+    assert resolve_url("http://mirror.test/a.tar.gz", "") == "http://mirror.test/a.tar.gz"
+    listing = tmp_path / "oa_file_list.csv"
+    listing.write_text("File,Article Citation,Accession ID,Last Updated (YYYY-MM-DD HH:MM:SS),"
+                       "PMID,License\noa_package/08/e0/PMC13900.tar.gz,Cit,PMC13900,"
+                       "2025-01-01 00:00:00,1,CC BY\n")
+    summary = ingest_file_list(listing, Settings(data_dir=tmp_path / "data"), workers=1)
+    assert summary.skipped == 1 and "needs --base-url" in summary.skipped_items[0][1]
