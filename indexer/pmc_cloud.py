@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from sqlalchemy import select
 from tqdm import tqdm
@@ -416,7 +416,7 @@ class Staging:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path)
+        self.db = sqlite3.connect(path, uri=True)
         self.db.executescript(
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
             "CREATE TABLE inv (version_key TEXT PRIMARY KEY, pmcid TEXT, version INT, etag TEXT);"
@@ -433,7 +433,7 @@ class Staging:
 
     def diff(self, store_path: Path, everything: bool = False) -> int:
         """Articles to process: a version whose ETag changed, appeared or disappeared."""
-        self.db.execute("ATTACH DATABASE ? AS st", (f"file:{store_path}?mode=ro",))
+        self.db.execute("ATTACH DATABASE ? AS st", (f"file:{quote(str(store_path))}?mode=ro",))
         changed = "1" if everything else "v.etag IS NULL OR v.etag != i.etag"
         self.db.execute(
             "INSERT OR IGNORE INTO todo SELECT pmcid FROM ("
@@ -474,14 +474,17 @@ def _stage_inventory(bucket: Bucket, staging: Staging, day: str, limits: CloudLi
         except (Refused, Transient) as exc:
             raise CloudError(f"inventory {day}: {exc}") from exc
         rows: list[tuple[str, str, int, str]] = []
-        for row in inventory_rows(tmp):
-            if isinstance(row, str):
-                problems.append(Problem(f"s3://{bucket.name}/{key}", key, row, "inventory"))
-                continue
-            rows.append(row)
-            if len(rows) >= 50_000:
-                staging.load(rows)
-                rows = []
+        try:
+            for row in inventory_rows(tmp):
+                if isinstance(row, str):
+                    problems.append(Problem(f"s3://{bucket.name}/{key}", key, row, "inventory"))
+                    continue
+                rows.append(row)
+                if len(rows) >= 50_000:
+                    staging.load(rows)
+                    rows = []
+        except (csv.Error, OSError, EOFError, UnicodeDecodeError) as exc:
+            raise CloudError(f"inventory {day}: {key} is not a readable csv.gz: {exc}") from exc
         staging.load(rows)
         tmp.unlink(missing_ok=True)
 
@@ -868,19 +871,29 @@ def ingest_cloud(
         store.close()
 
 
+def _versions_of(s3: Bucket, pmcid: str) -> dict[int, str]:
+    """``{version: ETag}`` of an article, from ListObjectsV2 on ``metadata/PMC<id>.``."""
+    _, objects = s3.list(f"metadata/{pmcid}.")
+    versions = {}
+    for key, etag in objects:
+        m = _METADATA_KEY.fullmatch(key)
+        if m and m.group(1) == pmcid:
+            versions[int(m.group(2))] = etag
+    return versions
+
+
 def _run_named(job: CloudIngest, s3: Bucket, pmcids: list[str], concurrency: int) -> None:
     groups: list[tuple[str, dict[int, str]]] = []
+    named = []
     for raw in pmcids:
         pmcid = normalise_pmcid(raw.removeprefix("pmc:"))
         if pmcid is None:
             job._record_problems([Problem("pmc:", raw, "not a PMCID", "find")])
-            continue
-        _, objects = s3.list(f"metadata/{pmcid}.")
-        versions = {}
-        for key, etag in objects:
-            m = _METADATA_KEY.fullmatch(key)
-            if m and m.group(1) == pmcid:
-                versions[int(m.group(2))] = etag
+        elif pmcid not in named:
+            named.append(pmcid)
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        listings = list(pool.map(lambda p: _versions_of(s3, p), named))
+    for pmcid, versions in zip(named, listings, strict=True):
         if not versions:
             job._record_problems([Problem(f"s3://{s3.name}/metadata/", pmcid,
                                           "no version of this article in the bucket", "find")])

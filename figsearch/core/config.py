@@ -43,7 +43,9 @@ class Settings(BaseSettings):
         90_000_000, description="Images with more pixels are refused (decompression-bomb guard)."
     )
     ingest_workers: int = Field(2, description="Processes that parse packages during ingest.")
-    download_concurrency: int = Field(8, description="Concurrent package downloads.")
+    download_concurrency: int = Field(
+        8, description="Concurrent downloads (PMC Cloud S3 requests; legacy packages)."
+    )
     pmc_base_url: str = Field(
         "",
         description=(

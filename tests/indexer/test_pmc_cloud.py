@@ -335,6 +335,15 @@ def test_a_skipped_night_is_covered_by_the_next_run(s3, writer, sample, tmp_path
     assert cli_main(["stats", "--data-dir", str(skipped.data_dir)]) == 0
     assert f"pmc inventory: s3://{bucket} {day3} (22 versions" in capsys.readouterr().out
 
+    # a version that leaves the inventory leaves the store
+    rows = [r for r in inventory(sample, "2026-12-01T01-00Z")
+            if r[1] != "metadata/PMC6906418.1.json"]
+    write_inventory(writer, bucket, "2026-12-03T01-00Z", rows)
+    gone = ingest_cloud(skipped, progress=False)
+    assert gone.cloud.articles_todo == 1 and gone.ingest.removed_keys == ["PMC6906418"]
+    assert "PMC6906418.1" not in version_states(FigureStore(skipped.db_path))
+    assert len(snapshot(skipped)["articles"]) == 19
+
 
 # -- hostile inputs ------------------------------------------------------------------------------
 def test_hostile_objects_are_refused_with_reasons(s3, writer, sample, tmp_path):
