@@ -284,6 +284,7 @@ def test_day1_then_nightly_day2(s3, writer, sample, truth, tmp_path, encoder, da
 
 
 # -- kill and resume, skipped night ----------------------------------------------------------------
+@pytest.mark.slow  # two interpreter starts and a full day-1 ingest (~15 s)
 def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(s3, tmp_path, day1):
     bucket, clean, _ = day1
     settings = settings_for(tmp_path, s3, bucket, "killed")
