@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from figsearch.core.config import Settings
 
 #: verb -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "ingest": ("indexer.ingest", "Ingest PMC packages, article XML, JSONL manifests or a PMC OA file list."),
+    "ingest": ("indexer.ingest", "Ingest from PMC Cloud (s3://, pmc:), packages, article XML, JSONL manifests or a legacy file list."),
     "synth": ("indexer.synth", "Write a synthetic corpus of PMC-style article packages."),
     "train": ("trainer.train", "Train or fine-tune a CLIP model on the figure store."),
     "export-wds": ("trainer.wds", "Export the figure store as WebDataset shards."),
@@ -45,6 +46,13 @@ def command(args: argparse.Namespace) -> int:
     store = FigureStore(settings.db_path, create=False)
     for name, value in store.counts().items():
         print(f"{name:>22}: {value}")
+    last = store.get_meta("pmc_last_inventory")  # written by indexer.pmc_cloud
+    if last:
+        info = json.loads(last)
+        print(f"{'pmc inventory':>22}: s3://{info['bucket']} {info['inventory']} "
+              f"({info['versions']} versions, {info['articles_processed']} articles processed, "
+              f"{info['left_for_next_run']} left for the next run; finished "
+              f"{info['finished_at']})")
     current = settings.indexes_dir / "current"
     print(f"{'index':>22}: {current.resolve().name if current.exists() else '(none)'}")
     return 0

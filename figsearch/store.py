@@ -38,7 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from figsearch.licenses import COMMERCIAL_CLASSES
 from figsearch.records import ArticleRecord, FigureRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _now() -> datetime:
@@ -135,6 +135,26 @@ class FigureOcr(Base):
     ocr_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
 
 
+class PmcVersion(Base):
+    """What the PMC Cloud source last did with one article version (``PMC<id>.<version>``).
+
+    ``etag`` is the ETag of the version's ``metadata/`` JSON when it was processed and
+    ``inventory`` the S3 Inventory it came from (empty for a named fetch); a nightly run
+    processes exactly the versions whose ETag changed, appeared or disappeared.
+    """
+
+    __tablename__ = "pmc_versions"
+
+    version_key: Mapped[str] = mapped_column(String, primary_key=True)
+    pmcid: Mapped[str] = mapped_column(String, index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    etag: Mapped[str] = mapped_column(String, default="")
+    inventory: Mapped[str] = mapped_column(String, default="")
+    status: Mapped[str] = mapped_column(String, default="")  # ingested|superseded|skipped|...
+    reason: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
 class Meta(Base):
     __tablename__ = "meta"
 
@@ -210,9 +230,21 @@ OCR_FTS_MIGRATION = [
     "SELECT f.id, f.caption, f.label, a.title, o.text FROM figures f "
     "JOIN articles a ON a.id = f.article_id LEFT JOIN figure_ocr o ON o.sha256 = f.sha256",
 ]
+# Migration 3 (PMC Cloud source): per article version, the inventory ETag last processed.
+# create_all already makes the table on new and old databases; IF NOT EXISTS keeps this a no-op
+# there and documents the DDL for databases written by other tools.
+PMC_VERSIONS_DDL = [
+    "CREATE TABLE IF NOT EXISTS pmc_versions (version_key VARCHAR NOT NULL PRIMARY KEY, "
+    "pmcid VARCHAR NOT NULL, version INTEGER NOT NULL, etag VARCHAR NOT NULL, "
+    "inventory VARCHAR NOT NULL, status VARCHAR NOT NULL, reason TEXT NOT NULL, "
+    "updated_at DATETIME NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ix_pmc_versions_pmcid ON pmc_versions (pmcid)",
+]
 
 # Migrations: version -> list of SQL statements that bring the schema from version-1.
-MIGRATIONS: dict[int, list[str]] = {1: FTS_DDL_V1, 2: OCR_FTS_MIGRATION}
+MIGRATIONS: dict[int, list[str]] = {
+    1: FTS_DDL_V1, 2: OCR_FTS_MIGRATION, 3: PMC_VERSIONS_DDL,
+}
 
 
 @dataclass

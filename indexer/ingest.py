@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -413,25 +413,27 @@ def _new_pool(config: WorkerConfig, workers: int) -> ProcessPoolExecutor:
                                initargs=(config,))
 
 
-def _pool_results(
-    tasks: Iterable[Task], config: WorkerConfig, workers: int
+def pool_results(
+    tasks: Iterable[Task], config: WorkerConfig, workers: int,
+    fn: Callable[[Task], list[Outcome]] | None = None,
 ) -> Iterator[tuple[Task, list[Outcome]]]:
     """Outcomes of tasks processed by ``workers`` processes, a bounded number in flight.
 
     A worker that dies (a crash in an image decoder, an out-of-memory kill) costs only the
     tasks in flight: they are recorded as failed and a fresh pool takes the rest.
     """
+    fn = fn or process_task
     pool = _new_pool(config, workers)
     pending: dict[Future[list[Outcome]], Task] = {}
     try:
         for task in tasks:
             try:
-                pending[pool.submit(process_task, task)] = task
+                pending[pool.submit(fn, task)] = task
             except BrokenProcessPool:
                 yield from _collect(pending, list(pending))
                 pool.shutdown(wait=True, cancel_futures=True)
                 pool = _new_pool(config, workers)
-                pending[pool.submit(process_task, task)] = task
+                pending[pool.submit(fn, task)] = task
             if len(pending) >= 4 * workers:
                 yield from _collect(pending, wait(pending, return_when=FIRST_COMPLETED)[0])
         while pending:
@@ -471,7 +473,7 @@ def run_tasks(
         init_worker(config)
         results: Iterator[tuple[Task, list[Outcome]]] = ((t, process_task(t)) for t in tasks)
     else:
-        results = _pool_results(tasks, config, workers)
+        results = pool_results(tasks, config, workers)
     try:
         with tqdm(total=total, desc="ingest", unit="task", mininterval=0.5,
                   file=sys.stderr) as bar:
@@ -532,9 +534,14 @@ def _download_tasks(
     entries: list[FileListEntry], settings: Settings, base_url: str, store: FigureStore,
     summary: IngestSummary,
 ) -> Iterator[Task]:
-    from indexer.remote import Downloader, resolve_url
+    from indexer.remote import Downloader, DownloadError, resolve_url
 
-    by_url = {resolve_url(e.path, base_url): e for e in entries}
+    by_url: dict[str, FileListEntry] = {}
+    for e in entries:
+        try:
+            by_url[resolve_url(e.path, base_url)] = e
+        except DownloadError as exc:
+            _record(store, [Problem(e.path, e.pmcid or e.path, str(exc), "download")], summary)
     downloader = Downloader(settings.data_dir / "downloads", settings.download_concurrency)
     for url, result in downloader.download_all(by_url):
         entry = by_url[url]
@@ -576,14 +583,22 @@ def ingest_file_list(
 
 # -- CLI ----------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``figsearch ingest PATH... [--file-list ...] [--base-url ...] [--since ...] ...``."""
+    """``figsearch ingest PATH|s3://BUCKET|pmc:PMCID... [--pmcids FILE] [--file-list ...] ...``."""
+    from indexer.pmc_cloud import add_arguments as add_cloud_arguments
+
     parser.add_argument("paths", nargs="*", metavar="PATH",
                         help="packages (.tar.gz, .zip, MECA), article directories, .nxml/.xml "
-                             "files, .jsonl figure manifests, or directories holding them")
+                             "files, .jsonl figure manifests, or directories holding them; "
+                             "s3://pmc-oa-opendata (PMC Cloud: what its newest inventory "
+                             "changed) or pmc:PMCID (named articles from PMC Cloud)")
+    parser.add_argument("--pmcids", metavar="FILE",
+                        help="a file of PMCIDs (one a line) to fetch from PMC Cloud")
+    add_cloud_arguments(parser)
     parser.add_argument("--file-list", metavar="PATH_OR_URL",
-                        help="a PMC OA file list (csv, txt or oa.fcgi XML) to download from")
-    parser.add_argument("--base-url", help="base URL for file-list paths "
-                                           "(default: $FIGSEARCH_PMC_BASE_URL)")
+                        help="legacy: a PMC OA file list (csv, txt or oa.fcgi XML) served by a "
+                             "local mirror (PMC removed its FTP packages in 2026)")
+    parser.add_argument("--base-url", help="legacy: mirror base URL for relative file-list "
+                                           "paths (default: $FIGSEARCH_PMC_BASE_URL)")
     parser.add_argument("--since", type=date.fromisoformat, metavar="YYYY-MM-DD",
                         help="only file-list entries updated on or after this date")
     parser.add_argument("--limit", type=int, help="at most N file-list entries")
@@ -596,9 +611,14 @@ def command(args: argparse.Namespace) -> int:
     import httpx
     import sqlalchemy.exc
 
+    from indexer.pmc_cloud import is_cloud_source
+
     settings: Settings = args.settings
-    if not args.paths and not args.file_list:
-        print("figsearch ingest: give PATH(s) and/or --file-list", file=sys.stderr)
+    cloud = [p for p in args.paths if is_cloud_source(p)]
+    args.paths = [p for p in args.paths if not is_cloud_source(p)]
+    if not args.paths and not args.file_list and not cloud and not args.pmcids:
+        print("figsearch ingest: give PATH(s), s3://BUCKET, pmc:PMCID, --pmcids and/or "
+              "--file-list", file=sys.stderr)
         return 2
     if (args.since or args.limit is not None or args.base_url) and not args.file_list:
         print("figsearch ingest: --since/--limit/--base-url need --file-list", file=sys.stderr)
@@ -626,6 +646,11 @@ def command(args: argparse.Namespace) -> int:
             print(f"figsearch ingest: cannot read file list {args.file_list}: {exc}",
                   file=sys.stderr)
             return 1
+    lines: list[str] = []
+    if cloud or args.pmcids:
+        status = _ingest_cloud(args, settings, cloud, summaries, lines)
+        if status:
+            return status
     for summary in summaries:
         for item, reason in summary.skipped_items[:MAX_PRINTED_SKIPS]:
             print(f"skipped {item}: {reason}", file=sys.stderr)
@@ -633,4 +658,31 @@ def command(args: argparse.Namespace) -> int:
             print(f"... and {len(summary.skipped_items) - MAX_PRINTED_SKIPS} more skipped "
                   "(all are in the store's ingest_errors table)", file=sys.stderr)
         print(summary.line())
-    return 0 if any(s.read_anything for s in summaries) else 1
+    for line in lines:
+        print(line)
+    return 0 if any(s.read_anything for s in summaries) or lines else 1
+
+
+def _ingest_cloud(args: argparse.Namespace, settings: Settings, cloud: list[str],
+                  summaries: list[IngestSummary], lines: list[str]) -> int:
+    """The PMC Cloud part of ``figsearch ingest``; non-zero when the bucket is unusable."""
+    from indexer.pmc_cloud import (
+        CloudError,
+        Transient,
+        ingest_sources,
+        read_pmcid_file,
+        settings_from_args,
+    )
+
+    try:
+        sources = cloud + [f"pmc:{p}" for p in (read_pmcid_file(args.pmcids)
+                                                  if args.pmcids else [])]
+        cloud_settings = settings_from_args(settings, args)
+        reports = ingest_sources(cloud_settings, sources, args.workers)
+    except (CloudError, Transient, ValueError, OSError) as exc:
+        print(f"figsearch ingest: PMC Cloud: {exc}", file=sys.stderr)
+        return 1
+    for report in reports:
+        summaries.append(report.ingest)
+        lines.append(report.cloud.line())
+    return 0

@@ -1,8 +1,11 @@
 """``figsearch rebuild``: the nightly job — ingest, embed what changed, build, validate, swap.
 
-1. Ingest every ``--source``: PMC OA file lists (csv / txt / oa.fcgi XML, local or URL; their
-   retracted articles are removed) through :func:`indexer.ingest.ingest_file_list`, anything
-   else (packages, directories, manifests) through :func:`indexer.ingest.ingest_paths`.
+1. Ingest every ``--source`` (default: the PMC Cloud bucket, ``s3://$FIGSEARCH_PMC_BUCKET``):
+   ``s3://`` and ``pmc:`` sources through :func:`indexer.pmc_cloud.ingest_cloud` (the versions
+   whose inventory ETag changed, appeared or disappeared since the store last saw them: no
+   date needed), legacy PMC OA file lists (csv / txt / oa.fcgi XML from a mirror) through
+   :func:`indexer.ingest.ingest_file_list`, anything else (packages, directories, manifests)
+   through :func:`indexer.ingest.ingest_paths`.
 2. Embed: images unchanged since the current version (same sha256, same model) reuse its
    vectors, so only new or changed images are encoded.
 3. Build a new index version *without* activating it; its figure types live in the version
@@ -75,11 +78,17 @@ def is_file_list(source: str) -> bool:
     return False
 
 
-def ingest_sources(settings: Settings, sources: list[str], since: date | None) -> list[str]:
+def ingest_sources(settings: Settings, sources: list[str], since: date | None,
+                   progress: bool = True) -> list[str]:
     """Ingest every source; returns the summary lines (RuntimeError if nothing was readable)."""
+    from indexer import pmc_cloud
     from indexer.ingest import ingest_file_list, ingest_paths
 
     lines = []
+    cloud = [s for s in sources if pmc_cloud.is_cloud_source(s)]
+    for report in pmc_cloud.ingest_sources(settings, cloud, progress=progress):
+        lines += [report.ingest.line(), report.cloud.line()]
+    sources = [s for s in sources if not pmc_cloud.is_cloud_source(s)]
     lists = [s for s in sources if is_file_list(s)]
     paths = [s for s in sources if not is_file_list(s)]
     for file_list in lists:
@@ -127,18 +136,22 @@ def _model_for_rebuild(settings: Settings, model_spec: str | None) -> str | None
     return str(read_manifest(current)["model_spec"]) if current else None
 
 
-def rebuild(settings: Settings, sources: list[str], model_spec: str | None = None,
+def rebuild(settings: Settings, sources: list[str] | None = None, model_spec: str | None = None,
             since: date | None = None, *, encoder: Any = None, factory: str | None = None,
             hook: StageHook | None = None, progress: bool = True) -> RebuildReport:
-    """Ingest ``sources``, build a new version, validate it and only then activate it."""
+    """Ingest ``sources``, build a new version, validate it and only then activate it.
+
+    ``sources`` defaults to the PMC Cloud bucket (``s3://`` + ``settings.pmc_bucket``).
+    """
     start = time.perf_counter()
+    sources = sources or [f"s3://{settings.pmc_bucket}"]
     report = RebuildReport()
     with index_lock(settings.indexes_dir):
         previous = current_version_dir(settings.indexes_dir)
         if previous is not None:
             report.previous = previous.name
             report.previous_count = int(read_manifest(previous)["count"])
-        report.ingest_lines = ingest_sources(settings, sources, since)
+        report.ingest_lines = ingest_sources(settings, sources, since, progress)
         maybe_crash("ingest-done")  # test-only fault injection (FIGSEARCH_FAULT_AT)
         if encoder is None:
             spec, encoder = load_encoder(settings, _model_for_rebuild(settings, model_spec))
@@ -165,13 +178,18 @@ def rebuild(settings: Settings, sources: list[str], model_spec: str | None = Non
 
 # -- CLI ----------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``figsearch rebuild --source PATH_OR_FILE_LIST... [--model SPEC] [--since DATE]``."""
-    parser.add_argument("--source", action="append", required=True, metavar="PATH_OR_FILE_LIST",
-                        help="package, directory, manifest, or PMC OA file list (path or URL); "
-                             "repeatable")
+    """``figsearch rebuild [--source S3_PATH_OR_FILE_LIST...] [--model SPEC] [--since DATE]``."""
+    from indexer.pmc_cloud import add_arguments as add_cloud_arguments
+
+    parser.add_argument("--source", action="append", metavar="SOURCE",
+                        help="s3://BUCKET (PMC Cloud, the default: s3://$FIGSEARCH_PMC_BUCKET), "
+                             "pmc:PMCID, package, directory, manifest, or a legacy PMC OA file "
+                             "list (path or URL); repeatable")
+    add_cloud_arguments(parser)
     parser.add_argument("--model", help="model spec (default: the current index's model)")
     parser.add_argument("--since", type=date.fromisoformat, metavar="YYYY-MM-DD",
-                        help="only file-list entries updated on or after this date")
+                        help="legacy file lists only: entries updated on or after this date "
+                             "(PMC Cloud sources need no date)")
     parser.add_argument("--factory", help="faiss factory string (default: the size/memory rule)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -180,13 +198,14 @@ def command(args: argparse.Namespace) -> int:
     """Run the nightly rebuild; non-zero (with the reason) on any failure."""
     from figsearch.encoders import ModelLoadError
     from figsearch.index import IndexLoadError
+    from indexer.pmc_cloud import CloudError, Transient, settings_from_args
 
-    settings: Settings = args.settings
+    settings: Settings = settings_from_args(args.settings, args)
     try:
         report = rebuild(settings, args.source, args.model, args.since, factory=args.factory,
                          progress=not args.no_progress, hook=build_hook)
     except (BuildLockedError, ModelLoadError, IndexLoadError, RuntimeError, ValueError,
-            OSError) as exc:
+            OSError, CloudError, Transient) as exc:
         print(f"figsearch rebuild failed, index unchanged: {exc}", file=sys.stderr)
         return 1
     for line in report.ingest_lines:

@@ -1,8 +1,9 @@
-"""Download PMC OA packages named by a file list: concurrent, retried, resumable.
+"""Legacy: download PMC OA packages named by a file list: concurrent, retried, resumable.
 
-Paths from the file list are resolved against a configurable base URL
-(``settings.pmc_base_url``; absolute links into PMC's own FTP tree are rebased onto it, so a
-mirror or the post-2026 layout only needs a different base). Each package is downloaded to
+PMC removed its FTP packages and file lists in 2026 (the current source is
+:mod:`indexer.pmc_cloud`); this reader stays for local mirrors of the legacy layout. Paths
+from the file list are resolved against a configurable base URL (``settings.pmc_base_url``,
+empty by default; absolute links into PMC's old FTP tree are rebased onto it). Each package is downloaded to
 ``<cache>/<path>.part`` and renamed when complete, so a killed run leaves no half package
 behind under the final name, a rerun skips every package it already has, and an interrupted
 ``.part`` is continued with an HTTP range request when the server supports it.
@@ -35,7 +36,18 @@ class DownloadError(RuntimeError):
 
 
 def resolve_url(path: str, base_url: str) -> str:
-    """The URL of a file-list path: relative paths and PMC links resolve against ``base_url``."""
+    """The URL of a file-list path: relative paths and PMC links resolve against ``base_url``.
+
+    Without a base URL (the default since PMC removed its FTP packages) absolute URLs are kept
+    and a relative path raises :class:`DownloadError`.
+    """
+    if not base_url:
+        if urlsplit(path).scheme:
+            return path
+        raise DownloadError(
+            f"relative file-list path {path!r} needs --base-url / FIGSEARCH_PMC_BASE_URL (a "
+            "mirror of the legacy packages); PMC itself now serves s3://pmc-oa-opendata"
+        )
     base = base_url if base_url.endswith("/") else base_url + "/"
     for prefix in PMC_PREFIXES:
         if path.startswith(prefix):

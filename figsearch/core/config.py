@@ -43,10 +43,42 @@ class Settings(BaseSettings):
         90_000_000, description="Images with more pixels are refused (decompression-bomb guard)."
     )
     ingest_workers: int = Field(2, description="Processes that parse packages during ingest.")
-    download_concurrency: int = Field(8, description="Concurrent package downloads.")
+    download_concurrency: int = Field(
+        8, description="Concurrent downloads (PMC Cloud S3 requests; legacy packages)."
+    )
     pmc_base_url: str = Field(
-        "https://ftp.ncbi.nlm.nih.gov/pub/pmc/",
-        description="Base URL that PMC OA file-list paths are resolved against.",
+        "",
+        description=(
+            "Legacy: base URL (e.g. a local mirror) that relative paths of a PMC OA file list "
+            "resolve against. PMC's FTP packages are gone; empty means file-list paths must "
+            "be absolute URLs or local paths."
+        ),
+    )
+    pmc_endpoint_url: str = Field(
+        "",
+        description=(
+            "S3 API endpoint of the PMC Cloud bucket; empty = AWS (us-east-1). Point it at any "
+            "S3 server (a mirror, moto) to read the same layout there."
+        ),
+    )
+    pmc_bucket: str = Field(
+        "pmc-oa-opendata", description="Bucket of the PMC Cloud Service (read anonymously)."
+    )
+    pmc_max_requests_per_s: float = Field(
+        50.0, description="Cap on S3 requests per second (retries included) to the PMC bucket."
+    )
+    pmc_license: str = Field(
+        "any",
+        description=(
+            "PMC Cloud license policy from each version's license_code: `any`, `commercial` "
+            "(CC0, CC BY, CC BY-SA, CC BY-ND) or a comma list of classes such as `cc-by,cc0`."
+        ),
+    )
+    pmc_author_manuscripts: bool = Field(
+        True, description="Ingest author manuscripts (is_manuscript, license_code TDM)."
+    )
+    pmc_historical_ocr: bool = Field(
+        False, description="Ingest scanned historical articles (is_historical_ocr)."
     )
     index_memory_gb: float = Field(
         16.0, description="Memory budget (GiB) for the index; drives the factory-string rule."

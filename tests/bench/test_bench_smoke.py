@@ -71,6 +71,15 @@ def test_embed_bench_smoke(results_dir: Path) -> None:
 
 
 @pytest.mark.slow
+def test_pmc_cloud_bench_smoke(results_dir: Path) -> None:
+    _, result = run_bench("pmc_cloud", ["--copies", "1", "--concurrency", "2", "--quick",
+                                        "--diff-rows", "2000"], results_dir)
+    figures = result["figures"]
+    assert figures["fetch_c2_objects_per_s"] > 0 and figures["requests_per_version"] > 2
+    assert figures["backfill_hours_at_cap"] > 0 and result["params"]["versions_served"] == 20
+
+
+@pytest.mark.slow
 def test_api_bench_smoke(results_dir: Path) -> None:
     _, result = run_bench("api", ["--n", "2000", "--duration", "1", "--concurrency", "1,4"], results_dir)
     assert result["params"]["n"] == 2000
