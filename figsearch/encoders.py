@@ -285,8 +285,11 @@ def load_model_dir(directory: Path, spec: str | None = None) -> LoadedClip:
     tokenizer = _make_tokenizer(tok_dir, text_cfg)
     digest = hashlib.sha256((_file_digest(weights) + json.dumps(config, sort_keys=True)).encode())
     name = spec or str(directory)
+    # A local directory is known by its name, however its path was spelled (relative,
+    # absolute, moved with its data dir): the key must not change when the data dir moves.
+    key = _key_name(name) if name.startswith(HF_HUB_PREFIX) else directory.resolve().name
     return LoadedClip(
-        model=model, spec=name, model_key=f"{_key_name(name)}@{digest.hexdigest()[:12]}",
+        model=model, spec=name, model_key=f"{key}@{digest.hexdigest()[:12]}",
         model_cfg=config["model_cfg"], preprocess_cfg=_final_preprocess(model),
         tokenizer=tokenizer, text_config_dir=text_dir, tokenizer_dir=tok_dir,
     )
@@ -576,9 +579,16 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def resolve_model_spec(settings: Settings) -> str:
-    """The model to use: settings.model, else a trained figclip-mini, else BiomedCLIP."""
+    """The model to use: settings.model, else the current index's model, else a trained
+    figclip-mini in the data dir, else BiomedCLIP. Paths recorded relative to the data dir
+    (``data-dir:...``) are resolved against it."""
+    from figsearch.datadir import index_model_spec, resolve_path
+
     if settings.model:
-        return settings.model
+        return resolve_path(settings.model, settings.data_dir)
+    recorded = index_model_spec(settings.data_dir, settings.indexes_dir)
+    if recorded:
+        return recorded
     mini = settings.models_dir / "figclip-mini"
     if (mini / CONFIG_FILE).is_file():
         return str(mini)

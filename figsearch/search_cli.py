@@ -30,6 +30,7 @@ def open_service(settings: Settings, need_model: bool = True) -> SearchService:
     only need the store and the index's stored vectors, and loading a model is most of the
     command's run time.
     """
+    from figsearch.datadir import resolve_path
     from figsearch.encoders import load_model, resolve_model_spec
     from figsearch.index import IndexLoadError, SearchIndex, current_version_dir
     from figsearch.store import FigureStore
@@ -40,7 +41,8 @@ def open_service(settings: Settings, need_model: bool = True) -> SearchService:
     index = SearchIndex.load(version_dir, nprobe=settings.nprobe)
     encoder = None
     if need_model:
-        spec = settings.model or str(index.manifest.get("model_spec") or "") or resolve_model_spec(settings)
+        spec = settings.model or str(index.manifest.get("model_spec") or "")
+        spec = resolve_path(spec, settings.data_dir) or resolve_model_spec(settings)
         encoder = load_model(spec, device=settings.device or None, batch_size=settings.batch_size)
         index.check_model(encoder.model_key, encoder.dim)
     store = FigureStore(settings.db_path, create=False)

@@ -21,6 +21,7 @@ import numpy as np
 from sqlalchemy import text
 
 from figsearch.core.config import Settings
+from figsearch.datadir import portable_path
 from figsearch.store import FigureStore
 from indexer.build import BuildLockedError, StageHook, activate_version, build_version, index_lock
 from indexer.embed import DistInfo, EmbedConfig, Embedded, run_embedding
@@ -112,7 +113,8 @@ def build_from_store(
         )
     classify_figures(store, encoder, embedded.ids, embedded.vectors)
     version = build_version(
-        settings.indexes_dir, embedded.vectors, embedded.ids, model_spec=spec,
+        settings.indexes_dir, embedded.vectors, embedded.ids,
+        model_spec=portable_path(spec, settings.data_dir),
         model_key=encoder.model_key, factory=factory, memory_gb=settings.index_memory_gb,
         keep=settings.index_keep_versions, hook=hook, activate=activate,
         extra={"unreadable": len(embedded.failures), "indexable": indexable_count(store)},
@@ -150,8 +152,9 @@ __all__ = ["IndexReport", "index_all", "build_from_store", "activate_version", "
 # -- CLI ----------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``figsearch index [--model SPEC] [--factory STR]``."""
-    parser.add_argument("--model", help="model spec (default: $FIGSEARCH_MODEL, else figclip-mini "
-                                        "in <data-dir>/models, else BiomedCLIP)")
+    parser.add_argument("--model", help="model spec (default: $FIGSEARCH_MODEL, else the current "
+                                        "index's model, else figclip-mini in <data-dir>/models, "
+                                        "else BiomedCLIP)")
     parser.add_argument("--factory", help="faiss factory string (default: the size/memory rule)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
