@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import logging
 import os
 import sys
 from typing import Any
 
 from figsearch.core.config import Settings
+
+#: Probe routes polled by the demo, load balancers and orchestrators: their answers are not
+#: logged one line per poll (any other request, and every error of theirs, still is).
+PROBE_PATHS = ("/readyz", "/healthz")
+
+
+class QuietProbes(logging.Filter):
+    """Drop uvicorn access lines of probe polls answered 200 or 503 ("not ready yet")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 5:
+            path, status = str(args[2]).split("?", 1)[0], args[4]
+            if path in PROBE_PATHS and status in (200, 503):
+                return False
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging config plus :class:`QuietProbes` on the access log (every worker)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["quiet_probes"] = {"()": f"{__name__}.QuietProbes"}
+    config["handlers"]["access"].setdefault("filters", []).append("quiet_probes")
+    return config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +88,7 @@ def command(args: argparse.Namespace) -> int:
         return 1
     print(f"figsearch API on http://{host}:{port} (data {settings.data_dir}, {workers} worker(s))")
     options: dict[str, Any] = {"host": host, "port": port, "log_level": args.log_level,
-                               "proxy_headers": True}
+                               "proxy_headers": True, "log_config": log_config()}
     if workers == 1:
         uvicorn.run(create_app(settings, state=state), **options)
         return 0
