@@ -161,6 +161,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """Build a new index version; 1 with a clear message when it cannot."""
+    import sqlalchemy.exc
+
     from figsearch.encoders import ModelLoadError
 
     settings: Settings = args.settings
@@ -174,8 +176,10 @@ def command(args: argparse.Namespace) -> int:
     except (BuildLockedError, ModelLoadError, RuntimeError, ValueError) as exc:
         print(f"figsearch index: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # e.g. a full disk: `current` is untouched, say so
-        print(f"figsearch index: {exc}; the current index is unchanged", file=sys.stderr)
+    except (OSError, sqlalchemy.exc.OperationalError) as exc:
+        # e.g. a full disk under the index files or the store: `current` is untouched, say so
+        reason = str(exc).splitlines()[0]
+        print(f"figsearch index: {reason}; the current index is unchanged", file=sys.stderr)
         return 1
     if report is not None:
         print(report.line())
