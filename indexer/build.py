@@ -196,7 +196,7 @@ def write_version_files(tmp_dir: Path, vectors: np.ndarray, ids: np.ndarray, fac
     # (the last buffered block on a full disk) and carries on, leaving a truncated index that
     # the checksums would then bless. Python raises on every failed write and on close.
     with open(tmp_dir / INDEX_FILE, "wb") as fh:
-        faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
+        faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))  # type: ignore[attr-defined]
     np.save(tmp_dir / IDS_FILE, ids)
     np.save(tmp_dir / VECTORS_FILE, vectors)
     return time.perf_counter() - t0
