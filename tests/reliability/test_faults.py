@@ -60,6 +60,13 @@ def _ranking(url: str) -> list[list[int]]:
     return out
 
 
+def _wait_until(condition, timeout: float = 120.0) -> None:
+    """Poll ``condition`` until it holds (the assertions after it say what was missing)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_api_sigkill_under_load_then_restart_serves_current_index(
         small_index_data_dir, tiny_model_dir, tmp_path):
@@ -73,7 +80,8 @@ def test_api_sigkill_under_load_then_restart_serves_current_index(
     for c in clients:
         c.start()
     try:
-        time.sleep(2)
+        # Under load, not after a fixed time: a busy machine answers fewer requests per second.
+        _wait_until(lambda: len(log) > 10)
         served_before_kill = len(log)
         api.process.send_signal(signal.SIGKILL)
         api.process.wait(10)
@@ -81,7 +89,7 @@ def test_api_sigkill_under_load_then_restart_serves_current_index(
         time.sleep(0.5)
         api = start_api_process(data, tiny_model_dir, tmp_path / "api.log", port=port)
         ready_at = time.monotonic()
-        time.sleep(2)
+        _wait_until(lambda: sum(1 for t, o in list(log) if t > ready_at and o == "200") > 10)
     finally:
         stop.set()
         for c in clients:
