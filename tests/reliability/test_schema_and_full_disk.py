@@ -81,9 +81,10 @@ def test_schemathesis_positive_data_acceptance(default_api):
 # (faiss); expected: exit 1 with "figsearch index: ... <the reason>", `current` untouched.
 # No privileges needed: the command runs under RLIMIT_FSIZE (see test_faults.file_size_limit).
 # "build": set when the index files are written - the store was written before, as on a disk
-# that fills up while the new version is written; each limit stops a different file (and the
-# 4 KiB one only at close, after the last buffered block). "start": from the start, so that
-# the store's own writes (embedding cache, figure types) fail first.
+# that fills up while the new version is written; 4 KiB lets every buffered write through and
+# fails only when index.faiss is closed (a failure faiss's own writer used to print and ignore;
+# a write failing mid-file is test_faults.test_full_disk_during_index_build_keeps_current).
+# "start": from the start, so that the store's own writes (embedding cache, figure types) fail.
 INDEX_ON_A_FULL_DISK = """
 import resource, signal, sys
 import indexer.indexing as indexing
@@ -107,9 +108,7 @@ sys.exit(main(argv))
 """
 
 
-@pytest.mark.parametrize("where, limit_bytes", [
-    ("build", 256), ("build", 1024), ("build", 4096), ("start", 16 * 1024),
-])
+@pytest.mark.parametrize("where, limit_bytes", [("build", 4096), ("start", 16 * 1024)])
 def test_full_disk_cli_index_reports_cleanly(small_index_data_dir, tiny_model_dir, tmp_path,
                                              where, limit_bytes):
     """`figsearch index` whose index files or store cannot be written in full, failing at
