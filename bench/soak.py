@@ -241,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="figclip-mini", help="model spec (random init is fine)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="use this data dir (built from the shared PMC figures if it has no index)")
+    # Growth allowed over the run (allocator warm-up included) and over its second half, where
+    # a leak keeps climbing while warm-up has flattened out (60 s run: +108 MiB, then +11 MiB).
+    p.add_argument("--max-rss-growth-mb", type=float, default=128.0,
+                   help="fail (exit 1) when the server's RSS grows more over the run")
+    p.add_argument("--max-rss-growth-second-half-mb", type=float, default=32.0,
+                   help="fail (exit 1) when it grows more over the run's second half")
     args = p.parse_args(argv)
     tmp = tempfile.TemporaryDirectory(prefix="figsearch-soak-") if args.data_dir is None else None
     data_dir = args.data_dir or Path(tmp.name)  # type: ignore[union-attr]
@@ -272,7 +278,13 @@ def main(argv: list[str] | None = None) -> int:
           f"RSS {figures['rss_after_warmup_mb']} -> {figures['rss_end_mb']} MiB; wrote {path}")
     if tmp is not None:
         tmp.cleanup()
-    return 1 if errors else 0
+    over = [f"{name} {figures[name]} MiB > {limit} MiB" for name, limit in (
+        ("rss_growth_mb", args.max_rss_growth_mb),
+        ("rss_growth_second_half_mb", args.max_rss_growth_second_half_mb),
+    ) if figures[name] > limit]
+    for line in over:
+        print(f"over the limit: {line}", file=sys.stderr)
+    return 1 if errors or over else 0
 
 
 if __name__ == "__main__":

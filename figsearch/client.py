@@ -1,7 +1,7 @@
 """Python client for the figsearch HTTP API (httpx).
 
 >>> from figsearch.client import FigSearchClient
->>> api = FigSearchClient("http://127.0.0.1:8000")
+>>> api = FigSearchClient("http://127.0.0.1:8000")  # default: $FIGSEARCH_API_URL
 >>> hits = api.search("MAPK signalling pathway", k=5, license="commercial")
 >>> [r["label"] for r in hits["results"]]
 
@@ -60,9 +60,14 @@ class FigSearchClient:
     """Synchronous client; one pooled HTTP connection set per instance (thread-safe)."""
 
     def __init__(
-        self, base_url: str = "http://127.0.0.1:8000", timeout: float = 30.0,
+        self, base_url: str | None = None, timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """``base_url`` defaults to the ``FIGSEARCH_API_URL`` setting (``http://127.0.0.1:8000``)."""
+        if base_url is None:
+            from figsearch.core.config import Settings
+
+            base_url = Settings().api_url
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 

@@ -100,8 +100,11 @@ def obtain_model(settings: Settings) -> str:
 
 def build_index(settings: Settings, model: str) -> None:
     """Build an index unless ``current`` was built with this model."""
+    from figsearch.datadir import portable_path
+
     manifest = settings.indexes_dir / "current" / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text()).get("model_spec") == model:
+    recorded = json.loads(manifest.read_text()).get("model_spec") if manifest.exists() else None
+    if recorded in (model, portable_path(model, settings.data_dir)):
         print(f"    current index already uses {model}")
         return
     _run(["index", "--model", model, "--data-dir", str(settings.data_dir)])

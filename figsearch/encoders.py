@@ -21,6 +21,7 @@ tokenizer comes from the directory when it holds tokenizer files.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
@@ -28,7 +29,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -254,6 +255,26 @@ def _file_digest(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+class _WeightsFollow(logging.Filter):
+    """Drops open_clip's "initialized randomly/partially" warning: weights are loaded next."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not ("initialized randomly" in message or "initialized partially" in message)
+
+
+@contextlib.contextmanager
+def _weights_follow() -> Iterator[None]:
+    # open_clip logs through the root logger; a filter there stops the record before any
+    # handler sees it. Other records pass, and load failures still raise ModelLoadError.
+    root, quiet = logging.getLogger(), _WeightsFollow()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def load_model_dir(directory: Path, spec: str | None = None) -> LoadedClip:
     """Load a hub-format model directory (trainer export, hub snapshot or a manual copy)."""
     import open_clip
@@ -270,10 +291,11 @@ def load_model_dir(directory: Path, spec: str | None = None) -> LoadedClip:
         tok_dir = _tokenizer_dir(directory, text_cfg)
         text_cfg = dict(text_cfg, hf_model_name=str(text_dir), hf_model_pretrained=False)
     try:
-        model = open_clip.create_model(
-            LOCAL_DIR_PREFIX + str(directory), text_cfg=text_cfg, load_weights=False,
-            pretrained_image=False, pretrained_text=False,
-        )
+        with _weights_follow():
+            model = open_clip.create_model(
+                LOCAL_DIR_PREFIX + str(directory), text_cfg=text_cfg, load_weights=False,
+                pretrained_image=False, pretrained_text=False,
+            )
         model.load_state_dict(_convert_state_dict(model, state_dict), strict=True)
     except ModelLoadError:
         raise
@@ -285,8 +307,11 @@ def load_model_dir(directory: Path, spec: str | None = None) -> LoadedClip:
     tokenizer = _make_tokenizer(tok_dir, text_cfg)
     digest = hashlib.sha256((_file_digest(weights) + json.dumps(config, sort_keys=True)).encode())
     name = spec or str(directory)
+    # A local directory is known by its name, however its path was spelled (relative,
+    # absolute, moved with its data dir): the key must not change when the data dir moves.
+    key = _key_name(name) if name.startswith(HF_HUB_PREFIX) else directory.resolve().name
     return LoadedClip(
-        model=model, spec=name, model_key=f"{_key_name(name)}@{digest.hexdigest()[:12]}",
+        model=model, spec=name, model_key=f"{key}@{digest.hexdigest()[:12]}",
         model_cfg=config["model_cfg"], preprocess_cfg=_final_preprocess(model),
         tokenizer=tokenizer, text_config_dir=text_dir, tokenizer_dir=tok_dir,
     )
@@ -576,9 +601,16 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def resolve_model_spec(settings: Settings) -> str:
-    """The model to use: settings.model, else a trained figclip-mini, else BiomedCLIP."""
+    """The model to use: settings.model, else the current index's model, else a trained
+    figclip-mini in the data dir, else BiomedCLIP. Paths recorded relative to the data dir
+    (``data-dir:...``) are resolved against it."""
+    from figsearch.datadir import index_model_spec, resolve_path
+
     if settings.model:
-        return settings.model
+        return resolve_path(settings.model, settings.data_dir)
+    recorded = index_model_spec(settings.data_dir, settings.indexes_dir)
+    if recorded:
+        return recorded
     mini = settings.models_dir / "figclip-mini"
     if (mini / CONFIG_FILE).is_file():
         return str(mini)

@@ -23,6 +23,7 @@ class ArticleRecord:
     license_class: str = "none"
     last_updated: str | None = None
     content_hash: str = ""
+    url: str | None = None  # the article's page in its collection (not PMC)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class FigureRecord:
     sha256: str | None = None
     source: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
+    url: str | None = None  # the figure's page in its collection (not PMC)
 
     @property
     def has_image(self) -> bool:

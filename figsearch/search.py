@@ -37,11 +37,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from figsearch.core.config import Settings
+from figsearch.links import PMC_ARTICLE_URL, article_url, figure_url  # noqa: F401 (re-exported)
 from figsearch.store import FigureFilter, FigureStore
 
 MODES = ("hybrid", "dense", "keyword")
 RRF_K = 60
-PMC_ARTICLE_URL = "https://pmc.ncbi.nlm.nih.gov/articles/{pmcid}/"
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -125,18 +125,6 @@ def reciprocal_rank_fusion(rankings: list[list[int]], k: int = RRF_K) -> list[tu
     return sorted(scores.items(), key=lambda item: (-item[1], order[item[0]]))
 
 
-def article_url(figure: dict[str, Any]) -> str | None:
-    """PMC article page, or None for synthetic / non-PMC figures."""
-    pmcid = figure.get("pmcid")
-    if not pmcid or figure.get("source") == "synthetic" or not str(pmcid).upper().startswith("PMC"):
-        return None
-    return PMC_ARTICLE_URL.format(pmcid=pmcid)
-
-
-def figure_url(figure: dict[str, Any]) -> str | None:
-    """PMC figure page (``.../PMCxxxx/figure/<fig_id>/``), or None."""
-    base = article_url(figure)
-    return f"{base}figure/{figure['fig_id']}/" if base and figure.get("fig_id") else None
 
 
 def query_terms(query: str) -> set[str]:

@@ -23,8 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dedup", action="store_true", help="keep near-duplicate images")
 
 
-def open_service(settings: Settings) -> SearchService:
-    """A SearchService over ``indexes/current`` and its model (errors say what is missing)."""
+def open_service(settings: Settings, need_model: bool = True) -> SearchService:
+    """A SearchService over ``indexes/current`` and its model (errors say what is missing).
+
+    ``need_model=False`` (keyword search) loads no model: BM25 and the near-duplicate collapse
+    only need the store and the index's stored vectors, and loading a model is most of the
+    command's run time.
+    """
+    from figsearch.datadir import resolve_path
     from figsearch.encoders import load_model, resolve_model_spec
     from figsearch.index import IndexLoadError, SearchIndex, current_version_dir
     from figsearch.store import FigureStore
@@ -33,9 +39,12 @@ def open_service(settings: Settings) -> SearchService:
     if version_dir is None:
         raise IndexLoadError(f"no index in {settings.indexes_dir}; run `figsearch index` first")
     index = SearchIndex.load(version_dir, nprobe=settings.nprobe)
-    spec = settings.model or str(index.manifest.get("model_spec") or "") or resolve_model_spec(settings)
-    encoder = load_model(spec, device=settings.device or None, batch_size=settings.batch_size)
-    index.check_model(encoder.model_key, encoder.dim)
+    encoder = None
+    if need_model:
+        spec = settings.model or str(index.manifest.get("model_spec") or "")
+        spec = resolve_path(spec, settings.data_dir) or resolve_model_spec(settings)
+        encoder = load_model(spec, device=settings.device or None, batch_size=settings.batch_size)
+        index.check_model(encoder.model_key, encoder.dim)
     from figsearch.version_data import versioned_store
 
     store = FigureStore(settings.db_path, create=False)
@@ -69,7 +78,7 @@ def command(args: argparse.Namespace) -> int:
     flt = FigureFilter(year_from=args.year_from, year_to=args.year_to,
                        commercial_only=args.license == "commercial")
     try:
-        service = open_service(settings)
+        service = open_service(settings, need_model=args.image is not None or args.mode != "keyword")
         if args.image is not None:
             image = open_image(args.image.read_bytes(), settings.max_image_pixels)
             page = service.search_image(image, k=args.k, offset=args.offset, flt=flt,

@@ -38,7 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from figsearch.licenses import COMMERCIAL_CLASSES
 from figsearch.records import ArticleRecord, FigureRecord
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _now() -> datetime:
@@ -65,6 +65,7 @@ class Article(Base):
     license_url: Mapped[str] = mapped_column(String, default="")
     license_class: Mapped[str] = mapped_column(String, default="none", index=True)
     source: Mapped[str] = mapped_column(String, default="")
+    url: Mapped[str | None] = mapped_column(String)  # the collection's own article page
     last_updated: Mapped[str | None] = mapped_column(String)
     content_hash: Mapped[str] = mapped_column(String, default="")
     retracted: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -96,6 +97,7 @@ class Figure(Base):
     sha256: Mapped[str | None] = mapped_column(String, index=True)
     has_image: Mapped[bool] = mapped_column(Boolean, default=False)
     source: Mapped[str] = mapped_column(String, default="")
+    url: Mapped[str | None] = mapped_column(String)  # the collection's own figure page
     figure_type: Mapped[str | None] = mapped_column(String, index=True)
     figure_type_score: Mapped[float | None] = mapped_column(Float)
     attributes: Mapped[str] = mapped_column(Text, default="{}")  # JSON (synthetic ground truth)
@@ -241,9 +243,23 @@ PMC_VERSIONS_DDL = [
     "CREATE INDEX IF NOT EXISTS ix_pmc_versions_pmcid ON pmc_versions (pmcid)",
 ]
 
-# Migrations: version -> list of SQL statements that bring the schema from version-1.
-MIGRATIONS: dict[int, list[str]] = {
-    1: FTS_DDL_V1, 2: OCR_FTS_MIGRATION, 3: PMC_VERSIONS_DDL,
+
+# Links of figures from collections other than PMC (schema 4): stores created before it
+# get the two columns here; new stores already have them from create_all.
+COLLECTION_URL_COLUMNS = (("articles", "url", "TEXT"), ("figures", "url", "TEXT"))
+
+
+def _add_collection_url_columns(conn: Any) -> None:
+    for table, column, kind in COLLECTION_URL_COLUMNS:
+        present = {row[1] for row in conn.execute(text(f"PRAGMA table_info({table})"))}
+        if column not in present:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+
+
+# Migrations: version -> SQL statements (or callables taking the connection) that bring the
+# schema from version-1.
+MIGRATIONS: dict[int, list[Any]] = {
+    1: FTS_DDL_V1, 2: OCR_FTS_MIGRATION, 3: PMC_VERSIONS_DDL, 4: [_add_collection_url_columns],
 }
 
 
@@ -384,7 +400,10 @@ class FigureStore:
             current = int(row[0]) if row else 0
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for stmt in MIGRATIONS.get(version, []):
-                    conn.execute(text(stmt))
+                    if callable(stmt):
+                        stmt(conn)
+                    else:
+                        conn.execute(text(stmt))
             if current != SCHEMA_VERSION:
                 conn.execute(
                     text("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', :v)"),
@@ -434,7 +453,7 @@ class FigureStore:
                 art = Article(key=rec.key)
                 s.add(art)
             for name in ("pmcid", "pmid", "doi", "title", "journal", "year", "license_text",
-                         "license_url", "license_class", "source", "last_updated",
+                         "license_url", "license_class", "source", "url", "last_updated",
                          "content_hash"):
                 setattr(art, name, getattr(rec, name))
             art.retracted = False
@@ -466,7 +485,7 @@ class FigureStore:
                 if row.sha256 != rec.sha256:
                     row.figure_type, row.figure_type_score = None, None
             for name in ("label", "caption", "image_path", "thumb_path", "width", "height",
-                         "orig_width", "orig_height", "sha256", "source"):
+                         "orig_width", "orig_height", "sha256", "source", "url"):
                 setattr(row, name, getattr(rec, name))
             row.has_image = rec.has_image
             row.attributes = json.dumps(rec.attributes, sort_keys=True)
@@ -555,7 +574,8 @@ class FigureStore:
         "f.height, f.orig_width, f.orig_height, f.sha256, f.has_image, f.source, f.figure_type, "
         "f.figure_type_score, f.attributes, a.pmcid, a.pmid, a.doi, a.title, a.journal, a.year, "
         "a.license_class, a.license_text, a.license_url, a.key AS article_key, "
-        "(SELECT o.text FROM figure_ocr o WHERE o.sha256 = f.sha256) AS ocr_text"
+        "(SELECT o.text FROM figure_ocr o WHERE o.sha256 = f.sha256) AS ocr_text, "
+        "f.url AS figure_page_url, a.url AS article_page_url"
     )
 
     def get_figures(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:

@@ -4,7 +4,8 @@ A build writes everything into ``indexes/.building-<version>/``, fsyncs, renames
 directory to ``indexes/<version>/`` and only then points ``current`` at it (a fresh symlink
 renamed over the old one with ``os.replace``). A build that fails or is killed at any point
 leaves ``current`` on the previous version; its leftovers are removed by the next build.
-``indexes/.lock`` (``fcntl.flock``) keeps two builds from running at once.
+``indexes/.lock`` (a ``filelock.FileLock``) keeps two builds from running at once; the holder
+writes who it is to ``indexes/.lock.holder`` for the message the other build prints.
 
 The factory string comes from :func:`figsearch.index.choose_factory` unless given; the rule is
 documented in docs/indexing.md.
@@ -13,7 +14,6 @@ documented in docs/indexing.md.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -28,6 +28,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from figsearch.index import (
@@ -43,6 +44,7 @@ from figsearch.index import (
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
+HOLDER_FILE = ".lock.holder"
 BUILDING_PREFIX = ".building-"
 ADD_BATCH = 65_536
 _held_locks: set[Path] = set()
@@ -63,29 +65,28 @@ def index_lock(indexes_dir: Path) -> Iterator[None]:
     if path in _held_locks:
         yield
         return
-    fh = open(path, "a+")
+    lock = FileLock(path, blocking=False, thread_local=False)
+    holder = path.with_name(HOLDER_FILE)
     try:
+        lock.acquire()
+    except Timeout:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise BuildLockedError(
-                f"another index build is running on {indexes_dir} ({holder}); "
-                f"wait for it to finish (lock: {path})"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} since {datetime.now(timezone.utc).isoformat()}")
-        fh.flush()
+            who = holder.read_text().strip()
+        except OSError:
+            who = ""
+        raise BuildLockedError(
+            f"another index build is running on {indexes_dir} ({who or 'another process'}); "
+            f"wait for it to finish (lock: {path})"
+        ) from None
+    try:
+        holder.write_text(f"pid {os.getpid()} since {datetime.now(timezone.utc).isoformat()}")
         _held_locks.add(path)
-        try:
-            yield
-        finally:
-            _held_locks.discard(path)
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
     finally:
-        fh.close()
+        _held_locks.discard(path)
+        with contextlib.suppress(OSError):
+            holder.unlink()
+        lock.release()
 
 
 def new_version_name() -> str:
@@ -203,7 +204,11 @@ def write_version_files(tmp_dir: Path, vectors: np.ndarray, ids: np.ndarray, fac
     if hook:
         hook("trained")
     add_in_batches(index, vectors)
-    faiss.write_index(index, str(tmp_dir / INDEX_FILE))
+    # Through a Python file, not a path: faiss's own file writer only prints a failed close
+    # (the last buffered block on a full disk) and carries on, leaving a truncated index that
+    # the checksums would then bless. Python raises on every failed write and on close.
+    with open(tmp_dir / INDEX_FILE, "wb") as fh:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))  # type: ignore[attr-defined]
     np.save(tmp_dir / IDS_FILE, ids)
     np.save(tmp_dir / VECTORS_FILE, vectors)
     return time.perf_counter() - t0

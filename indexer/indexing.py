@@ -26,6 +26,7 @@ import torch
 from sqlalchemy import text
 
 from figsearch.core.config import Settings
+from figsearch.datadir import portable_path
 from figsearch.index import current_version_dir
 from figsearch.store import FigureStore
 from figsearch.version_data import LABELS_KEY, SHA_FILE, TYPE_SCORES_FILE, TYPES_FILE, type_arrays
@@ -161,7 +162,8 @@ def build_from_worklist(
         )
     names, codes, scores = classify_figures(encoder, embedded.vectors)
     version = build_version(
-        settings.indexes_dir, embedded.vectors, embedded.ids, model_spec=spec,
+        settings.indexes_dir, embedded.vectors, embedded.ids,
+        model_spec=portable_path(spec, settings.data_dir),
         model_key=encoder.model_key, factory=factory, memory_gb=settings.index_memory_gb,
         keep=settings.index_keep_versions, hook=hook, activate=activate,
         extra={"unreadable": len(embedded.failures), "indexable": indexable_count(store),
@@ -268,8 +270,9 @@ __all__ = ["IndexReport", "index_all", "build_from_store", "activate_version", "
 # -- CLI ----------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``figsearch index [--model SPEC] [--factory STR] [--prepare | --embed-only | --merge]``."""
-    parser.add_argument("--model", help="model spec (default: $FIGSEARCH_MODEL, else figclip-mini "
-                                        "in <data-dir>/models, else BiomedCLIP)")
+    parser.add_argument("--model", help="model spec (default: $FIGSEARCH_MODEL, else the current "
+                                        "index's model, else figclip-mini in <data-dir>/models, "
+                                        "else BiomedCLIP)")
     parser.add_argument("--factory", help="faiss factory string (default: the size/memory rule)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     steps = parser.add_mutually_exclusive_group()
@@ -284,6 +287,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """Build a new index version; 1 with a clear message when it cannot."""
+    import sqlalchemy.exc
+
     from figsearch.encoders import ModelLoadError
 
     settings: Settings = args.settings
@@ -300,8 +305,10 @@ def command(args: argparse.Namespace) -> int:
     except (BuildLockedError, ModelLoadError, RuntimeError, ValueError) as exc:
         print(f"figsearch index: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # e.g. a full disk: `current` is untouched, say so
-        print(f"figsearch index: {exc}; the current index is unchanged", file=sys.stderr)
+    except (OSError, sqlalchemy.exc.OperationalError) as exc:
+        # e.g. a full disk under the index files or the store: `current` is untouched, say so
+        reason = str(exc).splitlines()[0]
+        print(f"figsearch index: {reason}; the current index is unchanged", file=sys.stderr)
         return 1
     if report is not None:
         print(report.line())

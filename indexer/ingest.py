@@ -47,6 +47,7 @@ from indexer.sources import (
     FileListEntry,
     FileListError,
     ManifestGroup,
+    collection_name,
     is_figure_manifest,
     manifest_fig_id,
     manifest_year,
@@ -69,6 +70,7 @@ class Task:
     last_updated: str | None = None  # from a file list
     pmcid: str | None = None  # from a file list, used when the XML lacks one
     license: str = ""  # from a file list, used when the XML has no <license>
+    collection: str | None = None  # `--collection`: names articles that are not in PMC
 
 
 @dataclass
@@ -220,7 +222,7 @@ def _article_record(parsed: ParsedArticle, task: Task, key: str, digest: str) ->
     if not (license_text or license_url) and task.license:
         license_text = task.license
     pmcid = parsed.pmcid or task.pmcid
-    source = "synthetic" if parsed.synthetic else ("pmc" if pmcid else "publisher")
+    source = "synthetic" if parsed.synthetic else ("pmc" if pmcid else task.collection or "publisher")
     return ArticleRecord(
         key=key, source=source, pmcid=pmcid, pmid=parsed.pmid, doi=parsed.doi,
         title=parsed.title, journal=parsed.journal, year=parsed.year,
@@ -281,12 +283,13 @@ def process_manifest_group(task: Task) -> Outcome:
     images = [_manifest_image(group, row) for row in group.rows]
     rows_json = json.dumps(group.rows, sort_keys=True).encode()
     digest = content_hash([rows_json, *(data or b"" for data, _ in images)])
-    if _unchanged(group.pmcid, task.last_updated, digest):
-        return Outcome("unchanged", group.pmcid)
+    if _unchanged(group.key, task.last_updated, digest):
+        return Outcome("unchanged", group.key)
     first = group.rows[0]
     lic_text, lic_url = str(first.get("license") or ""), str(first.get("license_url") or "")
     article = ArticleRecord(
-        key=group.pmcid, source="pmc", pmcid=group.pmcid, doi=first.get("doi"),
+        key=group.key, source=group.collection, pmcid=group.pmcid, doi=first.get("doi") or None,
+        url=first.get("article_url") or None,
         pmid=str(first["pmid"]) if first.get("pmid") else None,
         title=str(first.get("paper_title") or ""), journal=str(first.get("journal") or ""),
         year=manifest_year(first.get("year")), license_text=lic_text, license_url=lic_url,
@@ -300,15 +303,16 @@ def process_manifest_group(task: Task) -> Outcome:
             fig_id += "-dup"
         seen.add(fig_id)
         fig = FigureRecord(fig_id, str(row.get("figure_number") or ""),
-                           str(row.get("caption") or ""), source="pmc")
-        item = f"{Path(group.manifest).name}:{group.pmcid}#{fig_id}"
+                           str(row.get("caption") or ""), source=group.collection,
+                           url=row.get("url") or None)
+        item = f"{Path(group.manifest).name}:{group.key}#{fig_id}"
         if data is None:
             problems.append(Problem(group.manifest, item, f"figure kept without image: {why}",
                                     "image"))
         else:
             _store_figure_image(fig, data, item, problems, group.manifest)
         figures.append(fig)
-    return Outcome("parsed", group.pmcid, article, figures, problems)
+    return Outcome("parsed", group.key, article, figures, problems)
 
 
 def process_task(task: Task) -> list[Outcome]:
@@ -348,16 +352,22 @@ def _walk(root: Path) -> Iterator[Path]:
             yield entry
 
 
-def _tasks_for(path: Path, problems: list[Problem]) -> list[Task]:
+def _tasks_for(path: Path, problems: list[Problem], collection: str | None) -> list[Task]:
     if path.name.lower().endswith(MANIFEST_SUFFIXES):
-        groups, bad = read_manifest(path)
+        groups, bad = read_manifest(path, collection)
         problems.extend(Problem(str(path), item, reason, "manifest") for item, reason in bad)
         return [Task(str(path), group=g) for g in groups]
-    return [Task(str(path))]
+    return [Task(str(path), collection=collection)]
 
 
-def collect_tasks(paths: Sequence[str | Path]) -> tuple[list[Task], list[Problem]]:
-    """Tasks for the given paths (directories are walked) and problems found on the way."""
+def collect_tasks(
+    paths: Sequence[str | Path], collection: str | None = None
+) -> tuple[list[Task], list[Problem]]:
+    """Tasks for the given paths (directories are walked) and problems found on the way.
+
+    ``collection`` names the collection of manifest rows without a PMCID (and of articles
+    without one); see :func:`indexer.sources.read_manifest`.
+    """
     tasks: list[Task] = []
     problems: list[Problem] = []
     for raw in paths:
@@ -366,7 +376,7 @@ def collect_tasks(paths: Sequence[str | Path]) -> tuple[list[Task], list[Problem
             problems.append(Problem(str(path), path.name, "no such file or directory", "find"))
             continue
         for found in (_walk(path) if path.is_dir() else [path]):
-            tasks.extend(_tasks_for(found, problems))
+            tasks.extend(_tasks_for(found, problems, collection))
     return tasks, problems
 
 
@@ -493,13 +503,16 @@ def run_tasks(
 
 def ingest_paths(
     paths: Sequence[str | Path], settings: Settings, workers: int | None = None,
-    limits: Limits | None = None,
+    limits: Limits | None = None, collection: str | None = None,
 ) -> IngestSummary:
-    """Ingest local inputs: packages, article dirs, XML files, JSONL manifests, directories."""
+    """Ingest local inputs: packages, article dirs, XML files, JSONL manifests, directories.
+
+    ``collection`` names a figure collection that is not PMC (manifest rows without a PMCID).
+    """
     start = time.perf_counter()
     store = FigureStore(settings.db_path)
     try:
-        tasks, problems = collect_tasks(paths)
+        tasks, problems = collect_tasks(paths, collection)
         summary = IngestSummary()
         _record(store, problems, summary)
         run_tasks(tasks, settings, store, summary, workers, total=len(tasks), limits=limits)
@@ -604,6 +617,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="at most N file-list entries")
     parser.add_argument("--workers", type=int,
                         help="parser processes (default: $FIGSEARCH_INGEST_WORKERS)")
+    parser.add_argument("--collection", metavar="NAME",
+                        help="name of a figure collection that is not PMC: manifest rows "
+                             "without a pmcid (and without their own \"collection\" field) "
+                             "belong to it, with ids and links from their id/doi/url fields")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -623,6 +640,12 @@ def command(args: argparse.Namespace) -> int:
     if (args.since or args.limit is not None or args.base_url) and not args.file_list:
         print("figsearch ingest: --since/--limit/--base-url need --file-list", file=sys.stderr)
         return 2
+    if args.collection:
+        try:
+            args.collection = collection_name(args.collection)
+        except ValueError as exc:
+            print(f"figsearch ingest: --collection: {exc}", file=sys.stderr)
+            return 2
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:
         print(f"figsearch ingest: no such file or directory: {', '.join(missing)}",
@@ -631,7 +654,8 @@ def command(args: argparse.Namespace) -> int:
     summaries = []
     if args.paths:
         try:
-            summaries.append(ingest_paths(args.paths, settings, args.workers))
+            summaries.append(ingest_paths(args.paths, settings, args.workers,
+                                          collection=args.collection))
         except (OSError, sqlalchemy.exc.OperationalError) as exc:
             # A full disk or unwritable data dir: every article written so far is whole
             # (one transaction each), so say what happened and how to resume.

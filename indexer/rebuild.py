@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from figsearch.core.config import Settings
+from figsearch.datadir import index_model_spec, resolve_path
 from figsearch.faults import build_hook, maybe_crash
 from figsearch.index import SearchIndex, current_version_dir, read_manifest
 from figsearch.store import FigureStore
@@ -131,9 +132,8 @@ def validate_version(version_dir: Path, store: FigureStore, model_key: str,
 def _model_for_rebuild(settings: Settings, model_spec: str | None) -> str | None:
     """Explicit spec, else the current index's model (nightly runs keep the model), else None."""
     if model_spec or settings.model:
-        return model_spec or settings.model
-    current = current_version_dir(settings.indexes_dir)
-    return str(read_manifest(current)["model_spec"]) if current else None
+        return model_spec or resolve_path(settings.model, settings.data_dir)
+    return index_model_spec(settings.data_dir, settings.indexes_dir)
 
 
 def rebuild(settings: Settings, sources: list[str] | None = None, model_spec: str | None = None,

@@ -11,7 +11,6 @@ behind under the final name, a rerun skips every package it already has, and an 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -19,6 +18,13 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from indexer.readers import InputError, safe_member_name
 
@@ -71,7 +77,10 @@ def cache_path(cache_dir: Path, url: str) -> Path:
 def fetch_bytes(source: str, timeout: float = 60.0) -> bytes:
     """Contents of a local path or an http(s) URL (used for the file list itself)."""
     if urlsplit(source).scheme in ("http", "https"):
-        with httpx.Client(timeout=timeout, follow_redirects=True) as client:
+        # httpx's own retries cover refused and reset connections (the common transient
+        # failure for a single request); an HTTP error status is reported as it is.
+        transport = httpx.HTTPTransport(retries=3)
+        with httpx.Client(timeout=timeout, follow_redirects=True, transport=transport) as client:
             response = client.get(source)
             response.raise_for_status()
             return response.content
@@ -94,16 +103,18 @@ class Downloader:
         if dest.is_file():
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
-        last_error = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                self._fetch_to(client, url, dest)
-                return dest
-            except _Retryable as exc:
-                last_error = str(exc)
-        raise DownloadError(f"{url}: gave up after {self.retries + 1} attempts ({last_error})")
+        # Transient failures (5xx, timeouts, dropped or short transfers) are retried with
+        # exponential backoff: backoff_s, 2*backoff_s, ... capped at a minute.
+        retrying = Retrying(
+            retry=retry_if_exception_type(_Retryable), stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=self.backoff_s, max=60.0),
+        )
+        try:
+            retrying(self._fetch_to, client, url, dest)
+        except RetryError as exc:
+            raise DownloadError(f"{url}: gave up after {self.retries + 1} attempts "
+                                f"({exc.last_attempt.exception()})") from None
+        return dest
 
     def _fetch_to(self, client: httpx.Client, url: str, dest: Path) -> None:
         part = dest.with_name(dest.name + ".part")

@@ -1,10 +1,11 @@
 """Sources that are not JATS packages: JSONL figure manifests and PMC OA file lists.
 
 A figure manifest (the format of ``shared/data/pmc-figures/figures.jsonl``) has one figure a
-line; its figures are grouped into one article per ``pmcid``. A PMC OA file list (legacy
-``oa_file_list.csv`` / ``.txt``, the bulk list with its ``Retracted`` column, or an
-``oa.fcgi`` response) becomes :class:`FileListEntry` rows that :mod:`indexer.remote`
-downloads.
+line; its figures are grouped into one article per ``pmcid`` — or, for a collection other
+than PMC (``--collection NAME`` or a ``collection`` field), per ``article_id`` / ``doi`` /
+``id``. A PMC OA file list (legacy ``oa_file_list.csv`` / ``.txt``, the bulk list with its
+``Retracted`` column, or an ``oa.fcgi`` response) becomes :class:`FileListEntry` rows that
+:mod:`indexer.remote` downloads.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from figsearch.links import is_web_url
 from indexer.jats import JatsError, normalise_pmcid, parse_xml
 
-MANIFEST_FIELDS = ("image", "pmcid", "figure_number", "caption")
+#: Manifest fields that name and link a figure outside PMC (see docs/ingest.md).
+COLLECTION_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+PMC_COLLECTION = "pmc"
 
 
 class FileListError(ValueError):
@@ -31,26 +35,76 @@ class FileListError(ValueError):
 # -- JSONL figure manifests ----------------------------------------------------------------
 @dataclass
 class ManifestGroup:
-    """The manifest rows of one article (same ``pmcid``), in file order."""
+    """The manifest rows of one article, in file order.
+
+    ``key`` is the article's key in the store: its PMCID for PMC figures, else
+    ``<collection>:<article id>`` (``article_id``, else ``doi``, else the figure's ``id``, else
+    its image path).
+    """
 
     manifest: str  # path of the .jsonl file
-    pmcid: str
+    key: str
+    collection: str = PMC_COLLECTION
+    pmcid: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _manifest_row(line: str, lineno: int) -> dict[str, Any]:
+def collection_name(value: str) -> str:
+    """A collection's name, lower-cased; ValueError when it is not a usable name."""
+    name = str(value).strip().lower()
+    if not COLLECTION_NAME.match(name):
+        raise ValueError(f"collection {value!r} is not a name (letters, digits, '.', '_', '-'; "
+                         "at most 64 characters)")
+    return name
+
+
+def _collection(row: dict[str, Any], default: str | None, pmcid: str | None) -> str:
+    name = str(row.get("collection") or (PMC_COLLECTION if pmcid else default) or "").strip()
+    if not name:
+        raise ValueError("no pmcid and no collection: name the figures' collection with "
+                         "`figsearch ingest --collection NAME` or a \"collection\" field")
+    name = collection_name(name)
+    if name == PMC_COLLECTION and not pmcid:
+        raise ValueError("collection pmc needs a pmcid; give your own collection a name")
+    return name
+
+
+def _article_ident(row: dict[str, Any], collection: str, pmcid: str | None) -> str:
+    if collection == PMC_COLLECTION:
+        return pmcid or ""
+    for name in ("article_id", "doi", "id", "image"):
+        value = str(row.get(name) or "").strip()
+        if value:
+            return f"{collection}:{value}"
+    raise ValueError("no article_id, doi, id or image to identify the figure's article")
+
+
+def _manifest_row(
+    line: str, lineno: int, collection: str | None = None
+) -> tuple[dict[str, Any], str, str | None, str]:
+    """(row, collection, pmcid, article key) of one manifest line; ValueError says what is wrong."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"line {lineno}: not JSON ({exc.msg})") from exc
     if not isinstance(row, dict):
         raise ValueError(f"line {lineno}: not a JSON object")
-    missing = [f for f in MANIFEST_FIELDS if not row.get(f)]
-    if missing and not (row.get("caption") and row.get("pmcid")):
-        raise ValueError(f"line {lineno}: missing {', '.join(missing)}")
-    if not normalise_pmcid(str(row.get("pmcid"))):
-        raise ValueError(f"line {lineno}: bad pmcid {row.get('pmcid')!r}")
-    return row
+    if not row.get("caption"):
+        raise ValueError(f"line {lineno}: missing caption")
+    pmcid = None
+    if row.get("pmcid"):
+        pmcid = normalise_pmcid(str(row["pmcid"]))
+        if not pmcid:
+            raise ValueError(f"line {lineno}: bad pmcid {row.get('pmcid')!r}")
+    for name in ("url", "article_url"):
+        if row.get(name) and not is_web_url(row[name]):
+            raise ValueError(f"line {lineno}: {name} {str(row[name])[:100]!r} is not an "
+                             "http(s) URL")
+    try:
+        name = _collection(row, collection, pmcid)
+        return row, name, pmcid, _article_ident(row, name, pmcid)
+    except ValueError as exc:
+        raise ValueError(f"line {lineno}: {exc}") from None
 
 
 def _looks_like_manifest(first_line: str) -> bool:
@@ -68,8 +122,14 @@ def is_figure_manifest(path: Path) -> bool:
     return bool(first) and _looks_like_manifest(first)
 
 
-def read_manifest(path: Path) -> tuple[list[ManifestGroup], list[tuple[str, str]]]:
-    """Rows grouped by article, plus ``(item, reason)`` for every line that was skipped."""
+def read_manifest(
+    path: Path, collection: str | None = None
+) -> tuple[list[ManifestGroup], list[tuple[str, str]]]:
+    """Rows grouped by article, plus ``(item, reason)`` for every line that was skipped.
+
+    ``collection`` names the collection of rows without a ``collection`` field; rows with a
+    PMCID and no name belong to ``pmc``.
+    """
     groups: dict[str, ManifestGroup] = {}
     problems: list[tuple[str, str]] = []
     with path.open("r", encoding="utf-8", errors="replace") as fh:
@@ -80,17 +140,21 @@ def read_manifest(path: Path) -> tuple[list[ManifestGroup], list[tuple[str, str]
                 return [], [(path.name, "not a figure manifest (first row has no pmcid and no "
                                         "caption); file skipped")]
             try:
-                row = _manifest_row(line, lineno)
+                row, name, pmcid, key = _manifest_row(line, lineno, collection)
             except ValueError as exc:
                 problems.append((f"{path.name}:{lineno}", str(exc)))
                 continue
-            pmcid = normalise_pmcid(str(row["pmcid"])) or ""
-            groups.setdefault(pmcid, ManifestGroup(str(path), pmcid)).rows.append(row)
+            group = groups.setdefault(key, ManifestGroup(str(path), key, name, pmcid))
+            group.rows.append(row)
     return list(groups.values()), problems
 
 
 def manifest_fig_id(row: dict[str, Any], n: int) -> str:
-    """A figure id stable across runs: the PMC figure link's last part, else the number."""
+    """A figure id stable across runs: the row's ``id``, the PMC figure link's last part, the
+    figure number, else its position."""
+    own = re.sub(r"[^A-Za-z0-9._-]+", "-", str(row.get("id") or "")).strip("-")
+    if own:
+        return own[:200]
     link = str(row.get("pmc_figure_link") or "").rstrip("/")
     if "/figure/" in link:
         return link.rsplit("/", 1)[-1]

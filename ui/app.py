@@ -422,8 +422,7 @@ def render_results(url: str, state: c.ViewState, image: bytes | None, image_name
 # --- detail view --------------------------------------------------------------------------
 
 def render_links(fig: dict) -> None:
-    links = [("Article in PMC", fig.get("article_url")), ("Figure in PMC", fig.get("figure_url")),
-             ("Full-size image", fig.get("image_url"))]
+    links = c.link_buttons(fig)
     cols = st.columns(len(links))
     for col, (label, href) in zip(cols, links, strict=True):
         if href:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from figsearch.licenses import allows_commercial_use
+from figsearch.links import PMC, collection_name
 
 MODES = ("hybrid", "dense", "keyword")
 PAGE_SIZES = (12, 24, 48, 96)
@@ -39,7 +40,7 @@ LICENSE_NAMES = {
 EXPORT_COLUMNS = (
     "rank", "id", "score", "label", "figure_type", "caption", "title", "journal", "year",
     "pmcid", "doi", "license", "license_url", "article_url", "figure_url", "image_url",
-    "thumbnail_url", "source",
+    "thumbnail_url", "source", "attribution",
 )
 
 
@@ -242,7 +243,11 @@ def figure_number(label: str | None) -> str:
 
 
 def attribution(fig: Mapping[str, Any]) -> str:
-    """One-line credit: "Figure k from <title>, <journal> <year>, PMCID …, licensed <license>"."""
+    """One-line credit: "Figure k from <title>, <journal> <year>, PMCID …, licensed <license>".
+
+    Figures of other collections name the collection and link the figure's own page instead
+    of a PMCID: "…, doi:…, <collection> collection (<figure url>), licensed …".
+    """
     number = figure_number(fig.get("label"))
     parts = [f"Figure {number}" if number else (fig.get("label") or "Figure")]
     title = (fig.get("title") or "").strip().rstrip(".") or "an untitled article"
@@ -250,15 +255,32 @@ def attribution(fig: Mapping[str, Any]) -> str:
     venue = " ".join(str(v) for v in (fig.get("journal"), fig.get("year")) if v)
     if venue:
         parts.append(venue)
-    if fig.get("pmcid"):
+    own = fig.get("source") not in (None, "", PMC, "synthetic", "publisher")
+    if fig.get("pmcid") and not own:
         parts.append(f"PMCID {fig['pmcid']}")
     elif fig.get("doi"):
         parts.append(f"doi:{fig['doi']}")
+    if own:
+        link = fig.get("figure_url") or fig.get("article_url")
+        parts.append(f"{collection_name(fig['source'])} collection" + (f" ({link})" if link else ""))
     licensed = f"licensed {license_name(fig.get('license'))}"
     if fig.get("license_url"):
         licensed += f" ({fig['license_url']})"
     parts.append(licensed)
     return ", ".join(parts)
+
+
+def link_buttons(fig: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """(label, href) of the detail view's link buttons, named after the figure's collection."""
+    if (fig.get("source") or PMC) == PMC:
+        article, figure = "Article in PMC", "Figure in PMC"
+    elif fig.get("source") in ("publisher", "synthetic"):
+        article, figure = "Article page", "Figure page"
+    else:
+        where = collection_name(fig.get("source"))
+        article, figure = f"Article ({where})", f"Figure in {where}"
+    return [(article, fig.get("article_url")), (figure, fig.get("figure_url")),
+            ("Full-size image", fig.get("image_url"))]
 
 
 def meta_line(result: Mapping[str, Any]) -> str:
@@ -310,13 +332,16 @@ def results_to_csv(results: Iterable[Mapping[str, Any]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for result in results:
-        writer.writerow({col: _csv_cell(result.get(col)) for col in EXPORT_COLUMNS})
+        row = {**result, "attribution": attribution(result)}
+        writer.writerow({col: _csv_cell(row.get(col)) for col in EXPORT_COLUMNS})
     return buffer.getvalue()
 
 
 def results_to_json(response: Mapping[str, Any], state: ViewState) -> str:
     """JSON export: the API's response plus the view (query, filters, page) that produced it."""
     payload = {"view": state.to_params(), **dict(response)}
+    if isinstance(payload.get("results"), list):
+        payload["results"] = [{**r, "attribution": attribution(r)} for r in payload["results"]]
     return json.dumps(payload, ensure_ascii=False, indent=2)
 
 

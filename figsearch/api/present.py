@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from figsearch.api.schemas import FigureDetail, SearchResponse, SearchResult
-from figsearch.search import SearchPage, article_url, figure_url
+from figsearch.links import article_url, figure_url
+from figsearch.search import SearchPage
 
 
 def links(figure: dict[str, Any], base_url: str) -> dict[str, str | None]:

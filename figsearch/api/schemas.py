@@ -36,8 +36,14 @@ class ValidationErrorResponse(BaseModel):
 class FigureLinks(BaseModel):
     thumbnail_url: str | None = Field(description="Thumbnail JPEG served by this API.")
     image_url: str | None = Field(description="Full-size JPEG served by this API.")
-    article_url: str | None = Field(description="PMC article page; null for synthetic figures.")
-    figure_url: str | None = Field(description="PMC figure page; null for synthetic figures.")
+    article_url: str | None = Field(
+        description="Article page: the collection's own link, else PMC's page, else doi.org; "
+                    "null for synthetic figures and articles without any link."
+    )
+    figure_url: str | None = Field(
+        description="Figure page: the collection's own link, else PMC's figure page; null "
+                    "for synthetic figures and collections without figure pages."
+    )
 
 
 class FigureBase(FigureLinks):
@@ -53,7 +59,10 @@ class FigureBase(FigureLinks):
     license: str = Field(description="License class, e.g. cc-by, cc-by-nc, none.")
     license_url: str | None
     doi: str | None
-    source: str = Field(description="Where the figure came from, e.g. pmc, synthetic.")
+    source: str = Field(
+        description="The figure's collection: pmc, synthetic, publisher, or the name a JSONL "
+                    "manifest gave its collection (`--collection` or its `collection` field)."
+    )
 
 
 class SearchResult(FigureBase):

@@ -3,9 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import logging
 import os
+import sys
+from typing import Any
 
 from figsearch.core.config import Settings
+
+#: Probe routes polled by the demo, load balancers and orchestrators: their answers are not
+#: logged one line per poll (any other request, and every error of theirs, still is).
+PROBE_PATHS = ("/readyz", "/healthz")
+
+
+class QuietProbes(logging.Filter):
+    """Drop uvicorn access lines of probe polls answered 200 or 503 ("not ready yet")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 5:
+            path, status = str(args[2]).split("?", 1)[0], args[4]
+            if path in PROBE_PATHS and status in (200, 503):
+                return False
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging config plus :class:`QuietProbes` on the access log (every worker)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["quiet_probes"] = {"()": f"{__name__}.QuietProbes"}
+    config["handlers"]["access"].setdefault("filters", []).append("quiet_probes")
+    return config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,19 +46,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
 
 
+def load_first(settings: Settings) -> Any:
+    """An AppState that already serves ``indexes/current`` (or waits for one when there is none).
+
+    Raises what loading raised - a model that cannot load, an index that cannot be read - so
+    that ``serve`` stops with that message instead of answering 503 for ever.
+    """
+    from figsearch.api.state import AppState
+    from figsearch.index import current_version_dir
+
+    state = AppState(settings)
+    if current_version_dir(settings.indexes_dir) is not None:
+        try:
+            state.reload()
+        except BaseException:
+            state.close()
+            raise
+    return state
+
+
 def command(args: argparse.Namespace) -> int:
-    """Serve until interrupted. Workers each load the index and reload it independently."""
+    """Serve until interrupted. Workers each load the index and reload it independently.
+
+    The current index and its model are loaded before the port opens; when they cannot be,
+    the command exits with status 1 and the reason.
+    """
     import uvicorn
 
+    from figsearch.api.main import create_app
+
     settings: Settings = args.settings
+    settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
     host = args.host or settings.host
     port = args.port or settings.port
     workers = args.workers or settings.workers
-    # Worker processes rebuild settings from the environment: pass the data dir that way.
-    os.environ["FIGSEARCH_DATA_DIR"] = str(settings.data_dir.resolve())
+    try:
+        state = load_first(settings)
+    except Exception as exc:  # noqa: BLE001 - any reason not to serve is reported the same way
+        print(f"figsearch serve: cannot serve the index in {settings.indexes_dir}: {exc}",
+              file=sys.stderr)
+        return 1
     print(f"figsearch API on http://{host}:{port} (data {settings.data_dir}, {workers} worker(s))")
-    uvicorn.run(
-        "figsearch.api.main:app_from_env", factory=True, host=host, port=port,
-        workers=workers, log_level=args.log_level, proxy_headers=True,
-    )
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": args.log_level,
+                               "proxy_headers": True, "log_config": log_config()}
+    if workers == 1:
+        uvicorn.run(create_app(settings, state=state), **options)
+        return 0
+    # Worker processes rebuild settings from the environment: pass the data dir that way. The
+    # check above loaded the model once here; each worker loads its own copy.
+    state.close()
+    del state
+    os.environ["FIGSEARCH_DATA_DIR"] = str(settings.data_dir)
+    uvicorn.run("figsearch.api.main:app_from_env", factory=True, workers=workers, **options)
     return 0

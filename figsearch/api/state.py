@@ -133,10 +133,11 @@ class AppState:
         return Loaded(index.version, version_dir, index, encoder, service, time.time(), types)
 
     def _encoder_for(self, index: SearchIndex) -> Any:
+        from figsearch.datadir import resolve_path
         from figsearch.encoders import load_model, resolve_model_spec
 
         spec = self.settings.model or str(index.manifest.get("model_spec") or "")
-        spec = spec or resolve_model_spec(self.settings)
+        spec = resolve_path(spec, self.settings.data_dir) or resolve_model_spec(self.settings)
         if spec not in self._encoders:
             encoder = load_model(
                 spec, device=self.settings.device or None, batch_size=self.settings.batch_size

@@ -127,7 +127,10 @@ class Settings(BaseSettings):
     public_base_url: str = Field(
         "", description="Public URL of the API used in result links; empty = from the request."
     )
-    api_url: str = Field("http://127.0.0.1:8000", description="API URL the UI and client use.")
+    api_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="API URL the UI and figsearch.client.FigSearchClient() use by default.",
+    )
     ui_port: int = Field(8501, description="Port of the Streamlit UI.")
 
     @field_validator("fts_weights")

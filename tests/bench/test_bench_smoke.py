@@ -2,8 +2,8 @@
 
 Scripts run as subprocesses with the venv's python (``python -m bench.<name>``), writing into
 a temporary results directory (``FIGSEARCH_BENCH_RESULTS``) so real results are never touched.
-The scripts run in file order: ``scale`` then reads what the earlier ones measured and
-``report`` renders all of them into a temporary copy of the README.
+``scale`` and ``report`` read results: their tests write the results they read into their own
+directory first, so each test stands alone, in any order or on its own.
 """
 
 from __future__ import annotations
@@ -98,7 +98,38 @@ def test_ocr_bench_smoke(results_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_scale_bench_smoke(results_dir: Path) -> None:
+def test_hostile_bench_smoke(results_dir: Path) -> None:
+    # limits far away: the smoke run checks the script, the real limits are the script's own
+    _, result = run_bench("hostile", ["--no-slowloris", "--max-refusal-s", "1e9"], results_dir)
+    figures = result["figures"]
+    assert {f"{case}_s" for case in ("billion_laughs", "png_bomb", "zip_bomb")} <= set(figures)
+    assert figures["png_bomb_rss_growth_mb"] >= 0 and "slowloris_max_s" not in figures
+
+
+def test_hostile_limits_are_checked() -> None:
+    from bench.hostile import check_limits
+
+    fine = {"png_bomb_s": 0.1, "png_bomb_rss_growth_mb": 3.0, "slowloris_max_s": 0.5}
+    assert check_limits(fine, 2.0, 3.0) == []
+    slow = {"png_bomb_s": 2.5, "billion_laughs_rss_growth_mb": 80.0, "slowloris_max_s": 4.0}
+    over = check_limits(slow, 2.0, 3.0)
+    assert len(over) == 3 and over[0].startswith("png_bomb: refused in 2.5 s")
+
+
+def write_inputs(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Results of ``ann`` and ``ingest`` (as those scripts write them) for scale and report."""
+    from bench.common import write_result
+
+    monkeypatch.setenv("FIGSEARCH_BENCH_RESULTS", str(results))
+    write_result("ann", {"n": 2000, "dim": 256},
+                 {"query_p50_ms": 3.25, "build_s": 0.5, "recall_at_10": 0.97})
+    write_result("ingest", {"synthetic": 6}, {"synthetic (6) cold figures_per_s": 41.5})
+
+
+@pytest.mark.slow
+def test_scale_bench_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results_dir = tmp_path / "results"
+    write_inputs(results_dir, monkeypatch)
     out, result = run_bench("scale", ["--synth-n", "4", "--results", str(results_dir)], results_dir)
     md = (results_dir / "scale.md").read_text()
     assert "15,000,000 figures / 4,500,000 articles" in md and TABLE.search(md)
@@ -113,14 +144,20 @@ def test_scale_bench_smoke(results_dir: Path) -> None:
         if match and not inp["assumed"]:
             assert (results_dir / f"{match.group(1)}.json").is_file(), (name, inp)
     assert inputs["store_bytes_per_figure"]["assumed"] is False
-    if (results_dir / "ann.json").is_file():  # written by the ann smoke case above
-        assert not inputs["query_p50_ms"]["assumed"] and not inputs["build_s_per_vector"]["assumed"]
-    if (results_dir / "ingest.json").is_file():
-        assert not inputs["ingest_figures_per_s"]["assumed"]
+    # the measured inputs written above are the ones used
+    assert (inputs["query_p50_ms"]["value"], inputs["query_p50_ms"]["assumed"]) == (3.25, False)
+    assert inputs["build_s_per_vector"] == {
+        "value": pytest.approx(0.5 / 2000), "source": inputs["build_s_per_vector"]["source"],
+        "assumed": False}
+    assert (inputs["ingest_figures_per_s"]["value"], inputs["ingest_figures_per_s"]["assumed"]) == (
+        41.5, False)
 
 
 @pytest.mark.slow
-def test_report_regenerates_only_between_markers(results_dir: Path, tmp_path: Path) -> None:
+def test_report_regenerates_only_between_markers(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    results_dir = tmp_path / "results"
+    write_inputs(results_dir, monkeypatch)
     readme = tmp_path / "README.md"
     original = (REPO / "README.md").read_text(encoding="utf-8")
     if "<!-- bench:start -->" not in original:
@@ -136,8 +173,8 @@ def test_report_regenerates_only_between_markers(results_dir: Path, tmp_path: Pa
     text = readme.read_text(encoding="utf-8")
     assert text.startswith(before + "<!-- bench:start -->") and text.endswith("<!-- bench:end -->" + after)
     table = text[len(before):len(text) - len(after)]
-    for result in results_dir.glob("*.json"):
-        assert f"| {result.stem} |" in table
+    assert sorted(p.stem for p in results_dir.glob("*.json")) == ["ann", "ingest"]
+    assert "| ann | query_p50_ms | 3.25 |" in table and "| ingest |" in table
     again = subprocess.run([PYTHON, "-m", "bench.report", "--readme", str(readme)], cwd=REPO,
                            env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and readme.read_text(encoding="utf-8") == text  # idempotent

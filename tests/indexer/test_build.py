@@ -80,8 +80,9 @@ def test_lock_refuses_a_concurrent_build(tmp_path):
         deadline = time.time() + 60
         while not ready.exists() and time.time() < deadline:
             time.sleep(0.1)
-        with pytest.raises(BuildLockedError, match="another index build is running"):
+        with pytest.raises(BuildLockedError, match="another index build is running") as err:
             _build(tmp_path)
+        assert f"pid {holder.pid} since" in str(err.value)  # it names the holder
         assert current_version_dir(tmp_path) is None
     finally:
         holder.kill()

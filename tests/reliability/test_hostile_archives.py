@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import zipfile
 from pathlib import Path
 
@@ -45,10 +44,8 @@ def test_zip_bomb_high_ratio_is_refused(tmp_path):
     path = _write(tmp_path, "bomb.zip", hostile.zip_bytes([("a.nxml", hostile.mini_article()),
                                                            ("f1.jpg", zeros)]))
     assert path.stat().st_size < 200_000
-    t0 = time.monotonic()
-    with pytest.raises(InputError, match="bomb"):
+    with pytest.raises(InputError, match="bomb"):  # refused from the header, time: bench/hostile.py
         _units(path)
-    assert time.monotonic() - t0 < 3
 
 
 def test_nested_zip_members_are_not_opened(tmp_path):
@@ -121,10 +118,8 @@ def test_symlink_members_are_refused(tmp_path):
 def test_absurd_member_count_is_refused(tmp_path):
     members = [("a.nxml", hostile.mini_article())] + [(f"d/{i}.txt", b"") for i in range(10_050)]
     path = _write(tmp_path, "many.zip", hostile.zip_bytes(members))
-    t0 = time.monotonic()
     with pytest.raises(InputError, match="members"):
         _units(path)
-    assert time.monotonic() - t0 < 5
 
 
 @pytest.mark.parametrize("keep", [0.05, 0.5, 0.95])

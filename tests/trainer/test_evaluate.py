@@ -61,7 +61,13 @@ def test_eval_command_writes_table_and_json(tiny_model_dir, tmp_path, capsys):
     assert result["chance"]["R@1"] == pytest.approx(1 / 60, abs=1e-3)
     # captions are the indexed text, so keyword search finds nearly every figure
     assert result["text_to_image_modes"]["keyword"]["R@10"] > 0.9
-    assert result["figure_type"]["n"] == 60 and 0 <= result["figure_type"]["accuracy"] <= 1
+    ft = result["figure_type"]
+    assert ft["n"] == 60 and ft["chance"] == round(1 / len(LABELS), 4)
+    # accuracy counts whole figures (k of 60) and is the figure-weighted mean of the per-type
+    # accuracies, so it lies between the worst and the best type
+    assert ft["accuracy"] == pytest.approx(round(ft["accuracy"] * 60) / 60, abs=1e-4)
+    assert set(ft["per_type"]) <= set(LABELS) and len(ft["per_type"]) >= 2
+    assert min(ft["per_type"].values()) <= ft["accuracy"] <= max(ft["per_type"].values())
     val = evaluate(str(tiny_model_dir), data_dir, "val", device="cpu", workers=0)
     assert 0 < val["n"] < 60
 

@@ -9,13 +9,13 @@ from fastapi import APIRouter, HTTPException, Path
 from figsearch.api.deps import BaseUrlDep, StateDep, StoreDep
 from figsearch.api.present import figure_detail
 from figsearch.api.schemas import ArticleResponse, ErrorResponse
-from figsearch.search import article_url
+from figsearch.links import article_url
 
 router = APIRouter(prefix="/v1/articles", tags=["articles"])
 
 
 @router.get(
-    "/{pmcid}", response_model=ArticleResponse,
+    "/{pmcid:path}", response_model=ArticleResponse,
     responses={404: {"model": ErrorResponse, "description": "No such article"}},
     summary="An article and its figures (by PMCID, or by article key for non-PMC articles)",
 )
