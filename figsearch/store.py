@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 from sqlalchemy import (
     Boolean,
     DateTime,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from figsearch.licenses import COMMERCIAL_CLASSES
@@ -394,6 +396,25 @@ class FigureStore:
 
     # -- schema -----------------------------------------------------------------------
     def _migrate(self) -> None:
+        """Bring the schema up to date; at most one process at a time does it.
+
+        API workers and a nightly build often open an upgraded store at the same moment;
+        without the lock two ``create_all`` calls race and one fails with "table exists"."""
+        if self._schema_is_current():
+            return
+        with FileLock(f"{self.path}.migrate.lock"):
+            self._apply_migrations()
+
+    def _schema_is_current(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    text("SELECT value FROM meta WHERE key='schema_version'")).first()
+        except OperationalError:  # a new file: no meta table yet
+            return False
+        return row is not None and int(row[0]) == SCHEMA_VERSION
+
+    def _apply_migrations(self) -> None:
         Base.metadata.create_all(self.engine)
         with self.engine.begin() as conn:
             row = conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).first()

@@ -77,3 +77,29 @@ def test_schema_version_and_wal(tmp_path):
         assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     with pytest.raises(FileNotFoundError):
         FigureStore(tmp_path / "missing.db", create=False)
+
+
+def _open_store_at_barrier(path: str, barrier) -> int:
+    barrier.wait()
+    store = FigureStore(path)
+    try:
+        return store.schema_version()
+    finally:
+        store.close()
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    # API workers and a build open an upgraded store together: create_all and the migrations
+    # must not race ("table ... already exists").
+    import multiprocessing as mp
+
+    from figsearch.store import SCHEMA_VERSION
+
+    ctx = mp.get_context("spawn")
+    n = 4
+    barrier = ctx.Manager().Barrier(n)
+    with ctx.Pool(n) as pool:
+        versions = pool.starmap(_open_store_at_barrier, [(str(tmp_path / "s.db"), barrier)] * n)
+    assert versions == [SCHEMA_VERSION] * n
+    store = FigureStore(tmp_path / "s.db")
+    assert store.keyword_search("anything", 5) == []  # FTS table in place, exactly once
