@@ -10,6 +10,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from figsearch import timing
+
 Scope = dict[str, Any]
 ASGIApp = Any
 #: Probes and scrapes are never rate limited.
@@ -144,6 +146,12 @@ class Metrics:
             ["route", "method"], registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.stages = Histogram(
+            "figsearch_stage_duration_seconds",
+            "Time per request stage (tokenise, encode, search, rerank, metadata, serialise...)",
+            ["stage"], registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
 
 
 class MetricsMiddleware:
@@ -158,18 +166,27 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         status = {"code": 500}
+        stages, token = timing.begin()
+        start = time.perf_counter()
 
         async def recording_send(message: Any) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = int(message["status"])
+                if stages:  # only routes that did timed work say so
+                    total = (time.perf_counter() - start) * 1000.0
+                    value = timing.server_timing(stages, total).encode()
+                    message = {**message,
+                               "headers": [*message.get("headers", []), (b"server-timing", value)]}
             await send(message)
 
-        start = time.perf_counter()
         try:
             await self.app(scope, receive, recording_send)
         finally:
+            timing.end(token)
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
             self.metrics.requests.labels(label, method, str(status["code"])).inc()
             self.metrics.latency.labels(label, method).observe(time.perf_counter() - start)
+            for name, ms in stages.items():
+                self.metrics.stages.labels(name).observe(ms / 1000.0)

@@ -58,6 +58,30 @@ class Settings(BaseSettings):
     dedup_threshold: float = Field(
         0.98, description="Cosine similarity above which two results are near-duplicates."
     )
+    quantize_text: bool = Field(
+        False,
+        description=(
+            "API on CPU: int8 dynamic quantisation of the text tower's Linear layers (faster "
+            "query encoding; bench/quantise.py checks cosine and top-10 against the float model)."
+        ),
+    )
+    query_cache_size: int = Field(
+        1024, description="Recent query texts whose embeddings the API keeps (LRU); 0 disables."
+    )
+    index_mmap: bool = Field(
+        True,
+        description=(
+            "API: memory-map the FAISS index file (where the index type allows) and the vectors, "
+            "so uvicorn workers share one copy in the page cache."
+        ),
+    )
+    metrics_dir: str = Field(
+        "",
+        description=(
+            "Directory for Prometheus multiprocess metrics (PROMETHEUS_MULTIPROC_DIR); empty = "
+            "a fresh temporary one when workers > 1. Cleared at `figsearch serve` start."
+        ),
+    )
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, description="API port.")
     workers: int = Field(1, description="uvicorn worker processes for the API.")
