@@ -563,7 +563,12 @@ def quantize_text_tower(encoder: Encoder) -> int:
         return 0
     tower = text_tower(encoder.model)
     before = sum(type(m) is torch.nn.Linear for m in tower.modules())
+    dtype = next(p.dtype for p in tower.parameters() if p.is_floating_point())
     quantize_dynamic(tower, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    if hasattr(tower, "get_cast_dtype"):
+        # open_clip's text transformer reads its dtype off an MLP weight, which is a packed
+        # int8 method now; the rest of the tower (embeddings, norms, attention) keeps ``dtype``.
+        tower.get_cast_dtype = lambda: dtype
     after = sum(type(m) is torch.nn.Linear for m in tower.modules())
     encoder.quantized = True
     return before - after

@@ -75,11 +75,12 @@ class Settings(BaseSettings):
             "so uvicorn workers share one copy in the page cache."
         ),
     )
-    metrics_dir: str = Field(
+    run_dir: str = Field(
         "",
         description=(
-            "Directory for Prometheus multiprocess metrics (PROMETHEUS_MULTIPROC_DIR); empty = "
-            "a fresh temporary one when workers > 1. Cleared at `figsearch serve` start."
+            "Directory the API's worker processes share: Prometheus multiprocess metric files "
+            "and the rate-limit table. Empty = a fresh temporary one when workers > 1 (one "
+            "process keeps both in memory)."
         ),
     )
     host: str = Field("127.0.0.1", description="API bind address.")
