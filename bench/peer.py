@@ -51,6 +51,7 @@ from figsearch.netutil import free_port, wait_for_http
 HARNESS = REPO_ROOT.parent / "shared" / "peers" / "clip-retrieval"
 QUERIES_FILE = HARNESS / "queries.txt"
 IMAGES_DIR = REPO_ROOT.parent / "shared" / "data" / "pmc-figures" / "images"
+ROCO_CSV = REPO_ROOT.parent / "shared" / "data" / "roco" / "roco_pmc_figures.csv"
 PEER_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 PEER_FIXES = ("setuptools<81", "faiss-cpu==1.13.2")
 #: (load.py kind, our name) of the phases compared
@@ -91,14 +92,21 @@ def _harness_module(name: str) -> Any:
     return module
 
 
-def write_embeddings(work: Path, n: int, python: str) -> Path:
-    """``<work>/emb``: the harness's N x 512 vectors + parquet metadata (written once)."""
+def write_embeddings(work: Path, n: int) -> Path:
+    """``<work>/emb``: the harness's N x 512 vectors + parquet metadata (written once), by its
+    ``make_embeddings.main`` (pointed at the ROCO captions where its relative path misses)."""
     emb = work / "emb"
     marker = emb / f".n{n}"
     if not marker.exists():
         shutil.rmtree(emb, ignore_errors=True)
-        subprocess.run([python, str(HARNESS / "make_embeddings.py"), str(emb), str(n), "1"],
-                       check=True)
+        module = _harness_module("make_embeddings")
+        if not Path(module.ROCO).exists():
+            module.ROCO = str(ROCO_CSV)
+        argv, sys.argv = sys.argv, ["make_embeddings.py", str(emb), str(n), "1"]
+        try:
+            module.main()
+        finally:
+            sys.argv = argv
         marker.touch()
     return emb
 
@@ -365,10 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from figsearch.encoders import load_model
 
-        peer_py = ensure_peer_venv(args.work)
+        ensure_peer_venv(args.work)
         spec = str(vitb16_model_dir(args.work))
         model_key = load_model(spec, device="cpu").model_key
-        emb = write_embeddings(args.work, args.n, str(peer_py))
+        emb = write_embeddings(args.work, args.n)
         vectors = load_vectors(emb)
         figures.update(measure_peer(args.work, emb, vectors, args))
         figures.update(measure_figsearch(args.work, vectors, spec, model_key, args, True))
