@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="", help="model dir (default: the peer's ViT-B-16)")
     p.add_argument("--corpus", type=int, default=2000, help="ROCO captions for the top-10 check")
     p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--timing-queries", type=int, default=50, help="queries timed one at a time")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the model dir here")
     args = p.parse_args(argv)
     tmp = None
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                                **compare(float_enc, int8_enc, queries, corpus)}
     rows = []
     for name, enc in (("float32", float_enc), ("int8", int8_enc)):
-        per_q = per_query_ms(enc, queries[:50])
+        per_q = per_query_ms(enc, queries[: args.timing_queries])
         qps = batch_qps(enc, queries)
         figures[f"{name}_query_p50_ms"] = round(per_q, 2)
         figures[f"{name}_batch32_qps"] = round(qps, 1)
