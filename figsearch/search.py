@@ -36,6 +36,7 @@ from figsearch.core.config import Settings
 from figsearch.store import FigureFilter, FigureStore
 
 MODES = ("hybrid", "dense", "keyword")
+_DUP_BLOCK = 512  # candidate rows per near-duplicate matrix product
 RRF_K = 60
 PMC_ARTICLE_URL = "https://pmc.ncbi.nlm.nih.gov/articles/{pmcid}/"
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -465,12 +466,17 @@ class SearchService:
             if vectors is None:
                 return [()] * len(ids)
             has = np.any(vectors, axis=1)
-            close = (vectors @ vectors.T) > self.settings.dedup_threshold
-            close &= has[:, None] & has[None, :]
-            close = np.tril(close, -1)  # only better-ranked (earlier) positions count
             out: list[tuple[int, ...]] = [()] * len(ids)
-            for row, col in zip(*np.nonzero(close), strict=True):
-                out[row] = (*out[row], int(col))
+            # Blocks of rows against all better-ranked rows: one matrix product each, memory
+            # bounded by block x n (deep pages have thousands of candidates).
+            for start in range(0, len(ids), _DUP_BLOCK):
+                stop = min(start + _DUP_BLOCK, len(ids))
+                close = (vectors[start:stop] @ vectors[:stop].T) > self.settings.dedup_threshold
+                close &= has[start:stop, None] & has[None, :stop]
+                rows, cols = np.nonzero(close)
+                for row, col in zip(rows + start, cols, strict=True):
+                    if col < row:  # only better-ranked (earlier) positions count
+                        out[row] = (*out[row], int(col))
             return out
 
     def _collapse(
