@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from figsearch import timing
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
@@ -509,6 +511,7 @@ class Encoder:
         self.context_length = int(getattr(loaded.tokenizer, "context_length", 77))
         self.dim = int(loaded.model_cfg["embed_dim"])
         self.preprocess = make_transform(loaded.preprocess_cfg)
+        self.quantized = False  # set by quantize_text_tower
 
     def __repr__(self) -> str:
         return f"Encoder({self.spec!r}, key={self.model_key}, dim={self.dim}, device={self.device})"
@@ -537,8 +540,12 @@ class Encoder:
 
         out = [np.zeros((0, self.dim), np.float32)]
         for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.preprocess(im) for im in images[start:start + self.batch_size]])
-            out.append(self.encode_pixels(batch))
+            with timing.stage("preprocess"):
+                batch = torch.stack(
+                    [self.preprocess(im) for im in images[start:start + self.batch_size]]
+                )
+            with timing.stage("encode"):
+                out.append(self.encode_pixels(batch))
         return np.concatenate(out)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -548,9 +555,48 @@ class Encoder:
         chunks = []
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(texts), self.batch_size):
-                tokens = self.tokenizer(list(texts[start:start + self.batch_size])).to(self.device)
-                chunks.append(self.model.encode_text(tokens, normalize=True).float().cpu())
+                with timing.stage("tokenise"):
+                    tokens = self.tokenizer(list(texts[start:start + self.batch_size]))
+                with timing.stage("encode"):
+                    tokens = tokens.to(self.device)
+                    chunks.append(self.model.encode_text(tokens, normalize=True).float().cpu())
         return _normalised(chunks, self.dim)
+
+
+def text_tower(model: Any) -> Any:
+    """The text-side module of an open_clip model: ``model.text`` (HF text towers, CustomTextCLIP)
+    or ``model.transformer`` (the built-in text transformer of CLIP; the image side is
+    ``model.visual`` and stays untouched)."""
+    tower = getattr(model, "text", None) or getattr(model, "transformer", None)
+    if tower is None:
+        raise ModelLoadError(f"{type(model).__name__} has no text tower to quantise")
+    return tower
+
+
+def quantize_text_tower(encoder: Encoder) -> int:
+    """Int8 dynamic quantisation of the text tower's Linear layers, in place (CPU only).
+
+    Weights become int8, activations are quantised per batch at run time
+    (``torch.ao.quantization.quantize_dynamic``); the image tower keeps float weights. Query
+    vectors stay close to the float model's (``bench/quantise.py`` checks cosine >= 0.99 and the
+    top-10). Returns how many Linear layers were quantised (0 on a non-CPU device: no-op).
+    """
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    if not str(encoder.device).startswith("cpu"):
+        return 0
+    tower = text_tower(encoder.model)
+    before = sum(type(m) is torch.nn.Linear for m in tower.modules())
+    dtype = next(p.dtype for p in tower.parameters() if p.is_floating_point())
+    quantize_dynamic(tower, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    if hasattr(tower, "get_cast_dtype"):
+        # open_clip's text transformer reads its dtype off an MLP weight, which is a packed
+        # int8 method now; the rest of the tower (embeddings, norms, attention) keeps ``dtype``.
+        tower.get_cast_dtype = lambda: dtype
+    after = sum(type(m) is torch.nn.Linear for m in tower.modules())
+    encoder.quantized = True
+    return before - after
 
 
 def _normalised(chunks: list[Any], dim: int) -> np.ndarray:

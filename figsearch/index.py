@@ -26,6 +26,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from figsearch import timing
+
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
 VECTORS_FILE = "vectors.npy"
@@ -321,17 +323,19 @@ class SearchIndex:
         if k <= 0 or self.ntotal == 0:
             return _pad(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), max(k, 0))
         fetch = k * max(rerank_factor, 1) if (rerank and self.compressed) else k
-        if allowed_ids is None:
-            scores, rows = self._search_rows(q, fetch, None)
-        else:
-            allowed_rows, selector = self._subset(allowed_ids)
-            if len(allowed_rows) <= EXACT_SUBSET_MAX:
-                scores, rows = self._exact_subset(q, k, allowed_rows)
-                fetch = k  # already exact
+        with timing.stage("search"):
+            if allowed_ids is None:
+                scores, rows = self._search_rows(q, fetch, None)
             else:
-                scores, rows = self._filtered(q, fetch, allowed_rows, selector)
+                allowed_rows, selector = self._subset(allowed_ids)
+                if len(allowed_rows) <= EXACT_SUBSET_MAX:
+                    scores, rows = self._exact_subset(q, k, allowed_rows)
+                    fetch = k  # already exact
+                else:
+                    scores, rows = self._filtered(q, fetch, allowed_rows, selector)
         if fetch > k:
-            scores, rows = self._rerank(q, rows, k)
+            with timing.stage("rerank"):
+                scores, rows = self._rerank(q, rows, k)
         scores, rows = _pad(*_top_k(scores, rows, k), k)
         ids = np.where(rows >= 0, self.ids[rows.clip(0)], -1)
         return scores.astype(np.float32), ids.astype(np.int64)

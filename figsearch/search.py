@@ -36,11 +36,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from figsearch import timing
 from figsearch.core.config import Settings
 from figsearch.links import PMC_ARTICLE_URL, article_url, figure_url  # noqa: F401 (re-exported)
 from figsearch.store import FigureFilter, FigureStore
 
 MODES = ("hybrid", "dense", "keyword")
+_DUP_BLOCK = 512  # candidate rows per near-duplicate matrix product
 RRF_K = 60
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -322,6 +324,10 @@ class SearchService:
         only runs when the first finds fewer than ``n``. Hybrid search does not widen: there
         the dense ranking already supplies the partial matches.
         """
+        with timing.stage("keyword"):
+            return self._keyword_rows(query, n, flt, widen)
+
+    def _keyword_rows(self, query: str, n: int, flt: FigureFilter, widen: bool) -> _Candidates:
         rows: list[tuple[int, float]] = []
         weights = self.settings.fts_weights
         single_word = len(query_terms(query)) <= 1
@@ -365,12 +371,10 @@ class SearchService:
         """Fetch deeper until ``offset + k`` distinct results exist or candidates run out."""
         need = offset + k
         n = need * 2 + 10
+        figures: dict[int, dict[str, Any]] = {}
         while True:
             cands = fetch(n)
-            figures = self.store.get_figures(cands.ids)
-            kept = [(i, s) for i, s in zip(cands.ids, cands.scores, strict=True) if i in figures]
-            if dedup:
-                kept = self._collapse(kept, figures)
+            kept = self._select(cands, need, dedup, figures)
             if len(kept) >= need or cands.exhausted or n >= 8 * need + 1000:
                 break
             n *= 2
@@ -382,29 +386,73 @@ class SearchService:
             hits.append(SearchHit(i, offset + r + 1, s, figures[i], caption, ocr))
         return hits
 
+    def _select(
+        self, cands: _Candidates, need: int, dedup: bool, figures: dict[int, dict[str, Any]]
+    ) -> list[tuple[int, float]]:
+        """The first ``need`` candidates, in rank order, that are in the store (not retracted)
+        and - with ``dedup`` - neither share an image (sha256) with nor nearly equal
+        (cosine > ``dedup_threshold``) a better-ranked kept one.
+
+        Store rows are fetched a rank-ordered chunk at a time into ``figures`` (usually one
+        query of about ``need`` rows, instead of rows for every candidate); near-duplicates
+        come from one matrix product over the candidates' vectors.
+        """
+        ids, scores = cands.ids, cands.scores
+        dups = self._near_duplicates(ids) if dedup else None
+        kept: list[tuple[int, float]] = []
+        kept_pos: set[int] = set()
+        seen_sha: set[str] = set()
+        pos, chunk = 0, need + (need // 4 + 5 if dedup else 0)
+        while len(kept) < need and pos < len(ids):
+            batch = [i for i in ids[pos : pos + chunk] if i not in figures]
+            if batch:
+                with timing.stage("metadata"):
+                    figures.update(self.store.get_figures(batch))
+            for p in range(pos, min(pos + chunk, len(ids))):
+                fig = figures.get(ids[p])
+                if fig is None:
+                    continue
+                if dups is not None:
+                    sha = fig.get("sha256")
+                    if (sha and sha in seen_sha) or not kept_pos.isdisjoint(dups[p]):
+                        continue
+                    if sha:
+                        seen_sha.add(sha)
+                    kept_pos.add(p)
+                kept.append((ids[p], scores[p]))
+                if len(kept) >= need:
+                    break
+            pos += chunk
+            chunk *= 2
+        return kept
+
+    def _near_duplicates(self, ids: list[int]) -> list[tuple[int, ...]]:
+        """Per candidate position, the better-ranked positions whose vector is a near-duplicate
+        (cosine > ``dedup_threshold``); candidates without a vector have none."""
+        with timing.stage("collapse"):
+            vectors = self._vectors_or_none(ids)
+            if vectors is None:
+                return [()] * len(ids)
+            has = np.any(vectors, axis=1)
+            out: list[tuple[int, ...]] = [()] * len(ids)
+            # Blocks of rows against all better-ranked rows: one matrix product each, memory
+            # bounded by block x n (deep pages have thousands of candidates).
+            for start in range(0, len(ids), _DUP_BLOCK):
+                stop = min(start + _DUP_BLOCK, len(ids))
+                close = (vectors[start:stop] @ vectors[:stop].T) > self.settings.dedup_threshold
+                close &= has[start:stop, None] & has[None, :stop]
+                rows, cols = np.nonzero(close)
+                for row, col in zip(rows + start, cols, strict=True):
+                    if col < row:  # only better-ranked (earlier) positions count
+                        out[row] = (*out[row], int(col))
+            return out
+
     def _collapse(
         self, ranked: list[tuple[int, float]], figures: dict[int, dict[str, Any]]
     ) -> list[tuple[int, float]]:
         """Drop results whose image equals, or nearly equals, a better-ranked one."""
-        vectors = self._vectors_or_none([i for i, _ in ranked])
-        seen_sha: set[str] = set()
-        kept: list[tuple[int, float]] = []
-        kept_vecs: list[np.ndarray] = []
-        threshold = self.settings.dedup_threshold
-        for pos, (fid, score) in enumerate(ranked):
-            sha = figures[fid].get("sha256")
-            if sha and sha in seen_sha:
-                continue
-            vec = vectors[pos] if vectors is not None else None
-            if vec is not None and np.any(vec) and kept_vecs:
-                if float(np.max(np.stack(kept_vecs) @ vec)) > threshold:
-                    continue
-            if sha:
-                seen_sha.add(sha)
-            if vec is not None and np.any(vec):
-                kept_vecs.append(vec)
-            kept.append((fid, score))
-        return kept
+        cands = _Candidates([i for i, _ in ranked], [s for _, s in ranked], True)
+        return self._select(cands, len(ranked), True, figures)
 
     def _vectors_or_none(self, ids: list[int]) -> np.ndarray | None:
         """Unit vectors of the ids (rows of zeros for ids not in the index), or None."""

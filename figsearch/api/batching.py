@@ -5,6 +5,10 @@ several concurrent torch calls just fight over the same cores. :class:`BatchingE
 each query and one worker thread encodes everything waiting at that moment in a single batch
 (texts with texts, images with images), so under load one forward pass serves many requests
 and at low load a query waits for nothing.
+
+Stage times (:mod:`figsearch.timing`) measured on the worker for a batch are handed back to
+every request in it; the rest of a request's wait is reported as stage ``queue``. Text queries
+first look in a bounded LRU cache of recent query embeddings (:class:`QueryCache`).
 """
 
 from __future__ import annotations
@@ -12,30 +16,83 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 
+from figsearch import timing
+
 log = logging.getLogger("figsearch.api")
+
+
+class QueryCache:
+    """A bounded, thread-safe LRU of query text -> embedding (``size`` 0 disables it).
+
+    Popular queries repeat; a hit skips tokenising, the queue and the model entirely.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = max(0, int(size))
+        self.hits = self.misses = 0
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> np.ndarray | None:
+        if not self.size:
+            return None
+        with self._lock:
+            row = self._items.get(key)
+            if row is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return row
+
+    def put(self, key: str, row: np.ndarray) -> None:
+        if not self.size:
+            return
+        row = np.array(row, dtype=np.float32)  # a private, read-only copy
+        row.setflags(write=False)
+        with self._lock:
+            self._items[key] = row
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class BatchingEncoder:
     """Wraps an Encoder; ``encode_texts`` / ``encode_images`` are batched across threads."""
 
-    def __init__(self, encoder: Any, max_batch: int = 32) -> None:
+    def __init__(self, encoder: Any, max_batch: int = 32, cache_size: int = 0) -> None:
         self.encoder = encoder
+        self.cache = QueryCache(cache_size)
         self.model_key: str = encoder.model_key
         self.dim: int = encoder.dim
         self.spec = getattr(encoder, "spec", "")
         self.max_batch = max_batch
         self._closed = False
-        self._queue: queue.Queue[tuple[str, Any, Future[np.ndarray]]] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, Any, Future[Any]]] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="encoder-batcher", daemon=True)
         self._worker.start()
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return np.stack([self._submit("text", t) for t in texts])
+        return np.stack([self._text(t) for t in texts])
+
+    def _text(self, text: str) -> np.ndarray:
+        hit = self.cache.get(text)
+        if hit is not None:
+            timing.add("cache", 0.0)  # says "served from the cache" in Server-Timing
+            return hit
+        row = self._submit("text", text)
+        self.cache.put(text, row)
+        return row
 
     def encode_images(self, images: list[Any]) -> np.ndarray:
         return np.stack([self._submit("image", im) for im in images])
@@ -49,11 +106,17 @@ class BatchingEncoder:
         if self._closed:  # a request still holding an old snapshot: no batching, no hang
             fn = self.encoder.encode_texts if kind == "text" else self.encoder.encode_images
             return np.asarray(fn([item]), dtype=np.float32)[0]
-        future: Future[np.ndarray] = Future()
+        future: Future[tuple[np.ndarray, timing.Stages]] = Future()
+        t0 = time.perf_counter()
         self._queue.put((kind, item, future))
-        return future.result()
+        row, stages = future.result()
+        waited = (time.perf_counter() - t0) * 1000.0
+        for name, ms in stages.items():
+            timing.add(name, ms)
+        timing.add("queue", max(0.0, waited - sum(stages.values())))
+        return row
 
-    def _drain(self) -> list[tuple[str, Any, Future[np.ndarray]]]:
+    def _drain(self) -> list[tuple[str, Any, Future[Any]]]:
         batch = [self._queue.get()]  # block for the first, then take what is already waiting
         while len(batch) < self.max_batch:
             try:
@@ -83,8 +146,9 @@ class BatchingEncoder:
             if kind != "stop":
                 self._encode_group(kind, [(item, fut)])
 
-    def _encode_group(self, kind: str, group: list[tuple[Any, Future[np.ndarray]]]) -> None:
+    def _encode_group(self, kind: str, group: list[tuple[Any, Future[Any]]]) -> None:
         items = [item for item, _ in group]
+        stages, token = timing.begin()
         try:
             fn = self.encoder.encode_texts if kind == "text" else self.encoder.encode_images
             vectors = np.asarray(fn(items), dtype=np.float32)
@@ -92,5 +156,7 @@ class BatchingEncoder:
             for _, fut in group:
                 fut.set_exception(exc)
             return
+        finally:
+            timing.end(token)
         for row, (_, fut) in zip(vectors, group, strict=True):
-            fut.set_result(row)
+            fut.set_result((row, dict(stages)))

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -31,6 +32,8 @@ from figsearch.core.config import Settings, get_settings
 from figsearch.figure_types import LABELS
 
 log = logging.getLogger("figsearch.api")
+#: The rate-limit table shared by worker processes, inside ``settings.run_dir``.
+RATE_LIMIT_DB = "ratelimit.sqlite"
 
 DESCRIPTION = """Semantic search over the figures of PubMed Central.
 
@@ -120,7 +123,9 @@ def _add_middlewares(app: FastAPI, settings: Settings) -> None:
     # Added innermost first: metrics sees every answer, including 413 and 429.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=int(settings.max_upload_mb * 2**20))
     if settings.rate_limit_per_minute > 0:
-        app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_minute)
+        shared = str(Path(settings.run_dir) / RATE_LIMIT_DB) if settings.run_dir else None
+        app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_minute,
+                           shared_path=shared)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(

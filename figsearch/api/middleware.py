@@ -1,14 +1,20 @@
-"""Small ASGI middlewares: per-IP rate limiting, request body size limit, Prometheus metrics."""
+"""Small ASGI middlewares: per-IP rate limiting (per process or shared by workers), request body
+size limit, Prometheus metrics (per process or multiprocess) with per-stage timings."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from figsearch import timing
 
 Scope = dict[str, Any]
 ASGIApp = Any
@@ -58,12 +64,65 @@ class TokenBuckets:
             del self._buckets[k]
 
 
-class RateLimitMiddleware:
-    """429 with ``Retry-After`` once a client IP has used its per-minute budget."""
+class SharedTokenBuckets(TokenBuckets):
+    """Token buckets in a SQLite table that every worker process opens, so a client's budget
+    holds across uvicorn workers (not ``workers x per_minute``). Each take is one short
+    ``BEGIN IMMEDIATE`` transaction (WAL, no fsync: the buckets are throwaway state)."""
 
-    def __init__(self, app: ASGIApp, per_minute: int) -> None:
+    def __init__(self, path: str | Path, per_minute: int, max_keys: int = 100_000) -> None:
+        super().__init__(per_minute, max_keys)
+        self.path = Path(path)
+        self._local = threading.local()
+        self._last_prune = 0.0
+        self._conn().execute(
+            "CREATE TABLE IF NOT EXISTS buckets("
+            "key TEXT PRIMARY KEY, tokens REAL NOT NULL, last REAL NOT NULL)"
+        )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=OFF")
+            self._local.conn = conn
+        return conn
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """0 when a token was taken, else the seconds until one is available."""
+        now = time.time() if now is None else now  # wall clock: the same in every process
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT tokens, last FROM buckets WHERE key = ?", (key,)).fetchone()
+            tokens, last = row if row else (self.capacity, now)
+            tokens = min(self.capacity, tokens + max(0.0, now - last) * self.rate)
+            wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+            tokens -= 1.0 if tokens >= 1.0 else 0.0
+            conn.execute("INSERT OR REPLACE INTO buckets(key, tokens, last) VALUES (?, ?, ?)",
+                         (key, tokens, now))
+            if now - self._last_prune > 60:
+                self._last_prune = now
+                conn.execute("DELETE FROM buckets WHERE tokens + (? - last) * ? >= ?",
+                             (now, self.rate, self.capacity))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return wait
+
+
+class RateLimitMiddleware:
+    """429 with ``Retry-After`` once a client IP has used its per-minute budget.
+
+    ``shared_path``: keep the buckets in that SQLite file (one budget across worker processes).
+    """
+
+    def __init__(self, app: ASGIApp, per_minute: int, shared_path: str | None = None) -> None:
         self.app = app
-        self.buckets = TokenBuckets(per_minute)
+        self.buckets = (SharedTokenBuckets(shared_path, per_minute) if shared_path
+                        else TokenBuckets(per_minute))
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("path") in UNLIMITED_PATHS:
@@ -131,10 +190,16 @@ class BodySizeLimitMiddleware:
 
 
 class Metrics:
-    """Request counter and latency histogram by route template, in a private registry."""
+    """Request counter and latency histogram by route template, in a private registry.
+
+    With several worker processes (``PROMETHEUS_MULTIPROC_DIR`` set before they start, see
+    ``figsearch serve``) each process writes its values to files there and
+    :meth:`exposition_registry` reads all of them, so a scrape of any worker sees the sum.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.requests = Counter(
             "figsearch_http_requests_total", "HTTP requests by route, method and status",
             ["route", "method", "status"], registry=self.registry,
@@ -144,6 +209,23 @@ class Metrics:
             ["route", "method"], registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.stages = Histogram(
+            "figsearch_stage_duration_seconds",
+            "Time per request stage (tokenise, encode, search, rerank, metadata, serialise...)",
+            ["stage"], registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """What ``/metrics`` renders: this process's registry, or all workers' files."""
+        if not self.multiprocess_dir:
+            return self.registry
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return registry
 
 
 class MetricsMiddleware:
@@ -158,18 +240,27 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         status = {"code": 500}
+        stages, token = timing.begin()
+        start = time.perf_counter()
 
         async def recording_send(message: Any) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = int(message["status"])
+                if stages:  # only routes that did timed work say so
+                    total = (time.perf_counter() - start) * 1000.0
+                    value = timing.server_timing(stages, total).encode()
+                    message = {**message,
+                               "headers": [*message.get("headers", []), (b"server-timing", value)]}
             await send(message)
 
-        start = time.perf_counter()
         try:
             await self.app(scope, receive, recording_send)
         finally:
+            timing.end(token)
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
             self.metrics.requests.labels(label, method, str(status["code"])).inc()
             self.metrics.latency.labels(label, method).observe(time.perf_counter() - start)
+            for name, ms in stages.items():
+                self.metrics.stages.labels(name).observe(ms / 1000.0)

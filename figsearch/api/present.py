@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from fastapi.responses import Response
+
+from figsearch import timing
 from figsearch.api.schemas import FigureDetail, SearchResponse, SearchResult
 from figsearch.links import article_url, figure_url
 from figsearch.search import SearchPage
@@ -31,6 +35,26 @@ def _common(figure: dict[str, Any], base_url: str) -> dict[str, Any]:
         "license_url": figure.get("license_url") or None, "doi": figure.get("doi"),
         "source": figure.get("source") or "", **links(figure, base_url),
     }
+
+
+def search_payload(page: SearchPage, base_url: str) -> dict[str, Any]:
+    """The JSON of one search page as plain dicts: what :func:`search_response` dumps, built
+    without pydantic models (the hot path; tests check both agree)."""
+    results = []
+    for h in page.hits:
+        item = _common(h.figure, base_url)
+        item.update(rank=h.rank, score=round(float(h.score), 6),
+                    caption_highlighted=h.caption_highlighted)
+        results.append(item)
+    return {"query": page.query, "mode": page.mode, "k": page.k, "offset": page.offset,
+            "index_version": page.index_version, "took_ms": page.took_ms, "results": results}
+
+
+def json_response(payload: dict[str, Any]) -> Response:
+    """A JSON response from plain data, timed as the ``serialise`` stage."""
+    with timing.stage("serialise"):
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    return Response(body, media_type="application/json")
 
 
 def search_response(page: SearchPage, base_url: str) -> SearchResponse:

@@ -6,7 +6,10 @@ import argparse
 import copy
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from figsearch.core.config import Settings
@@ -65,8 +68,27 @@ def load_first(settings: Settings) -> Any:
     return state
 
 
+def prepare_run_dir(settings: Settings, workers: int) -> Path | None:
+    """With several workers: the directory they share (``settings.run_dir`` or a fresh temporary
+    one), emptied of a previous run's metric files and rate-limit table, and announced to the
+    workers through ``FIGSEARCH_RUN_DIR`` and ``PROMETHEUS_MULTIPROC_DIR`` (which
+    prometheus-client reads when a worker starts). None for one worker."""
+    if workers <= 1:
+        return None
+    run_dir = Path(settings.run_dir or tempfile.mkdtemp(prefix="figsearch-run-")).resolve()
+    metrics_dir = run_dir / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    for stale in run_dir.glob("ratelimit.sqlite*"):
+        stale.unlink()
+    os.environ["FIGSEARCH_RUN_DIR"] = str(run_dir)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    return run_dir
+
+
 def command(args: argparse.Namespace) -> int:
-    """Serve until interrupted. Workers each load the index and reload it independently.
+    """Serve until interrupted. Workers each load the index (memory-mapped, so the page cache
+    holds one copy) and reload it independently; metrics and the rate limit are shared.
 
     The current index and its model are loaded before the port opens; when they cannot be,
     the command exits with status 1 and the reason.
@@ -86,6 +108,9 @@ def command(args: argparse.Namespace) -> int:
         print(f"figsearch serve: cannot serve the index in {settings.indexes_dir}: {exc}",
               file=sys.stderr)
         return 1
+    run_dir = prepare_run_dir(settings, workers)
+    if run_dir is not None:
+        print(f"workers share {run_dir} (metrics, rate limit)")
     print(f"figsearch API on http://{host}:{port} (data {settings.data_dir}, {workers} worker(s))")
     options: dict[str, Any] = {"host": host, "port": port, "log_level": args.log_level,
                                "proxy_headers": True, "log_config": log_config()}

@@ -123,7 +123,8 @@ class AppState:
         store = self.store
         if store is None:
             raise IndexLoadError(f"no figure store at {self.settings.db_path}")
-        index = SearchIndex.load(version_dir, nprobe=self.settings.nprobe)
+        index = SearchIndex.load(version_dir, nprobe=self.settings.nprobe,
+                                 mmap_index=self.settings.index_mmap)
         encoder = self._encoder_for(index)
         index.check_model(encoder.model_key, encoder.dim)
         # figure types (filter, facets, result fields) come from the version being loaded
@@ -142,7 +143,15 @@ class AppState:
             encoder = load_model(
                 spec, device=self.settings.device or None, batch_size=self.settings.batch_size
             )
-            self._encoders[spec] = BatchingEncoder(encoder, max_batch=self.settings.batch_size)
+            if self.settings.quantize_text:
+                from figsearch.encoders import quantize_text_tower
+
+                n = quantize_text_tower(encoder)
+                log.info("text tower of %s: %d Linear layers quantised to int8", spec, n)
+            self._encoders[spec] = BatchingEncoder(
+                encoder, max_batch=self.settings.batch_size,
+                cache_size=self.settings.query_cache_size,
+            )
         return self._encoders[spec]
 
     def _drop_unused_encoders(self) -> None:

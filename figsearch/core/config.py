@@ -105,6 +105,31 @@ class Settings(BaseSettings):
         ),
     )
     ocr_workers: int = Field(2, description="Worker processes for OCR (each runs one engine).")
+    quantize_text: bool = Field(
+        False,
+        description=(
+            "API on CPU: int8 dynamic quantisation of the text tower's Linear layers (faster "
+            "query encoding; bench/quantise.py checks cosine and top-10 against the float model)."
+        ),
+    )
+    query_cache_size: int = Field(
+        1024, description="Recent query texts whose embeddings the API keeps (LRU); 0 disables."
+    )
+    index_mmap: bool = Field(
+        True,
+        description=(
+            "API: memory-map the FAISS index file (where the index type allows) and the vectors, "
+            "so uvicorn workers share one copy in the page cache."
+        ),
+    )
+    run_dir: str = Field(
+        "",
+        description=(
+            "Directory the API's worker processes share: Prometheus multiprocess metric files "
+            "and the rate-limit table. Empty = a fresh temporary one when workers > 1 (one "
+            "process keeps both in memory)."
+        ),
+    )
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, description="API port.")
     workers: int = Field(1, description="uvicorn worker processes for the API.")

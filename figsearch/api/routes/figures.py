@@ -20,7 +20,7 @@ from figsearch.api.deps import (
     StateDep,
     StoreDep,
 )
-from figsearch.api.present import figure_detail, search_response
+from figsearch.api.present import figure_detail, json_response, search_payload
 from figsearch.api.schemas import ErrorResponse, FigureDetail, SearchResponse
 from figsearch.imaging import ImageError, safe_image_path
 
@@ -60,9 +60,9 @@ def get_figure(
 def similar(
     figure_id: FigureId, loaded: LoadedDep, flt: FilterDep, base_url: BaseUrlDep,
     k: KParam = 20, offset: OffsetParam = 0, dedup: DedupParam = True,
-) -> SearchResponse:
+) -> Response:
     page = loaded.service.similar(figure_id, k=k, offset=offset, flt=flt, dedup=dedup)
-    return search_response(page, base_url)
+    return json_response(search_payload(page, base_url))
 
 
 def _image_file(

@@ -73,5 +73,5 @@ def facets(store: StoreDep) -> FacetsResponse:
 @router.get("/metrics", summary="Prometheus metrics (request counts, latency by route)",
             response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 def metrics(request: Request) -> Response:
-    registry = request.app.state.metrics.registry
+    registry = request.app.state.metrics.exposition_registry()
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
 from figsearch.api.deps import (
     BaseUrlDep,
@@ -19,7 +20,7 @@ from figsearch.api.deps import (
     build_filter,
 )
 from figsearch.api.errors import PayloadTooLarge
-from figsearch.api.present import search_response
+from figsearch.api.present import json_response, search_payload
 from figsearch.api.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
@@ -51,9 +52,9 @@ def search(
     k: KParam = 20, offset: OffsetParam = 0,
     mode: Annotated[Mode, Query(description="hybrid | dense | keyword")] = "hybrid",
     dedup: DedupParam = True,
-) -> SearchResponse:
+) -> Response:
     page = loaded.service.search_text(q, k=k, offset=offset, mode=mode, flt=flt, dedup=dedup)
-    return search_response(page, base_url)
+    return json_response(search_payload(page, base_url))
 
 
 @router.post(
@@ -67,7 +68,7 @@ def search(
 )
 def search_batch(
     body: BatchSearchRequest, loaded: LoadedDep, state: StateDep, base_url: BaseUrlDep
-) -> BatchSearchResponse:
+) -> Response:
     flt = build_filter(state, body.year_from, body.year_to, body.journal, body.license,
                        body.figure_type, body.pmcid)
     responses = []
@@ -84,8 +85,8 @@ def search_batch(
                 )
         except SearchInputError as exc:
             raise SearchInputError(f"queries[{i}]: {exc}") from exc
-        responses.append(search_response(page, base_url))
-    return BatchSearchResponse(responses=responses)
+        responses.append(search_payload(page, base_url))
+    return json_response({"responses": responses})
 
 
 @router.post(
@@ -102,7 +103,7 @@ async def search_image(
     image: UploadFile, loaded: LoadedDep, flt: FilterDep,
     settings: SettingsDep, base_url: BaseUrlDep, k: KParam = 20, offset: OffsetParam = 0,
     dedup: DedupParam = True,
-) -> SearchResponse:
+) -> Response:
     limit = int(settings.max_upload_mb * 1024 * 1024)
     data = await image.read(limit + 1)
     if len(data) > limit:
@@ -113,4 +114,4 @@ async def search_image(
     page = await run_in_threadpool(
         loaded.service.search_image, img, k=k, offset=offset, flt=flt, dedup=dedup
     )
-    return search_response(page, base_url)
+    return json_response(search_payload(page, base_url))

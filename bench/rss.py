@@ -1,0 +1,127 @@
+"""Server memory per uvicorn worker count, with and without the memory-mapped index.
+
+Reuses (or builds) the synthetic data dir of :mod:`bench.api`, starts ``figsearch serve
+--workers W`` for each configuration, sends ``--requests`` dense-text and raw-vector queries, and
+reads every server process's ``/proc/<pid>/smaps_rollup``: RSS (what ``top`` shows, counting
+shared index pages once per process), PSS (shared pages split between the processes that map
+them: the fair sum) and the private anonymous memory (model, heap: not shared). Writes
+``bench/results/rss.json``.
+
+    .venv/bin/python -m bench.rss --n 100000 --data-dir /tmp/bench-100k
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.api import QUERIES, bench_model, build_index, ensure_store_rows, stamp_manifest
+from bench.common import markdown_table, write_result
+from bench.peer import start_figsearch, stop
+from figsearch.netutil import free_port, wait_for_http
+
+
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """Summed Rss, Pss and private anonymous memory (MiB) of the server's processes that hold
+    more than 50 MiB (the workers, and the one process when there is one)."""
+    total = {"rss_mb": 0.0, "pss_mb": 0.0, "anon_mb": 0.0, "processes": 0}
+    for p in tree_pids(pid):
+        try:
+            fields = dict(line.split(":", 1) for line in
+                          Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()[1:])
+        except OSError:
+            continue
+        kb = {k.strip(): int(v.split()[0]) for k, v in fields.items()}
+        if kb.get("Rss", 0) < 50 * 1024:
+            continue  # uvicorn's supervisor and the multiprocessing helper
+        total["rss_mb"] += kb.get("Rss", 0) / 1024
+        total["pss_mb"] += kb.get("Pss", 0) / 1024
+        total["anon_mb"] += kb.get("Anonymous", 0) / 1024
+        total["processes"] += 1
+    return {k: round(v, 1) for k, v in total.items()}
+
+
+def load(base: str, n: int, dim: int) -> None:
+    rng = np.random.default_rng(5)
+    with httpx.Client(base_url=base, timeout=120) as http:
+        for i in range(n):
+            if i % 2:
+                http.get("/v1/search", params={"q": QUERIES[i % len(QUERIES)], "mode": "dense"})
+            else:
+                http.post("/v1/search", json={"queries": [
+                    {"vector": rng.standard_normal(dim).tolist()}]}).raise_for_status()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--model", default="figclip-mini")
+    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--configs", default="1:mmap,2:mmap,1:load",
+                   help="workers:mmap|load, comma-separated")
+    p.add_argument("--data-dir", type=Path, default=None)
+    args = p.parse_args(argv)
+    tmp = None
+    if args.data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-rss-")
+        args.data_dir = Path(tmp.name)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    spec, encoder = bench_model(args.model, args.data_dir)
+    ensure_store_rows(args.data_dir, args.n)
+    current = args.data_dir / "indexes" / "current"
+    if not current.exists():
+        build_index(args.data_dir, args.n, spec, encoder, None)
+    else:
+        stamp_manifest(current.resolve(), spec, encoder.model_key)
+    dim = encoder.dim
+    del encoder
+    index_mb = sum(f.stat().st_size for f in current.resolve().iterdir()) / 2**20
+    figures: dict[str, Any] = {"index_files_mb": round(index_mb, 1)}
+    rows = []
+    for config in args.configs.split(","):
+        workers, mode = config.split(":")
+        port = free_port()
+        env = {"FIGSEARCH_INDEX_MMAP": str(mode == "mmap").lower()}
+        proc = start_figsearch(args.data_dir, spec, port, int(workers), env)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(f"{base}/readyz", process=proc, timeout=900, interval=0.5)
+            load(base, args.requests, dim)
+            mem = memory_mb(proc.pid)
+        finally:
+            stop(proc)
+        name = f"w{workers}_{mode}"
+        figures.update({f"{name}_{k}": v for k, v in mem.items()})
+        rows.append([workers, mode, mem["processes"], mem["rss_mb"], mem["pss_mb"], mem["anon_mb"]])
+        print(f"{name}: {mem}", flush=True)
+    print(markdown_table(["workers", "index", "processes", "RSS MiB (sum)", "PSS MiB (sum)",
+                          "private anon MiB"], rows))
+    path = write_result("rss", {"n": args.n, "model": args.model, "requests": args.requests},
+                        figures)
+    print(f"rss bench: {len(rows)} configurations, n={args.n:,}; wrote {path}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
