@@ -202,12 +202,14 @@ def build_version(
     factory: str | None = None, memory_gb: float = 16.0, keep: int = 3,
     use_gpu: bool | None = None, extra: dict[str, Any] | None = None,
     hook: StageHook | None = None, activate: bool = True, train_size: int | None = None,
+    add_files: Callable[[Path], dict[str, Any]] | None = None,
 ) -> Path:
     """Build a new index version from (vectors, figure ids), switch ``current``, prune old ones.
 
     Returns the new version directory. On any exception ``current`` is untouched. With
     ``activate=False`` the version is written but ``current`` is left for the caller to switch
-    (after validating) with :func:`activate_version`.
+    (after validating) with :func:`activate_version`. ``add_files`` writes more files into the
+    version (e.g. the caption index) before its manifest; what it returns joins the manifest.
     """
     indexes_dir = Path(indexes_dir)
     vectors, ids = _validate_inputs(np.asarray(vectors), np.asarray(ids))
@@ -232,6 +234,7 @@ def build_version(
             "gpu": bool(use_gpu), "training_size": min(n, train_size or training_size(n, factory)),
             "checksums": _checksums(tmp_dir, [INDEX_FILE, IDS_FILE, VECTORS_FILE]),
             **(extra or {}),
+            **(add_files(tmp_dir) if add_files else {}),
         }
         (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE, MANIFEST_FILE):
@@ -246,6 +249,36 @@ def build_version(
         if activate:
             activate_version(indexes_dir, final, keep, hook)
     log.info("index version %s: %d vectors, %s, %.1fs", version, n, factory, seconds)
+    return final
+
+
+def build_text_version(
+    indexes_dir: Path, add_files: Callable[[Path], dict[str, Any]], *, keep: int = 3,
+    activate: bool = True, extra: dict[str, Any] | None = None,
+) -> Path:
+    """A version without an image index (``"kind": "text"``): keyword and caption search only,
+    e.g. while the demo's image model is still training. Same locking, rename and switch as
+    :func:`build_version`."""
+    indexes_dir = Path(indexes_dir)
+    indexes_dir.mkdir(parents=True, exist_ok=True)
+    with index_lock(indexes_dir):
+        remove_stale_builds(indexes_dir)
+        version = new_version_name()
+        tmp_dir = indexes_dir / f"{BUILDING_PREFIX}{version}"
+        tmp_dir.mkdir(parents=True)
+        manifest = {
+            "version": version, "kind": "text", "model_spec": None, "model_key": None,
+            "dim": None, "count": 0, "factory": None,
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **(extra or {}), **add_files(tmp_dir),
+        }
+        (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        _fsync_path(tmp_dir / MANIFEST_FILE)
+        final = indexes_dir / version
+        os.rename(tmp_dir, final)
+        _fsync_path(indexes_dir)
+        if activate:
+            activate_version(indexes_dir, final, keep)
     return final
 
 

@@ -22,10 +22,19 @@ from sqlalchemy import text
 
 from figsearch.core.config import Settings
 from figsearch.store import FigureStore
-from indexer.build import BuildLockedError, StageHook, activate_version, build_version, index_lock
+from indexer.build import (
+    BuildLockedError,
+    StageHook,
+    activate_version,
+    build_text_version,
+    build_version,
+    index_lock,
+)
+from indexer.captions import caption_stage, load_caption_encoder
 from indexer.embed import DistInfo, EmbedConfig, Embedded, run_embedding
 
 CLASSIFY_CHUNK = 100_000
+DENSE_CHECK_SAMPLE = 512
 
 
 @dataclass
@@ -95,11 +104,44 @@ def embed_store(settings: Settings, store: FigureStore, encoder: Any,
     return run_embedding(store, encoder, cfg)
 
 
+def dense_check(store: FigureStore, encoder: Any, ids: np.ndarray, vectors: np.ndarray,
+                sample: int = DENSE_CHECK_SAMPLE, seed: int = 0) -> dict[str, Any]:
+    """Can the image model find a figure from its own caption? Caption->image recall@k among up
+    to ``sample`` indexed figures, against chance (a binomial z-score).
+
+    An untrained model scores near chance; the search service then leaves the dense signal out
+    of the default mode (:func:`figsearch.fusion.dense_reliable`). Below 20 captioned figures
+    nothing can be told apart from chance, and the model is trusted as before.
+    """
+    from figsearch.fusion import DENSE_MIN_Z
+    from indexer.build import normalise
+
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(ids), size=min(sample, len(ids)), replace=False))
+    figures = store.get_figures([int(i) for i in ids[rows]])
+    pairs = [(r, (figures.get(int(ids[r])) or {}).get("caption") or "") for r in rows]
+    pairs = [(r, c[:2000]) for r, c in pairs if c.strip()]
+    n = len(pairs)
+    if n < 20:
+        return {"n": n, "reliable": True, "note": "too few captioned figures to check"}
+    texts = np.asarray(encoder.encode_texts([c for _, c in pairs]), np.float32)
+    sim = normalise(texts) @ normalise(np.asarray(vectors[[r for r, _ in pairs]])).T
+    rank = (sim >= np.diag(sim)[:, None]).sum(axis=1) - 1  # ties count against the model
+    k = min(10, max(1, n // 10))
+    p = k / n
+    z = float(((rank < k).sum() - n * p) / np.sqrt(n * p * (1 - p)))
+    return {"n": n, "k": k, f"recall@{k}": round(float((rank < k).mean()), 4),
+            "chance": round(p, 4), "mrr": round(float(np.mean(1.0 / (rank + 1))), 4),
+            "z": round(z, 2), "min_z": DENSE_MIN_Z, "reliable": z >= DENSE_MIN_Z}
+
+
 def build_from_store(
     settings: Settings, store: FigureStore, spec: str, encoder: Any, *, factory: str | None = None,
     activate: bool = True, hook: StageHook | None = None, progress: bool = True,
+    caption_encoder: Any = None,
 ) -> IndexReport | None:
-    """Embed + classify + build one version (the caller holds the lock on rank 0)."""
+    """Embed + classify + caption-embed + build one version (the caller holds the lock on
+    rank 0). ``caption_encoder`` defaults to ``settings.caption_model`` (none when empty)."""
     start = time.perf_counter()
     embedded = embed_store(settings, store, encoder, progress)
     if embedded is None:
@@ -111,11 +153,17 @@ def build_from_store(
             f"({len(embedded.failures)} unreadable); run `figsearch ingest` first"
         )
     classify_figures(store, encoder, embedded.ids, embedded.vectors)
+    check = dense_check(store, encoder, embedded.ids, embedded.vectors)
+    print(f"index: image model check: {check}", file=sys.stderr)
+    captions = caption_stage(settings, store, caption_encoder or load_caption_encoder(settings),
+                             progress)
     version = build_version(
         settings.indexes_dir, embedded.vectors, embedded.ids, model_spec=spec,
         model_key=encoder.model_key, factory=factory, memory_gb=settings.index_memory_gb,
         keep=settings.index_keep_versions, hook=hook, activate=activate,
-        extra={"unreadable": len(embedded.failures), "indexable": indexable_count(store)},
+        extra={"unreadable": len(embedded.failures), "indexable": indexable_count(store),
+               "dense_check": check},
+        add_files=captions,
     )
     shutil.rmtree(work_dir_for(settings, encoder.model_key), ignore_errors=True)
     return IndexReport(version, len(embedded.ids), len(embedded.failures),
@@ -130,18 +178,40 @@ def _factory_of(version_dir: Path) -> str:
 
 def index_all(settings: Settings, model_spec: str | None = None, *, encoder: Any = None,
               factory: str | None = None, hook: StageHook | None = None,
-              progress: bool = True) -> IndexReport | None:
+              progress: bool = True, caption_encoder: Any = None) -> IndexReport | None:
     """Embed all stored figures and build + activate a new index version."""
     spec, encoder = (model_spec or encoder.spec, encoder) if encoder else load_encoder(settings, model_spec)
     store = FigureStore(settings.db_path, create=False)
     try:
         if DistInfo.from_env().rank != 0:
-            return build_from_store(settings, store, spec, encoder, factory=factory, progress=progress)
+            return build_from_store(settings, store, spec, encoder, factory=factory, progress=progress,
+                                    caption_encoder=caption_encoder)
         with index_lock(settings.indexes_dir):
             return build_from_store(settings, store, spec, encoder, factory=factory, hook=hook,
-                                    progress=progress)
+                                    progress=progress, caption_encoder=caption_encoder)
     finally:
         store.close()
+
+
+def index_text_only(settings: Settings, *, caption_encoder: Any = None,
+                    progress: bool = True) -> Path:
+    """A version with the caption index and no image index: keyword + caption search before
+    any image model exists (the demo serves this while figclip-mini trains)."""
+    start = time.perf_counter()
+    caption_encoder = caption_encoder or load_caption_encoder(settings)
+    if caption_encoder is None:
+        raise ValueError("a text-only index needs a caption model; FIGSEARCH_CAPTION_MODEL is empty")
+    store = FigureStore(settings.db_path, create=False)
+    try:
+        add_files = caption_stage(settings, store, caption_encoder, progress)
+        assert add_files is not None
+        version = build_text_version(settings.indexes_dir, add_files,
+                                     keep=settings.index_keep_versions)
+    finally:
+        store.close()
+    print(f"index: text-only version {version.name} (keyword + caption search); "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return version
 
 
 __all__ = ["IndexReport", "index_all", "build_from_store", "activate_version", "indexable_count"]
@@ -154,6 +224,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "in <data-dir>/models, else BiomedCLIP)")
     parser.add_argument("--factory", help="faiss factory string (default: the size/memory rule)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--text-only", action="store_true",
+                        help="build only the caption index (keyword + caption search, no model)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -166,6 +238,9 @@ def command(args: argparse.Namespace) -> int:
               "first", file=sys.stderr)
         return 1
     try:
+        if args.text_only:
+            index_text_only(settings, progress=not args.no_progress)
+            return 0
         report = index_all(settings, args.model, factory=args.factory,
                            progress=not args.no_progress)
     except (BuildLockedError, ModelLoadError, RuntimeError, ValueError) as exc:
