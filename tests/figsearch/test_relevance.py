@@ -11,12 +11,11 @@ The queries are written in a researcher's words, not copied from the captions.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from figsearch.cli import main as figsearch_cli
 from figsearch.core.config import Settings
 from figsearch.evaluation import query_metrics
 from figsearch.search import SearchService
@@ -96,22 +95,19 @@ def test_named_queries_rank_their_figure_in_the_top_3(service, mode):
 def test_random_image_model_fails_its_check_and_the_default_equals_the_text_signals(
         service, relevance_settings):
     """The tiny model is untrained: its build-time check fails, so hybrid ranks exactly as a
-    service without any image index would, and is at least as good as each text signal."""
+    service without any image index would (MRR >= 0.9 on the named queries)."""
     check = service.index.manifest["dense_check"]
     assert check["n"] >= 20 and check["reliable"] is False, check
     assert service.signals() == {"keyword": True, "caption": True, "dense": False}
     text_only = SearchService(service.store, None, None, relevance_settings,
                               captions=service.captions)
     targets = _target_ids(service)
-    per_mode: dict[str, list[dict[str, float]]] = {"keyword": [], "caption": [], "hybrid": []}
+    rows = []
     for query, fid in targets.items():
         hybrid = [h.id for h in service.search_text(query, k=20).hits]
         assert hybrid == [h.id for h in text_only.search_text(query, k=20).hits], query
-        for mode in per_mode:
-            ranking = [h.id for h in service.search_text(query, k=20, mode=mode).hits]
-            per_mode[mode].append(query_metrics(ranking, {fid: 2}))
-    mean = {m: sum(r["mrr"] for r in rows) / len(rows) for m, rows in per_mode.items()}
-    assert mean["hybrid"] >= max(mean["keyword"], mean["caption"]), mean
+        rows.append(query_metrics(hybrid, {fid: 2}))
+    assert sum(r["mrr"] for r in rows) / len(rows) >= 0.9, rows
 
 
 def test_fusion_weights_setting_changes_the_default_ranking(service, relevance_settings):
@@ -158,7 +154,8 @@ def test_caption_search_respects_filters(service):
     assert page.hits and all(h.figure["license_class"] == "cc-by-nc" for h in page.hits)
 
 
-def test_eval_queries_command_reports_every_mode(relevance_settings, tmp_path):
+def test_eval_queries_command_reports_every_mode(relevance_settings, tmp_path, capsys,
+                                                monkeypatch):
     """`figsearch eval --queries` through the CLI: metrics per mode, JSON written, tuning on dev."""
     lines = [json.dumps({"id": f"n{i}", "query": q, "split": "dev" if i % 2 else "test",
                          "kind": "caption", "source": "pmc-figures",
@@ -168,14 +165,13 @@ def test_eval_queries_command_reports_every_mode(relevance_settings, tmp_path):
                              "relevant": [{"pmcid": "PMC0", "label": "Figure 9"}]}))
     queries = tmp_path / "queries.jsonl"
     queries.write_text("\n".join(lines) + "\nnot json\n")
+    monkeypatch.setenv("FIGSEARCH_MODEL", str(relevance_settings.model))
+    monkeypatch.setenv("FIGSEARCH_DEVICE", "cpu")
     out = tmp_path / "eval.json"
-    env = {"FIGSEARCH_MODEL": relevance_settings.model, "FIGSEARCH_DEVICE": "cpu",
-           "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path.cwd())}
-    proc = subprocess.run(
-        [sys.executable, "-m", "figsearch.cli", "eval", "--queries", str(queries), "--split",
-         "all", "--tune", "--out", str(out), "--data-dir", str(relevance_settings.data_dir)],
-        capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code = figsearch_cli(["eval", "--queries", str(queries), "--split", "all", "--tune",
+                          "--out", str(out), "--data-dir", str(relevance_settings.data_dir)])
+    assert code == 0
+    printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["n_queries"] == len(NAMED)
     assert set(result["modes"]) == {"keyword", "caption", "dense", "hybrid"}
@@ -183,7 +179,7 @@ def test_eval_queries_command_reports_every_mode(relevance_settings, tmp_path):
     assert result["tuning"]["n_dev"] == len(NAMED) // 2
     assert any("bad" in p for p in result["problems"]) and any("not JSON" in p
                                                                for p in result["problems"])
-    assert "| hybrid" in proc.stdout or "**hybrid**" in proc.stdout
+    assert "**hybrid**" in printed and "fusion tuned on 4 dev queries" in printed
 
 
 def test_query_metrics_by_hand():
@@ -196,3 +192,72 @@ def test_query_metrics_by_hand():
     assert m["ndcg@10"] == pytest.approx(dcg / idcg)
     assert query_metrics([1, 2], {3: 2}) == {"hit@1": 0.0, "hit@10": 0.0, "mrr": 0.0,
                                              "ndcg@10": 0.0}
+
+
+def test_caption_vectors_are_cached_by_caption_hash(tmp_path, shared_data, service):
+    """A rebuild encodes only new or changed captions (figsearch index / nightly rebuild)."""
+    from sqlalchemy import text
+
+    from indexer.captions import embed_captions
+    from tests.figsearch.api_fixtures import populate_store
+
+    store = populate_store(tmp_path, shared_data, n_real=4)
+    settings = Settings(data_dir=tmp_path)
+    encoder = service.captions.encoder
+    try:
+        ids, vectors, first = embed_captions(settings, store, encoder, progress=False)
+        assert first.encoded == first.count == len(ids) and vectors.shape == (len(ids), encoder.dim)
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE figures SET caption = 'A new caption' WHERE id = :i"),
+                         {"i": int(ids[0])})
+        ids2, vectors2, second = embed_captions(settings, store, encoder, progress=False)
+    finally:
+        store.close()
+    assert (second.encoded, second.cached) == (1, first.count - 1)
+    assert (ids2 == ids).all() and not (vectors2[0] == vectors[0]).all()
+    assert (vectors2[1:] == vectors[1:]).all()
+
+
+def test_empty_caption_model_setting_disables_the_caption_index(tmp_path):
+    """FIGSEARCH_CAPTION_MODEL="": no caption encoder, and a text-only index says why it can't."""
+    from indexer.captions import load_caption_encoder
+    from indexer.indexing import index_text_only
+
+    settings = Settings(data_dir=tmp_path, caption_model="")
+    assert load_caption_encoder(settings) is None
+    with pytest.raises(ValueError, match="FIGSEARCH_CAPTION_MODEL"):
+        index_text_only(settings)
+
+
+def test_text_only_version_serves_text_search_then_hot_swaps_in_the_image_index(
+        tmp_path, shared_data, tiny_model_dir, service):
+    """The demo's path: keyword + caption search before any image model, then the image index
+    is picked up by hot reload and /v1/stats reports the dense signal."""
+    from fastapi.testclient import TestClient
+
+    from figsearch.api.main import create_app
+    from figsearch.api.state import AppState
+    from figsearch.encoders import load_model
+    from indexer.indexing import index_all, index_text_only
+    from tests.figsearch.api_fixtures import populate_store
+
+    populate_store(tmp_path, shared_data, n_real=8).close()
+    settings = Settings(data_dir=tmp_path, model=str(tiny_model_dir), device="cpu",
+                        rate_limit_per_minute=0)
+    index_text_only(settings, caption_encoder=service.captions.encoder, progress=False)
+    state = AppState(settings)
+    state.reload()
+    with TestClient(create_app(settings, state=state, start_poller=False)) as client:
+        stats = client.get("/v1/stats").json()
+        assert stats["signals"] == {"keyword": True, "caption": True, "dense": False}
+        assert client.get("/readyz").json()["signals"]["caption"] is True
+        hits = client.get("/v1/search", params={"q": "TREM2 lipoprotein ligands"}).json()
+        assert hits["results"][0]["pmcid"] == "PMC5541421"
+        assert client.get("/v1/search", params={"q": "TREM2", "mode": "dense"}).status_code == 400
+        index_all(settings, str(tiny_model_dir), encoder=load_model(str(tiny_model_dir), "cpu"),
+                  progress=False, caption_encoder=service.captions.encoder)
+        state.poll_once()
+        stats = client.get("/v1/stats").json()
+        assert stats["index_count"] > 0 and stats["signals"]["dense"] is True
+        dense = client.get("/v1/search", params={"q": "TREM2", "mode": "dense"})
+        assert dense.status_code == 200 and dense.json()["results"]
