@@ -145,3 +145,16 @@ def dense_reliable(manifest: Mapping[str, Any] | None) -> bool:
     if not isinstance(check, Mapping):
         return True
     return bool(check.get("reliable", True))
+
+
+def vector_dedup_ok(manifest: Mapping[str, Any] | None, threshold: float) -> bool:
+    """Whether near-duplicate collapse may use the index's image embeddings at ``threshold``:
+    the model must be reliable and fewer than 0.1 % of unrelated image pairs may score above the
+    threshold (a weak model that maps every figure to nearly one direction would otherwise
+    collapse distinct figures and bury relevant results). Exact copies (sha256) always collapse.
+    """
+    if not dense_reliable(manifest):
+        return False
+    check = (manifest or {}).get("dense_check")
+    q999 = check.get("pair_cos_q999") if isinstance(check, Mapping) else None
+    return q999 is None or threshold > float(q999)

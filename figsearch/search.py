@@ -8,8 +8,9 @@ Modes for text queries:
   (:mod:`figsearch.caption_index`);
 * ``hybrid``  - (default) weighted fusion of the live signals (:mod:`figsearch.fusion`): caption
   semantics, BM25 and - when its build-time quality check passed - the image model, with weights
-  chosen on the dev split of the real-figure query set. An untrained image model is left out
-  (and its vectors are not used for near-duplicate collapse), so it cannot bury text matches.
+  chosen on the dev split of the real-figure query set. An untrained image model is left out,
+  and image embeddings that cannot tell unrelated figures apart are not used for near-duplicate
+  collapse (:func:`figsearch.fusion.vector_dedup_ok`), so a weak model cannot bury text matches.
 
 Filters (:class:`~figsearch.store.FigureFilter`) are applied *before* truncation to ``k``: the
 dense search only considers the figure ids that pass the filter (``allowed_ids``), keyword search
@@ -36,7 +37,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from figsearch.core.config import Settings
-from figsearch.fusion import FusionConfig, SignalResult, dense_reliable, fuse, fusion_from_settings
+from figsearch.fusion import (
+    FusionConfig,
+    SignalResult,
+    dense_reliable,
+    fuse,
+    fusion_from_settings,
+    vector_dedup_ok,
+)
 from figsearch.store import FigureFilter, FigureStore
 
 MODES = ("hybrid", "dense", "keyword", "caption")
@@ -196,7 +204,9 @@ class SearchService:
         self.fusion = fusion or fusion_from_settings(settings)
         # An image model that failed its build-time quality check (e.g. untrained) is neither
         # fused nor trusted for near-duplicate collapse.
-        self.dense_reliable = dense_reliable(getattr(index, "manifest", None))
+        manifest = getattr(index, "manifest", None)
+        self.dense_reliable = dense_reliable(manifest)
+        self.vector_dedup = vector_dedup_ok(manifest, settings.dedup_threshold)
         # Filtered id sets, reused across queries: a service lives as long as its index
         # version, and ids the store dropped since are discarded again by get_figures.
         self._allowed_cache: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
@@ -504,7 +514,7 @@ class SearchService:
 
     def _vectors_or_none(self, ids: list[int]) -> np.ndarray | None:
         """Unit vectors of the ids (rows of zeros for ids not in the index), or None."""
-        if self.index is None or not ids or not self.dense_reliable:
+        if self.index is None or not ids or not self.vector_dedup:
             return None
         _rows, found = self.index.rows_for(np.asarray(ids, dtype=np.int64))
         vecs = np.zeros((len(ids), self.index.dim), np.float32)

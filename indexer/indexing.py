@@ -110,7 +110,9 @@ def dense_check(store: FigureStore, encoder: Any, ids: np.ndarray, vectors: np.n
     to ``sample`` indexed figures, against chance (a binomial z-score).
 
     An untrained model scores near chance; the search service then leaves the dense signal out
-    of the default mode (:func:`figsearch.fusion.dense_reliable`). Below 20 captioned figures
+    of the default mode (:func:`figsearch.fusion.dense_reliable`). ``pair_cos_q999`` (99.9th
+    percentile of the cosine between sampled images) tells whether the embeddings can tell
+    near-duplicates from unrelated figures (:func:`figsearch.fusion.vector_dedup_ok`). Below 20 captioned figures
     nothing can be told apart from chance, and the model is trusted as before.
     """
     from figsearch.fusion import DENSE_MIN_Z
@@ -127,12 +129,17 @@ def dense_check(store: FigureStore, encoder: Any, ids: np.ndarray, vectors: np.n
     texts = np.asarray(encoder.encode_texts([c for _, c in pairs]), np.float32)
     sim = normalise(texts) @ normalise(np.asarray(vectors[[r for r, _ in pairs]])).T
     rank = (sim >= np.diag(sim)[:, None]).sum(axis=1) - 1  # ties count against the model
+    images = normalise(np.asarray(vectors[rows]))
+    pair_cos = (images @ images.T)[np.triu_indices(len(rows), 1)]
     k = min(10, max(1, n // 10))
     p = k / n
     z = float(((rank < k).sum() - n * p) / np.sqrt(n * p * (1 - p)))
     return {"n": n, "k": k, f"recall@{k}": round(float((rank < k).mean()), 4),
             "chance": round(p, 4), "mrr": round(float(np.mean(1.0 / (rank + 1))), 4),
-            "z": round(z, 2), "min_z": DENSE_MIN_Z, "reliable": z >= DENSE_MIN_Z}
+            "z": round(z, 2), "min_z": DENSE_MIN_Z, "reliable": z >= DENSE_MIN_Z,
+            # how alike unrelated images look to the model: near-duplicate collapse by
+            # embedding is only safe with a threshold above this (figsearch.fusion)
+            "pair_cos_q999": round(float(np.quantile(pair_cos, 0.999)), 6)}
 
 
 def build_from_store(
