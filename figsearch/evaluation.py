@@ -130,7 +130,7 @@ def rank_with(service: SearchService, mode: str, depth: int = DEPTH) -> Callable
 def evaluate_ranker(ranker: Callable[[str], list[int]], queries: list[EvalQuery]
                     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Mean metrics and the per-query rows (id, rank of the first relevant, metrics)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for q in queries:
         ranking = ranker(q.query)
         m = query_metrics(ranking, q.relevant)
@@ -200,11 +200,11 @@ def run(settings: Settings, queries_path: Path, split: str = "test", tune: bool 
         if not chosen:
             raise ValueError(f"{queries_path}: no resolvable queries in split {split!r}")
         live = service.signals()
+        manifest: dict[str, Any] = getattr(service.index, "manifest", None) or {}
         result: dict[str, Any] = {
             "queries_file": str(queries_path), "split": split, "n_queries": len(chosen),
             "index_version": service.index_version,
-            "model_spec": (service.index.manifest.get("model_spec") if service.index else None),
-            "dense_check": (service.index.manifest.get("dense_check") if service.index else None),
+            "model_spec": manifest.get("model_spec"), "dense_check": manifest.get("dense_check"),
             "caption_model": (service.captions.encoder.model_key if service.captions else None),
             "signals": live, "problems": problems, "modes": {}, "per_query": {},
         }
