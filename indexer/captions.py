@@ -147,6 +147,7 @@ def load_caption_encoder(settings: Settings) -> Any | None:
     if not settings.caption_model:
         return None
     from figsearch.caption_index import CaptionEncoder
+    from figsearch.encoders import default_device
 
-    return CaptionEncoder(settings.caption_model, device=settings.device or "cpu",
+    return CaptionEncoder(settings.caption_model, device=settings.device or default_device(),
                           batch_size=settings.batch_size)

@@ -143,6 +143,7 @@ class AppState:
     def _captions_for(self, version_dir: Path) -> Any:
         """The version's caption signal (None without a caption index or caption model)."""
         from figsearch.caption_index import CaptionEncoder, CaptionSignal, load_caption_index
+        from figsearch.encoders import default_device
 
         index = load_caption_index(version_dir, nprobe=self.settings.nprobe)
         spec = self.settings.caption_model or str((index.manifest if index else {}).get("model_spec") or "")
@@ -150,7 +151,8 @@ class AppState:
             return None
         if spec not in self._caption_encoders:
             self._caption_encoders[spec] = CaptionEncoder(
-                spec, device=self.settings.device or "cpu", batch_size=self.settings.batch_size)
+                spec, device=self.settings.device or default_device(),
+                batch_size=self.settings.batch_size)
         return CaptionSignal(index, self._caption_encoders[spec])
 
     def _encoder_for(self, index: SearchIndex) -> Any:
