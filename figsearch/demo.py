@@ -3,10 +3,17 @@
 Steps (each skipped when its output is already there, so a second run is up in seconds):
 1. build the demo corpus: the real PMC figures and packages in ``../shared/data`` plus a
    synthetic corpus from ``figsearch synth``;
-2. obtain a model: ``FIGSEARCH_MODEL`` if set, else BiomedCLIP when the hub is reachable,
-   else train ``figclip-mini`` once and cache it in ``<data_dir>/models/figclip-mini``;
-3. build the index (``figsearch index``) unless the current one was built with that model;
-4. start the API and the UI, print their URLs, and stop both cleanly on Ctrl-C.
+2. when there is no index yet, build a text-only version (``figsearch index --text-only``:
+   the caption-semantics index, no image model needed), so keyword and caption search work
+   as soon as the corpus is ingested;
+3. start the API and the UI and print their URLs;
+4. meanwhile, in a background process (log: ``<data_dir>/demo-image-index.log``): obtain a
+   model - ``FIGSEARCH_MODEL`` if set, else BiomedCLIP when the hub is reachable, else train
+   ``figclip-mini`` once and cache it in ``<data_dir>/models/figclip-mini`` - and build the
+   image index (``figsearch index``) unless the current one was built with that model. The
+   API hot-reloads the new version; ``/v1/stats`` and the UI's sidebar show ``dense`` live.
+Ctrl-C stops everything cleanly. With ``FIGSEARCH_DEMO_NO_SERVE`` set, step 4 runs in the
+foreground and nothing is served (prints the time to text search and to the image index).
 """
 
 from __future__ import annotations
@@ -98,6 +105,39 @@ def obtain_model(settings: Settings) -> str:
     return str(mini)
 
 
+def ensure_text_index(settings: Settings) -> None:
+    """A servable version right after ingest: a text-only one when there is no index yet."""
+    from figsearch.index import current_version_dir
+
+    if current_version_dir(settings.indexes_dir) is not None:
+        print("    an index version is already current")
+        return
+    _run(["index", "--text-only", "--data-dir", str(settings.data_dir)])
+
+
+def image_stage(settings: Settings) -> str:
+    """Obtain the model (training figclip-mini when needed) and build the image index."""
+    model = obtain_model(settings)
+    print(f"    model: {model}", flush=True)
+    build_index(settings, model)
+    return model
+
+
+def start_image_stage(settings: Settings) -> subprocess.Popen | None:
+    """Run :func:`image_stage` in a child process (None when the index is already complete)."""
+    manifest = settings.indexes_dir / "current" / "manifest.json"
+    built = json.loads(manifest.read_text()).get("model_spec") if manifest.exists() else None
+    if built and (not settings.model or built == settings.model):
+        print(f"    image index already built with {built}")
+        return None
+    log = settings.data_dir / "demo-image-index.log"
+    print(f"    training / indexing the image model in the background (log: {log})")
+    env = dict(os.environ, FIGSEARCH_DATA_DIR=str(settings.data_dir))
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "figsearch.demo", "--image-stage"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
 def build_index(settings: Settings, model: str) -> None:
     """Build an index unless ``current`` was built with this model."""
     from figsearch.datadir import portable_path
@@ -121,16 +161,18 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def serve(settings: Settings, model: str) -> None:
-    """Start API and UI; block until Ctrl-C (or SIGTERM), then stop both."""
+def serve(settings: Settings, start: float) -> None:
+    """Start API and UI, then the background image stage; block until Ctrl-C (or SIGTERM),
+    then stop all three."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored
-    env = dict(os.environ, FIGSEARCH_MODEL=model, FIGSEARCH_DATA_DIR=str(settings.data_dir))
+    env = dict(os.environ, FIGSEARCH_DATA_DIR=str(settings.data_dir))
     api_url = f"http://{settings.host}:{settings.port}"
     exe = [sys.executable, "-m", "figsearch.cli"]
     api = subprocess.Popen([*exe, "serve", "--host", settings.host, "--port", str(settings.port)],
                            env=env)
     procs = [api]
+    stage: subprocess.Popen | None = None
     try:
         _wait_ready(f"{api_url}/readyz", api)
         ui = subprocess.Popen([*exe, "ui", "--api", api_url, "--port", str(settings.ui_port)],
@@ -138,13 +180,22 @@ def serve(settings: Settings, model: str) -> None:
         procs.append(ui)
         ui_url = f"http://127.0.0.1:{settings.ui_port}"
         _wait_ready(f"{ui_url}/_stcore/health", ui)
-        print(f"\nfigsearch is up.\n  UI:  {ui_url}\n  API: {api_url}/docs\n"
+        print(f"\nfigsearch is up after {time.monotonic() - start:.1f} s (signals: "
+              f"{_signals(api_url)}).\n  UI:  {ui_url}\n  API: {api_url}/docs\n"
               "Press Ctrl-C to stop.", flush=True)
+        stage = start_image_stage(settings)
         while all(p.poll() is None for p in procs):
+            if stage is not None and stage.poll() is not None:
+                print(f"\nimage index stage finished (exit {stage.returncode}) after "
+                      f"{time.monotonic() - start:.1f} s; the API hot-reloads it within "
+                      f"{settings.reload_interval_s:g} s", flush=True)
+                stage = None
             time.sleep(1)
     except KeyboardInterrupt:
         print("\nstopping…")
     finally:
+        if stage is not None and stage.poll() is None:
+            procs.append(stage)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
@@ -155,25 +206,37 @@ def serve(settings: Settings, model: str) -> None:
                 p.kill()
 
 
-def main() -> int:
-    """Run the demo end to end."""
+def _signals(api_url: str) -> str:
+    try:
+        live = httpx.get(f"{api_url}/v1/stats", timeout=5).json().get("signals") or {}
+    except (httpx.HTTPError, ValueError):
+        return "unknown"
+    return ", ".join(name for name, on in live.items() if on) or "none"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo end to end (``--image-stage``: only the background model + index step)."""
+    argv = sys.argv[1:] if argv is None else argv
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if "--image-stage" in argv:
+        image_stage(settings)
+        return 0
     start = time.monotonic()
     t = _step("demo corpus (real PMC data + synthetic packages)")
     build_corpus(settings)
     _done(t)
-    t = _step("model")
-    model = obtain_model(settings)
-    print(f"    model: {model}")
+    t = _step("text index (keyword + caption semantics)")
+    ensure_text_index(settings)
     _done(t)
-    t = _step("index")
-    build_index(settings, model)
-    _done(t)
-    print(f"\nready to serve after {time.monotonic() - start:.1f} s")
+    print(f"\ntext search ready to serve after {time.monotonic() - start:.1f} s")
     if os.environ.get("FIGSEARCH_DEMO_NO_SERVE"):
+        t = _step("model + image index")
+        image_stage(settings)
+        _done(t)
+        print(f"\nimage index ready after {time.monotonic() - start:.1f} s")
         return 0
-    serve(settings, model)
+    serve(settings, start)
     return 0
 
 

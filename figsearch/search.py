@@ -5,8 +5,13 @@ Modes for text queries:
 * ``dense``   - the query text is encoded by the CLIP text tower and looked up in the FAISS index;
 * ``keyword`` - SQLite FTS5 BM25 over caption, label, article title and in-figure text (OCR),
   each column with its own weight (``settings.fts_weights``);
-* ``hybrid``  - (default) reciprocal rank fusion (RRF, k=60) of the dense and keyword rankings,
-  so exact gene names found by BM25 and paraphrases found by the model both rank high.
+* ``caption`` - the query's sentence embedding against the caption-semantics index
+  (:mod:`figsearch.caption_index`);
+* ``hybrid``  - (default) weighted fusion of the live signals (:mod:`figsearch.fusion`): caption
+  semantics, BM25 and - when its build-time quality check passed - the image model, with weights
+  chosen on the dev split of the real-figure query set. An untrained image model is left out,
+  and image embeddings that cannot tell unrelated figures apart are not used for near-duplicate
+  collapse (:func:`figsearch.fusion.vector_dedup_ok`), so a weak model cannot bury text matches.
 
 Filters (:class:`~figsearch.store.FigureFilter`) are applied *before* truncation to ``k``: the
 dense search only considers the figure ids that pass the filter (``allowed_ids``), keyword search
@@ -38,10 +43,18 @@ import numpy as np
 
 from figsearch import timing
 from figsearch.core.config import Settings
+from figsearch.fusion import (
+    FusionConfig,
+    SignalResult,
+    dense_reliable,
+    fuse,
+    fusion_from_settings,
+    vector_dedup_ok,
+)
 from figsearch.links import PMC_ARTICLE_URL, article_url, figure_url  # noqa: F401 (re-exported)
 from figsearch.store import FigureFilter, FigureStore
 
-MODES = ("hybrid", "dense", "keyword")
+MODES = ("hybrid", "dense", "keyword", "caption")
 _DUP_BLOCK = 512  # candidate rows per near-duplicate matrix product
 RRF_K = 60
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -147,12 +160,19 @@ class SearchService:
 
     def __init__(
         self, store: FigureStore, index: VectorIndex | None, encoder: TextImageEncoder | None,
-        settings: Settings,
+        settings: Settings, captions: Any = None, fusion: FusionConfig | None = None,
     ) -> None:
         self.store = store
         self.index = index
         self.encoder = encoder
         self.settings = settings
+        self.captions = captions  # a figsearch.caption_index.CaptionSignal, or None
+        self.fusion = fusion or fusion_from_settings(settings)
+        # An image model that failed its build-time quality check (e.g. untrained) is neither
+        # fused nor trusted for near-duplicate collapse.
+        manifest = getattr(index, "manifest", None)
+        self.dense_reliable = dense_reliable(manifest)
+        self.vector_dedup = vector_dedup_ok(manifest, settings.dedup_threshold)
         # Filtered id sets, reused across queries: a service lives as long as its index
         # version, and ids the store dropped since are discarded again by get_figures.
         self._allowed_cache: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
@@ -161,6 +181,17 @@ class SearchService:
     @property
     def index_version(self) -> str:
         return self.index.version if self.index is not None else ""
+
+    def signals(self) -> dict[str, bool]:
+        """Which signals can answer now (``dense`` also needs a passed quality check)."""
+        return {
+            "keyword": True, "caption": self.captions is not None,
+            "dense": self.index is not None and self.encoder is not None and self.dense_reliable,
+        }
+
+    def fused_signals(self) -> list[str]:
+        """The live signals the default (hybrid) mode combines (weight > 0)."""
+        return [s for s, live in self.signals().items() if live and self.fusion.weight(s) > 0]
 
     # -- public entry points ------------------------------------------------------------
     def search_text(
@@ -174,15 +205,19 @@ class SearchService:
         flt = flt or FigureFilter()
         self._check_page(k, offset)
         start = time.perf_counter()
-        qvec = self._encode_text(query) if mode != "keyword" else None
+        use = self.fused_signals() if mode == "hybrid" else [mode]
+        qvec = self._encode_text(query) if "dense" in use else None
+        cvec = self._encode_caption_query(query) if "caption" in use else None
 
         def fetch(n: int) -> _Candidates:
             if mode == "keyword":
                 return self._keyword(query, n, flt)
-            dense = self._dense(qvec, n, flt)  # type: ignore[arg-type]
             if mode == "dense":
-                return dense
-            return self._fuse(dense, self._keyword(query, n, flt, widen=False))
+                return self._dense(qvec, n, flt)  # type: ignore[arg-type]
+            if mode == "caption":
+                return self._caption(cvec, n, flt)  # type: ignore[arg-type]
+            depth = max(n, self.settings.fusion_depth)
+            return self._fuse(self.signal_results(query, depth, flt, use, qvec, cvec))
 
         hits = self._collect(fetch, k, offset, dedup, query)
         return self._page(query, mode, k, offset, start, hits)
@@ -287,8 +322,23 @@ class SearchService:
         vec = self._require_encoder().encode_texts([query])
         return np.asarray(vec, dtype=np.float32).reshape(1, -1)
 
+    def _encode_caption_query(self, query: str) -> np.ndarray:
+        if self.captions is None:
+            raise SearchInputError(
+                "caption search is unavailable: the index has no caption index "
+                "(set FIGSEARCH_CAPTION_MODEL and rebuild with `figsearch index`)"
+            )
+        return np.asarray(self.captions.encode(query), np.float32).reshape(1, -1)
+
+    def _caption(self, cvec: np.ndarray, n: int, flt: FigureFilter) -> _Candidates:
+        return self._vector_search(self.captions.index, cvec, n, flt)
+
     def _dense(self, qvec: np.ndarray, n: int, flt: FigureFilter) -> _Candidates:
-        index = self._require_index()
+        return self._vector_search(self._require_index(), qvec, n, flt)
+
+    def _vector_search(
+        self, index: VectorIndex, qvec: np.ndarray, n: int, flt: FigureFilter
+    ) -> _Candidates:
         allowed = None if flt.is_empty() else self._allowed_ids(flt)
         if allowed is not None and allowed.size == 0:
             return _Candidates([], [], True)
@@ -337,11 +387,35 @@ class SearchService:
             rows = self.store.keyword_search(query, n, flt, weights=weights)
         return _Candidates([i for i, _ in rows], [s for _, s in rows], len(rows) < n)
 
-    def _fuse(self, dense: _Candidates, keyword: _Candidates) -> _Candidates:
-        fused = reciprocal_rank_fusion([dense.ids, keyword.ids])
-        return _Candidates(
-            [i for i, _ in fused], [s for _, s in fused], dense.exhausted and keyword.exhausted
-        )
+    def signal_results(
+        self, query: str, n: int, flt: FigureFilter, signals: Sequence[str],
+        qvec: np.ndarray | None = None, cvec: np.ndarray | None = None,
+    ) -> dict[str, SignalResult]:
+        """Each named signal's top ``n`` for the query; vector signals also score the other
+        signals' candidates exactly (``extra``). Used by hybrid search and by tuning."""
+        out: dict[str, SignalResult] = {}
+        vector_signals: dict[str, tuple[VectorIndex, np.ndarray]] = {}
+        if "keyword" in signals:
+            c = self._keyword(query, n, flt)
+            out["keyword"] = SignalResult(c.ids, c.scores, floor=0.0, exhausted=c.exhausted)
+        if "caption" in signals:
+            cvec = cvec if cvec is not None else self._encode_caption_query(query)
+            vector_signals["caption"] = (self.captions.index, cvec)
+        if "dense" in signals:
+            qvec = qvec if qvec is not None else self._encode_text(query)
+            vector_signals["dense"] = (self._require_index(), qvec)
+        for name, (index, vec) in vector_signals.items():
+            c = self._vector_search(index, vec, n, flt)
+            out[name] = SignalResult(c.ids, c.scores, exhausted=c.exhausted)
+        union = {i for r in out.values() for i in r.ids}
+        for name, (index, vec) in vector_signals.items():
+            out[name].extra = _exact_scores(index, vec, sorted(union - set(out[name].ids)))
+        return out
+
+    def _fuse(self, results: dict[str, SignalResult]) -> _Candidates:
+        fused = fuse(results, self.fusion)
+        exhausted = all(r.exhausted for r in results.values())
+        return _Candidates([i for i, _ in fused], [s for _, s in fused], exhausted)
 
     def _vector_of(self, figure_id: int) -> np.ndarray:
         index = self._require_index()
@@ -456,7 +530,7 @@ class SearchService:
 
     def _vectors_or_none(self, ids: list[int]) -> np.ndarray | None:
         """Unit vectors of the ids (rows of zeros for ids not in the index), or None."""
-        if self.index is None or not ids:
+        if self.index is None or not ids or not self.vector_dedup:
             return None
         _rows, found = self.index.rows_for(np.asarray(ids, dtype=np.int64))
         vecs = np.zeros((len(ids), self.index.dim), np.float32)
@@ -471,3 +545,16 @@ class SearchService:
     ) -> SearchPage:
         took = (time.perf_counter() - start) * 1000.0
         return SearchPage(query, mode, k, offset, self.index_version, round(took, 2), hits)
+
+
+def _exact_scores(index: VectorIndex, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
+    """Inner products of the query with the stored vectors of ``ids`` (ids not indexed: none)."""
+    if not ids:
+        return {}
+    arr = np.asarray(ids, np.int64)
+    _rows, found = index.rows_for(arr)
+    if not found.any():
+        return {}
+    present = arr[found]
+    scores = np.asarray(index.vectors_for(present), np.float32) @ qvec.reshape(-1)
+    return {int(i): float(s) for i, s in zip(present, scores, strict=True)}

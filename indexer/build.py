@@ -220,6 +220,7 @@ def build_version(
     use_gpu: bool | None = None, extra: dict[str, Any] | None = None,
     hook: StageHook | None = None, activate: bool = True, train_size: int | None = None,
     row_files: dict[str, np.ndarray] | None = None,
+    add_files: Callable[[Path], dict[str, Any]] | None = None,
 ) -> Path:
     """Build a new index version from (vectors, figure ids), switch ``current``, prune old ones.
 
@@ -227,7 +228,8 @@ def build_version(
     ``activate=False`` the version is written but ``current`` is left for the caller to switch
     (after validating) with :func:`activate_version`. ``row_files`` are per-row arrays aligned
     with ``ids`` (e.g. :mod:`figsearch.version_data`'s image hashes and figure types), saved as
-    ``<name>`` in id order and checksummed with the rest.
+    ``<name>`` in id order and checksummed with the rest. ``add_files`` writes more files into the
+    version (e.g. the caption index) before its manifest; what it returns joins the manifest.
     """
     indexes_dir = Path(indexes_dir)
     rows = _row_files_in_id_order(row_files or {}, np.asarray(ids))
@@ -255,6 +257,7 @@ def build_version(
             "gpu": bool(use_gpu), "training_size": min(n, train_size or training_size(n, factory)),
             "checksums": _checksums(tmp_dir, [INDEX_FILE, IDS_FILE, VECTORS_FILE, *rows]),
             **(extra or {}),
+            **(add_files(tmp_dir) if add_files else {}),
         }
         (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE, *rows, MANIFEST_FILE):
@@ -269,6 +272,36 @@ def build_version(
         if activate:
             activate_version(indexes_dir, final, keep, hook)
     log.info("index version %s: %d vectors, %s, %.1fs", version, n, factory, seconds)
+    return final
+
+
+def build_text_version(
+    indexes_dir: Path, add_files: Callable[[Path], dict[str, Any]], *, keep: int = 3,
+    activate: bool = True, extra: dict[str, Any] | None = None,
+) -> Path:
+    """A version without an image index (``"kind": "text"``): keyword and caption search only,
+    e.g. while the demo's image model is still training. Same locking, rename and switch as
+    :func:`build_version`."""
+    indexes_dir = Path(indexes_dir)
+    indexes_dir.mkdir(parents=True, exist_ok=True)
+    with index_lock(indexes_dir):
+        remove_stale_builds(indexes_dir)
+        version = new_version_name()
+        tmp_dir = indexes_dir / f"{BUILDING_PREFIX}{version}"
+        tmp_dir.mkdir(parents=True)
+        manifest = {
+            "version": version, "kind": "text", "model_spec": None, "model_key": None,
+            "dim": None, "count": 0, "factory": None,
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **(extra or {}), **add_files(tmp_dir),
+        }
+        (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        _fsync_path(tmp_dir / MANIFEST_FILE)
+        final = indexes_dir / version
+        os.rename(tmp_dir, final)
+        _fsync_path(indexes_dir)
+        if activate:
+            activate_version(indexes_dir, final, keep)
     return final
 
 

@@ -30,7 +30,15 @@ from figsearch.datadir import portable_path
 from figsearch.index import current_version_dir
 from figsearch.store import FigureStore
 from figsearch.version_data import LABELS_KEY, SHA_FILE, TYPE_SCORES_FILE, TYPES_FILE, type_arrays
-from indexer.build import BuildLockedError, StageHook, activate_version, build_version, index_lock
+from indexer.build import (
+    BuildLockedError,
+    StageHook,
+    activate_version,
+    build_text_version,
+    build_version,
+    index_lock,
+)
+from indexer.captions import caption_stage, load_caption_encoder
 from indexer.embed import (
     DistInfo,
     EmbedConfig,
@@ -44,6 +52,7 @@ from indexer.embed import (
 from indexer.worklist import WorkList, load_worklist, write_worklist
 
 CLASSIFY_CHUNK = 100_000
+DENSE_CHECK_SAMPLE = 512
 
 
 @dataclass
@@ -141,11 +150,53 @@ def _record_failures(store: FigureStore, wl: WorkList, failures: list[tuple[int,
         store.record_error(wl.path(int(p)), reason, item=f"figure {fig_id}", stage="embed")
 
 
+def dense_check(store: FigureStore, encoder: Any, ids: np.ndarray, vectors: np.ndarray,
+                sample: int = DENSE_CHECK_SAMPLE, seed: int = 0) -> dict[str, Any]:
+    """Can the image model find a figure from its own caption? Caption->image recall@k among up
+    to ``sample`` indexed figures, against chance (a binomial z-score).
+
+    An untrained model scores near chance; the search service then leaves the dense signal out
+    of the default mode (:func:`figsearch.fusion.dense_reliable`). ``pair_cos_q999`` (99.9th
+    percentile of the cosine between sampled images) tells whether the embeddings can tell
+    near-duplicates from unrelated figures (:func:`figsearch.fusion.vector_dedup_ok`). Below 20 captioned figures
+    nothing can be told apart from chance, and the model is trusted as before.
+    """
+    from figsearch.fusion import DENSE_MIN_Z
+    from indexer.build import normalise
+
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(ids), size=min(sample, len(ids)), replace=False))
+    figures = store.get_figures([int(i) for i in ids[rows]])
+    pairs = [(r, (figures.get(int(ids[r])) or {}).get("caption") or "") for r in rows]
+    pairs = [(r, c[:2000]) for r, c in pairs if c.strip()]
+    n = len(pairs)
+    if n < 20:
+        return {"n": n, "reliable": True, "note": "too few captioned figures to check"}
+    texts = np.asarray(encoder.encode_texts([c for _, c in pairs]), np.float32)
+    sim = normalise(texts) @ normalise(np.asarray(vectors[[r for r, _ in pairs]])).T
+    rank = (sim >= np.diag(sim)[:, None]).sum(axis=1) - 1  # ties count against the model
+    images = normalise(np.asarray(vectors[rows]))
+    pair_cos = (images @ images.T)[np.triu_indices(len(rows), 1)]
+    k = min(10, max(1, n // 10))
+    p = k / n
+    z = float(((rank < k).sum() - n * p) / np.sqrt(n * p * (1 - p)))
+    return {"n": n, "k": k, f"recall@{k}": round(float((rank < k).mean()), 4),
+            "chance": round(p, 4), "mrr": round(float(np.mean(1.0 / (rank + 1))), 4),
+            "z": round(z, 2), "min_z": DENSE_MIN_Z, "reliable": z >= DENSE_MIN_Z,
+            # how alike unrelated images look to the model: near-duplicate collapse by
+            # embedding is only safe with a threshold above this (figsearch.fusion)
+            "pair_cos_q999": round(float(np.quantile(pair_cos, 0.999)), 6)}
+
+
+
 def build_from_worklist(
     settings: Settings, store: FigureStore, spec: str, encoder: Any, *, factory: str | None = None,
     activate: bool = True, hook: StageHook | None = None, elapsed_s: float = 0.0,
+    progress: bool = True, caption_encoder: Any = None,
 ) -> IndexReport:
-    """Merge the ranks' shards (+ reused vectors), classify, build one version (lock held)."""
+    """Merge the ranks' shards (+ reused vectors), classify, check the image model, embed
+    the captions, build one version (lock held). ``caption_encoder`` defaults to
+    ``settings.caption_model`` (none when empty)."""
     start = time.perf_counter()
     work_dir = work_dir_for(settings, encoder.model_key)
     wl = load_worklist(work_dir)
@@ -161,6 +212,10 @@ def build_from_worklist(
             f"({len(embedded.failures)} unreadable); run `figsearch ingest` first"
         )
     names, codes, scores = classify_figures(encoder, embedded.vectors)
+    check = dense_check(store, encoder, embedded.ids, embedded.vectors)
+    print(f"index: image model check: {check}", file=sys.stderr)
+    captions = caption_stage(settings, store, caption_encoder or load_caption_encoder(settings),
+                             progress)
     version = build_version(
         settings.indexes_dir, embedded.vectors, embedded.ids,
         model_spec=portable_path(spec, settings.data_dir),
@@ -168,8 +223,9 @@ def build_from_worklist(
         keep=settings.index_keep_versions, hook=hook, activate=activate,
         extra={"unreadable": len(embedded.failures), "indexable": indexable_count(store),
                "reused": embedded.summary.reused, "encoded": embedded.summary.encoded,
-               LABELS_KEY: names},
+               LABELS_KEY: names, "dense_check": check},
         row_files={SHA_FILE: embedded.sha, TYPES_FILE: codes, TYPE_SCORES_FILE: scores},
+        add_files=captions,
     )
     if activate:
         discard_work(settings, encoder.model_key)
@@ -186,8 +242,10 @@ def discard_work(settings: Settings, model_key: str) -> None:
 def build_from_store(
     settings: Settings, store: FigureStore, spec: str, encoder: Any, *, factory: str | None = None,
     activate: bool = True, hook: StageHook | None = None, progress: bool = True,
+    caption_encoder: Any = None,
 ) -> IndexReport:
-    """Work list + embed + classify + build one version in this process (lock held).
+    """Work list + embed + classify + caption-embed + build one version in this process (lock
+    held). ``caption_encoder`` defaults to ``settings.caption_model`` (none when empty).
 
     With ``activate=False`` the work dir stays until the caller activates the version (then
     :func:`discard_work`), so a rerun after a failed validation resumes the shards."""
@@ -196,7 +254,8 @@ def build_from_store(
     embed_worklist(settings, encoder, DistInfo(), progress)
     return build_from_worklist(settings, store, spec, encoder, factory=factory,
                                activate=activate, hook=hook,
-                               elapsed_s=time.perf_counter() - start)
+                               elapsed_s=time.perf_counter() - start, progress=progress,
+                               caption_encoder=caption_encoder)
 
 
 def _factory_of(version_dir: Path) -> str:
@@ -210,7 +269,8 @@ STEPS = ("all", "prepare", "embed", "merge")
 
 def index_all(settings: Settings, model_spec: str | None = None, *, encoder: Any = None,
               factory: str | None = None, hook: StageHook | None = None,
-              progress: bool = True, step: str = "all") -> IndexReport | None:
+              progress: bool = True, step: str = "all",
+              caption_encoder: Any = None) -> IndexReport | None:
     """Embed all stored figures and build + activate a new index version.
 
     ``step`` runs one part alone: ``prepare`` (write the work list), ``embed`` (this rank's
@@ -236,14 +296,16 @@ def index_all(settings: Settings, model_spec: str | None = None, *, encoder: Any
             embed_worklist(settings, encoder, dist, progress)
             barrier(dist)  # rank 0 merges
             return None
-        return _rank0(settings, spec, encoder, dist, step, factory, hook, progress)
+        return _rank0(settings, spec, encoder, dist, step, factory, hook, progress,
+                          caption_encoder)
     finally:
         if joined:
             torch.distributed.destroy_process_group()
 
 
 def _rank0(settings: Settings, spec: str, encoder: Any, dist: DistInfo, step: str,
-           factory: str | None, hook: StageHook | None, progress: bool) -> IndexReport | None:
+           factory: str | None, hook: StageHook | None, progress: bool,
+           caption_encoder: Any = None) -> IndexReport | None:
     """The store-side steps (work list, merge, build) under the build lock, embedding between."""
     start = time.perf_counter()
     with index_lock(settings.indexes_dir):
@@ -259,9 +321,31 @@ def _rank0(settings: Settings, spec: str, encoder: Any, dist: DistInfo, step: st
                 embed_worklist(settings, encoder, dist, progress)
                 barrier(dist)
             return build_from_worklist(settings, store, spec, encoder, factory=factory, hook=hook,
-                                       elapsed_s=time.perf_counter() - start)
+                                       elapsed_s=time.perf_counter() - start, progress=progress,
+                                       caption_encoder=caption_encoder)
         finally:
             store.close()
+
+
+def index_text_only(settings: Settings, *, caption_encoder: Any = None,
+                    progress: bool = True) -> Path:
+    """A version with the caption index and no image index: keyword + caption search before
+    any image model exists (the demo serves this while figclip-mini trains)."""
+    start = time.perf_counter()
+    caption_encoder = caption_encoder or load_caption_encoder(settings)
+    if caption_encoder is None:
+        raise ValueError("a text-only index needs a caption model; FIGSEARCH_CAPTION_MODEL is empty")
+    store = FigureStore(settings.db_path, create=False)
+    try:
+        add_files = caption_stage(settings, store, caption_encoder, progress)
+        assert add_files is not None
+        version = build_text_version(settings.indexes_dir, add_files,
+                                     keep=settings.index_keep_versions)
+    finally:
+        store.close()
+    print(f"index: text-only version {version.name} (keyword + caption search); "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return version
 
 
 __all__ = ["IndexReport", "index_all", "build_from_store", "activate_version", "indexable_count"]
@@ -283,6 +367,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(RANK / WORLD_SIZE from the environment; needs no store)")
     steps.add_argument("--merge", dest="step", action="store_const", const="merge",
                        help="only merge every rank's shards, build and swap the version")
+    parser.add_argument("--text-only", action="store_true",
+                        help="build only the caption index (keyword + caption search, no model)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -300,6 +386,9 @@ def command(args: argparse.Namespace) -> int:
               "first", file=sys.stderr)
         return 1
     try:
+        if args.text_only:
+            index_text_only(settings, progress=not args.no_progress)
+            return 0
         report = index_all(settings, args.model, factory=args.factory,
                            progress=not args.no_progress, step=step)
     except (BuildLockedError, ModelLoadError, RuntimeError, ValueError) as exc:

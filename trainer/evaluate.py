@@ -189,7 +189,14 @@ def format_table(result: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``figsearch eval``."""
     parser.add_argument("--model", default=None, help="model spec (default: the configured one)")
-    parser.add_argument("--split", default="val", choices=("val", "train", "all"))
+    parser.add_argument("--split", default=None, choices=("val", "train", "all", "dev", "test"),
+                        help="held-out recall: val (default) | train | all; with --queries: the "
+                             "query split, test (default) | dev | all")
+    parser.add_argument("--queries", default=None,
+                        help="real-figure query set (JSONL, bench/eval/queries.jsonl): report "
+                             "hit@1/hit@10/MRR/nDCG@10 per search mode through the search service")
+    parser.add_argument("--tune", action="store_true",
+                        help="with --queries: choose the hybrid fusion weights on the dev split")
     parser.add_argument("--out", default=None, help="write the metrics JSON here")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most N figures")
     parser.add_argument("--workers", type=int, default=2)
@@ -200,9 +207,19 @@ def command(args: argparse.Namespace) -> int:
     from figsearch.encoders import resolve_model_spec
 
     settings = args.settings
+    if args.queries:
+        from figsearch.evaluation import command as queries_command
+
+        if args.split in ("val", "train"):
+            print("figsearch eval: with --queries, --split is dev, test or all", file=sys.stderr)
+            return 2
+        return queries_command(args)
+    if args.split in ("dev", "test") or args.tune:
+        print("figsearch eval: --split dev/test and --tune need --queries FILE", file=sys.stderr)
+        return 2
     try:
         spec = args.model or resolve_model_spec(settings)
-        result = evaluate(spec, settings.data_dir, args.split, settings.device or None,
+        result = evaluate(spec, settings.data_dir, args.split or "val", settings.device or None,
                           settings.batch_size, args.workers, args.limit)
     except (ModelLoadError, ValueError) as exc:
         print(f"figsearch eval: {exc}", file=sys.stderr)

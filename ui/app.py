@@ -270,6 +270,11 @@ def render_api_status(url: str) -> None:
     version = stats.get("index_version") or ""
     bits = [f"API {url}"] + ([f"{figures:,} figures"] if isinstance(figures, int) else [])
     st.caption(" · ".join(bits + ([f"index {version}"] if version else [])))
+    signals = stats.get("signals") or {}
+    if signals:
+        st.caption("signals: " + ", ".join(
+            f"{name} {'live' if live else 'not yet' if name == 'dense' else 'off'}"
+            for name, live in signals.items()))
 
 
 # --- search bar ---------------------------------------------------------------------------
@@ -284,8 +289,8 @@ def render_search_bar() -> tuple[bytes | None, str]:
         )
         st.segmented_control(
             "Mode", c.MODES, key="mode", required=True, on_change=restart_paging,
-            help="hybrid: meaning and words; dense: meaning only (CLIP); keyword: words only "
-                 "(BM25). Applies to text queries.",
+            help="hybrid: all live signals, weighted; caption: meaning of the captions; dense: "
+                 "the image model (CLIP); keyword: words only (BM25). Applies to text queries.",
         )
     with right:
         upload = st.file_uploader(

@@ -18,7 +18,7 @@ from typing import Any
 from figsearch.licenses import allows_commercial_use
 from figsearch.links import PMC, collection_name
 
-MODES = ("hybrid", "dense", "keyword")
+MODES = ("hybrid", "caption", "keyword", "dense")
 PAGE_SIZES = (12, 24, 48, 96)
 DEFAULT_K = 24
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from figsearch.licenses import LICENSE_CLASSES
 
-Mode = Literal["hybrid", "dense", "keyword"]
+Mode = Literal["hybrid", "dense", "keyword", "caption"]
 #: ``any`` = no license filter, ``commercial`` = classes allowing commercial reuse, else one class.
 LICENSE_CHOICES = ("any", "commercial", *LICENSE_CLASSES)
 MAX_BATCH_QUERIES = 32
@@ -150,6 +150,12 @@ class StatsResponse(BaseModel):
     store: dict[str, int]
     reloads: int
     last_reload_error: str | None
+    signals: dict[str, bool] = Field(
+        default_factory=dict,
+        description="Signals live now: keyword (BM25), caption (caption semantics), dense (image "
+        "model; false while none is loaded or when it failed its quality check).",
+    )
+    fusion: str | None = Field(None, description="How the default (hybrid) mode combines them.")
 
 
 class BatchQuery(BaseModel):

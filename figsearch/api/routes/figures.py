@@ -45,7 +45,7 @@ def get_figure(
 ) -> FigureDetail:
     figure = _figure_or_404(store, figure_id)
     loaded = state.current
-    in_index = bool(loaded and loaded.index.contains(figure_id))
+    in_index = bool(loaded and loaded.index and loaded.index.contains(figure_id))
     return figure_detail(figure, base_url, in_index)
 
 

@@ -33,23 +33,29 @@ def readyz(state: StateDep) -> JSONResponse:
     if loaded is None:
         reason = state.last_error or "no index has been loaded yet"
         return JSONResponse({"detail": f"not ready: {reason}"}, status_code=503)
-    return JSONResponse({"status": "ready", "index_version": loaded.version})
+    return JSONResponse({"status": "ready", "index_version": loaded.version,
+                         "signals": loaded.service.signals()})
 
 
 @router.get("/v1/stats", response_model=StatsResponse, summary="Index version, counts and model")
 def stats(state: StateDep) -> StatsResponse:
     loaded = state.current
     store = state.store
-    manifest = loaded.index.manifest if loaded else {}
+    index = loaded.index if loaded else None
+    manifest = index.manifest if index else {}
+    service = loaded.service if loaded else None
     return StatsResponse(
         ready=loaded is not None, index_version=loaded.version if loaded else None,
-        index_count=loaded.index.ntotal if loaded else 0,
+        index_count=index.ntotal if index else 0,
         index_factory=manifest.get("factory"), index_built_at=manifest.get("built_at"),
         model_spec=manifest.get("model_spec"),
         model_key=getattr(loaded.encoder, "model_key", None) if loaded else None,
-        dim=loaded.index.dim if loaded else None,
+        dim=index.dim if index else None,
         store=store.counts() if store else {}, reloads=state.reloads,
         last_reload_error=state.last_error,
+        signals=service.signals() if service else {},
+        fusion=(f"{service.fusion.describe()} over {', '.join(service.fused_signals())}"
+                if service else None),
     )
 
 

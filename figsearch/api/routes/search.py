@@ -40,8 +40,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorResponse, "descr
     "/search", response_model=SearchResponse, responses=_ERRORS,
     summary="Search figures by text",
     description=(
-        "Hybrid (default: reciprocal rank fusion of dense CLIP retrieval and BM25 over captions),"
-        " dense or keyword search. Filters apply before truncation to `k`; near-duplicate images"
+        "Hybrid (default: weighted fusion of caption semantics, BM25 over captions/titles and -"
+        " when it passed its quality check - dense CLIP image retrieval; see docs/api.md),"
+        " caption, dense or keyword search. Filters apply before truncation to `k`; near-duplicate images"
         " are collapsed. Any text is accepted: FTS syntax and SQL-looking strings are searched"
         " as plain words."
     ),
@@ -50,7 +51,7 @@ def search(
     loaded: LoadedDep, flt: FilterDep, base_url: BaseUrlDep,
     q: Annotated[str, Query(description="Query text.", examples=["MAPK signalling pathway"])],
     k: KParam = 20, offset: OffsetParam = 0,
-    mode: Annotated[Mode, Query(description="hybrid | dense | keyword")] = "hybrid",
+    mode: Annotated[Mode, Query(description="hybrid | dense | keyword | caption")] = "hybrid",
     dedup: DedupParam = True,
 ) -> Response:
     page = loaded.service.search_text(q, k=k, offset=offset, mode=mode, flt=flt, dedup=dedup)

