@@ -44,7 +44,7 @@ def search_payload(page: SearchPage, base_url: str) -> dict[str, Any]:
     for h in page.hits:
         item = _common(h.figure, base_url)
         item.update(rank=h.rank, score=round(float(h.score), 6),
-                    caption_highlighted=h.caption_highlighted)
+                    caption_highlighted=h.caption_highlighted, ocr_snippet=h.ocr_snippet)
         results.append(item)
     return {"query": page.query, "mode": page.mode, "k": page.k, "offset": page.offset,
             "index_version": page.index_version, "took_ms": page.took_ms, "results": results}

@@ -67,7 +67,8 @@ class FigureBase(FigureLinks):
 
 class SearchResult(FigureBase):
     rank: int = Field(description="1-based rank over all pages.", examples=[1])
-    score: float = Field(description="Cosine similarity (dense), BM25 (keyword) or RRF (hybrid).")
+    score: float = Field(description="Cosine similarity (dense, caption), BM25 (keyword) or the "
+                         "weighted fused score (hybrid).")
     caption_highlighted: str = Field(
         description=(
             "HTML-escaped caption with the words the keyword index (SQLite FTS5, porter "

@@ -68,8 +68,14 @@ def test_batching_encoder_with_the_int8_tower_under_concurrency(encoders):
     for t in threads:
         t.join()
     batching.close()
-    for i, row in out.items():
-        assert np.allclose(row, expected[i], atol=2e-3)  # batch composition may differ
+    # Dynamic int8 scales activations per batch, so a vector depends a little on which queries
+    # shared its batch: each thread must get its own query's vector up to that, not another's.
+    assert sorted(out) == list(range(len(QUERIES)))
+    got = np.stack([out[i] for i in range(len(QUERIES))])
+    unit = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731
+    cos = unit(got) @ unit(expected).T
+    assert np.diag(cos).min() >= 0.99
+    assert (cos.argmax(axis=1) == np.arange(len(QUERIES))).all()
 
 
 def test_query_cache_is_a_bounded_lru():
