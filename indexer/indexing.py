@@ -115,6 +115,7 @@ def build_from_store(
         settings.indexes_dir, embedded.vectors, embedded.ids, model_spec=spec,
         model_key=encoder.model_key, factory=factory, memory_gb=settings.index_memory_gb,
         keep=settings.index_keep_versions, hook=hook, activate=activate,
+        use_gpu=settings.index_gpu_training,
         extra={"unreadable": len(embedded.failures), "indexable": indexable_count(store)},
     )
     shutil.rmtree(work_dir_for(settings, encoder.model_key), ignore_errors=True)
@@ -154,6 +155,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "in <data-dir>/models, else BiomedCLIP)")
     parser.add_argument("--factory", help="faiss factory string (default: the size/memory rule)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--gpu-training", choices=["auto", "on", "off"],
+                        help="coarse k-means on the GPU (default: $FIGSEARCH_INDEX_GPU_TRAINING, auto)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -165,7 +168,12 @@ def command(args: argparse.Namespace) -> int:
         print(f"figsearch index: no figure store at {settings.db_path}; run `figsearch ingest` "
               "first", file=sys.stderr)
         return 1
+    if getattr(args, "gpu_training", None):
+        settings = settings.model_copy(update={"index_gpu_training": args.gpu_training})
     try:
+        from indexer.gpu import resolve_training_device
+
+        resolve_training_device(settings.index_gpu_training)  # fail before hours of embedding
         report = index_all(settings, args.model, factory=args.factory,
                            progress=not args.no_progress)
     except (BuildLockedError, ModelLoadError, RuntimeError, ValueError) as exc:
