@@ -188,10 +188,11 @@ def train_transforms(index: faiss.Index, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def train_index_on_device(index: faiss.Index, x: np.ndarray, device: str, *, niter: int = 20,
+def train_index_on_device(index: faiss.Index, x: np.ndarray, device: str, *, niter: int = 10,
                           seed: int = 1234, score_bytes: int = SCORE_BYTES) -> None:
     """Train ``index`` on the (normalised) sample ``x`` with the coarse k-means in torch on
-    ``device``; faiss trains transforms and codecs and sets every ``is_trained`` flag."""
+    ``device`` (``niter`` 10: faiss's IVF default); faiss trains transforms and codecs and sets
+    every ``is_trained`` flag."""
     x = np.ascontiguousarray(x, np.float32)
     ivf = ivf_of(index)
     if ivf is None:
