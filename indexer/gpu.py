@@ -32,7 +32,6 @@ import faiss
 import numpy as np
 import torch
 from faiss.contrib.clustering import kmeans
-from faiss.contrib.torch.clustering import DatasetAssign
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +100,38 @@ def check_faiss_install() -> None:
 
 
 # -- k-means -----------------------------------------------------------------------------------
-class TorchAssign(DatasetAssign):
-    """faiss k-means dataset on a torch device with bounded-memory, optionally spherical,
-    nearest-centroid assignment."""
+class TorchAssign:
+    """faiss k-means dataset (the ``DatasetAssign`` interface of :mod:`faiss.contrib.clustering`)
+    over a tensor on any torch device, with bounded-memory, optionally spherical,
+    nearest-centroid assignment.
+
+    Not a subclass of ``faiss.contrib.torch.clustering.DatasetAssign``: importing that module
+    imports ``faiss.contrib.torch_utils``, which replaces ``Index.search`` process-wide with a
+    wrapper that refuses the ``params=`` keyword the search side uses.
+    """
 
     def __init__(self, x: torch.Tensor, spherical: bool, score_bytes: int = SCORE_BYTES) -> None:
-        super().__init__(x)
+        self.x = x
         self.spherical = spherical
         self.score_bytes = score_bytes
+
+    def count(self) -> int:
+        return int(self.x.shape[0])
+
+    def dim(self) -> int:
+        return int(self.x.shape[1])
+
+    def get_subset(self, indices: np.ndarray) -> torch.Tensor:
+        return self.x[torch.as_tensor(indices, device=self.x.device)]
+
+    def assign_to(self, centroids: torch.Tensor, weights: Any = None
+                  ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """(labels as numpy, squared distances, per-centroid sums), summed on the device."""
+        dist, idx = self.perform_search(centroids)
+        labels = idx.ravel()
+        sums = torch.zeros_like(centroids)
+        sums.index_add_(0, labels, self.x if weights is None else self.x * weights[:, None])
+        return labels.cpu().numpy(), dist.ravel(), sums
 
     def block_rows(self, k: int) -> int:
         """Rows per block so that one (rows x k) float32 score block stays under the bound."""

@@ -243,3 +243,17 @@ def test_one_faiss_distribution_check_finds_a_second_one(tmp_path):
     assert proc.returncode != 0
     assert "faiss-cpu==" in proc.stderr and "faiss-gpu-cu12==1.9.0" in proc.stderr
     assert "pip uninstall -y faiss-gpu-cu12 faiss-cpu && pip install faiss-cpu" in proc.stderr
+
+
+def test_training_leaves_faiss_search_params_working():
+    """faiss.contrib.torch_utils (imported by faiss.contrib.torch.*) would replace Index.search
+    process-wide with a wrapper refusing ``params=``; the training module must not import it."""
+    index = train_index("IVF32,Flat", BASE[:2000], device="cpu")
+    index.add(BASE[:2000])
+    params = faiss.SearchParametersIVF(nprobe=4)
+    _, found = index.search(QUERIES[:3], 5, params=params)
+    assert found.shape == (3, 5)
+    code = "import faiss, indexer.gpu, indexer.build; import sys; print('faiss.contrib.torch_utils' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=120).stdout.strip()
+    assert out == "False"
