@@ -455,8 +455,32 @@ def project(results: dict[str, dict[str, Any]], inputs: dict[str, Input], n: int
     rows += _store_rows(inputs, n, synth_caption_chars)
     rows += _sizing_rows(inputs, n, articles, synth_caption_chars)
     rows += _time_rows(results, inputs, n, factory, nprobe, dim)
+    rows += _filter_rows(results, n)
     rows += _goal_rows(results, n, factory, ram["total"])
     return rows
+
+
+def _filter_rows(results: dict[str, dict[str, Any]], n: int) -> list[Row]:
+    """bench.filter_ids at millions of rows: the broadest filter's id-set time and memory,
+    scaled linearly to the target (the query reads every matching row)."""
+    res = results.get("filter_ids")
+    if not res:
+        return []
+    fig, rows_n = res.get("figures") or {}, int((res.get("params") or {}).get("n") or 0)
+    counts = {k[: -len(" count")]: v for k, v in fig.items() if k.endswith(" count")}
+    if not counts or not rows_n:
+        return []
+    label = max(counts, key=lambda k: counts[k])
+    where = f"{result_source(res, 'filter_ids')} '{label}': {counts[label]:,.0f} of {rows_n:,} rows"
+    scale = n / rows_n
+    return [
+        Row("filter id set, broadest filter: filtered_ids time", fig[f"{label} seconds"] * scale, "s",
+            f"{fig[f'{label} seconds']:.2f} s measured x{scale:.1f} (n / store rows); {where}"),
+        Row("filter id set, broadest filter: peak memory while built", fig[f"{label} peak_mb"] * scale,
+            "MB", f"{fig[f'{label} peak_mb']:.0f} MB measured x{scale:.1f}; {where} (SQLAlchemy rows "
+                  f"before the int64 array; the cached array is {fig[f'{label} array_mb']:.0f} MB "
+                  f"measured)"),
+    ]
 
 
 #: The goal the projection is held against (issue #14).
@@ -573,6 +597,8 @@ def _time_rows(results: dict[str, dict[str, Any]], inputs: dict[str, Input], n: 
             rows.append(Row(f"API latency {key[4:7]}, 1 client (measured)", found[0], "ms",
                             f"measured: {found[1]} at n={_param(results, 'api', 'n')}; not scaled"))
     for key in ("query_p50_ms", "query_p95_ms"):
+        if inputs[key].assumed:  # measurements only: no row for a latency nobody measured
+            continue
         value, basis = project_latency(inputs[key], n_meas, f_meas if isinstance(f_meas, str) else None,
                                        n, factory, nprobe, dim)
         rows.append(Row(f"query latency {key[6:9]}, index only, measured n", inputs[key].value, "ms", inputs[key].basis()))
