@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hnsw-ef", type=int, default=128)
     p.add_argument("--tmp", default=None, help="scratch directory for index versions")
     p.add_argument("--quick", action="store_true", help="tiny smoke settings")
+    p.add_argument("--name", default="ann",
+                   help="result name: bench/results/<name>.json (e.g. ann_opq for the 15 M family)")
     args = p.parse_args(argv)
     if args.quick:
         args.queries, args.singles, args.dim, args.hnsw_efc = 50, 20, 64, 40
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                   "factory": figures["headline"], "rerank_factor": 10,
                   "hnsw": [args.hnsw_m, args.hnsw_efc, args.hnsw_ef], "hnsw_max_n": args.hnsw_max_n,
                   "families": args.families, "threads": faiss.omp_get_max_threads()}
-        path = write_result("ann", params, figures)
+        path = write_result(args.name, params, figures)
     print(markdown_table(
         ["n", "family", "factory", "rerank", "recall@10", "q/s batched", "q/s single", "build s", "B/vector"],
         [[r["n"], r["family"], r["factory"], "yes" if r["rerank"] else "no", f"{r['recall']:.3f}",

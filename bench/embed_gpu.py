@@ -25,26 +25,28 @@ import numpy as np
 import torch.utils.data as torch_data
 
 
-def _sync() -> None:
+def _sync(device: str = "cuda") -> None:
     import torch
 
-    torch.cuda.synchronize()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
-def model_alone(visual: Any, batch: int, iters: int, compiled: bool) -> float:
-    """Images/s of the image tower on random bf16 pixels (after warm-up)."""
+def model_alone(visual: Any, batch: int, iters: int, compiled: bool, device: str = "cuda",
+                warmup: int = 3, size: int = 224) -> float:
+    """Images/s of the image tower on random bf16 pixels (after warm-up) on ``device``."""
     import torch
 
     fn = torch.compile(visual, mode="max-autotune-no-cudagraphs") if compiled else visual
-    pixels = torch.randn(batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
-        for _ in range(3):
+    pixels = torch.randn(batch, 3, size, size, device=device).to(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+        for _ in range(warmup):
             fn(pixels)
-        _sync()
+        _sync(device)
         start = time.perf_counter()
         for _ in range(iters):
             fn(pixels)
-        _sync()
+        _sync(device)
     return batch * iters / (time.perf_counter() - start)
 
 
@@ -79,19 +81,21 @@ class _Files(torch_data.Dataset):  # type: ignore[type-arg]
             return self.transform(im.convert("RGB"))
 
 
-def end_to_end(visual: Any, transform: Any, paths: list[Path], batch: int, workers: int) -> float:
-    """Images/s from JPEG files to vectors on the host."""
+def end_to_end(visual: Any, transform: Any, paths: list[Path], batch: int, workers: int,
+               device: str = "cuda") -> float:
+    """Images/s from JPEG files to vectors on the host (bf16 autocast on ``device``)."""
     import torch
     from torch.utils.data import DataLoader
 
+    cuda = device.startswith("cuda")
     loader: DataLoader[Any] = DataLoader(_Files(paths, transform), batch_size=batch, num_workers=workers,
-                        pin_memory=True, prefetch_factor=4 if workers else None,
+                        pin_memory=cuda, prefetch_factor=4 if workers else None,
                         persistent_workers=False)
     count = 0
     start = time.perf_counter()
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
         for pixels in loader:
-            pixels = pixels.cuda(non_blocking=True).to(memory_format=torch.channels_last)
+            pixels = pixels.to(device, non_blocking=cuda).to(memory_format=torch.channels_last)
             out = visual(pixels)
             out.float().cpu()
             count += len(pixels)

@@ -79,6 +79,11 @@ class Input:
         return f"assumed: {self.source}" if self.assumed else f"measured: {self.source}"
 
 
+def result_source(res: dict[str, Any], bench: str) -> str:
+    """``bench/results/<bench>.json (<date>)``: every measured input names its file and date."""
+    return f"bench/results/{bench}.json ({str(res.get('timestamp') or '?')[:10]})"
+
+
 def _lookup(results: dict[str, dict[str, Any]], bench: str, keys: tuple[str, ...]) -> tuple[Any, str] | None:
     res = results.get(bench)
     if not res:
@@ -89,7 +94,7 @@ def _lookup(results: dict[str, dict[str, Any]], bench: str, keys: tuple[str, ...
             for key, value in block.items():
                 if re.fullmatch(pattern, key) and isinstance(value, (int, float)) \
                         and not isinstance(value, bool) and value > 0:
-                    return value, f"bench/results/{bench}.json {section}.{key}"
+                    return value, f"{result_source(res, bench)} {section}.{key}"
     return None
 
 
@@ -197,6 +202,7 @@ def measure_store_synthetic(n_articles: int, seed: int, workdir: Path) -> dict[s
     ingest_paths(packages[half:], settings, workers=1)
     elapsed = time.perf_counter() - started
     size2, (figs2, articles, chars) = _db_bytes(settings.db_path), _store_stats(settings.db_path)
+    tables = table_bytes(settings.db_path)
     marginal = figs2 > figs1 and size2 > size1
     per_fig = (size2 - size1) / (figs2 - figs1) if marginal else size2 / max(figs2, 1)
     return {
@@ -204,9 +210,78 @@ def measure_store_synthetic(n_articles: int, seed: int, workdir: Path) -> dict[s
         "store_bytes_per_figure": per_fig,
         "image_bytes_per_figure": _dir_bytes(settings.images_dir) / max(figs2, 1),
         "ingest_figures_per_s": figs2 / elapsed if elapsed else 0.0,
+        "fts_content_bytes_per_figure": tables.get("figures_fts_content", 0) / max(figs2, 1),
+        "fts_bytes_per_figure": sum(v for k, v in tables.items() if k.startswith("figures_fts"))
+        / max(figs2, 1),
+        "store_total_bytes_per_figure": sum(tables.values()) / max(figs2, 1),
         "how": (f"ingest of {articles} synthetic articles ({figs2} figures), growth of the second half"
                 if marginal else f"ingest of {articles} synthetic articles, total size / figures"),
     }
+
+
+def table_bytes(db_path: Path) -> dict[str, int]:
+    """Bytes per table/index of a SQLite file (the ``dbstat`` virtual table)."""
+    with sqlite3.connect(db_path) as conn:
+        return {str(name): int(size) for name, size in
+                conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")}
+
+
+def measure_embedding_cache(dim: int, rows: int = 20_000) -> Input:
+    """Bytes per row of the store's embedding cache (float16 BLOB + sha256 + model key, with
+    its primary-key index), written by ``FigureStore.put_embeddings`` into a real store."""
+    import hashlib
+
+    import numpy as np
+
+    from figsearch.store import FigureStore
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = FigureStore(Path(tmp) / "figsearch.db")
+        try:
+            for start in range(0, rows, 5000):
+                store.put_embeddings(
+                    ((hashlib.sha256(str(i).encode()).hexdigest(),
+                      rng.standard_normal(dim).astype(np.float16))
+                     for i in range(start, min(start + 5000, rows))), "figclip-b16@0123456789ab")
+        finally:
+            store.close()
+        sizes = table_bytes(Path(tmp) / "figsearch.db")
+    used = sum(v for k, v in sizes.items() if "embeddings" in k)
+    return Input("embedding_cache_bytes_per_figure", used / rows,
+                 f"FigureStore.put_embeddings of {rows:,} {dim}-d float16 vectors, dbstat of the "
+                 f"embeddings table + its key index")
+
+
+def measure_id_set(n_ids: int = 2_000_000) -> dict[str, float]:
+    """Bytes per allowed id held for one cached filter: the int64 id array (search's LRU), the
+    row array and faiss's ``IDSelectorBatch`` (index subset cache), by resident-memory growth."""
+    import faiss
+    import numpy as np
+
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+    ids = np.arange(0, 2 * n_ids, 2, dtype=np.int64)
+    before = rss()
+    t0 = time.perf_counter()
+    selector = faiss.IDSelectorBatch(ids)
+    seconds = time.perf_counter() - t0
+    selector_bytes = max(rss() - before, 0)
+    del selector
+    return {"selector_bytes_per_id": selector_bytes / n_ids, "arrays_bytes_per_id": 16.0,
+            "selector_s_per_million": seconds / n_ids * 1e6, "n_ids": n_ids}
+
+
+def real_package_bytes() -> Input | None:
+    """Mean size of the real article packages in shared/data (what the download cache keeps)."""
+    packages = sorted((SHARED_DATA / "jats" / "packages").glob("*.zip"))
+    if not packages:
+        return None
+    sizes = [p.stat().st_size for p in packages]
+    return Input("package_bytes_per_article", statistics.mean(sizes),
+                 f"{len(sizes)} real article packages in shared/data/jats/packages (eLife/MECA zips "
+                 f"with PDF and TIFF figures; PMC's own packages vary)")
 
 
 def measure_store_db(db: Path, images_dir: Path | None) -> dict[str, Any]:
@@ -324,16 +399,32 @@ def gather_inputs(results: dict[str, dict[str, Any]], store: dict[str, Any] | No
     real_images = real_image_bytes()
     if real_images is not None:
         inputs["image_bytes_per_figure"] = real_images
+    inputs["embedding_cache_bytes_per_figure"] = measure_embedding_cache(dim)
+    if store and store.get("fts_content_bytes_per_figure"):
+        inputs["fts_content_bytes_per_figure"] = Input(
+            "fts_content_bytes_per_figure", float(store["fts_content_bytes_per_figure"]), str(store["how"]))
+        inputs["fts_content_share"] = Input(
+            "fts_content_share", store["fts_content_bytes_per_figure"] / store["store_total_bytes_per_figure"],
+            "dbstat of the synthetic store: figures_fts_content / all tables")
+    package = real_package_bytes()
+    if package is not None:
+        inputs["package_bytes_per_article"] = package
+    ids = measure_id_set()
+    inputs["selector_bytes_per_id"] = Input(
+        "selector_bytes_per_id", ids["selector_bytes_per_id"],
+        f"resident-memory growth of faiss.IDSelectorBatch over {ids['n_ids']:,} ids "
+        f"({ids['selector_s_per_million']:.2f} s per million ids)")
     return inputs
 
 
 def _gpu_throughput(results: dict[str, dict[str, Any]], inp: Input) -> tuple[float, str]:
     """Images/s on one GPU: bench.embed_gpu's end-to-end rate, else bench.embed if it ran on
     CUDA, else the assumed GPU default."""
-    gpu_run = _lookup(results, *KEYS["gpu_images_per_s"])
-    if gpu_run is not None:
-        name = _param(results, "embed_gpu", "gpu") or "GPU"
-        return float(gpu_run[0]), f"measured: {gpu_run[1]} on {name}"
+    for bench in ("gpu_check_embed", "embed_gpu"):  # the GPU check first (newest script)
+        gpu_run = _lookup(results, bench, KEYS["gpu_images_per_s"][1])
+        gpu_name = _param(results, bench, "gpu") or "GPU"
+        if gpu_run is not None and "smoke" not in str(gpu_name):
+            return float(gpu_run[0]), f"measured: {gpu_run[1]} on {gpu_name}"
     device = str(_param(results, "embed", "device") or "")
     gpu = ((results.get("embed") or {}).get("machine") or {}).get("gpu")
     if not inp.assumed and (device.startswith("cuda") or (gpu and not device)):
@@ -362,7 +453,106 @@ def project(results: dict[str, dict[str, Any]], inputs: dict[str, Input], n: int
         Row("re-rank vectors (float16, mmap, disk)", n * dim * 2 / GIB, "GiB", "n x dim x 2 bytes; page cache, not heap"),
     ]
     rows += _store_rows(inputs, n, synth_caption_chars)
+    rows += _sizing_rows(inputs, n, articles, synth_caption_chars)
     rows += _time_rows(results, inputs, n, factory, nprobe, dim)
+    rows += _filter_rows(results, n)
+    rows += _goal_rows(results, n, factory, ram["total"])
+    return rows
+
+
+def _filter_rows(results: dict[str, dict[str, Any]], n: int) -> list[Row]:
+    """bench.filter_ids at millions of rows: the broadest filter's id-set time and memory,
+    scaled linearly to the target (the query reads every matching row)."""
+    res = results.get("filter_ids")
+    if not res:
+        return []
+    fig, rows_n = res.get("figures") or {}, int((res.get("params") or {}).get("n") or 0)
+    counts = {k[: -len(" count")]: v for k, v in fig.items() if k.endswith(" count")}
+    if not counts or not rows_n:
+        return []
+    label = max(counts, key=lambda k: counts[k])
+    where = f"{result_source(res, 'filter_ids')} '{label}': {counts[label]:,.0f} of {rows_n:,} rows"
+    scale = n / rows_n
+    return [
+        Row("filter id set, broadest filter: filtered_ids time", fig[f"{label} seconds"] * scale, "s",
+            f"{fig[f'{label} seconds']:.2f} s measured x{scale:.1f} (n / store rows); {where}"),
+        Row("filter id set, broadest filter: peak memory while built", fig[f"{label} peak_mb"] * scale,
+            "MB", f"{fig[f'{label} peak_mb']:.0f} MB measured x{scale:.1f}; {where} (SQLAlchemy rows "
+                  f"before the int64 array; the cached array is {fig[f'{label} array_mb']:.0f} MB "
+                  f"measured)"),
+    ]
+
+
+#: The goal the projection is held against (issue #14).
+GOAL_RECALL, GOAL_BYTES = 0.98, 80.0
+
+
+def _sizing_rows(inputs: dict[str, Input], n: int, articles: int,
+                 synth_chars: float | None) -> list[Row]:
+    """Embedding cache, the FTS table's caption copy, download cache, per-filter id sets."""
+    rows = []
+    cache = inputs.get("embedding_cache_bytes_per_figure")
+    if cache is not None:
+        rows.append(Row("embedding cache (SQLite BLOBs in figsearch.db)", n * cache.value / GIB,
+                        "GiB", f"n x {cache.value:,.0f} B/row; {cache.basis()}"))
+    fts = inputs.get("fts_content_bytes_per_figure")
+    real = inputs["caption_chars"]
+    if fts is not None:
+        scale = real.value / synth_chars if synth_chars else 1.0
+        rows.append(Row("FTS5 table's own copy of caption/label/title", n * fts.value * scale / GIB,
+                        "GiB", f"n x {fts.value:,.0f} B/figure (dbstat of figures_fts_content) x "
+                        f"{scale:.2f} real/synthetic caption length; {fts.basis()}; an "
+                        f"external-content FTS table (content='figures') would not store it"))
+        share = inputs.get("fts_content_share")
+        if share is not None:
+            rows.append(Row("FTS caption copy as share of the store", share.value * 100, "%",
+                            f"{share.basis()}: external content saves this, it does not halve "
+                            f"the store" if share.value < 0.5 else share.basis()))
+    pkg = inputs.get("package_bytes_per_article")
+    if pkg is not None:
+        rows.append(Row("download cache (packages kept by the downloader)",
+                        articles * pkg.value / GIB, "GiB",
+                        f"articles x {pkg.value / 1e6:,.2f} MB; {pkg.basis()}; indexer.remote "
+                        f"never deletes the cache (delete it after ingest to reclaim)"))
+    sel = inputs.get("selector_bytes_per_id")
+    if sel is not None:
+        per_id = 16 + sel.value
+        rows.append(Row("one filter's id set at n (all figures pass)", n * per_id / GIB, "GiB",
+                        f"n x ({per_id:.0f} B: int64 ids in search's LRU + int64 rows + "
+                        f"IDSelectorBatch {sel.value:.0f} B/id); {sel.basis()}"))
+        rows.append(Row("filter caches, worst case (32 id arrays + 8 selectors, all pass)",
+                        n * (32 * 8 + 8 * (8 + sel.value)) / GIB, "GiB",
+                        "figsearch.search LRU of 32 id arrays + figsearch.index SUBSET_CACHE_SIZE 8"))
+    return rows
+
+
+def _goal_rows(results: dict[str, dict[str, Any]], n: int, factory: str, ram_total: float) -> list[Row]:
+    """The 15 M family measured at reduced size (bench.ann --name ann_opq) against the goal."""
+    res = results.get("ann_opq")
+    per_fig = ram_total / n
+    rows = [Row("index RAM / figure at target", per_fig, "B",
+                f"index RAM total / n for {factory}; goal <= {GOAL_BYTES:g} B")]
+    if not res:
+        return rows + [Row("15 M family recall@10", "not measured", "", "no bench/results/ann_opq.json")]
+    fig, par = res.get("figures") or {}, res.get("params") or {}
+    src = result_source(res, "ann_opq")
+    where = (f"{src}: {par.get('factory')} at n={par.get('n'):,}, intrinsic dim "
+             f"{par.get('intrinsic_dim')}, nprobe {par.get('nprobe')}, training sample "
+             f"{par.get('train_size')}, 2 shared cores")
+    top = par.get("n")
+    family = "OPQ-IVF-HNSW-PQ"
+    plain = fig.get(f"{top} {family} recall")
+    reranked = fig.get(f"{top} {family} rerank recall")
+    rows += [Row("15 M family, reduced size: recall@10 without re-ranking", plain, "", where),
+             Row("15 M family, reduced size: recall@10 with re-ranking (x10)", reranked, "", where),
+             Row("15 M family, reduced size: index bytes / vector", fig.get("bytes_per_vector"), "B",
+                 f"{where} (index file / n; centroids weigh more per vector at small n)"),
+             Row("15 M family, reduced size: build (train + add)", fig.get("build_s"), "s", where)]
+    if isinstance(reranked, (int, float)):
+        met = reranked >= GOAL_RECALL and per_fig <= GOAL_BYTES
+        rows.append(Row("goal: recall@10 >= 0.98 at <= 80 B RAM / figure", "met" if met else "NOT met",
+                        "", f"recall {reranked:.3f} (reduced size, re-ranked) and {per_fig:.1f} B/figure "
+                            f"projected (PQ codes + 8-byte ids + centroids/HNSW/OPQ over n)"))
     return rows
 
 
@@ -407,6 +597,8 @@ def _time_rows(results: dict[str, dict[str, Any]], inputs: dict[str, Input], n: 
             rows.append(Row(f"API latency {key[4:7]}, 1 client (measured)", found[0], "ms",
                             f"measured: {found[1]} at n={_param(results, 'api', 'n')}; not scaled"))
     for key in ("query_p50_ms", "query_p95_ms"):
+        if inputs[key].assumed:  # measurements only: no row for a latency nobody measured
+            continue
         value, basis = project_latency(inputs[key], n_meas, f_meas if isinstance(f_meas, str) else None,
                                        n, factory, nprobe, dim)
         rows.append(Row(f"query latency {key[6:9]}, index only, measured n", inputs[key].value, "ms", inputs[key].basis()))
@@ -423,6 +615,9 @@ def render_markdown(rows: list[Row], inputs: dict[str, Input], args: argparse.Na
     sources = markdown_table(["input", "value", "source"],
                              [[i.name, i.value, i.basis()] for i in inputs.values()])
     return (f"# Scale projection: {args.figures:,} figures / {args.articles:,} articles\n\n"
+            f"Every input is measured by a current bench script (its results file and date are "
+            f"named) or marked *assumed*. Timings were taken on 2 CPU cores shared with up to 8 "
+            f"other jobs: treat them as noisy upper bounds.\n\n"
             f"{table}\n\n## Inputs\n\n{sources}\n")
 
 

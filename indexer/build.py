@@ -114,17 +114,23 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 
 def training_size(n: int, factory: str) -> int:
-    """Training sample: >= 50 points per IVF list and >= 20k for PQ codebooks, capped at n."""
+    """Training sample: ~50 points per IVF list (never under faiss's 39, so the 2 M cap rises
+    with the list count: 2.56 M at 65,536 lists) and >= 20k for PQ codebooks, capped at n."""
+    from indexer.gpu import MIN_POINTS_PER_LIST
+
     match = re.search(r"IVF(\d+)", factory)
     lists = int(match.group(1)) if match else 0
     want = max(50 * lists, 20_000 if "PQ" in factory else 0)
-    return min(n, want, 2_000_000)
+    return min(n, want, max(2_000_000, MIN_POINTS_PER_LIST * lists))
 
 
-def train_index(factory: str, vectors: np.ndarray, use_gpu: bool = False, seed: int = 0,
+def train_index(factory: str, vectors: np.ndarray, device: str | None = None, seed: int = 0,
                 size: int | None = None) -> faiss.Index:
     """An index from ``factory`` (inner product), trained on a random sample of ``size``
-    (default :func:`training_size`)."""
+    (default :func:`training_size`): with the coarse k-means in torch on ``device`` (a GPU, or
+    ``"cpu"``), or by faiss on the CPU when ``device`` is None."""
+    from indexer.gpu import train_index_faiss, train_index_on_device
+
     n, dim = vectors.shape
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if index.is_trained:
@@ -133,12 +139,10 @@ def train_index(factory: str, vectors: np.ndarray, use_gpu: bool = False, seed: 
     rng = np.random.default_rng(seed)
     sample_rows = np.sort(rng.choice(n, size=size, replace=False)) if size < n else np.arange(n)
     sample = normalise(vectors[sample_rows])
-    if use_gpu:
-        from indexer.gpu import train_with_gpu
-
-        train_with_gpu(index, sample)
+    if device is None:
+        train_index_faiss(index, sample)
     else:
-        index.train(sample)
+        train_index_on_device(index, sample, device)
     return index
 
 
@@ -197,10 +201,11 @@ def _row_files_in_id_order(row_files: dict[str, np.ndarray], ids: np.ndarray
 
 
 def write_version_files(tmp_dir: Path, vectors: np.ndarray, ids: np.ndarray, factory: str,
-                        use_gpu: bool, hook: StageHook | None, train_size: int | None = None) -> float:
+                        device: str | None, hook: StageHook | None,
+                        train_size: int | None = None) -> float:
     """Train + fill the index and write index/ids/vectors into ``tmp_dir``; returns seconds."""
     t0 = time.perf_counter()
-    index = train_index(factory, vectors, use_gpu=use_gpu, size=train_size)
+    index = train_index(factory, vectors, device=device, size=train_size)
     if hook:
         hook("trained")
     add_in_batches(index, vectors)
@@ -214,15 +219,34 @@ def write_version_files(tmp_dir: Path, vectors: np.ndarray, ids: np.ndarray, fac
     return time.perf_counter() - t0
 
 
+def training_device(use_gpu: bool | str | None) -> str | None:
+    """Torch device for the coarse k-means (None: faiss on the CPU) from None/True/False, an
+    auto|on|off mode, or a torch device name ("cuda:1"; "cpu" runs the torch k-means on CPU)."""
+    from indexer.gpu import GPU_TRAINING_MODES, check_faiss_install, resolve_training_device
+
+    check_faiss_install()  # two faiss wheels sharing one module: say so before any work
+    if isinstance(use_gpu, str) and use_gpu.lower() not in GPU_TRAINING_MODES:
+        import torch
+
+        return str(torch.device(use_gpu))  # a bad name raises a clear RuntimeError
+    mode = {None: "auto", True: "on", False: "off"}.get(use_gpu, use_gpu)  # type: ignore[arg-type]
+    return resolve_training_device(str(mode))
+
+
 def build_version(
     indexes_dir: Path, vectors: np.ndarray, ids: np.ndarray, *, model_spec: str, model_key: str,
     factory: str | None = None, memory_gb: float = 16.0, keep: int = 3,
-    use_gpu: bool | None = None, extra: dict[str, Any] | None = None,
+    use_gpu: bool | str | None = None, extra: dict[str, Any] | None = None,
     hook: StageHook | None = None, activate: bool = True, train_size: int | None = None,
     row_files: dict[str, np.ndarray] | None = None,
     add_files: Callable[[Path], dict[str, Any]] | None = None,
 ) -> Path:
     """Build a new index version from (vectors, figure ids), switch ``current``, prune old ones.
+
+    ``use_gpu`` picks where the coarse k-means runs (:func:`indexer.gpu.resolve_training_device`):
+    None or ``"auto"`` = on CUDA when there is one, True or ``"on"`` = on CUDA or an error,
+    False or ``"off"`` = faiss on the CPU; a torch device name (``"cuda:1"``, ``"cpu"``) runs the
+    torch k-means there.
 
     Returns the new version directory. On any exception ``current`` is untouched. With
     ``activate=False`` the version is written but ``current`` is left for the caller to switch
@@ -236,17 +260,13 @@ def build_version(
     vectors, ids = _validate_inputs(np.asarray(vectors), np.asarray(ids))
     n, dim = vectors.shape
     factory = factory or choose_factory(n, dim, memory_gb)
-    if use_gpu is None:
-        from indexer.gpu import cuda_available
-
-        use_gpu = cuda_available()
+    device = training_device(use_gpu)
     with index_lock(indexes_dir):
         remove_stale_builds(indexes_dir)
         version = new_version_name()
         tmp_dir = indexes_dir / f"{BUILDING_PREFIX}{version}"
         tmp_dir.mkdir(parents=True)
-        seconds = write_version_files(tmp_dir, vectors, ids, factory, bool(use_gpu), hook,
-                                      train_size)
+        seconds = write_version_files(tmp_dir, vectors, ids, factory, device, hook, train_size)
         for name, arr in rows.items():
             np.save(tmp_dir / name, arr)
         manifest = {
@@ -254,7 +274,10 @@ def build_version(
             "count": n, "factory": factory, "metric": "inner_product",
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "build_seconds": round(seconds, 3), "faiss_version": faiss.__version__,
-            "gpu": bool(use_gpu), "training_size": min(n, train_size or training_size(n, factory)),
+            "gpu": bool(device and device.startswith("cuda")),
+            "training": f"torch k-means on {device}" if device and "IVF" in factory
+                        else "faiss cpu",
+            "training_size": min(n, train_size or training_size(n, factory)),
             "checksums": _checksums(tmp_dir, [INDEX_FILE, IDS_FILE, VECTORS_FILE, *rows]),
             **(extra or {}),
             **(add_files(tmp_dir) if add_files else {}),

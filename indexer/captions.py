@@ -112,7 +112,7 @@ def write_caption_index(version_dir: Path, ids: np.ndarray, vectors: np.ndarray,
     factory = choose_factory(max(n, 1), dim, memory_gb)
     if n == 0:  # an empty flat index is still a valid, searchable index
         vectors16 = np.zeros((0, dim), np.float16)
-    write_version_files(sub, vectors16, ids, factory, False, None)
+    write_version_files(sub, vectors16, ids, factory, None, None)  # faiss CPU training
     manifest = {
         "version": Path(version_dir).name, "model_spec": encoder.spec, "model_key": encoder.model_key,
         "dim": dim, "count": n, "factory": factory, "metric": "inner_product",

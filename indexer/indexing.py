@@ -221,6 +221,7 @@ def build_from_worklist(
         model_spec=portable_path(spec, settings.data_dir),
         model_key=encoder.model_key, factory=factory, memory_gb=settings.index_memory_gb,
         keep=settings.index_keep_versions, hook=hook, activate=activate,
+        use_gpu=settings.index_gpu_training,
         extra={"unreadable": len(embedded.failures), "indexable": indexable_count(store),
                "reused": embedded.summary.reused, "encoded": embedded.summary.encoded,
                LABELS_KEY: names, "dense_check": check},
@@ -369,6 +370,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="only merge every rank's shards, build and swap the version")
     parser.add_argument("--text-only", action="store_true",
                         help="build only the caption index (keyword + caption search, no model)")
+    parser.add_argument("--gpu-training", choices=["auto", "on", "off"],
+                        help="coarse k-means on the GPU (default: $FIGSEARCH_INDEX_GPU_TRAINING, auto)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -385,7 +388,12 @@ def command(args: argparse.Namespace) -> int:
         print(f"figsearch index: no figure store at {settings.db_path}; run `figsearch ingest` "
               "first", file=sys.stderr)
         return 1
+    if getattr(args, "gpu_training", None):
+        settings = settings.model_copy(update={"index_gpu_training": args.gpu_training})
     try:
+        from indexer.gpu import resolve_training_device
+
+        resolve_training_device(settings.index_gpu_training)  # fail before hours of embedding
         if args.text_only:
             index_text_only(settings, progress=not args.no_progress)
             return 0

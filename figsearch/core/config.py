@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -82,6 +83,11 @@ class Settings(BaseSettings):
     )
     index_memory_gb: float = Field(
         16.0, description="Memory budget (GiB) for the index; drives the factory-string rule."
+    )
+    index_gpu_training: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Where the index's coarse k-means trains: auto = on the GPU (torch) when CUDA "
+                    "is available, else faiss on the CPU; on = GPU or fail; off = always the CPU.",
     )
     index_keep_versions: int = Field(3, description="Index versions kept besides `current`.")
     rerank: bool = Field(True, description="Re-rank compressed-index candidates with exact vectors.")

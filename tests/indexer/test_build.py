@@ -1,4 +1,4 @@
-"""indexer.build: atomic versions, kill safety, the build lock, pruning, GPU-path training."""
+"""indexer.build: atomic versions, kill safety, the build lock, pruning (GPU-path training: test_gpu_training.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import pytest
 
 from figsearch.index import SearchIndex, current_version_dir
 from indexer.build import BuildLockedError, build_version, list_versions
-from indexer.gpu import train_coarse_with_torch
-from tests.indexer.test_index import REPO_ROOT, clustered, exact_topk, recall
+from tests.indexer.test_index import REPO_ROOT, clustered
 
 faiss.omp_set_num_threads(1)
 
@@ -103,15 +102,3 @@ def test_bad_input_is_refused_with_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="do not match"):
         build_version(tmp_path, clustered(3), np.array([1, 2]), model_spec="s", model_key="k")
     assert current_version_dir(tmp_path) is None
-
-
-def test_torch_kmeans_training_path_builds_a_working_ivf(tmp_path):
-    base = clustered(3000)
-    index = faiss.index_factory(base.shape[1], "IVF32,Flat", faiss.METRIC_INNER_PRODUCT)
-    train_coarse_with_torch(index, base, device="cpu", niter=10)
-    assert index.is_trained and faiss.extract_index_ivf(index).quantizer.ntotal == 32
-    index.add(base)
-    faiss.extract_index_ivf(index).nprobe = 8
-    queries = clustered(50, seed=4)
-    _, found = index.search(queries, 10)
-    assert recall(found, exact_topk(base, np.arange(3000), queries, 10)) >= 0.9
