@@ -273,6 +273,12 @@ class SearchIndex:
         hnsw = faiss.downcast_index(self.index)
         if isinstance(hnsw, faiss.IndexHNSW):
             hnsw.hnsw.efSearch = max(hnsw.hnsw.efSearch, HNSW_EF_SEARCH)
+        ivf = faiss.try_extract_index_ivf(self.index)
+        quantizer = faiss.downcast_index(ivf.quantizer) if ivf is not None else None
+        if isinstance(quantizer, faiss.IndexHNSW):
+            # An HNSW coarse quantizer must look at more candidates than the lists it returns,
+            # else the nprobe "nearest" lists are not the nearest (faiss's default is 16).
+            quantizer.hnsw.efSearch = max(quantizer.hnsw.efSearch, HNSW_EF_SEARCH, 2 * nprobe)
 
     def check_model(self, model_key: str, dim: int) -> None:
         """Refuse to query with a model other than the one the index was built with."""

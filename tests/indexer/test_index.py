@@ -63,7 +63,9 @@ def test_ivf_lists_respect_39_training_points_per_centroid():
 
 
 # -- self queries and recall for each family ----------------------------------------------------
-FAMILIES = ["Flat", "IVF64,Flat", "IVF64_HNSW32,Flat", "IVF64,PQ8x4", "OPQ8,IVF64_HNSW32,PQ8x4", "HNSW32"]
+# PQ with 8-bit codes, as the factory rule picks (4-bit PQ8x4 codes on 32-d left the self match
+# outside the re-rank depth for 2 of 42 probes with faiss 1.15).
+FAMILIES = ["Flat", "IVF64,Flat", "IVF64_HNSW32,Flat", "IVF64,PQ8", "OPQ8,IVF64_HNSW32,PQ8", "HNSW32"]
 BASE = clustered(N)
 IDS = np.arange(N, dtype=np.int64) * 3 + 7  # figure ids are not row numbers
 
@@ -97,7 +99,7 @@ def test_each_family_returns_itself_top1_and_recalls(built, factory):
 
 
 def test_rerank_improves_pq_recall(built):
-    idx = SearchIndex.load(built("IVF64,PQ8x4"), nprobe=64)
+    idx = SearchIndex.load(built("IVF64,PQ8"), nprobe=64)
     queries = clustered(80, seed=9)
     truth = exact_topk(BASE, IDS, queries, 10)
     plain = recall(idx.search(queries, 10, rerank=False)[1], truth)
@@ -106,7 +108,7 @@ def test_rerank_improves_pq_recall(built):
 
 
 # -- filtering ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("factory", ["Flat", "IVF64,PQ8x4", "OPQ8,IVF64_HNSW32,PQ8x4", "HNSW32"])
+@pytest.mark.parametrize("factory", ["Flat", "IVF64,PQ8", "OPQ8,IVF64_HNSW32,PQ8", "HNSW32"])
 def test_filtered_search_returns_k_when_k_exist(built, factory, monkeypatch):
     import figsearch.index as index_mod
 
