@@ -226,31 +226,26 @@ def table_bytes(db_path: Path) -> dict[str, int]:
                 conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")}
 
 
-def measure_embedding_cache(dim: int, rows: int = 20_000) -> Input:
-    """Bytes per row of the store's embedding cache (float16 BLOB + sha256 + model key, with
-    its primary-key index), written by ``FigureStore.put_embeddings`` into a real store."""
-    import hashlib
-
+def measure_version_row_files(rows: int = 20_000) -> Input:
+    """Bytes per figure of an index version's per-row files besides its vectors (image hash, for
+    reuse by the next build, and figure type + score), written by the real builder. They replace
+    the store's old embedding cache (float16 BLOBs in figsearch.db, ~1.5 KB per figure)."""
     import numpy as np
 
-    from figsearch.store import FigureStore
+    from figsearch.version_data import SHA_FILE, TYPE_SCORES_FILE, TYPES_FILE
+    from indexer.build import build_version
 
     rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((rows, 8)).astype(np.float32)
+    row_files = {SHA_FILE: rng.integers(0, 256, (rows, 32), dtype=np.uint8),
+                 TYPES_FILE: rng.integers(-1, 14, rows).astype(np.int16),
+                 TYPE_SCORES_FILE: rng.random(rows).astype(np.float16)}
     with tempfile.TemporaryDirectory() as tmp:
-        store = FigureStore(Path(tmp) / "figsearch.db")
-        try:
-            for start in range(0, rows, 5000):
-                store.put_embeddings(
-                    ((hashlib.sha256(str(i).encode()).hexdigest(),
-                      rng.standard_normal(dim).astype(np.float16))
-                     for i in range(start, min(start + 5000, rows))), "figclip-b16@0123456789ab")
-        finally:
-            store.close()
-        sizes = table_bytes(Path(tmp) / "figsearch.db")
-    used = sum(v for k, v in sizes.items() if "embeddings" in k)
-    return Input("embedding_cache_bytes_per_figure", used / rows,
-                 f"FigureStore.put_embeddings of {rows:,} {dim}-d float16 vectors, dbstat of the "
-                 f"embeddings table + its key index")
+        version = build_version(Path(tmp), vectors, np.arange(rows, dtype=np.int64),
+                                model_spec="s", model_key="k", factory="Flat", row_files=row_files)
+        used = sum((version / name).stat().st_size for name in row_files)
+    return Input("version_row_bytes_per_figure", used / rows,
+                 f"build_version row files ({', '.join(row_files)}) of {rows:,} figures")
 
 
 def measure_id_set(n_ids: int = 2_000_000) -> dict[str, float]:
@@ -399,7 +394,7 @@ def gather_inputs(results: dict[str, dict[str, Any]], store: dict[str, Any] | No
     real_images = real_image_bytes()
     if real_images is not None:
         inputs["image_bytes_per_figure"] = real_images
-    inputs["embedding_cache_bytes_per_figure"] = measure_embedding_cache(dim)
+    inputs["version_row_bytes_per_figure"] = measure_version_row_files()
     if store and store.get("fts_content_bytes_per_figure"):
         inputs["fts_content_bytes_per_figure"] = Input(
             "fts_content_bytes_per_figure", float(store["fts_content_bytes_per_figure"]), str(store["how"]))
@@ -489,12 +484,14 @@ GOAL_RECALL, GOAL_BYTES = 0.98, 80.0
 
 def _sizing_rows(inputs: dict[str, Input], n: int, articles: int,
                  synth_chars: float | None) -> list[Row]:
-    """Embedding cache, the FTS table's caption copy, download cache, per-filter id sets."""
+    """Per-version row files, the FTS table's caption copy, download cache, per-filter id sets."""
     rows = []
-    cache = inputs.get("embedding_cache_bytes_per_figure")
-    if cache is not None:
-        rows.append(Row("embedding cache (SQLite BLOBs in figsearch.db)", n * cache.value / GIB,
-                        "GiB", f"n x {cache.value:,.0f} B/row; {cache.basis()}"))
+    per_row = inputs.get("version_row_bytes_per_figure")
+    if per_row is not None:
+        rows.append(Row("per-version row files (image hash for reuse, figure types)",
+                        n * per_row.value / GIB, "GiB",
+                        f"n x {per_row.value:,.1f} B/figure per kept version; {per_row.basis()}; "
+                        f"no embedding cache in the store"))
     fts = inputs.get("fts_content_bytes_per_figure")
     real = inputs["caption_chars"]
     if fts is not None:

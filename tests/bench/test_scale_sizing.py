@@ -1,4 +1,4 @@
-"""bench.scale's sizing inputs (issue #14): embedding cache, FTS copy, id sets, the goal rows."""
+"""bench.scale's sizing inputs (issue #14): version row files, FTS copy, id sets, the goal rows."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ from bench.scale import (
     GOAL_BYTES,
     _goal_rows,
     index_ram_bytes,
-    measure_embedding_cache,
     measure_id_set,
+    measure_version_row_files,
     result_source,
 )
 
 
-def test_embedding_cache_row_holds_the_float16_vector_and_its_key():
-    inp = measure_embedding_cache(512, rows=2000)
-    # 1,024 B of float16 + a 64-char sha256 twice (row and key index) + the model key
-    assert 1024 + 2 * 64 < inp.value < 1024 * 2 and not inp.assumed
-    assert "put_embeddings" in inp.source
+def test_version_row_files_hold_hash_type_and_score_per_figure():
+    inp = measure_version_row_files(rows=2000)
+    # 32 B sha256 + 2 B int16 type + 2 B float16 score per figure, plus three .npy headers
+    assert 36 <= inp.value < 36 + 3 * 128 / 2000 + 1e-9 and not inp.assumed
+    assert "sha256.npy" in inp.source
 
 
 def test_id_set_memory_is_measured_per_id():
