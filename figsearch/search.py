@@ -180,7 +180,10 @@ class SearchService:
 
     @property
     def index_version(self) -> str:
-        return self.index.version if self.index is not None else ""
+        if self.index is not None:
+            return self.index.version
+        # a text-only version: its caption index carries the version name
+        return self.captions.index.version if self.captions is not None else ""
 
     def signals(self) -> dict[str, bool]:
         """Which signals can answer now (``dense`` also needs a passed quality check)."""

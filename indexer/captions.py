@@ -103,7 +103,7 @@ def embed_captions(settings: Settings, store: FigureStore, encoder: Any, progres
 def write_caption_index(version_dir: Path, ids: np.ndarray, vectors: np.ndarray, encoder: Any,
                         memory_gb: float = 16.0) -> dict[str, Any]:
     """Write ``<version_dir>/captions/`` (SearchIndex format); returns its manifest summary."""
-    from indexer.build import _checksums, _validate_inputs, write_version_files
+    from indexer.build import BUILDING_PREFIX, _checksums, _validate_inputs, write_version_files
 
     sub = Path(version_dir) / CAPTIONS_DIR
     sub.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,8 @@ def write_caption_index(version_dir: Path, ids: np.ndarray, vectors: np.ndarray,
         vectors16 = np.zeros((0, dim), np.float16)
     write_version_files(sub, vectors16, ids, factory, None, None)  # faiss CPU training
     manifest = {
-        "version": Path(version_dir).name, "model_spec": encoder.spec, "model_key": encoder.model_key,
+        # written inside the version's temporary .building-<version> dir, named as it will be
+        "version": Path(version_dir).name.removeprefix(BUILDING_PREFIX), "model_spec": encoder.spec, "model_key": encoder.model_key,
         "dim": dim, "count": n, "factory": factory, "metric": "inner_product",
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "checksums": _checksums(sub, [INDEX_FILE, IDS_FILE, VECTORS_FILE]),

@@ -244,7 +244,8 @@ def test_text_only_version_serves_text_search_then_hot_swaps_in_the_image_index(
     populate_store(tmp_path, shared_data, n_real=8).close()
     settings = Settings(data_dir=tmp_path, model=str(tiny_model_dir), device="cpu",
                         rate_limit_per_minute=0)
-    index_text_only(settings, caption_encoder=service.captions.encoder, progress=False)
+    text_version = index_text_only(settings, caption_encoder=service.captions.encoder,
+                                   progress=False)
     state = AppState(settings)
     state.reload()
     with TestClient(create_app(settings, state=state, start_poller=False)) as client:
@@ -253,6 +254,7 @@ def test_text_only_version_serves_text_search_then_hot_swaps_in_the_image_index(
         assert client.get("/readyz").json()["signals"]["caption"] is True
         hits = client.get("/v1/search", params={"q": "TREM2 lipoprotein ligands"}).json()
         assert hits["results"][0]["pmcid"] == "PMC5541421"
+        assert hits["index_version"] == stats["index_version"] == text_version.name
         assert client.get("/v1/search", params={"q": "TREM2", "mode": "dense"}).status_code == 400
         index_all(settings, str(tiny_model_dir), encoder=load_model(str(tiny_model_dir), "cpu"),
                   progress=False, caption_encoder=service.captions.encoder)
