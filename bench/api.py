@@ -199,6 +199,27 @@ def build_index(data_dir: Path, n: int, spec: str, encoder: Any,
 
 
 # -- server ----------------------------------------------------------------------------------------
+
+def prepared_data_dir(data_dir: Path | None, n: int, model: str, prefix: str,
+                      ) -> tuple[Any, Path, str, Any]:
+    """A data dir with ``n`` store rows and a current index for ``model`` (built once, reused):
+    (temporary-dir handle or None, data dir, model spec, encoder)."""
+    import tempfile
+
+    tmp = None
+    if data_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix=prefix)
+        data_dir = Path(tmp.name)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    spec, encoder = bench_model(model, data_dir)
+    ensure_store_rows(data_dir, n)
+    current = data_dir / "indexes" / "current"
+    if not current.exists():
+        build_index(data_dir, n, spec, encoder, None)
+    else:
+        stamp_manifest(current.resolve(), spec, encoder.model_key)
+    return tmp, data_dir, spec, encoder
+
 def start_server(data_dir: Path, model: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FIGSEARCH_DATA_DIR": str(data_dir), "FIGSEARCH_MODEL": model,
            "FIGSEARCH_RATE_LIMIT_PER_MINUTE": "0", "FIGSEARCH_DEVICE": "cpu",

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from bench.api import QUERIES, bench_model, build_index, ensure_store_rows, stamp_manifest
+from bench.api import QUERIES, prepared_data_dir
 from bench.common import markdown_table, write_result
 from bench.peer import start_figsearch, stop
 from figsearch.netutil import free_port, wait_for_http
@@ -80,18 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="workers:mmap|load, comma-separated")
     p.add_argument("--data-dir", type=Path, default=None)
     args = p.parse_args(argv)
-    tmp = None
-    if args.data_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench-rss-")
-        args.data_dir = Path(tmp.name)
-    args.data_dir.mkdir(parents=True, exist_ok=True)
-    spec, encoder = bench_model(args.model, args.data_dir)
-    ensure_store_rows(args.data_dir, args.n)
+    tmp, args.data_dir, spec, encoder = prepared_data_dir(args.data_dir, args.n, args.model,
+                                                          "bench-rss-")
     current = args.data_dir / "indexes" / "current"
-    if not current.exists():
-        build_index(args.data_dir, args.n, spec, encoder, None)
-    else:
-        stamp_manifest(current.resolve(), spec, encoder.model_key)
     dim = encoder.dim
     del encoder
     index_mb = sum(f.stat().st_size for f in current.resolve().iterdir()) / 2**20

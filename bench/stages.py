@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,7 @@ import numpy as np
 from bench.api import (
     QUERIES,
     SHARED_FIGURES,
-    bench_model,
-    build_index,
-    ensure_store_rows,
-    stamp_manifest,
+    prepared_data_dir,
     start_server,
     wait_ready,
 )
@@ -87,18 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=None, help="reuse/keep this data dir")
     p.add_argument("--label", default="", help="a name for this run in the result ('before'...)")
     args = p.parse_args(argv)
-    tmp = None
-    if args.data_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench-stages-")
-        args.data_dir = Path(tmp.name)
-    args.data_dir.mkdir(parents=True, exist_ok=True)
-    spec, encoder = bench_model(args.model, args.data_dir)
-    ensure_store_rows(args.data_dir, args.n)
-    current = args.data_dir / "indexes" / "current"
-    if not current.exists():
-        build_index(args.data_dir, args.n, spec, encoder, None)
-    else:
-        stamp_manifest(current.resolve(), spec, encoder.model_key)
+    tmp, args.data_dir, spec, encoder = prepared_data_dir(args.data_dir, args.n, args.model,
+                                                          "bench-stages-")
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((64, encoder.dim)).astype(np.float32)
     del encoder

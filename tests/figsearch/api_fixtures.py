@@ -186,3 +186,20 @@ def serve_in_thread(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@contextlib.contextmanager
+def small_search_service(data_dir: Path, model_dir: Path) -> Iterator[Any]:
+    """A SearchService over the small index data dir with the tiny model; near-duplicates only
+    when practically identical (dedup_threshold 0.99999), so tests see every distinct figure."""
+    from figsearch.encoders import load_model
+    from figsearch.index import SearchIndex, current_version_dir
+    from figsearch.search import SearchService
+
+    settings = Settings(data_dir=data_dir, model=str(model_dir), dedup_threshold=0.99999)
+    store = FigureStore(settings.db_path, create=False)
+    index = SearchIndex.load(current_version_dir(settings.indexes_dir))
+    try:
+        yield SearchService(store, index, load_model(str(model_dir), device="cpu"), settings)
+    finally:
+        store.close()

@@ -10,22 +10,14 @@ from figsearch import timing
 from figsearch.api.present import search_payload
 from figsearch.api.schemas import SearchResponse
 from figsearch.core.config import Settings
-from figsearch.encoders import load_model
-from figsearch.index import SearchIndex, current_version_dir
 from figsearch.search import SearchService
-from figsearch.store import FigureStore
-from tests.figsearch.api_fixtures import loaded_app
+from tests.figsearch.api_fixtures import loaded_app, small_search_service
 
 
 @pytest.fixture(scope="module")
 def service(small_index_data_dir, tiny_model_dir):
-    settings = Settings(data_dir=small_index_data_dir, model=str(tiny_model_dir),
-                        dedup_threshold=0.99999)
-    store = FigureStore(settings.db_path, create=False)
-    index = SearchIndex.load(current_version_dir(settings.indexes_dir))
-    svc = SearchService(store, index, load_model(str(tiny_model_dir), device="cpu"), settings)
-    yield svc
-    store.close()
+    with small_search_service(small_index_data_dir, tiny_model_dir) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="module")

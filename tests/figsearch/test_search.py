@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from figsearch.core.config import Settings
-from figsearch.encoders import load_model
-from figsearch.index import SearchIndex, current_version_dir
 from figsearch.search import (
     FigureNotFound,
     SearchInputError,
@@ -16,19 +13,14 @@ from figsearch.search import (
     figure_url,
     reciprocal_rank_fusion,
 )
-from figsearch.store import FigureFilter, FigureStore
-from tests.figsearch.api_fixtures import COPY_PMCID, SYNTHETIC_KEY
+from figsearch.store import FigureFilter
+from tests.figsearch.api_fixtures import COPY_PMCID, SYNTHETIC_KEY, small_search_service
 
 
 @pytest.fixture(scope="module")
 def service(small_index_data_dir, tiny_model_dir):
-    settings = Settings(data_dir=small_index_data_dir, model=str(tiny_model_dir),
-                        dedup_threshold=0.99999)
-    store = FigureStore(settings.db_path, create=False)
-    index = SearchIndex.load(current_version_dir(settings.indexes_dir))
-    svc = SearchService(store, index, load_model(str(tiny_model_dir), device="cpu"), settings)
-    yield svc
-    store.close()
+    with small_search_service(small_index_data_dir, tiny_model_dir) as svc:
+        yield svc
 
 
 def test_rrf_rewards_agreement_and_is_ordered():
