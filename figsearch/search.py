@@ -130,14 +130,13 @@ class SearchPage:
 def reciprocal_rank_fusion(rankings: list[list[int]], k: int = RRF_K) -> list[tuple[int, float]]:
     """Fuse ranked id lists: score(id) = sum over lists of 1 / (k + rank), rank from 1.
 
-    Returns (id, score) best first; ties keep the order of first appearance.
+    Returns (id, score) best first; ties keep the order of first appearance. This is
+    :func:`figsearch.fusion.fuse`'s ``rrf`` method with equal weights (one implementation).
     """
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, doc_id in enumerate(ranking, start=1):
-            scores[int(doc_id)] = scores.get(int(doc_id), 0.0) + 1.0 / (k + rank)
-    order = {doc_id: i for i, doc_id in enumerate(scores)}
-    return sorted(scores.items(), key=lambda item: (-item[1], order[item[0]]))
+    names = [str(i) for i in range(len(rankings))]
+    results = {name: SignalResult([int(d) for d in ranking], [0.0] * len(ranking))
+               for name, ranking in zip(names, rankings, strict=True)}
+    return fuse(results, FusionConfig(dict.fromkeys(names, 1.0), method="rrf", rrf_k=k))
 
 
 
