@@ -500,21 +500,26 @@ def make_transform(preprocess_cfg: dict[str, Any], train: bool = False) -> Calla
 class Encoder:
     """Batched image/text encoding with one model; vectors are float32 and L2-normalised."""
 
-    def __init__(self, loaded: LoadedClip, device: str, batch_size: int = 64) -> None:
+    def __init__(self, loaded: LoadedClip, device: str, batch_size: int = 64,
+                 precision: str = "float32") -> None:
         self.loaded = loaded
-        self.model = loaded.model.to(device).eval()
+        self.device = device
+        self.precision = cpu_precision(precision) if device.startswith("cpu") else "float32"
+        self.model = loaded.model.to(device, dtype=_torch_dtype(self.precision)).eval()
         self.spec = loaded.spec
         self.model_key = loaded.model_key
-        self.device = device
         self.batch_size = batch_size
         self.tokenizer = loaded.tokenizer
         self.context_length = int(getattr(loaded.tokenizer, "context_length", 77))
         self.dim = int(loaded.model_cfg["embed_dim"])
         self.preprocess = make_transform(loaded.preprocess_cfg)
         self.quantized = False  # set by quantize_text_tower
+        self.pad_token: int | None = None  # set by check_padding_trim when trimming is exact
+        self.check_padding_trim()
 
     def __repr__(self) -> str:
-        return f"Encoder({self.spec!r}, key={self.model_key}, dim={self.dim}, device={self.device})"
+        return (f"Encoder({self.spec!r}, key={self.model_key}, dim={self.dim}, "
+                f"device={self.device}, precision={self.precision})")
 
     def _autocast(self) -> Any:
         import torch
@@ -530,7 +535,8 @@ class Encoder:
         chunks = []
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(pixels), self.batch_size):
-                batch = pixels[start:start + self.batch_size].to(self.device, non_blocking=True)
+                batch = pixels[start:start + self.batch_size].to(
+                    self.device, dtype=_torch_dtype(self.precision), non_blocking=True)
                 chunks.append(self.model.encode_image(batch, normalize=True).float().cpu())
         return _normalised(chunks, self.dim)
 
@@ -558,9 +564,117 @@ class Encoder:
                 with timing.stage("tokenise"):
                     tokens = self.tokenizer(list(texts[start:start + self.batch_size]))
                 with timing.stage("encode"):
-                    tokens = tokens.to(self.device)
-                    chunks.append(self.model.encode_text(tokens, normalize=True).float().cpu())
+                    chunks.append(self._encode_tokens(tokens.to(self.device)).float().cpu())
         return _normalised(chunks, self.dim)
+
+    def _encode_tokens(self, tokens: torch.Tensor, trim: bool = True) -> torch.Tensor:
+        """The text tower on ``tokens``, cut after the batch's last real token when
+        :meth:`check_padding_trim` found that exact (queries are short and the tokenizer pads
+        them to the full context, 77 or 256 tokens, which would cost 5-20x the work)."""
+        if not trim or self.pad_token is None:
+            return self.model.encode_text(tokens, normalize=True)
+        length = max(1, int((tokens != self.pad_token).cumsum(1).argmax(1).max()) + 1)
+        tokens = tokens[:, :length]
+        if _has_builtin_text_transformer(self.model):
+            return _clip_text_prefix(self.model, tokens)
+        return self.model.encode_text(tokens, normalize=True)
+
+    def check_padding_trim(self) -> bool:
+        """Enable trimming of padding for text encoding if it gives the same vectors.
+
+        True for towers whose output ignores padding: open_clip's causal text transformer
+        (pooled at the end-of-text token, which attends only to earlier tokens) and HF towers
+        (padding is masked out). Checked on probe texts against the untrimmed forward, so a tower
+        that does attend to padding keeps the full context.
+        """
+        import torch
+
+        self.pad_token = None
+        probe = self.tokenizer(["a", "signalling pathway of TREM2 in microglia, western blot"])
+        if probe.ndim != 2 or probe.shape[1] < 2:
+            return False
+        pad = int(probe[0, -1])
+        if bool((probe[1] != pad).all()):
+            return False  # the longer probe fills the context: no padding to learn from
+        probe = probe.to(self.device)
+        with torch.inference_mode(), self._autocast():
+            full = self._encode_tokens(probe, trim=False).float()
+            self.pad_token = pad
+            try:
+                trimmed = self._encode_tokens(probe).float()
+            except (RuntimeError, ValueError, IndexError) as exc:  # a tower that needs full length
+                log.debug("%s: no padding trim (%s)", self.spec, exc)
+                self.pad_token = None
+                return False
+        agree = float(torch.nn.functional.cosine_similarity(full, trimmed).min())
+        exact = self.precision == "float32" and not self.quantized
+        if agree < (0.9999 if exact else 0.999):
+            log.debug("%s: no padding trim (cosine %.6f)", self.spec, agree)
+            self.pad_token = None
+        return self.pad_token is not None
+
+
+def _has_builtin_text_transformer(model: Any) -> bool:
+    """open_clip's CLIP class with its own text transformer (not an HF or custom tower)."""
+    from open_clip.model import CLIP
+
+    return isinstance(model, CLIP)
+
+
+def _clip_text_prefix(model: Any, text: torch.Tensor) -> torch.Tensor:
+    """``CLIP.encode_text(text, normalize=True)`` for ``text`` cut to its first L tokens.
+
+    open_clip's ``encode_text`` adds all 77 positional embeddings and the 77x77 causal mask,
+    so it only takes full-length input; this slices both to L. Every other step is the model's
+    own module, and :meth:`Encoder.check_padding_trim` checks the result against the full
+    forward before it is used.
+    """
+    import torch
+    import torch.nn.functional as F
+    from open_clip.transformer import text_global_pool
+
+    length = text.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+    x = model.transformer(x, attn_mask=mask)
+    x = model.ln_final(x)
+    x = text_global_pool(x, text, model.text_pool_type,
+                         eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        if isinstance(model.text_projection, torch.nn.Linear):
+            x = model.text_projection(x)
+        else:
+            x = x @ model.text_projection
+    return F.normalize(x, dim=-1)
+
+
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def fast_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX-512 BF16)."""
+    import torch
+
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def cpu_precision(precision: str) -> str:
+    """``float32`` or ``bfloat16`` for CPU inference; ``auto`` is bfloat16 where the CPU has
+    hardware bfloat16 (there it halves the weights' memory and runs the ViT ~2x faster)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if fast_bf16_cpu() else "float32"
+    return precision
+
+
+def _torch_dtype(precision: str) -> Any:
+    import torch
+
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
 
 def text_tower(model: Any) -> Any:
@@ -586,6 +700,9 @@ def quantize_text_tower(encoder: Encoder) -> int:
 
     if not str(encoder.device).startswith("cpu"):
         return 0
+    if encoder.precision != "float32":
+        raise ValueError("int8 quantisation of the text tower needs float32 weights "
+                         f"(FIGSEARCH_CPU_PRECISION=float32), not {encoder.precision}")
     tower = text_tower(encoder.model)
     before = sum(type(m) is torch.nn.Linear for m in tower.modules())
     dtype = next(p.dtype for p in tower.parameters() if p.is_floating_point())
@@ -596,6 +713,7 @@ def quantize_text_tower(encoder: Encoder) -> int:
         tower.get_cast_dtype = lambda: dtype
     after = sum(type(m) is torch.nn.Linear for m in tower.modules())
     encoder.quantized = True
+    encoder.check_padding_trim()  # per-batch activation scales see the padding: check again
     return before - after
 
 
@@ -607,6 +725,13 @@ def _normalised(chunks: list[Any], dim: int) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def set_torch_threads(threads: int) -> None:
+    """Give torch ``threads`` intra-op threads (0 or less: leave torch's default)."""
+    import torch
+
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
 def default_device() -> str:
     """CUDA when available, else CPU."""
     import torch
@@ -614,13 +739,18 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(spec: str, device: str | None = None, batch_size: int = 64) -> Encoder:
-    """Load ``spec`` (hf-hub id, model directory or config name) as an :class:`Encoder`."""
+def load_model(spec: str, device: str | None = None, batch_size: int = 64,
+               precision: str = "float32") -> Encoder:
+    """Load ``spec`` (hf-hub id, model directory or config name) as an :class:`Encoder`.
+
+    ``precision`` applies on CPU (``float32``, ``bfloat16`` or ``auto``); CUDA runs bfloat16
+    autocast on float weights either way.
+    """
     if not spec or not spec.strip():
         raise ModelLoadError("no model given. " + TRAIN_HINT)
     device = device or default_device()
     loaded = create_clip(spec, device=device)
-    return Encoder(loaded, device=device, batch_size=batch_size)
+    return Encoder(loaded, device=device, batch_size=batch_size, precision=precision)
 
 
 def _biomedclip_cached() -> bool:

@@ -43,7 +43,8 @@ def open_service(settings: Settings, need_model: bool = True) -> SearchService:
     if need_model:
         spec = settings.model or str(index.manifest.get("model_spec") or "")
         spec = resolve_path(spec, settings.data_dir) or resolve_model_spec(settings)
-        encoder = load_model(spec, device=settings.device or None, batch_size=settings.batch_size)
+        encoder = load_model(spec, device=settings.device or None, batch_size=settings.batch_size,
+                             precision=settings.cpu_precision)
         index.check_model(encoder.model_key, encoder.dim)
     from figsearch.version_data import versioned_store
 

@@ -89,7 +89,7 @@ def load_encoder(settings: Settings, model_spec: str | None,
 
     spec = model_spec or resolve_model_spec(settings)
     return spec, load_model(spec, device=device or settings.device or None,
-                            batch_size=settings.batch_size)
+                            batch_size=settings.batch_size, precision=settings.cpu_precision)
 
 
 def classify_figures(encoder: Any, vectors: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:

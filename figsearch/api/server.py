@@ -102,6 +102,10 @@ def command(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     workers = args.workers or settings.workers
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // workers)
+    # workers read settings from the environment; this process loads the model first
+    os.environ["FIGSEARCH_TORCH_THREADS"] = str(threads)
+    settings = settings.model_copy(update={"torch_threads": threads})
     try:
         state = load_first(settings)
     except Exception as exc:  # noqa: BLE001 - any reason not to serve is reported the same way

@@ -163,13 +163,15 @@ class AppState:
 
     def _encoder_for(self, index: SearchIndex) -> Any:
         from figsearch.datadir import resolve_path
-        from figsearch.encoders import load_model, resolve_model_spec
+        from figsearch.encoders import load_model, resolve_model_spec, set_torch_threads
 
         spec = self.settings.model or str(index.manifest.get("model_spec") or "")
         spec = resolve_path(spec, self.settings.data_dir) or resolve_model_spec(self.settings)
         if spec not in self._encoders:
+            set_torch_threads(self.settings.torch_threads)
             encoder = load_model(
-                spec, device=self.settings.device or None, batch_size=self.settings.batch_size
+                spec, device=self.settings.device or None, batch_size=self.settings.batch_size,
+                precision=self.settings.cpu_precision,
             )
             if self.settings.quantize_text:
                 from figsearch.encoders import quantize_text_tower

@@ -111,6 +111,14 @@ class Settings(BaseSettings):
         ),
     )
     ocr_workers: int = Field(2, description="Worker processes for OCR (each runs one engine).")
+    cpu_precision: Literal["float32", "bfloat16", "auto"] = Field(
+        "float32",
+        description=(
+            "Weights and activations of the image/text model on CPU: float32, bfloat16 (half "
+            "the memory; fast where the CPU has AMX or AVX-512 BF16), or auto (bfloat16 on such "
+            "CPUs, else float32). bench/quantise.py checks it against float32."
+        ),
+    )
     quantize_text: bool = Field(
         False,
         description=(
@@ -155,6 +163,13 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, description="API port.")
     workers: int = Field(1, description="uvicorn worker processes for the API.")
+    torch_threads: int = Field(
+        0,
+        description=(
+            "API: threads each worker gives the model on CPU; 0 = the machine's cores divided by "
+            "the worker count (more threads than cores make torch's threads wait on each other)."
+        ),
+    )
     reload_interval_s: float = Field(
         5.0, description="How often the API checks indexes/current for a new version."
     )

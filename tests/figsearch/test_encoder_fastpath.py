@@ -1,0 +1,132 @@
+"""The CPU fast path of the encoder: padding trimmed from text batches (exact, checked per
+model), bfloat16 weights, and the torch thread count the API gives each worker. Real torch
+models built here (a tiny causal CLIP text tower, the tiny BERT-tower model); no mocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from figsearch.api.state import AppState
+from figsearch.core.config import Settings
+from figsearch.encoders import (
+    Encoder,
+    LoadedClip,
+    cpu_precision,
+    fast_bf16_cpu,
+    load_model,
+    quantize_text_tower,
+)
+
+QUERIES = ["MAPK signalling pathway", "western blot", "Kaplan-Meier survival of EGFR-mutant "
+           "non-small cell lung cancer patients treated with gefitinib", "T cell"]
+
+
+def tiny_clip(causal: bool = True) -> Encoder:
+    """open_clip's CLIP class with its built-in text transformer (CLIP's BPE tokenizer, 77
+    tokens), tiny and random; ``causal=False`` makes every token attend to the padding."""
+    import open_clip
+
+    torch.manual_seed(0)
+    text_cfg = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                "layers": 2, "no_causal_mask": not causal}
+    vision_cfg = {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16}
+    model = open_clip.CLIP(embed_dim=16, vision_cfg=vision_cfg, text_cfg=text_cfg)
+    loaded = LoadedClip(model=model, spec="tiny-clip", model_key="tiny-clip",
+                        model_cfg={"embed_dim": 16, "vision_cfg": vision_cfg,
+                                   "text_cfg": text_cfg},
+                        preprocess_cfg={"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3},
+                        tokenizer=open_clip.SimpleTokenizer(context_length=77))
+    return Encoder(loaded, device="cpu")
+
+
+def lengths_seen(module: torch.nn.Module) -> list[int]:
+    """Records the sequence length of every forward call of ``module``."""
+    seen: list[int] = []
+    module.register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append(int((args or (kwargs.get("input_ids"),))[0].shape[1])),
+        with_kwargs=True)
+    return seen
+
+
+def untrimmed(encoder: Encoder, texts: list[str]) -> np.ndarray:
+    pad, encoder.pad_token = encoder.pad_token, None
+    try:
+        return encoder.encode_texts(texts)
+    finally:
+        encoder.pad_token = pad
+
+
+def test_causal_clip_text_is_encoded_without_its_padding():
+    enc = tiny_clip(causal=True)
+    assert enc.pad_token == 0  # CLIP's tokenizer pads with 0; the check found trimming exact
+    seen = lengths_seen(enc.model.transformer)
+    trimmed = enc.encode_texts(QUERIES)
+    longest = max(len(enc.tokenizer.encode(q)) + 2 for q in QUERIES)  # + start/end tokens
+    assert seen == [longest] and longest < 77
+    full = untrimmed(enc, QUERIES)
+    assert seen[-1] == 77
+    assert np.allclose(trimmed, full, atol=1e-5)
+    # each query alone: a batch of one is cut to that query's own length
+    assert np.allclose(enc.encode_texts(QUERIES[1:2]), full[1:2], atol=1e-5)
+    assert seen[-1] == len(enc.tokenizer.encode(QUERIES[1])) + 2
+
+
+def test_a_tower_that_attends_to_padding_keeps_the_full_context():
+    enc = tiny_clip(causal=False)
+    assert enc.pad_token is None  # trimming would change its vectors, so it is left off
+    seen = lengths_seen(enc.model.transformer)
+    out = enc.encode_texts(QUERIES)
+    with torch.inference_mode():
+        ref = enc.model.encode_text(enc.tokenizer(QUERIES), normalize=True).numpy()
+    assert seen[0] == 77 and np.allclose(out, ref, atol=1e-6)
+
+
+def test_hf_text_tower_is_encoded_without_its_padding(tiny_model_dir):
+    enc = load_model(str(tiny_model_dir), device="cpu")
+    assert enc.pad_token is not None
+    seen = lengths_seen(enc.model.text.transformer)
+    trimmed = enc.encode_texts(QUERIES)
+    assert seen[0] < enc.context_length
+    assert np.allclose(trimmed, untrimmed(enc, QUERIES), atol=1e-5)
+    assert seen[-1] == enc.context_length
+
+
+def test_bfloat16_weights_give_the_same_vectors_within_rounding(tiny_model_dir, shared_data):
+    from PIL import Image
+
+    f32 = load_model(str(tiny_model_dir), device="cpu")
+    bf16 = load_model(str(tiny_model_dir), device="cpu", precision="bfloat16")
+    assert bf16.precision == "bfloat16" and f32.precision == "float32"
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    images = [Image.open(p) for p in
+              sorted((shared_data / "pmc-figures" / "images").glob("*.jpg"))[:4]]
+    for a, b in ((f32.encode_texts(QUERIES), bf16.encode_texts(QUERIES)),
+                 (f32.encode_images(images), bf16.encode_images(images))):
+        assert a.dtype == b.dtype == np.float32 and not np.array_equal(a, b)
+        assert np.all(np.sum(a * b, axis=1) >= 0.99)
+    with pytest.raises(ValueError, match="float32"):
+        quantize_text_tower(bf16)
+
+
+def test_precision_names():
+    assert cpu_precision("float32") == "float32" and cpu_precision("bfloat16") == "bfloat16"
+    assert cpu_precision("auto") == ("bfloat16" if fast_bf16_cpu() else "float32")
+    with pytest.raises(ValueError, match="float32, bfloat16, auto"):
+        cpu_precision("fp8")
+
+
+def test_settings_choose_precision_and_threads(small_index_data_dir, tiny_model_dir):
+    threads = torch.get_num_threads()
+    settings = Settings(data_dir=small_index_data_dir, model=str(tiny_model_dir), device="cpu",
+                        cpu_precision="bfloat16", torch_threads=1)
+    state = AppState(settings)
+    try:
+        state.reload()
+        assert state.current is not None
+        assert state.current.encoder.encoder.precision == "bfloat16"
+        assert torch.get_num_threads() == 1
+    finally:
+        state.close()
+        torch.set_num_threads(threads)
