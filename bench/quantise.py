@@ -1,20 +1,25 @@
-"""Int8 text tower vs the float model: per-query cosine, top-10 agreement and encode time.
+"""The fast encoder variants vs the float model: per-query cosine, top-10 agreement, speed.
 
+Variants of one model: ``float32-full`` (the reference: the text tower over the whole padded
+context, as open_clip and clip-retrieval run it), ``float32`` (padding trimmed, the default),
+``bfloat16`` (``FIGSEARCH_CPU_PRECISION=bfloat16``) and ``int8`` (``FIGSEARCH_QUANTIZE_TEXT``).
 The model is open_clip ViT-B-16 with the random weights both sides of ``bench/peer.py`` serve
-(seed 0, made by the peer harness's ``make_checkpoint.py``). Queries: the harness's 200
-biomedical query strings. Corpus for the top-10 check: ``--corpus`` real ROCO captions encoded by
-the float text tower; each query's top-10 captions under the float and the int8 query vector
-are compared. Timing: one query at a time (p50 ms) and batches of 32 (queries/s), both towers.
-Writes ``bench/results/quantise.json``.
+(seed 0), or ``--model DIR`` (e.g. the trained figclip-mini, where top-10 lists mean something:
+random weights put all captions within a hair of each other, so near-ties swap).
 
-    .venv/bin/python -m bench.quantise                 # ViT-B-16, 2000 captions
-    .venv/bin/python -m bench.quantise --corpus 200    # quicker
+Checks: text queries (the peer harness's biomedical query strings) against ``--corpus`` real
+ROCO captions, and image queries (real PMC figures) against the other figures, both corpora
+encoded by the reference; each variant's query vectors and top-10 lists are compared with the
+reference's. Timing: one text query at a time (p50 ms), batches of 32 (queries/s), one image at a
+time (p50 ms). Writes ``bench/results/<--name>.json``.
+
+    .venv/bin/python -m bench.quantise                                  # ViT-B-16, 2000 captions
+    .venv/bin/python -m bench.quantise --model D/models/figclip-mini --name quantise_figclip
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import statistics
 import sys
@@ -59,11 +64,12 @@ def batch_qps(encoder: Any, queries: list[str], batch: int = 32) -> float:
     return len(queries) / (time.perf_counter() - t0)
 
 
-def compare(float_enc: Any, int8_enc: Any, queries: list[str], corpus: np.ndarray,
+def compare(float_enc: Any, other: Any, queries: list[str], corpus: np.ndarray,
             k: int = 10) -> dict[str, float]:
-    """Cosine between float and int8 query vectors and their top-k agreement over ``corpus``."""
+    """Cosine between the reference's and another variant's query vectors, and their top-k
+    agreement over ``corpus``."""
     qf = float_enc.encode_texts(queries)
-    qq = int8_enc.encode_texts(queries)
+    qq = other.encode_texts(queries)
     cos = np.sum(qf * qq, axis=1)
     top_f = np.argsort(-(qf @ corpus.T), axis=1)[:, :k]
     top_q = np.argsort(-(qq @ corpus.T), axis=1)[:, :k]
@@ -76,56 +82,105 @@ def compare(float_enc: Any, int8_enc: Any, queries: list[str], corpus: np.ndarra
             f"top{k}_identical": round(float(np.mean(same)), 4)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from bench.peer import QUERIES_FILE, vitb16_model_dir
+VARIANTS = ("float32-full", "float32", "bfloat16", "int8")
+PMC_IMAGES = ROCO_CSV.parents[1] / "pmc-figures" / "images"
+
+
+def make_variant(spec: str, name: str) -> Any:
+    """The encoder of ``spec`` as variant ``name`` (one of :data:`VARIANTS`)."""
     from figsearch.encoders import load_model, quantize_text_tower
+
+    enc = load_model(spec, device="cpu", precision="bfloat16" if name == "bfloat16" else "float32")
+    if name == "int8":
+        quantize_text_tower(enc)
+    if name == "float32-full":
+        enc.pad_token = None  # the untrimmed forward
+    return enc
+
+
+def per_image_ms(encoder: Any, images: list[Any]) -> float:
+    times = []
+    for im in images:
+        t0 = time.perf_counter()
+        encoder.encode_images([im])
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from PIL import Image
+
+    from bench.peer import QUERIES_FILE, vitb16_model_dir
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="", help="model dir (default: the peer's ViT-B-16)")
     p.add_argument("--corpus", type=int, default=2000, help="ROCO captions for the top-10 check")
     p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--images", type=int, default=189, help="real PMC figures (image check)")
     p.add_argument("--timing-queries", type=int, default=50, help="queries timed one at a time")
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--work-dir", type=Path, default=None, help="keep the model dir here")
+    p.add_argument("--name", default="quantise", help="results file name")
     args = p.parse_args(argv)
     tmp = None
+    model_name = args.model
     if not args.model:
         if args.work_dir is None:
             tmp = tempfile.TemporaryDirectory(prefix="bench-quantise-")
             args.work_dir = Path(tmp.name)
         args.model = str(vitb16_model_dir(args.work_dir))
+        model_name = "ViT-B-16 (random, seed 0)"
     queries = [q for q in QUERIES_FILE.read_text().splitlines() if q.strip()][: args.queries]
-    float_enc = load_model(args.model, device="cpu")
-    int8_enc = copy.copy(float_enc)
-    int8_enc.model = copy.deepcopy(float_enc.model)
-    layers = quantize_text_tower(int8_enc)
+    images = [Image.open(f).convert("RGB") for f in sorted(PMC_IMAGES.glob("*.jpg"))[: args.images]]
+    reference = make_variant(args.model, "float32-full")
     t0 = time.perf_counter()
-    corpus = float_enc.encode_texts(roco_captions(args.corpus))
-    corpus_s = time.perf_counter() - t0
-    figures: dict[str, Any] = {"quantised_linear_layers": layers, "corpus": len(corpus),
-                               "corpus_encode_s": round(corpus_s, 1),
-                               **compare(float_enc, int8_enc, queries, corpus)}
+    corpus = reference.encode_texts(roco_captions(args.corpus))
+    image_corpus = reference.encode_images(images)
+    figures: dict[str, Any] = {"corpus": len(corpus), "images": len(images),
+                               "corpus_encode_s": round(time.perf_counter() - t0, 1)}
     rows = []
-    for name, enc in (("float32", float_enc), ("int8", int8_enc)):
+    for name in args.variants:
+        enc = reference if name == "float32-full" else make_variant(args.model, name)
+        text = compare(reference, enc, queries, corpus)
+        image = compare_images(reference, enc, images, image_corpus)
         per_q = per_query_ms(enc, queries[: args.timing_queries])
         qps = batch_qps(enc, queries)
-        figures[f"{name}_query_p50_ms"] = round(per_q, 2)
-        figures[f"{name}_batch32_qps"] = round(qps, 1)
-        rows.append([name, round(per_q, 2), round(qps, 1)])
-    figures["speedup_one_query"] = round(figures["float32_query_p50_ms"]
-                                         / figures["int8_query_p50_ms"], 2)
-    print(markdown_table(["text tower", "1 query p50 ms", "batch-32 queries/s"], rows))
-    print(markdown_table(["check", "value"], [[k, v] for k, v in figures.items()
-                                               if k.startswith(("cosine", "top", "queries"))]))
-    path = write_result("quantise", {"model": "ViT-B-16 (random, seed 0)" if tmp or args.work_dir
-                                     else args.model, "queries": len(queries),
-                                     "corpus": args.corpus}, figures)
-    ok = figures["cosine_min"] >= 0.99
-    print(f"quantise bench: {len(queries)} queries, {layers} int8 layers, cosine min "
-          f"{figures['cosine_min']} ({'ok' if ok else 'BELOW 0.99'}), top-10 identical "
-          f"{figures['top10_identical']:.0%}; wrote {path}")
+        per_img = per_image_ms(enc, images[:10])
+        figures[name] = {**text, **image, "query_p50_ms": round(per_q, 2),
+                         "batch32_qps": round(qps, 1), "image_p50_ms": round(per_img, 1),
+                         "padding_trimmed": enc.pad_token is not None}
+        rows.append([name, round(per_q, 2), round(qps, 1), round(per_img, 1), text["cosine_min"],
+                     text["top10_identical"], text["top10_overlap_mean"],
+                     image.get("image_cosine_min", "-"), image.get("image_top10_identical", "-")])
+        del enc
+    print(markdown_table(["variant", "1 query p50 ms", "batch-32 queries/s", "1 image p50 ms",
+                          "text cos min", "text top-10 identical", "text top-10 overlap",
+                          "image cos min", "image top-10 identical"], rows))
+    path = write_result(args.name, {"model": model_name, "queries": len(queries),
+                                    "corpus": args.corpus, "images": len(images)}, figures)
+    low = [n for n in args.variants if figures[n]["cosine_min"] < 0.99]
+    print(f"quantise bench: {len(queries)} queries, {len(images)} images, variants "
+          f"{', '.join(args.variants)}; cosine >= 0.99 for all but {low or 'none'}; wrote {path}")
     if tmp is not None:
         tmp.cleanup()
     return 0
+
+
+def compare_images(reference: Any, enc: Any, images: list[Any], corpus: np.ndarray,
+                   k: int = 10) -> dict[str, float]:
+    """Image queries (each figure against the others) under ``enc`` vs the reference."""
+    if enc.precision == reference.precision:
+        return {}  # the image tower is untouched by trimming and int8 text quantisation
+    qf, qq = corpus, enc.encode_images(images)
+    cos = np.sum(qf * qq, axis=1)
+    k = min(k, len(corpus) - 1)
+    top_f = np.argsort(-(qf @ corpus.T), axis=1)[:, 1:k + 1]
+    top_q = np.argsort(-(qq @ corpus.T), axis=1)[:, 1:k + 1]
+    same = [bool(np.array_equal(a, b)) for a, b in zip(top_f, top_q, strict=True)]
+    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_f, top_q, strict=True)]
+    return {"image_cosine_min": round(float(cos.min()), 5),
+            "image_top10_identical": round(float(np.mean(same)), 4),
+            "image_top10_overlap_mean": round(float(np.mean(overlap)), 4)}
 
 
 if __name__ == "__main__":

@@ -230,3 +230,15 @@ def test_report_refuses_a_readme_without_markers(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "markers" in proc.stderr
     assert readme.read_text() == "no markers here\n"
+
+
+def test_quantise_bench_smoke(results_dir: Path, tiny_model_dir: Path) -> None:
+    _, result = run_bench("quantise", ["--model", str(tiny_model_dir), "--corpus", "30",
+                                       "--queries", "8", "--images", "12",
+                                       "--timing-queries", "3"], results_dir)
+    figures = result["figures"]
+    # trimming the padding is exact: the same vectors and top-10 lists as the full context
+    assert figures["float32"]["padding_trimmed"] and not figures["float32-full"]["padding_trimmed"]
+    assert figures["float32"]["cosine_min"] >= 0.9999 and figures["float32"]["top10_identical"] == 1
+    assert figures["bfloat16"]["cosine_min"] >= 0.99 and "image_cosine_min" in figures["bfloat16"]
+    assert "image_cosine_min" not in figures["int8"]  # int8 touches the text tower only
