@@ -573,11 +573,37 @@ class Encoder:
         them to the full context, 77 or 256 tokens, which would cost 5-20x the work)."""
         if not trim or self.pad_token is None:
             return self.model.encode_text(tokens, normalize=True)
+        rows = len(tokens)
         length = max(1, int((tokens != self.pad_token).cumsum(1).argmax(1).max()) + 1)
-        tokens = tokens[:, :length]
+        tokens = _pad_rows(tokens[:, :bucket(length, tokens.shape[1], LENGTH_STEP)])
         if _has_builtin_text_transformer(self.model):
-            return _clip_text_prefix(self.model, tokens)
-        return self.model.encode_text(tokens, normalize=True)
+            return _clip_text_prefix(self.model, tokens)[:rows]
+        return self.model.encode_text(tokens, normalize=True)[:rows]
+
+    def warm_up(self, max_rows: int = 32) -> int:
+        """Run the text tower once for every (rows, length) bucket queries will use (batches
+        of up to ``max_rows`` queries of up to 32 tokens; longer ones one at a time), and the
+        image tower once, so no request pays for the kernels built on a shape's first use
+        (bfloat16 matmuls on CPU take up to a second then). Returns the shapes run."""
+        import torch
+
+        shapes = 0
+        with torch.inference_mode(), self._autocast():
+            if self.pad_token is not None:
+                longest = self.context_length
+                for length in range(LENGTH_STEP, longest + LENGTH_STEP, LENGTH_STEP):
+                    length = min(length, longest)
+                    for rows in _row_buckets(max_rows if length <= 32 else 1):
+                        tokens = self.tokenizer(["figure " * (length - 2)] * rows)
+                        self._encode_tokens(tokens.to(self.device))
+                        shapes += 1
+            size = self.preprocess_size()
+            self.encode_pixels(torch.zeros(1, 3, size, size))
+        return shapes + 1
+
+    def preprocess_size(self) -> int:
+        size = self.loaded.preprocess_cfg.get("size", 224)
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
 
     def check_padding_trim(self) -> bool:
         """Enable trimming of padding for text encoding if it gives the same vectors.
@@ -613,6 +639,32 @@ class Encoder:
             self.pad_token = None
         return self.pad_token is not None
 
+
+#: trimmed text lengths are rounded up to a multiple of this, and batches to a power of two
+#: rows, so that a few shapes serve every query (each new shape costs a kernel build on CPU)
+LENGTH_STEP = 8
+
+
+def bucket(length: int, limit: int, step: int) -> int:
+    """``length`` rounded up to a multiple of ``step``, at most ``limit``."""
+    return min(limit, -(-length // step) * step)
+
+
+def _row_buckets(largest: int) -> list[int]:
+    return [1 << i for i in range(max(1, largest).bit_length()) if 1 << i <= largest] + (
+        [largest] if largest & (largest - 1) else [])
+
+
+def _pad_rows(tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens`` with copies of its first row appended up to a power-of-two row count (the
+    extra rows' outputs are dropped; each row is encoded independently)."""
+    import torch
+
+    rows = len(tokens)
+    target = 1 << max(0, rows - 1).bit_length()
+    if target == rows:
+        return tokens
+    return torch.cat([tokens, tokens[:1].expand(target - rows, -1)])
 
 def _has_builtin_text_transformer(model: Any) -> bool:
     """open_clip's CLIP class with its own text transformer (not an HF or custom tower)."""
@@ -731,6 +783,20 @@ def set_torch_threads(threads: int) -> None:
 
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+def release_freed_memory() -> None:
+    """Hand memory freed while loading (the float32 state dict, random init weights) back to
+    the OS: glibc keeps freed heap pages mapped, and a server's RSS would count them forever."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        libc = None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 def default_device() -> str:
     """CUDA when available, else CPU."""

@@ -27,6 +27,9 @@ from figsearch.store import FigureStore
 from figsearch.version_data import versioned_store
 
 log = logging.getLogger("figsearch.api")
+#: queries encoded in one forward pass at most: the encoder is warmed up for batches up to
+#: this size, and larger ones would meet unwarmed shapes (and wait longer for each other)
+QUERY_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,12 @@ class AppState:
 
     def _encoder_for(self, index: SearchIndex) -> Any:
         from figsearch.datadir import resolve_path
-        from figsearch.encoders import load_model, resolve_model_spec, set_torch_threads
+        from figsearch.encoders import (
+            load_model,
+            release_freed_memory,
+            resolve_model_spec,
+            set_torch_threads,
+        )
 
         spec = self.settings.model or str(index.manifest.get("model_spec") or "")
         spec = resolve_path(spec, self.settings.data_dir) or resolve_model_spec(self.settings)
@@ -178,8 +186,11 @@ class AppState:
 
                 n = quantize_text_tower(encoder)
                 log.info("text tower of %s: %d Linear layers quantised to int8", spec, n)
+            shapes = encoder.warm_up(max_rows=min(self.settings.batch_size, QUERY_BATCH))
+            log.info("%s warmed up (%d input shapes)", spec, shapes)
+            release_freed_memory()
             self._encoders[spec] = BatchingEncoder(
-                encoder, max_batch=self.settings.batch_size,
+                encoder, max_batch=min(self.settings.batch_size, QUERY_BATCH),
                 cache_size=self.settings.query_cache_size,
             )
         return self._encoders[spec]

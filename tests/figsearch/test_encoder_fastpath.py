@@ -11,8 +11,10 @@ import torch
 from figsearch.api.state import AppState
 from figsearch.core.config import Settings
 from figsearch.encoders import (
+    LENGTH_STEP,
     Encoder,
     LoadedClip,
+    bucket,
     cpu_precision,
     fast_bf16_cpu,
     load_model,
@@ -64,13 +66,30 @@ def test_causal_clip_text_is_encoded_without_its_padding():
     seen = lengths_seen(enc.model.transformer)
     trimmed = enc.encode_texts(QUERIES)
     longest = max(len(enc.tokenizer.encode(q)) + 2 for q in QUERIES)  # + start/end tokens
-    assert seen == [longest] and longest < 77
+    assert seen == [bucket(longest, 77, LENGTH_STEP)] and seen[0] < 77
     full = untrimmed(enc, QUERIES)
     assert seen[-1] == 77
     assert np.allclose(trimmed, full, atol=1e-5)
-    # each query alone: a batch of one is cut to that query's own length
+    # each query alone: a batch of one is cut to (the bucket of) that query's own length
     assert np.allclose(enc.encode_texts(QUERIES[1:2]), full[1:2], atol=1e-5)
-    assert seen[-1] == len(enc.tokenizer.encode(QUERIES[1])) + 2
+    assert seen[-1] == bucket(len(enc.tokenizer.encode(QUERIES[1])) + 2, 77, LENGTH_STEP)
+    # three rows run as four (a power of two), and the copy's output is dropped
+    assert np.allclose(enc.encode_texts(QUERIES[:3]), full[:3], atol=1e-5)
+
+
+def test_buckets():
+    assert [bucket(n, 77, 8) for n in (1, 8, 9, 70, 72, 73, 77)] == [8, 8, 16, 72, 72, 77, 77]
+
+
+def test_warm_up_runs_every_query_shape_and_changes_nothing():
+    enc = tiny_clip(causal=True)
+    before = enc.encode_texts(QUERIES)
+    seen = lengths_seen(enc.model.transformer)
+    shapes = enc.warm_up(max_rows=4)
+    lengths = sorted(set(seen))
+    assert lengths == [8, 16, 24, 32, 40, 48, 56, 64, 72, 77]
+    assert shapes == 4 * 3 + 6 + 1  # rows 1, 2, 4 up to 32 tokens, one row above; one image
+    assert np.array_equal(enc.encode_texts(QUERIES), before)
 
 
 def test_a_tower_that_attends_to_padding_keeps_the_full_context():
