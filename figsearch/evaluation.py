@@ -225,8 +225,10 @@ def tune_fusion(service: SearchService, dev: list[EvalQuery], signals: list[str]
     target is "at least the best single signal on every metric"); the choice is the centre of
     the near-best plateau (:func:`plateau_centre`). The same procedure is cross-validated inside
     dev (:func:`cross_validate`) as an estimate of how it carries over to unseen queries.
-    (Maximising only nDCG@10 + MRR picked a spike the splits disagreed on; requiring the fusion
-    to match every single signal on every dev metric admits only near-single-signal weights.)"""
+    This procedure was itself chosen by that cross-validation, against the highest objective,
+    the largest worst-case margin over the single signals and fixed-width plateaus (README,
+    "Search quality"); requiring the fusion to match every single signal on every dev metric
+    admits only near-single-signal weights."""
     from tqdm import tqdm
 
     collected = collect_signals(service, dev, signals)
