@@ -8,9 +8,12 @@ Signals (each a ranked candidate list with scores for one query):
 * ``keyword`` - BM25 over caption, label and title (and in-figure text when the store has it);
 * any further signal a service registers (e.g. ``ocr``) plugs in by name with its own weight.
 
-Method ``score`` (the default): each signal's scores are min-max normalised per query over its
-own top candidates (``floor`` .. best -> 0 .. 1; BM25 uses 0 as its floor, so a weak keyword
-match stays weak), then summed with per-signal weights. A vector signal also scores the other
+Method ``score`` (the default): each signal's scores are min-max normalised per query over the
+head of its own list - the best score -> 1, the ``NORM_TOP``-th (one result page) -> 0, lower
+ones clipped to 0; BM25 uses 0 as its floor instead, so a weak keyword match stays weak - then
+summed with per-signal weights. Normalising over the head rather than the whole candidate list
+keeps the scale independent of how many candidates are fetched (``FIGSEARCH_FUSION_DEPTH``) and
+lets a vector signal reorder only what it ranks near its top. A vector signal also scores the other
 signals' candidates exactly (``extra``), so a figure found by one signal is not penalised for
 falling just outside another's top list. Method ``rrf``: weighted reciprocal rank fusion,
 ``sum_s w_s / (k + rank_s)``.
@@ -29,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 METHODS = ("score", "rrf")
+#: Min-max normalisation maps a vector signal's NORM_TOP-th score to 0 (its best to 1).
+NORM_TOP = 20
 
 
 @dataclass
@@ -49,6 +54,7 @@ class FusionConfig:
     weights: Mapping[str, float]
     method: str = "score"
     rrf_k: int = 60
+    norm_top: int = NORM_TOP
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -67,12 +73,14 @@ class FusionConfig:
         return f"{self.method}: {ws}"
 
 
-def normalised(result: SignalResult) -> dict[int, float]:
-    """Scores of the top ids and the extra ids mapped to 0..1 (clipped)."""
+def normalised(result: SignalResult, top: int = NORM_TOP) -> dict[int, float]:
+    """Scores of the top ids and the extra ids mapped to 0..1 (clipped): the best -> 1, the
+    ``top``-th best (or ``result.floor`` when set) -> 0."""
     if not result.ids:
         return {}
     hi = max(result.scores)
-    lo = min(result.scores) if result.floor is None else result.floor
+    head = sorted(result.scores, reverse=True)[:max(top, 1)]
+    lo = min(head) if result.floor is None else result.floor
     span = hi - lo
     out: dict[int, float] = {}
     for doc, s in itertools.chain(zip(result.ids, result.scores, strict=True), result.extra.items()):
@@ -91,7 +99,7 @@ def fuse(results: Mapping[str, SignalResult], config: FusionConfig) -> list[tupl
         if config.method == "rrf":
             contrib = {int(d): 1.0 / (config.rrf_k + r) for r, d in enumerate(result.ids, 1)}
         else:
-            contrib = normalised(result)
+            contrib = normalised(result, config.norm_top)
         for doc, value in contrib.items():
             scores[doc] = scores.get(doc, 0.0) + w * value
     order = {doc: i for i, doc in enumerate(_first_seen(results, config))}

@@ -197,6 +197,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "hit@1/hit@10/MRR/nDCG@10 per search mode through the search service")
     parser.add_argument("--tune", action="store_true",
                         help="with --queries: choose the hybrid fusion weights on the dev split")
+    parser.add_argument("--tune-step", type=float, default=None,
+                        help="with --tune: grid step of the fusion weights (default 0.05)")
     parser.add_argument("--out", default=None, help="write the metrics JSON here")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most N figures")
     parser.add_argument("--workers", type=int, default=2)

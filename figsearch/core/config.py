@@ -151,7 +151,7 @@ class Settings(BaseSettings):
         "empty = no caption index.",
     )
     fusion_weights: str = Field(
-        "caption=0.2,keyword=0.8,dense=0.01",
+        "caption=0.1,keyword=0.8,dense=0.1",
         description="Weights of the signals in the default (hybrid) mode, `signal=weight,...`; "
         "chosen on the dev split by `figsearch eval --queries ... --tune` (docs/api.md).",
     )

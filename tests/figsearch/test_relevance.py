@@ -180,6 +180,27 @@ def test_eval_queries_command_reports_every_mode(relevance_settings, tmp_path, c
     assert any("bad" in p for p in result["problems"]) and any("not JSON" in p
                                                                for p in result["problems"])
     assert "**hybrid**" in printed and "fusion tuned on 4 dev queries" in printed
+    # the random image model fails its check: caption + keyword on a 0.05 grid, x 2 methods
+    assert result["tuning"]["configs_tried"] == 2 * 21
+    assert result["tuning"]["cross_validation"] == {}  # too few dev queries to fold
+
+
+def test_eval_tune_step_sets_the_weight_grid(relevance_settings, tmp_path, capsys, monkeypatch):
+    """`--tune-step`: a coarser grid tries fewer fusions; a step that does not divide 1 is refused."""
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("\n".join(json.dumps({
+        "id": f"n{i}", "query": q, "split": "dev",
+        "relevant": [{"pmcid": p, "label": label}]}) for i, (q, (p, label)) in enumerate(NAMED.items())))
+    monkeypatch.setenv("FIGSEARCH_MODEL", str(relevance_settings.model))
+    monkeypatch.setenv("FIGSEARCH_DEVICE", "cpu")
+    out = tmp_path / "eval.json"
+    base = ["eval", "--queries", str(queries), "--split", "dev", "--tune", "--out", str(out),
+            "--data-dir", str(relevance_settings.data_dir)]
+    assert figsearch_cli([*base, "--tune-step", "0.25"]) == 0
+    tuning = json.loads(out.read_text())["tuning"]
+    assert tuning["configs_tried"] == 2 * 5 and tuning["grid_step"] == 0.25
+    assert figsearch_cli([*base, "--tune-step", "0.3"]) == 2
+    assert "--tune-step 0.3: use 1/n" in capsys.readouterr().err
 
 
 def test_query_metrics_by_hand():
