@@ -229,20 +229,24 @@ def peer_recall(base: str, queries: np.ndarray, truth: np.ndarray, k: int) -> fl
 
 
 # -- driving -------------------------------------------------------------------------------------
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory (MiB) of a process and all its descendants."""
-    total, todo = 0, [pid]
+def tree_memory_mb(pid: int) -> dict[str, float]:
+    """RSS and PSS (MiB) of a process and all its descendants, summed. RSS counts pages that
+    several processes share (torch's libraries, a memory-mapped index) once per process; PSS
+    splits them between the processes, so its sum is the memory the server really holds."""
+    totals = {"rss": 0, "pss": 0}
+    todo = [pid]
     while todo:
         p = todo.pop()
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                key = line.split(":")[0].lower()
+                if key in totals:
+                    totals[key] += int(line.split()[1])
             children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
         except OSError:
             continue
         todo += [int(c) for c in children]
-    return round(total / 1024, 1)
+    return {k: round(v / 1024, 1) for k, v in totals.items()}
 
 
 def run_load(api: str, base: str, out: Path, args: argparse.Namespace, embedding: bool) -> list[dict]:
@@ -277,8 +281,9 @@ def ratios(figures: dict[str, Any]) -> dict[str, Any]:
             if peer:
                 out[key.removeprefix("figsearch_").removesuffix("_qps") + "_ratio"] = round(
                     value / peer, 2)
-    if figures.get("peer_rss_mb"):
-        out["rss_ratio"] = round(figures["figsearch_rss_mb"] / figures["peer_rss_mb"], 2)
+    for kind in ("rss", "pss"):
+        if figures.get(f"peer_{kind}_mb") and f"figsearch_{kind}_mb" in figures:
+            out[f"{kind}_ratio"] = round(figures[f"figsearch_{kind}_mb"] / figures[f"peer_{kind}_mb"], 2)
     return out
 
 
@@ -326,7 +331,8 @@ def measure_figsearch(work: Path, vectors: np.ndarray, spec: str, model_key: str
         wait_for_http(f"{base}/readyz", process=proc, timeout=900, interval=0.5)
         rows = run_load("figsearch", base, work / "figsearch-load.json", args, embedding)
         figures = flatten("figsearch", rows)
-        figures["figsearch_rss_mb"] = tree_rss_mb(proc.pid)
+        memory = tree_memory_mb(proc.pid)
+        figures["figsearch_rss_mb"], figures["figsearch_pss_mb"] = memory["rss"], memory["pss"]
         probes = probe_queries(vectors)
         figures["figsearch_recall_at_10"] = round(
             figsearch_recall(base, probes, exact_top(vectors, probes, 10), 10), 3)
@@ -347,7 +353,8 @@ def measure_peer(work: Path, emb: Path, vectors: np.ndarray, args: argparse.Name
     try:
         rows = run_load("clip-back", base, work / "peer-load.json", args, True)
         figures = flatten("peer", rows)
-        figures["peer_rss_mb"] = tree_rss_mb(pid)
+        memory = tree_memory_mb(pid)
+        figures["peer_rss_mb"], figures["peer_pss_mb"] = memory["rss"], memory["pss"]
         probes = probe_queries(vectors)
         figures["peer_recall_at_10"] = round(
             peer_recall(base, probes, exact_top(vectors, probes, 10), 10), 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import logging
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from figsearch.core.config import Settings
+from figsearch.encoders import release_freed_memory
 
 #: Probe routes polled by the demo, load balancers and orchestrators: their answers are not
 #: logged one line per poll (any other request, and every error of theirs, still is).
@@ -125,6 +127,8 @@ def command(args: argparse.Namespace) -> int:
     # check above loaded the model once here; each worker loads its own copy.
     state.close()
     del state
+    gc.collect()
+    release_freed_memory()  # this process only supervises the workers from here on
     os.environ["FIGSEARCH_DATA_DIR"] = str(settings.data_dir)
     uvicorn.run("figsearch.api.main:app_from_env", factory=True, workers=workers, **options)
     return 0
