@@ -13,6 +13,8 @@ them: the fair sum) and the private anonymous memory (model, heap: not shared). 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,58 @@ def memory_mb(pid: int) -> dict[str, float]:
     return {k: round(v, 1) for k, v in total.items()}
 
 
+#: smaps mapping -> category, first match wins (``breakdown_mb``).
+CATEGORIES = (
+    ("index", ("/indexes/",)),
+    ("model files", ("/models/",)),
+    ("store (sqlite)", (".db", ".db-wal", ".db-shm")),
+    ("torch libs", ("/torch/", "/nvidia/", "/triton/")),
+    ("other libs", (".so",)),
+    ("heap / anonymous", ("[heap]", "")),
+)
+
+
+def mapping_category(name: str) -> str:
+    """Category of one smaps mapping name (its path, ``[heap]``, or empty for anonymous)."""
+    for label, needles in CATEGORIES:
+        if any(needle in name if needle else not name or name.startswith("[")
+               for needle in needles):
+            return label
+    return "other files"
+
+
+def breakdown_mb(pid: int) -> dict[str, dict[str, float]]:
+    """Rss / Pss / Anonymous (MiB) of one process per mapping category, from /proc/<pid>/smaps:
+    where the memory goes (model weights, index, vectors, SQLite, torch's libraries)."""
+    out: dict[str, dict[str, float]] = {}
+    cat = "other files"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and ":" not in head[0]:  # a mapping's header line
+            cat = mapping_category(" ".join(head[5:]) if len(head) > 5 else "")
+            continue
+        if head and head[0] in ("Rss:", "Pss:", "Anonymous:"):
+            slot = out.setdefault(cat, {"rss_mb": 0.0, "pss_mb": 0.0, "anon_mb": 0.0})
+            key = {"Rss:": "rss_mb", "Pss:": "pss_mb", "Anonymous:": "anon_mb"}[head[0]]
+            slot[key] += int(head[1]) / 1024
+    return {c: {k: round(v, 1) for k, v in d.items()} for c, d in sorted(out.items())}
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The server's processes that hold more than 50 MiB (the workers, or the one process)."""
+    out = []
+    for p in tree_pids(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        rss = next((int(line.split()[1]) for line in status.splitlines()
+                    if line.startswith("VmRSS:")), 0)
+        if rss >= 50 * 1024:
+            out.append(p)
+    return out
+
+
 def load(base: str, n: int, dim: int) -> None:
     rng = np.random.default_rng(5)
     with httpx.Client(base_url=base, timeout=120) as http:
@@ -78,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default="1:mmap,2:mmap,1:load",
                    help="workers:mmap|load, comma-separated")
     p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--name", default="rss", help="bench/results/<name>.json")
     args = p.parse_args(argv)
     tmp, args.data_dir, spec, encoder = prepared_data_dir(args.data_dir, args.n, args.model,
                                                           "bench-rss-")
@@ -97,16 +152,28 @@ def main(argv: list[str] | None = None) -> int:
             wait_for_http(f"{base}/readyz", process=proc, timeout=900, interval=0.5)
             load(base, args.requests, dim)
             mem = memory_mb(proc.pid)
+            parts = breakdown_mb(worker_pids(proc.pid)[0])
         finally:
             stop(proc)
         name = f"w{workers}_{mode}"
         figures.update({f"{name}_{k}": v for k, v in mem.items()})
+        for cat, vals in parts.items():  # one worker's memory by mapping category
+            slug = cat.split(" ")[0]
+            figures.update({f"{name}_worker_{slug}_{k}": v for k, v in vals.items()})
+        print(markdown_table(["one worker: mapping", "RSS MiB", "PSS MiB", "anon MiB"],
+                             [[c, v["rss_mb"], v["pss_mb"], v["anon_mb"]]
+                              for c, v in parts.items()]), flush=True)
         rows.append([workers, mode, mem["processes"], mem["rss_mb"], mem["pss_mb"], mem["anon_mb"]])
         print(f"{name}: {mem}", flush=True)
     print(markdown_table(["workers", "index", "processes", "RSS MiB (sum)", "PSS MiB (sum)",
                           "private anon MiB"], rows))
-    path = write_result("rss", {"n": args.n, "model": args.model, "requests": args.requests},
-                        figures)
+    manifest = json.loads((current / "manifest.json").read_text())
+    params = {"n": args.n, "model": args.model, "requests": args.requests,
+              "factory": manifest["factory"], "configs": args.configs,
+              "load_avg": [round(x, 1) for x in os.getloadavg()],
+              **{k: v for k, v in os.environ.items() if k.startswith("FIGSEARCH_")
+                 and k != "FIGSEARCH_BENCH_RESULTS"}}
+    path = write_result(args.name, params, figures)
     print(f"rss bench: {len(rows)} configurations, n={args.n:,}; wrote {path}")
     if tmp is not None:
         tmp.cleanup()

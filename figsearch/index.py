@@ -36,6 +36,11 @@ CURRENT_LINK = "current"
 
 #: Below this many points a flat (exact) index is both fastest to build and fast enough to search.
 FLAT_MAX = 50_000
+#: From this many points on, the IVF lists hold SQ8 codes (1 byte per dimension) re-ranked from
+#: the float16 vectors instead of float32 vectors: 1M x 512-d float32 lists are 2 GiB that every
+#: worker maps and, query after query, pulls into its resident memory (issue 15: server RSS
+#: <= 1 GB at 1M); SQ8 needs no training and re-ranking keeps recall@10 >= 0.98.
+SQ8_MIN = 500_000
 #: From this many points on, OPQ + IVF65536/HNSW + PQ (the faiss guideline for 10M-100M).
 HUGE_MIN = 10_000_000
 #: Allowed subsets at most this large are searched exactly (brute force over their vectors).
@@ -74,9 +79,14 @@ def _pow2_near(x: float) -> int:
 
 
 def ivf_lists(n: int) -> int:
-    """IVF list count: a power of two near 8·sqrt(n) (faiss: 4–16·sqrt(n)), with >= 39 points
-    per centroid available for training."""
-    k = _pow2_near(8 * math.sqrt(n))
+    """IVF list count: a power of two near 4·sqrt(n), the low end of faiss's 4–16·sqrt(n), with
+    >= 39 points per centroid available for training.
+
+    The low end because the coarse k-means costs (50 points per list) x lists x dim per
+    iteration, i.e. grows as lists²: 8·sqrt(n) = 8192 lists at 1M would take ~15 min on 2 CPU
+    cores, 4096 a quarter of that, while 32 probes of 4096 lists still find >= 0.98 of the
+    exact top 10 (bench/index_build.py)."""
+    k = _pow2_near(4 * math.sqrt(n))
     while k > 1 and n < 39 * k:
         k //= 2
     return max(k, 1)
@@ -99,15 +109,16 @@ def choose_factory(n: int, dim: int, memory_gb: float) -> str:
     n                     factory
     ====================  =============================================================
     < 50k                 ``Flat`` (exact)
-    50k – 10M, fits       ``IVF{k},Flat`` (k < 4096) or ``IVF{k}_HNSW32,Flat`` (k >= 4096)
+    50k – 500k, fits      ``IVF{k},Flat`` (k < 4096) or ``IVF{k}_HNSW32,Flat`` (k >= 4096)
                           when float32 vectors take <= 50% of the budget
+    500k – 10M, fits      ``IVF{k}[_HNSW32],SQ8`` when 1 byte/dim takes <= 50% of the budget
     50k – 10M, too big    ``IVF{k}[_HNSW32],PQ{m}`` (m = PQ bytes/vector from the budget)
     >= 10M                ``OPQ{m},IVF65536_HNSW32,PQ{m}`` (``IVF262144`` from 100M)
     ====================  =============================================================
 
-    ``k`` is a power of two near 8·sqrt(n), halved until n >= 39·k (faiss's minimum training
-    points per centroid). Re-ranking with the stored float16 vectors restores the precision
-    PQ loses (see docs/indexing.md).
+    ``k`` is a power of two near 4·sqrt(n), halved until n >= 39·k (faiss's minimum training
+    points per centroid): 100k -> 1024, 1M -> 4096 lists. Re-ranking with the stored float16
+    vectors restores the precision SQ8 and PQ lose (see docs/indexing.md).
     """
     if n < FLAT_MAX:
         return "Flat"
@@ -117,8 +128,11 @@ def choose_factory(n: int, dim: int, memory_gb: float) -> str:
         return f"OPQ{m},IVF{k}_HNSW32,PQ{m}"
     k = ivf_lists(n)
     coarse = f"IVF{k}_HNSW32" if k >= 4096 else f"IVF{k}"
-    if n * dim * 4 <= memory_gb * 2**30 * 0.5:
+    half_budget = memory_gb * 2**30 * 0.5
+    if n < SQ8_MIN and n * dim * 4 <= half_budget:
         return f"{coarse},Flat"
+    if n >= SQ8_MIN and n * dim <= half_budget:
+        return f"{coarse},SQ8"
     return f"{coarse},PQ{pq_code_size(n, dim, memory_gb)}"
 
 

@@ -86,8 +86,9 @@ class Settings(BaseSettings):
     )
     index_gpu_training: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Where the index's coarse k-means trains: auto = on the GPU (torch) when CUDA "
-                    "is available, else faiss on the CPU; on = GPU or fail; off = always the CPU.",
+        description="Where the index's coarse k-means trains: auto = torch on the GPU when CUDA "
+                    "is available, else torch on the CPU (bfloat16 scores where the CPU has them); "
+                    "on = GPU or fail; off = faiss's own k-means on the CPU.",
     )
     index_keep_versions: int = Field(3, description="Index versions kept besides `current`.")
     rerank: bool = Field(True, description="Re-rank compressed-index candidates with exact vectors.")
