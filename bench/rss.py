@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +114,28 @@ def worker_pids(pid: int) -> list[int]:
     return out
 
 
+def send(http: httpx.Client, i: int, dim: int, rng: np.random.Generator,
+         patience_s: float = 900) -> None:
+    """One dense-text (odd i) or raw-vector (even i) query; 503 (a worker still loading its
+    index while /readyz was answered by another) is retried until ``patience_s``."""
+    deadline = time.monotonic() + patience_s
+    vector = rng.standard_normal(dim).tolist()
+    while True:
+        if i % 2:
+            r = http.get("/v1/search", params={"q": QUERIES[i % len(QUERIES)], "mode": "dense"})
+        else:
+            r = http.post("/v1/search", json={"queries": [{"vector": vector}]})
+        if r.status_code != 503 or time.monotonic() > deadline:
+            r.raise_for_status()
+            return
+        time.sleep(1)
+
+
 def load(base: str, n: int, dim: int) -> None:
     rng = np.random.default_rng(5)
     with httpx.Client(base_url=base, timeout=120) as http:
         for i in range(n):
-            if i % 2:
-                http.get("/v1/search", params={"q": QUERIES[i % len(QUERIES)], "mode": "dense"})
-            else:
-                http.post("/v1/search", json={"queries": [
-                    {"vector": rng.standard_normal(dim).tolist()}]}).raise_for_status()
+            send(http, i, dim, rng)
 
 
 def main(argv: list[str] | None = None) -> int:

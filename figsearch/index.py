@@ -5,8 +5,9 @@ A version directory (``<data_dir>/indexes/<version>/``) holds:
 - ``index.faiss`` — the FAISS index over *row positions* 0..n-1 (inner product on
   L2-normalised vectors),
 - ``ids.npy`` — int64 figure ids, sorted ascending; row ``i`` of the index is figure ``ids[i]``,
-- ``vectors.npy`` — the float16 vectors in the same row order, memory-mapped for exact
-  re-ranking of compressed (PQ) candidates and for :meth:`SearchIndex.vectors_for`,
+- ``vectors.npy`` — the float16 vectors in the same row order, read row by row
+  (:class:`RowFile`) for exact re-ranking of compressed (SQ/PQ) candidates and for
+  :meth:`SearchIndex.vectors_for`,
 - ``manifest.json`` — model spec/key, dim, count, factory string, build time, checksums.
 
 ``indexes/current`` is a symlink to the live version, switched atomically by the builder
@@ -15,9 +16,12 @@ A version directory (``<data_dir>/indexes/<version>/``) holds:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import math
+import mmap
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -200,6 +204,96 @@ def _search_params(index: faiss.Index, sel: Any, nprobe: int) -> Any:
     return None
 
 
+def advise_random(path: Path) -> int:
+    """``madvise(MADV_RANDOM)`` and ``madvise(MADV_NOHUGEPAGE)`` on this process's mappings of
+    ``path``; returns how many mappings took both.
+
+    Re-ranking and probing touch scattered rows. The page cache holds freshly written index
+    files in 2 MiB folios, which a fault maps whole (``FilePmdMapped`` in smaps): two queries
+    re-ranking a few hundred float16 rows mapped all 488 MiB of a 1M-row ``vectors.npy`` into
+    the worker's RSS. Without huge pages a fault maps its own page, and random advice stops it
+    reading ``read_ahead_kb`` (8 MiB here) around it. Linux only; elsewhere (or when libc
+    refuses) nothing happens.
+    """
+    advices = [getattr(mmap, name, None) for name in ("MADV_RANDOM", "MADV_NOHUGEPAGE")]
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return 0
+    target, done = str(Path(path).resolve()), 0
+    for line in maps:
+        fields = line.split(maxsplit=5)
+        if None in advices or len(fields) < 6 or fields[5] != target:
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        done += all(libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), advice)
+                    == 0 for advice in advices)
+    return done
+
+
+class RowFile:
+    """The rows of a C-order 2-D ``.npy`` file, read on demand with ``os.preadv`` (one call per
+    run of consecutive rows) instead of memory-mapped.
+
+    Re-ranking reads a few hundred scattered rows per query. Mapped, each row's fault maps the
+    whole large folio the page cache holds it in (2 MiB for a freshly written file, kernel 6.x,
+    whatever ``madvise`` says): one query mapped 287 MiB of a 1M-row ``vectors.npy`` into the
+    worker, two queries all of it (issue 15: RSS <= 1 GB at 1M). Read, the rows come from the
+    page cache the workers share and nothing is added to any process's RSS.
+    """
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as fh:
+            major, _minor = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(fh)
+            self.offset = fh.tell()
+        if len(shape) != 2 or fortran:
+            raise ValueError(f"{path}: expected a C-order 2-D array, got shape {shape}")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
+        if path.stat().st_size < self.offset + self.shape[0] * self.row_bytes:
+            raise ValueError(f"{path}: shorter than its {self.shape} header says (truncated)")
+        self._fd: int | None = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        """Rows by an int, slice or array of row numbers (shape ``rows.shape + (dim,)``)."""
+        idx = np.arange(self.shape[0])[rows] if isinstance(rows, slice) \
+            else np.asarray(rows, np.int64)
+        flat = idx.ravel()
+        out = np.empty((len(flat), self.shape[1]), self.dtype)
+        if len(flat) and (flat.min() < 0 or flat.max() >= self.shape[0]):
+            raise IndexError(f"row out of range 0..{self.shape[0] - 1}")
+        if self._fd is None:
+            raise ValueError("RowFile is closed")
+        if not len(flat):
+            return out.reshape(*idx.shape, self.shape[1])
+        buf, width = out.reshape(-1).view(np.uint8), self.row_bytes
+        breaks = np.flatnonzero(np.diff(flat) != 1) + 1
+        for start, end in zip(np.r_[0, breaks], np.r_[breaks, len(flat)], strict=True):
+            want = (end - start) * width
+            got = os.preadv(self._fd, [memoryview(buf[start * width : end * width])],
+                            self.offset + int(flat[start]) * width)
+            if got != want:
+                raise OSError(f"short read of vectors: {got} of {want} bytes")
+        return out.reshape(*idx.shape, self.shape[1])
+
+    def close(self) -> None:
+        """Close the file (reads then fail)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def _nlist(index: faiss.Index) -> int | None:
     ivf = faiss.try_extract_index_ivf(index)
     return int(ivf.nlist) if ivf is not None else None
@@ -224,11 +318,11 @@ def _pad(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.n
 
 
 class SearchIndex:
-    """One loaded index version: FAISS index + id map + memory-mapped float16 vectors."""
+    """One loaded index version: FAISS index + id map + float16 vectors read on demand."""
 
     def __init__(
         self, version_dir: Path, manifest: dict[str, Any], index: faiss.Index,
-        ids: np.ndarray, vectors: np.ndarray, nprobe: int,
+        ids: np.ndarray, vectors: RowFile | np.ndarray, nprobe: int,
     ) -> None:
         self.version_dir = version_dir
         self.version: str = str(manifest.get("version", version_dir.name))
@@ -263,9 +357,11 @@ class SearchIndex:
         try:
             index = faiss.read_index(str(version_dir / INDEX_FILE), flags)
             ids = np.load(version_dir / IDS_FILE)
-            vectors = np.load(version_dir / VECTORS_FILE, mmap_mode="r")
+            vectors = RowFile(version_dir / VECTORS_FILE)
         except (OSError, RuntimeError, ValueError) as exc:
             raise IndexLoadError(f"index version {version_dir.name}: cannot read ({exc})") from exc
+        if mmap_index:
+            advise_random(version_dir / INDEX_FILE)  # probed lists: scattered too
         if not (index.ntotal == len(ids) == len(vectors) == int(manifest["count"])):
             raise IndexLoadError(
                 f"index version {version_dir.name}: inconsistent counts (index {index.ntotal}, "

@@ -12,7 +12,9 @@ import pytest
 from figsearch.index import (
     IndexLoadError,
     IndexModelMismatch,
+    RowFile,
     SearchIndex,
+    advise_random,
     choose_factory,
     current_version_dir,
     ivf_lists,
@@ -110,6 +112,47 @@ def test_sq8_family_of_the_rule_recalls_like_exact_with_rerank(built):
     queries = clustered(80, seed=11)
     truth = exact_topk(BASE, IDS, queries, 10)
     assert recall(idx.search(queries, 10, rerank=True, rerank_factor=10)[1], truth) >= 0.98
+
+
+def _vm_flags(path: Path) -> list[str]:
+    """VmFlags of this process's mappings of ``path`` (``rr``: random-read advice)."""
+    blocks = Path("/proc/self/smaps").read_text().split("\nVmFlags:")
+    out = []
+    for before, after in zip(blocks, blocks[1:], strict=False):
+        header = next(line for line in before.splitlines() if "-" in line.split(" ")[0])
+        if header.endswith(str(path.resolve())):
+            out.append(after.splitlines()[0].strip())
+    return out
+
+
+def test_vectors_are_read_not_mapped_and_the_index_map_is_advised(built):
+    """Re-ranking reads scattered rows: mapped, each fault mapped a whole 2 MiB page-cache folio
+    and two queries pulled a 1M-row vectors.npy into RSS (issue 15). The vectors are read with
+    pread (no mapping); the mapped index gets MADV_RANDOM + MADV_NOHUGEPAGE."""
+    vdir = built("IVF64_HNSW32,SQ8")
+    idx = SearchIndex.load(vdir, nprobe=16, mmap_index=True)
+    assert idx.search(BASE[:2], 3)[1][:, 0].tolist() == IDS[:2].tolist()  # re-ranked
+    assert _vm_flags(vdir / "vectors.npy") == []
+    flags = _vm_flags(vdir / "index.faiss")
+    assert flags and all({"rr", "nh"} <= set(f.split()) for f in flags), flags
+    assert advise_random(vdir / "ids.npy") == 0  # not mapped: nothing to advise
+
+
+def test_row_file_reads_rows_like_numpy(tmp_path):
+    arr = np.arange(40 * 6, dtype=np.float16).reshape(40, 6)
+    np.save(tmp_path / "v.npy", arr)
+    rows = RowFile(tmp_path / "v.npy")
+    assert len(rows) == 40 and rows.shape == (40, 6)
+    for key in (7, [3, 4, 5, 30, 2, 2], np.array([[1, 2], [39, 0]]), slice(5, 9), []):
+        np.testing.assert_array_equal(rows[key], arr[key])
+    with pytest.raises(IndexError, match="out of range"):
+        rows[[0, 40]]
+    (tmp_path / "short.npy").write_bytes((tmp_path / "v.npy").read_bytes()[:-10])
+    with pytest.raises(ValueError, match="truncated"):
+        RowFile(tmp_path / "short.npy")
+    rows.close()
+    with pytest.raises(ValueError, match="closed"):
+        rows[[1]]
 
 
 def test_rerank_improves_pq_recall(built):
