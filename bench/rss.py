@@ -92,9 +92,11 @@ def breakdown_mb(pid: int) -> dict[str, dict[str, float]]:
         if head and "-" in head[0] and ":" not in head[0]:  # a mapping's header line
             cat = mapping_category(" ".join(head[5:]) if len(head) > 5 else "")
             continue
-        if head and head[0] in ("Rss:", "Pss:", "Anonymous:"):
-            slot = out.setdefault(cat, {"rss_mb": 0.0, "pss_mb": 0.0, "anon_mb": 0.0})
-            key = {"Rss:": "rss_mb", "Pss:": "pss_mb", "Anonymous:": "anon_mb"}[head[0]]
+        if head and head[0] in ("Rss:", "Pss:", "Anonymous:", "AnonHugePages:"):
+            slot = out.setdefault(cat, {"rss_mb": 0.0, "pss_mb": 0.0, "anon_mb": 0.0,
+                                        "thp_mb": 0.0})
+            key = {"Rss:": "rss_mb", "Pss:": "pss_mb", "Anonymous:": "anon_mb",
+                   "AnonHugePages:": "thp_mb"}[head[0]]
             slot[key] += int(head[1]) / 1024
     return {c: {k: round(v, 1) for k, v in d.items()} for c, d in sorted(out.items())}
 
@@ -166,17 +168,20 @@ def main(argv: list[str] | None = None) -> int:
             wait_for_http(f"{base}/readyz", process=proc, timeout=900, interval=0.5)
             load(base, args.requests, dim)
             mem = memory_mb(proc.pid)
-            parts = breakdown_mb(worker_pids(proc.pid)[0])
+            parts = {p: breakdown_mb(p) for p in worker_pids(proc.pid)}
         finally:
             stop(proc)
         name = f"w{workers}_{mode}"
         figures.update({f"{name}_{k}": v for k, v in mem.items()})
-        for cat, vals in parts.items():  # one worker's memory by mapping category
-            slug = cat.split(" ")[0]
-            figures.update({f"{name}_worker_{slug}_{k}": v for k, v in vals.items()})
-        print(markdown_table(["one worker: mapping", "RSS MiB", "PSS MiB", "anon MiB"],
-                             [[c, v["rss_mb"], v["pss_mb"], v["anon_mb"]]
-                              for c, v in parts.items()]), flush=True)
+        for i, (pid, cats) in enumerate(parts.items()):  # each process by mapping category
+            role = "supervisor" if pid == proc.pid and len(parts) > 1 else f"worker{i}"
+            for cat, vals in cats.items():
+                slug = cat.split(" ")[0]
+                figures.update({f"{name}_{role}_{slug}_{k}": v for k, v in vals.items()})
+            print(markdown_table([f"{role} (pid {pid}): mapping", "RSS MiB", "PSS MiB",
+                                  "anon MiB", "of which huge pages"],
+                                 [[c, v["rss_mb"], v["pss_mb"], v["anon_mb"], v["thp_mb"]]
+                                  for c, v in cats.items()]), flush=True)
         rows.append([workers, mode, mem["processes"], mem["rss_mb"], mem["pss_mb"], mem["anon_mb"]])
         print(f"{name}: {mem}", flush=True)
     print(markdown_table(["workers", "index", "processes", "RSS MiB (sum)", "PSS MiB (sum)",

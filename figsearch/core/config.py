@@ -133,8 +133,9 @@ class Settings(BaseSettings):
     index_mmap: bool = Field(
         True,
         description=(
-            "API: memory-map the FAISS index file (where the index type allows) and the vectors, "
-            "so uvicorn workers share one copy in the page cache."
+            "API: memory-map the FAISS index file (where the index type allows), so uvicorn "
+            "workers share one copy in the page cache (the re-rank vectors are always read "
+            "from the page cache, never loaded)."
         ),
     )
     run_dir: str = Field(
