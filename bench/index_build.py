@@ -32,7 +32,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ann import make_data, recall_at_k  # noqa: E402
-from bench.common import write_result  # noqa: E402
+from bench.common import markdown_table, write_result  # noqa: E402
 from figsearch.core.config import Settings  # noqa: E402
 from figsearch.index import INDEX_FILE, VECTORS_FILE, SearchIndex  # noqa: E402
 from indexer.build import build_version  # noqa: E402
@@ -118,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
               "train_size": args.train_size, "threads": faiss.omp_get_max_threads(),
               "load_before": [round(x, 1) for x in load_before],
               "load_after": [round(x, 1) for x in load_after]}
+    print(markdown_table(
+        ["n", "factory", "k-means", "train s", "add s", "write s", "build_version s",
+         f"recall@{K}", "ms/query"],
+        [[f"{args.n:,}", figures["factory"], figures["training"], figures["train_s"],
+          figures["add_s"], figures["write_s"], figures["build_wall_s"],
+          figures["recall_at_10"], figures["query_ms"]]]))
     path = write_result(args.name, params, figures)
     print(f"index build: {args.n:,} vectors, {figures['factory']}: {figures['build_s']:.1f}s "
           f"(train {figures['train_s']:.1f}, add {figures['add_s']:.1f}, write "

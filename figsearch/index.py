@@ -87,9 +87,9 @@ def ivf_lists(n: int) -> int:
     >= 39 points per centroid available for training.
 
     The low end because the coarse k-means costs (50 points per list) x lists x dim per
-    iteration, i.e. grows as lists²: 8·sqrt(n) = 8192 lists at 1M would take ~15 min on 2 CPU
-    cores, 4096 a quarter of that, while 32 probes of 4096 lists still find >= 0.98 of the
-    exact top 10 (bench/index_build.py)."""
+    iteration, i.e. grows as lists²: 8·sqrt(n) = 8192 lists at 1M is 34 TFLOP over 10
+    iterations, 4x the 4096 lists whose training took 102 s on 2 shared CPU cores, while 32
+    probes of 4096 lists still find 0.998 of the exact top 10 (bench/index_build.py)."""
     k = _pow2_near(4 * math.sqrt(n))
     while k > 1 and n < 39 * k:
         k //= 2
@@ -208,11 +208,11 @@ def advise_random(path: Path) -> int:
     """``madvise(MADV_RANDOM)`` and ``madvise(MADV_NOHUGEPAGE)`` on this process's mappings of
     ``path``; returns how many mappings took both.
 
-    Re-ranking and probing touch scattered rows. The page cache holds freshly written index
-    files in 2 MiB folios, which a fault maps whole (``FilePmdMapped`` in smaps): two queries
-    re-ranking a few hundred float16 rows mapped all 488 MiB of a 1M-row ``vectors.npy`` into
-    the worker's RSS. Without huge pages a fault maps its own page, and random advice stops it
-    reading ``read_ahead_kb`` (8 MiB here) around it. Linux only; elsewhere (or when libc
+    Used on the memory-mapped index file, whose probed lists are scattered: random advice stops
+    a fault reading ``read_ahead_kb`` (8 MiB on the bench machine) around it, and no huge pages
+    stops it mapping a 2 MiB page-cache folio as one PMD (``FilePmdMapped`` in smaps). It does
+    not stop kernel 6.18 mapping a whole large folio page by page, which is why the re-rank
+    vectors are read, not mapped (:class:`RowFile`). Linux only; elsewhere (or when libc
     refuses) nothing happens.
     """
     advices = [getattr(mmap, name, None) for name in ("MADV_RANDOM", "MADV_NOHUGEPAGE")]
@@ -278,7 +278,7 @@ class RowFile:
         breaks = np.flatnonzero(np.diff(flat) != 1) + 1
         for start, end in zip(np.r_[0, breaks], np.r_[breaks, len(flat)], strict=True):
             want = (end - start) * width
-            got = os.preadv(self._fd, [memoryview(buf[start * width : end * width])],
+            got = os.preadv(self._fd, [buf[start * width : end * width].data],
                             self.offset + int(flat[start]) * width)
             if got != want:
                 raise OSError(f"short read of vectors: {got} of {want} bytes")
@@ -286,9 +286,10 @@ class RowFile:
 
     def close(self) -> None:
         """Close the file (reads then fail)."""
-        if self._fd is not None:
-            os.close(self._fd)
+        fd = getattr(self, "_fd", None)  # None too when __init__ raised before opening
+        if fd is not None:
             self._fd = None
+            os.close(fd)
 
     def __del__(self) -> None:
         self.close()
