@@ -233,14 +233,16 @@ def advise_random(path: Path) -> int:
 
 
 class RowFile:
-    """The rows of a C-order 2-D ``.npy`` file, read on demand with ``os.preadv`` (one call per
-    run of consecutive rows) instead of memory-mapped.
+    """The rows of a C-order 2-D ``.npy`` file, read through a mapping made for each read and
+    unmapped after it, instead of a mapping held for the index's life.
 
-    Re-ranking reads a few hundred scattered rows per query. Mapped, each row's fault maps the
-    whole large folio the page cache holds it in (2 MiB for a freshly written file, kernel 6.x,
-    whatever ``madvise`` says): one query mapped 287 MiB of a 1M-row ``vectors.npy`` into the
-    worker, two queries all of it (issue 15: RSS <= 1 GB at 1M). Read, the rows come from the
-    page cache the workers share and nothing is added to any process's RSS.
+    Re-ranking reads a few hundred scattered rows per query. Through a held mapping each row's
+    fault maps the whole large folio the page cache holds it in (2 MiB for a freshly written
+    file, kernel 6.x, whatever ``madvise`` says) and it stays mapped: one query put 287 MiB of
+    a 1M-row ``vectors.npy`` in the worker's RSS, two queries all of it (issue 15: RSS <= 1 GB
+    at 1M). A transient mapping reads from the same page cache the workers share and leaves
+    nothing behind; it is also faster than ``os.preadv`` per row (200 scattered rows of 1M:
+    0.29 vs 0.54 ms, 20,000 rows: 6.0 vs 44 ms).
     """
 
     def __init__(self, path: Path) -> None:
@@ -254,8 +256,7 @@ class RowFile:
             raise ValueError(f"{path}: expected a C-order 2-D array, got shape {shape}")
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = np.dtype(dtype)
-        self.row_bytes = self.shape[1] * self.dtype.itemsize
-        if path.stat().st_size < self.offset + self.shape[0] * self.row_bytes:
+        if path.stat().st_size < self.offset + self.shape[0] * self.shape[1] * self.dtype.itemsize:
             raise ValueError(f"{path}: shorter than its {self.shape} header says (truncated)")
         self._fd: int | None = os.open(path, os.O_RDONLY)
 
@@ -266,23 +267,19 @@ class RowFile:
         """Rows by an int, slice or array of row numbers (shape ``rows.shape + (dim,)``)."""
         idx = np.arange(self.shape[0])[rows] if isinstance(rows, slice) \
             else np.asarray(rows, np.int64)
-        flat = idx.ravel()
-        out = np.empty((len(flat), self.shape[1]), self.dtype)
-        if len(flat) and (flat.min() < 0 or flat.max() >= self.shape[0]):
+        if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
             raise IndexError(f"row out of range 0..{self.shape[0] - 1}")
         if self._fd is None:
             raise ValueError("RowFile is closed")
-        if not len(flat):
-            return out.reshape(*idx.shape, self.shape[1])
-        buf, width = out.reshape(-1).view(np.uint8), self.row_bytes
-        breaks = np.flatnonzero(np.diff(flat) != 1) + 1
-        for start, end in zip(np.r_[0, breaks], np.r_[breaks, len(flat)], strict=True):
-            want = (end - start) * width
-            got = os.preadv(self._fd, [buf[start * width : end * width].data],
-                            self.offset + int(flat[start]) * width)
-            if got != want:
-                raise OSError(f"short read of vectors: {got} of {want} bytes")
-        return out.reshape(*idx.shape, self.shape[1])
+        if not idx.size or not self.shape[0]:
+            return np.empty((*idx.shape, self.shape[1]), self.dtype)
+        with mmap.mmap(self._fd, 0, prot=mmap.PROT_READ) as mapped:
+            view = np.frombuffer(mapped, self.dtype, count=self.shape[0] * self.shape[1],
+                                 offset=self.offset).reshape(self.shape)
+            try:
+                return np.array(view[idx])  # a copy: nothing may point into the mapping
+            finally:
+                del view  # the buffer export must go before the mapping closes
 
     def close(self) -> None:
         """Close the file (reads then fail)."""

@@ -127,8 +127,9 @@ def _vm_flags(path: Path) -> list[str]:
 
 def test_vectors_are_read_not_mapped_and_the_index_map_is_advised(built):
     """Re-ranking reads scattered rows: mapped, each fault mapped a whole 2 MiB page-cache folio
-    and two queries pulled a 1M-row vectors.npy into RSS (issue 15). The vectors are read with
-    pread (no mapping); the mapped index gets MADV_RANDOM + MADV_NOHUGEPAGE."""
+    and two queries pulled a 1M-row vectors.npy into RSS (issue 15). The vectors are read
+    through a mapping unmapped after each read; the mapped index gets MADV_RANDOM +
+    MADV_NOHUGEPAGE."""
     vdir = built("IVF64_HNSW32,SQ8")
     idx = SearchIndex.load(vdir, nprobe=16, mmap_index=True)
     assert idx.search(BASE[:2], 3)[1][:, 0].tolist() == IDS[:2].tolist()  # re-ranked
