@@ -4,10 +4,15 @@ Reuses (or builds) the synthetic data dir of :mod:`bench.api`, starts ``figsearc
 --workers W`` for each configuration, sends ``--requests`` dense-text and raw-vector queries, and
 reads every server process's ``/proc/<pid>/smaps_rollup``: RSS (what ``top`` shows, counting
 shared index pages once per process), PSS (shared pages split between the processes that map
-them: the fair sum) and the private anonymous memory (model, heap: not shared). Writes
-``bench/results/rss.json``.
+them: the fair sum) and the private anonymous memory (model, heap: not shared), and prints
+each process's memory by mapping (``breakdown_mb``: heap, index files, model files, SQLite,
+torch's libraries, other libraries). Writes ``bench/results/<--name>.json`` (default ``rss``);
+the ``FIGSEARCH_*`` settings in the environment (e.g. ``FIGSEARCH_CPU_PRECISION``) reach the
+server and are recorded with the parameters.
 
     .venv/bin/python -m bench.rss --n 100000 --data-dir /tmp/bench-100k
+    .venv/bin/python -m bench.rss --n 1000000 --data-dir /tmp/i15m-1m --configs 1:mmap,2:mmap \
+        --name rss_1m        # 1M store rows take ~3 min to write, the index ~5 min to build
 """
 
 from __future__ import annotations
