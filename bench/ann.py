@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--singles", type=int, default=200, help="queries timed one at a time")
     p.add_argument("--nprobe", type=int, default=32)
     p.add_argument("--max-nlist", type=int, default=1024,
-                   help="cap on IVF lists (the rule's 2048/8192 train too long on 2 shared cores)")
+                   help="cap on IVF lists of the IVF-Flat/IVF-PQ rows (the rule row uses its own; "
+                        "bench/index_build.py times the rule at 1M)")
     p.add_argument("--train-size", type=int, default=None,
                    help="training sample (default: the builder's rule; PQ64 training is slow on 2 cores)")
     p.add_argument("--memory-gb", type=float, default=16.0, help="budget given to the rule")

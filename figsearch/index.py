@@ -5,8 +5,9 @@ A version directory (``<data_dir>/indexes/<version>/``) holds:
 - ``index.faiss`` — the FAISS index over *row positions* 0..n-1 (inner product on
   L2-normalised vectors),
 - ``ids.npy`` — int64 figure ids, sorted ascending; row ``i`` of the index is figure ``ids[i]``,
-- ``vectors.npy`` — the float16 vectors in the same row order, memory-mapped for exact
-  re-ranking of compressed (PQ) candidates and for :meth:`SearchIndex.vectors_for`,
+- ``vectors.npy`` — the float16 vectors in the same row order, read row by row
+  (:class:`RowFile`) for exact re-ranking of compressed (SQ/PQ) candidates and for
+  :meth:`SearchIndex.vectors_for`,
 - ``manifest.json`` — model spec/key, dim, count, factory string, build time, checksums.
 
 ``indexes/current`` is a symlink to the live version, switched atomically by the builder
@@ -15,9 +16,12 @@ A version directory (``<data_dir>/indexes/<version>/``) holds:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import math
+import mmap
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -36,6 +40,11 @@ CURRENT_LINK = "current"
 
 #: Below this many points a flat (exact) index is both fastest to build and fast enough to search.
 FLAT_MAX = 50_000
+#: From this many points on, the IVF lists hold SQ8 codes (1 byte per dimension) re-ranked from
+#: the float16 vectors instead of float32 vectors: 1M x 512-d float32 lists are 2 GiB that every
+#: worker maps and, query after query, pulls into its resident memory (issue 15: server RSS
+#: <= 1 GB at 1M); SQ8 needs no training and re-ranking keeps recall@10 >= 0.98.
+SQ8_MIN = 500_000
 #: From this many points on, OPQ + IVF65536/HNSW + PQ (the faiss guideline for 10M-100M).
 HUGE_MIN = 10_000_000
 #: Allowed subsets at most this large are searched exactly (brute force over their vectors).
@@ -74,9 +83,14 @@ def _pow2_near(x: float) -> int:
 
 
 def ivf_lists(n: int) -> int:
-    """IVF list count: a power of two near 8·sqrt(n) (faiss: 4–16·sqrt(n)), with >= 39 points
-    per centroid available for training."""
-    k = _pow2_near(8 * math.sqrt(n))
+    """IVF list count: a power of two near 4·sqrt(n), the low end of faiss's 4–16·sqrt(n), with
+    >= 39 points per centroid available for training.
+
+    The low end because the coarse k-means costs (50 points per list) x lists x dim per
+    iteration, i.e. grows as lists²: 8·sqrt(n) = 8192 lists at 1M is 34 TFLOP over 10
+    iterations, 4x the 4096 lists whose training took 102 s on 2 shared CPU cores, while 32
+    probes of 4096 lists still find 0.998 of the exact top 10 (bench/index_build.py)."""
+    k = _pow2_near(4 * math.sqrt(n))
     while k > 1 and n < 39 * k:
         k //= 2
     return max(k, 1)
@@ -99,15 +113,16 @@ def choose_factory(n: int, dim: int, memory_gb: float) -> str:
     n                     factory
     ====================  =============================================================
     < 50k                 ``Flat`` (exact)
-    50k – 10M, fits       ``IVF{k},Flat`` (k < 4096) or ``IVF{k}_HNSW32,Flat`` (k >= 4096)
+    50k – 500k, fits      ``IVF{k},Flat`` (k < 4096) or ``IVF{k}_HNSW32,Flat`` (k >= 4096)
                           when float32 vectors take <= 50% of the budget
+    500k – 10M, fits      ``IVF{k}[_HNSW32],SQ8`` when 1 byte/dim takes <= 50% of the budget
     50k – 10M, too big    ``IVF{k}[_HNSW32],PQ{m}`` (m = PQ bytes/vector from the budget)
     >= 10M                ``OPQ{m},IVF65536_HNSW32,PQ{m}`` (``IVF262144`` from 100M)
     ====================  =============================================================
 
-    ``k`` is a power of two near 8·sqrt(n), halved until n >= 39·k (faiss's minimum training
-    points per centroid). Re-ranking with the stored float16 vectors restores the precision
-    PQ loses (see docs/indexing.md).
+    ``k`` is a power of two near 4·sqrt(n), halved until n >= 39·k (faiss's minimum training
+    points per centroid): 100k -> 1024, 1M -> 4096 lists. Re-ranking with the stored float16
+    vectors restores the precision SQ8 and PQ lose (see docs/indexing.md).
     """
     if n < FLAT_MAX:
         return "Flat"
@@ -117,8 +132,11 @@ def choose_factory(n: int, dim: int, memory_gb: float) -> str:
         return f"OPQ{m},IVF{k}_HNSW32,PQ{m}"
     k = ivf_lists(n)
     coarse = f"IVF{k}_HNSW32" if k >= 4096 else f"IVF{k}"
-    if n * dim * 4 <= memory_gb * 2**30 * 0.5:
+    half_budget = memory_gb * 2**30 * 0.5
+    if n < SQ8_MIN and n * dim * 4 <= half_budget:
         return f"{coarse},Flat"
+    if n >= SQ8_MIN and n * dim <= half_budget:
+        return f"{coarse},SQ8"
     return f"{coarse},PQ{pq_code_size(n, dim, memory_gb)}"
 
 
@@ -186,6 +204,94 @@ def _search_params(index: faiss.Index, sel: Any, nprobe: int) -> Any:
     return None
 
 
+def advise_random(path: Path) -> int:
+    """``madvise(MADV_RANDOM)`` and ``madvise(MADV_NOHUGEPAGE)`` on this process's mappings of
+    ``path``; returns how many mappings took both.
+
+    Used on the memory-mapped index file, whose probed lists are scattered: random advice stops
+    a fault reading ``read_ahead_kb`` (8 MiB on the bench machine) around it, and no huge pages
+    stops it mapping a 2 MiB page-cache folio as one PMD (``FilePmdMapped`` in smaps). It does
+    not stop kernel 6.18 mapping a whole large folio page by page, which is why the re-rank
+    vectors are read, not mapped (:class:`RowFile`). Linux only; elsewhere (or when libc
+    refuses) nothing happens.
+    """
+    advices = [getattr(mmap, name, None) for name in ("MADV_RANDOM", "MADV_NOHUGEPAGE")]
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return 0
+    target, done = str(Path(path).resolve()), 0
+    for line in maps:
+        fields = line.split(maxsplit=5)
+        if None in advices or len(fields) < 6 or fields[5] != target:
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        done += all(libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), advice)
+                    == 0 for advice in advices)
+    return done
+
+
+class RowFile:
+    """The rows of a C-order 2-D ``.npy`` file, read through a mapping made for each read and
+    unmapped after it, instead of a mapping held for the index's life.
+
+    Re-ranking reads a few hundred scattered rows per query. Through a held mapping each row's
+    fault maps the whole large folio the page cache holds it in (2 MiB for a freshly written
+    file, kernel 6.x, whatever ``madvise`` says) and it stays mapped: one query put 287 MiB of
+    a 1M-row ``vectors.npy`` in the worker's RSS, two queries all of it (issue 15: RSS <= 1 GB
+    at 1M). A transient mapping reads from the same page cache the workers share and leaves
+    nothing behind; it is also faster than ``os.preadv`` per row (200 scattered rows of 1M:
+    0.29 vs 0.54 ms, 20,000 rows: 6.0 vs 44 ms).
+    """
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as fh:
+            major, _minor = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(fh)
+            self.offset = fh.tell()
+        if len(shape) != 2 or fortran:
+            raise ValueError(f"{path}: expected a C-order 2-D array, got shape {shape}")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(dtype)
+        if path.stat().st_size < self.offset + self.shape[0] * self.shape[1] * self.dtype.itemsize:
+            raise ValueError(f"{path}: shorter than its {self.shape} header says (truncated)")
+        self._fd: int | None = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        """Rows by an int, slice or array of row numbers (shape ``rows.shape + (dim,)``)."""
+        idx = np.arange(self.shape[0])[rows] if isinstance(rows, slice) \
+            else np.asarray(rows, np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
+            raise IndexError(f"row out of range 0..{self.shape[0] - 1}")
+        if self._fd is None:
+            raise ValueError("RowFile is closed")
+        if not idx.size or not self.shape[0]:
+            return np.empty((*idx.shape, self.shape[1]), self.dtype)
+        with mmap.mmap(self._fd, 0, prot=mmap.PROT_READ) as mapped:
+            view = np.frombuffer(mapped, self.dtype, count=self.shape[0] * self.shape[1],
+                                 offset=self.offset).reshape(self.shape)
+            try:
+                return np.array(view[idx])  # a copy: nothing may point into the mapping
+            finally:
+                del view  # the buffer export must go before the mapping closes
+
+    def close(self) -> None:
+        """Close the file (reads then fail)."""
+        fd = getattr(self, "_fd", None)  # None too when __init__ raised before opening
+        if fd is not None:
+            self._fd = None
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def _nlist(index: faiss.Index) -> int | None:
     ivf = faiss.try_extract_index_ivf(index)
     return int(ivf.nlist) if ivf is not None else None
@@ -210,11 +316,11 @@ def _pad(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.n
 
 
 class SearchIndex:
-    """One loaded index version: FAISS index + id map + memory-mapped float16 vectors."""
+    """One loaded index version: FAISS index + id map + float16 vectors read on demand."""
 
     def __init__(
         self, version_dir: Path, manifest: dict[str, Any], index: faiss.Index,
-        ids: np.ndarray, vectors: np.ndarray, nprobe: int,
+        ids: np.ndarray, vectors: RowFile | np.ndarray, nprobe: int,
     ) -> None:
         self.version_dir = version_dir
         self.version: str = str(manifest.get("version", version_dir.name))
@@ -249,9 +355,11 @@ class SearchIndex:
         try:
             index = faiss.read_index(str(version_dir / INDEX_FILE), flags)
             ids = np.load(version_dir / IDS_FILE)
-            vectors = np.load(version_dir / VECTORS_FILE, mmap_mode="r")
+            vectors = RowFile(version_dir / VECTORS_FILE)
         except (OSError, RuntimeError, ValueError) as exc:
             raise IndexLoadError(f"index version {version_dir.name}: cannot read ({exc})") from exc
+        if mmap_index:
+            advise_random(version_dir / INDEX_FILE)  # probed lists: scattered too
         if not (index.ntotal == len(ids) == len(vectors) == int(manifest["count"])):
             raise IndexLoadError(
                 f"index version {version_dir.name}: inconsistent counts (index {index.ntotal}, "

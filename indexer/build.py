@@ -202,13 +202,16 @@ def _row_files_in_id_order(row_files: dict[str, np.ndarray], ids: np.ndarray
 
 def write_version_files(tmp_dir: Path, vectors: np.ndarray, ids: np.ndarray, factory: str,
                         device: str | None, hook: StageHook | None,
-                        train_size: int | None = None) -> float:
-    """Train + fill the index and write index/ids/vectors into ``tmp_dir``; returns seconds."""
+                        train_size: int | None = None) -> dict[str, float]:
+    """Train + fill the index and write index/ids/vectors into ``tmp_dir``; returns the seconds
+    of each stage (``train``, ``add``, ``write``) and their ``total``."""
     t0 = time.perf_counter()
     index = train_index(factory, vectors, device=device, size=train_size)
     if hook:
         hook("trained")
+    t1 = time.perf_counter()
     add_in_batches(index, vectors)
+    t2 = time.perf_counter()
     # Through a Python file, not a path: faiss's own file writer only prints a failed close
     # (the last buffered block on a full disk) and carries on, leaving a truncated index that
     # the checksums would then bless. Python raises on every failed write and on close.
@@ -216,7 +219,9 @@ def write_version_files(tmp_dir: Path, vectors: np.ndarray, ids: np.ndarray, fac
         faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))  # type: ignore[attr-defined]
     np.save(tmp_dir / IDS_FILE, ids)
     np.save(tmp_dir / VECTORS_FILE, vectors)
-    return time.perf_counter() - t0
+    t3 = time.perf_counter()
+    return {"train": round(t1 - t0, 3), "add": round(t2 - t1, 3), "write": round(t3 - t2, 3),
+            "total": round(t3 - t0, 3)}
 
 
 def training_device(use_gpu: bool | str | None) -> str | None:
@@ -266,14 +271,15 @@ def build_version(
         version = new_version_name()
         tmp_dir = indexes_dir / f"{BUILDING_PREFIX}{version}"
         tmp_dir.mkdir(parents=True)
-        seconds = write_version_files(tmp_dir, vectors, ids, factory, device, hook, train_size)
+        stages = write_version_files(tmp_dir, vectors, ids, factory, device, hook, train_size)
         for name, arr in rows.items():
             np.save(tmp_dir / name, arr)
         manifest = {
             "version": version, "model_spec": model_spec, "model_key": model_key, "dim": dim,
             "count": n, "factory": factory, "metric": "inner_product",
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "build_seconds": round(seconds, 3), "faiss_version": faiss.__version__,
+            "build_seconds": stages["total"], "build_stages_s": stages,
+            "faiss_version": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
             "gpu": bool(device and device.startswith("cuda")),
             "training": f"torch k-means on {device}" if device and "IVF" in factory
                         else "faiss cpu",
@@ -294,7 +300,8 @@ def build_version(
             hook("renamed")
         if activate:
             activate_version(indexes_dir, final, keep, hook)
-    log.info("index version %s: %d vectors, %s, %.1fs", version, n, factory, seconds)
+    log.info("index version %s: %d vectors, %s, %.1fs (train %.1f, add %.1f, write %.1f)",
+             version, n, factory, stages["total"], stages["train"], stages["add"], stages["write"])
     return final
 
 

@@ -86,8 +86,9 @@ class Settings(BaseSettings):
     )
     index_gpu_training: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Where the index's coarse k-means trains: auto = on the GPU (torch) when CUDA "
-                    "is available, else faiss on the CPU; on = GPU or fail; off = always the CPU.",
+        description="Where the index's coarse k-means trains: auto = torch on the GPU when CUDA "
+                    "is available, else torch on the CPU (bfloat16 scores where the CPU has them); "
+                    "on = GPU or fail; off = faiss's own k-means on the CPU.",
     )
     index_keep_versions: int = Field(3, description="Index versions kept besides `current`.")
     rerank: bool = Field(True, description="Re-rank compressed-index candidates with exact vectors.")
@@ -132,8 +133,9 @@ class Settings(BaseSettings):
     index_mmap: bool = Field(
         True,
         description=(
-            "API: memory-map the FAISS index file (where the index type allows) and the vectors, "
-            "so uvicorn workers share one copy in the page cache."
+            "API: memory-map the FAISS index file (where the index type allows), so uvicorn "
+            "workers share one copy in the page cache (the re-rank vectors are always read "
+            "from the page cache, never loaded)."
         ),
     )
     run_dir: str = Field(

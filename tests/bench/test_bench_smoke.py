@@ -64,6 +64,18 @@ def test_ann_bench_smoke(results_dir: Path, tmp_path: Path) -> None:
     assert figures["query_p50_ms"] > 0 and result["params"]["n"] == 2000
 
 
+def test_index_build_bench_smoke(results_dir: Path, tmp_path: Path) -> None:
+    """The product's build at a tiny size: stage seconds from the manifest, recall through
+    SearchIndex with the API's settings (SQ8 codes: re-ranked)."""
+    args = ["--n", "3000", "--dim", "32", "--intrinsic-dim", "8", "--queries", "30",
+            "--factory", "IVF16,SQ8", "--tmp", str(tmp_path)]
+    _, result = run_bench("index_build", args, results_dir)
+    figures = result["figures"]
+    assert figures["factory"] == "IVF16,SQ8" and figures["rerank"] is True
+    assert figures["recall_at_10"] >= 0.9 and figures["train_s"] > 0
+    assert figures["build_wall_s"] >= figures["train_s"] + figures["add_s"] + figures["write_s"]
+
+
 @pytest.mark.slow
 def test_embed_bench_smoke(results_dir: Path) -> None:
     _, result = run_bench("embed", ["--n", "16", "--quick"], results_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -102,3 +103,15 @@ def test_bad_input_is_refused_with_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="do not match"):
         build_version(tmp_path, clustered(3), np.array([1, 2]), model_spec="s", model_key="k")
     assert current_version_dir(tmp_path) is None
+
+
+def test_manifest_records_each_build_stage(tmp_path):
+    """train / add / write seconds (bench/index_build.py reads them) add up to the total."""
+    vdir = build_version(tmp_path, clustered(3000), np.arange(3000), model_spec="s",
+                         model_key="k", factory="IVF16,SQ8")
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    stages = manifest["build_stages_s"]
+    assert set(stages) == {"train", "add", "write", "total"}
+    assert all(v >= 0 for v in stages.values()) and stages["train"] > 0
+    assert abs(stages["train"] + stages["add"] + stages["write"] - stages["total"]) < 0.01
+    assert manifest["build_seconds"] == stages["total"]

@@ -30,6 +30,7 @@ from setuptools.config.pyprojecttoml import load_file  # tomllib is 3.11+, the p
 
 from bench.ann import make_data
 from figsearch.cli import main
+from figsearch.encoders import fast_bf16_cpu
 from figsearch.index import SearchIndex, choose_factory, current_version_dir
 from indexer.build import build_version, train_index, training_size
 from indexer.gpu import (
@@ -40,6 +41,7 @@ from indexer.gpu import (
     cuda_available,
     faiss_install_problem,
     installed_faiss_distributions,
+    kmeans_score_dtype,
     resolve_training_device,
     torch_kmeans,
     train_index_on_device,
@@ -69,7 +71,7 @@ def rule_families() -> set[str]:
     """Every factory the rule can choose (sizes and budgets covering each branch), scaled down to
     this test's size: IVF32, PQ8x4 (4-bit codes: 256-centroid codebooks train for minutes on
     4-d sub-vectors on 2 shared cores), OPQ8."""
-    cases = [(10_000, 16), (60_000, 16), (1_000_000, 16), (100_000, 0.1), (1_000_000, 1),
+    cases = [(10_000, 16), (60_000, 16), (1_000_000, 16), (100_000, 0.1), (1_000_000, 0.5),
              (15_000_000, 16), (200_000_000, 32)]
     out = set()
     for n, gb in cases:
@@ -97,8 +99,8 @@ def one_torch_thread():
 
 
 def test_rule_families_are_the_six_known_ones():
-    assert sorted(rule_families()) == ["Flat", "IVF32,Flat", "IVF32,PQ8x4", "IVF32_HNSW32,Flat",
-                        "IVF32_HNSW32,PQ8x4", "OPQ8,IVF32_HNSW32,PQ8x4"]
+    assert sorted(rule_families()) == ["Flat", "IVF32,Flat", "IVF32,PQ8x4", "IVF32_HNSW32,PQ8x4",
+                                       "IVF32_HNSW32,SQ8", "OPQ8,IVF32_HNSW32,PQ8x4"]
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +159,24 @@ def test_assignment_is_blockwise_and_exact():
     assert big.block_rows(65_536) * 65_536 * 4 <= SCORE_BYTES
 
 
+def test_bfloat16_scores_cluster_as_well_as_float32():
+    """The CPU's bfloat16 assignment (AMX: the default k-means on such CPUs) finds centroids as
+    close to the points as float32 scoring, and an IVF trained with them recalls as well."""
+    assert kmeans_score_dtype("cpu") == (torch.bfloat16 if fast_bf16_cpu() else torch.float32)
+    assert kmeans_score_dtype("cuda") == torch.float32
+    fit = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        c = torch_kmeans(BASE[:3000], 32, "cpu", spherical=True, niter=8, score_dtype=dtype)
+        assert c.dtype == np.float32 and np.allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5)
+        fit[dtype] = float((BASE @ c.T).max(1).mean())
+    assert fit[torch.bfloat16] >= fit[torch.float32] - 0.005, fit
+    index = faiss.index_factory(DIM, "IVF32,Flat", faiss.METRIC_INNER_PRODUCT)
+    train_index_on_device(index, BASE[:3000], "cpu", score_dtype=torch.bfloat16)
+    index.add(BASE)
+    index.nprobe = 4
+    assert recall(index.search(QUERIES, K)[1], exact_ip(BASE, QUERIES, K)) >= 0.9
+
+
 def test_kmeans_is_spherical_for_inner_product():
     x = BASE[:3000] * np.linspace(0.5, 3, 3000, dtype=np.float32)[:, None]  # norms vary
     sph = torch_kmeans(x, 16, "cpu", spherical=True, niter=5)
@@ -170,7 +190,8 @@ def test_kmeans_is_spherical_for_inner_product():
 
 
 def test_enough_training_points_per_list():
-    for n, lists in ((15_000_000, 65_536), (120_000_000, 262_144), (60_000, 1024)):
+    for n, lists in ((15_000_000, 65_536), (120_000_000, 262_144), (60_000, 1024),
+                     (1_000_000, 4096)):
         f = choose_factory(n, 512, 16)
         assert f"IVF{lists}" in f
         assert training_size(n, f) >= MIN_POINTS_PER_LIST * lists
@@ -195,7 +216,7 @@ def test_gpu_training_setting_and_flag(shared_data, tmp_path, tiny_model_dir, mo
     from tests.indexer.test_embed import ingested_settings
 
     assert resolve_training_device("off") is None
-    assert resolve_training_device("auto") == ("cuda" if cuda_available() else None)
+    assert resolve_training_device("auto") == ("cuda" if cuda_available() else "cpu")
     with pytest.raises(ValueError, match="not one of auto, on, off"):
         resolve_training_device("sometimes")
     settings = ingested_settings(shared_data, tmp_path, stop=3)
