@@ -287,6 +287,24 @@ def ratios(figures: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def wait_all_workers(base: str, workers: int, timeout: float = 900) -> None:
+    """Until every uvicorn worker is ready. One worker's ``/readyz`` says nothing of the others,
+    which may still be loading and warming up their model (and slowing the ready one down);
+    fresh connections land on any worker, so ``4 x workers`` 200s in a row mean all are up."""
+    deadline = time.monotonic() + timeout
+    streak = 0
+    while streak < 4 * workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{base}: not every worker became ready in {timeout:.0f} s")
+        try:
+            ok = httpx.get(f"{base}/readyz", timeout=30).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        streak = streak + 1 if ok else 0
+        if not ok:
+            time.sleep(0.5)
+
+
 def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Each figure's median over the rounds (all rounds' values kept as ``<name>_rounds``)."""
     if len(runs) == 1:
@@ -329,6 +347,7 @@ def measure_figsearch(work: Path, vectors: np.ndarray, spec: str, model_key: str
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/readyz", process=proc, timeout=900, interval=0.5)
+        wait_all_workers(base, args.workers)
         rows = run_load("figsearch", base, work / "figsearch-load.json", args, embedding)
         figures = flatten("figsearch", rows)
         memory = tree_memory_mb(proc.pid)

@@ -30,7 +30,7 @@ import numpy as np
 
 from bench.api import QUERIES, prepared_data_dir
 from bench.common import markdown_table, write_result
-from bench.peer import start_figsearch, stop
+from bench.peer import start_figsearch, stop, wait_all_workers
 from figsearch.netutil import free_port, wait_for_http
 
 
@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://127.0.0.1:{port}"
         try:
             wait_for_http(f"{base}/readyz", process=proc, timeout=900, interval=0.5)
+            wait_all_workers(base, int(workers))
             load(base, args.requests, dim)
             mem = memory_mb(proc.pid)
             parts = {p: breakdown_mb(p) for p in worker_pids(proc.pid)}

@@ -47,6 +47,11 @@ Errors are JSON `{"detail": "<what is wrong>"}`; request validation errors are 4
 def _lifespan(state: AppState, start_poller: bool):  # type: ignore[no-untyped-def]
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if state.current is None:
+            # Load (and warm up) before serving: uvicorn accepts connections only after
+            # startup, so with several workers a request never lands on one that is still
+            # loading, and readiness of one worker means the same of all that answer.
+            await asyncio.to_thread(state.poll_once)
         task = asyncio.create_task(state.poll_forever()) if start_poller else None
         try:
             yield

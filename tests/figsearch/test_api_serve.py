@@ -68,3 +68,17 @@ def test_api_bench_smoke(tmp_path, tiny_model_dir):
             assert figures[f"{kind}_c{c}_errors"] == 0
             assert 0 < figures[f"{kind}_c{c}_p50_ms"] <= figures[f"{kind}_c{c}_p99_ms"]
     assert result["params"]["n"] == 1500 and "| kind |" in run.stdout
+
+
+def test_an_app_loads_and_warms_its_index_before_it_accepts_requests(small_index_settings):
+    """Startup loads the index and model (uvicorn accepts connections after startup), so a
+    worker never answers while it is still loading: the very first request finds it ready."""
+    from fastapi.testclient import TestClient
+
+    from figsearch.api.main import create_app
+
+    app = create_app(small_index_settings.model_copy(update={"reload_interval_s": 3600}))
+    with TestClient(app) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert client.get("/v1/search", params={"q": "pathway", "mode": "dense"}).status_code == 200
