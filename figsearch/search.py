@@ -64,6 +64,11 @@ class SearchInputError(ValueError):
     """A query the service refuses; the message says what is wrong (API: 4xx)."""
 
 
+class SignalUnavailable(SearchInputError):
+    """A well-formed query for a signal the served index version lacks (no image model, no
+    caption index): the request is fine, the server's state cannot answer it (API: 409)."""
+
+
 class FigureNotFound(LookupError):
     """A figure id that is not in the store or not in the index (API: 404)."""
 
@@ -311,12 +316,12 @@ class SearchService:
 
     def _require_index(self) -> VectorIndex:
         if self.index is None:
-            raise SearchInputError("no index is loaded; run `figsearch index` first")
+            raise SignalUnavailable("no index is loaded; run `figsearch index` first")
         return self.index
 
     def _require_encoder(self) -> TextImageEncoder:
         if self.encoder is None:
-            raise SearchInputError("no model is loaded; dense and image search are unavailable")
+            raise SignalUnavailable("no model is loaded; dense and image search are unavailable")
         return self.encoder
 
     # -- candidate sources --------------------------------------------------------------
@@ -326,7 +331,7 @@ class SearchService:
 
     def _encode_caption_query(self, query: str) -> np.ndarray:
         if self.captions is None:
-            raise SearchInputError(
+            raise SignalUnavailable(
                 "caption search is unavailable: the index has no caption index "
                 "(set FIGSEARCH_CAPTION_MODEL and rebuild with `figsearch index`)"
             )

@@ -1,6 +1,8 @@
 """Error responses: every failure is JSON ``{"detail": "<what is wrong>"}`` with a 4xx status.
 
 * :class:`~figsearch.search.SearchInputError` and :class:`~figsearch.imaging.ImageError` -> 400
+* :class:`~figsearch.search.SignalUnavailable` (a mode the served index cannot answer: no image
+  model, no caption index) -> 409
 * :class:`~figsearch.search.FigureNotFound` -> 404
 * request validation (wrong types, out-of-range numbers, unknown enum values) -> 422 with
   ``{"detail": "<readable summary>", "errors": [{"loc", "msg", "type"}, ...]}``
@@ -18,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from figsearch.imaging import ImageError
-from figsearch.search import FigureNotFound, SearchInputError
+from figsearch.search import FigureNotFound, SearchInputError, SignalUnavailable
 
 log = logging.getLogger("figsearch.api")
 
@@ -72,6 +74,10 @@ async def _bad_input(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=400)
 
 
+async def _conflict(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
 async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc.args[0] if exc.args else exc)}, status_code=404)
 
@@ -90,6 +96,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(SearchInputError, _bad_input)
+    app.add_exception_handler(SignalUnavailable, _conflict)
     app.add_exception_handler(ImageError, _bad_input)
     app.add_exception_handler(FigureNotFound, _not_found)
     app.add_exception_handler(PayloadTooLarge, _too_large)

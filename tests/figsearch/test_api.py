@@ -335,3 +335,18 @@ def test_in_figure_text_is_searchable_highlighted_and_shown(small_index_data_dir
             assert hit["ocr_snippet"] == "Nucleus\n<mark>QWERTYASE</mark>\nCytoplasm"
         assert c.get("/v1/figures/2").json()["ocr_text"] == "Nucleus\nQWERTYASE\nCytoplasm"
         assert c.get("/v1/figures/3").json()["ocr_text"] is None
+
+
+def test_a_mode_the_index_cannot_serve_is_a_conflict_not_a_bad_request(client):
+    """mode=caption is schema-valid; this index version has no caption index, so the answer is
+    409 naming what is missing (found by schemathesis: 400 told clients their valid request
+    was malformed). In a batch the status survives and detail names the query."""
+    assert client.get("/v1/stats").json()["signals"]["caption"] is False
+    single = client.get("/v1/search", params={"q": "kinase", "mode": "caption"})
+    assert single.status_code == 409 and "no caption index" in single.json()["detail"]
+    batch = client.post("/v1/search", json={"queries": [{"q": "kinase"},
+                                                        {"q": "kinase", "mode": "caption"}]})
+    assert batch.status_code == 409
+    assert batch.json()["detail"].startswith("queries[1]: caption search is unavailable")
+    bad = client.post("/v1/search", json={"queries": [{"q": "kinase"}, {"q": "  "}]})
+    assert bad.status_code == 400 and bad.json()["detail"].startswith("queries[1]:")

@@ -52,6 +52,8 @@ def get_figure(
 @router.get(
     "/{figure_id}/similar", response_model=SearchResponse,
     responses={**_404, 400: {"model": ErrorResponse, "description": "Bad filter"},
+               409: {"model": ErrorResponse,
+                     "description": "The served index version has no image index"},
                503: {"model": ErrorResponse, "description": "No index loaded yet"}},
     summary="Figures that look like this one",
     description="Nearest neighbours of the figure's stored embedding; the figure itself and "

@@ -32,8 +32,12 @@ from figsearch.imaging import open_image
 from figsearch.search import SearchInputError
 
 router = APIRouter(prefix="/v1", tags=["search"])
-_ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorResponse, "description": "Bad query or filter"},
-           503: {"model": ErrorResponse, "description": "No index loaded yet"}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Bad query or filter"},
+    409: {"model": ErrorResponse,
+          "description": "The served index version lacks the signal this mode needs"},
+    503: {"model": ErrorResponse, "description": "No index loaded yet"},
+}
 
 
 @router.get(
@@ -85,7 +89,7 @@ def search_batch(
                     flt=flt, dedup=body.dedup,
                 )
         except SearchInputError as exc:
-            raise SearchInputError(f"queries[{i}]: {exc}") from exc
+            raise type(exc)(f"queries[{i}]: {exc}") from exc  # keeps its status (400 or 409)
         responses.append(search_payload(page, base_url))
     return json_response({"responses": responses})
 
