@@ -79,6 +79,10 @@ def run_ui(api_url: str, port: int, address: str = "127.0.0.1", max_upload_mb: f
     print(f"figsearch UI on http://{address}:{port} (API {env['FIGSEARCH_API_URL']}); "
           "Ctrl-C stops it", flush=True)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # A shell script's background job (`figsearch ui &`) starts with SIGINT ignored, and the
+    # child would inherit that: handle it explicitly, so Ctrl-C / SIGINT always stops the UI
+    # (a handled signal is reset to the default in the child at exec).
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     process = subprocess.Popen(streamlit_command(port, address, max_upload_mb), env=env)
     try:
         return process.wait()
@@ -90,6 +94,7 @@ def run_ui(api_url: str, port: int, address: str = "127.0.0.1", max_upload_mb: f
         return 143
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def command(args: argparse.Namespace) -> int:

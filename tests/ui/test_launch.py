@@ -37,15 +37,23 @@ def test_bad_api_url_is_a_clear_error(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
-                         ids=["ctrl-c", "sigterm"])
-def test_launcher_serves_the_app_and_stops_on_a_signal(tmp_path, signum, code):
+@pytest.mark.parametrize(("signum", "code", "background"),
+                         [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, False),
+                          (signal.SIGINT, 130, True)],
+                         ids=["ctrl-c", "sigterm", "sigint-to-a-background-job"])
+def test_launcher_serves_the_app_and_stops_on_a_signal(tmp_path, signum, code, background):
+    """``background``: started the way a script's ``figsearch ui &`` starts it, with SIGINT
+    ignored (inherited across exec); SIGINT must still stop it and its Streamlit child."""
     port = free_port()
     env = {**os.environ, "FIGSEARCH_DATA_DIR": str(tmp_path)}
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     launcher = subprocess.Popen(
         [sys.executable, "-m", "figsearch.cli", "ui", "--api", "http://127.0.0.1:9",
          "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
+        text=True, preexec_fn=ignore_sigint if background else None,
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/_stcore/health", timeout=90, process=launcher)
