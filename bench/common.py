@@ -184,3 +184,26 @@ def print_figures(name: str, figures: dict[str, Any]) -> None:
     """Print a result's figures as a two-column markdown table (what every script ends with)."""
     print(f"## {name}\n")
     print(markdown_table(["figure", "value"], [[k, v] for k, v in figures.items()]))
+
+
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def smaps_rollup_kb(pid: int) -> dict[str, int]:
+    """``/proc/<pid>/smaps_rollup`` as {field: kB} (Rss, Pss, Anonymous...); {} when the
+    process is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    except OSError:
+        return {}
+    return {k.strip(): int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines)}

@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.common import REPO_ROOT, markdown_table, write_result
+from bench.common import REPO_ROOT, markdown_table, smaps_rollup_kb, tree_pids, write_result
 from figsearch.netutil import free_port, wait_for_http
 
 HARNESS = REPO_ROOT.parent / "shared" / "peers" / "clip-retrieval"
@@ -233,20 +233,9 @@ def tree_memory_mb(pid: int) -> dict[str, float]:
     """RSS and PSS (MiB) of a process and all its descendants, summed. RSS counts pages that
     several processes share (torch's libraries, a memory-mapped index) once per process; PSS
     splits them between the processes, so its sum is the memory the server really holds."""
-    totals = {"rss": 0, "pss": 0}
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                key = line.split(":")[0].lower()
-                if key in totals:
-                    totals[key] += int(line.split()[1])
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            continue
-        todo += [int(c) for c in children]
-    return {k: round(v / 1024, 1) for k, v in totals.items()}
+    rollups = [smaps_rollup_kb(p) for p in tree_pids(pid)]
+    return {kind: round(sum(r.get(field, 0) for r in rollups) / 1024, 1)
+            for kind, field in (("rss", "Rss"), ("pss", "Pss"))}
 
 
 def run_load(api: str, base: str, out: Path, args: argparse.Namespace, embedding: bool) -> list[dict]:

@@ -47,12 +47,12 @@ def roco_captions(n: int) -> list[str]:
     return out
 
 
-def per_query_ms(encoder: Any, queries: list[str]) -> float:
-    """Median ms to encode one query on its own."""
+def median_ms(encode: Any, items: list[Any]) -> float:
+    """Median ms of ``encode([item])``, one item at a time."""
     times = []
-    for q in queries:
+    for item in items:
         t0 = time.perf_counter()
-        encoder.encode_texts([q])
+        encode([item])
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
 
@@ -64,6 +64,18 @@ def batch_qps(encoder: Any, queries: list[str], batch: int = 32) -> float:
     return len(queries) / (time.perf_counter() - t0)
 
 
+def top_k_agreement(ref: np.ndarray, other: np.ndarray, corpus: np.ndarray, k: int,
+                    skip: int = 0) -> tuple[list[bool], list[float]]:
+    """Per query: whether the two query vectors' top-k over ``corpus`` are the same ordered
+    list, and the share of the reference's top-k the other finds (``skip``: leading ranks left
+    out, e.g. 1 when the query is itself in the corpus)."""
+    top_r = np.argsort(-(ref @ corpus.T), axis=1)[:, skip:skip + k]
+    top_o = np.argsort(-(other @ corpus.T), axis=1)[:, skip:skip + k]
+    pairs = list(zip(top_r, top_o, strict=True))
+    return ([bool(np.array_equal(a, b)) for a, b in pairs],
+            [len(set(a) & set(b)) / k for a, b in pairs])
+
+
 def compare(float_enc: Any, other: Any, queries: list[str], corpus: np.ndarray,
             k: int = 10) -> dict[str, float]:
     """Cosine between the reference's and another variant's query vectors, and their top-k
@@ -71,10 +83,7 @@ def compare(float_enc: Any, other: Any, queries: list[str], corpus: np.ndarray,
     qf = float_enc.encode_texts(queries)
     qq = other.encode_texts(queries)
     cos = np.sum(qf * qq, axis=1)
-    top_f = np.argsort(-(qf @ corpus.T), axis=1)[:, :k]
-    top_q = np.argsort(-(qq @ corpus.T), axis=1)[:, :k]
-    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_f, top_q, strict=True)]
-    same = [bool(np.array_equal(a, b)) for a, b in zip(top_f, top_q, strict=True)]
+    same, overlap = top_k_agreement(qf, qq, corpus, k)
     return {"cosine_min": round(float(cos.min()), 5), "cosine_mean": round(float(cos.mean()), 5),
             "queries_cosine_ge_099": round(float(np.mean(cos >= 0.99)), 4),
             f"top{k}_overlap_mean": round(float(np.mean(overlap)), 4),
@@ -96,15 +105,6 @@ def make_variant(spec: str, name: str) -> Any:
     if name == "float32-full":
         enc.pad_token = None  # the untrimmed forward
     return enc
-
-
-def per_image_ms(encoder: Any, images: list[Any]) -> float:
-    times = []
-    for im in images:
-        t0 = time.perf_counter()
-        encoder.encode_images([im])
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         text = compare(reference, enc, queries, corpus)
         image = compare_images(reference, enc, images, image_corpus)
         enc.warm_up()  # as the API does at load: no timed query pays for a new shape
-        per_q = per_query_ms(enc, queries[: args.timing_queries])
+        per_q = median_ms(enc.encode_texts, queries[: args.timing_queries])
         qps = batch_qps(enc, queries)
-        per_img = per_image_ms(enc, images[:10])
+        per_img = median_ms(enc.encode_images, images[:10])
         figures[name] = {**text, **image, "query_p50_ms": round(per_q, 2),
                          "batch32_qps": round(qps, 1), "image_p50_ms": round(per_img, 1),
                          "padding_trimmed": enc.pad_token is not None}
@@ -174,11 +174,7 @@ def compare_images(reference: Any, enc: Any, images: list[Any], corpus: np.ndarr
         return {}  # the image tower is untouched by trimming and int8 text quantisation
     qf, qq = corpus, enc.encode_images(images)
     cos = np.sum(qf * qq, axis=1)
-    k = min(k, len(corpus) - 1)
-    top_f = np.argsort(-(qf @ corpus.T), axis=1)[:, 1:k + 1]
-    top_q = np.argsort(-(qq @ corpus.T), axis=1)[:, 1:k + 1]
-    same = [bool(np.array_equal(a, b)) for a, b in zip(top_f, top_q, strict=True)]
-    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_f, top_q, strict=True)]
+    same, overlap = top_k_agreement(qf, qq, corpus, min(k, len(corpus) - 1), skip=1)
     return {"image_cosine_min": round(float(cos.min()), 5),
             "image_top10_identical": round(float(np.mean(same)), 4),
             "image_top10_overlap_mean": round(float(np.mean(overlap)), 4)}

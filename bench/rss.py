@@ -29,22 +29,9 @@ import httpx
 import numpy as np
 
 from bench.api import QUERIES, prepared_data_dir
-from bench.common import markdown_table, write_result
+from bench.common import markdown_table, smaps_rollup_kb, tree_pids, write_result
 from bench.peer import start_figsearch, stop, wait_all_workers
 from figsearch.netutil import free_port, wait_for_http
-
-
-def tree_pids(pid: int) -> list[int]:
-    """A process and all its descendants."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except OSError:
-            continue
-    return out
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -52,12 +39,7 @@ def memory_mb(pid: int) -> dict[str, float]:
     more than 50 MiB (the workers, and the one process when there is one)."""
     total = {"rss_mb": 0.0, "pss_mb": 0.0, "anon_mb": 0.0, "processes": 0}
     for p in tree_pids(pid):
-        try:
-            fields = dict(line.split(":", 1) for line in
-                          Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()[1:])
-        except OSError:
-            continue
-        kb = {k.strip(): int(v.split()[0]) for k, v in fields.items()}
+        kb = smaps_rollup_kb(p)
         if kb.get("Rss", 0) < 50 * 1024:
             continue  # uvicorn's supervisor and the multiprocessing helper
         total["rss_mb"] += kb.get("Rss", 0) / 1024

@@ -666,6 +666,7 @@ def _pad_rows(tokens: torch.Tensor) -> torch.Tensor:
         return tokens
     return torch.cat([tokens, tokens[:1].expand(target - rows, -1)])
 
+
 def _has_builtin_text_transformer(model: Any) -> bool:
     """open_clip's CLIP class with its own text transformer (not an HF or custom tower)."""
     from open_clip.model import CLIP

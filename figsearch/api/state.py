@@ -186,11 +186,12 @@ class AppState:
 
                 n = quantize_text_tower(encoder)
                 log.info("text tower of %s: %d Linear layers quantised to int8", spec, n)
-            shapes = encoder.warm_up(max_rows=min(self.settings.batch_size, QUERY_BATCH))
+            max_batch = min(self.settings.batch_size, QUERY_BATCH)
+            shapes = encoder.warm_up(max_rows=max_batch)
             log.info("%s warmed up (%d input shapes)", spec, shapes)
             release_freed_memory()
             self._encoders[spec] = BatchingEncoder(
-                encoder, max_batch=min(self.settings.batch_size, QUERY_BATCH),
+                encoder, max_batch=max_batch,
                 cache_size=self.settings.query_cache_size,
             )
         return self._encoders[spec]
