@@ -37,6 +37,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import results_dir, write_result  # noqa: E402
+from figsearch.encoders import image_size  # noqa: E402
 
 FULL_FACTORY = "OPQ64,IVF65536_HNSW32,PQ64"
 K = 10
@@ -68,12 +69,6 @@ def pick_device(smoke: bool) -> str:
     return "cpu"
 
 
-def image_size(loaded: Any) -> int:
-    """Input side of the model (224 for figclip-b16 / ViT-B/16)."""
-    side = loaded.preprocess_cfg.get("size", 224)
-    return int(side[0] if isinstance(side, (list, tuple)) else side)
-
-
 def _machine_params(device: str) -> dict[str, Any]:
     import torch
 
@@ -94,7 +89,7 @@ def part_embed(size: dict[str, Any], device: str, workers: int) -> dict[str, Any
     figures: dict[str, Any] = {}
     for batch in size["embed_batches"]:
         rate = model_alone(visual, batch, size["embed_iters"], False, device,
-                           warmup=1 if device == "cpu" else 3, size=image_size(loaded))
+                           warmup=1 if device == "cpu" else 3, size=image_size(loaded.preprocess_cfg))
         figures[f"model_bf16_b{batch}_img_s"] = round(rate, 1)
         say(f"embed: model alone, batch {batch}: {rate:,.1f} images/s")
     batch = size["embed_batches"][-1]
@@ -106,7 +101,7 @@ def part_embed(size: dict[str, Any], device: str, workers: int) -> dict[str, Any
     say(f"embed: end to end from {size['files']} JPEGs (~800x600), batch {batch}, {workers} "
         f"decode workers: {rate:,.1f} images/s")
     write_result("gpu_check_embed", {"model": f"{size['config']} image tower, "
-                                              f"{image_size(loaded)} px, bf16",
+                                              f"{image_size(loaded.preprocess_cfg)} px, bf16",
                                      "batches": size["embed_batches"], "files": size["files"],
                                      "workers": workers, **_machine_params(device)}, figures)
     return figures
@@ -206,7 +201,7 @@ def part_train(size: dict[str, Any], device: str) -> dict[str, Any]:
     words = ["western", "blot", "microscopy", "kaplan", "meier", "survival", "bar", "chart",
              "scatter", "plot", "heatmap", "expression", "mouse", "tumour", "cells", "panel"]
     batch, steps, warm = size["train_batch"], size["train_steps"], size["warmup_steps"]
-    side = image_size(loaded)
+    side = image_size(loaded.preprocess_cfg)
     images = torch.randn(batch, 3, side, side, generator=gen).to(dist.device)
     captions = [" ".join(words[int(j)] for j in torch.randint(0, len(words), (24,), generator=gen))
                 for _ in range(batch)]

@@ -597,13 +597,9 @@ class Encoder:
                         tokens = self.tokenizer(["figure " * (length - 2)] * rows)
                         self._encode_tokens(tokens.to(self.device))
                         shapes += 1
-            size = self.preprocess_size()
+            size = image_size(self.loaded.preprocess_cfg)
             self.encode_pixels(torch.zeros(1, 3, size, size))
         return shapes + 1
-
-    def preprocess_size(self) -> int:
-        size = self.loaded.preprocess_cfg.get("size", 224)
-        return int(size[0] if isinstance(size, (list, tuple)) else size)
 
     def check_padding_trim(self) -> bool:
         """Enable trimming of padding for text encoding if it gives the same vectors.
@@ -665,6 +661,12 @@ def _pad_rows(tokens: torch.Tensor) -> torch.Tensor:
     if target == rows:
         return tokens
     return torch.cat([tokens, tokens[:1].expand(target - rows, -1)])
+
+
+def image_size(preprocess_cfg: dict[str, Any]) -> int:
+    """The model's square input side in pixels (224 for ViT-B/16), from its preprocess config."""
+    side = preprocess_cfg.get("size", 224)
+    return int(side[0] if isinstance(side, (list, tuple)) else side)
 
 
 def _has_builtin_text_transformer(model: Any) -> bool:
