@@ -791,15 +791,14 @@ def release_freed_memory() -> None:
     """Hand memory freed while loading (the float32 state dict, random init weights) back to
     the OS: glibc keeps freed heap pages mapped, and a server's RSS would count them forever."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
+        libc = ctypes.CDLL(None)  # the process's own symbols, as figsearch.index's madvise
     except OSError:
-        libc = None
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+        return
+    trim = getattr(libc, "malloc_trim", None)  # glibc only
+    if trim is not None:
+        trim(0)
 
 def default_device() -> str:
     """CUDA when available, else CPU."""
