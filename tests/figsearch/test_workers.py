@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -96,7 +97,63 @@ def test_two_workers_share_rate_limit_and_metrics(small_index_data_dir, tiny_mod
         pids = {line.split("_")[-1].removesuffix(".db")
                 for line in os.listdir(tmp_path / "run" / "prometheus")}
         assert len(pids) >= 1
+        # The supervisor checked the index in a child process: it holds no torch and no model.
+        assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()
+        assert any("libtorch" in Path(f"/proc/{pid}/maps").read_text() for pid in pids)
     finally:
         os.killpg(proc.pid, 15)
         output = proc.communicate(timeout=60)[0].decode()
     assert "Traceback" not in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_several_workers_refuse_an_index_that_cannot_load(tmp_path, tiny_model_dir):
+    """The check in a child process still stops ``serve`` with the reason, before the port opens."""
+    data = tmp_path / "data"
+    version = data / "indexes" / "v1"
+    version.mkdir(parents=True)
+    (version / "manifest.json").write_text("{not json")
+    (data / "indexes" / "current").symlink_to("v1")
+    env = {**os.environ, "FIGSEARCH_MODEL": str(tiny_model_dir), "FIGSEARCH_DEVICE": "cpu"}
+    run = subprocess.run(
+        [sys.executable, "-m", "figsearch.cli", "serve", "--data-dir", str(data),
+         "--port", str(free_port()), "--workers", "2"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=180,
+    )
+    assert run.returncode == 1
+    assert "figsearch serve: cannot serve the index in" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_the_workers_listener_gives_connections_tcp_nodelay():
+    """uvicorn binds the workers' socket with proto 0, so asyncio would leave Nagle on and every
+    keep-alive response would wait ~40 ms for the client's delayed ACK; ours is TCP."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from figsearch.api.server import tcp_listener
+
+    config = uvicorn.Config("figsearch.api.main:app_from_env", host="127.0.0.1", port=0)
+    listener = tcp_listener(config)
+    assert listener.proto == socket.IPPROTO_TCP and listener.get_inheritable()
+
+    async def accepted_nodelay() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        _reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        try:
+            return await asyncio.wait_for(seen, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) == 1
