@@ -97,10 +97,17 @@ class BatchingEncoder:
     def encode_images(self, images: list[Any]) -> np.ndarray:
         return np.stack([self._submit("image", im) for im in images])
 
-    def close(self) -> None:
-        """Stop the worker after what is queued; later calls encode directly."""
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the worker after what is queued and wait for it; later calls encode directly.
+
+        Waiting matters at exit: a daemon thread still freeing tensors while the interpreter
+        shuts down is killed inside torch's C++ code ("terminate called without an active
+        exception", SIGABRT).
+        """
         self._closed = True
         self._queue.put(("stop", None, Future()))
+        if self._worker is not threading.current_thread():
+            self._worker.join(timeout)
 
     def _submit(self, kind: str, item: Any) -> np.ndarray:
         if self._closed:  # a request still holding an old snapshot: no batching, no hang

@@ -42,6 +42,9 @@ def test_concurrent_texts_are_batched_and_routed_back(encoder):
     np.testing.assert_allclose(np.stack(got), direct, atol=1e-4)
     assert sum(counting.calls) == 40 and len(counting.calls) < 40  # some calls were shared
     batching.close()
+    # close waits for the worker: a daemon thread still freeing tensors at interpreter exit
+    # is killed inside torch's C++ code (SIGABRT, "terminate called without an active exception")
+    assert not batching._worker.is_alive()
     # after close, calls still work (encoded directly) instead of hanging
     np.testing.assert_allclose(batching.encode_texts([texts[0]])[0], direct[0], atol=1e-4)
 
