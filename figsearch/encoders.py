@@ -637,10 +637,8 @@ class Encoder:
 
 
 #: trimmed text lengths are rounded up to a multiple of this, and batches to a power of two
-#: rows, so that a few shapes serve every query (each new shape costs a kernel build on CPU).
-#: 4 rather than 8: queries are 8-12 tokens, and one ViT-B-16 query took 15.2 instead of 19.8
-#: ms (bfloat16, 2 threads) for 2.1 s more warm-up at load (61 shapes instead of 31).
-LENGTH_STEP = 4
+#: rows, so that a few shapes serve every query (each new shape costs a kernel build on CPU)
+LENGTH_STEP = 8
 
 
 def bucket(length: int, limit: int, step: int) -> int:
