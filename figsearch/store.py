@@ -606,26 +606,31 @@ class FigureStore:
         connection, rows zipped into dicts (no ORM objects, no per-row SQLAlchemy work).
         """
         out: dict[int, dict[str, Any]] = {}
-        ids = [int(i) for i in ids]
+        sql = (f"SELECT {self._FIGURE_COLUMNS} FROM figures f JOIN articles a "
+               "ON a.id = f.article_id WHERE f.id IN ({ids}) AND a.retracted = 0")
+        for cur in self._raw_in_chunks(sql, [int(i) for i in ids]):
+            names = [c[0] for c in cur.description]
+            for row in cur:
+                d = dict(zip(names, row, strict=True))
+                attrs = d["attributes"]
+                d["attributes"] = json.loads(attrs) if attrs and attrs != "{}" else {}
+                d["has_image"] = bool(d["has_image"])
+                out[int(d["id"])] = d
+        return out
+
+    def _raw_in_chunks(
+        self, sql: str, ids: Sequence[int], params: Sequence[Any] = ()
+    ) -> Iterator[Any]:
+        """``sql`` run on the driver's own sqlite3 connection (no per-row SQLAlchemy work: the
+        search hot path) once per 500 ids, with the chunk's placeholders where ``sql`` says
+        ``{ids}`` and ``params`` bound before them: one cursor per chunk."""
         with self.engine.connect() as conn:
             raw = conn.connection.driver_connection
             assert raw is not None
             for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                cur = raw.execute(
-                    f"SELECT {self._FIGURE_COLUMNS} FROM figures f JOIN articles a "
-                    f"ON a.id = f.article_id WHERE f.id IN ({','.join('?' * len(chunk))}) "
-                    "AND a.retracted = 0",
-                    chunk,
-                )
-                names = [c[0] for c in cur.description]
-                for row in cur:
-                    d = dict(zip(names, row, strict=True))
-                    attrs = d["attributes"]
-                    d["attributes"] = json.loads(attrs) if attrs and attrs != "{}" else {}
-                    d["has_image"] = bool(d["has_image"])
-                    out[int(d["id"])] = d
-        return out
+                chunk = list(ids[i : i + 500])
+                yield raw.execute(sql.replace("{ids}", ",".join("?" * len(chunk))),
+                                  [*params, *chunk])
 
     def get_figure(self, figure_id: int) -> dict[str, Any] | None:
         return self.get_figures([figure_id]).get(int(figure_id))
@@ -692,24 +697,16 @@ class FigureStore:
         marks = f"'{_MARK_OPEN}', '{_MARK_CLOSE}'"
         wanted = list(dict.fromkeys(int(i) for i in ids))
         out: dict[int, tuple[str, str]] = {}
-        # One statement for the page on the driver's connection (a SQLAlchemy round trip per
-        # id cost more than FTS5's work); FTS5 seeks to each rowid of the IN list in turn.
-        with self.engine.connect() as conn:
-            raw = conn.connection.driver_connection
-            assert raw is not None
-            for i in range(0, len(wanted), 500):
-                chunk = wanted[i : i + 500]
-                rows = raw.execute(
-                    f"SELECT rowid, highlight(figures_fts, {cap}, {marks}), "
-                    f"snippet(figures_fts, {ocr}, {marks}, '…', {int(snippet_tokens)}), "
-                    "caption, ocr FROM figures_fts WHERE figures_fts MATCH ? "
-                    f"AND rowid IN ({','.join('?' * len(chunk))})",
-                    [match, *chunk],
-                )
-                for fid, caption_mark, ocr_mark, caption, ocr_text in rows:
-                    ocr_html = marked_html(ocr_mark or "", ocr_text or "")
-                    out[int(fid)] = (marked_html(caption_mark or "", caption or ""),
-                                     ocr_html if _MARK_OPEN in (ocr_mark or "") else "")
+        # One statement for the page (a SQLAlchemy round trip per id cost more than FTS5's
+        # work); FTS5 seeks to each rowid of the IN list in turn.
+        sql = (f"SELECT rowid, highlight(figures_fts, {cap}, {marks}), "
+               f"snippet(figures_fts, {ocr}, {marks}, '…', {int(snippet_tokens)}), "
+               "caption, ocr FROM figures_fts WHERE figures_fts MATCH ? AND rowid IN ({ids})")
+        for rows in self._raw_in_chunks(sql, wanted, [match]):
+            for fid, caption_mark, ocr_mark, caption, ocr_text in rows:
+                ocr_html = marked_html(ocr_mark or "", ocr_text or "")
+                out[int(fid)] = (marked_html(caption_mark or "", caption or ""),
+                                 ocr_html if _MARK_OPEN in (ocr_mark or "") else "")
         return out
 
     # -- in-figure text (OCR) -------------------------------------------------------------
