@@ -149,7 +149,8 @@ def command(args: argparse.Namespace) -> int:
         print(f"workers share {run_dir} (metrics, rate limit)")
     print(f"figsearch API on http://{host}:{port} (data {settings.data_dir}, {workers} worker(s))")
     options: dict[str, Any] = {"host": host, "port": port, "log_level": args.log_level,
-                               "proxy_headers": True, "log_config": log_config()}
+                               "proxy_headers": True, "log_config": log_config(),
+                               "timeout_keep_alive": settings.keep_alive_s}
     if workers == 1:
         uvicorn.run(create_app(settings, state=state), **options)
         return 0

@@ -165,6 +165,15 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, description="API port.")
     workers: int = Field(1, description="uvicorn worker processes for the API.")
+    keep_alive_s: int = Field(
+        30,
+        description=(
+            "API: seconds an idle keep-alive connection stays open. Longer than the 5 s after "
+            "which httpx clients (figsearch.client, the UI) drop idle connections, so the client "
+            "always closes first: with equal timeouts a request sent as the server closes the "
+            "connection fails."
+        ),
+    )
     torch_threads: int = Field(
         0,
         description=(
