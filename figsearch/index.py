@@ -416,6 +416,19 @@ class SearchIndex:
             raise KeyError(f"figure ids not in index {self.version}: {missing}")
         return np.asarray(self.vectors[rows], np.float32)
 
+    def scores_for(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
+        """Exact inner products of the query with the stored vectors of ``ids`` (ids not in
+        the index: none)."""
+        if not ids:
+            return {}
+        arr = np.asarray(ids, np.int64)
+        _rows, found = self.rows_for(arr)
+        if not found.any():
+            return {}
+        present = arr[found]
+        scores = np.asarray(self.vectors_for(present), np.float32) @ qvec.reshape(-1)
+        return {int(i): float(s) for i, s in zip(present, scores, strict=True)}
+
     def contains(self, figure_id: int) -> bool:
         """Whether a figure id is in this index."""
         return bool(self.rows_for(np.array([figure_id]))[1][0])

@@ -98,6 +98,8 @@ class VectorIndex(Protocol):
 
     def vectors_for(self, ids: Any) -> np.ndarray: ...
 
+    def scores_for(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]: ...
+
     def rows_for(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
@@ -416,7 +418,7 @@ class SearchService:
             out[name] = SignalResult(c.ids, c.scores, exhausted=c.exhausted)
         union = {i for r in out.values() for i in r.ids}
         for name, (index, vec) in vector_signals.items():
-            out[name].extra = _exact_scores(index, vec, sorted(union - set(out[name].ids)))
+            out[name].extra = index.scores_for(vec, sorted(union - set(out[name].ids)))
         return out
 
     def _fuse(self, results: dict[str, SignalResult]) -> _Candidates:
@@ -554,14 +556,3 @@ class SearchService:
         return SearchPage(query, mode, k, offset, self.index_version, round(took, 2), hits)
 
 
-def _exact_scores(index: VectorIndex, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
-    """Inner products of the query with the stored vectors of ``ids`` (ids not indexed: none)."""
-    if not ids:
-        return {}
-    arr = np.asarray(ids, np.int64)
-    _rows, found = index.rows_for(arr)
-    if not found.any():
-        return {}
-    present = arr[found]
-    scores = np.asarray(index.vectors_for(present), np.float32) @ qvec.reshape(-1)
-    return {int(i): float(s) for i, s in zip(present, scores, strict=True)}

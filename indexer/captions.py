@@ -23,7 +23,15 @@ import numpy as np
 from sqlalchemy import text
 from tqdm import tqdm
 
-from figsearch.caption_index import CAPTIONS_DIR, CaptionCache, caption_text, text_hash
+from figsearch.caption_index import (
+    CAPTIONS_DIR,
+    PASSAGES_DIR,
+    CaptionCache,
+    caption_passages,
+    caption_text,
+    passage_key,
+    text_hash,
+)
 from figsearch.core.config import Settings
 from figsearch.index import IDS_FILE, INDEX_FILE, MANIFEST_FILE, VECTORS_FILE, choose_factory
 from figsearch.store import FigureStore
@@ -39,11 +47,25 @@ class CaptionReport:
     encoded: int
     cached: int
     seconds: float
+    passages: int = 0
 
     def line(self) -> str:
         rate = self.encoded / self.seconds if self.seconds > 0 else 0.0
-        return (f"captions: {self.count} figures in the caption index ({self.encoded} encoded, "
-                f"{self.cached} from cache); {self.seconds:.1f} s, {rate:.1f} captions/s encoded")
+        return (f"captions: {self.count} figures in the caption index, {self.passages} passages "
+                f"({self.encoded} texts encoded, {self.cached} from cache); {self.seconds:.1f} s, "
+                f"{rate:.1f} texts/s encoded")
+
+
+@dataclass
+class CaptionVectors:
+    """The whole-caption vectors (one per figure) and the passage vectors (keyed by
+    :func:`~figsearch.caption_index.passage_key`) of a build."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    passage_ids: np.ndarray
+    passage_vectors: np.ndarray
+    report: CaptionReport
 
 
 def cache_path(settings: Settings, model_key: str) -> Path:
@@ -52,9 +74,12 @@ def cache_path(settings: Settings, model_key: str) -> Path:
     return settings.data_dir / "cache" / f"captions-{safe}.sqlite"
 
 
-def caption_rows(store: FigureStore) -> list[tuple[int, str]]:
-    """(figure id, text to embed) of every captioned figure of a non-retracted article."""
-    out: list[tuple[int, str]] = []
+def caption_rows(store: FigureStore, passages: int = 0
+                 ) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(figure id, text to embed) of every captioned figure of a non-retracted article, and
+    (passage key, text) of up to ``passages`` passages of each long caption."""
+    whole: list[tuple[int, str]] = []
+    parts: list[tuple[int, str]] = []
     last = 0
     with store.engine.connect() as conn:
         while True:
@@ -63,24 +88,26 @@ def caption_rows(store: FigureStore) -> list[tuple[int, str]]:
                 "JOIN articles a ON a.id = f.article_id WHERE f.id > :last AND a.retracted = 0 "
                 "ORDER BY f.id LIMIT :n"), {"last": last, "n": READ_CHUNK}).all()
             if not rows:
-                return out
+                return whole, parts
             for fid, label, caption, title in rows:
                 if (caption or "").strip() or (title or "").strip():
-                    out.append((int(fid), caption_text(label, caption, title)))
+                    whole.append((int(fid), caption_text(label, caption, title)))
+                    parts.extend((passage_key(int(fid), n), t) for n, t in enumerate(
+                        caption_passages(label, caption, title, passages), 1))
             last = int(rows[-1][0])
 
 
-def embed_captions(settings: Settings, store: FigureStore, encoder: Any, progress: bool = True,
-                   chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, CaptionReport]:
-    """(ids, vectors, report): cached vectors where the text is unchanged, the rest encoded."""
-    start = time.perf_counter()
-    rows = caption_rows(store)
+def encode_cached(settings: Settings, encoder: Any, rows: list[tuple[int, str]],
+                  progress: bool = True, chunk: int = 1024,
+                  desc: str = "caption embed") -> tuple[np.ndarray, np.ndarray, int]:
+    """(ids, vectors, how many were encoded): cached vectors where the text is unchanged, the
+    rest encoded and cached."""
     hashes = [text_hash(encoder.model_key, t) for _, t in rows]
     cache = CaptionCache(cache_path(settings, encoder.model_key))
     try:
         found = cache.get_many(hashes)
         todo = [i for i, h in enumerate(hashes) if h not in found]
-        with tqdm(total=len(todo), desc="caption embed", unit="caption",
+        with tqdm(total=len(todo), desc=desc, unit="text",
                   disable=not progress or not todo) as bar:
             for s in range(0, len(todo), chunk):
                 part = todo[s : s + chunk]
@@ -92,20 +119,45 @@ def embed_captions(settings: Settings, store: FigureStore, encoder: Any, progres
                 bar.update(len(part))
     finally:
         cache.close()
-    ids = np.asarray([fid for fid, _ in rows], np.int64)
+    ids = np.asarray([key for key, _ in rows], np.int64)
     vectors = (np.stack([found[h] for h in hashes]) if rows
                else np.zeros((0, encoder.dim), np.float32))
-    report = CaptionReport(len(rows), len(todo), len(rows) - len(todo),
-                           time.perf_counter() - start)
-    return ids, vectors, report
+    return ids, vectors, len(todo)
 
 
-def write_caption_index(version_dir: Path, ids: np.ndarray, vectors: np.ndarray, encoder: Any,
+def embed_captions(settings: Settings, store: FigureStore, encoder: Any, progress: bool = True,
+                   chunk: int = 1024) -> CaptionVectors:
+    """Whole-caption and passage vectors (``settings.caption_passages`` per figure at most)."""
+    start = time.perf_counter()
+    whole, parts = caption_rows(store, settings.caption_passages)
+    ids, vectors, encoded = encode_cached(settings, encoder, whole, progress, chunk)
+    p_ids, p_vectors, p_encoded = encode_cached(settings, encoder, parts, progress, chunk,
+                                                desc="passage embed")
+    n_texts = len(whole) + len(parts)
+    report = CaptionReport(len(whole), encoded + p_encoded, n_texts - encoded - p_encoded,
+                           time.perf_counter() - start, len(parts))
+    return CaptionVectors(ids, vectors, p_ids, p_vectors, report)
+
+
+def write_caption_index(version_dir: Path, built: CaptionVectors, encoder: Any,
                         memory_gb: float = 16.0) -> dict[str, Any]:
-    """Write ``<version_dir>/captions/`` (SearchIndex format); returns its manifest summary."""
+    """Write ``<version_dir>/captions/`` (SearchIndex format) and, when there are passages,
+    ``captions/passages/``; returns the manifest summary."""
+    sub = Path(version_dir) / CAPTIONS_DIR
+    n = _write_vectors(sub, version_dir, built.ids, built.vectors, encoder, memory_gb)
+    summary = {"model_spec": encoder.spec, "model_key": encoder.model_key, "count": n,
+               "dim": int(encoder.dim), "passages": len(built.passage_ids)}
+    if len(built.passage_ids):
+        _write_vectors(sub / PASSAGES_DIR, version_dir, built.passage_ids, built.passage_vectors,
+                       encoder, memory_gb)
+    return summary
+
+
+def _write_vectors(sub: Path, version_dir: Path, ids: np.ndarray, vectors: np.ndarray,
+                   encoder: Any, memory_gb: float) -> int:
+    """One SearchIndex directory of ``ids`` and ``vectors``; returns the count."""
     from indexer.build import BUILDING_PREFIX, _checksums, _validate_inputs, write_version_files
 
-    sub = Path(version_dir) / CAPTIONS_DIR
     sub.mkdir(parents=True, exist_ok=True)
     vectors16, ids = _validate_inputs(np.asarray(vectors, np.float32), np.asarray(ids))
     n, dim = len(ids), int(encoder.dim)
@@ -115,13 +167,14 @@ def write_caption_index(version_dir: Path, ids: np.ndarray, vectors: np.ndarray,
     write_version_files(sub, vectors16, ids, factory, None, None)  # faiss CPU training
     manifest = {
         # written inside the version's temporary .building-<version> dir, named as it will be
-        "version": Path(version_dir).name.removeprefix(BUILDING_PREFIX), "model_spec": encoder.spec, "model_key": encoder.model_key,
+        "version": Path(version_dir).name.removeprefix(BUILDING_PREFIX),
+        "model_spec": encoder.spec, "model_key": encoder.model_key,
         "dim": dim, "count": n, "factory": factory, "metric": "inner_product",
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "checksums": _checksums(sub, [INDEX_FILE, IDS_FILE, VECTORS_FILE]),
     }
     (sub / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    return {"model_spec": encoder.spec, "model_key": encoder.model_key, "count": n, "dim": dim}
+    return n
 
 
 def caption_stage(settings: Settings, store: FigureStore, encoder: Any | None,
@@ -133,11 +186,11 @@ def caption_stage(settings: Settings, store: FigureStore, encoder: Any | None,
     """
     if encoder is None:
         return None
-    ids, vectors, report = embed_captions(settings, store, encoder, progress)
-    print(report.line(), file=sys.stderr)
+    built = embed_captions(settings, store, encoder, progress)
+    print(built.report.line(), file=sys.stderr)
 
     def write(version_dir: Path) -> dict[str, Any]:
-        return {"captions": write_caption_index(version_dir, ids, vectors, encoder,
+        return {"captions": write_caption_index(version_dir, built, encoder,
                                                 settings.index_memory_gb)}
 
     return write

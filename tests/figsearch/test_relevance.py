@@ -226,17 +226,24 @@ def test_caption_vectors_are_cached_by_caption_hash(tmp_path, shared_data, servi
     settings = Settings(data_dir=tmp_path)
     encoder = service.captions.encoder
     try:
-        ids, vectors, first = embed_captions(settings, store, encoder, progress=False)
-        assert first.encoded == first.count == len(ids) and vectors.shape == (len(ids), encoder.dim)
+        built = embed_captions(settings, store, encoder, progress=False)
+        ids, vectors, first = built.ids, built.vectors, built.report
+        texts = first.count + first.passages
+        assert first.encoded == texts and vectors.shape == (len(ids), encoder.dim)
+        assert first.passages == len(built.passage_ids) > 0  # real captions are long
+        changed = int(ids[0])
         with store.engine.begin() as conn:
             conn.execute(text("UPDATE figures SET caption = 'A new caption' WHERE id = :i"),
-                         {"i": int(ids[0])})
-        ids2, vectors2, second = embed_captions(settings, store, encoder, progress=False)
+                         {"i": changed})
+        again = embed_captions(settings, store, encoder, progress=False)
     finally:
         store.close()
-    assert (second.encoded, second.cached) == (1, first.count - 1)
-    assert (ids2 == ids).all() and not (vectors2[0] == vectors[0]).all()
-    assert (vectors2[1:] == vectors[1:]).all()
+    gone = int((built.passage_ids // 16 == changed).sum())  # its passages: a one-line caption has none
+    second = again.report
+    assert (second.encoded, second.cached) == (1, texts - 1 - gone)
+    assert (again.ids == ids).all() and not (again.vectors[0] == vectors[0]).all()
+    assert (again.vectors[1:] == vectors[1:]).all()
+    assert (again.passage_vectors == built.passage_vectors[built.passage_ids // 16 != changed]).all()
 
 
 def test_empty_caption_model_setting_disables_the_caption_index(tmp_path):

@@ -1,0 +1,159 @@
+"""Caption passages (MaxP): long captions are also embedded in overlapping sentence windows, and
+a figure scores as its best vector, so what a long caption says late still finds it.
+
+Real offline caption encoder (all-MiniLM-L6-v2), real FAISS indexes written by the build's own
+writer (:func:`indexer.captions.write_caption_index`) and read by the service's loader.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from figsearch.caption_index import (
+    PASSAGE_SLOTS,
+    CaptionEncoder,
+    PassageIndex,
+    caption_passages,
+    caption_text,
+    load_caption_index,
+    passage_key,
+)
+from figsearch.index import SearchIndex
+
+# Twelve sentences on the methods of a figure, then the one sentence that says what a reader
+# searching for it would type: far past the 256 word pieces the encoder reads.
+METHODS = [
+    f"Panel {chr(65 + i)} shows cultured cells of line {i} fixed with paraformaldehyde, "
+    f"permeabilised with detergent, stained with antibody clone {100 + i} and imaged on a "
+    f"confocal microscope at {20 + i} degrees with identical exposure settings in every repeat."
+    for i in range(12)
+]
+LATE = ("Kaplan-Meier curves of progression-free survival in EGFR-mutant non-small cell lung "
+        "cancer patients treated with osimertinib.")
+CAPTIONS = {
+    1: " ".join([*METHODS, LATE]),
+    2: "Confocal images of stained cultured cells after fixation.",
+    3: "Western blot of EGFR phosphorylation in cell lines.",
+    4: "Overall survival of breast cancer patients by tumour grade.",
+    5: "Flow cytometry gating of T cells from mouse spleen.",
+}
+QUERY = "Kaplan-Meier survival of EGFR mutant lung cancer under osimertinib"
+
+
+def test_passages_are_overlapping_windows_of_three_sentences():
+    sentences = [f"Sentence {i} about E. coli at p < 0.05 in panel {i}." for i in range(7)]
+    got = caption_passages("Figure 2", " ".join(sentences), "A title", limit=8)
+    windows = [sentences[0:3], sentences[2:5], sentences[4:7], sentences[6:7]]
+    assert got == [caption_text("Figure 2", " ".join(w), "A title") for w in windows]
+    assert len(caption_passages("Figure 2", " ".join(sentences), "A title", limit=2)) == 2
+    # a caption one window long is its own (only) vector: no passage repeats it
+    assert caption_passages("Fig. 1", " ".join(sentences[:3]), "T", limit=8) == [
+        caption_text("Fig. 1", sentences[2], "T")]
+    assert caption_passages("Fig. 1", "One sentence. Two sentences.", "T", limit=8) == []
+    assert caption_passages("Fig. 1", "", "T", limit=8) == []
+
+
+def test_passage_keys_stay_inside_their_figures_slots():
+    assert passage_key(7, 1) // PASSAGE_SLOTS == 7 == passage_key(7, PASSAGE_SLOTS - 1) // PASSAGE_SLOTS
+    assert len(caption_passages("F", " ".join(["A b."] * 100), "T", limit=99)) == PASSAGE_SLOTS - 1
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return CaptionEncoder("all-MiniLM-L6-v2")
+
+
+def _version(tmp_path, encoder, passages: int):
+    from indexer.captions import CaptionReport, CaptionVectors, write_caption_index
+
+    ids = np.array(sorted(CAPTIONS), np.int64)
+    whole = encoder.encode_texts([caption_text("Figure 1", CAPTIONS[i], "") for i in ids])
+    keys, texts = [], []
+    for fid in ids:
+        for n, t in enumerate(caption_passages("Figure 1", CAPTIONS[fid], "", passages), 1):
+            keys.append(passage_key(int(fid), n))
+            texts.append(t)
+    built = CaptionVectors(ids, whole, np.array(keys, np.int64), encoder.encode_texts(texts),
+                           CaptionReport(len(ids), len(ids) + len(keys), 0, 0.0, len(keys)))
+    version = tmp_path / f"v-{passages}"
+    summary = write_caption_index(version, built, encoder)
+    assert summary["passages"] == len(keys)
+    return load_caption_index(version)
+
+
+def test_a_late_sentence_of_a_long_caption_finds_its_figure_only_with_passages(tmp_path, encoder):
+    q = encoder.encode_texts([QUERY])
+    plain = _version(tmp_path, encoder, passages=0)
+    maxp = _version(tmp_path, encoder, passages=8)
+    assert isinstance(plain, SearchIndex) and isinstance(maxp, PassageIndex)
+    plain_order = plain.search(q, 5)[1][0].tolist()
+    maxp_scores, maxp_ids = maxp.search(q, 5)
+    # The whole caption's one vector never reaches the last sentence: another figure wins.
+    assert plain_order[0] != 1
+    assert maxp_ids[0].tolist()[0] == 1
+    # Each figure once, best first; the other figures keep their whole-caption scores.
+    assert sorted(maxp_ids[0].tolist()) == sorted(CAPTIONS)
+    assert (np.diff(maxp_scores[0]) <= 0).all()
+    whole = plain.scores_for(q, sorted(CAPTIONS))
+    best = maxp.scores_for(q, sorted(CAPTIONS))
+    assert best[1] > whole[1] + 0.1
+    assert all(best[i] == pytest.approx(whole[i]) for i in (2, 3, 4, 5))
+    assert best[1] == pytest.approx(float(maxp_scores[0][0]), abs=1e-5)
+
+
+def test_passage_search_keeps_to_the_allowed_figures(tmp_path, encoder):
+    maxp = _version(tmp_path, encoder, passages=8)
+    q = encoder.encode_texts([QUERY])
+    _scores, ids = maxp.search(q, 5, allowed_ids=np.array([1, 4], np.int64))
+    assert ids[0].tolist()[:2] == [1, 4] and (ids[0][2:] == -1).all()
+    _scores, ids = maxp.search(q, 5, allowed_ids=np.array([2, 3], np.int64))
+    assert sorted(ids[0].tolist()[:2]) == [2, 3]
+
+
+def test_the_service_builds_and_loads_passages(tmp_path, shared_data, tiny_model_dir):
+    """`figsearch index`'s code path writes captions/passages/ for the real captions, and the
+    service's caption search returns each figure once."""
+    from figsearch.api.state import AppState
+    from figsearch.core.config import Settings
+    from indexer.indexing import index_text_only
+    from tests.figsearch.api_fixtures import populate_store
+
+    populate_store(tmp_path, shared_data, n_real=6).close()
+    settings = Settings(data_dir=tmp_path, device="cpu", model=str(tiny_model_dir))
+    index_text_only(settings)
+    state = AppState(settings)
+    state.reload()
+    try:
+        service = state.current.service
+        assert isinstance(service.captions.index, PassageIndex)
+        assert service.captions.index.passages.ntotal > service.captions.index.ntotal
+        ids = [h.id for h in service.search_text("interferon signalling", k=20, mode="caption").hits]
+        assert ids and len(ids) == len(set(ids))
+    finally:
+        state.close()
+
+
+@pytest.mark.parametrize("preset", [None, "2"])
+def test_the_demos_first_version_skips_passages_unless_asked(tmp_path, shared_data, monkeypatch,
+                                                             preset):
+    """`make demo`'s text-only version embeds whole captions only (the search box comes up
+    sooner), unless FIGSEARCH_CAPTION_PASSAGES is set; the setting is left as it was."""
+    from figsearch.caption_index import CAPTIONS_DIR, PASSAGES_DIR
+    from figsearch.core.config import Settings
+    from figsearch.demo import ensure_text_index
+    from figsearch.index import current_version_dir
+    from tests.figsearch.api_fixtures import populate_store
+
+    monkeypatch.delenv("FIGSEARCH_CAPTION_PASSAGES", raising=False)
+    if preset is not None:
+        monkeypatch.setenv("FIGSEARCH_CAPTION_PASSAGES", preset)
+    populate_store(tmp_path, shared_data, n_real=4).close()
+    settings = Settings(data_dir=tmp_path)
+    ensure_text_index(settings)
+    version = current_version_dir(settings.indexes_dir)
+    assert version is not None and (version / CAPTIONS_DIR).is_dir()
+    assert (version / CAPTIONS_DIR / PASSAGES_DIR).is_dir() == (preset is not None)
+    assert os.environ.get("FIGSEARCH_CAPTION_PASSAGES") == preset
