@@ -144,13 +144,24 @@ def write_caption_index(version_dir: Path, built: CaptionVectors, encoder: Any,
     """Write ``<version_dir>/captions/`` (SearchIndex format) and, when there are passages,
     ``captions/passages/``; returns the manifest summary."""
     sub = Path(version_dir) / CAPTIONS_DIR
-    n = _write_vectors(sub, version_dir, built.ids, built.vectors, encoder, memory_gb)
+    whole_gb, passages_gb = caption_budgets(len(built.ids), len(built.passage_ids), memory_gb)
+    n = _write_vectors(sub, version_dir, built.ids, built.vectors, encoder, whole_gb)
     summary = {"model_spec": encoder.spec, "model_key": encoder.model_key, "count": n,
                "dim": int(encoder.dim), "passages": len(built.passage_ids)}
     if len(built.passage_ids):
         _write_vectors(sub / PASSAGES_DIR, version_dir, built.passage_ids, built.passage_vectors,
-                       encoder, memory_gb)
+                       encoder, passages_gb)
     return summary
+
+
+def caption_budgets(n_whole: int, n_passages: int, memory_gb: float) -> tuple[float, float]:
+    """The caption index's memory budget split between whole captions and passages in
+    proportion to their counts, so passages (several per long caption) never multiply the
+    caption index's RAM beyond ``index_memory_gb``: at scale they take smaller PQ codes."""
+    total = n_whole + n_passages
+    if total == 0 or n_passages == 0:
+        return memory_gb, 0.0
+    return memory_gb * n_whole / total, memory_gb * n_passages / total
 
 
 def _write_vectors(sub: Path, version_dir: Path, ids: np.ndarray, vectors: np.ndarray,

@@ -157,3 +157,18 @@ def test_the_demos_first_version_skips_passages_unless_asked(tmp_path, shared_da
     assert version is not None and (version / CAPTIONS_DIR).is_dir()
     assert (version / CAPTIONS_DIR / PASSAGES_DIR).is_dir() == (preset is not None)
     assert os.environ.get("FIGSEARCH_CAPTION_PASSAGES") == preset
+
+
+def test_passages_share_the_caption_indexs_memory_budget():
+    """At scale the factory rule picks PQ codes to fit ``index_memory_gb``: passages take their
+    share of it instead of a budget of their own (which would multiply the caption RAM)."""
+    from figsearch.index import choose_factory
+    from indexer.captions import caption_budgets
+
+    assert caption_budgets(100, 0, 16.0) == (16.0, 0.0)
+    whole_gb, passages_gb = caption_budgets(15_000_000, 45_000_000, 16.0)
+    assert whole_gb + passages_gb == pytest.approx(16.0) and passages_gb == pytest.approx(12.0)
+    # 45 M passages of 384 dims under their share: PQ codes whose total stays inside it
+    factory = choose_factory(45_000_000, 384, passages_gb)
+    code = int(factory.rsplit("PQ", 1)[1])
+    assert 45_000_000 * (code + 8) <= passages_gb * 2**30
