@@ -238,24 +238,29 @@ class PassageIndex:
         self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None,
         rerank: bool = True, rerank_factor: int = 10,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, figure ids) per query by each figure's best vector. The whole-caption
-        search alone yields k figures; twice as many passages join it (a figure's passages
-        crowd the top of the passage list, so k passages would cover fewer than k figures)."""
-        s_whole, f_whole = self.whole.search(queries, k, allowed_ids, rerank, rerank_factor)
-        keys = None if allowed_ids is None else _passage_keys(np.asarray(allowed_ids, np.int64))
-        s_pass, k_pass = self.passages.search(queries, 2 * k, keys, rerank, rerank_factor)
-        f_pass = np.where(k_pass >= 0, k_pass // PASSAGE_SLOTS, -1)
-        out_s = np.full((len(s_whole), k), -np.inf, np.float32)
-        out_f = np.full((len(s_whole), k), -1, np.int64)
-        for q in range(len(s_whole)):
-            best: dict[int, float] = {}
-            for fid, score in zip(np.concatenate([f_whole[q], f_pass[q]]).tolist(),
-                                  np.concatenate([s_whole[q], s_pass[q]]).tolist(), strict=True):
-                if fid >= 0 and score > best.get(fid, -np.inf):
-                    best[fid] = score
-            top = sorted(best.items(), key=lambda kv: -kv[1])[:k]
-            out_f[q, : len(top)] = [f for f, _ in top]
-            out_s[q, : len(top)] = [v for _, v in top]
+        """Top-k (scores, figure ids) per query by each figure's best vector (MaxP).
+
+        The candidates are the whole-caption search's k figures (filtered by the index itself)
+        and the figures of the 2k nearest passages (a figure's passages crowd the top of that
+        list, so k passages would name fewer than k figures), kept to ``allowed_ids`` by id
+        rather than by a selector over every passage of every allowed figure, which at 15 M
+        figures would be tens of millions of keys per filtered query. Each candidate is then
+        scored exactly by its best vector (:meth:`scores_for`)."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        _s, f_whole = self.whole.search(q, k, allowed_ids, rerank, rerank_factor)
+        _s, k_pass = self.passages.search(q, 2 * k, None, rerank, rerank_factor)
+        allowed = None if allowed_ids is None else _sorted_unique(allowed_ids)
+        out_s = np.full((len(q), k), -np.inf, np.float32)
+        out_f = np.full((len(q), k), -1, np.int64)
+        for row in range(len(q)):
+            found = k_pass[row][k_pass[row] >= 0] // PASSAGE_SLOTS
+            if allowed is not None:
+                found = found[_member(found, allowed)]
+            candidates = np.unique(np.concatenate([f_whole[row][f_whole[row] >= 0], found]))
+            best = sorted(self.scores_for(q[row], candidates.tolist()).items(),
+                          key=lambda kv: (-kv[1], kv[0]))[:k]
+            out_f[row, : len(best)] = [f for f, _ in best]
+            out_s[row, : len(best)] = [v for _, v in best]
         return out_s, out_f
 
     def scores_for(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
@@ -267,6 +272,20 @@ class PassageIndex:
             if fid in scores and score > scores[fid]:
                 scores[fid] = score
         return scores
+
+
+def _sorted_unique(ids: np.ndarray) -> np.ndarray:
+    """``ids`` as a sorted unique array (the store hands them out so: then no sort)."""
+    arr = np.asarray(ids, np.int64).ravel()
+    return arr if len(arr) < 2 or bool(np.all(arr[1:] > arr[:-1])) else np.unique(arr)
+
+
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Mask of ``values`` found in the sorted array ``sorted_set``."""
+    if len(sorted_set) == 0:
+        return np.zeros(len(values), bool)
+    pos = np.searchsorted(sorted_set, values).clip(0, len(sorted_set) - 1)
+    return np.asarray(sorted_set[pos] == values)
 
 
 def _passage_keys(figure_ids: np.ndarray) -> np.ndarray:

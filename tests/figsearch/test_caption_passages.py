@@ -107,8 +107,11 @@ def test_a_late_sentence_of_a_long_caption_finds_its_figure_only_with_passages(t
 def test_passage_search_keeps_to_the_allowed_figures(tmp_path, encoder):
     maxp = _version(tmp_path, encoder, passages=8)
     q = encoder.encode_texts([QUERY])
-    _scores, ids = maxp.search(q, 5, allowed_ids=np.array([1, 4], np.int64))
+    scores, ids = maxp.search(q, 5, allowed_ids=np.array([1, 4], np.int64))
     assert ids[0].tolist()[:2] == [1, 4] and (ids[0][2:] == -1).all()
+    # the allowed figure keeps its best passage's score, not its whole caption's
+    assert scores[0][0] == pytest.approx(maxp.scores_for(q, [1])[1], abs=1e-5)
+    assert scores[0][0] > maxp.whole.scores_for(q, [1])[1] + 0.1
     _scores, ids = maxp.search(q, 5, allowed_ids=np.array([2, 3], np.int64))
     assert sorted(ids[0].tolist()[:2]) == [2, 3]
 
