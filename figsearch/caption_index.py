@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from figsearch.encoders import ModelLoadError
-from figsearch.index import IndexLoadError, SearchIndex
+from figsearch.index import IndexLoadError, SearchIndex, as_float32
 
 CAPTIONS_DIR = "captions"
 PASSAGES_DIR = "passages"  # inside CAPTIONS_DIR
@@ -266,11 +266,18 @@ class PassageIndex:
     def scores_for(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
         """Each given figure's best score, whole caption or passage (figures not indexed: none)."""
         scores = self.whole.scores_for(qvec, ids)
-        for key, score in self.passages.scores_for(
-                qvec, _passage_keys(np.asarray(ids, np.int64)).tolist()).items():
-            fid = key // PASSAGE_SLOTS
-            if fid in scores and score > scores[fid]:
-                scores[fid] = score
+        if not scores:
+            return scores
+        keys = _passage_keys(np.array(sorted(scores), np.int64))
+        rows, found = self.passages.rows_for(keys)
+        if not found.any():
+            return scores
+        values = as_float32(self.passages.vectors[rows[found]]) @ qvec.reshape(-1)
+        figures = keys[found] // PASSAGE_SLOTS  # sorted: the keys are
+        starts = np.flatnonzero(np.r_[True, figures[1:] != figures[:-1]])
+        for fid, best in zip(figures[starts].tolist(),
+                             np.maximum.reduceat(values, starts).tolist(), strict=True):
+            scores[fid] = max(scores[fid], best)
         return scores
 
 

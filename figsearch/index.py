@@ -22,6 +22,7 @@ import json
 import math
 import mmap
 import os
+import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -292,6 +293,21 @@ class RowFile:
         self.close()
 
 
+def as_float32(rows: np.ndarray) -> np.ndarray:
+    """Stored float16 rows as float32 (other dtypes: ``np.asarray``).
+
+    numpy converts float16 one element at a time (0.75 ms for 1,000 rows of 384 on this
+    machine, 20x the inner products that follow); torch's vectorised conversion takes 0.03 ms.
+    torch is used when the process has already imported it (the API and the builders have),
+    never imported for this. Both are exact for every finite value and infinity (torch quiets
+    a signalling NaN; stored vectors are finite).
+    """
+    torch = sys.modules.get("torch")
+    if rows.dtype != np.float16 or torch is None or not rows.flags.writeable:
+        return np.asarray(rows, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(rows)).float().numpy()
+
+
 def _nlist(index: faiss.Index) -> int | None:
     ivf = faiss.try_extract_index_ivf(index)
     return int(ivf.nlist) if ivf is not None else None
@@ -414,7 +430,7 @@ class SearchIndex:
         if not found.all():
             missing = np.asarray(ids, np.int64).ravel()[~found][:10].tolist()
             raise KeyError(f"figure ids not in index {self.version}: {missing}")
-        return np.asarray(self.vectors[rows], np.float32)
+        return as_float32(self.vectors[rows])
 
     def scores_for(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
         """Exact inner products of the query with the stored vectors of ``ids`` (ids not in
@@ -495,7 +511,7 @@ class SearchIndex:
     def _exact_subset(self, q: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(rows) == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        scores = q @ np.asarray(self.vectors[rows], np.float32).T
+        scores = q @ as_float32(self.vectors[rows]).T
         return _top_k(scores, np.broadcast_to(rows, scores.shape).copy(), k)
 
     def _filtered(
@@ -540,7 +556,7 @@ class SearchIndex:
         """Exact inner products of the candidates from the float16 vectors."""
         valid = rows >= 0
         uniq, inverse = np.unique(rows[valid], return_inverse=True)
-        cand = np.asarray(self.vectors[uniq], np.float32)
+        cand = as_float32(self.vectors[uniq])
         scores = np.full(rows.shape, -np.inf, np.float32)
         qi = np.nonzero(valid)[0]
         scores[valid] = np.einsum("ij,ij->i", q[qi], cand[inverse])

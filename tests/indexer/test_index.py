@@ -226,3 +226,27 @@ def test_load_detects_truncated_files_and_missing_manifest(tmp_path):
         SearchIndex.load(tmp_path)
     manifest = json.loads((vdir / "manifest.json").read_text())
     assert manifest["count"] == 300 and manifest["model_key"] == "k"
+
+
+def test_as_float32_is_numpys_exact_conversion_on_both_paths():
+    """The torch fast path (taken when torch is loaded, as in the API) and numpy's own give the
+    same bits for every float16: normals, subnormals, signed zeros and infinities; NaN stays NaN
+    (torch quiets signalling NaNs; the build refuses non-finite vectors anyway)."""
+    import sys
+
+    import torch  # noqa: F401 - loaded, as in the API: the fast path runs
+
+    from figsearch.index import as_float32
+
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(-1, 64)
+    expected = every.astype(np.float32)
+    assert "torch" in sys.modules
+    finite = ~np.isnan(expected)
+    fast = as_float32(every.copy())
+    assert fast.dtype == np.float32 and fast.shape == every.shape
+    assert np.array_equal(fast[finite].view(np.uint32), expected[finite].view(np.uint32))
+    assert np.isnan(fast[~finite]).all()
+    frozen = every.copy()
+    frozen.flags.writeable = False  # torch cannot wrap it: numpy's path
+    assert np.array_equal(as_float32(frozen).view(np.uint32), expected.view(np.uint32))
+    assert as_float32(expected) is not None and as_float32(expected).dtype == np.float32
