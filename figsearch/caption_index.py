@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from figsearch.encoders import ModelLoadError
-from figsearch.index import IndexLoadError, SearchIndex, as_float32
+from figsearch.index import IndexLoadError, SearchIndex, as_float32, find_sorted, sorted_unique
 
 CAPTIONS_DIR = "captions"
 PASSAGES_DIR = "passages"  # inside CAPTIONS_DIR
@@ -249,13 +249,13 @@ class PassageIndex:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         _s, f_whole = self.whole.search(q, k, allowed_ids, rerank, rerank_factor)
         _s, k_pass = self.passages.search(q, 2 * k, None, rerank, rerank_factor)
-        allowed = None if allowed_ids is None else _sorted_unique(allowed_ids)
+        allowed = None if allowed_ids is None else sorted_unique(allowed_ids)
         out_s = np.full((len(q), k), -np.inf, np.float32)
         out_f = np.full((len(q), k), -1, np.int64)
         for row in range(len(q)):
             found = k_pass[row][k_pass[row] >= 0] // PASSAGE_SLOTS
             if allowed is not None:
-                found = found[_member(found, allowed)]
+                found = found[find_sorted(allowed, found)[1]]
             candidates = np.unique(np.concatenate([f_whole[row][f_whole[row] >= 0], found]))
             best = sorted(self.scores_for(q[row], candidates.tolist()).items(),
                           key=lambda kv: (-kv[1], kv[0]))[:k]
@@ -279,20 +279,6 @@ class PassageIndex:
                              np.maximum.reduceat(values, starts).tolist(), strict=True):
             scores[fid] = max(scores[fid], best)
         return scores
-
-
-def _sorted_unique(ids: np.ndarray) -> np.ndarray:
-    """``ids`` as a sorted unique array (the store hands them out so: then no sort)."""
-    arr = np.asarray(ids, np.int64).ravel()
-    return arr if len(arr) < 2 or bool(np.all(arr[1:] > arr[:-1])) else np.unique(arr)
-
-
-def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """Mask of ``values`` found in the sorted array ``sorted_set``."""
-    if len(sorted_set) == 0:
-        return np.zeros(len(values), bool)
-    pos = np.searchsorted(sorted_set, values).clip(0, len(sorted_set) - 1)
-    return np.asarray(sorted_set[pos] == values)
 
 
 def _passage_keys(figure_ids: np.ndarray) -> np.ndarray:

@@ -308,6 +308,21 @@ def as_float32(rows: np.ndarray) -> np.ndarray:
     return torch.from_numpy(np.ascontiguousarray(rows)).float().numpy()
 
 
+def sorted_unique(ids: Any) -> np.ndarray:
+    """``ids`` as a sorted unique int64 array (the store hands ids out so: then no sort)."""
+    arr = np.asarray(ids, np.int64).ravel()
+    return arr if len(arr) < 2 or bool(np.all(arr[1:] > arr[:-1])) else np.unique(arr)
+
+
+def find_sorted(sorted_ids: np.ndarray, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, found mask) of ``ids`` in the sorted array ``sorted_ids``."""
+    ids = np.asarray(ids, np.int64).ravel()
+    if len(sorted_ids) == 0:
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+    pos = np.searchsorted(sorted_ids, ids).clip(0, len(sorted_ids) - 1)
+    return pos.astype(np.int64), np.asarray(sorted_ids[pos] == ids)
+
+
 def _nlist(index: faiss.Index) -> int | None:
     ivf = faiss.try_extract_index_ivf(index)
     return int(ivf.nlist) if ivf is not None else None
@@ -418,11 +433,7 @@ class SearchIndex:
     # -- id <-> row ---------------------------------------------------------------------------
     def rows_for(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, found mask) of figure ids in this index."""
-        ids = np.asarray(ids, np.int64).ravel()
-        if len(self.ids) == 0:
-            return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
-        pos = np.searchsorted(self.ids, ids).clip(0, len(self.ids) - 1)
-        return pos.astype(np.int64), self.ids[pos] == ids
+        return find_sorted(self.ids, ids)
 
     def vectors_for(self, ids: np.ndarray | list[int]) -> np.ndarray:
         """float32 vectors of the given figure ids (KeyError naming ids not in the index)."""
@@ -438,12 +449,11 @@ class SearchIndex:
         if not ids:
             return {}
         arr = np.asarray(ids, np.int64)
-        _rows, found = self.rows_for(arr)
+        rows, found = self.rows_for(arr)
         if not found.any():
             return {}
-        present = arr[found]
-        scores = np.asarray(self.vectors_for(present), np.float32) @ qvec.reshape(-1)
-        return {int(i): float(s) for i, s in zip(present, scores, strict=True)}
+        scores = as_float32(self.vectors[rows[found]]) @ qvec.reshape(-1)
+        return {int(i): float(s) for i, s in zip(arr[found], scores, strict=True)}
 
     def contains(self, figure_id: int) -> bool:
         """Whether a figure id is in this index."""
@@ -497,9 +507,7 @@ class SearchIndex:
             if hit is not None:
                 self._subsets.move_to_end(key)
                 return hit
-        if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
-            ids = np.unique(ids)  # the store hands out sorted unique ids: skip the sort then
-        rows, found = self.rows_for(ids)
+        rows, found = self.rows_for(sorted_unique(ids))
         rows = rows[found]
         entry = (rows, faiss.IDSelectorBatch(rows) if len(rows) > EXACT_SUBSET_MAX else None)
         with self._subsets_lock:
