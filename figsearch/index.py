@@ -293,6 +293,11 @@ class RowFile:
         self.close()
 
 
+#: torch's ``at::internal::GRAIN_SIZE``: element-wise operations on fewer elements never go
+#: parallel.
+_TORCH_GRAIN = 32768
+
+
 def as_float32(rows: np.ndarray) -> np.ndarray:
     """Stored float16 rows as float32 (other dtypes: ``np.asarray``).
 
@@ -305,7 +310,16 @@ def as_float32(rows: np.ndarray) -> np.ndarray:
     torch = sys.modules.get("torch")
     if rows.dtype != np.float16 or torch is None or not rows.flags.writeable:
         return np.asarray(rows, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(rows)).float().numpy()
+    rows = np.ascontiguousarray(rows)
+    out = np.empty(rows.shape, np.float32)
+    flat_in, flat_out = rows.reshape(-1), out.reshape(-1)
+    # Chunks under torch's grain size run inline in the calling thread: a larger copy would
+    # run in parallel, and torch gives every request thread that does so an OpenMP team of
+    # its own, which slows the model thread's every operation (figsearch.api.batching).
+    for start in range(0, flat_in.size, _TORCH_GRAIN):
+        chunk = slice(start, start + _TORCH_GRAIN)
+        torch.from_numpy(flat_out[chunk]).copy_(torch.from_numpy(flat_in[chunk]))
+    return out
 
 
 def sorted_unique(ids: Any) -> np.ndarray:

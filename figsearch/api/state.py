@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from figsearch.api.batching import BatchingEncoder
+from figsearch.api.batching import BatchingEncoder, run_in_own_thread, stop_model_thread
 from figsearch.core.config import Settings
 from figsearch.index import IndexLoadError, SearchIndex, current_version_dir, read_manifest
 from figsearch.search import SearchService
@@ -77,6 +77,7 @@ class AppState:
         for encoder in self._encoders.values():
             encoder.close()
         self._caption_encoders.clear()
+        stop_model_thread()
 
     # -- reloading -----------------------------------------------------------------------
     def reload(self, force: bool = False) -> bool:
@@ -94,7 +95,9 @@ class AppState:
                 self.last_error, self._failed = None, None  # `current` points at what we serve
                 return False
             try:
-                loaded = self._load(target)
+                # a thread of its own: the OpenMP team that loading and warming up a model
+                # gives it ends with it (figsearch.api.batching says why that matters)
+                loaded = run_in_own_thread(lambda: self._load(target))
             except Exception as exc:
                 self.last_error = f"{target.name}: {exc}"
                 self._failed = (target, _mtime(target))
@@ -159,9 +162,11 @@ class AppState:
         if index is None or not spec:
             return None
         if spec not in self._caption_encoders:
-            self._caption_encoders[spec] = CaptionEncoder(
-                spec, device=self.settings.device or default_device(),
-                batch_size=self.settings.batch_size)
+            encoder = CaptionEncoder(spec, device=self.settings.device or default_device(),
+                                     batch_size=self.settings.batch_size)
+            self._caption_encoders[spec] = BatchingEncoder(
+                encoder, max_batch=min(self.settings.batch_size, QUERY_BATCH),
+                cache_size=self.settings.query_cache_size)
         return CaptionSignal(index, self._caption_encoders[spec])
 
     def _encoder_for(self, index: SearchIndex) -> Any:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from figsearch.api.batching import BatchingEncoder
+from figsearch.api.batching import (
+    BatchingEncoder,
+    model_thread,
+    run_in_own_thread,
+    stop_model_thread,
+)
 from figsearch.encoders import load_model
+from figsearch.index import as_float32
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +50,84 @@ def test_concurrent_texts_are_batched_and_routed_back(encoder):
     np.testing.assert_allclose(np.stack(got), direct, atol=1e-4)
     assert sum(counting.calls) == 40 and len(counting.calls) < 40  # some calls were shared
     batching.close()
-    # close waits for the worker: a daemon thread still freeing tensors at interpreter exit
-    # is killed inside torch's C++ code (SIGABRT, "terminate called without an active exception")
-    assert not batching._worker.is_alive()
-    # after close, calls still work (encoded directly) instead of hanging
+    # after close, calls still work instead of hanging (a request may hold an old snapshot)
     np.testing.assert_allclose(batching.encode_texts([texts[0]])[0], direct[0], atol=1e-4)
+
+
+def test_stopping_the_model_thread_waits_for_it_and_a_later_call_starts_another(encoder):
+    batching = BatchingEncoder(encoder)
+    batching.encode_texts(["first"])
+    thread = model_thread()
+    stop_model_thread()
+    # stop waits for the thread: a daemon thread still freeing tensors at interpreter exit
+    # is killed inside torch's C++ code (SIGABRT, "terminate called without an active exception")
+    assert not thread.alive
+    assert batching.encode_texts(["second"]).shape == (1, encoder.dim)
+    assert model_thread() is not thread and model_thread().alive
+
+
+def test_every_model_call_runs_on_the_one_model_thread_and_batches_per_function():
+    seen: dict[str, set[int]] = {"double": set(), "negate": set()}
+    sizes: list[int] = []
+
+    def double(items):
+        seen["double"].add(threading.get_ident())
+        sizes.append(len(items))
+        return [2 * x for x in items]
+
+    def negate(items):
+        seen["negate"].add(threading.get_ident())
+        return [-x for x in items]
+
+    worker = model_thread()
+    with ThreadPoolExecutor(16) as pool:
+        doubled = list(pool.map(lambda x: worker.submit(double, x), range(64)))
+        negated = list(pool.map(lambda x: worker.submit(negate, x), range(64)))
+    assert doubled == [2 * x for x in range(64)] and negated == [-x for x in range(64)]
+    assert seen["double"] == seen["negate"] == {worker._thread.ident}
+    assert sum(sizes) == 64 and max(sizes) > 1  # concurrent callers shared calls
+    assert worker.call(lambda: threading.get_ident()) == worker._thread.ident
+
+
+def test_load_thread_result_and_errors():
+    assert run_in_own_thread(lambda: threading.get_ident()) != threading.get_ident()
+    with pytest.raises(ValueError, match="bad version"):
+        run_in_own_thread(lambda: (_ for _ in ()).throw(ValueError("bad version")))
+
+
+def _omp_threads_added(work) -> int:
+    """OS threads this process gains while 8 live threads have each run ``work`` once."""
+    import torch
+
+    ready, done = threading.Barrier(9), threading.Event()
+
+    def run():
+        torch.set_num_threads(2)  # a per-thread setting in OpenMP: as a 2-core machine
+        work()
+        ready.wait()
+        done.wait()
+
+    before = set(os.listdir("/proc/self/task"))
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    ours = {str(t.native_id) for t in threads}
+    added = len(set(os.listdir("/proc/self/task")) - before - ours)
+    done.set()
+    for t in threads:
+        t.join()
+    return added
+
+
+def test_converting_stored_vectors_in_request_threads_starts_no_openmp_threads():
+    import torch
+
+    rows = np.random.default_rng(0).standard_normal((1000, 384)).astype(np.float16)
+    # the measurement can see it: the plain torch conversion gives each thread a team
+    assert _omp_threads_added(lambda: torch.from_numpy(rows).float()) >= 8
+    assert _omp_threads_added(lambda: as_float32(rows)) == 0
+    np.testing.assert_array_equal(as_float32(rows), rows.astype(np.float32))
 
 
 def test_images_and_errors(encoder):
