@@ -1,5 +1,9 @@
 """Dependencies shared by the routes, as ``Annotated[..., Depends(...)]`` aliases.
 
+They are ``async def`` because none of them blocks: FastAPI runs a plain ``def`` dependency in
+its thread pool, one thread hop per dependency and request (five on a search), which cost more
+than the work they do.
+
 Tests point the API at temporary data with ``app.dependency_overrides[get_app_state] = ...``
 (or simply build the app with ``create_app(Settings(data_dir=tmp))``).
 """
@@ -18,7 +22,7 @@ from figsearch.figure_types import LABELS
 from figsearch.store import FigureFilter, FigureStore
 
 
-def get_app_state(request: Request) -> AppState:
+async def get_app_state(request: Request) -> AppState:
     """The process's :class:`AppState` (set by ``create_app``)."""
     state: AppState = request.app.state.figsearch
     return state
@@ -27,14 +31,14 @@ def get_app_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_app_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_loaded(state: StateDep) -> Loaded:
+async def get_loaded(state: StateDep) -> Loaded:
     """The current snapshot, taken once per request (a swap never changes it mid-request)."""
     loaded = state.current
     if loaded is None:
@@ -46,7 +50,7 @@ def get_loaded(state: StateDep) -> Loaded:
 LoadedDep = Annotated[Loaded, Depends(get_loaded)]
 
 
-def get_store(state: StateDep) -> FigureStore:
+async def get_store(state: StateDep) -> FigureStore:
     """The store as the served version sees it (its figure types), else the plain store."""
     loaded = state.current
     if loaded is not None:
@@ -60,7 +64,7 @@ def get_store(state: StateDep) -> FigureStore:
 StoreDep = Annotated[FigureStore, Depends(get_store)]
 
 
-def get_base_url(request: Request, settings: SettingsDep) -> str:
+async def get_base_url(request: Request, settings: SettingsDep) -> str:
     """Base of the image links in results: ``settings.public_base_url`` or the request's."""
     return (settings.public_base_url or str(request.base_url)).rstrip("/")
 
@@ -92,7 +96,7 @@ def build_filter(
     )
 
 
-def search_filters(
+async def search_filters(
     state: StateDep,
     year_from: Annotated[int | None, Query(ge=1000, le=3000, description="Earliest year.")] = None,
     year_to: Annotated[int | None, Query(ge=1000, le=3000, description="Latest year.")] = None,
@@ -123,7 +127,7 @@ DedupParam = Annotated[
 ]
 
 
-def require_admin(request: Request, settings: SettingsDep) -> None:
+async def require_admin(request: Request, settings: SettingsDep) -> None:
     """Bearer-token check; admin routes answer 404 while ``settings.admin_token`` is empty."""
     token = settings.admin_token
     if not token:

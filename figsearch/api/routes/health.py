@@ -20,15 +20,16 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> JSONResponse:
+    # async and a ready response: probes need no thread hop or response validation
+    return JSONResponse({"status": "ok"})
 
 
 @router.get(
     "/readyz", summary="Readiness: 200 once an index and its model are loaded, else 503",
     responses={503: {"model": ErrorResponse, "description": "Not ready yet"}},
 )
-def readyz(state: StateDep) -> JSONResponse:
+async def readyz(state: StateDep) -> JSONResponse:
     loaded = state.current
     if loaded is None:
         reason = state.last_error or "no index has been loaded yet"
