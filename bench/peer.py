@@ -390,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra FIGSEARCH_*=value settings for the figsearch server")
     p.add_argument("--rounds", type=int, default=1,
                    help="peer then figsearch, this many times; each figure is the median")
+    p.add_argument("--sides", default="peer,figsearch",
+                   help="which services to drive (figsearch alone: an A/B of figsearch changes)")
+    p.add_argument("--name", default="peer", help="results file bench/results/<name>.json")
     args = p.parse_args(argv)
     tmp = None
     if args.work is None:
@@ -415,9 +418,14 @@ def main(argv: list[str] | None = None) -> int:
         emb = write_embeddings(args.work, args.n)
         vectors = load_vectors(emb)
         runs = []
+        sides = set(args.sides.split(","))
         for _ in range(args.rounds):  # alternate, so drifting machine load hits both sides
-            runs.append({**measure_peer(args.work, emb, vectors, args),
-                         **measure_figsearch(args.work, vectors, spec, model_key, args, True)})
+            run: dict[str, Any] = {}
+            if "peer" in sides:
+                run.update(measure_peer(args.work, emb, vectors, args))
+            if "figsearch" in sides:
+                run.update(measure_figsearch(args.work, vectors, spec, model_key, args, True))
+            runs.append(run)
         figures.update(median_figures(runs))
         figures.update(ratios(figures))
     rows = []
@@ -430,10 +438,10 @@ def main(argv: list[str] | None = None) -> int:
                           "peer p50 ms", "figsearch p50 ms"], rows))
     params = {"n": args.n, "smoke": args.smoke, "k": args.k, "duration_s": args.duration,
               "workers": args.workers, "figsearch_env": args.figsearch_env,
-              "rounds": args.rounds,
+              "rounds": args.rounds, "sides": args.sides,
               "model": "figclip-mini" if args.smoke else "ViT-B-16 (random, seed 0)",
               "note": "one service after the other on the same (shared) machine"}
-    path = write_result("peer", params, figures)
+    path = write_result(args.name, params, figures)
     print(f"peer bench: {len(rows)} phases, n={args.n:,}, smoke={args.smoke}; wrote {path}")
     if tmp is not None:
         tmp.cleanup()
