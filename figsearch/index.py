@@ -205,6 +205,25 @@ def _search_params(index: faiss.Index, sel: Any, nprobe: int) -> Any:
     return None
 
 
+def no_list_prefetch(index: Any) -> bool:
+    """Turn off the prefetch threads of a memory-mapped IVF index's lists; True if it had any.
+
+    faiss opens the lists of an index read with ``IO_FLAG_MMAP`` as ``OnDiskInvertedLists``,
+    which start 32 threads on every search to read the probed lists ahead. The lists are in
+    the page cache that the workers share; starting the threads cost more than the search
+    itself: 1.96 ms per query instead of 0.32 ms (50 k vectors, ``IVF1024,Flat``, nprobe 32).
+    """
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index
+        return False
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if not getattr(lists, "prefetch_nthread", 0):
+        return False
+    lists.prefetch_nthread = 0
+    return True
+
+
 def advise_random(path: Path) -> int:
     """``madvise(MADV_RANDOM)`` and ``madvise(MADV_NOHUGEPAGE)`` on this process's mappings of
     ``path``; returns how many mappings took both.
@@ -405,6 +424,7 @@ class SearchIndex:
             raise IndexLoadError(f"index version {version_dir.name}: cannot read ({exc})") from exc
         if mmap_index:
             advise_random(version_dir / INDEX_FILE)  # probed lists: scattered too
+            no_list_prefetch(index)
         if not (index.ntotal == len(ids) == len(vectors) == int(manifest["count"])):
             raise IndexLoadError(
                 f"index version {version_dir.name}: inconsistent counts (index {index.ntotal}, "
