@@ -462,7 +462,8 @@ class SearchService:
                 break
             n *= 2
         page = kept[offset:need]
-        marked = self.store.highlights(highlight_query, [i for i, _ in page])
+        with timing.stage("highlight"):
+            marked = self.store.highlights(highlight_query, [i for i, _ in page])
         hits = []
         for r, (i, s) in enumerate(page):
             caption, ocr = marked.get(i, (html.escape(figures[i]["caption"] or ""), ""))

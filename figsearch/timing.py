@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar, Token
 
 #: Stages in the order they happen on a query (others may be added; these come first).
-STAGES = ("tokenise", "preprocess", "encode", "queue", "search", "rerank", "keyword", "metadata", "collapse", "serialise")
+STAGES = ("tokenise", "preprocess", "encode", "queue", "search", "rerank", "keyword", "metadata", "collapse", "highlight", "serialise")
 
 Stages = dict[str, float]  # stage name -> milliseconds
 _current: ContextVar[Stages | None] = ContextVar("figsearch_stages", default=None)
