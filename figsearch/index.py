@@ -217,7 +217,7 @@ def no_list_prefetch(index: Any) -> bool:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:  # not an IVF index
         return False
-    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    lists: Any = faiss.downcast_InvertedLists(ivf.invlists)  # type: ignore[arg-type]
     if not getattr(lists, "prefetch_nthread", 0):
         return False
     lists.prefetch_nthread = 0
