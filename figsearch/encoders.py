@@ -636,9 +636,12 @@ class Encoder:
         return self.pad_token is not None
 
 
-#: trimmed text lengths are rounded up to a multiple of this, and batches to a power of two
-#: rows, so that a few shapes serve every query (each new shape costs a kernel build on CPU)
+#: trimmed text lengths are rounded up to a multiple of this, and batch rows to a few counts
+#: (:func:`row_bucket`), so that a few shapes serve every query (each new shape costs a kernel
+#: build on CPU)
 LENGTH_STEP = 8
+#: batches over this many rows are padded to a multiple of it (fewer are a power of two)
+ROW_STEP = 8
 
 
 def bucket(length: int, limit: int, step: int) -> int:
@@ -646,18 +649,27 @@ def bucket(length: int, limit: int, step: int) -> int:
     return min(limit, -(-length // step) * step)
 
 
+def row_bucket(rows: int) -> int:
+    """The row count a batch of ``rows`` queries runs as: a power of two up to 8, then a multiple
+    of 8. Under load batches of 17-24 queries are common, and padding them to 32 rows was a
+    third more work than 24."""
+    if rows <= ROW_STEP:
+        return 1 << max(0, rows - 1).bit_length()
+    return -(-rows // ROW_STEP) * ROW_STEP
+
+
 def _row_buckets(largest: int) -> list[int]:
-    return [1 << i for i in range(max(1, largest).bit_length()) if 1 << i <= largest] + (
-        [largest] if largest & (largest - 1) else [])
+    """Every row count :func:`_pad_rows` gives batches of up to ``largest`` queries."""
+    return sorted({row_bucket(rows) for rows in range(1, max(1, largest) + 1)})
 
 
 def _pad_rows(tokens: torch.Tensor) -> torch.Tensor:
-    """``tokens`` with copies of its first row appended up to a power-of-two row count (the
+    """``tokens`` with copies of its first row appended up to :func:`row_bucket` rows (the
     extra rows' outputs are dropped; each row is encoded independently)."""
     import torch
 
     rows = len(tokens)
-    target = 1 << max(0, rows - 1).bit_length()
+    target = row_bucket(rows)
     if target == rows:
         return tokens
     return torch.cat([tokens, tokens[:1].expand(target - rows, -1)])

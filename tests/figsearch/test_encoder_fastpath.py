@@ -8,17 +8,20 @@ import numpy as np
 import pytest
 import torch
 
+from figsearch.api.batching import model_thread
 from figsearch.api.state import AppState
 from figsearch.core.config import Settings
 from figsearch.encoders import (
     LENGTH_STEP,
     Encoder,
     LoadedClip,
+    _row_buckets,
     bucket,
     cpu_precision,
     fast_bf16_cpu,
     load_model,
     quantize_text_tower,
+    row_bucket,
 )
 
 QUERIES = ["MAPK signalling pathway", "western blot", "Kaplan-Meier survival of EGFR-mutant "
@@ -79,6 +82,25 @@ def test_causal_clip_text_is_encoded_without_its_padding():
 
 def test_buckets():
     assert [bucket(n, 77, 8) for n in (1, 8, 9, 70, 72, 73, 77)] == [8, 8, 16, 72, 72, 77, 77]
+
+
+def test_row_buckets_pad_large_batches_to_multiples_of_8_and_warm_up_covers_them():
+    assert [row_bucket(n) for n in (1, 2, 3, 5, 8, 9, 16, 17, 19, 24, 25, 32)] == \
+        [1, 2, 4, 8, 8, 16, 16, 24, 24, 24, 32, 32]
+    assert _row_buckets(32) == [1, 2, 4, 8, 16, 24, 32]
+    assert _row_buckets(20) == [1, 2, 4, 8, 16, 24]  # a batch of 17-20 runs as 24 rows
+
+
+def test_a_batch_of_19_runs_as_24_rows_with_the_vectors_of_single_queries():
+    enc = tiny_clip(causal=True)
+    texts = [f"{QUERIES[i % len(QUERIES)]} {i}" for i in range(19)]
+    single = np.concatenate([enc.encode_texts([t]) for t in texts])
+    seen: list[int] = []
+    enc.model.transformer.register_forward_pre_hook(
+        lambda _m, args: seen.append(int(args[0].shape[0])))
+    batched = enc.encode_texts(texts)
+    assert seen == [24]
+    np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
 def test_warm_up_runs_every_query_shape_and_changes_nothing():
