@@ -19,7 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from figsearch.api.batching import BatchingEncoder, run_in_own_thread, stop_model_thread
+from figsearch.api.batching import (
+    BatchingEncoder,
+    model_thread,
+    run_in_own_thread,
+    stop_model_thread,
+)
 from figsearch.core.config import Settings
 from figsearch.index import IndexLoadError, SearchIndex, current_version_dir, read_manifest
 from figsearch.search import SearchService
@@ -147,6 +152,8 @@ class AppState:
         view = (versioned_store(store, version_dir, index.manifest, index.ids)
                 if index is not None else store)
         captions = self._captions_for(version_dir)
+        if encoder is not None or captions is not None:
+            self._set_model_thread_torch_threads()
         service = SearchService(view, index, encoder, self.settings, captions=captions)
         types = frozenset(view.distinct_values("figure_type"))
         version = index.version if index else str(manifest["version"])
@@ -200,6 +207,14 @@ class AppState:
                 cache_size=self.settings.query_cache_size,
             )
         return self._encoders[spec]
+
+    def _set_model_thread_torch_threads(self) -> None:
+        """Apply ``settings.torch_threads`` on the model thread: an OpenMP thread count is a
+        per-thread setting, and the models run there, not in the thread that loaded them."""
+        from figsearch.encoders import set_torch_threads
+
+        threads = self.settings.torch_threads
+        model_thread().call(lambda: set_torch_threads(threads))
 
     def _drop_unused_encoders(self) -> None:
         live = self.current.encoder if self.current else None

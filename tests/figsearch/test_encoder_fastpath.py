@@ -163,11 +163,14 @@ def test_settings_choose_precision_and_threads(small_index_data_dir, tiny_model_
     settings = Settings(data_dir=small_index_data_dir, model=str(tiny_model_dir), device="cpu",
                         cpu_precision="bfloat16", torch_threads=1)
     state = AppState(settings)
+    # a model thread that already runs torch with 2 threads (a previous version's)
+    assert model_thread().call(lambda: (torch.set_num_threads(2), torch.get_num_threads())[1]) == 2
     try:
         state.reload()
         assert state.current is not None
         assert state.current.encoder.encoder.precision == "bfloat16"
-        assert torch.get_num_threads() == 1
+        # an OpenMP thread count is per thread: it must hold where the models run
+        assert model_thread().call(torch.get_num_threads) == 1
     finally:
         state.close()
         torch.set_num_threads(threads)
