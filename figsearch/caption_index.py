@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from figsearch.encoders import ModelLoadError
-from figsearch.index import IndexLoadError, SearchIndex, as_float32, find_sorted, sorted_unique
+from figsearch.index import IndexLoadError, SearchIndex, find_sorted, sorted_unique
 
 CAPTIONS_DIR = "captions"
 PASSAGES_DIR = "passages"  # inside CAPTIONS_DIR
@@ -268,12 +268,11 @@ class PassageIndex:
         scores = self.whole.scores_for(qvec, ids)
         if not scores:
             return scores
-        keys = _passage_keys(np.array(sorted(scores), np.int64))
-        rows, found = self.passages.rows_for(keys)
-        if not found.any():
+        keys, values = self.passages.exact_scores(
+            qvec, _passage_keys(np.array(sorted(scores), np.int64)))
+        if not len(keys):
             return scores
-        values = as_float32(self.passages.vectors[rows[found]]) @ qvec.reshape(-1)
-        figures = keys[found] // PASSAGE_SLOTS  # sorted: the keys are
+        figures = keys // PASSAGE_SLOTS  # sorted: the keys are
         starts = np.flatnonzero(np.r_[True, figures[1:] != figures[:-1]])
         for fid, best in zip(figures[starts].tolist(),
                              np.maximum.reduceat(values, starts).tolist(), strict=True):
