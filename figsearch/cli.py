@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ocr": ("indexer.ocr", "Read the text inside figure images (OCR) into the keyword index."),
     "rebuild": ("indexer.rebuild", "Nightly: incremental ingest, embed, build, validate, swap."),
     "search": ("figsearch.search_cli", "Search the current index from the terminal."),
+    "export-onnx": ("figsearch.onnx_export", "Export the index's models to ONNX for the torch-free API."),
     "serve": ("figsearch.api.server", "Run the HTTP search API (uvicorn)."),
     "ui": ("ui.launch", "Run the Streamlit research UI against an API."),
     "stats": ("figsearch.cli", "Counts in the figure store and the current index."),

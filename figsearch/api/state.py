@@ -161,43 +161,41 @@ class AppState:
 
     def _captions_for(self, version_dir: Path) -> Any:
         """The version's caption signal (None without a caption index or caption model)."""
-        from figsearch.caption_index import CaptionEncoder, CaptionSignal, load_caption_index
-        from figsearch.encoders import default_device
+        from figsearch.caption_index import CaptionSignal, load_caption_index
 
         index = load_caption_index(version_dir, nprobe=self.settings.nprobe)
         spec = self.settings.caption_model or str((index.manifest if index else {}).get("model_spec") or "")
         if index is None or not spec:
             return None
+        if self.settings.encoder_backend == "onnx":
+            # the export is found by the key the caption index was built with
+            spec = f"onnx:{index.manifest.get('model_key', '')}"
         if spec not in self._caption_encoders:
-            encoder = CaptionEncoder(spec, device=self.settings.device or default_device(),
-                                     batch_size=self.settings.batch_size)
+            encoder = self._new_caption_encoder(spec)
             self._caption_encoders[spec] = BatchingEncoder(
                 encoder, max_batch=min(self.settings.batch_size, QUERY_BATCH),
                 cache_size=self.settings.query_cache_size)
         return CaptionSignal(index, self._caption_encoders[spec])
 
+    def _new_caption_encoder(self, spec: str) -> Any:
+        if spec.startswith("onnx:"):
+            from figsearch.onnx_encoder import load_onnx_encoder
+
+            return load_onnx_encoder(onnx_root(self.settings), spec.removeprefix("onnx:"),
+                                     threads=self.settings.torch_threads,
+                                     batch_size=self.settings.batch_size)
+        from figsearch.caption_index import CaptionEncoder
+        from figsearch.encoders import default_device
+
+        return CaptionEncoder(spec, device=self.settings.device or default_device(),
+                              batch_size=self.settings.batch_size)
+
     def _encoder_for(self, index: SearchIndex) -> Any:
-        from figsearch.datadir import resolve_path
-        from figsearch.encoders import (
-            load_model,
-            release_freed_memory,
-            resolve_model_spec,
-            set_torch_threads,
-        )
+        from figsearch.encoders import release_freed_memory
 
-        spec = self.settings.model or str(index.manifest.get("model_spec") or "")
-        spec = resolve_path(spec, self.settings.data_dir) or resolve_model_spec(self.settings)
+        spec = self._model_spec(index)
         if spec not in self._encoders:
-            set_torch_threads(self.settings.torch_threads)
-            encoder = load_model(
-                spec, device=self.settings.device or None, batch_size=self.settings.batch_size,
-                precision=self.settings.cpu_precision,
-            )
-            if self.settings.quantize_text:
-                from figsearch.encoders import quantize_text_tower
-
-                n = quantize_text_tower(encoder)
-                log.info("text tower of %s: %d Linear layers quantised to int8", spec, n)
+            encoder = self._new_encoder(spec)
             max_batch = min(self.settings.batch_size, QUERY_BATCH)
             shapes = encoder.warm_up(max_rows=max_batch)
             log.info("%s warmed up (%d input shapes)", spec, shapes)
@@ -208,11 +206,44 @@ class AppState:
             )
         return self._encoders[spec]
 
+    def _model_spec(self, index: SearchIndex) -> str:
+        """The spec of the model serving ``index``: with the onnx backend, its export (found by
+        the model key the index was built with), else the configured or recorded model."""
+        if self.settings.encoder_backend == "onnx":
+            return f"onnx:{index.manifest.get('model_key', '')}"
+        from figsearch.datadir import resolve_path
+        from figsearch.encoders import resolve_model_spec
+
+        spec = self.settings.model or str(index.manifest.get("model_spec") or "")
+        return resolve_path(spec, self.settings.data_dir) or resolve_model_spec(self.settings)
+
+    def _new_encoder(self, spec: str) -> Any:
+        settings = self.settings
+        if spec.startswith("onnx:"):
+            from figsearch.onnx_encoder import load_onnx_encoder
+
+            return load_onnx_encoder(onnx_root(settings), spec.removeprefix("onnx:"),
+                                     threads=settings.torch_threads,
+                                     batch_size=settings.batch_size)
+        from figsearch.encoders import load_model, set_torch_threads
+
+        set_torch_threads(settings.torch_threads)
+        encoder = load_model(spec, device=settings.device or None,
+                             batch_size=settings.batch_size, precision=settings.cpu_precision)
+        if settings.quantize_text:
+            from figsearch.encoders import quantize_text_tower
+
+            n = quantize_text_tower(encoder)
+            log.info("text tower of %s: %d Linear layers quantised to int8", spec, n)
+        return encoder
+
     def _set_model_thread_torch_threads(self) -> None:
         """Apply ``settings.torch_threads`` on the model thread: an OpenMP thread count is a
         per-thread setting, and the models run there, not in the thread that loaded them."""
         from figsearch.encoders import set_torch_threads
 
+        if self.settings.encoder_backend == "onnx":
+            return  # ONNX Runtime's sessions carry their own thread count
         threads = self.settings.torch_threads
         model_thread().call(lambda: set_torch_threads(threads))
 
@@ -226,6 +257,15 @@ class AppState:
             if encoder is not live:
                 encoder.close()
         self._encoders = {s: e for s, e in self._encoders.items() if e is live}
+
+
+def onnx_root(settings: Settings) -> Path:
+    """Where ONNX exports live: ``settings.onnx_dir``, else ``<data dir>/models/onnx``."""
+    from figsearch.datadir import resolve_path
+
+    if settings.onnx_dir:
+        return Path(resolve_path(settings.onnx_dir, settings.data_dir))
+    return settings.models_dir / "onnx"
 
 
 def _mtime(path: Path) -> float:

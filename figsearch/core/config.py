@@ -127,6 +127,22 @@ class Settings(BaseSettings):
             "query encoding; bench/quantise.py checks cosine and top-10 against the float model)."
         ),
     )
+    encoder_backend: Literal["torch", "onnx"] = Field(
+        "torch",
+        description=(
+            "API: what encodes queries. torch runs the model itself (open_clip); onnx runs the "
+            "towers exported by `figsearch export-onnx` on ONNX Runtime, so a worker imports "
+            "neither torch nor open_clip (about 850 MiB less memory each; docs/api.md has the "
+            "speed of each)."
+        ),
+    )
+    onnx_dir: str = Field(
+        "",
+        description=(
+            "Folder of the ONNX exports that `figsearch export-onnx` writes and the onnx encoder "
+            "backend reads, one subfolder per model key; empty = <data_dir>/models/onnx."
+        ),
+    )
     query_cache_size: int = Field(
         1024, description="Recent query texts whose embeddings the API keeps (LRU); 0 disables."
     )
@@ -183,8 +199,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0,
         description=(
-            "API: threads each worker gives the model on CPU; 0 = the machine's cores divided by "
-            "the worker count (more threads than cores make torch's threads wait on each other)."
+            "API: threads each worker gives the model on CPU (torch's, or ONNX Runtime's with "
+            "the onnx backend); 0 = the machine's cores divided by the worker count (more "
+            "threads than cores make the model's threads wait on each other)."
         ),
     )
     reload_interval_s: float = Field(

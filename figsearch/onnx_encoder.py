@@ -1,0 +1,304 @@
+"""Query encoding on ONNX Runtime, without torch or open_clip in the process.
+
+A model's towers are exported once (``figsearch export-onnx``, :mod:`figsearch.onnx_export`) into
+a directory holding ``text.onnx`` / ``image.onnx`` (one of them for a caption model),
+``tokenizer.json`` (HF ``tokenizers`` format, for open_clip's BPE tokenizer too) and
+``figsearch_onnx.json`` (the model key, dimension, tokenizer rules and image preprocessing). The
+API loads it with ``FIGSEARCH_ENCODER_BACKEND=onnx``: ``import torch`` alone is about 600 MiB of
+a worker's memory, and open_clip (with torchvision and timm) another 250.
+
+Everything here is numpy, PIL, ``tokenizers`` and ``onnxruntime``; the export checks the
+exported towers against the torch model it came from, and the tests check the tokenizer and the
+image preprocessing against open_clip's on real captions and figures.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from figsearch import timing
+from figsearch.encoders import ModelLoadError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "figsearch_onnx.json"
+TEXT_FILE, IMAGE_FILE, TOKENIZER_FILE = "text.onnx", "image.onnx", "tokenizer.json"
+#: manifest format; a reader refuses other versions instead of misreading them
+FORMAT = 1
+#: text cleaning before tokenising, as open_clip's ``get_clean_fn`` names them; ``none`` for
+#: sentence-transformers models, which tokenise the raw text
+CLEAN_KINDS = ("whitespace", "lower", "canonicalize", "none")
+#: image resizing that :func:`preprocess_image` reproduces (open_clip's ``resize_mode``)
+RESIZE_MODES = ("shortest", "squash")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+class OnnxExportMissing(ModelLoadError):
+    """No (complete) export of the wanted model in the export directory."""
+
+
+def export_dir_name(model_key: str) -> str:
+    """The folder of ``model_key``'s export under the export root: the key with the characters
+    a file name cannot hold replaced (hub ids have ``/``, caption keys ``:``)."""
+    return re.sub(r"[^A-Za-z0-9._@-]+", "--", model_key).strip("-.") or "model"
+
+
+def find_export(root: Path, model_key: str) -> Path:
+    """The export directory of ``model_key`` under ``root``; a clear error when it is missing
+    or was made from other weights."""
+    directory = Path(root) / export_dir_name(model_key)
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        raise OnnxExportMissing(
+            f"no ONNX export of model {model_key!r} in {directory} (the onnx encoder backend "
+            "serves exported models only). Run `figsearch export-onnx` with the same data dir, "
+            "or set FIGSEARCH_ENCODER_BACKEND=torch."
+        )
+    found = read_manifest(directory).get("model_key")
+    if found != model_key:
+        raise OnnxExportMissing(
+            f"{manifest} was exported from model {found!r}, not {model_key!r}; export again "
+            "with `figsearch export-onnx`"
+        )
+    return directory
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """An export's manifest, checked for its format version."""
+    path = Path(directory) / MANIFEST
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the ONNX export manifest {path}: {exc}") from None
+    if manifest.get("format") != FORMAT:
+        raise ModelLoadError(
+            f"{path} has format {manifest.get('format')!r}; this figsearch reads format "
+            f"{FORMAT}: export again with `figsearch export-onnx`"
+        )
+    return manifest
+
+
+# --------------------------------------------------------------------------- tokenising
+def clean_text(text: str, kind: str) -> str:
+    """open_clip's text cleaning (``whitespace``, ``lower``, ``canonicalize``) before its
+    tokenizers see a text: mojibake fixed (ftfy), HTML entities unescaped twice, whitespace
+    collapsed; ``lower`` lower-cases, ``canonicalize`` also drops punctuation."""
+    if kind == "none":
+        return text
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    if kind == "canonicalize":
+        text = text.replace("_", " ").translate(_PUNCTUATION).lower()
+    text = " ".join(text.split())
+    return text.lower() if kind == "lower" else text
+
+
+@dataclass
+class TextTokenizer:
+    """Texts -> a (rows, longest) int64 id matrix, as the exported tokenizer and rules say.
+
+    Rows are padded to the batch's longest text only (the towers ignore padding: the export
+    checks that), never to the model's full context.
+    """
+
+    tokenizer: Any  # tokenizers.Tokenizer, truncating at the context length
+    clean: str
+    pad_id: int
+    context_length: int
+    #: open_clip's ``strip_sep_token``: the separator's id becomes the pad id
+    strip_id: int | None = None
+
+    @classmethod
+    def from_export(cls, directory: Path, rules: dict[str, Any]) -> TextTokenizer:
+        from tokenizers import Tokenizer
+
+        if rules.get("clean") not in CLEAN_KINDS:
+            raise ModelLoadError(f"{directory}: unknown text cleaning {rules.get('clean')!r}")
+        tokenizer = Tokenizer.from_file(str(Path(directory) / TOKENIZER_FILE))
+        length = int(rules["context_length"])
+        tokenizer.enable_truncation(max_length=length)
+        tokenizer.no_padding()
+        strip = rules.get("strip_id")
+        return cls(tokenizer, rules["clean"], int(rules["pad_id"]), length,
+                   None if strip is None else int(strip))
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch([clean_text(t, self.clean) for t in texts])
+        longest = max((len(e.ids) for e in encodings), default=1)
+        ids = np.full((len(encodings), max(1, longest)), self.pad_id, np.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, :len(encoding.ids)] = encoding.ids
+        if self.strip_id is not None:
+            ids[ids == self.strip_id] = self.pad_id
+        return ids
+
+
+# --------------------------------------------------------------------------- images
+def preprocess_image(image: Image.Image, cfg: dict[str, Any]) -> np.ndarray:
+    """open_clip's inference transform for ``cfg`` (its ``preprocess_cfg``), in PIL and numpy:
+    resize (shortest side to the input size, or squash), centre crop, RGB, scale to [0, 1],
+    normalise; a (3, H, W) float32 array. Same PIL calls in the same order as torchvision's, so
+    the pixels agree (the tests check it on real figures)."""
+    from PIL import Image as PILImage
+
+    size = _square_size(cfg)
+    mode = cfg.get("resize_mode") or "shortest"
+    resample = (PILImage.Resampling.BILINEAR if cfg.get("interpolation") == "bilinear"
+                else PILImage.Resampling.BICUBIC)
+    width, height = image.size
+    if mode == "squash":
+        target = (size, size)
+    else:
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(size * long / short)
+        target = (size, new_long) if width <= height else (new_long, size)
+    if target != (width, height):
+        image = image.resize(target, resample)
+    width, height = image.size
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    if (width, height) != (size, size):
+        image = image.crop((left, top, left + size, top + size))
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+    mean = np.asarray(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), np.float32)
+    std = np.asarray(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), np.float32)
+    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+
+
+def _square_size(cfg: dict[str, Any]) -> int:
+    size = cfg.get("size", 224)
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ModelLoadError(f"non-square image input {list(size)} is not supported by the "
+                                 "ONNX query path; serve this model with the torch backend")
+        size = size[0]
+    return int(size)
+
+
+def check_preprocess_supported(cfg: dict[str, Any]) -> None:
+    """Refuse a preprocessing config that :func:`preprocess_image` does not reproduce."""
+    mode = cfg.get("resize_mode") or "shortest"
+    if mode not in RESIZE_MODES:
+        raise ModelLoadError(f"image resize mode {mode!r} is not supported by the ONNX query "
+                             f"path ({', '.join(RESIZE_MODES)} are); use the torch backend")
+    _square_size(cfg)
+
+
+# --------------------------------------------------------------------------- the encoder
+def session_threads(threads: int) -> int:
+    """ONNX Runtime intra-op threads: ``threads``, or all cores when 0 or less."""
+    return threads if threads > 0 else max(1, os.cpu_count() or 1)
+
+
+def open_session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session on ``path`` with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = session_threads(threads)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # warnings about unused initialisers are noise here
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+        raise ModelLoadError(f"ONNX Runtime cannot load {path}: {exc}") from None
+
+
+class OnnxEncoder:
+    """The encoder interface of :class:`figsearch.encoders.Encoder` (``encode_texts``,
+    ``encode_images``, ``warm_up``, ``model_key``, ``dim``) over an exported model."""
+
+    device = "cpu"
+
+    def __init__(self, directory: Path, threads: int = 0, batch_size: int = 64) -> None:
+        self.directory = Path(directory)
+        manifest = read_manifest(self.directory)
+        self.manifest = manifest
+        self.spec: str = manifest["spec"]
+        self.model_key: str = manifest["model_key"]
+        self.dim = int(manifest["dim"])
+        self.precision: str = manifest.get("text_precision", "float32")
+        self.batch_size = batch_size
+        self.text_session = self.tokenizer = None
+        self.image_session = None
+        if manifest.get("text"):
+            self.tokenizer = TextTokenizer.from_export(self.directory, manifest["text"])
+            self.text_session = open_session(self.directory / TEXT_FILE, threads)
+        if manifest.get("image"):
+            check_preprocess_supported(manifest["image"]["preprocess"])
+            self.image_session = open_session(self.directory / IMAGE_FILE, threads)
+
+    def __repr__(self) -> str:
+        return (f"OnnxEncoder({self.spec!r}, key={self.model_key}, dim={self.dim}, "
+                f"dir={self.directory})")
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised float32 vectors of ``texts``."""
+        if self.text_session is None or self.tokenizer is None:
+            raise ModelLoadError(f"{self.directory} has no text tower")
+        out = [np.zeros((0, self.dim), np.float32)]
+        for start in range(0, len(texts), self.batch_size):
+            with timing.stage("tokenise"):
+                ids = self.tokenizer(list(texts[start:start + self.batch_size]))
+            with timing.stage("encode"):
+                out.append(self.text_session.run(None, {"input_ids": ids})[0])
+        return _unit_rows(np.concatenate(out))
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """L2-normalised float32 vectors of PIL images, preprocessed as the model's config says."""
+        if self.image_session is None:
+            raise ModelLoadError(f"{self.directory} has no image tower")
+        cfg = self.manifest["image"]["preprocess"]
+        out = [np.zeros((0, self.dim), np.float32)]
+        for start in range(0, len(images), self.batch_size):
+            with timing.stage("preprocess"):
+                pixels = np.stack([preprocess_image(im, cfg)
+                                   for im in images[start:start + self.batch_size]])
+            with timing.stage("encode"):
+                out.append(self.image_session.run(None, {"pixels": pixels})[0])
+        return _unit_rows(np.concatenate(out))
+
+    def warm_up(self, max_rows: int = 32) -> int:
+        """Run each tower once (ONNX Runtime plans its memory on a first run); returns the runs."""
+        runs = 0
+        if self.text_session is not None:
+            for rows in (1, max(1, max_rows)):
+                self.encode_texts(["figure"] * rows)
+                runs += 1
+        if self.image_session is not None:
+            from PIL import Image as PILImage
+
+            self.encode_images([PILImage.new("RGB", (64, 48), "white")])
+            runs += 1
+        return runs
+
+    def close(self) -> None:
+        """Drop the sessions (their memory goes with them)."""
+        self.text_session = self.image_session = None
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def load_onnx_encoder(root: Path, model_key: str, threads: int = 0,
+                      batch_size: int = 64) -> OnnxEncoder:
+    """The exported encoder of ``model_key`` under the export root ``root``."""
+    return OnnxEncoder(find_export(root, model_key), threads=threads, batch_size=batch_size)

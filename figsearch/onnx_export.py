@@ -1,0 +1,404 @@
+"""Export a model's towers to ONNX for the torch-free query path (:mod:`figsearch.onnx_encoder`).
+
+``figsearch export-onnx`` calls :func:`export_data_dir`: the image/text model of the current
+index version and, when the version has a caption index, its sentence encoder, each into
+``<onnx root>/<model key>/`` (default root ``<data dir>/models/onnx``). Each export
+
+* traces the towers with ``torch.onnx.export`` (dynamo), rows and text length dynamic;
+* writes the tokenizer as a ``tokenizers`` JSON file (open_clip's own BPE tokenizer rebuilt as a
+  ``tokenizers`` BPE model, HF tokenizers as they are) with the rules open_clip applies around
+  it (cleaning, padding id, context length);
+* checks the exported towers against the torch model on probe texts and an image (cosine
+  >= :data:`MIN_COSINE` per row) before it is used;
+* is written into a temporary folder and renamed into place with its manifest last, so a crash
+  leaves either the old export or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from figsearch.encoders import ModelLoadError
+from figsearch.onnx_encoder import (
+    FORMAT,
+    IMAGE_FILE,
+    MANIFEST,
+    TEXT_FILE,
+    TOKENIZER_FILE,
+    OnnxEncoder,
+    check_preprocess_supported,
+    export_dir_name,
+)
+
+if TYPE_CHECKING:
+    from figsearch.caption_index import CaptionEncoder
+    from figsearch.core.config import Settings
+    from figsearch.encoders import Encoder
+
+log = logging.getLogger(__name__)
+
+#: an export whose towers differ more than this from the torch model (cosine, any probe row) is
+#: refused: float32 ONNX Runtime and torch agree to about 1e-6
+MIN_COSINE = 0.9999
+PROBE_TEXTS = (
+    "a",
+    "TREM2 signalling pathway in microglia",
+    "Kaplan–Meier curve for EGFR-mutant NSCLC, overall survival",
+    "western blot of p53 &amp; MDM2 after   nutlin-3 treatment",
+    "Fig. 3: (A) H&E staining of liver sections; scale bar = 50 µm. (B) quantification, "
+    "n = 6 mice per group, *p < 0.05 " * 8,  # longer than any context: truncation
+)
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported, or its export does not match it."""
+
+
+# --------------------------------------------------------------------------- tokenizers
+def tokenizer_export(tokenizer: Any, context_length: int) -> tuple[Any, dict[str, Any]]:
+    """(``tokenizers.Tokenizer``, rules) reproducing an open_clip tokenizer."""
+    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
+
+    if isinstance(tokenizer, SimpleTokenizer):
+        if tokenizer.reduction_fn is not None:
+            raise ExportError("open_clip tokenizers with a reduction mask cannot be exported")
+        rules = {"clean": _clean_kind(tokenizer.clean_fn), "pad_id": 0, "strip_id": None}
+        return _bpe_tokenizer(tokenizer), {**rules, "context_length": context_length}
+    if isinstance(tokenizer, HFTokenizer):
+        if tokenizer.tokenizer_mode:
+            raise ExportError(f"HF tokenizer mode {tokenizer.tokenizer_mode!r} cannot be exported")
+        hf = tokenizer.tokenizer
+        strip = hf.sep_token_id if tokenizer.strip_sep_token else None
+        rules = {"clean": _clean_kind(tokenizer.clean_fn), "pad_id": int(hf.pad_token_id or 0),
+                 "strip_id": strip, "context_length": context_length}
+        return _hf_backend(hf), rules
+    raise ExportError(f"tokenizer {type(tokenizer).__name__} cannot be exported")
+
+
+def _clean_kind(clean_fn: Any) -> str:
+    from open_clip import tokenizer as oc
+
+    kinds = {oc._clean_whitespace: "whitespace", oc._clean_lower: "lower",
+             oc._clean_canonicalize: "canonicalize"}
+    if clean_fn not in kinds:
+        raise ExportError(f"unknown open_clip text cleaning {clean_fn!r}")
+    return kinds[clean_fn]
+
+
+def _hf_backend(hf_tokenizer: Any) -> Any:
+    """A copy of a transformers fast tokenizer's ``tokenizers`` backend, padding and truncation
+    off (the runtime sets its own)."""
+    from tokenizers import Tokenizer
+
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ExportError(f"{type(hf_tokenizer).__name__} is not a fast (tokenizers) tokenizer")
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_padding()
+    copy.no_truncation()
+    return copy
+
+
+def _bpe_tokenizer(simple: Any) -> Any:
+    """open_clip's ``SimpleTokenizer`` as a ``tokenizers`` BPE model: its vocabulary and merges,
+    its word pattern, byte-level symbols without GPT-2's extra split, ``</w>`` word ends, and
+    start/end-of-text around each text."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+
+    merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
+    tokenizer = Tokenizer(models.BPE(vocab=dict(simple.encoder), merges=merges,
+                                     end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    pattern = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    specials = [simple.decoder[i] for i in simple.all_special_ids]
+    tokenizer.add_special_tokens(specials)
+    sot, eot = simple.decoder[simple.sot_token_id], simple.decoder[simple.eot_token_id]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{sot} $A {eot}",
+        special_tokens=[(sot, simple.sot_token_id), (eot, simple.eot_token_id)],
+    )
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- towers
+def _text_module(model: Any) -> Any:
+    import torch
+
+    from figsearch.encoders import _clip_text_prefix, _has_builtin_text_transformer
+
+    class TextTower(torch.nn.Module):
+        """ids (rows, length) -> unit vectors; length is the batch's longest text."""
+
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            if _has_builtin_text_transformer(self.model):
+                return _clip_text_prefix(self.model, input_ids)
+            return self.model.encode_text(input_ids, normalize=True)
+
+    return TextTower(model).eval()
+
+
+def _image_module(model: Any) -> Any:
+    import torch
+
+    class ImageTower(torch.nn.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.model.encode_image(pixels, normalize=True)
+
+    return ImageTower(model).eval()
+
+
+def _caption_module(model: Any, pad_id: int) -> Any:
+    """A sentence-transformers model's forward (transformer, mean pooling, normalisation)."""
+    import torch
+
+    class SentenceTower(torch.nn.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            mask = (input_ids != pad_id).long()
+            out = self.model({"input_ids": input_ids, "attention_mask": mask})
+            return out["sentence_embedding"]
+
+    return SentenceTower(model).eval()
+
+
+def _export(module: Any, example: Any, path: Path, input_name: str, dynamic: dict[int, Any]) -> None:
+    """``module`` on ``example`` to an ONNX file, the named dimensions dynamic."""
+    import torch
+
+    started = time.perf_counter()
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(
+                module, (example,), str(path), dynamo=True, verbose=False,
+                input_names=[input_name], output_names=["unit_vectors"],
+                dynamic_shapes=(dynamic,), external_data=False,
+            )
+    except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
+        raise ExportError(f"torch.onnx.export of {path.name} failed: {type(exc).__name__}: "
+                          f"{str(exc)[:400]}") from None
+    log.info("exported %s (%.1f MB) in %.1f s", path.name, path.stat().st_size / 1e6,
+             time.perf_counter() - started)
+
+
+def _dims(*names: str) -> dict[int, Any]:
+    from torch.export import Dim
+
+    return {axis: Dim(name, min=2 if name == "length" else 1, max=4096)
+            for axis, name in enumerate(names) if name}
+
+
+# --------------------------------------------------------------------------- exports
+def export_clip(encoder: Encoder, root: Path, images: list[Any] | None = None) -> Path:
+    """Export ``encoder``'s text and image towers under ``root``; returns the export folder."""
+    import torch
+
+    from figsearch.encoders import image_size
+
+    if encoder.quantized:
+        raise ExportError("export the float model, not one quantised in torch")
+    model = encoder.model.float().eval()
+    check_preprocess_supported(encoder.loaded.preprocess_cfg)
+    tokenizer, rules = tokenizer_export(encoder.tokenizer, encoder.context_length)
+    if encoder.pad_token is None:
+        raise ExportError(f"{encoder.spec}: the text tower attends to padding, so queries "
+                          "cannot be encoded at their own length; serve it with torch")
+
+    def write(folder: Path) -> dict[str, Any]:
+        tokenizer.save(str(folder / TOKENIZER_FILE))
+        ids = torch.as_tensor(encoder.tokenizer(list(PROBE_TEXTS[1:3]))[:, :12])
+        _export(_text_module(model), ids, folder / TEXT_FILE, "input_ids", _dims("rows", "length"))
+        side = image_size(encoder.loaded.preprocess_cfg)
+        _export(_image_module(model), torch.zeros(2, 3, side, side), folder / IMAGE_FILE,
+                "pixels", _dims("rows"))
+        return {
+            "spec": encoder.spec, "model_key": encoder.model_key, "dim": encoder.dim,
+            "text": rules, "image": {"preprocess": encoder.loaded.preprocess_cfg},
+        }
+
+    def check(exported: OnnxEncoder) -> dict[str, float]:
+        return {"text_min_cosine": _min_cosine(exported.encode_texts(PROBE_TEXTS),
+                                               _float_texts(encoder, PROBE_TEXTS)),
+                "image_min_cosine": _min_cosine(exported.encode_images(_probe_images(images)),
+                                                _float_images(encoder, _probe_images(images)))}
+
+    return _write_export(root, encoder.model_key, write, check)
+
+
+def export_caption_model(encoder: CaptionEncoder, root: Path) -> Path:
+    """Export a sentence-transformers caption encoder (text only) under ``root``."""
+    model = encoder.model
+    names = [type(m).__name__ for m in model]
+    pooling = model[1] if len(model) > 1 else None
+    mode = getattr(pooling, "pooling_mode", None) or (
+        "mean" if getattr(pooling, "pooling_mode_mean_tokens", False) else None)
+    if names[:1] != ["Transformer"] or mode != "mean" or len(names) > 3 or (
+            len(names) == 3 and names[2] != "Normalize"):
+        raise ExportError(f"caption model {encoder.spec!r} ({' -> '.join(names)}) is not a "
+                          "mean-pooled sentence encoder; only those export")
+    if getattr(model[0], "do_lower_case", False):
+        raise ExportError(f"caption model {encoder.spec!r} lower-cases in sentence-transformers")
+    hf = model.tokenizer
+    pad_id = int(hf.pad_token_id or 0)
+    rules: dict[str, Any] = {"clean": "none", "pad_id": pad_id, "strip_id": None,
+                             "context_length": int(model.max_seq_length or 512)}
+    tokenizer = _hf_backend(hf)
+
+    def write(folder: Path) -> dict[str, Any]:
+        import torch
+
+        tokenizer.save(str(folder / TOKENIZER_FILE))
+        ids = torch.as_tensor(model.tokenize(list(PROBE_TEXTS[1:3]))["input_ids"][:, :12])
+        _export(_caption_module(model, pad_id), ids, folder / TEXT_FILE, "input_ids",
+                _dims("rows", "length"))
+        return {"spec": encoder.spec, "model_key": encoder.model_key, "dim": encoder.dim,
+                "text": rules, "image": None}
+
+    def check(exported: OnnxEncoder) -> dict[str, float]:
+        return {"text_min_cosine": _min_cosine(exported.encode_texts(PROBE_TEXTS),
+                                               encoder.encode_texts(list(PROBE_TEXTS)))}
+
+    return _write_export(root, encoder.model_key, write, check)
+
+
+def _write_export(root: Path, model_key: str, write: Any, check: Any) -> Path:
+    """Write into a temporary sibling folder, check, then swap it in (manifest last)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / export_dir_name(model_key)
+    for stale in root.glob(f".{final.name}.tmp-*"):  # left by an export that crashed
+        shutil.rmtree(stale, ignore_errors=True)
+    folder = root / f".{final.name}.tmp-{time.time_ns()}"
+    folder.mkdir()
+    try:
+        manifest = {"format": FORMAT, **write(folder), "exported_at": time.time()}
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        checks = check(OnnxEncoder(folder, threads=0))
+        failed = {k: v for k, v in checks.items() if v < MIN_COSINE}
+        if failed:
+            raise ExportError(f"the export of {model_key} differs from the torch model: {failed} "
+                              f"(cosine must be >= {MIN_COSINE})")
+        manifest["checks"] = checks
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        folder.rename(final)
+    finally:
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+    log.info("ONNX export of %s in %s (%s)", model_key, final, manifest["checks"])
+    return final
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return round(float((a * b).sum(1).min()), 6)
+
+
+def _float_texts(encoder: Encoder, texts: tuple[str, ...]) -> np.ndarray:
+    """The torch model's vectors at full context, no padding trimmed (the reference)."""
+    import torch
+
+    with torch.inference_mode():
+        tokens = encoder.tokenizer(list(texts))
+        return encoder._encode_tokens(tokens, trim=False).float().numpy()
+
+
+def _float_images(encoder: Encoder, images: list[Any]) -> np.ndarray:
+    return encoder.encode_images(images)
+
+
+def _probe_images(images: list[Any] | None) -> list[Any]:
+    """The caller's images, else two drawn ones (a wide and a tall one, RGB and grey)."""
+    if images:
+        return list(images)
+    from PIL import Image, ImageDraw
+
+    wide = Image.new("RGB", (320, 200), "white")
+    ImageDraw.Draw(wide).rectangle((40, 30, 200, 170), fill=(200, 30, 30))
+    tall = Image.new("L", (150, 260), 40)
+    ImageDraw.Draw(tall).ellipse((20, 50, 130, 200), fill=220)
+    return [wide, tall]
+
+
+def export_data_dir(settings: Settings, root: Path | None = None) -> list[Path]:
+    """Export the current index version's model, and its caption model when the version has a
+    caption index, under ``root`` (default: the settings' ONNX folder)."""
+    from figsearch.api.state import onnx_root
+    from figsearch.caption_index import CaptionEncoder, load_caption_index
+    from figsearch.datadir import resolve_path
+    from figsearch.encoders import load_model, resolve_model_spec
+    from figsearch.index import current_version_dir, read_manifest
+
+    root = Path(root) if root else onnx_root(settings)
+    version = current_version_dir(settings.indexes_dir)
+    if version is None:
+        raise ExportError(f"no index in {settings.indexes_dir}; run `figsearch index` first")
+    manifest = read_manifest(version)
+    done: list[Path] = []
+    if manifest.get("kind") != "text":
+        spec = settings.model or str(manifest.get("model_spec") or "")
+        spec = resolve_path(spec, settings.data_dir) or resolve_model_spec(settings)
+        encoder = load_model(spec, device="cpu", precision="float32")
+        if manifest.get("model_key") and manifest["model_key"] != encoder.model_key:
+            raise ModelLoadError(f"index {version.name} was built with {manifest['model_key']}, "
+                                 f"the model {spec} is {encoder.model_key}")
+        done.append(export_clip(encoder, root))
+    captions = load_caption_index(version, nprobe=1)
+    caption_spec = settings.caption_model or str((captions.manifest if captions else {}).get(
+        "model_spec") or "")
+    if captions is not None and caption_spec:
+        done.append(export_caption_model(CaptionEncoder(caption_spec, device="cpu"), root))
+    return done
+
+
+# --------------------------------------------------------------------------- the CLI verb
+def add_arguments(parser: Any) -> None:
+    """``figsearch export-onnx`` flags."""
+    parser.add_argument("--out", default=None,
+                        help="export root (default: $FIGSEARCH_ONNX_DIR or DATA/models/onnx)")
+    parser.add_argument("--model", default=None,
+                        help="model spec to export (default: the current index's model)")
+
+
+def command(args: Any) -> int:
+    """Export the current index's models to ONNX; print where, and the agreement checks."""
+    import sys
+
+    settings: Settings = args.settings
+    if args.model:
+        settings = settings.model_copy(update={"model": args.model})
+    started = time.perf_counter()
+    try:
+        folders = export_data_dir(settings, Path(args.out) if args.out else None)
+    except (ExportError, ModelLoadError) as exc:
+        print(f"figsearch export-onnx: {exc}", file=sys.stderr)
+        return 1
+    for folder in folders:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        size = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
+        print(f"{manifest['model_key']}: {folder} ({size:.0f} MB; checks {manifest['checks']})")
+    print(f"exported {len(folders)} model(s) in {time.perf_counter() - started:.0f} s; serve "
+          "them with FIGSEARCH_ENCODER_BACKEND=onnx")
+    return 0
