@@ -155,6 +155,24 @@ def bench_model(model: str, data_dir: Path) -> tuple[str, Any]:
     return model, load_model(model, device="cpu")
 
 
+def onnx_export_root(data_dir: Path, int8_image: bool = False) -> Path:
+    """Where the benches keep ONNX exports: float32 towers, or an int8 image tower."""
+    return data_dir / "models" / ("onnx-int8-image" if int8_image else "onnx")
+
+
+def ensure_onnx_export(data_dir: Path, encoder: Any, int8_image: bool = False) -> Path:
+    """The ONNX export of ``encoder`` under :func:`onnx_export_root` (made on first use), for
+    servers run with ``FIGSEARCH_ENCODER_BACKEND=onnx`` and ``FIGSEARCH_ONNX_DIR`` there."""
+    from figsearch.onnx_encoder import OnnxExportMissing, find_export
+    from figsearch.onnx_export import export_clip
+
+    root = onnx_export_root(data_dir, int8_image)
+    try:
+        return find_export(root, encoder.model_key)
+    except OnnxExportMissing:
+        return export_clip(encoder, root, int8_image=int8_image)
+
+
 def stamp_manifest(version_dir: Path, spec: str, model_key: str) -> None:
     """Record the bench model in the manifest of a reused index (synthetic vectors belong to no
     model, so any model of the same dimension may query them)."""

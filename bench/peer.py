@@ -261,18 +261,31 @@ def flatten(side: str, rows: list[dict]) -> dict[str, Any]:
     return out
 
 
+#: figsearch sides: results prefix -> (ratio prefix, extra settings). ``figsearch_onnx`` is the
+#: torch-free encoder backend, the model exported to ONNX first with its image tower in int8
+#: (``figsearch export-onnx --int8-image``)
+FIGSEARCH_SIDES = {"figsearch": ("", {}),
+                   "figsearch_onnx": ("onnx_", {"FIGSEARCH_ENCODER_BACKEND": "onnx",
+                                                "FIGSEARCH_ONNX_DIR": "data-dir:models/onnx-int8-image"})}
+
+
 def ratios(figures: dict[str, Any]) -> dict[str, Any]:
-    """figsearch / peer for every queries/s phase both measured (``text_c32_ratio`` ...)."""
+    """figsearch / peer for every queries/s phase both measured (``text_c32_ratio`` ...; the
+    onnx backend's as ``onnx_text_c32_ratio``)."""
     out: dict[str, Any] = {}
-    for key, value in figures.items():
-        if key.startswith("figsearch_") and key.endswith("_qps"):
-            peer = figures.get("peer_" + key.removeprefix("figsearch_"))
+    for side, (label, _) in FIGSEARCH_SIDES.items():
+        for key, value in figures.items():
+            phase = key.removeprefix(f"{side}_").removesuffix("_qps")
+            if not (key.startswith(f"{side}_") and key.endswith("_qps")) or \
+                    phase.startswith("onnx_"):
+                continue
+            peer = figures.get(f"peer_{phase}_qps")
             if peer:
-                out[key.removeprefix("figsearch_").removesuffix("_qps") + "_ratio"] = round(
-                    value / peer, 2)
-    for kind in ("rss", "pss"):
-        if figures.get(f"peer_{kind}_mb") and f"figsearch_{kind}_mb" in figures:
-            out[f"{kind}_ratio"] = round(figures[f"figsearch_{kind}_mb"] / figures[f"peer_{kind}_mb"], 2)
+                out[f"{label}{phase}_ratio"] = round(value / peer, 2)
+        for kind in ("rss", "pss"):
+            if figures.get(f"peer_{kind}_mb") and f"{side}_{kind}_mb" in figures:
+                out[f"{label}{kind}_ratio"] = round(
+                    figures[f"{side}_{kind}_mb"] / figures[f"peer_{kind}_mb"], 2)
     return out
 
 
@@ -328,21 +341,29 @@ def stop(proc_or_pid: subprocess.Popen[bytes] | int) -> None:
 
 
 def measure_figsearch(work: Path, vectors: np.ndarray, spec: str, model_key: str,
-                      args: argparse.Namespace, embedding: bool) -> dict[str, Any]:
+                      args: argparse.Namespace, embedding: bool, side: str = "figsearch"
+                      ) -> dict[str, Any]:
     data = figsearch_data(work, vectors, spec, model_key)
     port = free_port()
     extra = dict(e.split("=", 1) for e in args.figsearch_env)
+    extra.update(FIGSEARCH_SIDES[side][1])
+    if extra.get("FIGSEARCH_ENCODER_BACKEND") == "onnx":
+        from bench.api import ensure_onnx_export
+        from figsearch.encoders import load_model
+
+        int8 = extra.get("FIGSEARCH_ONNX_DIR", "").endswith("int8-image")
+        ensure_onnx_export(data, load_model(spec, device="cpu"), int8_image=int8)
     proc = start_figsearch(data, spec, port, args.workers, extra)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/readyz", process=proc, timeout=900, interval=0.5)
         wait_all_workers(base, args.workers)
-        rows = run_load("figsearch", base, work / "figsearch-load.json", args, embedding)
-        figures = flatten("figsearch", rows)
+        rows = run_load("figsearch", base, work / f"{side}-load.json", args, embedding)
+        figures = flatten(side, rows)
         memory = tree_memory_mb(proc.pid)
-        figures["figsearch_rss_mb"], figures["figsearch_pss_mb"] = memory["rss"], memory["pss"]
+        figures[f"{side}_rss_mb"], figures[f"{side}_pss_mb"] = memory["rss"], memory["pss"]
         probes = probe_queries(vectors)
-        figures["figsearch_recall_at_10"] = round(
+        figures[f"{side}_recall_at_10"] = round(
             figsearch_recall(base, probes, exact_top(vectors, probes, 10), 10), 3)
     finally:
         stop(proc)
@@ -390,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra FIGSEARCH_*=value settings for the figsearch server")
     p.add_argument("--rounds", type=int, default=1,
                    help="peer then figsearch, this many times; each figure is the median")
-    p.add_argument("--sides", default="peer,figsearch",
+    p.add_argument("--sides", default="peer,figsearch,figsearch-onnx",
                    help="which services to drive (figsearch alone: an A/B of figsearch changes)")
     p.add_argument("--name", default="peer", help="results file bench/results/<name>.json")
     args = p.parse_args(argv)
@@ -408,7 +429,10 @@ def main(argv: list[str] | None = None) -> int:
         model_key = encoder.model_key
         del encoder
         # load.py's raw vectors are 512-d; figclip-mini is 256-d: vectors are checked by recall.
-        figures.update(measure_figsearch(args.work, vectors, spec, model_key, args, False))
+        for side in FIGSEARCH_SIDES:
+            if side.replace("_", "-") in args.sides.split(","):
+                figures.update(measure_figsearch(args.work, vectors, spec, model_key, args,
+                                                 False, side))
     else:
         from figsearch.encoders import load_model
 
@@ -423,18 +447,23 @@ def main(argv: list[str] | None = None) -> int:
             run: dict[str, Any] = {}
             if "peer" in sides:
                 run.update(measure_peer(args.work, emb, vectors, args))
-            if "figsearch" in sides:
-                run.update(measure_figsearch(args.work, vectors, spec, model_key, args, True))
+            for side in FIGSEARCH_SIDES:
+                if side.replace("_", "-") in sides:
+                    run.update(measure_figsearch(args.work, vectors, spec, model_key, args,
+                                                 True, side))
             runs.append(run)
         figures.update(median_figures(runs))
         figures.update(ratios(figures))
     rows = []
-    for key in sorted(k for k in figures if k.startswith("figsearch_") and k.endswith("_qps")):
-        phase = key.removeprefix("figsearch_").removesuffix("_qps")
-        rows.append([phase, figures.get(f"peer_{phase}_qps", "-"), figures[key],
-                     figures.get(f"{phase}_ratio", "-"), figures.get(f"peer_{phase}_p50_ms", "-"),
-                     figures[f"figsearch_{phase}_p50_ms"]])
-    print(markdown_table(["phase", "clip-retrieval q/s", "figsearch q/s", "ratio",
+    for side, (label, _) in FIGSEARCH_SIDES.items():
+        for key in sorted(k for k in figures if k.startswith(f"{side}_") and k.endswith("_qps")):
+            phase = key.removeprefix(f"{side}_").removesuffix("_qps")
+            if phase.startswith("onnx_"):
+                continue
+            rows.append([side, phase, figures.get(f"peer_{phase}_qps", "-"), figures[key],
+                         figures.get(f"{label}{phase}_ratio", "-"),
+                         figures.get(f"peer_{phase}_p50_ms", "-"), figures[f"{side}_{phase}_p50_ms"]])
+    print(markdown_table(["side", "phase", "clip-retrieval q/s", "figsearch q/s", "ratio",
                           "peer p50 ms", "figsearch p50 ms"], rows))
     params = {"n": args.n, "smoke": args.smoke, "k": args.k, "duration_s": args.duration,
               "workers": args.workers, "figsearch_env": args.figsearch_env,

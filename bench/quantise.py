@@ -91,15 +91,23 @@ def compare(float_enc: Any, other: Any, queries: list[str], corpus: np.ndarray,
             f"top{k}_identical": round(float(np.mean(same)), 4)}
 
 
-VARIANTS = ("float32-full", "float32", "bfloat16", "int8")
+VARIANTS = ("float32-full", "float32", "bfloat16", "int8", "onnx", "onnx-int8-image")
 PMC_IMAGES = ROCO_CSV.parents[1] / "pmc-figures" / "images"
 
 
-def make_variant(spec: str, name: str) -> Any:
-    """The encoder of ``spec`` as variant ``name`` (one of :data:`VARIANTS`)."""
+def make_variant(spec: str, name: str, work: Path | None = None) -> Any:
+    """The encoder of ``spec`` as variant ``name`` (one of :data:`VARIANTS`); ``onnx`` is the
+    torch-free backend's encoder, exported under ``work``."""
     from figsearch.encoders import load_model, quantize_text_tower
 
     enc = load_model(spec, device="cpu", precision="bfloat16" if name == "bfloat16" else "float32")
+    if name.startswith("onnx"):
+        from bench.api import ensure_onnx_export
+        from figsearch.onnx_encoder import OnnxEncoder
+
+        folder = ensure_onnx_export(work or Path(tempfile.mkdtemp(prefix="bench-onnx-")), enc,
+                                    int8_image=name == "onnx-int8-image")
+        return OnnxEncoder(folder)
     if name == "int8":
         quantize_text_tower(enc)
     if name == "float32-full":
@@ -140,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                                "corpus_encode_s": round(time.perf_counter() - t0, 1)}
     rows = []
     for name in args.variants:
-        enc = reference if name == "float32-full" else make_variant(args.model, name)
+        enc = (reference if name == "float32-full"
+               else make_variant(args.model, name, args.work_dir))
         text = compare(reference, enc, queries, corpus)
         image = compare_images(reference, enc, images, image_corpus)
         enc.warm_up()  # as the API does at load: no timed query pays for a new shape
@@ -149,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         per_img = median_ms(enc.encode_images, images[:10])
         figures[name] = {**text, **image, "query_p50_ms": round(per_q, 2),
                          "batch32_qps": round(qps, 1), "image_p50_ms": round(per_img, 1),
-                         "padding_trimmed": enc.pad_token is not None}
+                         "padding_trimmed": getattr(enc, "pad_token", 0) is not None}
         rows.append([name, round(per_q, 2), round(qps, 1), round(per_img, 1), text["cosine_min"],
                      text["top10_identical"], text["top10_overlap_mean"],
                      image.get("image_cosine_min", "-"), image.get("image_top10_identical", "-")])
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 def compare_images(reference: Any, enc: Any, images: list[Any], corpus: np.ndarray,
                    k: int = 10) -> dict[str, float]:
     """Image queries (each figure against the others) under ``enc`` vs the reference."""
-    if enc.precision == reference.precision:
+    if enc.precision == reference.precision and not hasattr(enc, "image_session"):
         return {}  # the image tower is untouched by trimming and int8 text quantisation
     qf, qq = corpus, enc.encode_images(images)
     cos = np.sum(qf * qq, axis=1)

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.api import QUERIES, prepared_data_dir
+from bench.api import QUERIES, ensure_onnx_export, onnx_export_root, prepared_data_dir
 from bench.common import markdown_table, smaps_rollup_kb, tree_pids, write_result
 from bench.peer import start_figsearch, stop, wait_all_workers
 from figsearch.netutil import free_port, wait_for_http
@@ -55,6 +55,7 @@ CATEGORIES = (
     ("model files", ("/models/",)),
     ("store (sqlite)", (".db", ".db-wal", ".db-shm")),
     ("torch libs", ("/torch/", "/nvidia/", "/triton/")),
+    ("onnxruntime libs", ("/onnxruntime/",)),
     ("other libs", (".so",)),
     ("heap / anonymous", ("[heap]", "")),
 )
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="figclip-mini")
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--configs", default="1:mmap,2:mmap,1:load",
-                   help="workers:mmap|load, comma-separated")
+                   help="workers:mmap|load[:onnx|onnx-int8-image], comma-separated (onnx: "
+                        "the torch-free encoder backend, the model exported first)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--name", default="rss", help="bench/results/<name>.json")
     args = p.parse_args(argv)
@@ -141,14 +143,19 @@ def main(argv: list[str] | None = None) -> int:
                                                           "bench-rss-")
     current = args.data_dir / "indexes" / "current"
     dim = encoder.dim
+    for backend in {c.split(":")[2] for c in args.configs.split(",") if c.count(":") == 2}:
+        ensure_onnx_export(args.data_dir, encoder, int8_image=backend == "onnx-int8-image")
     del encoder
     index_mb = sum(f.stat().st_size for f in current.resolve().iterdir()) / 2**20
     figures: dict[str, Any] = {"index_files_mb": round(index_mb, 1)}
     rows = []
     for config in args.configs.split(","):
-        workers, mode = config.split(":")
+        workers, mode, backend = (config.split(":") + ["torch"])[:3]
         port = free_port()
-        env = {"FIGSEARCH_INDEX_MMAP": str(mode == "mmap").lower()}
+        env = {"FIGSEARCH_INDEX_MMAP": str(mode == "mmap").lower(),
+               "FIGSEARCH_ENCODER_BACKEND": backend.split("-")[0],
+               "FIGSEARCH_ONNX_DIR": str(onnx_export_root(args.data_dir,
+                                                          backend == "onnx-int8-image"))}
         proc = start_figsearch(args.data_dir, spec, port, int(workers), env)
         base = f"http://127.0.0.1:{port}"
         try:
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             parts = {p: breakdown_mb(p) for p in worker_pids(proc.pid)}
         finally:
             stop(proc)
-        name = f"w{workers}_{mode}"
+        name = f"w{workers}_{mode}" + ("" if backend == "torch" else "_" + backend.replace("-", "_"))
         figures.update({f"{name}_{k}": v for k, v in mem.items()})
         for i, (pid, cats) in enumerate(parts.items()):  # each process by mapping category
             role = "supervisor" if pid == proc.pid and len(parts) > 1 else f"worker{i}"
@@ -170,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                                   "anon MiB", "of which huge pages"],
                                  [[c, v["rss_mb"], v["pss_mb"], v["anon_mb"], v["thp_mb"]]
                                   for c, v in cats.items()]), flush=True)
-        rows.append([workers, mode, mem["processes"], mem["rss_mb"], mem["pss_mb"], mem["anon_mb"]])
+        rows.append([workers, mode, backend, mem["processes"], mem["rss_mb"], mem["pss_mb"], mem["anon_mb"]])
         print(f"{name}: {mem}", flush=True)
-    print(markdown_table(["workers", "index", "processes", "RSS MiB (sum)", "PSS MiB (sum)",
+    print(markdown_table(["workers", "index", "encoder", "processes", "RSS MiB (sum)", "PSS MiB (sum)",
                           "private anon MiB"], rows))
     manifest = json.loads((current / "manifest.json").read_text())
     params = {"n": args.n, "model": args.model, "requests": args.requests,

@@ -213,6 +213,9 @@ def open_session(path: Path, threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # warnings about unused initialisers are noise here
+    # no arena: it keeps the peak activation memory of the largest batch for the process's
+    # life (60 MiB for ViT-B/16 here), and queries ran no slower without it
+    options.enable_cpu_mem_arena = False
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
@@ -232,7 +235,9 @@ class OnnxEncoder:
         self.spec: str = manifest["spec"]
         self.model_key: str = manifest["model_key"]
         self.dim = int(manifest["dim"])
-        self.precision: str = manifest.get("text_precision", "float32")
+        image = manifest.get("image") or {}
+        #: the image tower's weights (``int8`` when exported with ``--int8-image``)
+        self.precision: str = image.get("precision", "float32")
         self.batch_size = batch_size
         self.text_session = self.tokenizer = None
         self.image_session = None

@@ -22,15 +22,20 @@ def test_peer_bench_smoke_answers_every_query_correctly(tmp_path: Path) -> None:
            "--text-conc", "1,4", "--image-conc", "1"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "| phase |" in proc.stdout
+    assert "| side | phase |" in proc.stdout
     result = json.loads((tmp_path / "results" / "peer.json").read_text())
     figures = result["figures"]
     assert result["params"]["smoke"] is True and result["params"]["n"] == 1500
-    for phase in ("text_c1", "text_c4", "image_c1"):
-        assert figures[f"figsearch_{phase}_requests"] > 0, figures
-        assert figures[f"figsearch_{phase}_errors"] == 0, figures
-        assert 0 < figures[f"figsearch_{phase}_p50_ms"] <= figures[f"figsearch_{phase}_p99_ms"]
-    # Raw-vector queries near stored vectors find the exact top-10 (1,500 vectors: Flat index).
-    assert figures["figsearch_recall_at_10"] >= 0.99
-    assert figures["figsearch_rss_mb"] > 0
+    for side in ("figsearch", "figsearch_onnx"):  # torch, and the torch-free encoder backend
+        for phase in ("text_c1", "text_c4", "image_c1"):
+            assert figures[f"{side}_{phase}_requests"] > 0, figures
+            assert figures[f"{side}_{phase}_errors"] == 0, figures
+            assert 0 < figures[f"{side}_{phase}_p50_ms"] <= figures[f"{side}_{phase}_p99_ms"]
+        # Raw-vector queries near stored vectors find the exact top-10 (1,500 vectors: Flat).
+        assert figures[f"{side}_recall_at_10"] >= 0.99
+        assert figures[f"{side}_rss_mb"] > 0
+    # the exported model was written into the data dir the onnx side served
+    assert list((tmp_path / "work").rglob("figsearch_onnx.json"))
+    # no torch in the onnx side's server: its memory is the smaller by far
+    assert figures["figsearch_onnx_rss_mb"] < figures["figsearch_rss_mb"] - 300
     assert not any(k.startswith("peer_") for k in figures)  # the peer is not installed here

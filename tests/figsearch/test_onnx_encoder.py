@@ -38,7 +38,6 @@ from figsearch.onnx_encoder import (
 )
 from figsearch.onnx_export import (
     _bpe_tokenizer,
-    export_caption_model,
     export_clip,
     tokenizer_export,
 )
@@ -191,6 +190,23 @@ def test_exported_hf_tower_model_gives_the_torch_vectors(tiny_export, shared_dat
     assert (np.argsort(-(c_onnx @ q_onnx[0]))[:10] == np.argsort(-(c_torch @ q_torch[0]))[:10]).all()
 
 
+def test_int8_image_tower_stays_within_the_cosine_floor(tiny_model_dir, shared_data, tmp_path):
+    import onnx
+
+    encoder = load_model(str(tiny_model_dir), device="cpu")
+    folder = export_clip(encoder, tmp_path, int8_image=True)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["image"]["precision"] == "int8"
+    ops = {node.op_type for node in onnx.load(str(folder / "image.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in ops and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    exported = OnnxEncoder(folder, threads=1)
+    assert exported.precision == "int8"
+    images = real_figures(shared_data, 12)
+    assert cosines(exported.encode_images(images), encoder.encode_images(images)).min() >= 0.99
+    # the text tower is not quantised: still the float model's vectors
+    assert cosines(exported.encode_texts(QUERIES), encoder.encode_texts(QUERIES)).min() > 0.9999
+
+
 def test_exported_clip_text_transformer_gives_the_torch_vectors(tmp_path, shared_data):
     encoder = tiny_clip()
     folder = export_clip(encoder, tmp_path)
@@ -199,11 +215,13 @@ def test_exported_clip_text_transformer_gives_the_torch_vectors(tmp_path, shared
     assert cosines(exported.encode_texts(texts), encoder.encode_texts(texts)).min() > 0.9999
 
 
-def test_exported_caption_model_gives_the_sentence_transformers_vectors(tmp_path, shared_data):
+def test_exported_caption_model_gives_the_sentence_transformers_vectors(onnx_data_dir,
+                                                                        shared_data):
     from figsearch.caption_index import CaptionEncoder
 
     encoder = CaptionEncoder("all-MiniLM-L6-v2")
-    folder = export_caption_model(encoder, tmp_path)
+    # exported by the export verb in the fixture (export_data_dir -> export_caption_model)
+    folder = find_export(onnx_root(Settings(data_dir=onnx_data_dir)), encoder.model_key)
     exported = OnnxEncoder(folder, threads=1)
     assert exported.image_session is None and exported.model_key == encoder.model_key
     texts = real_captions(shared_data, 150)
