@@ -147,6 +147,9 @@ class StatsResponse(BaseModel):
     index_built_at: str | None
     model_spec: str | None
     model_key: str | None
+    encoder_backend: str | None = Field(
+        None, description="What encodes queries: torch, or onnx (the exported model on ONNX "
+        "Runtime, FIGSEARCH_ENCODER_BACKEND); null without an image model.")
     dim: int | None
     store: dict[str, int]
     reloads: int

@@ -353,6 +353,8 @@ def test_server_with_the_onnx_backend_loads_no_torch(onnx_data_dir, shared_data)
                               files={"image": ("q.jpg", image.content, "image/jpeg")})
             assert found.status_code == 200
             assert found.json()["results"][0]["id"] == hit["id"]
+            stats = http.get("/v1/stats").json()
+            assert stats["encoder_backend"] == "onnx" and stats["signals"]["caption"] is True
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "onnxruntime" in maps
         assert "/torch/lib/" not in maps and "libtorch" not in maps
