@@ -160,6 +160,19 @@ def onnx_export_root(data_dir: Path, int8_image: bool = False) -> Path:
     return data_dir / "models" / ("onnx-int8-image" if int8_image else "onnx")
 
 
+#: encoder backends a bench can serve with: torch, or an ONNX export (float32 towers, or its
+#: image tower in int8)
+BACKENDS = ("torch", "onnx", "onnx-int8-image")
+
+
+def backend_env(data_dir: Path, backend: str) -> dict[str, str]:
+    """The server settings of one of :data:`BACKENDS`."""
+    if backend == "torch":
+        return {"FIGSEARCH_ENCODER_BACKEND": "torch"}
+    return {"FIGSEARCH_ENCODER_BACKEND": "onnx",
+            "FIGSEARCH_ONNX_DIR": str(onnx_export_root(data_dir, backend == "onnx-int8-image"))}
+
+
 def ensure_onnx_export(data_dir: Path, encoder: Any, int8_image: bool = False) -> Path:
     """The ONNX export of ``encoder`` under :func:`onnx_export_root` (made on first use), for
     servers run with ``FIGSEARCH_ENCODER_BACKEND=onnx`` and ``FIGSEARCH_ONNX_DIR`` there."""

@@ -261,12 +261,20 @@ def flatten(side: str, rows: list[dict]) -> dict[str, Any]:
     return out
 
 
-#: figsearch sides: results prefix -> (ratio prefix, extra settings). ``figsearch_onnx`` is the
-#: torch-free encoder backend, the model exported to ONNX first with its image tower in int8
-#: (``figsearch export-onnx --int8-image``)
-FIGSEARCH_SIDES = {"figsearch": ("", {}),
-                   "figsearch_onnx": ("onnx_", {"FIGSEARCH_ENCODER_BACKEND": "onnx",
-                                                "FIGSEARCH_ONNX_DIR": "data-dir:models/onnx-int8-image"})}
+#: figsearch sides: results prefix -> (ratio prefix, encoder backend of bench.api.BACKENDS).
+#: ``figsearch_onnx`` is the torch-free encoder backend, the model exported to ONNX first with
+#: its image tower in int8 (``figsearch export-onnx --int8-image``)
+FIGSEARCH_SIDES = {"figsearch": ("", "torch"), "figsearch_onnx": ("onnx_", "onnx-int8-image")}
+
+
+def side_qps(figures: dict[str, Any], side: str) -> dict[str, float]:
+    """phase -> queries/s of one figsearch side (``figsearch_onnx_*`` keys also start with
+    ``figsearch_``: they are the other side's)."""
+    others = [s for s in FIGSEARCH_SIDES if s != side and s.startswith(side)]
+    return {key.removeprefix(f"{side}_").removesuffix("_qps"): value
+            for key, value in figures.items()
+            if key.startswith(f"{side}_") and key.endswith("_qps")
+            and not any(key.startswith(f"{other}_") for other in others)}
 
 
 def ratios(figures: dict[str, Any]) -> dict[str, Any]:
@@ -274,11 +282,7 @@ def ratios(figures: dict[str, Any]) -> dict[str, Any]:
     onnx backend's as ``onnx_text_c32_ratio``)."""
     out: dict[str, Any] = {}
     for side, (label, _) in FIGSEARCH_SIDES.items():
-        for key, value in figures.items():
-            phase = key.removeprefix(f"{side}_").removesuffix("_qps")
-            if not (key.startswith(f"{side}_") and key.endswith("_qps")) or \
-                    phase.startswith("onnx_"):
-                continue
+        for phase, value in side_qps(figures, side).items():
             peer = figures.get(f"peer_{phase}_qps")
             if peer:
                 out[f"{label}{phase}_ratio"] = round(value / peer, 2)
@@ -345,14 +349,16 @@ def measure_figsearch(work: Path, vectors: np.ndarray, spec: str, model_key: str
                       ) -> dict[str, Any]:
     data = figsearch_data(work, vectors, spec, model_key)
     port = free_port()
+    from bench.api import backend_env, ensure_onnx_export
+
     extra = dict(e.split("=", 1) for e in args.figsearch_env)
-    extra.update(FIGSEARCH_SIDES[side][1])
-    if extra.get("FIGSEARCH_ENCODER_BACKEND") == "onnx":
-        from bench.api import ensure_onnx_export
+    backend = FIGSEARCH_SIDES[side][1]
+    extra.update(backend_env(data, backend))
+    if backend != "torch":
         from figsearch.encoders import load_model
 
-        int8 = extra.get("FIGSEARCH_ONNX_DIR", "").endswith("int8-image")
-        ensure_onnx_export(data, load_model(spec, device="cpu"), int8_image=int8)
+        ensure_onnx_export(data, load_model(spec, device="cpu"),
+                           int8_image=backend == "onnx-int8-image")
     proc = start_figsearch(data, spec, port, args.workers, extra)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -456,11 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         figures.update(ratios(figures))
     rows = []
     for side, (label, _) in FIGSEARCH_SIDES.items():
-        for key in sorted(k for k in figures if k.startswith(f"{side}_") and k.endswith("_qps")):
-            phase = key.removeprefix(f"{side}_").removesuffix("_qps")
-            if phase.startswith("onnx_"):
-                continue
-            rows.append([side, phase, figures.get(f"peer_{phase}_qps", "-"), figures[key],
+        for phase, qps in sorted(side_qps(figures, side).items()):
+            rows.append([side, phase, figures.get(f"peer_{phase}_qps", "-"), qps,
                          figures.get(f"{label}{phase}_ratio", "-"),
                          figures.get(f"peer_{phase}_p50_ms", "-"), figures[f"{side}_{phase}_p50_ms"]])
     print(markdown_table(["side", "phase", "clip-retrieval q/s", "figsearch q/s", "ratio",

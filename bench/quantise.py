@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 def compare_images(reference: Any, enc: Any, images: list[Any], corpus: np.ndarray,
                    k: int = 10) -> dict[str, float]:
     """Image queries (each figure against the others) under ``enc`` vs the reference."""
-    if enc.precision == reference.precision and not hasattr(enc, "image_session"):
+    if type(enc) is type(reference) and enc.precision == reference.precision:
         return {}  # the image tower is untouched by trimming and int8 text quantisation
     qf, qq = corpus, enc.encode_images(images)
     cos = np.sum(qf * qq, axis=1)

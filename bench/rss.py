@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.api import QUERIES, ensure_onnx_export, onnx_export_root, prepared_data_dir
+from bench.api import QUERIES, backend_env, ensure_onnx_export, prepared_data_dir
 from bench.common import markdown_table, smaps_rollup_kb, tree_pids, write_result
 from bench.peer import start_figsearch, stop, wait_all_workers
 from figsearch.netutil import free_port, wait_for_http
@@ -153,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         workers, mode, backend = (config.split(":") + ["torch"])[:3]
         port = free_port()
         env = {"FIGSEARCH_INDEX_MMAP": str(mode == "mmap").lower(),
-               "FIGSEARCH_ENCODER_BACKEND": backend.split("-")[0],
-               "FIGSEARCH_ONNX_DIR": str(onnx_export_root(args.data_dir,
-                                                          backend == "onnx-int8-image"))}
+               **backend_env(args.data_dir, backend)}
         proc = start_figsearch(args.data_dir, spec, port, int(workers), env)
         base = f"http://127.0.0.1:{port}"
         try:

@@ -252,10 +252,11 @@ def export_clip(encoder: Encoder, root: Path, images: list[Any] | None = None,
         }
 
     def check(exported: OnnxEncoder) -> dict[str, float]:
+        probes = _probe_images(images)
         return {"text_min_cosine": _min_cosine(exported.encode_texts(PROBE_TEXTS),
                                                _float_texts(encoder, PROBE_TEXTS)),
-                "image_min_cosine": _min_cosine(exported.encode_images(_probe_images(images)),
-                                                _float_images(encoder, _probe_images(images)))}
+                "image_min_cosine": _min_cosine(exported.encode_images(probes),
+                                                encoder.encode_images(probes))}
 
     return _write_export(root, encoder.model_key, write, check)
 
@@ -342,10 +343,6 @@ def _float_texts(encoder: Encoder, texts: tuple[str, ...]) -> np.ndarray:
     with torch.inference_mode():
         tokens = encoder.tokenizer(list(texts))
         return encoder._encode_tokens(tokens, trim=False).float().numpy()
-
-
-def _float_images(encoder: Encoder, images: list[Any]) -> np.ndarray:
-    return encoder.encode_images(images)
 
 
 def _probe_images(images: list[Any] | None) -> list[Any]:

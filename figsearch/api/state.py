@@ -177,13 +177,17 @@ class AppState:
                 cache_size=self.settings.query_cache_size)
         return CaptionSignal(index, self._caption_encoders[spec])
 
+    def _onnx_encoder(self, spec: str) -> Any:
+        """The exported encoder an ``onnx:<model key>`` spec names."""
+        from figsearch.onnx_encoder import load_onnx_encoder
+
+        return load_onnx_encoder(onnx_root(self.settings), spec.removeprefix("onnx:"),
+                                 threads=self.settings.torch_threads,
+                                 batch_size=self.settings.batch_size)
+
     def _new_caption_encoder(self, spec: str) -> Any:
         if spec.startswith("onnx:"):
-            from figsearch.onnx_encoder import load_onnx_encoder
-
-            return load_onnx_encoder(onnx_root(self.settings), spec.removeprefix("onnx:"),
-                                     threads=self.settings.torch_threads,
-                                     batch_size=self.settings.batch_size)
+            return self._onnx_encoder(spec)
         from figsearch.caption_index import CaptionEncoder
         from figsearch.encoders import default_device
 
@@ -220,11 +224,7 @@ class AppState:
     def _new_encoder(self, spec: str) -> Any:
         settings = self.settings
         if spec.startswith("onnx:"):
-            from figsearch.onnx_encoder import load_onnx_encoder
-
-            return load_onnx_encoder(onnx_root(settings), spec.removeprefix("onnx:"),
-                                     threads=settings.torch_threads,
-                                     batch_size=settings.batch_size)
+            return self._onnx_encoder(spec)
         from figsearch.encoders import load_model, set_torch_threads
 
         set_torch_threads(settings.torch_threads)
