@@ -278,9 +278,11 @@ class FigureFilter:
     license_class: str | None = None
 
     def is_empty(self) -> bool:
+        """No condition besides "not retracted": the same tests as :meth:`sql` (a year bound
+        of 0 is a bound)."""
         return not (
-            self.year_from or self.year_to or self.journal or self.commercial_only
-            or self.figure_type or self.pmcid or self.license_class
+            self.year_from is not None or self.year_to is not None or self.journal
+            or self.commercial_only or self.figure_type or self.pmcid or self.license_class
         )
 
     def sql(self) -> tuple[str, dict[str, Any]]:

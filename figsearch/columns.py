@@ -1,0 +1,467 @@
+"""Columnar filter metadata of an index version: filters without a SQL scan on the query path.
+
+Building a filter's allowed-id set with ``FigureStore.filtered_ids`` scans the store: 43-53 s
+and up to 580 MB for one broad filter at 5 M figures (bench/results/filter_ids.json). Instead,
+every version directory holds ``columns/``: one ``.npy`` file per filterable attribute of the
+live (non-retracted) figures, in figure-id order, read with ``np.load(mmap_mode="r")``:
+
+==================  ========  ==============================================================
+file                dtype     meaning
+==================  ========  ==============================================================
+``ids.npy``         int64     figure ids, sorted (row ``i`` of every other column is ``ids[i]``)
+``year.npy``        int16     the article's year; 0 = unknown (NULL)
+``journal.npy``     int32     code of SQLite's ``lower(journal)`` in ``vocab.json`` ["journal"]
+``license.npy``     int8      code of the license class in ``vocab.json`` ["license_class"]
+``figure_type.npy`` int8      code of the figure type in ``vocab.json`` ["figure_type"]; -1 none
+``article.npy``     int32     the article's row id (the ``pmcid`` filter: one point query
+                              looks the pmcid up, then a comparison)
+``has_image.npy``   bool      whether the figure has an image
+==================  ========  ==============================================================
+
+A filter (:class:`~figsearch.store.FigureFilter`) is evaluated by :meth:`VersionColumns.allowed`
+as a few vectorised comparisons (milliseconds at 15 M rows) into an :class:`AllowedSet`, whose
+semantics equal ``FigureFilter.sql()``: retracted articles' figures are absent from the columns,
+a journal matches case-insensitively as SQLite's (ASCII-only) ``lower()`` does, commercial use
+is a license class in ``COMMERCIAL_CLASSES``, an unknown year passes no year bound. Figure types
+come from the version's own ``figure_types.npy`` when it has one (what
+:class:`figsearch.version_data.VersionedStore` filters by), else from the store's
+``figures.figure_type`` column. Versions without ``columns/`` fall back to the SQL path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from figsearch.licenses import COMMERCIAL_CLASSES
+from figsearch.store import FigureFilter, FigureStore
+
+COLUMNS_DIR = "columns"
+VOCAB_FILE = "vocab.json"
+FORMAT = 1
+#: column name -> dtype, in the order the files are written
+COLUMNS: dict[str, Any] = {
+    "ids": np.int64, "year": np.int16, "journal": np.int32, "license": np.int8,
+    "figure_type": np.int8, "article": np.int32, "has_image": np.bool_,
+}
+READ_CHUNK = 500_000
+ALLOWED_CACHE_SIZE = 16  # filters whose allowed sets (and their per-index row masks) are kept
+
+
+# -- the allowed set ---------------------------------------------------------------------------
+class AllowedSet:
+    """The figures passing one filter: count, sorted ids (lazy), vectorised membership.
+
+    Made from a mask over a version's column rows (:meth:`VersionColumns.allowed`) or from a
+    sorted id array (:meth:`from_ids`, the SQL fallback). Membership is a bool array indexed by
+    figure id (length max id + 1, built on first use), so :meth:`contains` and :meth:`row_mask`
+    are one gather each, with no sort or search per call. Safe to share across threads.
+    """
+
+    def __init__(self, base_ids: np.ndarray, mask: np.ndarray | None, total: int,
+                 count: int | None = None) -> None:
+        """``base_ids`` sorted unique figure ids; ``mask`` which of them pass (None: all)."""
+        self._base = base_ids
+        self._mask = mask
+        self.total = int(total)
+        self.count = int(np.count_nonzero(mask) if count is None and mask is not None
+                         else len(base_ids) if count is None else count)
+        self._ids: np.ndarray | None = None if mask is not None else np.asarray(base_ids, np.int64)
+        self._bitmap: np.ndarray | None = None
+        self._row_masks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_ids(cls, ids: Any, total: int | None = None) -> AllowedSet:
+        """A set over sorted unique figure ids (e.g. ``FigureStore.filtered_ids``)."""
+        arr = np.asarray(ids, np.int64).ravel()
+        if len(arr) > 1 and not bool(np.all(arr[1:] > arr[:-1])):
+            arr = np.unique(arr)
+        return cls(arr, None, len(arr) if total is None else total)
+
+    @classmethod
+    def empty(cls, total: int = 0) -> AllowedSet:
+        return cls(np.zeros(0, np.int64), None, total)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __repr__(self) -> str:
+        return f"AllowedSet(count={self.count}, total={self.total})"
+
+    @property
+    def selectivity(self) -> float:
+        """count / total (1.0 for an empty universe)."""
+        return self.count / self.total if self.total else 1.0
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Sorted int64 figure ids of the set (computed on first use, then kept)."""
+        if self._ids is None:
+            assert self._mask is not None
+            self._ids = np.asarray(self._base[self._mask], np.int64)
+        return self._ids
+
+    def bitmap(self) -> np.ndarray:
+        """bool membership indexed by figure id (length max id + 1 of the universe)."""
+        if self._bitmap is None:
+            size = int(self._base[-1]) + 1 if len(self._base) else 0
+            bm = np.zeros(size, bool)
+            if self._mask is None:
+                bm[self._base] = True
+            else:
+                bm[self._base] = self._mask
+            self._bitmap = bm
+        return self._bitmap
+
+    def contains(self, ids: Any) -> np.ndarray:
+        """bool per figure id: whether it is in the set (ids outside the universe: False)."""
+        arr = np.asarray(ids, np.int64)
+        bm = self.bitmap()
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= len(bm)):
+            inside = (arr >= 0) & (arr < len(bm))
+            out = np.zeros(arr.shape, bool)
+            out[inside] = bm[arr[inside]]
+            return out
+        return bm[arr]
+
+    def row_mask(self, index_ids: np.ndarray) -> np.ndarray:
+        """bool per row of one index whose figure ids are ``index_ids``; cached per index (the
+        cache holds ``index_ids``, so its id() cannot be reused while cached)."""
+        key = id(index_ids)
+        with self._lock:
+            hit = self._row_masks.get(key)
+        if hit is not None and hit[0] is index_ids:
+            return hit[1]
+        mask = self.contains(index_ids)
+        with self._lock:
+            self._row_masks[key] = (index_ids, mask)
+        return mask
+
+
+# -- reading the store -------------------------------------------------------------------------
+def sql_lower(value: str) -> str:
+    """``value`` lower-cased exactly as the store's SQLite ``lower()`` does (ASCII only, unless
+    the library was built with ICU), by asking the same library."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        return str(conn.execute("SELECT lower(?)", (value,)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _codes(values: Sequence[Any], vocab: dict[str, int]) -> np.ndarray:
+    """Codes of string values in ``vocab`` (new values appended); None -> -1."""
+    return np.fromiter((-1 if v is None else vocab.setdefault(v, len(vocab)) for v in values),
+                       np.int64, count=len(values))
+
+
+def _code_dtype(dtype: Any, vocab: dict[str, int]) -> Any:
+    """``dtype`` or a wider integer when the vocabulary outgrows it."""
+    info = np.iinfo(dtype)
+    if len(vocab) <= info.max:
+        return dtype
+    return np.int16 if len(vocab) <= np.iinfo(np.int16).max else np.int32
+
+
+def _read_articles(raw: sqlite3.Connection, chunk: int) -> dict[str, Any]:
+    """Per-article arrays indexed by article id: year, journal / license codes, live flag."""
+    max_id = int(raw.execute("SELECT coalesce(max(id), 0) FROM articles").fetchone()[0])
+    year = np.zeros(max_id + 1, np.int16)
+    journal = np.full(max_id + 1, -1, np.int32)
+    license_ = np.full(max_id + 1, -1, np.int64)
+    live = np.zeros(max_id + 1, bool)
+    journals: dict[str, int] = {}
+    licenses: dict[str, int] = {}
+    last = -1
+    while True:
+        rows = raw.execute(
+            "SELECT id, coalesce(year, 0), lower(journal), license_class, retracted "
+            "FROM articles WHERE id > ? ORDER BY id LIMIT ?", (last, chunk)).fetchall()
+        if not rows:
+            break
+        ids, years, jn, lc, retracted = zip(*rows, strict=True)
+        aid = np.asarray(ids, np.int64)
+        year[aid] = np.clip(np.asarray(years, np.int64), -32768, 32767)
+        journal[aid] = _codes(jn, journals)
+        license_[aid] = _codes(lc, licenses)
+        live[aid] = ~np.asarray(retracted, bool)
+        last = int(aid[-1])
+    return {"year": year, "journal": journal, "license": license_, "live": live,
+            "journals": journals, "licenses": licenses}
+
+
+def _read_figures(raw: sqlite3.Connection, chunk: int, with_types: bool
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """(ids, article ids, has_image, store figure-type codes, type vocab) of every figure."""
+    types: dict[str, int] = {}
+    if with_types:
+        names = [r[0] for r in raw.execute(
+            "SELECT DISTINCT figure_type FROM figures WHERE figure_type IS NOT NULL "
+            "ORDER BY figure_type")]
+        types = {str(n): i for i, n in enumerate(names)}
+    # figure types as integers in SQL (few distinct values): every column read is numeric
+    case = ("CASE figure_type " + " ".join(f"WHEN ? THEN {i}" for i in range(len(types)))
+            + " ELSE -1 END") if types else "-1"
+    sql = (f"SELECT id, article_id, has_image, {case} FROM figures WHERE id > ? "
+           "ORDER BY id LIMIT ?")
+    parts: list[np.ndarray] = []
+    last = -1
+    while True:
+        rows = raw.execute(sql, (*types, last, chunk)).fetchall()
+        if not rows:
+            break
+        arr = np.fromiter(itertools.chain.from_iterable(rows), np.int64,
+                          count=4 * len(rows)).reshape(-1, 4)
+        parts.append(arr)
+        last = int(arr[-1, 0])
+    arr = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
+    return arr[:, 0], arr[:, 1], arr[:, 2].astype(bool), arr[:, 3], types
+
+
+def _version_types(version_dir: Path, type_names: Sequence[str], ids: np.ndarray) -> np.ndarray:
+    """Figure-type codes of ``ids`` from the version's own ``figure_types.npy`` (-1: none,
+    including figures the version's image index does not hold)."""
+    from figsearch.index import IDS_FILE
+    from figsearch.version_data import TYPES_FILE
+
+    out = np.full(len(ids), -1, np.int64)
+    v_ids = np.load(version_dir / IDS_FILE)
+    v_codes = np.load(version_dir / TYPES_FILE)
+    if len(ids) and len(v_ids):
+        pos = np.searchsorted(ids, v_ids).clip(0, len(ids) - 1)
+        found = ids[pos] == v_ids
+        out[pos[found]] = v_codes[found]
+    if len(type_names) and out.max(initial=-1) >= len(type_names):
+        raise ValueError(f"{version_dir}: figure-type codes beyond its {len(type_names)} labels")
+    return out
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_columns(store: FigureStore, version_dir: Path, *,
+                  type_names: Sequence[str] | None = None,
+                  chunk: int = READ_CHUNK) -> dict[str, Any]:
+    """Write ``<version_dir>/columns/`` from the store (one read snapshot, raw SQL in id-order
+    chunks, no ORM objects) and fsync it; returns ``{"columns": {...}}`` for the manifest.
+
+    ``type_names`` (the version's ``figure_type_labels``) says that figure types come from the
+    version's ``figure_types.npy`` + ``ids.npy``, already written in ``version_dir``; without it
+    they come from the store's ``figures.figure_type``. Usable as (part of) a build's
+    ``add_files``: ``functools.partial(write_columns, store, type_names=names)``.
+    """
+    start = time.perf_counter()
+    version_dir = Path(version_dir)
+    from figsearch.version_data import TYPES_FILE
+
+    use_version_types = type_names is not None and (version_dir / TYPES_FILE).is_file()
+    with store.engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.execute("BEGIN")  # one snapshot (WAL) for articles and figures
+        try:
+            art = _read_articles(raw, chunk)
+            ids, aid, has_image, ftype, types = _read_figures(raw, chunk, not use_version_types)
+        finally:
+            raw.execute("ROLLBACK")
+    live = art["live"][aid]
+    ids, aid, has_image, ftype = ids[live], aid[live], has_image[live], ftype[live]
+    if use_version_types:
+        assert type_names is not None
+        types = {str(n): i for i, n in enumerate(type_names)}
+        ftype = _version_types(version_dir, type_names, ids)
+    journals, licenses = art["journals"], art["licenses"]
+    arrays = {
+        "ids": ids, "year": art["year"][aid], "journal": art["journal"][aid],
+        "license": art["license"][aid].astype(_code_dtype(np.int8, licenses)),
+        "figure_type": ftype.astype(_code_dtype(np.int8, types)),
+        "article": aid.astype(np.int32), "has_image": has_image,
+    }
+    out_dir = version_dir / COLUMNS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, int] = {}
+    for name, arr in arrays.items():
+        want = COLUMNS[name] if name not in ("license", "figure_type") else arr.dtype
+        path = out_dir / f"{name}.npy"
+        np.save(path, np.ascontiguousarray(arr, dtype=want))
+        files[path.name] = path.stat().st_size
+    vocab = {"format": FORMAT, "count": int(len(ids)),
+             "max_id": int(ids[-1]) if len(ids) else -1,
+             "journal": _vocab_list(journals), "license_class": _vocab_list(licenses),
+             "figure_type": _vocab_list(types),
+             "figure_types_from": "version" if use_version_types else "store"}
+    (out_dir / VOCAB_FILE).write_text(json.dumps(vocab))
+    files[VOCAB_FILE] = (out_dir / VOCAB_FILE).stat().st_size
+    for name in files:
+        _fsync(out_dir / name)
+    _fsync(out_dir)
+    return {"columns": {"count": int(len(ids)), "files": files,
+                        "figure_types_from": vocab["figure_types_from"],
+                        "seconds": round(time.perf_counter() - start, 3)}}
+
+
+def _vocab_list(vocab: dict[str, int]) -> list[str]:
+    out = [""] * len(vocab)
+    for name, code in vocab.items():
+        out[code] = name
+    return out
+
+
+# -- the read side -----------------------------------------------------------------------------
+class VersionColumns:
+    """The memory-mapped columns of one version; :meth:`allowed` evaluates a filter."""
+
+    def __init__(self, path: Path, arrays: dict[str, np.ndarray], vocab: dict[str, Any],
+                 store: FigureStore | None = None) -> None:
+        self.path = path
+        self.store = store  # for the pmcid filter's one point query
+        self._a = arrays
+        self.vocab = vocab
+        self._codes = {name: {v: i for i, v in enumerate(vocab[name])}
+                       for name in ("journal", "license_class", "figure_type")}
+        self._cache: OrderedDict[tuple[Any, ...], AllowedSet] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, version_dir: str | Path, store: FigureStore | None = None
+             ) -> VersionColumns | None:
+        """The version's columns, or None for a version built without them."""
+        path = Path(version_dir) / COLUMNS_DIR
+        if not (path / VOCAB_FILE).is_file():
+            return None
+        vocab = json.loads((path / VOCAB_FILE).read_text())
+        if int(vocab.get("format", 0)) != FORMAT:
+            return None  # written by another format: the SQL path still answers
+        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in COLUMNS}
+        n = int(vocab["count"])
+        bad = {name: len(arr) for name, arr in arrays.items() if len(arr) != n}
+        if bad:
+            from figsearch.index import IndexLoadError
+
+            raise IndexLoadError(f"{path}: columns of {bad} rows, vocab says {n} (truncated?)")
+        return cls(path, arrays, vocab, store)
+
+    @property
+    def count(self) -> int:
+        return len(self._a["ids"])
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Sorted figure ids of the live figures (memory-mapped)."""
+        return self._a["ids"]
+
+    def column(self, name: str) -> np.ndarray:
+        """One memory-mapped column (see :data:`COLUMNS`)."""
+        return self._a[name]
+
+    def allowed(self, flt: FigureFilter) -> AllowedSet:
+        """The figures passing ``flt`` (same semantics as ``FigureFilter.sql()``), cached in a
+        small LRU keyed by the filter's values."""
+        key = dataclasses.astuple(flt)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        result = self._evaluate(flt)
+        with self._lock:
+            self._cache[key] = result
+            while len(self._cache) > ALLOWED_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return result
+
+    def _evaluate(self, flt: FigureFilter) -> AllowedSet:
+        a, n = self._a, self.count
+        tests: list[Any] = []  # callables giving a bool mask, cheapest first
+        codes = self._codes
+        if flt.journal:
+            code = codes["journal"].get(sql_lower(flt.journal))
+            if code is None:
+                return AllowedSet.empty(n)
+            tests.append(lambda code=code: a["journal"] == code)
+        if flt.license_class:
+            code = codes["license_class"].get(flt.license_class)
+            if code is None:
+                return AllowedSet.empty(n)
+            tests.append(lambda code=code: a["license"] == code)
+        if flt.commercial_only:
+            wanted = [codes["license_class"][c] for c in sorted(COMMERCIAL_CLASSES)
+                      if c in codes["license_class"]]
+            if not wanted:
+                return AllowedSet.empty(n)
+            tests.append(lambda: _any_equal(a["license"], wanted))
+        if flt.figure_type:
+            code = codes["figure_type"].get(flt.figure_type)
+            if code is None:
+                return AllowedSet.empty(n)
+            tests.append(lambda code=code: a["figure_type"] == code)
+        if flt.pmcid:
+            articles = self._article_ids(flt.pmcid)
+            if not articles:
+                return AllowedSet.empty(n)
+            tests.append(lambda: _any_equal(a["article"], articles))
+        if flt.year_from is not None:
+            lo = int(flt.year_from)
+            tests.append(lambda: _year_test(a["year"], lo, ">="))
+        if flt.year_to is not None:
+            hi = int(flt.year_to)
+            tests.append(lambda: _year_test(a["year"], hi, "<="))
+        if not tests:
+            return AllowedSet(self.ids, None, n)
+        mask = tests[0]()
+        for test in tests[1:]:
+            np.logical_and(mask, test(), out=mask)
+        return AllowedSet(self.ids, mask, n)
+
+    def _article_ids(self, pmcid: str) -> list[int]:
+        """Row ids of the articles with this pmcid (one indexed point query)."""
+        if self.store is None:
+            raise ValueError("the pmcid filter needs VersionColumns.load(..., store=...)")
+        with self.store.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            return [int(r[0]) for r in raw.execute(
+                "SELECT id FROM articles WHERE pmcid = ?", (pmcid,))]
+
+
+def _any_equal(col: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """``col`` equals any of a few values (faster than np.isin for a handful)."""
+    mask = col == values[0]
+    for v in values[1:]:
+        np.logical_or(mask, col == v, out=mask)
+    return mask
+
+
+def _year_test(year: np.ndarray, bound: int, op: str) -> np.ndarray:
+    """``year >= bound`` / ``year <= bound`` where unknown years (0) never pass (SQL NULL)."""
+    info = np.iinfo(year.dtype)
+    if op == ">=":
+        if bound > info.max:
+            return np.zeros(len(year), bool)
+        mask = np.asarray(year >= max(bound, info.min))
+        if bound <= 0:
+            np.logical_and(mask, year != 0, out=mask)
+    else:
+        if bound < info.min:
+            return np.zeros(len(year), bool)
+        mask = np.asarray(year <= min(bound, info.max))
+        if bound >= 0:
+            np.logical_and(mask, year != 0, out=mask)
+    return mask
