@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from figsearch.columns import AllowedSet
 from figsearch.encoders import ModelLoadError
-from figsearch.index import IndexLoadError, SearchIndex, find_sorted, sorted_unique
+from figsearch.index import IndexLoadError, SearchIndex, sorted_unique
 
 CAPTIONS_DIR = "captions"
 PASSAGES_DIR = "passages"  # inside CAPTIONS_DIR
@@ -235,7 +236,7 @@ class PassageIndex:
         return self.whole.vectors_for(ids)
 
     def search(
-        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None,
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | AllowedSet | None = None,
         rerank: bool = True, rerank_factor: int = 10,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, figure ids) per query by each figure's best vector (MaxP).
@@ -249,13 +250,15 @@ class PassageIndex:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         _s, f_whole = self.whole.search(q, k, allowed_ids, rerank, rerank_factor)
         _s, k_pass = self.passages.search(q, 2 * k, None, rerank, rerank_factor)
-        allowed = None if allowed_ids is None else sorted_unique(allowed_ids)
+        allowed = None if allowed_ids is None else (
+            allowed_ids if isinstance(allowed_ids, AllowedSet)
+            else AllowedSet.from_ids(sorted_unique(allowed_ids)))
         out_s = np.full((len(q), k), -np.inf, np.float32)
         out_f = np.full((len(q), k), -1, np.int64)
         for row in range(len(q)):
             found = k_pass[row][k_pass[row] >= 0] // PASSAGE_SLOTS
             if allowed is not None:
-                found = found[find_sorted(allowed, found)[1]]
+                found = found[allowed.contains(found)]
             candidates = np.unique(np.concatenate([f_whole[row][f_whole[row] >= 0], found]))
             best = sorted(self.scores_for(q[row], candidates.tolist()).items(),
                           key=lambda kv: (-kv[1], kv[0]))[:k]

@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import faiss
 import numpy as np
 
 from figsearch import timing
+from figsearch.columns import AllowedSet
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
@@ -51,6 +53,10 @@ HUGE_MIN = 10_000_000
 #: Allowed subsets at most this large are searched exactly (brute force over their vectors).
 EXACT_SUBSET_MAX = 20_000
 SUBSET_CACHE_SIZE = 8  # allowed-id sets whose rows and FAISS selector are kept
+#: Allowed sets holding at least this share of an index's rows are post-filtered: an
+#: unfiltered search fetches deeper (by 1/selectivity) and keeps the allowed hits, no selector
+#: (bench/filter_plans.py measured the crossover; see :meth:`SearchIndex.search`).
+POSTFILTER_MIN = 0.25
 #: PQ bytes/vector tried, largest first. Capped at 64: longer codes slow the scan, and exact
 #: re-ranking recovers the precision instead.
 #: efSearch for plain HNSW indexes (faiss's default of 16 loses recall on clustered data).
@@ -380,6 +386,36 @@ def _pad(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     return s, r
 
 
+@dataclass
+class _Subset:
+    """An allowed set seen from one index: its row mask, plan and FAISS selector."""
+
+    mask: np.ndarray  # bool per index row
+    count: int
+    plan: str  # "exact" | "bitmap" | "postfilter"
+    selector: Any = None
+    bits: np.ndarray | None = None  # the packed bitmap the selector reads (kept alive here)
+    source: Any = None  # the AllowedSet this came from (keeps its id() from being reused)
+    _rows: np.ndarray | None = None
+
+    @classmethod
+    def plan_for(cls, mask: np.ndarray, source: Any = None) -> _Subset:
+        count = int(np.count_nonzero(mask))
+        if count <= EXACT_SUBSET_MAX:
+            return cls(mask, count, "exact", source=source)
+        if count >= POSTFILTER_MIN * len(mask):
+            return cls(mask, count, "postfilter", source=source)
+        bits = np.packbits(mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))  # type: ignore[attr-defined]
+        return cls(mask, count, "bitmap", selector, bits, source)
+
+    def allowed_rows(self) -> np.ndarray:
+        """Row numbers of the allowed set (computed on first use)."""
+        if self._rows is None:
+            self._rows = np.flatnonzero(self.mask).astype(np.int64)
+        return self._rows
+
+
 class SearchIndex:
     """One loaded index version: FAISS index + id map + float16 vectors read on demand."""
 
@@ -398,7 +434,7 @@ class SearchIndex:
         self.compressed = is_compressed(self.factory)
         # Filters repeat (the same license/year subset query after query): keep the rows and
         # the FAISS selector of the last few allowed-id sets instead of rebuilding them.
-        self._subsets: OrderedDict[bytes, tuple[np.ndarray, Any]] = OrderedDict()
+        self._subsets: OrderedDict[Any, _Subset] = OrderedDict()
         self._subsets_lock = threading.Lock()
 
     @property
@@ -499,13 +535,17 @@ class SearchIndex:
 
     # -- search -----------------------------------------------------------------------------
     def search(
-        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None,
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | AllowedSet | None = None,
         rerank: bool = True, rerank_factor: int = 10,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, figure ids) per query, padded with score -inf / id -1.
 
-        ``allowed_ids`` restricts results to those figures: small sets are searched exactly,
-        larger ones through a FAISS id selector so k results come back whenever k exist.
+        ``allowed_ids`` (an id array or a :class:`~figsearch.columns.AllowedSet`) restricts
+        results to those figures, planned by how many of this index's rows pass: at most
+        ``EXACT_SUBSET_MAX`` are scored exactly from the stored vectors; at least
+        ``POSTFILTER_MIN`` of the rows are post-filtered (deeper unfiltered search, allowed hits
+        kept); in between a FAISS ``IDSelectorBitmap`` (n/8 bytes) with ever wider probes.
+        Every plan falls back to exact search so k results come back whenever k exist.
         Compressed indexes fetch ``rerank_factor·k`` candidates re-scored with exact vectors.
         """
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -518,12 +558,14 @@ class SearchIndex:
             if allowed_ids is None:
                 scores, rows = self._search_rows(q, fetch, None)
             else:
-                allowed_rows, selector = self._subset(allowed_ids)
-                if len(allowed_rows) <= EXACT_SUBSET_MAX:
-                    scores, rows = self._exact_subset(q, k, allowed_rows)
+                sub = self._subset(allowed_ids)
+                if sub.plan == "exact":
+                    scores, rows = self._exact_subset(q, k, sub.allowed_rows())
                     fetch = k  # already exact
+                elif sub.plan == "postfilter":
+                    scores, rows = self._postfilter(q, fetch, sub)
                 else:
-                    scores, rows = self._filtered(q, fetch, allowed_rows, selector)
+                    scores, rows = self._filtered(q, fetch, sub)
         if fetch > k:
             with timing.stage("rerank"):
                 scores, rows = self._rerank(q, rows, k)
@@ -531,23 +573,35 @@ class SearchIndex:
         ids = np.where(rows >= 0, self.ids[rows.clip(0)], -1)
         return scores.astype(np.float32), ids.astype(np.int64)
 
+    def plan(self, allowed_ids: np.ndarray | AllowedSet) -> str:
+        """How a search restricted to ``allowed_ids`` runs: exact | bitmap | postfilter."""
+        return self._subset(allowed_ids).plan
+
     def _search_rows(self, q: np.ndarray, k: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, self.ntotal)
         scores, rows = self.index.search(q, k, params=params) if params else self.index.search(q, k)
         return scores, rows.astype(np.int64)
 
-    def _subset(self, allowed_ids: np.ndarray) -> tuple[np.ndarray, Any]:
-        """(rows, IDSelectorBatch when too many for exact search) of an allowed-id set, cached."""
-        ids = np.asarray(allowed_ids, np.int64).ravel()
-        key = hashlib.blake2b(ids.tobytes(), digest_size=16).digest()
+    def _subset(self, allowed: np.ndarray | AllowedSet) -> _Subset:
+        """The row mask and plan (with its FAISS selector) of an allowed set, cached: filters
+        repeat query after query."""
+        if isinstance(allowed, AllowedSet):
+            key: Any = ("set", id(allowed))
+        else:
+            allowed = np.asarray(allowed, np.int64).ravel()
+            key = hashlib.blake2b(allowed.tobytes(), digest_size=16).digest()
         with self._subsets_lock:
             hit = self._subsets.get(key)
-            if hit is not None:
+            if hit is not None and (not isinstance(allowed, AllowedSet) or hit.source is allowed):
                 self._subsets.move_to_end(key)
                 return hit
-        rows, found = self.rows_for(sorted_unique(ids))
-        rows = rows[found]
-        entry = (rows, faiss.IDSelectorBatch(rows) if len(rows) > EXACT_SUBSET_MAX else None)
+        if isinstance(allowed, AllowedSet):
+            mask = allowed.row_mask(self.ids)
+        else:
+            rows, found = self.rows_for(sorted_unique(allowed))
+            mask = np.zeros(self.ntotal, bool)
+            mask[rows[found]] = True
+        entry = _Subset.plan_for(mask, allowed if isinstance(allowed, AllowedSet) else None)
         with self._subsets_lock:
             self._subsets[key] = entry
             while len(self._subsets) > SUBSET_CACHE_SIZE:
@@ -560,16 +614,25 @@ class SearchIndex:
         scores = q @ as_float32(self.vectors[rows]).T
         return _top_k(scores, np.broadcast_to(rows, scores.shape).copy(), k)
 
-    def _filtered(
-        self, q: np.ndarray, fetch: int, rows: np.ndarray, sel: Any
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _exact_short(self, q: np.ndarray, fetch: int, scores: np.ndarray, got: np.ndarray,
+                     sub: _Subset) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search over the allowed rows for every query still short of allowed hits."""
+        want = min(fetch, sub.count)
+        short = np.nonzero((got >= 0).sum(1) < want)[0]
+        if len(short):
+            scores, got = _pad(scores, got, fetch)
+            scores[short], got[short] = _pad(
+                *self._exact_subset(q[short], fetch, sub.allowed_rows()), fetch)
+        return scores, got
+
+    def _filtered(self, q: np.ndarray, fetch: int, sub: _Subset) -> tuple[np.ndarray, np.ndarray]:
         """Selector search; IVF probes more lists until each query has enough allowed hits,
         over-fetch where selectors are unsupported, exact search for any query still short."""
-        want = min(fetch, len(rows))
+        want = min(fetch, sub.count)
         nlist = _nlist(self.index)
         nprobe = self.nprobe
         result = None
-        while (params := _search_params(self.index, sel, nprobe)) is not None:
+        while (params := _search_params(self.index, sub.selector, nprobe)) is not None:
             try:
                 result = self._search_rows(q, fetch, params)
             except RuntimeError:
@@ -577,26 +640,36 @@ class SearchIndex:
             if nlist is None or nprobe >= nlist or ((result[1] >= 0).sum(1) >= want).all():
                 break
             nprobe = min(nlist, nprobe * 4)
-        scores, got = result if result is not None else self._overfetch(q, fetch, rows)
-        short = np.nonzero((got >= 0).sum(1) < want)[0]
-        if len(short):
-            scores, got = _pad(scores, got, fetch)
-            scores[short], got[short] = _pad(*self._exact_subset(q[short], fetch, rows), fetch)
-        return scores, got
+        if result is None:
+            result = self._postfilter(q, fetch, sub)
+        return self._exact_short(q, fetch, *result, sub)
 
-    def _overfetch(self, q: np.ndarray, fetch: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Fetch ever more unfiltered candidates until each query has ``fetch`` allowed ones."""
-        mask = np.zeros(self.ntotal, bool)
-        mask[rows] = True
-        want = min(fetch, len(rows))
-        depth = min(self.ntotal, max(fetch * self.ntotal // max(len(rows), 1) * 2, fetch))
+    def _postfilter(self, q: np.ndarray, fetch: int, sub: _Subset) -> tuple[np.ndarray, np.ndarray]:
+        """Unfiltered search fetching ``fetch / selectivity`` (x1.5) candidates, allowed ones
+        kept; deeper (and, when an IVF's probed lists run out, more lists) until each query
+        has ``fetch`` allowed hits; exact search for any query still short."""
+        mask = sub.mask
+        want = min(fetch, sub.count)
+        nlist = _nlist(self.index)
+        nprobe = self.nprobe
+        share = max(sub.count / max(self.ntotal, 1), 1e-9)
+        depth = min(self.ntotal, max(fetch, int(fetch / share * 1.5) + 1))
         while True:
-            scores, got = self._search_rows(q, depth, None)
+            params = _search_params(self.index, None, nprobe) if nlist is not None else None
+            scores, got = self._search_rows(q, depth, params)
             ok = (got >= 0) & mask[got.clip(0)]
-            if ok.sum(axis=1).min() >= want or depth >= self.ntotal:
+            short = ok.sum(axis=1) < want
+            if not short.any():
                 break
-            depth = min(self.ntotal, depth * 4)
-        return np.where(ok, scores, -np.inf), np.where(ok, got, -1)
+            ran_out = bool((got[short] < 0).any())  # the probed lists held fewer than depth
+            if ran_out and nlist is not None and nprobe < nlist:
+                nprobe = min(nlist, nprobe * 4)
+            elif depth < self.ntotal and not ran_out:
+                depth = min(self.ntotal, depth * 4)
+            else:
+                break
+        scores = np.where(ok, scores, -np.inf).astype(np.float32)
+        return self._exact_short(q, fetch, scores, np.where(ok, got, -1), sub)
 
     def _rerank(self, q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact inner products of the candidates from the float16 vectors."""
