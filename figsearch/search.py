@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from figsearch import timing
+from figsearch.columns import AllowedSet, VersionColumns
 from figsearch.core.config import Settings
 from figsearch.fusion import (
     FusionConfig,
@@ -92,7 +93,7 @@ class VectorIndex(Protocol):
     def ntotal(self) -> int: ...
 
     def search(
-        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None,
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | AllowedSet | None = None,
         rerank: bool = True, rerank_factor: int = 10,
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -167,8 +168,12 @@ class SearchService:
     def __init__(
         self, store: FigureStore, index: VectorIndex | None, encoder: TextImageEncoder | None,
         settings: Settings, captions: Any = None, fusion: FusionConfig | None = None,
+        columns: VersionColumns | None = None,
     ) -> None:
         self.store = store
+        # the version's columnar filter metadata (figsearch.columns): filters without a SQL
+        # scan; None for versions built without it (then store.filtered_ids answers)
+        self.columns = columns
         self.index = index
         self.encoder = encoder
         self.settings = settings
@@ -181,7 +186,7 @@ class SearchService:
         self.vector_dedup = vector_dedup_ok(manifest, settings.dedup_threshold)
         # Filtered id sets, reused across queries: a service lives as long as its index
         # version, and ids the store dropped since are discarded again by get_figures.
-        self._allowed_cache: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
+        self._allowed_cache: OrderedDict[tuple[Any, ...], AllowedSet] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     @property
@@ -349,7 +354,7 @@ class SearchService:
         self, index: VectorIndex, qvec: np.ndarray, n: int, flt: FigureFilter
     ) -> _Candidates:
         allowed = None if flt.is_empty() else self._allowed_ids(flt)
-        if allowed is not None and allowed.size == 0:
+        if allowed is not None and allowed.count == 0:
             return _Candidates([], [], True)
         n = max(1, min(n, index.ntotal))
         scores, ids = index.search(
@@ -360,14 +365,18 @@ class SearchService:
         exhausted = len(pairs) < n or n >= index.ntotal
         return _Candidates([i for i, _ in pairs], [s for _, s in pairs], exhausted)
 
-    def _allowed_ids(self, flt: FigureFilter, max_entries: int = 32) -> np.ndarray:
-        """``store.filtered_ids`` with a small LRU cache keyed by the filter's values."""
+    def _allowed_ids(self, flt: FigureFilter, max_entries: int = 32) -> AllowedSet:
+        """The figures passing ``flt``: from the version's columns when it has them (no SQL
+        scan; cached there), else ``store.filtered_ids`` with a small LRU cache keyed by the
+        filter's values."""
+        if self.columns is not None:
+            return self.columns.allowed(flt)
         key = dataclasses.astuple(flt)
         with self._cache_lock:
             if key in self._allowed_cache:
                 self._allowed_cache.move_to_end(key)
                 return self._allowed_cache[key]
-        ids = self.store.filtered_ids(flt)
+        ids = AllowedSet.from_ids(self.store.filtered_ids(flt))
         with self._cache_lock:
             self._allowed_cache[key] = ids
             while len(self._allowed_cache) > max_entries:

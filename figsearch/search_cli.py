@@ -49,8 +49,11 @@ def open_service(settings: Settings, need_model: bool = True) -> SearchService:
     from figsearch.version_data import versioned_store
 
     store = FigureStore(settings.db_path, create=False)
+    from figsearch.columns import VersionColumns
+
     view = versioned_store(store, version_dir, index.manifest, index.ids)
-    return SearchService(view, index, encoder, settings)
+    return SearchService(view, index, encoder, settings,
+                         columns=VersionColumns.load(version_dir, store=view))
 
 
 def format_page(page: SearchPage, width: int = 70) -> str:

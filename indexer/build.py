@@ -51,6 +51,8 @@ _held_locks: set[Path] = set()
 
 #: Test/debug hook: called with a stage name ("trained", "written", "renamed", "switched").
 StageHook = Callable[[str], None]
+#: A build step writing more files into a version directory; what it returns joins the manifest.
+AddFiles = Callable[[Path], dict[str, Any]]
 
 
 class BuildLockedError(RuntimeError):
@@ -158,6 +160,27 @@ def add_in_batches(index: faiss.Index, vectors: np.ndarray, batch: int = ADD_BAT
 
 
 # -- writing a version ------------------------------------------------------------------------
+def combine_add_files(*callbacks: AddFiles | None) -> AddFiles | None:
+    """One ``add_files`` step running ``callbacks`` in order (None ones skipped; None when none
+    is left), their manifest entries merged; two steps writing the same manifest key is an
+    error, not a silent overwrite."""
+    steps = [c for c in callbacks if c is not None]
+    if not steps:
+        return None
+
+    def add_files(version_dir: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for step in steps:
+            entries = step(version_dir)
+            clash = set(entries) & set(out)
+            if clash:
+                raise ValueError(f"two add_files steps write manifest key(s) {sorted(clash)}")
+            out.update(entries)
+        return out
+
+    return add_files
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -244,7 +267,7 @@ def build_version(
     use_gpu: bool | str | None = None, extra: dict[str, Any] | None = None,
     hook: StageHook | None = None, activate: bool = True, train_size: int | None = None,
     row_files: dict[str, np.ndarray] | None = None,
-    add_files: Callable[[Path], dict[str, Any]] | None = None,
+    add_files: AddFiles | None = None,
 ) -> Path:
     """Build a new index version from (vectors, figure ids), switch ``current``, prune old ones.
 
@@ -306,7 +329,7 @@ def build_version(
 
 
 def build_text_version(
-    indexes_dir: Path, add_files: Callable[[Path], dict[str, Any]], *, keep: int = 3,
+    indexes_dir: Path, add_files: AddFiles, *, keep: int = 3,
     activate: bool = True, extra: dict[str, Any] | None = None,
 ) -> Path:
     """A version without an image index (``"kind": "text"``): keyword and caption search only,

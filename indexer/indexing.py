@@ -13,6 +13,7 @@ Only the process that merges writes the store (unreadable-image errors). Buildin
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import shutil
 import sys
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from sqlalchemy import text
 
+from figsearch.columns import write_columns
 from figsearch.core.config import Settings
 from figsearch.datadir import portable_path
 from figsearch.index import current_version_dir
@@ -36,6 +38,7 @@ from indexer.build import (
     activate_version,
     build_text_version,
     build_version,
+    combine_add_files,
     index_lock,
 )
 from indexer.captions import caption_stage, load_caption_encoder
@@ -226,7 +229,9 @@ def build_from_worklist(
                "reused": embedded.summary.reused, "encoded": embedded.summary.encoded,
                LABELS_KEY: names, "dense_check": check},
         row_files={SHA_FILE: embedded.sha, TYPES_FILE: codes, TYPE_SCORES_FILE: scores},
-        add_files=captions,
+        # filter columns last: the version's ids.npy and figure types are written by then
+        add_files=combine_add_files(
+            captions, functools.partial(write_columns, store, type_names=names)),
     )
     if activate:
         discard_work(settings, encoder.model_key)
@@ -338,7 +343,9 @@ def index_text_only(settings: Settings, *, caption_encoder: Any = None,
         raise ValueError("a text-only index needs a caption model; FIGSEARCH_CAPTION_MODEL is empty")
     store = FigureStore(settings.db_path, create=False)
     try:
-        add_files = caption_stage(settings, store, caption_encoder, progress)
+        captions = caption_stage(settings, store, caption_encoder, progress)
+        assert captions is not None
+        add_files = combine_add_files(captions, functools.partial(write_columns, store))
         assert add_files is not None
         version = build_text_version(settings.indexes_dir, add_files,
                                      keep=settings.index_keep_versions)

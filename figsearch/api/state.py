@@ -25,6 +25,7 @@ from figsearch.api.batching import (
     run_in_own_thread,
     stop_model_thread,
 )
+from figsearch.columns import VersionColumns
 from figsearch.core.config import Settings
 from figsearch.index import IndexLoadError, SearchIndex, current_version_dir, read_manifest
 from figsearch.search import SearchService
@@ -154,7 +155,10 @@ class AppState:
         captions = self._captions_for(version_dir)
         if encoder is not None or captions is not None:
             self._set_model_thread_torch_threads()
-        service = SearchService(view, index, encoder, self.settings, captions=captions)
+        # filters from the version's columns (figsearch.columns) when it has them
+        columns = VersionColumns.load(version_dir, store=view)
+        service = SearchService(view, index, encoder, self.settings, captions=captions,
+                                columns=columns)
         types = frozenset(view.distinct_values("figure_type"))
         version = index.version if index else str(manifest["version"])
         return Loaded(version, version_dir, index, encoder, service, time.time(), types)
