@@ -7,8 +7,16 @@ fresh process and measures wall time and peak resident memory above that process
 plus faiss's ``IDSelectorBatch`` over the result (what ``SearchIndex`` caches for large sets).
 Writes ``bench/results/filter_ids.json``.
 
+``--columns`` measures the replacement instead (:mod:`figsearch.columns`): ``write_columns``
+over the same store (seconds, peak memory, bytes on disk), then per filter, each in a fresh
+process that loads the version's columns: the first ``VersionColumns.allowed(flt)``, the first
+``AllowedSet.row_mask`` over an index holding every live figure, the ``IDSelectorBitmap`` the
+middle plan builds, and a repeat (cached) call, with peak memory above the process's baseline.
+Writes ``bench/results/filter_columns_<n>.json``.
+
     .venv/bin/python -m bench.filter_ids --n 5000000     # ~1 GB of SQLite in --tmp
     .venv/bin/python -m bench.filter_ids --n 20000       # smoke
+    .venv/bin/python -m bench.filter_ids --columns --n 1000000 --db /tmp/f1m.db  # keeps the store
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +47,17 @@ FILTERS: dict[str, dict[str, Any]] = {
     "figure type (~17%)": {"figure_type": "microscopy"},
     "years 2020-2022 (~12%)": {"year_from": 2020, "year_to": 2022},
     "journal (~0.2%)": {"journal": "Journal 7"},
+}
+#: --columns adds filters as narrow as the issue's 0.1 % and below, and a combination
+COLUMN_FILTERS: dict[str, dict[str, Any]] = {
+    **FILTERS,
+    "journal lower-case (~0.2%)": {"journal": "journal 7"},
+    "journal + years 2020-2022 (~0.02%)": {"journal": "Journal 7", "year_from": 2020,
+                                           "year_to": 2022},
+    "commercial + microscopy + 2010-2025 (~10%)": {"commercial_only": True,
+                                                   "figure_type": "microscopy",
+                                                   "year_from": 2010},
+    "pmcid (3 figures)": {"pmcid": "PMC7"},
 }
 
 
@@ -116,11 +136,149 @@ def measure(db: Path, flt: dict[str, Any]) -> dict[str, Any]:
     return dict(result)
 
 
+def _write_columns(db: str, version_dir: str, out: Any) -> None:
+    """In a fresh process: time and peak memory of write_columns."""
+    from figsearch.columns import write_columns
+    from figsearch.store import FigureStore
+
+    store = FigureStore(Path(db), create=False)
+    base = _rss()
+    t0 = time.perf_counter()
+    entry = write_columns(store, Path(version_dir))["columns"]
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    store.close()
+    out.put({"seconds": seconds, "peak_mb": peak / 1e6, "count": entry["count"],
+             "disk_mb": sum(entry["files"].values()) / 1e6})
+
+
+def _measure_columns(db: str, version_dir: str, flt: dict[str, Any], out: Any) -> None:
+    """In a fresh process: first use of a filter through the version's columns."""
+    import faiss
+
+    from figsearch.columns import VersionColumns
+    from figsearch.store import FigureFilter, FigureStore
+
+    store = FigureStore(Path(db), create=False)
+    t0 = time.perf_counter()
+    cols = VersionColumns.load(Path(version_dir), store=store)
+    assert cols is not None
+    index_ids = np.array(cols.ids)  # an index over every live figure (SearchIndex holds its ids)
+    load_s = time.perf_counter() - t0
+    base = _rss()
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc: the filter's own memory
+    t0 = time.perf_counter()
+    allowed = cols.allowed(FigureFilter(**flt))
+    count = allowed.count
+    allowed_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mask = allowed.row_mask(index_ids)
+    row_mask_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bits = np.packbits(mask, bitorder="little")
+    selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))  # type: ignore[attr-defined]
+    bitmap_s = time.perf_counter() - t0
+    del mask
+    held, peak = tracemalloc.get_traced_memory()  # held: what the cached set keeps
+    tracemalloc.stop()
+    rss_delta = _rss() - base
+    t0 = time.perf_counter()
+    again = cols.allowed(FigureFilter(**flt))
+    again.row_mask(index_ids)
+    cached_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ids = allowed.ids
+    ids_s = time.perf_counter() - t0
+    probe = np.random.default_rng(0).choice(index_ids, 1000)
+    t0 = time.perf_counter()
+    for _ in range(100):
+        allowed.contains(probe)
+    contains_us = (time.perf_counter() - t0) / 100 * 1e6
+    del selector
+    store.close()
+    out.put({"count": int(count), "ids_ok": len(ids) == count, "load_ms": load_s * 1e3,
+             "allowed_ms": allowed_s * 1e3, "row_mask_ms": row_mask_s * 1e3,
+             "first_use_ms": (allowed_s + row_mask_s) * 1e3, "bitmap_selector_ms": bitmap_s * 1e3,
+             "cached_ms": cached_s * 1e3, "ids_ms": ids_s * 1e3,
+             "contains_1000_us": contains_us, "peak_mb": peak / 1e6, "held_mb": held / 1e6,
+             "rss_delta_mb": rss_delta / 1e6,
+             "bitmap_selector_mb": bits.nbytes / 1e6})
+
+
+def _in_fresh_process(target: Any, *args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    result = queue.get(timeout=1800)
+    proc.join()
+    return dict(result)
+
+
+def columns_main(args: argparse.Namespace) -> int:
+    """``--columns``: write_columns and first use of each filter through the columns."""
+    tmp_ctx = tempfile.TemporaryDirectory(dir=args.tmp)
+    with tmp_ctx as tmp:
+        db = Path(args.db) if args.db else Path(tmp) / "figsearch.db"
+        fill_s = None
+        if not db.is_file():
+            fill_s = fill_store(db, args.n)
+        figures: dict[str, Any] = {"store_gb": round(db.stat().st_size / 1e9, 3)}
+        if fill_s is not None:
+            figures["store_fill_s"] = round(fill_s, 1)
+        version_dir = Path(tmp) / "version"
+        w = _in_fresh_process(_write_columns, str(db), str(version_dir))
+        print(f"filter_columns: write_columns {w['count']:,} figures in {w['seconds']:.1f}s, "
+              f"peak +{w['peak_mb']:.0f} MB, {w['disk_mb']:.0f} MB on disk", file=sys.stderr,
+              flush=True)
+        figures.update({f"write_columns {k}": round(float(v), 3) for k, v in w.items()})
+        rows = []
+        keys = ("count", "allowed_ms", "row_mask_ms", "first_use_ms", "first_use_ms_max",
+                "bitmap_selector_ms", "rss_delta_mb",
+                "cached_ms", "ids_ms", "contains_1000_us", "peak_mb", "held_mb",
+                "bitmap_selector_mb", "load_ms")
+        for label, flt in COLUMN_FILTERS.items():
+            runs = [_in_fresh_process(_measure_columns, str(db), str(version_dir), flt)
+                    for _ in range(args.repeat)]
+            assert all(r["ids_ok"] for r in runs)
+            # the median run by first-use time (the machine is shared: single runs are noisy)
+            r = sorted(runs, key=lambda x: x["first_use_ms"])[len(runs) // 2]
+            r["first_use_ms_max"] = max(x["first_use_ms"] for x in runs)
+            rows.append([label, r["count"], r["allowed_ms"], r["row_mask_ms"], r["first_use_ms"],
+                         r["bitmap_selector_ms"], r["cached_ms"], r["peak_mb"], r["held_mb"]])
+            for key in keys:
+                figures[f"{label} {key}"] = round(float(r[key]), 4)
+            print(f"filter_columns: {label}: {r['count']:,} ids, first use "
+                  f"{r['first_use_ms']:.1f} ms (allowed {r['allowed_ms']:.1f} + row mask "
+                  f"{r['row_mask_ms']:.1f}; max of {args.repeat} {r['first_use_ms_max']:.1f}), "
+                  f"bitmap selector {r['bitmap_selector_ms']:.1f} ms, peak +{r['peak_mb']:.1f} "
+                  f"MB, held {r['held_mb']:.1f} MB", file=sys.stderr, flush=True)
+    print(markdown_table(["filter", "ids", "allowed ms", "row_mask ms", "first use ms",
+                          "IDSelectorBitmap ms", "cached ms", "peak MB", "held MB"], rows))
+    path = write_result(f"filter_columns_{args.n}",
+                        {"n": args.n, "articles": args.n // 3, "filters": COLUMN_FILTERS,
+                         "repeat": args.repeat,
+                         "note": "2 CPU cores shared with other jobs; columns in the page cache "
+                                 "(just written); each filter in a fresh process, the median "
+                                 "of --repeat runs; peak/held MB: tracemalloc (numpy buffers) "
+                                 "over allowed + row_mask + bitmap selector"},
+                        figures)
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=5_000_000, help="figures in the store")
     p.add_argument("--tmp", default=None, help="scratch directory for the store")
+    p.add_argument("--columns", action="store_true",
+                   help="measure figsearch.columns (write_columns, first use per filter)")
+    p.add_argument("--repeat", type=int, default=3, help="--columns: fresh processes per filter")
+    p.add_argument("--db", default=None,
+                   help="--columns: the store file to use, filled first when absent (kept)")
     args = p.parse_args(argv)
+    if args.columns:
+        return columns_main(args)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         db = Path(tmp) / "figsearch.db"
         fill_s = fill_store(db, args.n)

@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 
 from figsearch import timing
-from figsearch.columns import AllowedSet
+from figsearch.columns import AllowedSet, bit_test
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
@@ -388,32 +388,37 @@ def _pad(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.n
 
 @dataclass
 class _Subset:
-    """An allowed set seen from one index: its row mask, plan and FAISS selector."""
+    """An allowed set seen from one index: its packed row mask, plan and FAISS selector."""
 
-    mask: np.ndarray  # bool per index row
-    count: int
+    bits: np.ndarray  # little-endian packed bool per index row (what IDSelectorBitmap reads)
+    size: int  # index rows
+    count: int  # allowed rows
     plan: str  # "exact" | "bitmap" | "postfilter"
     selector: Any = None
-    bits: np.ndarray | None = None  # the packed bitmap the selector reads (kept alive here)
     source: Any = None  # the AllowedSet this came from (keeps its id() from being reused)
     _rows: np.ndarray | None = None
 
     @classmethod
-    def plan_for(cls, mask: np.ndarray, source: Any = None) -> _Subset:
-        count = int(np.count_nonzero(mask))
+    def plan_for(cls, bits: np.ndarray, size: int, count: int, source: Any = None) -> _Subset:
         if count <= EXACT_SUBSET_MAX:
-            return cls(mask, count, "exact", source=source)
-        if count >= POSTFILTER_MIN * len(mask):
-            return cls(mask, count, "postfilter", source=source)
-        bits = np.packbits(mask, bitorder="little")
+            sub = cls(bits, size, count, "exact", source=source)
+            sub.allowed_rows()
+            return sub
+        if count >= POSTFILTER_MIN * size:
+            return cls(bits, size, count, "postfilter", source=source)
         selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))  # type: ignore[attr-defined]
-        return cls(mask, count, "bitmap", selector, bits, source)
+        return cls(bits, size, count, "bitmap", selector, source)
 
     def allowed_rows(self) -> np.ndarray:
         """Row numbers of the allowed set (computed on first use)."""
         if self._rows is None:
-            self._rows = np.flatnonzero(self.mask).astype(np.int64)
+            mask = np.unpackbits(self.bits, count=self.size, bitorder="little").view(bool)
+            self._rows = np.flatnonzero(mask).astype(np.int64)
         return self._rows
+
+    def test(self, rows: np.ndarray) -> np.ndarray:
+        """bool per row number: allowed (-1 and other out-of-range rows: False)."""
+        return bit_test(self.bits, rows)
 
 
 class SearchIndex:
@@ -596,12 +601,14 @@ class SearchIndex:
                 self._subsets.move_to_end(key)
                 return hit
         if isinstance(allowed, AllowedSet):
-            mask = allowed.row_mask(self.ids)
+            bits, count = allowed.row_bits(self.ids)
+            source: AllowedSet | None = allowed
         else:
             rows, found = self.rows_for(sorted_unique(allowed))
             mask = np.zeros(self.ntotal, bool)
             mask[rows[found]] = True
-        entry = _Subset.plan_for(mask, allowed if isinstance(allowed, AllowedSet) else None)
+            bits, count, source = np.packbits(mask, bitorder="little"), int(found.sum()), None
+        entry = _Subset.plan_for(bits, self.ntotal, count, source)
         with self._subsets_lock:
             self._subsets[key] = entry
             while len(self._subsets) > SUBSET_CACHE_SIZE:
@@ -648,7 +655,6 @@ class SearchIndex:
         """Unfiltered search fetching ``fetch / selectivity`` (x1.5) candidates, allowed ones
         kept; deeper (and, when an IVF's probed lists run out, more lists) until each query
         has ``fetch`` allowed hits; exact search for any query still short."""
-        mask = sub.mask
         want = min(fetch, sub.count)
         nlist = _nlist(self.index)
         nprobe = self.nprobe
@@ -657,7 +663,7 @@ class SearchIndex:
         while True:
             params = _search_params(self.index, None, nprobe) if nlist is not None else None
             scores, got = self._search_rows(q, depth, params)
-            ok = (got >= 0) & mask[got.clip(0)]
+            ok = sub.test(got)
             short = ok.sum(axis=1) < want
             if not short.any():
                 break

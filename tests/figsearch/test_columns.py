@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from figsearch.columns import AllowedSet, VersionColumns, sql_lower, write_columns
+from figsearch.columns import AllowedSet, VersionColumns, bit_test, sql_lower, write_columns
 from figsearch.core.config import Settings
 from figsearch.index import SearchIndex
 from figsearch.search import SearchService
@@ -150,7 +150,7 @@ def test_columns_files_dtypes_and_cache(filled: FigureStore, tmp_path: Path):
     assert cols.allowed(flt) is cols.allowed(FigureFilter(license_class="cc-by"))
     allowed = cols.allowed(flt)
     index_ids = cols.ids[::3].copy()
-    assert allowed.row_mask(index_ids) is allowed.row_mask(index_ids)
+    assert allowed.row_bits(index_ids)[0] is allowed.row_bits(index_ids)[0]  # cached per index
     assert (allowed.row_mask(index_ids) == np.isin(index_ids, allowed.ids)).all()
     assert VersionColumns.load(tmp_path / "no-columns") is None
 
@@ -304,3 +304,15 @@ def test_service_uses_columns_and_falls_back_without(filled: FigureStore, tmp_pa
         b = col.search_vector(q, k=15, flt=flt, dedup=False)
         assert [h.id for h in a.hits] == [h.id for h in b.hits], flt
         assert {h.id for h in b.hits} <= set(filled.filtered_ids(flt).tolist())
+
+
+def test_bit_test_both_ways():
+    rng = np.random.default_rng(4)
+    mask = rng.random(10_000) < 0.3
+    bits = np.packbits(mask, bitorder="little")
+    for ids in (rng.integers(-5, 10_010, 20), rng.integers(0, 10_000, 50_000),
+                np.array([], np.int64)):
+        want = np.zeros(len(ids), bool)
+        inside = (ids >= 0) & (ids < len(mask))
+        want[inside] = mask[ids[inside]]
+        assert (bit_test(bits, ids) == want).all()
