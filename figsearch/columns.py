@@ -39,6 +39,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,28 +84,75 @@ def _by_id_bits(base_ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return np.packbits(by_id, bitorder="little")
 
 
+@dataclass(frozen=True)
+class IndexMap:
+    """How one index's rows line up with a version's column rows (both sorted by figure id).
+
+    ``same``: the index holds exactly the columns' figures, so a row mask is the column mask.
+    Otherwise ``in_index`` (packed, per column row) marks the column rows the index holds and
+    ``found`` (packed, per index row; None when all are) the index rows the columns hold: a
+    row mask is ``mask[in_index]`` placed at ``found``, a compress instead of a gather by id.
+    """
+
+    index_ids: np.ndarray  # held: its id() keys the cache
+    same: bool
+    in_index: np.ndarray | None = None
+    found: np.ndarray | None = None
+    n_columns: int = 0
+
+    @classmethod
+    def build(cls, column_ids: np.ndarray, index_ids: np.ndarray) -> IndexMap:
+        cols = np.asarray(column_ids)
+        if len(cols) == len(index_ids) and np.array_equal(cols, index_ids):
+            return cls(index_ids, True, n_columns=len(cols))
+        if not len(cols):
+            return cls(index_ids, False, np.zeros(0, np.uint8),
+                       np.packbits(np.zeros(len(index_ids), bool)), 0)
+        pos = np.searchsorted(cols, index_ids).clip(0, len(cols) - 1)
+        found = cols[pos] == index_ids
+        in_index = np.zeros(len(cols), bool)
+        in_index[pos[found]] = True
+        return cls(index_ids, False, np.packbits(in_index, bitorder="little"),
+                   None if found.all() else np.packbits(found, bitorder="little"), len(cols))
+
+    def row_mask(self, column_mask: np.ndarray) -> np.ndarray:
+        """bool per index row from a bool mask over the column rows."""
+        if self.same:
+            return column_mask
+        assert self.in_index is not None
+        in_index = np.unpackbits(self.in_index, count=self.n_columns, bitorder="little")
+        picked = column_mask[in_index.view(bool)]
+        if self.found is None:
+            return picked
+        out = np.zeros(len(self.index_ids), bool)
+        out[np.unpackbits(self.found, count=len(self.index_ids),
+                          bitorder="little").view(bool)] = picked
+        return out
+
+
 class AllowedSet:
     """The figures passing one filter: count, sorted ids (lazy), vectorised membership.
 
     Made from a mask over a version's column rows (:meth:`VersionColumns.allowed`) or from a
-    sorted id array (:meth:`from_ids`, the SQL fallback). Membership is a bitmap indexed by
-    figure id (max id + 1 bits, packed: 1.9 MB at 15 M; built on first use), so
-    :meth:`contains` and :meth:`row_mask` are one gather each, with no sort or search per call.
-    Row masks are kept per index, packed (n/8 bytes). Safe to share across threads.
+    sorted id array (:meth:`from_ids`, the SQL fallback). :meth:`contains` reads a bitmap
+    indexed by figure id (max id + 1 bits, packed: 1.9 MB at 15 M; built on its first use), so
+    each call is one gather, no sort or search. :meth:`row_mask` of an index comes from the
+    column mask through the index's :class:`IndexMap` (a compress, or nothing at all when the
+    index holds every column row) and is kept per index, packed (n/8 bytes). The column mask
+    is kept packed too. Safe to share across threads.
     """
 
     def __init__(self, base_ids: np.ndarray, mask: np.ndarray | None, total: int,
-                 count: int | None = None) -> None:
-        """``base_ids`` sorted unique figure ids; ``mask`` which of them pass (None: all)."""
+                 count: int | None = None, columns: VersionColumns | None = None) -> None:
+        """``base_ids`` sorted unique figure ids; ``mask`` which of them pass (None: all);
+        ``columns`` the version whose rows ``base_ids`` are (for its index maps)."""
         self._base = base_ids
+        self._columns = columns
         self.total = int(total)
         self.count = int(np.count_nonzero(mask) if count is None and mask is not None
                          else len(base_ids) if count is None else count)
         self._ids: np.ndarray | None = None if mask is not None else np.asarray(base_ids, np.int64)
         self._bits: np.ndarray | None = None
-        if mask is not None:  # the by-id bitmap now, while the bool mask exists; both packed
-            self._bits = _by_id_bits(base_ids, mask)
-        # kept packed (n/8 bytes) for the lazy ``ids``
         self._mask = None if mask is None else np.packbits(mask, bitorder="little")
         self._rows: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
         self._lock = threading.Lock()
@@ -132,19 +180,24 @@ class AllowedSet:
         """count / total (1.0 for an empty universe)."""
         return self.count / self.total if self.total else 1.0
 
+    def _column_mask(self) -> np.ndarray:
+        """bool per base id (unpacked from the packed mask)."""
+        if self._mask is None:
+            return np.ones(len(self._base), bool)
+        return np.unpackbits(self._mask, count=len(self._base), bitorder="little").view(bool)
+
     @property
     def ids(self) -> np.ndarray:
         """Sorted int64 figure ids of the set (computed on first use, then kept)."""
         if self._ids is None:
-            assert self._mask is not None
-            mask = np.unpackbits(self._mask, count=len(self._base), bitorder="little")
-            self._ids = np.asarray(self._base[mask.view(bool)], np.int64)
+            self._ids = np.asarray(self._base[self._column_mask()], np.int64)
         return self._ids
 
     def bits(self) -> np.ndarray:
         """The membership bitmap by figure id, little-endian packed (``bit_test`` reads it)."""
         if self._bits is None:
-            self._bits = _by_id_bits(self._base, None)
+            self._bits = _by_id_bits(self._base, None if self._mask is None
+                                     else self._column_mask())
         return self._bits
 
     def contains(self, ids: Any) -> np.ndarray:
@@ -159,7 +212,10 @@ class AllowedSet:
             hit = self._rows.get(key)
         if hit is not None and hit[0] is index_ids:
             return hit[1], hit[2]
-        mask = self.contains(index_ids)
+        if self._columns is not None:
+            mask = self._columns.index_map(index_ids).row_mask(self._column_mask())
+        else:
+            mask = self.contains(index_ids)
         entry = (index_ids, np.packbits(mask, bitorder="little"), int(np.count_nonzero(mask)))
         with self._lock:
             self._rows[key] = entry
@@ -366,6 +422,7 @@ class VersionColumns:
         self._codes = {name: {v: i for i, v in enumerate(vocab[name])}
                        for name in ("journal", "license_class", "figure_type")}
         self._cache: OrderedDict[tuple[Any, ...], AllowedSet] = OrderedDict()
+        self._maps: dict[int, IndexMap] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -400,6 +457,25 @@ class VersionColumns:
         """One memory-mapped column (see :data:`COLUMNS`)."""
         return self._a[name]
 
+    def index_map(self, index_ids: np.ndarray) -> IndexMap:
+        """How an index's rows (figure ids ``index_ids``, sorted) line up with the columns'
+        rows; built once per index (one ``searchsorted``: call :meth:`prepare` when the index
+        loads, so no filter's first use pays it)."""
+        key = id(index_ids)
+        with self._lock:
+            hit = self._maps.get(key)
+        if hit is not None and hit.index_ids is index_ids:
+            return hit
+        built = IndexMap.build(self.ids, index_ids)
+        with self._lock:
+            self._maps[key] = built
+        return built
+
+    def prepare(self, *index_ids: np.ndarray) -> None:
+        """Build the index maps of these indexes now (load time) instead of at a first filter."""
+        for ids in index_ids:
+            self.index_map(ids)
+
     def allowed(self, flt: FigureFilter) -> AllowedSet:
         """The figures passing ``flt`` (same semantics as ``FigureFilter.sql()``), cached in a
         small LRU keyed by the filter's values."""
@@ -423,28 +499,28 @@ class VersionColumns:
         if flt.journal:
             code = codes["journal"].get(sql_lower(flt.journal))
             if code is None:
-                return AllowedSet.empty(n)
+                return AllowedSet(self.ids, np.zeros(n, bool), n, 0, self)
             tests.append(lambda code=code: a["journal"] == code)
         if flt.license_class:
             code = codes["license_class"].get(flt.license_class)
             if code is None:
-                return AllowedSet.empty(n)
+                return AllowedSet(self.ids, np.zeros(n, bool), n, 0, self)
             tests.append(lambda code=code: a["license"] == code)
         if flt.commercial_only:
             wanted = [codes["license_class"][c] for c in sorted(COMMERCIAL_CLASSES)
                       if c in codes["license_class"]]
             if not wanted:
-                return AllowedSet.empty(n)
+                return AllowedSet(self.ids, np.zeros(n, bool), n, 0, self)
             tests.append(lambda: _any_equal(a["license"], wanted))
         if flt.figure_type:
             code = codes["figure_type"].get(flt.figure_type)
             if code is None:
-                return AllowedSet.empty(n)
+                return AllowedSet(self.ids, np.zeros(n, bool), n, 0, self)
             tests.append(lambda code=code: a["figure_type"] == code)
         if flt.pmcid:
             articles = self._article_ids(flt.pmcid)
             if not articles:
-                return AllowedSet.empty(n)
+                return AllowedSet(self.ids, np.zeros(n, bool), n, 0, self)
             tests.append(lambda: _any_equal(a["article"], articles))
         if flt.year_from is not None:
             lo = int(flt.year_from)
@@ -453,11 +529,11 @@ class VersionColumns:
             hi = int(flt.year_to)
             tests.append(lambda: _year_test(a["year"], hi, "<="))
         if not tests:
-            return AllowedSet(self.ids, None, n)
+            return AllowedSet(self.ids, np.ones(n, bool), n, columns=self)
         mask = tests[0]()
         for test in tests[1:]:
             np.logical_and(mask, test(), out=mask)
-        return AllowedSet(self.ids, mask, n)
+        return AllowedSet(self.ids, mask, n, columns=self)
 
     def _article_ids(self, pmcid: str) -> list[int]:
         """Row ids of the articles with this pmcid (one indexed point query)."""

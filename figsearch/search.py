@@ -154,6 +154,13 @@ def query_terms(query: str) -> set[str]:
     return {w.lower() for w in _WORD.findall(query)}
 
 
+def _row_ids(index: Any) -> np.ndarray | None:
+    """The figure ids of a vector index's rows that filters apply to (a caption index with
+    passages filters its whole-caption index), or None."""
+    ids = getattr(getattr(index, "whole", index), "ids", None)
+    return ids if isinstance(ids, np.ndarray) else None
+
+
 # -- the service ----------------------------------------------------------------------------
 @dataclass
 class _Candidates:
@@ -174,6 +181,10 @@ class SearchService:
         # the version's columnar filter metadata (figsearch.columns): filters without a SQL
         # scan; None for versions built without it (then store.filtered_ids answers)
         self.columns = columns
+        if columns is not None:  # line the indexes' rows up with the columns now, not at a
+            # first filtered query (one searchsorted per index)
+            row_ids = [_row_ids(i) for i in (index, getattr(captions, "index", None))]
+            columns.prepare(*(ids for ids in row_ids if ids is not None))
         self.index = index
         self.encoder = encoder
         self.settings = settings

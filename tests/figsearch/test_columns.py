@@ -152,6 +152,15 @@ def test_columns_files_dtypes_and_cache(filled: FigureStore, tmp_path: Path):
     index_ids = cols.ids[::3].copy()
     assert allowed.row_bits(index_ids)[0] is allowed.row_bits(index_ids)[0]  # cached per index
     assert (allowed.row_mask(index_ids) == np.isin(index_ids, allowed.ids)).all()
+    # an index holding figures the columns lack (retracted since, say): never allowed
+    odd = np.unique(np.concatenate([cols.ids[1::2], [0, 5000, 99999], cols.ids[-1:] + 1]))
+    assert not cols.index_map(odd).same and cols.index_map(odd).found is not None
+    for f in (flt, FigureFilter(year_from=2010), FigureFilter(journal="nature")):
+        assert (cols.allowed(f).row_mask(odd) == np.isin(odd, cols.allowed(f).ids)).all()
+    same = np.array(cols.ids)
+    cols.prepare(same)
+    assert cols.index_map(same).same
+    assert (cols.allowed(flt).row_mask(same) == np.isin(same, allowed.ids)).all()
     assert VersionColumns.load(tmp_path / "no-columns") is None
 
 
@@ -225,7 +234,7 @@ def _vectors(n: int, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-PLAN_FILTERS = {  # filter -> the plan its share of the index picks (EXACT_SUBSET_MAX = 40)
+PLAN_FILTERS = {  # filter -> its plan (EXACT_SUBSET_MAX = 40, POSTFILTER_MIN = 0.5)
     "exact": FigureFilter(pmcid="PMC7"),
     "exact-empty": FigureFilter(journal="No Such Journal"),
     "bitmap": FigureFilter(year_from=2000, year_to=2004),
@@ -241,6 +250,7 @@ def test_filtered_search_is_exact_for_every_plan(filled: FigureStore, tmp_path: 
     import figsearch.index as index_mod
 
     monkeypatch.setattr(index_mod, "EXACT_SUBSET_MAX", 40)
+    monkeypatch.setattr(index_mod, "POSTFILTER_MIN", 0.5)
     ids = filled.filtered_ids(FigureFilter())
     base = _vectors(len(ids))
     version = build_version(tmp_path / "indexes", base, ids, model_spec="s", model_key="k",
@@ -271,6 +281,7 @@ def test_narrow_probes_still_return_k(filled: FigureStore, tmp_path: Path, monke
     import figsearch.index as index_mod
 
     monkeypatch.setattr(index_mod, "EXACT_SUBSET_MAX", 40)
+    monkeypatch.setattr(index_mod, "POSTFILTER_MIN", 0.5)
     ids = filled.filtered_ids(FigureFilter())
     version = build_version(tmp_path / "indexes", _vectors(len(ids)), ids, model_spec="s",
                             model_key="k", factory="IVF16,Flat",
