@@ -13,7 +13,9 @@ process that loads the version's columns: the first ``VersionColumns.allowed(flt
 ``AllowedSet.row_mask`` over an index holding 90 % of the live figures (its index map built
 first, as the search service does at load), the ``IDSelectorBitmap`` the
 middle plan builds, and a repeat (cached) call, with peak memory above the process's baseline.
-Writes ``bench/results/filter_columns_<n>.json``.
+Writes ``bench/results/filter_columns_<n>.json``. With ``--synthetic`` the columns are drawn
+directly with numpy in the same distributions (no store: 15 M rows; no pmcid filter), written
+to ``filter_columns_<n>_synthetic.json``.
 
     .venv/bin/python -m bench.filter_ids --n 5000000     # ~1 GB of SQLite in --tmp
     .venv/bin/python -m bench.filter_ids --n 20000       # smoke
@@ -23,6 +25,7 @@ Writes ``bench/results/filter_columns_<n>.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import resource
 import sqlite3
@@ -160,7 +163,7 @@ def _measure_columns(db: str, version_dir: str, flt: dict[str, Any], out: Any) -
     from figsearch.columns import VersionColumns
     from figsearch.store import FigureFilter, FigureStore
 
-    store = FigureStore(Path(db), create=False)
+    store = FigureStore(Path(db), create=False) if db else None
     t0 = time.perf_counter()
     cols = VersionColumns.load(Path(version_dir), store=store)
     assert cols is not None
@@ -203,7 +206,8 @@ def _measure_columns(db: str, version_dir: str, flt: dict[str, Any], out: Any) -
         allowed.contains(probe)
     contains_us = (time.perf_counter() - t0) / 100 * 1e6
     del selector
-    store.close()
+    if store is not None:
+        store.close()
     out.put({"count": int(count), "ids_ok": len(ids) == count, "load_ms": load_s * 1e3,
              "index_map_ms": index_map_s * 1e3,
              "allowed_ms": allowed_s * 1e3, "row_mask_ms": row_mask_s * 1e3,
@@ -224,30 +228,64 @@ def _in_fresh_process(target: Any, *args: Any) -> dict[str, Any]:
     return dict(result)
 
 
+def synthetic_columns(version_dir: Path, n: int, seed: int = 0) -> None:
+    """The columns ``write_columns`` would write for a ``fill_store`` store of ``n`` figures,
+    drawn directly with numpy (no SQLite: a 15 M store takes hours to fill here)."""
+    from figsearch.columns import COLUMNS_DIR, FORMAT, VOCAB_FILE
+
+    rng = np.random.default_rng(seed)
+    articles = max(n // 3, 1)
+    article = (np.arange(n, dtype=np.int64) % articles + 1).astype(np.int32)
+    a_journal = rng.integers(0, 500, articles + 1).astype(np.int32)
+    a_year = rng.integers(2000, 2026, articles + 1).astype(np.int16)
+    licenses = sorted(set(LICENSES))
+    a_license = rng.integers(0, len(LICENSES), articles + 1)
+    a_license = np.array([licenses.index(x) for x in LICENSES], np.int8)[a_license]
+    out = version_dir / COLUMNS_DIR
+    out.mkdir(parents=True)
+    arrays = {"ids": np.arange(1, n + 1, dtype=np.int64), "year": a_year[article],
+              "journal": a_journal[article], "license": a_license[article],
+              "figure_type": rng.integers(0, len(TYPES), n).astype(np.int8),
+              "article": article, "has_image": np.ones(n, bool)}
+    for name, arr in arrays.items():
+        np.save(out / f"{name}.npy", arr)
+    (out / VOCAB_FILE).write_text(json.dumps({
+        "format": FORMAT, "count": n, "max_id": n, "figure_types_from": "store",
+        "journal": [f"journal {i}" for i in range(500)], "license_class": licenses,
+        "figure_type": TYPES}))
+
+
 def columns_main(args: argparse.Namespace) -> int:
     """``--columns``: write_columns and first use of each filter through the columns."""
     tmp_ctx = tempfile.TemporaryDirectory(dir=args.tmp)
     with tmp_ctx as tmp:
-        db = Path(args.db) if args.db else Path(tmp) / "figsearch.db"
-        fill_s = None
-        if not db.is_file():
-            fill_s = fill_store(db, args.n)
-        figures: dict[str, Any] = {"store_gb": round(db.stat().st_size / 1e9, 3)}
-        if fill_s is not None:
-            figures["store_fill_s"] = round(fill_s, 1)
+        figures: dict[str, Any] = {}
         version_dir = Path(tmp) / "version"
-        w = _in_fresh_process(_write_columns, str(db), str(version_dir))
-        print(f"filter_columns: write_columns {w['count']:,} figures in {w['seconds']:.1f}s, "
-              f"peak +{w['peak_mb']:.0f} MB, {w['disk_mb']:.0f} MB on disk", file=sys.stderr,
-              flush=True)
-        figures.update({f"write_columns {k}": round(float(v), 3) for k, v in w.items()})
+        filters = dict(COLUMN_FILTERS)
+        if args.synthetic:
+            db = ""
+            t0 = time.perf_counter()
+            synthetic_columns(version_dir, args.n)
+            figures["synthetic_columns_s"] = round(time.perf_counter() - t0, 1)
+            filters.pop("pmcid (3 figures)")  # needs a store for its point query
+        else:
+            db_path = Path(args.db) if args.db else Path(tmp) / "figsearch.db"
+            db = str(db_path)
+            if not db_path.is_file():
+                figures["store_fill_s"] = round(fill_store(db_path, args.n), 1)
+            figures["store_gb"] = round(db_path.stat().st_size / 1e9, 3)
+            w = _in_fresh_process(_write_columns, db, str(version_dir))
+            print(f"filter_columns: write_columns {w['count']:,} figures in {w['seconds']:.1f}s, "
+                  f"peak +{w['peak_mb']:.0f} MB, {w['disk_mb']:.0f} MB on disk", file=sys.stderr,
+                  flush=True)
+            figures.update({f"write_columns {k}": round(float(v), 3) for k, v in w.items()})
         rows = []
         keys = ("count", "allowed_ms", "row_mask_ms", "first_use_ms", "first_use_ms_max",
                 "bitmap_selector_ms", "rss_delta_mb",
                 "cached_ms", "ids_ms", "contains_1000_us", "peak_mb", "held_mb",
                 "bitmap_selector_mb", "load_ms", "index_map_ms")
-        for label, flt in COLUMN_FILTERS.items():
-            runs = [_in_fresh_process(_measure_columns, str(db), str(version_dir), flt)
+        for label, flt in filters.items():
+            runs = [_in_fresh_process(_measure_columns, db, str(version_dir), flt)
                     for _ in range(args.repeat)]
             assert all(r["ids_ok"] for r in runs)
             # the median run by first-use time (the machine is shared: single runs are noisy)
@@ -264,9 +302,9 @@ def columns_main(args: argparse.Namespace) -> int:
                   f"MB, held {r['held_mb']:.1f} MB", file=sys.stderr, flush=True)
     print(markdown_table(["filter", "ids", "allowed ms", "row_mask ms", "first use ms",
                           "IDSelectorBitmap ms", "cached ms", "peak MB", "held MB"], rows))
-    path = write_result(f"filter_columns_{args.n}",
-                        {"n": args.n, "articles": args.n // 3, "filters": COLUMN_FILTERS,
-                         "repeat": args.repeat,
+    path = write_result(f"filter_columns_{args.n}{'_synthetic' if args.synthetic else ''}",
+                        {"n": args.n, "articles": args.n // 3, "filters": filters,
+                         "repeat": args.repeat, "synthetic": args.synthetic,
                          "note": "2 CPU cores shared with other jobs; columns in the page cache "
                                  "(just written); each filter in a fresh process, the median "
                                  "of --repeat runs; peak/held MB: tracemalloc (numpy buffers) "
@@ -282,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tmp", default=None, help="scratch directory for the store")
     p.add_argument("--columns", action="store_true",
                    help="measure figsearch.columns (write_columns, first use per filter)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="--columns: draw the columns with numpy instead of filling a store")
     p.add_argument("--repeat", type=int, default=3, help="--columns: fresh processes per filter")
     p.add_argument("--db", default=None,
                    help="--columns: the store file to use, filled first when absent (kept)")

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+from figsearch.columns import VersionColumns
 from figsearch.core.config import Settings
 from figsearch.encoders import load_model
 from figsearch.index import SearchIndex, current_version_dir
 from figsearch.store import FigureFilter, FigureStore
-from figsearch.version_data import VersionedStore, VersionTypes
+from figsearch.version_data import VersionedStore, VersionTypes, versioned_store
 from indexer.build import list_versions
 from indexer.indexing import index_all
 from indexer.rebuild import rebuild
@@ -65,6 +66,15 @@ def test_figure_types_switch_with_current_and_not_before(shared_data, tmp_path, 
     assert first is not None
     types_a = _types(first.version_dir)
     store = FigureStore(settings.db_path)
+    # the build wrote the version's filter columns, figure types from the version itself:
+    # the API below filters through them (figsearch.columns), and they equal the SQL view's
+    columns = VersionColumns.load(first.version_dir, store=store)
+    assert columns is not None and columns.vocab["figure_types_from"] == "version"
+    index_a = SearchIndex.load(first.version_dir)
+    view_a = versioned_store(store, first.version_dir, index_a.manifest, index_a.ids)
+    for kind in set(types_a.values()):
+        flt = FigureFilter(figure_type=kind)
+        assert columns.allowed(flt).ids.tolist() == view_a.filtered_ids(flt).tolist()
     with store.engine.connect() as conn:  # the build wrote no figure type into the store
         assert conn.execute(text("SELECT count(*) FROM figures WHERE figure_type IS NOT NULL")).scalar() == 0
 
