@@ -114,6 +114,12 @@ def test_passage_search_keeps_to_the_allowed_figures(tmp_path, encoder):
     assert scores[0][0] > maxp.whole.scores_for(q, [1])[1] + 0.1
     _scores, ids = maxp.search(q, 5, allowed_ids=np.array([2, 3], np.int64))
     assert sorted(ids[0].tolist()[:2]) == [2, 3]
+    # an AllowedSet (what version columns hand the service) filters the same way
+    from figsearch.columns import AllowedSet
+
+    same_scores, same = maxp.search(q, 5, allowed_ids=AllowedSet.from_ids([4, 1], total=5))
+    assert same[0].tolist() == maxp.search(q, 5, allowed_ids=np.array([1, 4]))[1][0].tolist()
+    assert same_scores[0][0] == pytest.approx(float(scores[0][0]))
 
 
 def test_the_service_builds_and_loads_passages(tmp_path, shared_data, tiny_model_dir):
