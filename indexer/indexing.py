@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from indexer.build import (
     build_version,
     index_lock,
 )
+from figsearch.keyword_index import write_keyword_index
 from indexer.captions import caption_stage, load_caption_encoder
 from indexer.embed import (
     DistInfo,
@@ -226,13 +228,26 @@ def build_from_worklist(
                "reused": embedded.summary.reused, "encoded": embedded.summary.encoded,
                LABELS_KEY: names, "dense_check": check},
         row_files={SHA_FILE: embedded.sha, TYPES_FILE: codes, TYPE_SCORES_FILE: scores},
-        add_files=captions,
+        add_files=derived_files(store, captions, progress),
     )
     if activate:
         discard_work(settings, encoder.model_key)
     return IndexReport(version, len(embedded.ids), len(embedded.failures),
                        embedded.summary.line(), _factory_of(version),
                        elapsed_s + time.perf_counter() - start)
+
+
+def derived_files(store: FigureStore, captions: Callable[[Path], dict[str, Any]] | None,
+                  progress: bool = True) -> Callable[[Path], dict[str, Any]]:
+    """The build step writing a version's indexes besides the image index: the caption index
+    (when a caption model is set) and the keyword index, both derived from the store, so
+    they switch, replicate and roll back with the version."""
+    def write(version_dir: Path) -> dict[str, Any]:
+        out = captions(version_dir) if captions is not None else {}
+        out.update(write_keyword_index(store, version_dir, progress))
+        return out
+
+    return write
 
 
 def discard_work(settings: Settings, model_key: str) -> None:
@@ -338,9 +353,10 @@ def index_text_only(settings: Settings, *, caption_encoder: Any = None,
         raise ValueError("a text-only index needs a caption model; FIGSEARCH_CAPTION_MODEL is empty")
     store = FigureStore(settings.db_path, create=False)
     try:
-        add_files = caption_stage(settings, store, caption_encoder, progress)
-        assert add_files is not None
-        version = build_text_version(settings.indexes_dir, add_files,
+        captions = caption_stage(settings, store, caption_encoder, progress)
+        assert captions is not None
+        version = build_text_version(settings.indexes_dir,
+                                     derived_files(store, captions, progress),
                                      keep=settings.index_keep_versions)
     finally:
         store.close()

@@ -154,7 +154,10 @@ class AppState:
         captions = self._captions_for(version_dir)
         if encoder is not None or captions is not None:
             self._set_model_thread_torch_threads()
-        service = SearchService(view, index, encoder, self.settings, captions=captions)
+        from figsearch.keyword_index import KeywordIndex
+
+        service = SearchService(view, index, encoder, self.settings, captions=captions,
+                                keywords=KeywordIndex.load(version_dir))
         types = frozenset(view.distinct_values("figure_type"))
         version = index.version if index else str(manifest["version"])
         return Loaded(version, version_dir, index, encoder, service, time.time(), types)

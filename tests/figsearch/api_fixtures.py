@@ -124,21 +124,24 @@ def build_index(data_dir: Path, encoder: Any, model_spec: str, perturb: float = 
 
     ``perturb`` adds seeded noise so that a rebuilt version differs from the previous one.
     """
+    from figsearch.keyword_index import write_keyword_index
     from indexer.build import build_version
 
     settings = Settings(data_dir=data_dir)
     store = FigureStore(settings.db_path)
     try:
         vectors, ids = embed_all(store, settings.images_dir, encoder)
+        if perturb:
+            noise = np.random.default_rng(1).normal(0, perturb, vectors.shape)
+            vectors = vectors + noise.astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return build_version(
+            settings.indexes_dir, vectors, ids, model_spec=model_spec,
+            model_key=encoder.model_key, use_gpu=False,
+            add_files=lambda version_dir: write_keyword_index(store, version_dir, progress=False),
+        )
     finally:
         store.close()
-    if perturb:
-        vectors = vectors + np.random.default_rng(1).normal(0, perturb, vectors.shape).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return build_version(
-        settings.indexes_dir, vectors, ids, model_spec=model_spec, model_key=encoder.model_key,
-        use_gpu=False,
-    )
 
 
 def make_small_index_data_dir(data_dir: Path, shared_data: Path, model_dir: Path) -> Path:
@@ -196,10 +199,14 @@ def small_search_service(data_dir: Path, model_dir: Path) -> Iterator[Any]:
     from figsearch.index import SearchIndex, current_version_dir
     from figsearch.search import SearchService
 
+    from figsearch.keyword_index import KeywordIndex
+
     settings = Settings(data_dir=data_dir, model=str(model_dir), dedup_threshold=0.99999)
     store = FigureStore(settings.db_path, create=False)
-    index = SearchIndex.load(current_version_dir(settings.indexes_dir))
+    version_dir = current_version_dir(settings.indexes_dir)
+    index = SearchIndex.load(version_dir)
     try:
-        yield SearchService(store, index, load_model(str(model_dir), device="cpu"), settings)
+        yield SearchService(store, index, load_model(str(model_dir), device="cpu"), settings,
+                            keywords=KeywordIndex.load(version_dir))
     finally:
         store.close()
