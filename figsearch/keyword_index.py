@@ -46,6 +46,7 @@ import numpy as np
 import tantivy
 from tqdm import tqdm
 
+from figsearch.faults import maybe_crash
 from figsearch.licenses import COMMERCIAL_CLASSES
 from figsearch.store import DEFAULT_FTS_WEIGHTS, FTS_COLUMNS, FigureFilter, FigureStore
 
@@ -190,6 +191,7 @@ def write_keyword_index(store: FigureStore, version_dir: Path, progress: bool = 
             writer.add_document(_document(row))
         n += len(rows)
         bar.update(len(rows))
+        maybe_crash("keyword-batch")
     bar.close()
     writer.commit()
     writer.wait_merging_threads()
@@ -238,12 +240,14 @@ def update_keyword_index(previous_version_dir: Path, version_dir: Path, store: F
     gone = {int(i) for i in removed_ids} | {int(i) for i in upserted_ids}
     for fid in tqdm(sorted(gone), unit="fig", desc="keyword deletes", disable=not progress):
         writer.delete_documents_by_term("id", fid)
+    maybe_crash("keyword-deleted")
     added = 0
     for rows in iter_store_rows(store, list(upserted_ids)):
         for row in rows:
             writer.add_document(_document(row))
         added += len(rows)
     writer.commit()
+    maybe_crash("keyword-committed")
     writer.wait_merging_threads()
     _fsync_tree(out)
     index.reload()

@@ -29,6 +29,7 @@ from sqlalchemy import text
 from figsearch.core.config import Settings
 from figsearch.datadir import portable_path
 from figsearch.index import current_version_dir
+from figsearch.keyword_index import write_keyword_index
 from figsearch.store import FigureStore
 from figsearch.version_data import LABELS_KEY, SHA_FILE, TYPE_SCORES_FILE, TYPES_FILE, type_arrays
 from indexer.build import (
@@ -39,7 +40,6 @@ from indexer.build import (
     build_version,
     index_lock,
 )
-from figsearch.keyword_index import write_keyword_index
 from indexer.captions import caption_stage, load_caption_encoder
 from indexer.embed import (
     DistInfo,

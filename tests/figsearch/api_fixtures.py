@@ -197,9 +197,8 @@ def small_search_service(data_dir: Path, model_dir: Path) -> Iterator[Any]:
     when practically identical (dedup_threshold 0.99999), so tests see every distinct figure."""
     from figsearch.encoders import load_model
     from figsearch.index import SearchIndex, current_version_dir
-    from figsearch.search import SearchService
-
     from figsearch.keyword_index import KeywordIndex
+    from figsearch.search import SearchService
 
     settings = Settings(data_dir=data_dir, model=str(model_dir), dedup_threshold=0.99999)
     store = FigureStore(settings.db_path, create=False)
