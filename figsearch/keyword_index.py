@@ -62,6 +62,7 @@ OVERFETCH_GROWTH = 4
 WRITER_HEAP = 256_000_000
 BUILD_BATCH = 5_000
 _MARK_OPEN, _MARK_CLOSE = "<mark>", "</mark>"
+ENGINE = f"tantivy {getattr(tantivy, '__version__', '')}".strip()
 #: What tantivy's simple tokenizer calls a token: a run of letters and digits.
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 
@@ -199,7 +200,7 @@ def write_keyword_index(store: FigureStore, version_dir: Path, progress: bool = 
     seconds = time.perf_counter() - start
     print(f"keyword index: {n} figures in {seconds:.1f} s "
           f"({n / seconds if seconds > 0 else 0.0:.0f} figures/s)")
-    return {"keyword": {"engine": f"tantivy {tantivy.__version__}", "count": n,
+    return {"keyword": {"engine": ENGINE, "count": n,
                         "analyzer": "simple, remove_long 40, lowercase, ascii_fold, "
                                     "stemmer english; queries drop english stopwords",
                         "build_seconds": round(seconds, 3)}}
@@ -253,7 +254,7 @@ def update_keyword_index(previous_version_dir: Path, version_dir: Path, store: F
     index.reload()
     count = int(index.searcher().num_docs)
     seconds = time.perf_counter() - start
-    return {"keyword": {"engine": f"tantivy {tantivy.__version__}", "count": count,
+    return {"keyword": {"engine": ENGINE, "count": count,
                         "delta": {"removed": len(set(removed_ids)), "upserted": added,
                                   "from": Path(previous_version_dir).name},
                         "build_seconds": round(seconds, 3)}}
