@@ -21,11 +21,16 @@ stopwords ("the", "of", "in" ...), unless nothing else is left: those words matc
 caption and add almost nothing to BM25 (their IDF is near zero), but forced the old engine, and
 would force any engine, to visit every caption.
 
-Fields: ``caption``, ``label``, ``title`` (the article's) and ``ocr`` (in-figure text), each
-scored by BM25 and weighted by ``Settings.fts_weights`` (query-time boosts); ``id`` (the figure
-id, a fast field read without touching stored documents); and the filter fields ``year``,
-``journal`` (lower-cased), ``license`` (class) and ``pmcid``, which narrow a selective filter
-inside the engine (:meth:`KeywordIndex.search`).
+Fields: ``text``, the figure's whole text (caption, label, article title, in-figure text) as one
+field, and each of those four alone (``caption``, ``label``, ``title``, ``ocr``); a query's score
+is BM25 over ``text`` plus, per field, its BM25 there times ``Settings.keyword_weights`` (default:
+title 0.3). One BM25 over the whole text normalises by the figure's whole length, as FTS5 did;
+per-field BM25 alone punished figures with long in-figure text (a field most figures lack has a
+short average length) and lost 0.03-0.05 MRR on the real-figure queries, while whole text +
+title beat FTS5 on both splits (dev and test; docs/benchmarks.md). ``id`` (the figure id, a fast
+field read without touching stored documents); and the filter fields ``year``, ``journal``
+(lower-cased), ``license`` (class) and ``pmcid``, which narrow a selective filter inside the
+engine (:meth:`KeywordIndex.search`).
 """
 
 from __future__ import annotations
@@ -48,10 +53,14 @@ from tqdm import tqdm
 
 from figsearch.faults import maybe_crash
 from figsearch.licenses import COMMERCIAL_CLASSES
-from figsearch.store import DEFAULT_FTS_WEIGHTS, FTS_COLUMNS, FigureFilter, FigureStore
+from figsearch.store import FTS_COLUMNS, FigureFilter, FigureStore
 
 KEYWORD_DIR = "keyword"
 TEXT_FIELDS = FTS_COLUMNS  # caption, label, title, ocr
+WHOLE_TEXT = "text"
+#: BM25 weight of the whole text and of each field alone (``Settings.keyword_weights``).
+DEFAULT_WEIGHTS: dict[str, float] = {WHOLE_TEXT: 1.0, "caption": 0.0, "label": 0.0,
+                                     "title": 0.3, "ocr": 0.0}
 ANALYZER = "figsearch"
 MAX_QUERY_TERMS = 32
 #: A filter passing at least this share of figures is applied after ranking (over-fetch, then
@@ -96,7 +105,7 @@ def analyse(text: str) -> list[str]:
 def schema() -> Any:
     sb = tantivy.SchemaBuilder()
     sb.add_integer_field("id", indexed=True, fast=True)
-    for name in TEXT_FIELDS:
+    for name in (WHOLE_TEXT, *TEXT_FIELDS):
         sb.add_text_field(name, tokenizer_name=ANALYZER, index_option="freq")
     sb.add_integer_field("year", indexed=True, fast=True)
     for name in ("journal", "license", "pmcid"):
@@ -123,9 +132,13 @@ _ROWS_SQL = (
 def _document(row: Sequence[Any]) -> Any:
     fid, caption, label, title, ocr, year, journal, license_class, pmcid = row
     doc = tantivy.Document(id=int(fid))
-    for name, value in (("caption", caption), ("label", label), ("title", title), ("ocr", ocr)):
+    texts = (("caption", caption), ("label", label), ("title", title), ("ocr", ocr))
+    for name, value in texts:
         if value:
             doc.add_text(name, str(value))
+    whole = "\n".join(str(v) for _, v in texts if v)
+    if whole:
+        doc.add_text(WHOLE_TEXT, whole)
     if year:
         doc.add_integer("year", int(year))
     for name, value in (("journal", (journal or "").lower()), ("license", license_class),
@@ -326,13 +339,16 @@ class KeywordIndex:
     def text_query(self, terms: Sequence[str], match_all: bool,
                    weights: Mapping[str, float] | None = None) -> Any:
         """Any-word: one flat disjunction of (term, field) clauses, the shape block-max WAND
-        prunes; all-words: each term (in any field) required."""
-        merged = {**DEFAULT_FTS_WEIGHTS, **(weights or {})}
-        fields = [(f, float(merged[f])) for f in TEXT_FIELDS if float(merged[f]) > 0]
+        prunes; all-words: each term (in any field) required. ``weights``: see
+        :data:`DEFAULT_WEIGHTS`."""
+        merged = {**DEFAULT_WEIGHTS, **(weights or {})}
+        fields = [(f, float(w)) for f, w in merged.items() if float(w) > 0]
         should = tantivy.Occur.Should
         if not match_all or len(terms) == 1:
             return tantivy.Query.boolean_query(
                 [(should, self._term(f, t, w)) for t in terms for f, w in fields])
+        if merged[WHOLE_TEXT] <= 0:  # "every word somewhere" still means the whole text
+            fields.append((WHOLE_TEXT, 0.0))
         return tantivy.Query.boolean_query([
             (tantivy.Occur.Must,
              tantivy.Query.boolean_query([(should, self._term(f, t, w)) for f, w in fields]))

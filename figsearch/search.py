@@ -3,10 +3,10 @@
 Modes for text queries:
 
 * ``dense``   - the query text is encoded by the CLIP text tower and looked up in the FAISS index;
-* ``keyword`` - BM25 over caption, label, article title and in-figure text (OCR), each field
-  with its own weight (``settings.fts_weights``): the version's tantivy index, top-k with
-  block-max WAND (:mod:`figsearch.keyword_index`), or the store's FTS5 table for versions built
-  without one;
+* ``keyword`` - BM25 over caption, label, article title and in-figure text (OCR): the
+  version's tantivy index (whole text, plus weighted fields: ``settings.keyword_weights``), top-k
+  with block-max WAND (:mod:`figsearch.keyword_index`), or the store's FTS5 table
+  (``settings.fts_weights``) for versions built without one;
 * ``caption`` - the query's sentence embedding against the caption-semantics index
   (:mod:`figsearch.caption_index`);
 * ``hybrid``  - (default) weighted fusion of the live signals (:mod:`figsearch.fusion`): caption
@@ -396,7 +396,7 @@ class SearchService:
     def _keyword_rows(self, query: str, n: int, flt: FigureFilter, widen: bool) -> _Candidates:
         if self.keywords is None:
             return self._fts_rows(query, n, flt, widen)
-        weights = self.settings.fts_weights
+        weights = self.settings.keyword_weights
         allowed = None if flt.is_empty() else self._allowed_set(flt)
         rows: list[tuple[int, float]] = []
         single_word = len(keyword_terms(query)) <= 1

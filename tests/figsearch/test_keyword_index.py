@@ -24,8 +24,10 @@ import pytest
 
 from figsearch.keyword_index import (
     BROAD_FILTER,
+    DEFAULT_WEIGHTS,
     KEYWORD_DIR,
     TEXT_FIELDS,
+    WHOLE_TEXT,
     KeywordIndex,
     SortedIds,
     analyse,
@@ -36,7 +38,7 @@ from figsearch.keyword_index import (
     write_keyword_index,
 )
 from figsearch.records import ArticleRecord, FigureRecord
-from figsearch.store import DEFAULT_FTS_WEIGHTS, FigureFilter, FigureStore
+from figsearch.store import FigureFilter, FigureStore
 
 LICENSES = ("cc-by", "cc-by-nc", "none")
 JOURNALS = ("PLoS ONE", "Frontiers in Immunology", "Viruses", "Sci Rep")
@@ -93,18 +95,21 @@ def _field_tokens(store: FigureStore) -> dict[int, dict[str, Counter]]:
         fields = {"caption": fig["caption"], "label": fig["label"], "title": fig["title"],
                   "ocr": fig["ocr_text"]}
         out[fid] = {f: Counter(analyse(str(fields[f] or ""))) for f in TEXT_FIELDS}
+        out[fid][WHOLE_TEXT] = sum(out[fid].values(), Counter())
     return out
 
 
 def exact_bm25(docs: dict[int, dict[str, Counter]], terms: list[str], match_all: bool,
                allowed: set[int] | None = None) -> list[tuple[int, float]]:
     """Textbook BM25 per field (k1 1.2, b 0.75, IDF ln(1 + (N - df + .5) / (df + .5)), average
-    field length over all documents), weighted by the default field weights and summed, over
-    every document: the ranking the engine must reproduce without scoring every document."""
+    field length over all documents), weighted by the default weights (whole text 1, title 0.3)
+    and summed, over every document: the ranking the engine must reproduce without scoring
+    every document."""
     n = len(docs)
     scores: dict[int, float] = {}
-    for field in TEXT_FIELDS:
-        weight = DEFAULT_FTS_WEIGHTS[field]
+    for field, weight in DEFAULT_WEIGHTS.items():
+        if not weight:
+            continue
         avg = sum(sum(d[field].values()) for d in docs.values()) / n
         for term in terms:
             df = sum(1 for d in docs.values() if d[field][term])
@@ -121,22 +126,22 @@ def exact_bm25(docs: dict[int, dict[str, Counter]], terms: list[str], match_all:
             return False
         if not match_all:
             return True
-        return all(any(docs[fid][f][t] for f in TEXT_FIELDS) for t in terms)
+        return all(docs[fid][WHOLE_TEXT][t] for t in terms)
     ranked = sorted(((fid, s) for fid, s in scores.items() if matches(fid)), key=lambda x: -x[1])
     return ranked
 
 
 def assert_same_top(got: list[tuple[int, float]], exact: list[tuple[int, float]], k: int) -> None:
     """The engine's top k is the exact top k, up to near-ties: tantivy stores field lengths in
-    one byte (exact below ~40 tokens, a few % off above), so two documents within 3 % of each
-    other may swap."""
+    one byte (exact below ~40 tokens, a few % off above: whole captions are longer), so two
+    documents within 6 % of each other may swap."""
     assert len(got) == min(k, len(exact))
     exact_score = dict(exact)
     cutoff = exact[min(k, len(exact)) - 1][1]
     for rank, (fid, _score) in enumerate(got):
-        assert exact_score[fid] >= cutoff * 0.97, (rank, fid, exact_score[fid], cutoff)
-        assert exact_score[fid] >= exact[rank][1] * 0.97 or rank >= len(exact), (rank, fid)
-    clearly_in = {f for f, score in exact[:k] if score > cutoff * 1.03}
+        assert exact_score[fid] >= cutoff * 0.94, (rank, fid, exact_score[fid], cutoff)
+        assert exact_score[fid] >= exact[rank][1] * 0.94 or rank >= len(exact), (rank, fid)
+    clearly_in = {f for f, score in exact[:k] if score > cutoff * 1.06}
     assert clearly_in <= {f for f, _ in got}, clearly_in - {f for f, _ in got}
 
 
@@ -199,7 +204,7 @@ def test_empty_filter_and_empty_query_return_nothing(index):
 
 def test_field_weights_change_the_ranking(index):
     query = "virus"
-    title_heavy = index.search(query, 10, weights={"caption": 0.01, "title": 5.0})
+    title_heavy = index.search(query, 10, weights={"text": 0.1, "title": 5.0})
     default = index.search(query, 10)
     assert [f for f, _ in title_heavy] != [f for f, _ in default]
 
