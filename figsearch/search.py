@@ -3,8 +3,10 @@
 Modes for text queries:
 
 * ``dense``   - the query text is encoded by the CLIP text tower and looked up in the FAISS index;
-* ``keyword`` - SQLite FTS5 BM25 over caption, label, article title and in-figure text (OCR),
-  each column with its own weight (``settings.fts_weights``);
+* ``keyword`` - BM25 over caption, label, article title and in-figure text (OCR): the
+  version's tantivy index (whole text, plus weighted fields: ``settings.keyword_weights``), top-k
+  with block-max WAND (:mod:`figsearch.keyword_index`), or the store's FTS5 table
+  (``settings.fts_weights``) for versions built without one;
 * ``caption`` - the query's sentence embedding against the caption-semantics index
   (:mod:`figsearch.caption_index`);
 * ``hybrid``  - (default) weighted fusion of the live signals (:mod:`figsearch.fusion`): caption
@@ -22,9 +24,10 @@ result has the same image (sha256) or an embedding with cosine similarity above
 ``settings.dedup_threshold``. Paging (``offset``) is applied after the collapse, so pages never
 overlap and never repeat a duplicate.
 
-Highlights come from FTS5 itself (``highlight()``/``snippet()``, see
-:meth:`~figsearch.store.FigureStore.highlights`), for every mode: they mark exactly the tokens
-the index matches (porter stems included), in the caption and in the in-figure text.
+Highlights mark exactly the words the keyword index matches (same analysis: stems, folded
+diacritics, no stopwords), in the caption and in the in-figure text, for every mode: computed
+from the page's own text by :meth:`figsearch.keyword_index.KeywordIndex.highlights` (FTS5's
+``highlight()``/``snippet()`` for versions without a keyword index).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ from figsearch.fusion import (
     fusion_from_settings,
     vector_dedup_ok,
 )
+from figsearch.keyword_index import KeywordIndex
+from figsearch.keyword_index import query_terms as keyword_terms
 from figsearch.links import PMC_ARTICLE_URL, article_url, figure_url  # noqa: F401 (re-exported)
 from figsearch.store import FigureFilter, FigureStore
 
@@ -175,9 +180,10 @@ class SearchService:
     def __init__(
         self, store: FigureStore, index: VectorIndex | None, encoder: TextImageEncoder | None,
         settings: Settings, captions: Any = None, fusion: FusionConfig | None = None,
-        columns: VersionColumns | None = None,
+        columns: VersionColumns | None = None, keywords: KeywordIndex | None = None,
     ) -> None:
         self.store = store
+        self.keywords = keywords  # the version's tantivy index; None: the store's FTS5
         # the version's columnar filter metadata (figsearch.columns): filters without a SQL
         # scan; None for versions built without it (then store.filtered_ids answers)
         self.columns = columns
@@ -407,6 +413,28 @@ class SearchService:
             return self._keyword_rows(query, n, flt, widen)
 
     def _keyword_rows(self, query: str, n: int, flt: FigureFilter, widen: bool) -> _Candidates:
+        if self.keywords is None:
+            return self._fts_rows(query, n, flt, widen)
+        weights = self.settings.keyword_weights
+        allowed = None if flt.is_empty() else self._allowed_set(flt)
+        rows: list[tuple[int, float]] = []
+        single_word = len(keyword_terms(query)) <= 1
+        if not single_word:
+            rows = self.keywords.search(query, n, True, weights, allowed, flt)
+        if len(rows) < n and (widen or single_word):
+            rows = self.keywords.search(query, n, False, weights, allowed, flt)
+        return _Candidates([i for i, _ in rows], [s for _, s in rows], len(rows) < n)
+
+    def _allowed_set(self, flt: FigureFilter) -> AllowedSet:
+        """What ``flt`` lets through, for the keyword index's filter plan (which needs the
+        share of all figures: the SQL fallback's set only knows its own count)."""
+        allowed = self._allowed_ids(flt)
+        if self.columns is None and self.keywords is not None:
+            return AllowedSet.from_ids(allowed.ids, max(self.keywords.count, allowed.count))
+        return allowed
+
+    def _fts_rows(self, query: str, n: int, flt: FigureFilter, widen: bool) -> _Candidates:
+        """Keyword candidates from the store's FTS5 table (versions without a keyword index)."""
         rows: list[tuple[int, float]] = []
         weights = self.settings.fts_weights
         single_word = len(query_terms(query)) <= 1
@@ -483,7 +511,10 @@ class SearchService:
             n *= 2
         page = kept[offset:need]
         with timing.stage("highlight"):
-            marked = self.store.highlights(highlight_query, [i for i, _ in page])
+            if self.keywords is not None:
+                marked = self.keywords.highlights(highlight_query, {i: figures[i] for i, _ in page})
+            else:
+                marked = self.store.highlights(highlight_query, [i for i, _ in page])
         hits = []
         for r, (i, s) in enumerate(page):
             caption, ocr = marked.get(i, (html.escape(figures[i]["caption"] or ""), ""))

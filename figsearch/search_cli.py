@@ -46,6 +46,7 @@ def open_service(settings: Settings, need_model: bool = True) -> SearchService:
         encoder = load_model(spec, device=settings.device or None, batch_size=settings.batch_size,
                              precision=settings.cpu_precision)
         index.check_model(encoder.model_key, encoder.dim)
+    from figsearch.keyword_index import KeywordIndex
     from figsearch.version_data import versioned_store
 
     store = FigureStore(settings.db_path, create=False)
@@ -53,7 +54,8 @@ def open_service(settings: Settings, need_model: bool = True) -> SearchService:
 
     view = versioned_store(store, version_dir, index.manifest, index.ids)
     return SearchService(view, index, encoder, settings,
-                         columns=VersionColumns.load(version_dir, store=view))
+                         columns=VersionColumns.load(version_dir, store=view),
+                         keywords=KeywordIndex.load(version_dir))
 
 
 def format_page(page: SearchPage, width: int = 70) -> str:

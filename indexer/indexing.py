@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from figsearch.columns import write_columns
 from figsearch.core.config import Settings
 from figsearch.datadir import portable_path
 from figsearch.index import current_version_dir
+from figsearch.keyword_index import write_keyword_index
 from figsearch.store import FigureStore
 from figsearch.version_data import LABELS_KEY, SHA_FILE, TYPE_SCORES_FILE, TYPES_FILE, type_arrays
 from indexer.build import (
@@ -229,15 +231,28 @@ def build_from_worklist(
                "reused": embedded.summary.reused, "encoded": embedded.summary.encoded,
                LABELS_KEY: names, "dense_check": check},
         row_files={SHA_FILE: embedded.sha, TYPES_FILE: codes, TYPE_SCORES_FILE: scores},
-        # filter columns last: the version's ids.npy and figure types are written by then
-        add_files=combine_add_files(
-            captions, functools.partial(write_columns, store, type_names=names)),
+        add_files=derived_files(store, captions, progress, type_names=names),
     )
     if activate:
         discard_work(settings, encoder.model_key)
     return IndexReport(version, len(embedded.ids), len(embedded.failures),
                        embedded.summary.line(), _factory_of(version),
                        elapsed_s + time.perf_counter() - start)
+
+
+def derived_files(store: FigureStore, captions: Callable[[Path], dict[str, Any]] | None,
+                  progress: bool = True, type_names: list[str] | None = None,
+                  ) -> Callable[[Path], dict[str, Any]]:
+    """The build step writing a version's indexes besides the image index, all derived from the
+    store so that they switch, replicate and roll back with the version: the caption index
+    (when a caption model is set), the filter columns (last but one: they read the version's
+    ids.npy and figure types, written by then; ``type_names`` names those types) and the
+    keyword index."""
+    steps = combine_add_files(
+        captions, functools.partial(write_columns, store, type_names=type_names),
+        functools.partial(write_keyword_index, store, progress=progress))
+    assert steps is not None
+    return steps
 
 
 def discard_work(settings: Settings, model_key: str) -> None:
@@ -345,9 +360,8 @@ def index_text_only(settings: Settings, *, caption_encoder: Any = None,
     try:
         captions = caption_stage(settings, store, caption_encoder, progress)
         assert captions is not None
-        add_files = combine_add_files(captions, functools.partial(write_columns, store))
-        assert add_files is not None
-        version = build_text_version(settings.indexes_dir, add_files,
+        version = build_text_version(settings.indexes_dir,
+                                     derived_files(store, captions, progress),
                                      keep=settings.index_keep_versions)
     finally:
         store.close()

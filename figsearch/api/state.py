@@ -155,10 +155,12 @@ class AppState:
         captions = self._captions_for(version_dir)
         if encoder is not None or captions is not None:
             self._set_model_thread_torch_threads()
+        from figsearch.keyword_index import KeywordIndex
+
         # filters from the version's columns (figsearch.columns) when it has them
         columns = VersionColumns.load(version_dir, store=view)
         service = SearchService(view, index, encoder, self.settings, captions=captions,
-                                columns=columns)
+                                columns=columns, keywords=KeywordIndex.load(version_dir))
         types = frozenset(view.distinct_values("figure_type"))
         version = index.version if index else str(manifest["version"])
         return Loaded(version, version_dir, index, encoder, service, time.time(), types)

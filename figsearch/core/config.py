@@ -100,8 +100,18 @@ class Settings(BaseSettings):
     fts_weights: dict[str, float] = Field(
         {"caption": 1.0, "label": 0.5, "title": 0.3, "ocr": 0.5},
         description=(
-            "BM25 weight of each keyword-index column (caption, label, article title, ocr = "
-            "in-figure text), as JSON; columns left out keep these defaults."
+            "BM25 weight of each FTS5 column (caption, label, article title, ocr = in-figure "
+            "text), as JSON, for index versions built without a keyword index; columns left "
+            "out keep these defaults."
+        ),
+    )
+    keyword_weights: dict[str, float] = Field(
+        {"text": 1.0, "caption": 0.0, "label": 0.0, "title": 0.3, "ocr": 0.0},
+        description=(
+            "Keyword index (tantivy) BM25 weights, as JSON: `text` is the figure's whole text "
+            "(caption, label, article title and in-figure text as one field); `caption`, "
+            "`label`, `title`, `ocr` add a match inside that field alone. Keys left out keep "
+            "these defaults (chosen on the dev split of the real-figure queries)."
         ),
     )
     ocr: bool = Field(
@@ -239,6 +249,20 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown column(s) {unknown}; the columns are {list(FTS_COLUMNS)}")
         if any(w < 0 for w in value.values()):
             raise ValueError("BM25 weights must not be negative")
+        return value
+
+    @field_validator("keyword_weights")
+    @classmethod
+    def _known_keyword_fields(cls, value: dict[str, float]) -> dict[str, float]:
+        from figsearch.keyword_index import DEFAULT_WEIGHTS
+
+        unknown = sorted(set(value) - set(DEFAULT_WEIGHTS))
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; the fields are {list(DEFAULT_WEIGHTS)}")
+        if any(w < 0 for w in value.values()):
+            raise ValueError("BM25 weights must not be negative")
+        if not any({**DEFAULT_WEIGHTS, **value}.values()):
+            raise ValueError("at least one keyword field needs a weight above 0")
         return value
 
     @property

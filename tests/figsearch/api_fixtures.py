@@ -125,20 +125,23 @@ def build_index(data_dir: Path, encoder: Any, model_spec: str, perturb: float = 
     ``perturb`` adds seeded noise so that a rebuilt version differs from the previous one.
     """
     from indexer.build import build_version
+    from indexer.indexing import derived_files
 
     settings = Settings(data_dir=data_dir)
     store = FigureStore(settings.db_path)
     try:
         vectors, ids = embed_all(store, settings.images_dir, encoder)
+        if perturb:
+            noise = np.random.default_rng(1).normal(0, perturb, vectors.shape)
+            vectors = vectors + noise.astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return build_version(
+            settings.indexes_dir, vectors, ids, model_spec=model_spec,
+            model_key=encoder.model_key, use_gpu=False,
+            add_files=derived_files(store, None, progress=False),  # columns + keyword index
+        )
     finally:
         store.close()
-    if perturb:
-        vectors = vectors + np.random.default_rng(1).normal(0, perturb, vectors.shape).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return build_version(
-        settings.indexes_dir, vectors, ids, model_spec=model_spec, model_key=encoder.model_key,
-        use_gpu=False,
-    )
 
 
 def make_small_index_data_dir(data_dir: Path, shared_data: Path, model_dir: Path) -> Path:
@@ -194,12 +197,15 @@ def small_search_service(data_dir: Path, model_dir: Path) -> Iterator[Any]:
     when practically identical (dedup_threshold 0.99999), so tests see every distinct figure."""
     from figsearch.encoders import load_model
     from figsearch.index import SearchIndex, current_version_dir
+    from figsearch.keyword_index import KeywordIndex
     from figsearch.search import SearchService
 
     settings = Settings(data_dir=data_dir, model=str(model_dir), dedup_threshold=0.99999)
     store = FigureStore(settings.db_path, create=False)
-    index = SearchIndex.load(current_version_dir(settings.indexes_dir))
+    version_dir = current_version_dir(settings.indexes_dir)
+    index = SearchIndex.load(version_dir)
     try:
-        yield SearchService(store, index, load_model(str(model_dir), device="cpu"), settings)
+        yield SearchService(store, index, load_model(str(model_dir), device="cpu"), settings,
+                            keywords=KeywordIndex.load(version_dir))
     finally:
         store.close()

@@ -318,14 +318,24 @@ def test_api_is_read_only(client):
 
 
 def test_in_figure_text_is_searchable_highlighted_and_shown(small_index_data_dir, settings,
-                                                             tmp_path):
+                                                             tmp_path, tiny_model_dir):
+    """In-figure text read after a version was built is searchable from the next version (the
+    keyword index is derived from the store with the version), highlighted and shown."""
+    from figsearch.encoders import load_model
+    from tests.figsearch.api_fixtures import build_index
+
     data = tmp_path / "data"
     shutil.copytree(small_index_data_dir, data, symlinks=True)
     store = FigureStore(data / "figsearch.db")
     sha = store.get_figure(2)["sha256"]
     store.put_ocr([(sha, "Nucleus\nQWERTYASE\nCytoplasm", 3, "test", None)])
     store.close()
-    with TestClient(loaded_app(settings.model_copy(update={"data_dir": data}))) as c:
+    app_settings = settings.model_copy(update={"data_dir": data})
+    with TestClient(loaded_app(app_settings)) as c:
+        body = c.get("/v1/search", params={"q": "qwertyase", "mode": "keyword"}).json()
+        assert body["results"] == []  # the served version was built before the text was read
+    build_index(data, load_model(str(tiny_model_dir), device="cpu"), str(tiny_model_dir))
+    with TestClient(loaded_app(app_settings)) as c:
         for mode in ("keyword", "hybrid"):
             body = c.get("/v1/search", params={"q": "qwertyase", "mode": mode, "k": 3}).json()
             hits = {h["id"]: h for h in body["results"]}  # hybrid: tied with the dense top 1

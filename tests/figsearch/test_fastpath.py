@@ -52,7 +52,7 @@ def reference_collapse(svc: SearchService, ids: list[int], threshold: float) -> 
 @pytest.mark.parametrize("threshold", [0.5, 0.8, 0.9, 0.99999])
 def test_vectorised_collapse_matches_greedy_reference(service, threshold):
     svc = SearchService(service.store, service.index, service.encoder,
-                        service.settings.model_copy(update={"dedup_threshold": threshold}))
+                        service.settings.model_copy(update={"dedup_threshold": threshold}), keywords=service.keywords)
     query = service.index.vectors_for([3])[0]
     everything = svc.search_vector(query, k=service.index.ntotal, dedup=False)
     ranked = [h.id for h in everything.hits]

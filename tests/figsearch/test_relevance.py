@@ -100,7 +100,7 @@ def test_random_image_model_fails_its_check_and_the_default_equals_the_text_sign
     assert check["n"] >= 20 and check["reliable"] is False, check
     assert service.signals() == {"keyword": True, "caption": True, "dense": False}
     text_only = SearchService(service.store, None, None, relevance_settings,
-                              captions=service.captions)
+                              captions=service.captions, keywords=service.keywords)
     targets = _target_ids(service)
     rows = []
     for query, fid in targets.items():
@@ -115,7 +115,7 @@ def test_fusion_weights_setting_changes_the_default_ranking(service, relevance_s
     keyword_only = SearchService(
         service.store, service.index, service.encoder,
         relevance_settings.model_copy(update={"fusion_weights": "keyword=1"}),
-        captions=service.captions)
+        captions=service.captions, keywords=service.keywords)
     query = "virus replication in the endoplasmic reticulum"
     keyword = [h.id for h in service.search_text(query, k=10, mode="keyword").hits]
     assert [h.id for h in keyword_only.search_text(query, k=10).hits] == keyword
@@ -126,7 +126,7 @@ def test_fusion_method_setting_changes_the_scores(service, relevance_settings):
     """FIGSEARCH_FUSION_METHOD=rrf fuses ranks: scores become sums of w / (60 + rank)."""
     rrf = SearchService(service.store, service.index, service.encoder,
                         relevance_settings.model_copy(update={"fusion_method": "rrf"}),
-                        captions=service.captions)
+                        captions=service.captions, keywords=service.keywords)
     top = rrf.search_text("TREM2 lipoprotein ligands", k=3).hits[0]
     assert top.score <= 1.0 / 61 + 1e-9
     assert service.search_text("TREM2 lipoprotein ligands", k=3).hits[0].score > 1.0 / 61
@@ -138,7 +138,7 @@ def test_fusion_depth_setting_limits_the_candidates(service, relevance_settings)
 
     shallow = relevance_settings.model_copy(update={"fusion_depth": 5})
     svc = SearchService(service.store, service.index, service.encoder, shallow,
-                        captions=service.captions)
+                        captions=service.captions, keywords=service.keywords)
     got = svc.signal_results("interferon signalling", svc.settings.fusion_depth, FigureFilter(),
                              ["caption"])
     assert len(got["caption"].ids) == 5

@@ -99,7 +99,7 @@ def test_exact_duplicates_collapse_by_default(service):
 
 def test_cosine_near_duplicates_collapse(service):
     loose = SearchService(service.store, service.index, service.encoder,
-                          service.settings.model_copy(update={"dedup_threshold": 0.5}))
+                          service.settings.model_copy(update={"dedup_threshold": 0.5}), keywords=service.keywords)
     vec = service.index.vectors_for(np.array([1]))[0]
     # The random tiny model puts every image within cosine 0.5 of the others: one survives.
     assert len(loose.search_vector(vec, k=10).hits) == 1

@@ -1,0 +1,459 @@
+"""Keyword search with dynamic pruning: a tantivy BM25 index per index version.
+
+FTS5's ``ORDER BY bm25(...) LIMIT k`` scores and sorts *every* caption that matches the query,
+and an any-word query matches nearly every caption as soon as one of its words is common: at 1 M
+real-language captions a query took ~1.2 s and grew linearly with the corpus (issue #23).
+Tantivy (the Rust engine behind Quickwit; Python bindings ``tantivy``) ranks with block-max
+WAND: it skips posting blocks whose best possible score cannot enter the top k, so the cost
+follows k and the rare words of a query, not the number of matches.
+
+The index lives *inside* a version directory, ``<version>/keyword/``, built from the store when
+the version is built (:func:`write_keyword_index`) or derived from the previous version's by a
+nightly delta (:func:`update_keyword_index`), so it is versioned, swapped, replicated and
+hot-reloaded with the vector indexes; SQLite stays the source of truth. A version without one
+(built before this module) is served by the store's FTS5 table, as before.
+
+Text analysis (one analyzer, :data:`ANALYZER`, for indexing, queries and highlights): split on
+anything that is not a letter or digit, drop tokens over 40 characters, lower-case, fold
+diacritics to ASCII, Snowball English stemming (Porter2; FTS5's was the original Porter) - the
+equivalent of the store's ``porter unicode61 remove_diacritics 2``. Queries also drop English
+stopwords ("the", "of", "in" ...), unless nothing else is left: those words match almost every
+caption and add almost nothing to BM25 (their IDF is near zero), but forced the old engine, and
+would force any engine, to visit every caption.
+
+Fields: ``text``, the figure's whole text (caption, label, article title, in-figure text) as one
+field, and each of those four alone (``caption``, ``label``, ``title``, ``ocr``); a query's score
+is BM25 over ``text`` plus, per field, its BM25 there times ``Settings.keyword_weights`` (default:
+title 0.3). One BM25 over the whole text normalises by the figure's whole length, as FTS5 did;
+per-field BM25 alone punished figures with long in-figure text (a field most figures lack has a
+short average length) and lost 0.03-0.05 MRR on the real-figure queries, while whole text +
+title beat FTS5 on both splits (dev and test; docs/benchmarks.md). ``id`` (the figure id, a fast
+field read without touching stored documents); and the filter fields ``year``, ``journal``
+(lower-cased), ``license`` (class) and ``pmcid``, which narrow a selective filter inside the
+engine (:meth:`KeywordIndex.search`).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import tantivy
+from tqdm import tqdm
+
+from figsearch.faults import maybe_crash
+from figsearch.licenses import COMMERCIAL_CLASSES
+from figsearch.store import FTS_COLUMNS, FigureFilter, FigureStore
+
+KEYWORD_DIR = "keyword"
+TEXT_FIELDS = FTS_COLUMNS  # caption, label, title, ocr
+WHOLE_TEXT = "text"
+#: BM25 weight of the whole text and of each field alone (``Settings.keyword_weights``).
+DEFAULT_WEIGHTS: dict[str, float] = {WHOLE_TEXT: 1.0, "caption": 0.0, "label": 0.0,
+                                     "title": 0.3, "ocr": 0.0}
+ANALYZER = "figsearch"
+MAX_QUERY_TERMS = 32
+#: A filter passing at least this share of figures is applied after ranking (over-fetch, then
+#: keep the allowed hits); a narrower one also narrows inside the engine, where tantivy
+#: intersects the text query with the filter's postings.
+BROAD_FILTER = 0.25
+OVERFETCH_GROWTH = 4
+WRITER_HEAP = 256_000_000
+BUILD_BATCH = 5_000
+_MARK_OPEN, _MARK_CLOSE = "<mark>", "</mark>"
+ENGINE = f"tantivy {getattr(tantivy, '__version__', '')}".strip()
+#: What tantivy's simple tokenizer calls a token: a run of letters and digits.
+_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+def _analyzer(stopwords: bool) -> Any:
+    builder = (tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+               .filter(tantivy.Filter.remove_long(40))
+               .filter(tantivy.Filter.lowercase())
+               .filter(tantivy.Filter.ascii_fold()))
+    if stopwords:
+        builder = builder.filter(tantivy.Filter.stopword("english"))
+    return builder.filter(tantivy.Filter.stemmer("english")).build()
+
+
+_INDEX_ANALYZER = _analyzer(stopwords=False)
+_QUERY_ANALYZER = _analyzer(stopwords=True)
+
+
+def query_terms(query: str) -> list[str]:
+    """The analysed terms a query searches for: stems without stopwords (all stems when the
+    query is made of stopwords only), first occurrence order, at most 32."""
+    terms = _QUERY_ANALYZER.analyze(query) or _INDEX_ANALYZER.analyze(query)
+    return list(dict.fromkeys(terms))[:MAX_QUERY_TERMS]
+
+
+def analyse(text: str) -> list[str]:
+    """The index's tokens of a text (what a field holds)."""
+    return list(_INDEX_ANALYZER.analyze(text))
+
+
+def schema() -> Any:
+    sb = tantivy.SchemaBuilder()
+    sb.add_integer_field("id", indexed=True, fast=True)
+    for name in (WHOLE_TEXT, *TEXT_FIELDS):
+        sb.add_text_field(name, tokenizer_name=ANALYZER, index_option="freq")
+    sb.add_integer_field("year", indexed=True, fast=True)
+    for name in ("journal", "license", "pmcid"):
+        sb.add_text_field(name, tokenizer_name="raw", index_option="basic")
+    return sb.build()
+
+
+def _open(path: Path, create: bool = False) -> Any:
+    index = tantivy.Index(schema(), path=str(path), reuse=not create)
+    index.register_tokenizer(ANALYZER, _INDEX_ANALYZER)
+    return index
+
+
+# -- building -----------------------------------------------------------------------------------
+#: Live figures with what the keyword index holds; ``{where}`` narrows (ids), ordered by id.
+_ROWS_SQL = (
+    "SELECT f.id, f.caption, f.label, a.title, o.text, a.year, a.journal, a.license_class, "
+    "a.pmcid FROM figures f JOIN articles a ON a.id = f.article_id "
+    "LEFT JOIN figure_ocr o ON o.sha256 = f.sha256 WHERE a.retracted = 0 AND {where} "
+    "ORDER BY f.id LIMIT ?"
+)
+
+
+def _document(row: Sequence[Any]) -> Any:
+    fid, caption, label, title, ocr, year, journal, license_class, pmcid = row
+    doc = tantivy.Document(id=int(fid))
+    texts = (("caption", caption), ("label", label), ("title", title), ("ocr", ocr))
+    for name, value in texts:
+        if value:
+            doc.add_text(name, str(value))
+    whole = "\n".join(str(v) for _, v in texts if v)
+    if whole:
+        doc.add_text(WHOLE_TEXT, whole)
+    if year:
+        doc.add_integer("year", int(year))
+    for name, value in (("journal", (journal or "").lower()), ("license", license_class),
+                        ("pmcid", pmcid)):
+        if value:
+            doc.add_text(name, str(value))
+    return doc
+
+
+def iter_store_rows(store: FigureStore, ids: Sequence[int] | None = None,
+                    batch: int = BUILD_BATCH) -> Iterator[list[tuple[Any, ...]]]:
+    """Batches of keyword-index rows: every live figure in id order, or only ``ids``."""
+    with store.engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        if ids is not None:
+            wanted = sorted({int(i) for i in ids})
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                where = f"f.id IN ({','.join('?' * len(chunk))})"
+                yield list(raw.execute(_ROWS_SQL.format(where=where), [*chunk, len(chunk)]))
+            return
+        last = -1
+        while True:
+            rows = list(raw.execute(_ROWS_SQL.format(where="f.id > ?"), [last, batch]))
+            if not rows:
+                return
+            yield rows
+            last = int(rows[-1][0])
+
+
+def _live_count(store: FigureStore) -> int:
+    with store.engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        return int(raw.execute("SELECT count(*) FROM figures f JOIN articles a ON "
+                               "a.id = f.article_id WHERE a.retracted = 0").fetchone()[0])
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in [*path.iterdir(), path]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_keyword_index(store: FigureStore, version_dir: Path, progress: bool = True,
+                        ) -> dict[str, Any]:
+    """Index every live figure of ``store`` into ``<version_dir>/keyword/``; returns the
+    manifest entry. Usable as (part of) a build's ``add_files``: the version directory is still
+    the build's temporary one, so a crash leaves nothing that is served."""
+    start = time.perf_counter()
+    out = Path(version_dir) / KEYWORD_DIR
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    index = _open(out, create=True)
+    writer = index.writer(heap_size=WRITER_HEAP, num_threads=2)
+    n = 0
+    bar = tqdm(total=_live_count(store), unit="fig", desc="keyword index", disable=not progress)
+    for rows in iter_store_rows(store):
+        for row in rows:
+            writer.add_document(_document(row))
+        n += len(rows)
+        bar.update(len(rows))
+        maybe_crash("keyword-batch")
+    bar.close()
+    writer.commit()
+    writer.wait_merging_threads()
+    _fsync_tree(out)
+    seconds = time.perf_counter() - start
+    print(f"keyword index: {n} figures in {seconds:.1f} s "
+          f"({n / seconds if seconds > 0 else 0.0:.0f} figures/s)")
+    return {"keyword": {"engine": ENGINE, "count": n,
+                        "analyzer": "simple, remove_long 40, lowercase, ascii_fold, "
+                                    "stemmer english; queries drop english stopwords",
+                        "build_seconds": round(seconds, 3)}}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Segment files are immutable: a hard link shares them with the previous version (a later
+    merge or delete there only removes its own link); anything else is copied."""
+    if src.suffix in {".json", ".lock"} or src.name.startswith("."):
+        shutil.copy2(src, dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def update_keyword_index(previous_version_dir: Path, version_dir: Path, store: FigureStore,
+                         removed_ids: Sequence[int], upserted_ids: Sequence[int],
+                         progress: bool = False) -> dict[str, Any]:
+    """Derive ``<version_dir>/keyword/`` from the previous version's keyword index: delete
+    ``removed_ids`` and ``upserted_ids``, then add the upserted figures as the store has them
+    now. The previous version's files are never written (new segments and delete files are new
+    files; its meta.json is copied). Returns the manifest entry."""
+    start = time.perf_counter()
+    src = Path(previous_version_dir) / KEYWORD_DIR
+    if not (src / "meta.json").exists():
+        raise FileNotFoundError(f"{previous_version_dir} has no keyword index to update; "
+                                "build one with `figsearch index`")
+    out = Path(version_dir) / KEYWORD_DIR
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for p in src.iterdir():
+        if p.is_file() and not p.name.endswith(".lock"):
+            _link_or_copy(p, out / p.name)
+    index = _open(out)
+    writer = index.writer(heap_size=WRITER_HEAP, num_threads=2)
+    gone = {int(i) for i in removed_ids} | {int(i) for i in upserted_ids}
+    for fid in tqdm(sorted(gone), unit="fig", desc="keyword deletes", disable=not progress):
+        writer.delete_documents_by_term("id", fid)
+    maybe_crash("keyword-deleted")
+    added = 0
+    for rows in iter_store_rows(store, list(upserted_ids)):
+        for row in rows:
+            writer.add_document(_document(row))
+        added += len(rows)
+    writer.commit()
+    maybe_crash("keyword-committed")
+    writer.wait_merging_threads()
+    _fsync_tree(out)
+    index.reload()
+    count = int(index.searcher().num_docs)
+    seconds = time.perf_counter() - start
+    return {"keyword": {"engine": ENGINE, "count": count,
+                        "delta": {"removed": len(set(removed_ids)), "upserted": added,
+                                  "from": Path(previous_version_dir).name},
+                        "build_seconds": round(seconds, 3)}}
+
+
+# -- searching ----------------------------------------------------------------------------------
+class AllowedIds(Protocol):
+    """What a filter lets through (:class:`figsearch.columns.AllowedSet`)."""
+
+    count: int
+
+    @property
+    def selectivity(self) -> float: ...
+
+    def contains(self, ids: np.ndarray) -> np.ndarray: ...
+
+
+class KeywordIndex:
+    """One version's tantivy index: BM25 top-k with pruning, filters, highlights."""
+
+    def __init__(self, path: Path, index: Any, manifest: Mapping[str, Any] | None = None) -> None:
+        self.path = path
+        self.index = index
+        self.schema = index.schema
+        self.searcher = index.searcher()
+        self.count = int(self.searcher.num_docs)
+        self.manifest = dict(manifest or {})
+
+    @classmethod
+    def load(cls, version_dir: str | Path) -> KeywordIndex | None:
+        """The version's keyword index, or None for a version built without one."""
+        path = Path(version_dir) / KEYWORD_DIR
+        if not (path / "meta.json").exists():
+            return None
+        manifest: dict[str, Any] = {}
+        mf = Path(version_dir) / "manifest.json"
+        if mf.exists():
+            manifest = json.loads(mf.read_text()).get("keyword", {})
+        return cls(path, _open(path), manifest)
+
+    # -- queries -------------------------------------------------------------------------------
+    def _term(self, field: str, term: str, weight: float) -> Any:
+        q = tantivy.Query.term_query(self.schema, field, term)
+        return q if weight == 1.0 else tantivy.Query.boost_query(q, weight)
+
+    def text_query(self, terms: Sequence[str], match_all: bool,
+                   weights: Mapping[str, float] | None = None) -> Any:
+        """Any-word: one flat disjunction of (term, field) clauses, the shape block-max WAND
+        prunes; all-words: each term (in any field) required. ``weights``: see
+        :data:`DEFAULT_WEIGHTS`."""
+        merged = {**DEFAULT_WEIGHTS, **(weights or {})}
+        fields = [(f, float(w)) for f, w in merged.items() if float(w) > 0]
+        should = tantivy.Occur.Should
+        if not match_all or len(terms) == 1:
+            return tantivy.Query.boolean_query(
+                [(should, self._term(f, t, w)) for t in terms for f, w in fields])
+        if merged[WHOLE_TEXT] <= 0:  # "every word somewhere" still means the whole text
+            fields.append((WHOLE_TEXT, 0.0))
+        return tantivy.Query.boolean_query([
+            (tantivy.Occur.Must,
+             tantivy.Query.boolean_query([(should, self._term(f, t, w)) for f, w in fields]))
+            for t in terms])
+
+    def filter_clauses(self, flt: FigureFilter) -> list[Any]:
+        """The filter's fields the engine holds, as unscored clauses (figure types are not
+        among them: they belong to the version's image model, and are checked after)."""
+        out = []
+        if flt.year_from is not None or flt.year_to is not None:
+            out.append(tantivy.Query.range_query(
+                self.schema, "year", tantivy.FieldType.Integer, flt.year_from, flt.year_to,
+                use_inverted_index=True))
+        if flt.journal:
+            out.append(tantivy.Query.term_query(self.schema, "journal", flt.journal.lower()))
+        if flt.license_class:
+            out.append(tantivy.Query.term_query(self.schema, "license", flt.license_class))
+        if flt.commercial_only:
+            out.append(tantivy.Query.term_set_query(self.schema, "license",
+                                                    sorted(COMMERCIAL_CLASSES)))
+        if flt.pmcid:
+            out.append(tantivy.Query.term_query(self.schema, "pmcid", flt.pmcid))
+        return [tantivy.Query.const_score_query(q, 0.0) for q in out]
+
+    def top(self, query: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(figure ids, scores) of the best ``n`` documents, best first."""
+        hits = self.searcher.search(query, int(n), count=False).hits
+        if not hits:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        ids = np.asarray(self.searcher.fast_field_values("id", [a for _, a in hits]), np.int64)
+        return ids, np.asarray([s for s, _ in hits], np.float64)
+
+    def search(self, query: str, n: int, match_all: bool = False,
+               weights: Mapping[str, float] | None = None, allowed: AllowedIds | None = None,
+               flt: FigureFilter | None = None) -> list[tuple[int, float]]:
+        """The best ``n`` figures for ``query``: [(figure id, BM25 score)], best first.
+
+        ``allowed`` (what the filter ``flt`` lets through) is always checked on the hits, so the
+        filter means exactly what the version's filter columns say; a selective one (under
+        :data:`BROAD_FILTER` of the figures) also narrows inside the engine, a broad one is
+        applied to a deeper top list, deepened until ``n`` hits pass or none are left.
+        """
+        terms = query_terms(query)
+        if not terms or n <= 0:
+            return []
+        q = self.text_query(terms, match_all, weights)
+        if allowed is None:
+            ids, scores = self.top(q, n)
+            return list(zip(ids.tolist(), scores.tolist(), strict=True))
+        if allowed.count == 0:
+            return []
+        narrow = self.filter_clauses(flt) if flt is not None and \
+            allowed.selectivity < BROAD_FILTER else []
+        if narrow:
+            q = tantivy.Query.boolean_query(
+                [(tantivy.Occur.Must, q), *((tantivy.Occur.Must, c) for c in narrow)])
+            depth = n
+        else:
+            depth = max(n, math.ceil(n / max(allowed.selectivity, 1e-9) * 1.2))
+        depth = min(depth, max(self.count, 1))
+        while True:
+            ids, scores = self.top(q, depth)
+            keep = allowed.contains(ids)
+            if keep.sum() >= n or len(ids) < depth or depth >= self.count:
+                break
+            depth = min(depth * OVERFETCH_GROWTH, self.count)
+        return list(zip(ids[keep][:n].tolist(), scores[keep][:n].tolist(), strict=True))
+
+    # -- highlights ----------------------------------------------------------------------------
+    def highlights(self, query: str, figures: Mapping[int, Mapping[str, Any]],
+                   snippet_tokens: int = 16) -> dict[int, tuple[str, str]]:
+        """{id: (caption HTML, in-figure text snippet HTML)}: escaped text with the words the
+        query searched for (same analysis: stems, folded diacritics) wrapped in ``<mark>``; the
+        snippet is the window of ``snippet_tokens`` words with most matches, "" when none.
+        Costs what the page's own text costs, whatever the corpus size."""
+        terms = set(query_terms(query))
+        out: dict[int, tuple[str, str]] = {}
+        if not terms:
+            return out
+        for fid, fig in figures.items():
+            caption = str(fig.get("caption") or "")
+            ocr = str(fig.get("ocr_text") or "")
+            out[int(fid)] = (mark(caption, terms), ocr_snippet(ocr, terms, snippet_tokens))
+        return out
+
+
+def _matches(text: str, terms: set[str]) -> list[tuple[int, int, bool]]:
+    """Word spans of ``text`` with whether each word's stem is one of ``terms``."""
+    spans = [(m.start(), m.end()) for m in _TOKEN.finditer(text)]
+    stems = _INDEX_ANALYZER.analyze(text)
+    if len(stems) != len(spans):  # long words dropped, or a script split differently
+        stems = [(_INDEX_ANALYZER.analyze(text[s:e]) or [""])[0] for s, e in spans]
+    return [(s, e, stem in terms) for (s, e), stem in zip(spans, stems, strict=True)]
+
+
+def _render(text: str, spans: Sequence[tuple[int, int, bool]], start: int, end: int) -> str:
+    parts, pos = [], start
+    for s, e, hit in spans:
+        if not hit or s < start or e > end:
+            continue
+        parts.append(html.escape(text[pos:s]))
+        parts.append(f"{_MARK_OPEN}{html.escape(text[s:e])}{_MARK_CLOSE}")
+        pos = e
+    parts.append(html.escape(text[pos:end]))
+    return "".join(parts)
+
+
+def mark(text: str, terms: set[str]) -> str:
+    """HTML of ``text`` with the words whose stem is in ``terms`` in ``<mark>``."""
+    if not text:
+        return ""
+    return _render(text, _matches(text, terms), 0, len(text))
+
+
+def ocr_snippet(text: str, terms: set[str], tokens: int = 16) -> str:
+    """The ``tokens``-word window of ``text`` with the most matching words (the first such),
+    marked, with "…" where text was cut; "" when no word matches."""
+    spans = _matches(text, terms) if text else []
+    hits = [i for i, (_, _, hit) in enumerate(spans) if hit]
+    if not hits:
+        return ""
+    best, best_n = 0, -1
+    for first in hits:
+        lo = max(0, min(first, len(spans) - tokens))
+        n = sum(1 for h in hits if lo <= h < lo + tokens)
+        if n > best_n:
+            best, best_n = lo, n
+    window = spans[best : best + tokens]
+    start = 0 if best == 0 else window[0][0]
+    end = len(text) if best + tokens >= len(spans) else window[-1][1]
+    body = _render(text, spans, start, end)
+    return ("…" if start > 0 else "") + body + ("…" if end < len(text) else "")
