@@ -3,7 +3,7 @@
 Each query of the JSONL file (format: bench/eval/README.md) names its relevant figures by
 ``pmcid`` + ``label`` (or ``doi`` + ``label``) with a grade (2 = the intended figure, 1 = also
 relevant). Every mode runs through the same :class:`~figsearch.search.SearchService` the API
-serves (loaded by :class:`~figsearch.api.state.AppState` from ``indexes/current``), with the
+serves (loaded by :class:`~figsearch.serving.VersionLoader` from ``indexes/current``), with the
 API's defaults (near-duplicate collapse on, no filters), and is scored by hit@1, hit@10, MRR
 (first relevant within the top ``depth``) and nDCG@10 (gain ``2^grade - 1``).
 
@@ -254,13 +254,12 @@ def tune_fusion(service: SearchService, dev: list[EvalQuery], signals: list[str]
 
 # -- the run -----------------------------------------------------------------------------------
 def load_service(settings: Settings) -> tuple[Any, SearchService]:
-    """(state, service) exactly as the API loads them from ``indexes/current``."""
-    from figsearch.api.state import AppState
+    """(opened version, service) exactly as the API loads them from ``indexes/current``
+    (:func:`figsearch.serving.open_current`); close the first when done."""
+    from figsearch.serving import open_current
 
-    state = AppState(settings)
-    state.reload()
-    assert state.current is not None
-    return state, state.current.service
+    opened = open_current(settings, warm_up=True)
+    return opened, opened.service
 
 
 def run(settings: Settings, queries_path: Path, split: str = "test", tune: bool = False,

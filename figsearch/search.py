@@ -181,9 +181,11 @@ class SearchService:
         self, store: FigureStore, index: VectorIndex | None, encoder: TextImageEncoder | None,
         settings: Settings, captions: Any = None, fusion: FusionConfig | None = None,
         columns: VersionColumns | None = None, keywords: KeywordIndex | None = None,
+        text_only: bool = False,
     ) -> None:
         self.store = store
         self.keywords = keywords  # the version's tantivy index; None: the store's FTS5
+        self.text_only = text_only  # a version built without an image index
         # the version's columnar filter metadata (figsearch.columns): filters without a SQL
         # scan; None for versions built without it (then store.filtered_ids answers)
         self.columns = columns
@@ -339,11 +341,18 @@ class SearchService:
             )
 
     def _require_index(self) -> VectorIndex:
+        if self.index is None and self.text_only:
+            raise SignalUnavailable(
+                f"dense and image search are unavailable: index version {self.index_version} "
+                "is text-only (keyword and caption search); build the image index with "
+                "`figsearch index`")
         if self.index is None:
             raise SignalUnavailable("no index is loaded; run `figsearch index` first")
         return self.index
 
     def _require_encoder(self) -> TextImageEncoder:
+        if self.encoder is None and self.text_only:
+            self._require_index()  # says what a text-only version lacks
         if self.encoder is None:
             raise SignalUnavailable("no model is loaded; dense and image search are unavailable")
         return self.encoder

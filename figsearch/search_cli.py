@@ -24,38 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def open_service(settings: Settings, need_model: bool = True) -> SearchService:
-    """A SearchService over ``indexes/current`` and its model (errors say what is missing).
+    """The current version's :class:`SearchService`, opened as the API opens it
+    (:func:`figsearch.serving.open_current`; its encoders live until exit).
 
     ``need_model=False`` (keyword search) loads no model: BM25 and the near-duplicate collapse
     only need the store and the index's stored vectors, and loading a model is most of the
     command's run time.
     """
-    from figsearch.datadir import resolve_path
-    from figsearch.encoders import load_model, resolve_model_spec
-    from figsearch.index import IndexLoadError, SearchIndex, current_version_dir
-    from figsearch.store import FigureStore
+    from figsearch.serving import open_current
 
-    version_dir = current_version_dir(settings.indexes_dir)
-    if version_dir is None:
-        raise IndexLoadError(f"no index in {settings.indexes_dir}; run `figsearch index` first")
-    index = SearchIndex.load(version_dir, nprobe=settings.nprobe)
-    encoder = None
-    if need_model:
-        spec = settings.model or str(index.manifest.get("model_spec") or "")
-        spec = resolve_path(spec, settings.data_dir) or resolve_model_spec(settings)
-        encoder = load_model(spec, device=settings.device or None, batch_size=settings.batch_size,
-                             precision=settings.cpu_precision)
-        index.check_model(encoder.model_key, encoder.dim)
-    from figsearch.keyword_index import KeywordIndex
-    from figsearch.version_data import versioned_store
-
-    store = FigureStore(settings.db_path, create=False)
-    from figsearch.columns import VersionColumns
-
-    view = versioned_store(store, version_dir, index.manifest, index.ids)
-    return SearchService(view, index, encoder, settings,
-                         columns=VersionColumns.load(version_dir, store=view),
-                         keywords=KeywordIndex.load(version_dir))
+    return open_current(settings, load_models=need_model).service
 
 
 def format_page(page: SearchPage, width: int = 70) -> str:
@@ -83,8 +61,13 @@ def command(args: argparse.Namespace) -> int:
     settings: Settings = args.settings
     flt = FigureFilter(year_from=args.year_from, year_to=args.year_to,
                        commercial_only=args.license == "commercial")
+    from figsearch.serving import open_current
+
+    opened = None
     try:
-        service = open_service(settings, need_model=args.image is not None or args.mode != "keyword")
+        opened = open_current(
+            settings, load_models=args.image is not None or args.mode != "keyword")
+        service = opened.service
         if args.image is not None:
             image = open_image(args.image.read_bytes(), settings.max_image_pixels)
             page = service.search_image(image, k=args.k, offset=args.offset, flt=flt,
@@ -98,5 +81,8 @@ def command(args: argparse.Namespace) -> int:
     except (SearchInputError, ImageError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if opened is not None:
+            opened.close()
     print(format_page(page))
     return 0

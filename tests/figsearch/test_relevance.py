@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -257,8 +258,38 @@ def test_empty_caption_model_setting_disables_the_caption_index(tmp_path):
         index_text_only(settings)
 
 
+def _cli_ids(data_dir: Path, query: str, mode: str, capsys: Any) -> list[int]:
+    """The figure ids ``figsearch search`` prints, in order."""
+    capsys.readouterr()
+    assert figsearch_cli(["search", query, "--mode", mode, "--k", "10",
+                          "--data-dir", str(data_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    return [int(line.split()[2]) for line in lines if line.strip() != "(no results)"]
+
+
+def _api_ids(client: Any, query: str, mode: str) -> list[int]:
+    body = client.get("/v1/search", params={"q": query, "mode": mode, "k": 10}).json()
+    return [hit["id"] for hit in body["results"]]
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "keyword", "caption", "dense"])
+def test_cli_ranks_as_the_api_on_a_full_version(relevance_settings, mode, capsys, monkeypatch):
+    """``figsearch search`` and ``/v1/search`` open the version the same way (its caption
+    index, keyword index and filter columns included): the same ids in the same order."""
+    from fastapi.testclient import TestClient
+
+    from tests.figsearch.api_fixtures import loaded_app
+
+    monkeypatch.setenv("FIGSEARCH_MODEL", relevance_settings.model)
+    query = "interferon signalling in virus infected cells"
+    with TestClient(loaded_app(relevance_settings)) as client:
+        api = _api_ids(client, query, mode)
+    assert len(api) == 10
+    assert _cli_ids(relevance_settings.data_dir, query, mode, capsys) == api
+
+
 def test_text_only_version_serves_text_search_then_hot_swaps_in_the_image_index(
-        tmp_path, shared_data, tiny_model_dir, service):
+        tmp_path, shared_data, tiny_model_dir, service, capsys):
     """The demo's path: keyword + caption search before any image model, then the image index
     is picked up by hot reload and /v1/stats reports the dense signal."""
     from fastapi.testclient import TestClient
@@ -285,7 +316,14 @@ def test_text_only_version_serves_text_search_then_hot_swaps_in_the_image_index(
         assert hits["index_version"] == stats["index_version"] == text_version.name
         no_dense = client.get("/v1/search", params={"q": "TREM2", "mode": "dense"})
         # a valid request this index version cannot answer: 409, saying why
-        assert no_dense.status_code == 409 and "no model is loaded" in no_dense.json()["detail"]
+        assert no_dense.status_code == 409 and "text-only" in no_dense.json()["detail"]
+        # the CLI opens the text-only version as the API does: same ids, same order
+        for mode in ("hybrid", "keyword", "caption"):
+            assert _cli_ids(tmp_path, "TREM2 lipoprotein ligands", mode, capsys) == \
+                _api_ids(client, "TREM2 lipoprotein ligands", mode), mode
+        assert figsearch_cli(["search", "TREM2", "--mode", "dense", "--data-dir",
+                              str(tmp_path)]) == 2
+        assert "text-only" in capsys.readouterr().err
         index_all(settings, str(tiny_model_dir), encoder=load_model(str(tiny_model_dir), "cpu"),
                   progress=False, caption_encoder=service.captions.encoder)
         state.poll_once()
