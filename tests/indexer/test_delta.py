@@ -261,3 +261,121 @@ def test_sigkill_during_the_delta_leaves_current_searchable(tmp_path, stage):
 
 def test_max_fraction_is_the_documented_twenty_percent():
     assert delta_mod.MAX_DELTA_FRACTION == 0.2
+
+
+# -- end to end: figsearch rebuild on a real store -------------------------------------------
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir):
+    from figsearch.encoders import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu", batch_size=8)
+
+
+def _night(settings, tmp_path: Path, shared_data: Path) -> tuple[Path, dict[str, list[int]]]:
+    """Tonight's changes: a new batch to ingest, one caption and one image changed in place,
+    one article retracted. Returns the batch and the figure ids touched."""
+    from sqlalchemy import text
+
+    from figsearch.store import FigureStore
+    from tests.indexer.test_embed import manifest_subset
+
+    batch = manifest_subset(shared_data, tmp_path / "night.jsonl", 20, 23)
+    store = FigureStore(settings.db_path)
+    try:
+        ids = sorted(r[0] for b in store.iter_figure_rows() for r in b)
+        caption, image, donor, retracted = ids[1], ids[2], ids[7], ids[5]
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE figures SET caption = caption || ' Stained with DAPI.' "
+                              "WHERE id = :i"), {"i": caption})
+            conn.execute(text(
+                "UPDATE figures SET image_path = (SELECT image_path FROM figures WHERE id = :d), "
+                "sha256 = (SELECT sha256 FROM figures WHERE id = :d) WHERE id = :i"),
+                {"i": image, "d": donor})
+            conn.execute(text("UPDATE articles SET retracted = 1 WHERE id = "
+                              "(SELECT article_id FROM figures WHERE id = :i)"), {"i": retracted})
+            gone = [int(r[0]) for r in conn.execute(text(
+                "SELECT id FROM figures WHERE article_id = "
+                "(SELECT article_id FROM figures WHERE id = :i)"), {"i": retracted})]
+    finally:
+        store.close()
+    return batch, {"caption": [caption], "image": [image], "gone": gone}
+
+
+def test_rebuild_by_delta_matches_a_full_rebuild(shared_data, tmp_path, encoder, monkeypatch):
+    from figsearch.caption_index import CAPTIONS_DIR, PASSAGES_DIR
+    from figsearch.store import FigureStore
+    from indexer.indexing import build_from_store, index_all
+    from indexer.rebuild import rebuild
+    from tests.indexer.test_embed import ingested_settings, manifest_subset
+
+    monkeypatch.setattr(delta_mod, "MAX_DELTA_FRACTION", 1.0)  # 12 figures: any change is big
+    settings = ingested_settings(shared_data, tmp_path, stop=12)
+    first = index_all(settings, encoder=encoder, progress=False)
+    assert first is not None
+    prev = first.version_dir
+    before = tree_digest(prev)
+    batch, touched = _night(settings, tmp_path, shared_data)
+    seen: list[VersionContext] = []
+    register_version_writer("seen_test", lambda ctx: seen.append(ctx) or {"ok": True})
+
+    def crash(stage: str) -> None:
+        if stage == "applied":
+            raise RuntimeError("injected crash after the image delta")
+
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            rebuild(settings, [str(batch)], encoder=encoder, progress=False, hook=crash)
+        assert current_version_dir(settings.indexes_dir) == prev.resolve()
+        assert SearchIndex.load(current_version_dir(settings.indexes_dir)).ntotal == 12
+        report = rebuild(settings, [str(batch)], encoder=encoder, progress=False)  # the rerun
+    finally:
+        unregister_version_writer("seen_test")
+    new = current_version_dir(settings.indexes_dir)
+    assert new is not None and report.version == new.name
+    assert tree_digest(prev) == before  # the previous version is byte-identical
+    manifest = read_manifest(new)
+    assert manifest["delta"]["previous_version"] == prev.name and manifest["seen_test"]["ok"]
+    assert manifest["captions"]["delta"]  # the caption index went by delta too
+
+    store = FigureStore(settings.db_path)
+    try:
+        full = build_from_store(settings, store, encoder.spec, encoder, activate=False,
+                                delta=False, progress=False)
+    finally:
+        store.close()
+    assert "delta" not in read_manifest(full.version_dir)
+    got, want = SearchIndex.load(new, full_hash=True), SearchIndex.load(full.version_dir)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    assert not got.rows_for(np.array(touched["gone"]))[1].any()
+    np.testing.assert_allclose(got.vectors[:].astype(np.float32),
+                               want.vectors[:].astype(np.float32), atol=2e-3)
+    for name in ("sha256.npy", "figure_types.npy"):
+        np.testing.assert_array_equal(np.load(new / name), np.load(full.version_dir / name))
+    queries = want.vectors[:].astype(np.float32)
+    np.testing.assert_array_equal(got.search(queries, 5)[1], want.search(queries, 5)[1])
+    # the changed image's figure carries its new vector (its donor's), not the old one
+    np.testing.assert_allclose(got.vectors_for(touched["image"]), want.vectors_for(touched["image"]),
+                               atol=2e-3)
+    subs = [CAPTIONS_DIR] + ([f"{CAPTIONS_DIR}/{PASSAGES_DIR}"]
+                             if (new / CAPTIONS_DIR / PASSAGES_DIR).is_dir() else [])
+    for sub in subs:
+        a, b = SearchIndex.load(new / sub, full_hash=True), SearchIndex.load(full.version_dir / sub)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_allclose(a.vectors[:].astype(np.float32),
+                                   b.vectors[:].astype(np.float32), atol=2e-3)
+        np.testing.assert_array_equal(np.load(new / sub / "text_sha.npy"),
+                                      np.load(full.version_dir / sub / "text_sha.npy"))
+    caption_ids = np.load(new / CAPTIONS_DIR / "ids.npy")
+    assert not np.isin(touched["gone"], caption_ids).any()
+
+    ctx = seen[-1]
+    assert ctx.previous_dir == prev.resolve() and ctx.version_dir.name.startswith(BUILDING_PREFIX)
+    assert set(touched["gone"]) <= set(ctx.removed_ids.tolist())
+    assert set(touched["caption"] + touched["image"]) <= set(ctx.upserted_ids.tolist())
+    assert not set(ctx.removed_ids.tolist()) & set(ctx.upserted_ids.tolist())
+
+    # past the limit of change since training, the next night is a full build again
+    monkeypatch.setattr(delta_mod, "MAX_DELTA_FRACTION", 0.0)
+    rebuild(settings, [str(manifest_subset(shared_data, tmp_path / "n2.jsonl", 30, 31))],
+            encoder=encoder, progress=False)
+    assert "delta" not in read_manifest(current_version_dir(settings.indexes_dir))
