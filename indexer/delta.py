@@ -401,7 +401,10 @@ def build_delta_version(
         more = extra(tmp_dir) if extra else {}
         more.update(add_files(tmp_dir) if add_files else {})
         # what the previous build said of itself and this one may not say again
-        stale = ("captions", "unreadable", "indexable", "reused", "encoded", "dense_check")
+        # (registered writers' entries included: a writer that returns nothing this time
+        # must not leave its previous entry behind)
+        stale = ("captions", "unreadable", "indexable", "reused", "encoded", "dense_check",
+                 *_WRITERS)
         write_sub_manifest(prev_dir, tmp_dir, result, version, drop=stale, **more)
         _fsync_tree(tmp_dir)
         if hook:
