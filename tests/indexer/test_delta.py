@@ -274,9 +274,12 @@ def encoder(tiny_model_dir):
 def _night(settings, tmp_path: Path, shared_data: Path) -> tuple[Path, dict[str, list[int]]]:
     """Tonight's changes: a new batch to ingest, one caption and one image changed in place,
     one article retracted. Returns the batch and the figure ids touched."""
+    from datetime import datetime, timezone
+
     from sqlalchemy import text
 
     from figsearch.store import FigureStore
+    from indexer.captions import store_time
     from tests.indexer.test_embed import manifest_subset
 
     batch = manifest_subset(shared_data, tmp_path / "night.jsonl", 20, 23)
@@ -285,8 +288,14 @@ def _night(settings, tmp_path: Path, shared_data: Path) -> tuple[Path, dict[str,
         ids = sorted(r[0] for b in store.iter_figure_rows() for r in b)
         caption, image, donor, retracted = ids[1], ids[2], ids[7], ids[5]
         with store.engine.begin() as conn:
+            # the indexed articles came in long ago; a re-ingested article is stamped now
+            # (FigureStore.upsert_article), which is how the caption delta finds it
+            conn.execute(text("UPDATE articles SET ingested_at = '2020-01-01 00:00:00.000000'"))
             conn.execute(text("UPDATE figures SET caption = caption || ' Stained with DAPI.' "
                               "WHERE id = :i"), {"i": caption})
+            conn.execute(text("UPDATE articles SET ingested_at = :now WHERE id = "
+                              "(SELECT article_id FROM figures WHERE id = :i)"),
+                         {"i": caption, "now": store_time(datetime.now(timezone.utc))})
             conn.execute(text(
                 "UPDATE figures SET image_path = (SELECT image_path FROM figures WHERE id = :d), "
                 "sha256 = (SELECT sha256 FROM figures WHERE id = :d) WHERE id = :i"),
@@ -336,6 +345,8 @@ def test_rebuild_by_delta_matches_a_full_rebuild(shared_data, tmp_path, encoder,
     manifest = read_manifest(new)
     assert manifest["delta"]["previous_version"] == prev.name and manifest["seen_test"]["ok"]
     assert manifest["captions"]["delta"]  # the caption index went by delta too
+    # ... reading again only the captions of articles ingested since the last build
+    assert 0 < manifest["captions"]["reread"] < manifest["captions"]["count"]
 
     store = FigureStore(settings.db_path)
     try:
