@@ -5,7 +5,9 @@ only) -> work list (:mod:`indexer.worklist`: what to encode; unchanged images re
 version's vectors by image hash + model key) -> embed (resumable per-rank shards, torchrun-aware,
 :mod:`indexer.embed`) -> merge -> zero-shot figure types
 (:func:`figsearch.figure_types.classify`) -> new index version holding vectors, image hashes and
-figure types (:func:`indexer.build.build_version`) -> ``indexes/current`` switched atomically.
+figure types (:func:`indexer.build.build_version`; or, for a small change to a current version
+of the same model, that version's trained indexes updated without training:
+:mod:`indexer.delta`, unless ``full``) -> ``indexes/current`` switched atomically.
 Only the process that merges writes the store (unreadable-image errors). Building holds
 ``indexes/.lock`` so two builds never overlap.
 """
@@ -433,14 +435,15 @@ STEPS = ("all", "prepare", "embed", "merge")
 def index_all(settings: Settings, model_spec: str | None = None, *, encoder: Any = None,
               factory: str | None = None, hook: StageHook | None = None,
               progress: bool = True, step: str = "all",
-              caption_encoder: Any = None) -> IndexReport | None:
+              caption_encoder: Any = None, full: bool = False) -> IndexReport | None:
     """Embed all stored figures and build + activate a new index version.
 
     ``step`` runs one part alone: ``prepare`` (write the work list), ``embed`` (this rank's
     share, RANK / WORLD_SIZE from the environment, no store), ``merge`` (merge the shards,
     build, swap). ``all`` runs them in turn; under torchrun rank 0 writes the work list and
     merges, with a barrier before and after the ranks embed. Returns the report of the build
-    (None for ``prepare``, ``embed`` and ranks other than 0).
+    (None for ``prepare``, ``embed`` and ranks other than 0). ``full``: train a new index
+    even when the change could be applied to the current version (:mod:`indexer.delta`).
     """
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r}; use one of {', '.join(STEPS)}")
@@ -460,7 +463,7 @@ def index_all(settings: Settings, model_spec: str | None = None, *, encoder: Any
             barrier(dist)  # rank 0 merges
             return None
         return _rank0(settings, spec, encoder, dist, step, factory, hook, progress,
-                          caption_encoder)
+                      caption_encoder, delta=not full)
     finally:
         if joined:
             torch.distributed.destroy_process_group()
@@ -468,7 +471,7 @@ def index_all(settings: Settings, model_spec: str | None = None, *, encoder: Any
 
 def _rank0(settings: Settings, spec: str, encoder: Any, dist: DistInfo, step: str,
            factory: str | None, hook: StageHook | None, progress: bool,
-           caption_encoder: Any = None) -> IndexReport | None:
+           caption_encoder: Any = None, delta: bool = True) -> IndexReport | None:
     """The store-side steps (work list, merge, build) under the build lock, embedding between."""
     start = time.perf_counter()
     with index_lock(settings.indexes_dir):
@@ -485,7 +488,7 @@ def _rank0(settings: Settings, spec: str, encoder: Any, dist: DistInfo, step: st
                 barrier(dist)
             return build_from_worklist(settings, store, spec, encoder, factory=factory, hook=hook,
                                        elapsed_s=time.perf_counter() - start, progress=progress,
-                                       caption_encoder=caption_encoder)
+                                       caption_encoder=caption_encoder, delta=delta)
         finally:
             store.close()
 
@@ -532,6 +535,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="only merge every rank's shards, build and swap the version")
     parser.add_argument("--text-only", action="store_true",
                         help="build only the caption index (keyword + caption search, no model)")
+    parser.add_argument("--full", action="store_true",
+                        help="train a new index from every vector instead of applying a small "
+                             "change to the current version's indexes (a delta)")
     parser.add_argument("--gpu-training", choices=["auto", "on", "off"],
                         help="coarse k-means on the GPU (default: $FIGSEARCH_INDEX_GPU_TRAINING, auto)")
 
@@ -560,7 +566,8 @@ def command(args: argparse.Namespace) -> int:
             index_text_only(settings, progress=not args.no_progress)
             return 0
         report = index_all(settings, args.model, factory=args.factory,
-                           progress=not args.no_progress, step=step)
+                           progress=not args.no_progress, step=step,
+                           full=getattr(args, "full", False))
     except (BuildLockedError, ModelLoadError, RuntimeError, ValueError) as exc:
         print(f"figsearch index: {exc}", file=sys.stderr)
         return 1

@@ -385,8 +385,11 @@ def test_rebuild_by_delta_matches_a_full_rebuild(shared_data, tmp_path, encoder,
     assert set(touched["caption"] + touched["image"]) <= set(ctx.upserted_ids.tolist())
     assert not set(ctx.removed_ids.tolist()) & set(ctx.upserted_ids.tolist())
 
-    # past the limit of change since training, the next night is a full build again
-    monkeypatch.setattr(delta_mod, "MAX_DELTA_FRACTION", 0.0)
+    # `rebuild --full` trains anew; so does a night past the limit of change since training
     rebuild(settings, [str(manifest_subset(shared_data, tmp_path / "n2.jsonl", 30, 31))],
+            encoder=encoder, progress=False, full=True)
+    assert "delta" not in read_manifest(current_version_dir(settings.indexes_dir))
+    monkeypatch.setattr(delta_mod, "MAX_DELTA_FRACTION", 0.0)
+    rebuild(settings, [str(manifest_subset(shared_data, tmp_path / "n3.jsonl", 31, 32))],
             encoder=encoder, progress=False)
     assert "delta" not in read_manifest(current_version_dir(settings.indexes_dir))
