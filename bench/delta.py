@@ -20,6 +20,10 @@ bytes per vector in the index against 520 for 1 M's ``SQ8`` codes.
 
     .venv/bin/python -m bench.delta --n 1000000          # ~15 min under nice on 2 shared cores
     .venv/bin/python -m bench.delta --n 20000 --new 200 --changed 40 --removed 20 --queries 20
+    .venv/bin/python -m bench.delta --n 0 --store-figures 1000000 --name delta_store
+
+``--store-figures N`` also times the nightly store reads on a synthetic store of N figures
+(:func:`store_scans`), projected per row to ``--project``; ``--n 0`` runs them alone.
 """
 
 from __future__ import annotations
@@ -153,6 +157,67 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     }
 
 
+def store_scans(n: int, dirty: int, tmp: Path) -> dict[str, Any]:
+    """Seconds of the nightly store reads at ``n`` figures (3 per article, ~300-character
+    captions): the image work list's scan of every figure row (both paths), the ids of the live
+    figures, and the caption rows of the ``dirty`` figures' articles (stamped since the last
+    build) against every caption read and hashed (a version without the stamp)."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import text
+
+    from figsearch.caption_index import text_hash
+    from figsearch.store import FigureStore
+    from indexer.captions import caption_rows, live_figure_ids, store_time
+    from indexer.worklist import _store_rows
+
+    store = FigureStore(tmp / "figsearch.db")
+    rng = np.random.default_rng(0)
+    words = np.array("cells were stained with DAPI and imaged at high magnification showing "
+                     "nuclei scale bar tumour tissue western blot of lysates".split())
+    old, now = "2020-01-01 00:00:00.000000", store_time(datetime.now(timezone.utc))
+    n_art = (n + 2) // 3
+    dirty_art = set(rng.choice(n_art, max(dirty // 3, 1), replace=False).tolist())
+    t0 = time.perf_counter()
+    with store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO articles (key, title, journal, license_text, license_url, "
+                          "license_class, source, content_hash, retracted, ingested_at) VALUES "
+                          "(:k, :t, 'J', '', '', 'cc-by', 'bench', '', 0, :at)"),
+                     [{"k": f"a{i}", "t": f"Article {i} on cells",
+                       "at": now if i in dirty_art else old} for i in range(n_art)])
+        for start in range(0, n, 100_000):
+            rows = []
+            for i in range(start, min(n, start + 100_000)):
+                cap = ". ".join(" ".join(rng.choice(words, 9)).capitalize() for _ in range(5))
+                rows.append({"k": f"f{i}", "a": i // 3 + 1, "c": cap + ".",
+                             "p": f"img/{i}.jpg", "s": f"{i:064x}"})
+            conn.execute(text(
+                "INSERT INTO figures (key, article_id, fig_id, label, caption, image_path, "
+                "sha256, has_image, source, attributes) VALUES (:k, :a, 'F1', 'Figure 1', :c, "
+                ":p, :s, 1, 'bench', '{}')"), rows)
+    fill_s = time.perf_counter() - t0
+    out: dict[str, Any] = {"store_figures": n, "store_fill_s": round(fill_s, 1)}
+    t0 = time.perf_counter()
+    ids, _sha, _paths = _store_rows(store)
+    out["store_worklist_scan_s"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    live = live_figure_ids(store)
+    out["store_live_ids_s"] = round(time.perf_counter() - t0, 2)
+    since = store_time(datetime.now(timezone.utc).replace(year=2025))
+    t0 = time.perf_counter()
+    whole, parts = caption_rows(store, 8, since)
+    [text_hash("k", t) for _, t in whole + parts]
+    out["store_captions_since_s"] = round(time.perf_counter() - t0, 2)
+    out["store_captions_since_rows"] = len(whole)
+    t0 = time.perf_counter()
+    whole, parts = caption_rows(store, 8)
+    [text_hash("k", t) for _, t in whole + parts]
+    out["store_captions_all_s"] = round(time.perf_counter() - t0, 2)
+    store.close()
+    assert len(ids) == len(live) == n
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1_000_000)
@@ -168,38 +233,63 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factory", default=None, help="image index (default: choose_factory)")
     p.add_argument("--project", type=int, default=15_000_000, help="figures to project to")
     p.add_argument("--tmp", default=None, help="scratch directory for the versions")
+    p.add_argument("--store-figures", type=int, default=0,
+                   help="also time the nightly store reads on a synthetic store of this many "
+                        "figures (0: skip)")
     p.add_argument("--name", default="delta", help="bench/results/<name>.json")
     args = p.parse_args(argv)
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(dir=args.tmp, prefix="delta-") as tmp:
-        figures = run(args, Path(tmp))
+    figures: dict[str, Any] = {}
+    if args.n:  # --n 0: the store reads alone
+        with tempfile.TemporaryDirectory(dir=args.tmp, prefix="delta-") as tmp:
+            figures = run(args, Path(tmp))
+    if args.store_figures:
+        with tempfile.TemporaryDirectory(dir=args.tmp, prefix="delta-store-") as tmp:
+            figures.update(store_scans(args.store_figures,
+                                       args.new + args.changed + args.removed, Path(tmp)))
     load_after = os.getloadavg()
-    scale = args.project / args.n
     figures["projected_n"] = args.project
-    figures["projected_delta_s"] = round(figures["delta_s"] * scale, 1)
-    figures["projected_with_validation_s"] = round(
-        (figures["delta_s"] + figures["validate_full_hash_s"]) * scale, 1)
+    if args.n:
+        scale = args.project / args.n
+        figures["projected_delta_s"] = round(figures["delta_s"] * scale, 1)
+        figures["projected_with_validation_s"] = round(
+            (figures["delta_s"] + figures["validate_full_hash_s"]) * scale, 1)
+    if args.store_figures:
+        per_row = args.project / args.store_figures
+        figures["projected_store_reads_s"] = round(
+            (figures["store_worklist_scan_s"] + figures["store_live_ids_s"]) * per_row
+            + figures["store_captions_since_s"], 1)
     params = {"n": args.n, "dim": args.dim, "caption_dim": args.caption_dim,
               "intrinsic_dim": args.intrinsic_dim, "new": args.new, "changed": args.changed,
               "removed": args.removed, "queries": args.queries, "train_size": args.train_size,
-              "factory": figures["factory"], "caption_factory": figures["caption_factory"],
+              "store_figures": args.store_figures, "factory": figures.get("factory"),
+              "caption_factory": figures.get("caption_factory"),
               "threads": faiss.omp_get_max_threads(), "nice": os.nice(0),
               "load_before": [round(x, 1) for x in load_before],
               "load_after": [round(x, 1) for x in load_after]}
-    f = figures
-    print(markdown_table(
-        ["n", "factory", "full build s", "delta s", "image: copy / faiss / write s",
-         "captions: copy / faiss / write s", "validate s", "recall@10",
-         f"projected {args.project:,} s"],
-        [[f"{args.n:,}", f["factory"], f["full_build_s"], f["delta_s"],
-          f"{f['image_copy_s']} / {f['image_faiss_s']} / {f['image_write_s']}",
-          f"{f['captions_copy_s']} / {f['captions_faiss_s']} / {f['captions_write_s']}",
-          f["validate_full_hash_s"], f["recall_at_10"], f["projected_with_validation_s"]]]))
     path = write_result(args.name, params, figures)
-    print(f"delta: -{args.removed} ~{args.changed} +{args.new} on {args.n:,}: {f['delta_s']}s "
-          f"(full build {f['full_build_s']}s), validation {f['validate_full_hash_s']}s; "
-          f"projected to {args.project:,}: {f['projected_with_validation_s']}s; load "
-          f"{load_before[0]:.1f} -> {load_after[0]:.1f}; wrote {path}")
+    f = figures
+    if args.n:
+        print(markdown_table(
+            ["n", "factory", "full build s", "delta s", "image: copy / faiss / write s",
+             "captions: copy / faiss / write s", "validate s", "recall@10",
+             f"projected {args.project:,} s"],
+            [[f"{args.n:,}", f["factory"], f["full_build_s"], f["delta_s"],
+              f"{f['image_copy_s']} / {f['image_faiss_s']} / {f['image_write_s']}",
+              f"{f['captions_copy_s']} / {f['captions_faiss_s']} / {f['captions_write_s']}",
+              f["validate_full_hash_s"], f["recall_at_10"], f["projected_with_validation_s"]]]))
+        print(f"delta: -{args.removed} ~{args.changed} +{args.new} on {args.n:,}: "
+              f"{f['delta_s']}s (full build {f['full_build_s']}s), validation "
+              f"{f['validate_full_hash_s']}s; projected to {args.project:,}: "
+              f"{f['projected_with_validation_s']}s")
+    if args.store_figures:
+        print(markdown_table(
+            ["store figures", "work-list scan s", "live ids s", "captions since s (rows)",
+             "all captions s", f"projected {args.project:,} s"],
+            [[f"{args.store_figures:,}", f["store_worklist_scan_s"], f["store_live_ids_s"],
+              f"{f['store_captions_since_s']} ({f['store_captions_since_rows']})",
+              f["store_captions_all_s"], f["projected_store_reads_s"]]]))
+    print(f"load {load_before[0]:.1f} -> {load_after[0]:.1f}; wrote {path}")
     return 0
 
 
