@@ -12,9 +12,11 @@ Stages used by the pipeline (see tests/reliability/test_faults.py):
 ``ingest-article`` (after each article is committed), ``ingest-done``, ``embed-batch`` (after
 each cached embedding batch), ``embed-done``, ``build-trained``, ``build-written``,
 ``build-renamed`` (version directory in place, ``current`` not yet switched),
-``build-switched``; ``keyword-batch`` (a batch of figures added to a new keyword index),
-``keyword-deleted`` / ``keyword-committed`` (a keyword index update, before / after its
-commit); ``pmc-inventory-done`` (a PMC Cloud inventory run recorded as complete).
+``build-switched``, and ``build-applied`` in a delta build (:mod:`indexer.delta`: the image
+index of the new version written into its temporary directory, captions not yet);
+``keyword-batch`` (a batch of figures added to a new keyword index), ``keyword-deleted`` /
+``keyword-committed`` (a keyword index update, before / after its commit);
+``pmc-inventory-done`` (a PMC Cloud inventory run recorded as complete).
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,6 +56,10 @@ from figsearch.licenses import COMMERCIAL_CLASSES
 from figsearch.store import FTS_COLUMNS, FigureFilter, FigureStore
 
 KEYWORD_DIR = "keyword"
+IDS_FILE = "ids.npy"  # inside KEYWORD_DIR: the sorted figure ids the index holds
+#: How far before the previous build's store read a delta looks again (clock steps, a
+#: transaction committed with an earlier stamp): re-reading too much costs only a few adds.
+SINCE_MARGIN = timedelta(hours=1)
 TEXT_FIELDS = FTS_COLUMNS  # caption, label, title, ocr
 WHOLE_TEXT = "text"
 #: BM25 weight of the whole text and of each field alone (``Settings.keyword_weights``).
@@ -192,22 +197,25 @@ def write_keyword_index(store: FigureStore, version_dir: Path, progress: bool = 
     manifest entry. Usable as (part of) a build's ``add_files``: the version directory is still
     the build's temporary one, so a crash leaves nothing that is served."""
     start = time.perf_counter()
+    read_at = store_time(datetime.now(timezone.utc))
     out = Path(version_dir) / KEYWORD_DIR
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     index = _open(out, create=True)
     writer = index.writer(heap_size=WRITER_HEAP, num_threads=2)
-    n = 0
+    n, ids = 0, []
     bar = tqdm(total=_live_count(store), unit="fig", desc="keyword index", disable=not progress)
     for rows in iter_store_rows(store):
         for row in rows:
             writer.add_document(_document(row))
+        ids.append(np.fromiter((r[0] for r in rows), np.int64, count=len(rows)))
         n += len(rows)
         bar.update(len(rows))
         maybe_crash("keyword-batch")
     bar.close()
     writer.commit()
     writer.wait_merging_threads()
+    np.save(out / IDS_FILE, np.concatenate(ids) if ids else np.zeros(0, np.int64))
     _fsync_tree(out)
     seconds = time.perf_counter() - start
     print(f"keyword index: {n} figures in {seconds:.1f} s "
@@ -215,7 +223,7 @@ def write_keyword_index(store: FigureStore, version_dir: Path, progress: bool = 
     return {"keyword": {"engine": ENGINE, "count": n,
                         "analyzer": "simple, remove_long 40, lowercase, ascii_fold, "
                                     "stemmer english; queries drop english stopwords",
-                        "build_seconds": round(seconds, 3)}}
+                        "store_read_at": read_at, "build_seconds": round(seconds, 3)}}
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -238,6 +246,7 @@ def update_keyword_index(previous_version_dir: Path, version_dir: Path, store: F
     now. The previous version's files are never written (new segments and delete files are new
     files; its meta.json is copied). Returns the manifest entry."""
     start = time.perf_counter()
+    read_at = store_time(datetime.now(timezone.utc))
     src = Path(previous_version_dir) / KEYWORD_DIR
     if not (src / "meta.json").exists():
         raise FileNotFoundError(f"{previous_version_dir} has no keyword index to update; "
@@ -246,7 +255,7 @@ def update_keyword_index(previous_version_dir: Path, version_dir: Path, store: F
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for p in src.iterdir():
-        if p.is_file() and not p.name.endswith(".lock"):
+        if p.is_file() and not p.name.endswith(".lock") and p.name != IDS_FILE:
             _link_or_copy(p, out / p.name)
     index = _open(out)
     writer = index.writer(heap_size=WRITER_HEAP, num_threads=2)
@@ -254,22 +263,80 @@ def update_keyword_index(previous_version_dir: Path, version_dir: Path, store: F
     for fid in tqdm(sorted(gone), unit="fig", desc="keyword deletes", disable=not progress):
         writer.delete_documents_by_term("id", fid)
     maybe_crash("keyword-deleted")
-    added = 0
+    added: list[int] = []
     for rows in iter_store_rows(store, list(upserted_ids)):
         for row in rows:
             writer.add_document(_document(row))
-        added += len(rows)
+        added.extend(int(r[0]) for r in rows)
     writer.commit()
     maybe_crash("keyword-committed")
     writer.wait_merging_threads()
+    prev_ids = _ids_of(Path(previous_version_dir))
+    kept = prev_ids[~np.isin(prev_ids, np.fromiter(gone, np.int64, count=len(gone)))]
+    np.save(out / IDS_FILE, np.union1d(kept, np.asarray(added, np.int64)))
     _fsync_tree(out)
     index.reload()
     count = int(index.searcher().num_docs)
     seconds = time.perf_counter() - start
-    return {"keyword": {"engine": ENGINE, "count": count,
-                        "delta": {"removed": len(set(removed_ids)), "upserted": added,
+    return {"keyword": {"engine": ENGINE, "count": count, "store_read_at": read_at,
+                        "delta": {"removed": len(set(removed_ids)), "upserted": len(added),
                                   "from": Path(previous_version_dir).name},
                         "build_seconds": round(seconds, 3)}}
+
+
+def store_time(when: datetime) -> str:
+    """A UTC time as the store keeps ``ingested_at`` / ``ocr_at`` (SQLAlchemy's SQLite
+    DateTime text), so the two compare as strings."""
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _ids_of(version_dir: Path) -> np.ndarray:
+    return np.load(Path(version_dir) / KEYWORD_DIR / IDS_FILE)
+
+
+def _live_ids(store: FigureStore) -> np.ndarray:
+    with store.engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        rows = raw.execute("SELECT f.id FROM figures f JOIN articles a ON a.id = f.article_id "
+                           "WHERE a.retracted = 0 ORDER BY f.id").fetchall()
+    return np.fromiter((r[0] for r in rows), np.int64, count=len(rows))
+
+
+def changed_since(store: FigureStore, since: str) -> np.ndarray:
+    """Live figures whose indexed text may have changed since ``since`` (a store time): their
+    article was (re)ingested then or later, or their image's in-figure text was (re)read."""
+    with store.engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        rows = raw.execute(
+            "SELECT f.id FROM figures f JOIN articles a ON a.id = f.article_id "
+            "WHERE a.retracted = 0 AND (a.ingested_at >= ? OR f.sha256 IN "
+            "(SELECT sha256 FROM figure_ocr WHERE ocr_at >= ?))", [since, since]).fetchall()
+    return np.unique(np.fromiter((r[0] for r in rows), np.int64, count=len(rows)))
+
+
+def write_or_update_keyword_index(store: FigureStore, version_dir: Path,
+                                  previous_dir: Path | None = None, progress: bool = True,
+                                  ) -> dict[str, Any]:
+    """The keyword index of a new version: a delta from ``previous_dir``'s (figures gone from
+    the store, new ones, and those whose article was re-ingested or whose in-figure text was
+    re-read since that index read the store) when it has one, else built in full."""
+    prev_entry: dict[str, Any] = {}
+    if previous_dir is not None and (Path(previous_dir) / "manifest.json").is_file():
+        prev_entry = json.loads((Path(previous_dir) / "manifest.json").read_text()).get(
+            "keyword") or {}
+    if (previous_dir is None or not prev_entry.get("store_read_at")
+            or not (Path(previous_dir) / KEYWORD_DIR / IDS_FILE).is_file()):
+        return write_keyword_index(store, version_dir, progress)
+    read = datetime.strptime(str(prev_entry["store_read_at"]), "%Y-%m-%d %H:%M:%S.%f")
+    since = store_time((read - SINCE_MARGIN).replace(tzinfo=timezone.utc))
+    prev_ids, live = _ids_of(Path(previous_dir)), _live_ids(store)
+    removed = np.setdiff1d(prev_ids, live, assume_unique=True)
+    upserted = np.union1d(np.setdiff1d(live, prev_ids, assume_unique=True),
+                          changed_since(store, since))
+    return update_keyword_index(previous_dir, version_dir, store, removed.tolist(),
+                                upserted.tolist(), progress)
 
 
 # -- searching ----------------------------------------------------------------------------------

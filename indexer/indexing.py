@@ -5,7 +5,9 @@ only) -> work list (:mod:`indexer.worklist`: what to encode; unchanged images re
 version's vectors by image hash + model key) -> embed (resumable per-rank shards, torchrun-aware,
 :mod:`indexer.embed`) -> merge -> zero-shot figure types
 (:func:`figsearch.figure_types.classify`) -> new index version holding vectors, image hashes and
-figure types (:func:`indexer.build.build_version`) -> ``indexes/current`` switched atomically.
+figure types (:func:`indexer.build.build_version`; or, for a small change to a current version
+of the same model, that version's trained indexes updated without training:
+:mod:`indexer.delta`, unless ``full``) -> ``indexes/current`` switched atomically.
 Only the process that merges writes the store (unreadable-image errors). Building holds
 ``indexes/.lock`` so two builds never overlap.
 """
@@ -13,7 +15,6 @@ Only the process that merges writes the store (unreadable-image errors). Buildin
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 import shutil
 import sys
@@ -27,11 +28,19 @@ import numpy as np
 import torch
 from sqlalchemy import text
 
+from figsearch.caption_index import CAPTIONS_DIR
 from figsearch.columns import write_columns
 from figsearch.core.config import Settings
 from figsearch.datadir import portable_path
-from figsearch.index import current_version_dir
-from figsearch.keyword_index import write_keyword_index
+from figsearch.index import (
+    IDS_FILE,
+    MANIFEST_FILE,
+    VECTORS_FILE,
+    choose_factory,
+    current_version_dir,
+    read_manifest,
+)
+from figsearch.keyword_index import write_or_update_keyword_index
 from figsearch.store import FigureStore
 from figsearch.version_data import LABELS_KEY, SHA_FILE, TYPE_SCORES_FILE, TYPES_FILE, type_arrays
 from indexer.build import (
@@ -40,10 +49,17 @@ from indexer.build import (
     activate_version,
     build_text_version,
     build_version,
-    combine_add_files,
     index_lock,
 )
-from indexer.captions import caption_stage, load_caption_encoder
+from indexer.captions import caption_delta_stage, caption_stage, load_caption_encoder
+from indexer.delta import (
+    IndexDelta,
+    VersionContext,
+    build_delta_version,
+    delta_allowed,
+    row_file_names,
+    run_version_writers,
+)
 from indexer.embed import (
     DistInfo,
     EmbedConfig,
@@ -52,6 +68,7 @@ from indexer.embed import (
     embed_rank,
     init_distributed,
     merge_embeddings,
+    merge_shards,
     rank_device,
 )
 from indexer.worklist import WorkList, load_worklist, write_worklist
@@ -197,17 +214,29 @@ def dense_check(store: FigureStore, encoder: Any, ids: np.ndarray, vectors: np.n
 def build_from_worklist(
     settings: Settings, store: FigureStore, spec: str, encoder: Any, *, factory: str | None = None,
     activate: bool = True, hook: StageHook | None = None, elapsed_s: float = 0.0,
-    progress: bool = True, caption_encoder: Any = None,
+    progress: bool = True, caption_encoder: Any = None, delta: bool = True,
 ) -> IndexReport:
     """Merge the ranks' shards (+ reused vectors), classify, check the image model, embed
     the captions, build one version (lock held). ``caption_encoder`` defaults to
-    ``settings.caption_model`` (none when empty)."""
+    ``settings.caption_model`` (none when empty).
+
+    With ``delta`` (the default) a small change to a current version of the same model and
+    factory family is applied to that version's trained indexes instead
+    (:mod:`indexer.delta`); otherwise, or when :func:`plan_image_delta` says no, the index is
+    trained and filled anew."""
     start = time.perf_counter()
     work_dir = work_dir_for(settings, encoder.model_key)
     wl = load_worklist(work_dir)
     if wl.meta.get("model_key") != encoder.model_key:
         raise RuntimeError(f"the work list in {work_dir} is for model {wl.meta.get('model_key')!r}, "
                            f"not {encoder.model_key!r}; run `figsearch index --prepare` again")
+    if delta:
+        planned = plan_image_delta(settings, wl, work_dir, encoder.model_key, factory)
+        if isinstance(planned, ImageDelta):
+            return _build_by_delta(settings, store, encoder, wl, planned, activate=activate,
+                                   hook=hook, elapsed_s=elapsed_s, progress=progress,
+                                   caption_encoder=caption_encoder, start=start)
+        print(f"index: full build ({planned})", file=sys.stderr)
     embedded = merge_embeddings(wl, work_dir, elapsed_s)
     print(embedded.summary.line(), file=sys.stderr)
     _record_failures(store, wl, embedded.failures)
@@ -221,6 +250,15 @@ def build_from_worklist(
     print(f"index: image model check: {check}", file=sys.stderr)
     captions = caption_stage(settings, store, caption_encoder or load_caption_encoder(settings),
                              progress)
+
+    def add_files(version_dir: Path) -> dict[str, Any]:
+        out = captions(version_dir) if captions else {}
+        ids = np.union1d(embedded.ids, _caption_ids(version_dir))
+        out.update(run_version_writers(VersionContext(None, version_dir, store,
+                                                      np.zeros(0, np.int64), ids)))
+        out.update(write_store_indexes(store, version_dir, None, names, progress))
+        return out
+
     version = build_version(
         settings.indexes_dir, embedded.vectors, embedded.ids,
         model_spec=portable_path(spec, settings.data_dir),
@@ -231,7 +269,7 @@ def build_from_worklist(
                "reused": embedded.summary.reused, "encoded": embedded.summary.encoded,
                LABELS_KEY: names, "dense_check": check},
         row_files={SHA_FILE: embedded.sha, TYPES_FILE: codes, TYPE_SCORES_FILE: scores},
-        add_files=derived_files(store, captions, progress, type_names=names),
+        add_files=add_files,
     )
     if activate:
         discard_work(settings, encoder.model_key)
@@ -240,19 +278,143 @@ def build_from_worklist(
                        elapsed_s + time.perf_counter() - start)
 
 
-def derived_files(store: FigureStore, captions: Callable[[Path], dict[str, Any]] | None,
-                  progress: bool = True, type_names: list[str] | None = None,
-                  ) -> Callable[[Path], dict[str, Any]]:
-    """The build step writing a version's indexes besides the image index, all derived from the
-    store so that they switch, replicate and roll back with the version: the caption index
-    (when a caption model is set), the filter columns (last but one: they read the version's
+def write_store_indexes(store: FigureStore, version_dir: Path, previous_dir: Path | None = None,
+                        type_names: list[str] | None = None, progress: bool = True,
+                        ) -> dict[str, Any]:
+    """Write the version's indexes derived from the store besides the vector indexes, so that
+    they switch, replicate and roll back with it: the filter columns (they read the version's
     ids.npy and figure types, written by then; ``type_names`` names those types) and the
-    keyword index."""
-    steps = combine_add_files(
-        captions, functools.partial(write_columns, store, type_names=type_names),
-        functools.partial(write_keyword_index, store, progress=progress))
-    assert steps is not None
-    return steps
+    keyword index, updated from ``previous_dir``'s when it has one (a nightly delta), else
+    built in full. Returns their manifest entries."""
+    out = write_columns(store, version_dir, type_names=type_names)
+    out.update(write_or_update_keyword_index(store, version_dir, previous_dir, progress))
+    return out
+
+
+# -- the delta path (indexer.delta) --------------------------------------------------------------
+@dataclass
+class ImageDelta:
+    """The image-index change against the work list's previous version."""
+
+    prev_dir: Path
+    delta: IndexDelta  # figure types are added by _build_by_delta
+    failures: list[tuple[int, str]]
+    unchanged: int
+    encoded: int
+    reused: int
+
+    def line(self) -> str:
+        d = self.delta
+        return (f"index: delta against version {self.prev_dir.name}: {self.unchanged} figures "
+                f"unchanged, {len(d.remove_ids)} rows removed, {len(d.add_ids)} added "
+                f"({self.encoded} encoded, {self.reused} reused, {len(self.failures)} unreadable)")
+
+
+def plan_image_delta(settings: Settings, wl: WorkList, work_dir: Path, model_key: str,
+                     factory: str | None = None) -> ImageDelta | str:
+    """The delta from the work list's previous version to what the store holds now, or why
+    the index must be built in full (a string).
+
+    Rows of the previous version whose figure id and image hash both still hold stay; every
+    other previous row goes; every other indexable figure is added, with the vector its shard
+    holds or, for an image the previous version has under another figure, that row's vector.
+    """
+    prev = wl.previous_dir
+    if prev is None or not (prev / MANIFEST_FILE).is_file():
+        return "no previous version to apply a delta to"
+    manifest = read_manifest(prev)
+    if factory and factory != manifest.get("factory"):
+        return f"factory {factory} asked, the previous version has {manifest.get('factory')}"
+    if set(row_file_names(manifest)) != {SHA_FILE, TYPES_FILE, TYPE_SCORES_FILE}:
+        return "the previous version lacks image hashes or figure types"
+    if manifest.get("model_key") != model_key:
+        return "the previous version was built with another model"
+    enc_ids, enc_vecs, failures = merge_shards(work_dir, wl.digest)
+    got = np.union1d(enc_ids, np.asarray([i for i, _ in failures], np.int64))
+    if not np.array_equal(got, wl.ids):
+        raise RuntimeError(f"the shards in {work_dir} cover {int(np.isin(wl.ids, got).sum())} of "
+                           f"{len(wl.ids)} work-list figures; rerun the ranks")
+    dim = int(manifest["dim"])
+    prev_ids = np.load(prev / IDS_FILE)
+    same = prev_ids[wl.reuse_rows] == wl.reuse_ids  # same figure, same image: the row stays
+    other = np.flatnonzero(~same)
+    rows = wl.reuse_rows[other]
+    order = np.argsort(rows, kind="stable")  # read the memory map front to back
+    reused = np.empty((len(rows), dim), np.float16)
+    reused[order] = np.load(prev / VECTORS_FILE, mmap_mode="r")[rows[order]]
+    add_ids = np.concatenate([enc_ids, wl.reuse_ids[other]])
+    if len(add_ids) + int(same.sum()) == 0:
+        return "no figure images to index"
+    add_sha = np.concatenate([wl.sha[np.searchsorted(wl.ids, enc_ids)].reshape(-1, 32),
+                              wl.reuse_sha[other]])
+    delta = IndexDelta(np.setdiff1d(prev_ids, wl.reuse_ids[same]), add_ids,
+                       np.concatenate([enc_vecs.reshape(-1, dim), reused]), {SHA_FILE: add_sha})
+    why = delta_allowed(manifest, delta.size, model_key=model_key, dim=dim,
+                        factory=factory or choose_factory(int(same.sum()) + len(add_ids), dim,
+                                                          settings.index_memory_gb))
+    if why:
+        return why
+    return ImageDelta(prev, delta, failures, int(same.sum()), len(enc_ids), len(other))
+
+
+def _caption_ids(version_dir: Path) -> np.ndarray:
+    path = Path(version_dir) / CAPTIONS_DIR / IDS_FILE
+    return np.load(path) if path.is_file() else np.zeros(0, np.int64)
+
+
+def _code_map(table: list[int]) -> Callable[[np.ndarray], np.ndarray]:
+    lut = np.asarray(table or [0], np.int16)
+    return lambda codes: np.where(codes >= 0, lut[np.clip(codes, 0, None)], -1).astype(np.int16)
+
+
+def _build_by_delta(settings: Settings, store: FigureStore, encoder: Any, wl: WorkList,
+                    plan: ImageDelta, *, activate: bool, hook: StageHook | None,
+                    elapsed_s: float, progress: bool, caption_encoder: Any,
+                    start: float) -> IndexReport:
+    """Classify the added figures, plan the caption delta, apply both to the previous version."""
+    print(plan.line(), file=sys.stderr)
+    _record_failures(store, wl, plan.failures)
+    prev, delta = plan.prev_dir, plan.delta
+    manifest = read_manifest(prev)
+    names, codes, scores = classify_figures(encoder, delta.add_vectors)
+    prev_names = [str(n) for n in manifest.get(LABELS_KEY, [])]
+    labels = sorted(set(prev_names) | set(names))
+    delta.add_rows[TYPES_FILE] = _code_map([labels.index(n) for n in names])(codes)
+    delta.add_rows[TYPE_SCORES_FILE] = scores
+    delta.prev_row_maps[TYPES_FILE] = _code_map([labels.index(n) for n in prev_names])
+    captions, caption_delta = caption_delta_stage(
+        settings, store, caption_encoder or load_caption_encoder(settings), prev, progress)
+
+    def extra(version_dir: Path) -> dict[str, Any]:
+        ids = np.load(version_dir / IDS_FILE)
+        check = dense_check(store, encoder, ids, np.load(version_dir / VECTORS_FILE,
+                                                         mmap_mode="r"))
+        print(f"index: image model check: {check}", file=sys.stderr)
+        return {"unreadable": len(plan.failures), "indexable": indexable_count(store),
+                "reused": plan.unchanged + plan.reused, "encoded": plan.encoded,
+                LABELS_KEY: labels, "dense_check": check}
+
+    def add_files(version_dir: Path) -> dict[str, Any]:
+        out = captions(version_dir) if captions else {}
+        before = np.union1d(np.load(prev / IDS_FILE), _caption_ids(prev))
+        after = np.union1d(np.load(version_dir / IDS_FILE), _caption_ids(version_dir))
+        changed_captions = (caption_delta.upserted_ids if caption_delta is not None
+                            else _caption_ids(version_dir))  # a full caption build: all
+        upserted = np.union1d(delta.add_ids, changed_captions)
+        out.update(run_version_writers(VersionContext(
+            prev, version_dir, store, np.setdiff1d(before, after), upserted)))
+        out.update(write_store_indexes(store, version_dir, prev, labels, progress))
+        return out
+
+    version = build_delta_version(settings.indexes_dir, prev, delta,
+                                  keep=settings.index_keep_versions, extra=extra,
+                                  add_files=add_files, hook=hook, activate=activate)
+    if activate:
+        discard_work(settings, encoder.model_key)
+    count = int(read_manifest(version)["count"])
+    line = plan.line().removeprefix("index: ")
+    return IndexReport(version, count, len(plan.failures), line, _factory_of(version),
+                       elapsed_s + time.perf_counter() - start)
 
 
 def discard_work(settings: Settings, model_key: str) -> None:
@@ -263,10 +425,11 @@ def discard_work(settings: Settings, model_key: str) -> None:
 def build_from_store(
     settings: Settings, store: FigureStore, spec: str, encoder: Any, *, factory: str | None = None,
     activate: bool = True, hook: StageHook | None = None, progress: bool = True,
-    caption_encoder: Any = None,
+    caption_encoder: Any = None, delta: bool = True,
 ) -> IndexReport:
     """Work list + embed + classify + caption-embed + build one version in this process (lock
-    held). ``caption_encoder`` defaults to ``settings.caption_model`` (none when empty).
+    held). ``caption_encoder`` defaults to ``settings.caption_model`` (none when empty);
+    ``delta``: see :func:`build_from_worklist`.
 
     With ``activate=False`` the work dir stays until the caller activates the version (then
     :func:`discard_work`), so a rerun after a failed validation resumes the shards."""
@@ -276,12 +439,10 @@ def build_from_store(
     return build_from_worklist(settings, store, spec, encoder, factory=factory,
                                activate=activate, hook=hook,
                                elapsed_s=time.perf_counter() - start, progress=progress,
-                               caption_encoder=caption_encoder)
+                               caption_encoder=caption_encoder, delta=delta)
 
 
 def _factory_of(version_dir: Path) -> str:
-    from figsearch.index import read_manifest
-
     return str(read_manifest(version_dir)["factory"])
 
 
@@ -291,14 +452,15 @@ STEPS = ("all", "prepare", "embed", "merge")
 def index_all(settings: Settings, model_spec: str | None = None, *, encoder: Any = None,
               factory: str | None = None, hook: StageHook | None = None,
               progress: bool = True, step: str = "all",
-              caption_encoder: Any = None) -> IndexReport | None:
+              caption_encoder: Any = None, full: bool = False) -> IndexReport | None:
     """Embed all stored figures and build + activate a new index version.
 
     ``step`` runs one part alone: ``prepare`` (write the work list), ``embed`` (this rank's
     share, RANK / WORLD_SIZE from the environment, no store), ``merge`` (merge the shards,
     build, swap). ``all`` runs them in turn; under torchrun rank 0 writes the work list and
     merges, with a barrier before and after the ranks embed. Returns the report of the build
-    (None for ``prepare``, ``embed`` and ranks other than 0).
+    (None for ``prepare``, ``embed`` and ranks other than 0). ``full``: train a new index
+    even when the change could be applied to the current version (:mod:`indexer.delta`).
     """
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r}; use one of {', '.join(STEPS)}")
@@ -318,7 +480,7 @@ def index_all(settings: Settings, model_spec: str | None = None, *, encoder: Any
             barrier(dist)  # rank 0 merges
             return None
         return _rank0(settings, spec, encoder, dist, step, factory, hook, progress,
-                          caption_encoder)
+                      caption_encoder, delta=not full)
     finally:
         if joined:
             torch.distributed.destroy_process_group()
@@ -326,7 +488,7 @@ def index_all(settings: Settings, model_spec: str | None = None, *, encoder: Any
 
 def _rank0(settings: Settings, spec: str, encoder: Any, dist: DistInfo, step: str,
            factory: str | None, hook: StageHook | None, progress: bool,
-           caption_encoder: Any = None) -> IndexReport | None:
+           caption_encoder: Any = None, delta: bool = True) -> IndexReport | None:
     """The store-side steps (work list, merge, build) under the build lock, embedding between."""
     start = time.perf_counter()
     with index_lock(settings.indexes_dir):
@@ -343,7 +505,7 @@ def _rank0(settings: Settings, spec: str, encoder: Any, dist: DistInfo, step: st
                 barrier(dist)
             return build_from_worklist(settings, store, spec, encoder, factory=factory, hook=hook,
                                        elapsed_s=time.perf_counter() - start, progress=progress,
-                                       caption_encoder=caption_encoder)
+                                       caption_encoder=caption_encoder, delta=delta)
         finally:
             store.close()
 
@@ -360,8 +522,9 @@ def index_text_only(settings: Settings, *, caption_encoder: Any = None,
     try:
         captions = caption_stage(settings, store, caption_encoder, progress)
         assert captions is not None
-        version = build_text_version(settings.indexes_dir,
-                                     derived_files(store, captions, progress),
+        version = build_text_version(
+            settings.indexes_dir,
+            lambda d: {**captions(d), **write_store_indexes(store, d, progress=progress)},
                                      keep=settings.index_keep_versions)
     finally:
         store.close()
@@ -391,6 +554,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="only merge every rank's shards, build and swap the version")
     parser.add_argument("--text-only", action="store_true",
                         help="build only the caption index (keyword + caption search, no model)")
+    parser.add_argument("--full", action="store_true",
+                        help="train a new index from every vector instead of applying a small "
+                             "change to the current version's indexes (a delta)")
     parser.add_argument("--gpu-training", choices=["auto", "on", "off"],
                         help="coarse k-means on the GPU (default: $FIGSEARCH_INDEX_GPU_TRAINING, auto)")
 
@@ -419,7 +585,8 @@ def command(args: argparse.Namespace) -> int:
             index_text_only(settings, progress=not args.no_progress)
             return 0
         report = index_all(settings, args.model, factory=args.factory,
-                           progress=not args.no_progress, step=step)
+                           progress=not args.no_progress, step=step,
+                           full=getattr(args, "full", False))
     except (BuildLockedError, ModelLoadError, RuntimeError, ValueError) as exc:
         print(f"figsearch index: {exc}", file=sys.stderr)
         return 1

@@ -9,7 +9,10 @@
 2. Embed: images unchanged since the current version (same sha256, same model) reuse its
    vectors, so only new or changed images are encoded.
 3. Build a new index version *without* activating it; its figure types live in the version
-   directory, so nothing users see changes before the swap.
+   directory, so nothing users see changes before the swap. A small change (under 20 % of the
+   rows since the index was last trained, same model and factory family) is applied to the
+   current version's trained indexes instead of training new ones (:mod:`indexer.delta`);
+   ``--full`` always trains.
 4. Validate it: the count equals the store's indexable figures minus unreadable ones, and a
    sample of self-queries returns each figure top-1.
 5. Switch ``indexes/current``. Any failure exits non-zero with ``current`` untouched.
@@ -138,10 +141,13 @@ def _model_for_rebuild(settings: Settings, model_spec: str | None) -> str | None
 
 def rebuild(settings: Settings, sources: list[str] | None = None, model_spec: str | None = None,
             since: date | None = None, *, encoder: Any = None, factory: str | None = None,
-            hook: StageHook | None = None, progress: bool = True) -> RebuildReport:
+            hook: StageHook | None = None, progress: bool = True,
+            full: bool = False) -> RebuildReport:
     """Ingest ``sources``, build a new version, validate it and only then activate it.
 
-    ``sources`` defaults to the PMC Cloud bucket (``s3://`` + ``settings.pmc_bucket``).
+    ``sources`` defaults to the PMC Cloud bucket (``s3://`` + ``settings.pmc_bucket``). A small
+    change to a current version of the same model is applied to its trained indexes
+    (:mod:`indexer.delta`) unless ``full``: then the index is trained and filled anew.
     """
     start = time.perf_counter()
     sources = sources or [f"s3://{settings.pmc_bucket}"]
@@ -160,7 +166,8 @@ def rebuild(settings: Settings, sources: list[str] | None = None, model_spec: st
         store = FigureStore(settings.db_path, create=False)
         try:
             built = build_from_store(settings, store, spec, encoder, factory=factory,
-                                     activate=False, hook=hook, progress=progress)
+                                     activate=False, hook=hook, progress=progress,
+                                     delta=not full)
             assert built is not None  # rebuild runs single-process
             try:
                 validate_version(built.version_dir, store, encoder.model_key)
@@ -192,6 +199,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(PMC Cloud sources need no date)")
     parser.add_argument("--factory", help="faiss factory string (default: the size/memory rule)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--full", action="store_true",
+                        help="train a new index from every vector instead of applying a small "
+                             "change to the current version's indexes (a delta)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -203,7 +213,8 @@ def command(args: argparse.Namespace) -> int:
     settings: Settings = settings_from_args(args.settings, args)
     try:
         report = rebuild(settings, args.source, args.model, args.since, factory=args.factory,
-                         progress=not args.no_progress, hook=build_hook)
+                         progress=not args.no_progress, hook=build_hook,
+                         full=getattr(args, "full", False))
     except (BuildLockedError, ModelLoadError, IndexLoadError, RuntimeError, ValueError,
             OSError, CloudError, Transient) as exc:
         print(f"figsearch rebuild failed, index unchanged: {exc}", file=sys.stderr)

@@ -76,6 +76,20 @@ def test_index_build_bench_smoke(results_dir: Path, tmp_path: Path) -> None:
     assert figures["build_wall_s"] >= figures["train_s"] + figures["add_s"] + figures["write_s"]
 
 
+def test_delta_bench_smoke(results_dir: Path, tmp_path: Path) -> None:
+    """A delta applied to a tiny IVF version and its caption index: stage seconds, recall,
+    removed figures never returned, the projection."""
+    args = ["--n", "3000", "--dim", "32", "--caption-dim", "16", "--intrinsic-dim", "8",
+            "--new", "100", "--changed", "20", "--removed", "10", "--queries", "20",
+            "--factory", "IVF16,SQ8", "--tmp", str(tmp_path)]
+    _, result = run_bench("delta", args, results_dir)
+    figures = result["figures"]
+    assert figures["factory"] == "IVF16,SQ8" and figures["count"] == 3000 + 100 - 10
+    assert figures["recall_at_10"] >= 0.9 and figures["removed_returned"] == 0
+    assert figures["delta_s"] >= figures["delta_image_s"] > 0
+    assert figures["projected_delta_s"] > figures["delta_s"]
+
+
 @pytest.mark.slow
 def test_embed_bench_smoke(results_dir: Path) -> None:
     _, result = run_bench("embed", ["--n", "16", "--quick"], results_dir)

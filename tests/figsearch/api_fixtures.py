@@ -125,7 +125,7 @@ def build_index(data_dir: Path, encoder: Any, model_spec: str, perturb: float = 
     ``perturb`` adds seeded noise so that a rebuilt version differs from the previous one.
     """
     from indexer.build import build_version
-    from indexer.indexing import derived_files
+    from indexer.indexing import write_store_indexes
 
     settings = Settings(data_dir=data_dir)
     store = FigureStore(settings.db_path)
@@ -138,7 +138,7 @@ def build_index(data_dir: Path, encoder: Any, model_spec: str, perturb: float = 
         return build_version(
             settings.indexes_dir, vectors, ids, model_spec=model_spec,
             model_key=encoder.model_key, use_gpu=False,
-            add_files=derived_files(store, None, progress=False),  # columns + keyword index
+            add_files=lambda d: write_store_indexes(store, d, progress=False),
         )
     finally:
         store.close()

@@ -310,3 +310,40 @@ def test_a_crash_during_a_keyword_update_leaves_the_served_version_searchable(
     fresh = KeywordIndex.load(current_version_dir(tmp_path / "indexes"))
     assert len(fresh.search("zyxwvutase", 5)) == 1
     assert fresh.count == survivor.count
+
+
+def test_nightly_keyword_delta_sees_new_ocr_text_licence_changes_and_removals(
+        tmp_path, shared_data):
+    """write_or_update_keyword_index diffs the store itself: figures gone, new ones, articles
+    re-ingested (here: only the licence changed) and in-figure text read since the previous
+    index read the store."""
+    from figsearch.keyword_index import write_or_update_keyword_index
+
+    from sqlalchemy import text
+
+    store = FigureStore(tmp_path / "figsearch.db")
+    fill_store(store, shared_data)
+    with store.engine.begin() as conn:  # yesterday's ingest
+        conn.execute(text("UPDATE articles SET ingested_at = '2026-01-01 00:00:00.000000'"))
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    v1.mkdir(), v2.mkdir()
+    entry = write_or_update_keyword_index(store, v1, None, progress=False)
+    (v1 / "manifest.json").write_text(json.dumps(entry))
+    store.upsert_article(ArticleRecord(key="PMC9000005", source="pmc", pmcid="PMC9000005",
+                                       license_class="cc0", content_hash="relicensed"),
+                         [FigureRecord(fig_id="f1", caption=_captions(shared_data)[5][0],
+                                       sha256="ab" * 32)])
+    store.put_ocr([("ab" * 32, "Qwertyase kinase", 2, "test", None)])
+    gone = store.figure_ids_for_article("PMC9000011")
+    store.remove_article("PMC9000011")
+    entry2 = write_or_update_keyword_index(store, v2, v1, progress=False)
+    assert entry2["keyword"]["delta"] == {"removed": 1, "upserted": 1, "from": "v1"}
+    new = KeywordIndex.load(v2)
+    (fid,) = store.figure_ids_for_article("PMC9000005")
+    assert [f for f, _ in new.search("qwertyase", 5)] == [fid]
+    cc0 = FigureFilter(license_class="cc0")
+    hits = new.search("qwertyase", 5, allowed=AllowedSet.from_ids([fid], new.count), flt=cc0)
+    assert [f for f, _ in hits] == [fid]  # the licence filter field follows the re-ingest
+    assert not set(gone) & {f for f, _ in new.search(" ".join(analyse("virus cell")), 1000)}
+    assert new.count == KeywordIndex.load(v1).count - 1
+    store.close()
