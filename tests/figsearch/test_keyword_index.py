@@ -317,9 +317,9 @@ def test_nightly_keyword_delta_sees_new_ocr_text_licence_changes_and_removals(
     """write_or_update_keyword_index diffs the store itself: figures gone, new ones, articles
     re-ingested (here: only the licence changed) and in-figure text read since the previous
     index read the store."""
-    from figsearch.keyword_index import write_or_update_keyword_index
-
     from sqlalchemy import text
+
+    from figsearch.keyword_index import write_or_update_keyword_index
 
     store = FigureStore(tmp_path / "figsearch.db")
     fill_store(store, shared_data)

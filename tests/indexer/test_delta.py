@@ -378,6 +378,17 @@ def test_rebuild_by_delta_matches_a_full_rebuild(shared_data, tmp_path, encoder,
                                       np.load(full.version_dir / sub / "text_sha.npy"))
     caption_ids = np.load(new / CAPTIONS_DIR / "ids.npy")
     assert not np.isin(touched["gone"], caption_ids).any()
+    # the keyword index went by delta too, and holds what a full build holds
+    from figsearch.keyword_index import IDS_FILE as KEYWORD_IDS
+    from figsearch.keyword_index import KEYWORD_DIR, KeywordIndex
+
+    assert manifest["keyword"]["delta"]["from"] == prev.name
+    np.testing.assert_array_equal(np.load(new / KEYWORD_DIR / KEYWORD_IDS),
+                                  np.load(full.version_dir / KEYWORD_DIR / KEYWORD_IDS))
+    delta_kw, full_kw = KeywordIndex.load(new), KeywordIndex.load(full.version_dir)
+    for query in ("virus replication", "interferon signalling pathway", "TREM2 microglia"):
+        assert {f for f, _ in delta_kw.search(query, 20)} == \
+            {f for f, _ in full_kw.search(query, 20)}, query
 
     ctx = seen[-1]
     assert ctx.previous_dir == prev.resolve() and ctx.version_dir.name.startswith(BUILDING_PREFIX)
