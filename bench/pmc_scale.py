@@ -394,9 +394,73 @@ def model_keys(dim: int, seed: int) -> tuple[str, str]:
     return f"bench-pmc-scale:clusters-d{dim}-s{seed}", f"bench-pmc-scale:captions-d{CAPTION_DIM}-s{seed}"
 
 
+def derived_steps() -> list[tuple[str, Any]]:
+    """The per-version files the product derives from the store besides the vector indexes,
+    for whichever of them this checkout has: the keyword index (``figsearch.keyword_index``)
+    and the filter columns (``figsearch.columns``). (name, step(store, version_dir) -> manifest
+    entries)."""
+    import importlib
+
+    steps: list[tuple[str, Any]] = []
+    for module, func in (("figsearch.keyword_index", "write_keyword_index"),
+                         ("figsearch.columns", "write_columns")):
+        try:
+            fn = getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError):
+            continue
+        steps.append((f"{module}.{func}", fn))
+    return steps
+
+
+def write_derived(data_dir: Path, version_dir: Path) -> dict[str, Any]:
+    """Run :func:`derived_steps` into ``version_dir``; manifest entries + seconds of each."""
+    from figsearch.store import FigureStore
+
+    out: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    store = FigureStore(data_dir / "figsearch.db", create=False)
+    try:
+        for name, fn in derived_steps():
+            t = time.perf_counter()
+            out.update(fn(store, version_dir))
+            seconds[name] = round(time.perf_counter() - t, 1)
+            print(f"pmc_scale: {name}: {seconds[name]:.0f} s", file=sys.stderr, flush=True)
+    finally:
+        store.close()
+    return {**out, "bench_derived_s": seconds}
+
+
+def derive(data_dir: Path) -> dict[str, Any]:
+    """Add the derived files (:func:`derived_steps`) to the *current* version in place and merge
+    their entries into its manifest: the new keyword engine / filter columns on an existing
+    bench data dir without rebuilding its vector indexes (bench data only; the product builds a
+    new version)."""
+    from figsearch.index import current_version_dir
+
+    version_dir = current_version_dir(data_dir / "indexes")
+    if version_dir is None:
+        raise SystemExit(f"pmc_scale: no index version in {data_dir}; run build first")
+    if not derived_steps():
+        raise SystemExit("pmc_scale: this checkout has neither figsearch.keyword_index nor "
+                         "figsearch.columns; nothing to derive")
+    entries = write_derived(data_dir, version_dir)
+    path = version_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(entries)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(path)
+    info_path = data_dir / INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info["derived_s"] = entries["bench_derived_s"]
+    info_path.write_text(json.dumps(info, indent=2))
+    return entries
+
+
 def build(data_dir: Path, dim: int = 512, factory: str | None = None, seed: int = 0,
-          memory_gb: float = 16.0) -> dict[str, Any]:
-    """A served version: image index of the figures with images, caption index of all."""
+          memory_gb: float = 16.0, derived: bool = True) -> dict[str, Any]:
+    """A served version: image index of the figures with images, caption index of all, and
+    (``derived``) the keyword index / filter columns when this checkout has them."""
     from bench.api import clustered_vectors
     from indexer.build import build_version
     from indexer.captions import CaptionReport, CaptionVectors, write_caption_index
@@ -423,7 +487,10 @@ def build(data_dir: Path, dim: int = 512, factory: str | None = None, seed: int 
         t = time.perf_counter()
         summary = write_caption_index(version_dir, built, cap_encoder, memory_gb)
         caption_s["s"] = time.perf_counter() - t
-        return {"captions": summary}
+        t = time.perf_counter()
+        entries = write_derived(data_dir, version_dir) if derived else {}
+        caption_s["derived"] = time.perf_counter() - t
+        return {"captions": summary, **entries}
 
     vectors = clustered_vectors(len(img_ids), dim, seed, CLUSTERS)
     gen_s = time.perf_counter() - t0
@@ -440,6 +507,7 @@ def build(data_dir: Path, dim: int = 512, factory: str | None = None, seed: int 
     info = {"build_total_s": round(total_s, 1), "vector_gen_s": round(gen_s, 1),
             "image_index_s": round(float(manifest["build_seconds"]), 1),
             "caption_index_s": round(caption_s.get("s", 0.0), 1),
+            "derived_s": manifest.get("bench_derived_s", {}),
             "image_factory": manifest["factory"], "caption_factory": cap_manifest["factory"],
             "image_vectors": int(len(img_ids)), "caption_vectors": int(len(all_ids)),
             "dim": dim, "version": version.name}
@@ -586,11 +654,19 @@ def measure(data_dir: Path, queries: list[str], kinds: list[str], k: int = 20,
         "mean_caption_words": marker.get("mean_caption_words"),
         "generate_figures_per_s": marker.get("figures_per_s"), "generate_s": marker.get("write_s"),
         "service_load_s": round(load_s, 2), "signals": ",".join(service.fused_signals()),
-        "keyword_engine": type(service.store).__name__ + "." + "keyword_search",
+        # what serves: the service's parts (a keyword index or filter columns show up here)
+        "service_parts": ",".join(f"{k}={type(v).__name__}" for k, v in sorted(
+            vars(service).items()) if not k.startswith("_") and v is not None
+            and type(v).__module__.startswith("figsearch")),
+        "version_files": ",".join(sorted(p.name for p in version_dir.iterdir())),
     }
     info_path = data_dir / INFO_FILE
     if info_path.exists():
-        figures.update(json.loads(info_path.read_text()))
+        for key, value in json.loads(info_path.read_text()).items():
+            if isinstance(value, dict):  # seconds of each derived-file step
+                figures.update({f"{key} {k}": v for k, v in value.items()})
+            else:
+                figures[key] = value
     for name, (flt, count) in filters.items():
         figures[f"filter_{name}"] = json.dumps(flt, sort_keys=True)
         figures[f"filter_{name}_share"] = round(count / max(n, 1), 5)
@@ -726,7 +802,7 @@ def _size_label(n: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=("generate", "build", "measure", "all", "project"))
+    p.add_argument("step", choices=("generate", "build", "derive", "measure", "all", "project"))
     p.add_argument("--data-dir", type=Path, default=None, help="the bench data dir (kept)")
     p.add_argument("--n", type=int, default=100_000, help="figures to generate")
     p.add_argument("--seed", type=int, default=0)
@@ -746,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine-label", default="fts5",
                    help="what keyword engine/filter code this run measures ('fts5' = before)")
     p.add_argument("--target", type=int, default=TARGET_FIGURES, help="projection target")
+    p.add_argument("--no-derived", action="store_true",
+                   help="build without the keyword index / filter columns of this checkout")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     command = "python -m bench.pmc_scale " + shlex.join(argv)
@@ -765,7 +843,10 @@ def main(argv: list[str] | None = None) -> int:
                  n_journals=args.journals, force=args.force, progress=not args.no_progress)
     if args.step == "build" or (args.step == "all" and
                                 not (data_dir / "indexes" / "current").exists()):
-        build(data_dir, args.dim, args.factory, args.seed, args.memory_gb)
+        build(data_dir, args.dim, args.factory, args.seed, args.memory_gb,
+              derived=not args.no_derived)
+    if args.step == "derive":
+        derive(data_dir)
     if args.step in ("measure", "all"):
         queries = load_queries(args.queries)
         kinds = [x for x in args.kinds.split(",") if x]
