@@ -8,6 +8,8 @@ import sqlite3
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.bench.test_bench_smoke import run_bench
 
 METRICS = [
@@ -49,6 +51,9 @@ def test_pmc_scale_smoke(tmp_path: Path) -> None:
     assert min(words[w] for w in ("cells", "patients", "expression")) >= 20, words.most_common(80)
     assert 400 <= ocr <= 1000 and fts > 50
 
-    # a second generate on the same dir reuses the store; a different n is refused
-    _, again = run_bench("pmc_scale", [*args[:-1], "--kinds", "dense", "--queries", "2"], results)
-    assert again["figures"]["figures"] == 2000
+    # generating again reuses the complete store; another n is refused without --force
+    from bench.pmc_scale import generate
+
+    assert generate(data_dir, 2000, n_journals=300, progress=False)["figures"] == 2000
+    with pytest.raises(SystemExit, match="--force"):
+        generate(data_dir, 3000, n_journals=300, progress=False)
