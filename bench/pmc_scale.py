@@ -740,7 +740,7 @@ def measure(data_dir: Path, queries: list[str], kinds: list[str], k: int = 20,
             rows.append([f"stage {stage} (hybrid)", len(stage_ms[f"hybrid:{stage}"]),
                          stats["p50_ms"], stats["p95_ms"], stats["p99_ms"], stats["mean_ms"],
                          "", "", ""])
-            figures.update({f"{stage}_{s}": v for s, v in stats.items()})
+            figures.update({f"stage_{stage}_{s}": v for s, v in stats.items()})
     rss_end = _rss_mb()
     figures.update({"rss_before_load_mb": rss0["rss_mb"], "rss_loaded_mb": rss_loaded["rss_mb"],
                     "rss_end_mb": rss_end["rss_mb"], "peak_rss_mb": rss_end["peak_rss_mb"],
@@ -772,7 +772,7 @@ PROJECTED = ("store_keyword_k100_p50_ms", "store_keyword_k100_cpu_p50_ms", "keyw
              "hybrid_p95_ms", "hybrid_p99_ms", "caption_p50_ms", "dense_p50_ms",
              "filtered_broad_p50_ms", "filtered_mid_p50_ms", "filtered_narrow_p50_ms",
              "filtered_broad_first_ms", "filtered_mid_first_ms", "filtered_narrow_first_ms",
-             "highlight_p50_ms", "rss_end_mb", "disk_store_mb", "disk_version_mb",
+             "stage_highlight_p50_ms", "stage_keyword_p50_ms", "rss_end_mb", "disk_store_mb", "disk_version_mb",
              "disk_total_mb", "build_total_s", "generate_s")
 
 
@@ -794,6 +794,7 @@ def project(results: dict[str, dict[str, Any]], target: int = TARGET_FIGURES,
         out["note"] = "fewer than two measured sizes: no projection"
         return out
     n1, n2 = sizes[-2], sizes[-1]
+    out["fit"] = f"y = a*n^b through n={n1:,} and n={n2:,} (measured), extrapolated"
     for key in PROJECTED:
         y1, y2 = by_n[n1]["figures"].get(key), by_n[n2]["figures"].get(key)
         if not isinstance(y1, (int, float)) or not isinstance(y2, (int, float)) or y1 <= 0 \
@@ -803,6 +804,22 @@ def project(results: dict[str, dict[str, Any]], target: int = TARGET_FIGURES,
         out[f"{key}_exponent"] = round(b, 3)
         out[f"{key}_at_{target // 1_000_000}m"] = round(y2 * (target / n2) ** b, 1)
     return out
+
+
+def projection_table(results: dict[str, dict[str, Any]], proj: dict[str, Any],
+                     engine: str) -> str:
+    """Each projected metric at every measured size, its growth exponent and its value at the
+    target."""
+    by_n = {r["figures"]["figures"]: r["figures"] for name, r in results.items()
+            if name.startswith("pmc_scale_") and "projection" not in name
+            and (r.get("figures") or {}).get("figures")
+            and r["params"].get("engine_label") == engine}
+    sizes = sorted(by_n)
+    target = f"{proj['target_figures'] // 1_000_000}m"
+    rows = [[key, *(by_n[n].get(key, "") for n in sizes), proj.get(f"{key}_exponent", ""),
+             proj.get(f"{key}_at_{target}", "")] for key in PROJECTED]
+    return markdown_table(["metric", *(f"n={n:,}" for n in sizes), "exponent b",
+                           f"projected n={proj['target_figures']:,}"], rows)
 
 
 # -- CLI -------------------------------------------------------------------------------------
@@ -839,11 +856,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     command = "python -m bench.pmc_scale " + shlex.join(argv)
     if args.step == "project":
-        proj = project(load_results(), args.target, args.engine_label)
+        results = load_results()
+        proj = project(results, args.target, args.engine_label)
         path = write_result(f"pmc_scale_projection_{args.engine_label}",
                             {"command": command, "engine_label": args.engine_label}, proj)
-        print(markdown_table(["figure", "value"], [[k, v] for k, v in proj.items()
-                                                  if k != "inputs"]))
+        print(projection_table(results, proj, args.engine_label))
         print(f"wrote {path}")
         return 0
     if args.data_dir is None:
