@@ -67,7 +67,13 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO_ROOT, load_results, markdown_table, results_dir, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    REPO_ROOT,
+    load_results,
+    markdown_table,
+    results_dir,
+    write_result,
+)
 
 #: the real data (``$FIGSEARCH_SHARED/data``, as tests/conftest.py reads it)
 SHARED = Path(os.environ.get("FIGSEARCH_SHARED", REPO_ROOT.parent / "shared")) / "data"
@@ -391,7 +397,8 @@ class _CaptionEncoderName:
 
 def model_keys(dim: int, seed: int) -> tuple[str, str]:
     """(image model key, caption model key) of the synthetic vectors."""
-    return f"bench-pmc-scale:clusters-d{dim}-s{seed}", f"bench-pmc-scale:captions-d{CAPTION_DIM}-s{seed}"
+    return (f"bench-pmc-scale:clusters-d{dim}-s{seed}",
+            f"bench-pmc-scale:captions-d{CAPTION_DIM}-s{seed}")
 
 
 def derived_steps() -> list[tuple[str, Any]]:
@@ -591,7 +598,8 @@ def _rss_mb() -> dict[str, float]:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(("VmRSS:", "VmHWM:")):
             out[line.split(":")[0]] = int(line.split()[1]) / 1024
-    return {"rss_mb": round(out.get("VmRSS", 0.0), 1), "peak_rss_mb": round(out.get("VmHWM", 0.0), 1)}
+    return {"rss_mb": round(out.get("VmRSS", 0.0), 1),
+            "peak_rss_mb": round(out.get("VmHWM", 0.0), 1)}
 
 
 def dir_size(path: Path) -> int:
@@ -772,7 +780,8 @@ PROJECTED = ("store_keyword_k100_p50_ms", "store_keyword_k100_cpu_p50_ms", "keyw
              "hybrid_p95_ms", "hybrid_p99_ms", "caption_p50_ms", "dense_p50_ms",
              "filtered_broad_p50_ms", "filtered_mid_p50_ms", "filtered_narrow_p50_ms",
              "filtered_broad_first_ms", "filtered_mid_first_ms", "filtered_narrow_first_ms",
-             "stage_highlight_p50_ms", "stage_keyword_p50_ms", "rss_end_mb", "disk_store_mb", "disk_version_mb",
+             "stage_highlight_p50_ms", "stage_keyword_p50_ms", "rss_end_mb", "disk_store_mb",
+             "disk_version_mb",
              "disk_total_mb", "build_total_s", "generate_s")
 
 
@@ -892,11 +901,10 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(["kind", "queries", "p50 ms", "p95 ms", "p99 ms", "mean ms",
                               "CPU p50 ms", "first use ms", "slowest query"], rows))
         print()
+        shown = ("disk_", "rss", "peak", "build", "filter_", "figures", "generate", "image_",
+                 "caption_index", "caption_factory", "caption_vectors", "service_parts")
         print(markdown_table(["figure", "value"], [[k, v] for k, v in figures.items()
-                                                  if k.startswith(("disk_", "rss", "peak",
-                                                                   "build", "filter_", "figures",
-                                                                   "generate", "image_", "caption_"))
-                                                  and "_stage_" not in k]))
+                                                  if k.startswith(shown)]))
         proj = project(load_results(results_dir()), args.target, args.engine_label)
         if len(proj.get("sizes", [])) >= 2:
             write_result(f"pmc_scale_projection_{args.engine_label}",

@@ -17,7 +17,8 @@ METRICS = [
                                     "filtered_broad", "filtered_mid", "filtered_narrow")
       for p in ("p50", "p95", "p99")),
     "filtered_broad_first_ms", "filtered_mid_first_ms", "filtered_narrow_first_ms",
-    "stage_highlight_p50_ms", "stage_highlight_p99_ms", "stage_keyword_p50_ms", "rss_end_mb", "peak_rss_mb",
+    "stage_highlight_p50_ms", "stage_highlight_p99_ms", "stage_keyword_p50_ms", "rss_end_mb",
+    "peak_rss_mb",
     "disk_store_mb", "disk_version_mb", "disk_version_captions_mb", "disk_total_mb",
     "build_total_s", "generate_figures_per_s", "filter_broad_share", "filter_mid_share",
     "filter_narrow_share", "mean_caption_words",
