@@ -634,8 +634,9 @@ KINDS = ("store_keyword_k100", "keyword", "caption", "dense", "hybrid",
 
 
 def measure(data_dir: Path, queries: list[str], kinds: list[str], k: int = 20,
-            warmup: int = 3) -> tuple[dict[str, Any], list[list[Any]]]:
-    """Latency per kind, first use of each filter, memory and disk; (figures, table rows)."""
+            warmup: int = 3, checkpoint: Any = None) -> tuple[dict[str, Any], list[list[Any]]]:
+    """Latency per kind, first use of each filter, memory and disk; (figures, table rows).
+    ``checkpoint(figures)`` is called after each kind (a long run keeps what it measured)."""
     from figsearch import timing
     from figsearch.core.config import Settings
     from figsearch.index import current_version_dir, read_manifest
@@ -723,6 +724,8 @@ def measure(data_dir: Path, queries: list[str], kinds: list[str], k: int = 20,
         print(f"pmc_scale: {kind:>20}: p50 {stats['p50_ms']:8.1f} ms  p95 {stats['p95_ms']:8.1f}"
               f"  p99 {stats['p99_ms']:8.1f}  ({time.perf_counter() - t_kind:.0f} s)",
               file=sys.stderr, flush=True)
+        if checkpoint is not None:
+            checkpoint({**figures, "partial": f"{len(rows)} of {len(kinds)} kinds measured"})
     # first use of each filter: a freshly loaded service (its filter caches empty; the page
     # cache warm from the runs above, as in a server that has been answering queries), one query
     for i, name in enumerate(filters):
@@ -890,13 +893,19 @@ def main(argv: list[str] | None = None) -> int:
         unknown = set(kinds) - set(KINDS)
         if unknown:
             p.error(f"unknown kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
-        figures, rows = measure(data_dir, queries, kinds, args.k)
-        name = args.name or f"pmc_scale_{_size_label(int(figures['figures']))}"
         params = {"command": command, "data_dir": str(data_dir), "queries": len(queries),
                   "k": args.k, "kinds": kinds, "engine_label": args.engine_label,
-                  "load_avg": [round(x, 2) for x in os.getloadavg()],
                   "note": "in-process SearchService (AppState) with stand-in encoders; "
                           "2 CPU cores shared with other jobs"}
+
+        def checkpoint(partial: dict[str, Any]) -> None:
+            name = args.name or f"pmc_scale_{_size_label(int(partial['figures']))}"
+            write_result(name, {**params, "load_avg": [round(x, 2) for x in os.getloadavg()]},
+                         partial)
+
+        figures, rows = measure(data_dir, queries, kinds, args.k, checkpoint=checkpoint)
+        name = args.name or f"pmc_scale_{_size_label(int(figures['figures']))}"
+        params["load_avg"] = [round(x, 2) for x in os.getloadavg()]
         path = write_result(name, params, figures)
         print(markdown_table(["kind", "queries", "p50 ms", "p95 ms", "p99 ms", "mean ms",
                               "CPU p50 ms", "first use ms", "slowest query"], rows))
