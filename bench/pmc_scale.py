@@ -7,7 +7,8 @@ such words matches (and FTS5 scores) most of the store. This bench writes ``--n`
 captions are sentences of real captions (ROCO, the JATS articles and the pathway figures of
 ``../shared/data``) into a real figsearch data dir, builds a served index version from synthetic
 vectors with the product's own builders, and times queries through the product's
-``SearchService`` as the API loads it (:class:`figsearch.api.state.AppState`), so a new keyword
+``SearchService`` as the API loads it (:class:`figsearch.api.state.AppState`, its versions opened by
+:class:`figsearch.serving.VersionLoader`), so a new keyword
 engine or filter columns are measured as soon as the service uses them.
 
 Steps (each reuses what the previous wrote in ``--data-dir``)::
@@ -566,14 +567,18 @@ def bench_state(settings: Any, manifest: dict[str, Any]) -> Any:
     caption = ClusterEncoder(str(manifest["captions"]["model_key"]),
                              int(manifest["captions"]["dim"]), seed + 1)
 
-    class BenchState(AppState):
+    from figsearch.serving import VersionLoader
+
+    class BenchLoader(VersionLoader):
         def _new_encoder(self, spec: str) -> Any:
             return image
 
         def _new_caption_encoder(self, spec: str) -> Any:
             return caption
 
-    return BenchState(settings)
+    state = AppState(settings)
+    state.loader = BenchLoader(settings)
+    return state
 
 
 def load_queries(limit: int = 0) -> list[str]:
