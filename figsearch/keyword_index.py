@@ -460,6 +460,20 @@ class KeywordIndex:
             depth = min(depth * OVERFETCH_GROWTH, self.count)
         return list(zip(ids[keep][:n].tolist(), scores[keep][:n].tolist(), strict=True))
 
+    def ranked(self, query: str, n: int, weights: Mapping[str, float] | None = None,
+               allowed: AllowedIds | None = None, flt: FigureFilter | None = None,
+               widen: bool = True) -> list[tuple[int, float]]:
+        """The keyword signal's candidates: the best ``n`` figures holding every query word
+        when there are that many (a selective intersection), else - with ``widen``, or for a
+        one-word query - the best ``n`` holding any of them."""
+        rows: list[tuple[int, float]] = []
+        single_word = len(query_terms(query)) <= 1
+        if not single_word:
+            rows = self.search(query, n, True, weights, allowed, flt)
+        if len(rows) < n and (widen or single_word):
+            rows = self.search(query, n, False, weights, allowed, flt)
+        return rows
+
     # -- highlights ----------------------------------------------------------------------------
     def highlights(self, query: str, figures: Mapping[int, Mapping[str, Any]],
                    snippet_tokens: int = 16) -> dict[int, tuple[str, str]]:

@@ -56,7 +56,6 @@ from figsearch.fusion import (
     vector_dedup_ok,
 )
 from figsearch.keyword_index import KeywordIndex
-from figsearch.keyword_index import query_terms as keyword_terms
 from figsearch.links import PMC_ARTICLE_URL, article_url, figure_url  # noqa: F401 (re-exported)
 from figsearch.store import FigureFilter, FigureStore
 
@@ -424,14 +423,8 @@ class SearchService:
     def _keyword_rows(self, query: str, n: int, flt: FigureFilter, widen: bool) -> _Candidates:
         if self.keywords is None:
             return self._fts_rows(query, n, flt, widen)
-        weights = self.settings.keyword_weights
         allowed = None if flt.is_empty() else self._allowed_set(flt)
-        rows: list[tuple[int, float]] = []
-        single_word = len(keyword_terms(query)) <= 1
-        if not single_word:
-            rows = self.keywords.search(query, n, True, weights, allowed, flt)
-        if len(rows) < n and (widen or single_word):
-            rows = self.keywords.search(query, n, False, weights, allowed, flt)
+        rows = self.keywords.ranked(query, n, self.settings.keyword_weights, allowed, flt, widen)
         return _Candidates([i for i, _ in rows], [s for _, s in rows], len(rows) < n)
 
     def _allowed_set(self, flt: FigureFilter) -> AllowedSet:

@@ -1,0 +1,195 @@
+"""Keyword search at PMC size: the product's keyword index over 1-15 M figures of real language.
+
+The store and vector indexes of ``bench/pmc_scale.py`` take hours per 5 M figures to generate and
+build on this 2-core machine; keyword search is the part whose cost follows how often real words
+occur, so this bench builds only the keyword index, at the full target size. Figures are drawn
+as ``pmc_scale`` draws them (:class:`bench.pmc_scale.Corpus`: whole real caption sentences,
+PMC's caption-length shape with a 77-word mean, 40 % of images with in-figure text, Zipf
+journals, PMC's licence and year mix) and written straight into the product's keyword index
+(``figsearch.keyword_index``: the same schema, analyser and document rows a version build
+writes). Queries go through :meth:`KeywordIndex.ranked`, the keyword signal of the search
+service: the keyword mode (k 20, widening to any word) and the default hybrid mode's depth
+(``fusion_depth`` 100), unfiltered and with a broad (licence, ~57 %), a mid (one year, ~5 %)
+and a narrow (one journal, ~0.1 %) filter whose allowed set is drawn the way the filter columns
+give it.
+
+    .venv/bin/python -m bench.keyword_scale --n 5000000 --index /work/bench-data/kw-5m
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import write_result  # noqa: E402
+from bench.pmc_scale import (  # noqa: E402
+    LICENSE_MIX,
+    Corpus,
+    _shares,
+    caption_lengths,
+    load_queries,
+    make_caption,
+    percentiles,
+    year_shares,
+)
+
+BATCH = 20_000
+
+
+def build(index_dir: Path, n: int, seed: int = 0, mean_words: float = 77.0,
+          ocr_share: float = 0.4, n_journals: int = 3000) -> dict[str, Any]:
+    """Write ``n`` generated figures into a new keyword index; the metadata arrays for filters."""
+    from tqdm import tqdm
+
+    from figsearch.keyword_index import IDS_FILE, WRITER_HEAP, _document, _open
+
+    t0 = time.perf_counter()
+    corpus = Corpus()
+    rng = np.random.default_rng(seed)
+    picks_rng = np.random.default_rng(seed + 1)
+    years, year_p = year_shares()
+    lic_names, lic_p = _shares(LICENSE_MIX)
+    journals = corpus.journal_names(n_journals, seed)
+    zipf = 1.0 / np.arange(1, n_journals + 1)
+    zipf /= zipf.sum()
+    index_dir.mkdir(parents=True, exist_ok=False)
+    index = _open(index_dir, create=True)
+    writer = index.writer(heap_size=WRITER_HEAP, num_threads=2)
+    meta = {"year": np.zeros(n, np.int16), "journal": np.zeros(n, np.int32),
+            "license": np.zeros(n, np.int8)}
+
+    def picks() -> Any:
+        while True:
+            yield from picks_rng.integers(0, len(corpus.sentences), 1 << 16).tolist()
+
+    pick = picks()
+    with tqdm(total=n, desc="keyword_scale build", unit="fig", mininterval=10) as bar:
+        for start in range(0, n, BATCH):
+            m = min(BATCH, n - start)
+            lengths = caption_lengths(corpus, m, mean_words, rng)
+            year = years[rng.choice(len(years), m, p=year_p)]
+            lic = rng.choice(len(lic_names), m, p=lic_p)
+            jour = rng.choice(n_journals, m, p=zipf)
+            ocr = rng.random(m) < ocr_share * 0.92
+            titles = rng.integers(0, len(corpus.titles), m)
+            for j in range(m):
+                fid = start + j + 1
+                ocr_text = " ".join(corpus.sentence_words[next(pick)][:12]) if ocr[j] else None
+                row = (fid, make_caption(corpus, int(lengths[j]), pick),
+                       f"Figure {1 + fid % 6}", corpus.titles[int(titles[j])], ocr_text,
+                       int(year[j]), journals[int(jour[j])], lic_names[int(lic[j])],
+                       f"PMC{1_000_000 + fid // 3}")
+                writer.add_document(_document(row))
+            meta["year"][start:start + m] = year
+            meta["journal"][start:start + m] = jour
+            meta["license"][start:start + m] = lic
+            bar.update(m)
+    writer.commit()
+    writer.wait_merging_threads()
+    np.save(index_dir / IDS_FILE, np.arange(1, n + 1, dtype=np.int64))
+    for name, arr in meta.items():
+        np.save(index_dir / f"bench_{name}.npy", arr)
+    (index_dir / "bench_journals.txt").write_text("\n".join(journals))
+    seconds = time.perf_counter() - t0
+    print(f"keyword_scale: {n:,} figures indexed in {seconds:.0f} s "
+          f"({n / seconds:,.0f} figures/s)", file=sys.stderr)
+    return {"build_s": round(seconds, 1), "build_figures_per_s": round(n / seconds, 1)}
+
+
+class MaskAllowed:
+    """An allowed set as the filter columns give one: a bitmap by figure id."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.bits = np.concatenate([[False], mask])  # ids start at 1
+        self.count = int(mask.sum())
+        self.total = len(mask)
+
+    @property
+    def selectivity(self) -> float:
+        return self.count / self.total
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        return self.bits[np.asarray(ids, np.int64)]
+
+
+def filters(index_dir: Path) -> dict[str, tuple[Any, MaskAllowed]]:
+    """broad / mid / narrow filters with their allowed sets."""
+    from figsearch.store import FigureFilter
+
+    year = np.load(index_dir / "bench_year.npy")
+    lic = np.load(index_dir / "bench_license.npy")
+    jour = np.load(index_dir / "bench_journal.npy")
+    journals = (index_dir / "bench_journals.txt").read_text().splitlines()
+    lic_names, _ = _shares(LICENSE_MIX)
+    from figsearch.licenses import COMMERCIAL_CLASSES
+
+    commercial = np.isin(lic, [i for i, name in enumerate(lic_names) if name in COMMERCIAL_CLASSES])
+    counts = np.bincount(jour, minlength=len(journals))
+    narrow = int(np.argmin(np.abs(counts / len(jour) - 0.001)))
+    return {
+        "broad": (FigureFilter(commercial_only=True), MaskAllowed(commercial)),
+        "mid": (FigureFilter(year_from=2019, year_to=2019), MaskAllowed(year == 2019)),
+        "narrow": (FigureFilter(journal=journals[narrow]), MaskAllowed(jour == narrow)),
+    }
+
+
+def measure(index_dir: Path, queries: list[str], rounds: int = 2) -> dict[str, Any]:
+    from figsearch.keyword_index import KeywordIndex, _open
+
+    t0 = time.perf_counter()
+    kw = KeywordIndex(index_dir, _open(index_dir))
+    out: dict[str, Any] = {"open_ms": round((time.perf_counter() - t0) * 1000, 1),
+                           "figures": kw.count, "queries": len(queries)}
+    plans: dict[str, tuple[int, Any, Any]] = {"keyword_k20": (20, None, None),
+                                               "hybrid_depth100": (100, None, None)}
+    for name, (flt, allowed) in filters(index_dir).items():
+        plans[f"filtered_{name}_depth100"] = (100, flt, allowed)
+        out[f"filter_{name}_share"] = round(allowed.selectivity, 4)
+    for q in queries:  # warm the page cache once
+        kw.ranked(q, 20)
+    for name, (n, flt, allowed) in plans.items():
+        wall, cpu = [], []
+        for _ in range(rounds):
+            for q in queries:
+                w, c = time.perf_counter(), time.process_time()
+                kw.ranked(q, n, allowed=allowed, flt=flt)
+                wall.append((time.perf_counter() - w) * 1000)
+                cpu.append((time.process_time() - c) * 1000)
+        stats = percentiles(wall)
+        out.update({f"{name}_{k}": v for k, v in stats.items()})
+        out[f"{name}_cpu_p50_ms"] = round(float(np.percentile(cpu, 50)), 2)
+        print(f"keyword_scale: {name:28s} p50 {stats['p50_ms']:7.1f} ms  p95 "
+              f"{stats['p95_ms']:7.1f}  p99 {stats['p99_ms']:7.1f}", file=sys.stderr)
+    out["disk_mb"] = round(sum(p.stat().st_size for p in index_dir.iterdir()) / 2**20, 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--index", type=Path, required=True, help="keyword index folder (new or built)")
+    p.add_argument("--queries", type=int, default=0, help="first N queries only (0: all 92)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--name", default=None, help="result name (default keyword_scale_<n>)")
+    args = p.parse_args(argv)
+    built: dict[str, Any] = {}
+    if not (args.index / "meta.json").exists():
+        built = build(args.index, args.n)
+    figures = {**built, **measure(args.index, load_queries(args.queries), args.rounds)}
+    name = args.name or f"keyword_scale_{args.n}"
+    write_result(name, {"n": args.n, "command": "python -m bench.keyword_scale " + " ".join(
+        argv if argv is not None else sys.argv[1:]), "load_avg": list(os.getloadavg())}, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
