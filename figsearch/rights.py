@@ -42,6 +42,7 @@ _TERMS = {
     "cc-by-nc-nd": "non-commercial reuse with attribution, no derivatives",
 }
 THIRD_PARTY = "third-party: ask the rights holder"
+ET_AL = "et al."  # the last "author" of a list known only in part (PMC Cloud's citation)
 UNKNOWN = "unknown: no reuse license found"
 
 # Caption statements of material the article's authors do not own. Each is one pattern so
@@ -189,7 +190,10 @@ def _bib_escape(value: str) -> str:
 def citation_key(art: Mapping[str, Any]) -> str:
     """First author's surname + year, e.g. ``Smith2020`` (else the PMCID)."""
     authors = authors_of(art)
-    first = re.sub(r"[^A-Za-z0-9]", "", authors[0].split(",", 1)[0]) if authors else ""
+    # "Surname, Given" -> Surname; a bare name (PMC Cloud's citation) -> its last word
+    name = (authors[0].split(",", 1)[0] if "," in authors[0] else authors[0].split()[-1]
+            ) if authors else ""
+    first = re.sub(r"[^A-Za-z0-9]", "", name)
     year = str(art.get("year") or "")
     return (first + year) or re.sub(r"[^A-Za-z0-9]", "", str(art.get("pmcid") or "article"))
 
@@ -197,7 +201,8 @@ def citation_key(art: Mapping[str, Any]) -> str:
 def bibtex(art: Mapping[str, Any]) -> str:
     """A BibTeX ``@article`` entry for the article of a store row."""
     fields = [
-        ("title", art.get("title")), ("author", " and ".join(authors_of(art))),
+        ("title", art.get("title")),
+        ("author", " and ".join("others" if a == ET_AL else a for a in authors_of(art))),
         ("journal", art.get("journal")), ("year", art.get("year")), ("doi", art.get("doi")),
         ("pmid", art.get("pmid")), ("pmcid", art.get("pmcid")), ("url", article_link(art)),
     ]
@@ -210,7 +215,7 @@ def ris(art: Mapping[str, Any]) -> str:
     lines = ["TY  - JOUR"]
     if art.get("title"):
         lines.append(f"TI  - {art['title']}")
-    lines += [f"AU  - {a}" for a in authors_of(art)]
+    lines += [f"AU  - {a}" for a in authors_of(art) if a != ET_AL]
     for tag, key in (("JO", "journal"), ("PY", "year"), ("DO", "doi")):
         if art.get(key):
             lines.append(f"{tag}  - {art[key]}")

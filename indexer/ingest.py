@@ -72,6 +72,7 @@ class Task:
     pmcid: str | None = None  # from a file list, used when the XML lacks one
     license: str = ""  # from a file list, used when the XML has no <license>
     collection: str | None = None  # `--collection`: names articles that are not in PMC
+    authors: list[str] = field(default_factory=list)  # PMC Cloud metadata, if the XML has none
 
 
 @dataclass
@@ -229,7 +230,7 @@ def _article_record(parsed: ParsedArticle, task: Task, key: str, digest: str) ->
         title=parsed.title, journal=parsed.journal, year=parsed.year,
         license_text=license_text, license_url=license_url,
         license_class=normalise_license(license_text, license_url),
-        last_updated=task.last_updated, content_hash=digest, authors=list(parsed.authors),
+        last_updated=task.last_updated, content_hash=digest, authors=list(parsed.authors or task.authors),
     )
 
 

@@ -281,3 +281,26 @@ def test_reusable_filter_reaches_the_store_from_the_api():
     flt = build_filter(AppState(Settings()), None, None, None, "reusable", None, None)
     assert flt.reusable_only and not flt.commercial_only and flt.license_class is None
     assert np.asarray(flt.is_empty()).item() is False
+
+
+def test_pmc_cloud_citation_gives_authors_when_the_xml_has_none(shared_data: Path):
+    from indexer.pmc_cloud import citation_authors, parse_metadata
+
+    meta = parse_metadata(
+        (shared_data / "pmc-cloud/day2-overlay/metadata/PMC3633842.1.json").read_bytes(),
+        "PMC3633842.1", ["pmc-oa-opendata"])
+    assert meta.authors == ["Vikas Vikram Singh", "et al."]
+    assert citation_authors("John Smith. Nature. 2001;1:2.") == ["John Smith"]
+    assert citation_authors("2013;8(4):e62845.") == []
+    row = {"authors": meta.authors, "title": "T", "journal": "PLoS One", "year": 2013,
+           "pmcid": "PMC3633842", "license_class": "cc-by"}
+    assert 'by Vikas Vikram Singh, et al.' in attribution(row)
+    assert "author = {Vikas Vikram Singh and others}" in bibtex(row)
+    assert bibtex(row).startswith("@article{Singh2013,")
+    assert [x for x in ris(row).splitlines() if x.startswith("AU")] == ["AU  - Vikas Vikram Singh"]
+    # the XML's own authors win over the citation's
+    art = parse_article(CRAFTED)
+    record = _article_record(art, Task("x", authors=meta.authors), "k", "d")
+    assert record.authors == ["Curie, Marie", "The Crafted Consortium"]
+    art.authors = []
+    assert _article_record(art, Task("x", authors=meta.authors), "k", "d").authors == meta.authors
