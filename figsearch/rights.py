@@ -20,8 +20,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from figsearch.licenses import LICENSE_CLASSES
+from figsearch.links import (
+    DOI_URL,
+    PMC,
+    PUBLISHER,
+    SYNTHETIC,
+    article_url,
+    collection_name,
+    figure_url,
+)
 
 #: Effective license classes under which a figure may be reused (with attribution, and the
 #: class's own conditions: non-commercial, share-alike, no derivatives).
@@ -144,17 +154,37 @@ def author_line(authors: Sequence[str], most: int = 10) -> str:
 
 
 def article_link(fig: Mapping[str, Any]) -> str:
-    """https://doi.org/<doi>, else the PMC page, else the collection's page; "" when none."""
-    if fig.get("doi"):
-        return f"https://doi.org/{fig['doi']}"
-    if fig.get("pmcid"):
-        return f"https://pmc.ncbi.nlm.nih.gov/articles/{fig['pmcid']}/"
-    return str(fig.get("article_page_url") or fig.get("article_url") or "")
+    """https://doi.org/<doi>, else the article's page (its collection's, else PMC's); ""."""
+    doi = str(fig.get("doi") or "").strip()
+    if doi:
+        return DOI_URL.format(doi=quote(doi, safe="/:;()._-"))
+    return article_url(dict(fig)) or ""
+
+
+def _where(fig: Mapping[str, Any]) -> list[str]:
+    """The credit's links: the DOI link, then "PMCID <id>" (PMC articles) or "<collection>
+    collection (<figure page>)" (other collections); synthetic figures have none."""
+    source = fig.get("source") or PMC
+    if source == SYNTHETIC:
+        return []
+    out = []
+    doi = str(fig.get("doi") or "").strip()
+    if doi:
+        out.append(DOI_URL.format(doi=quote(doi, safe="/:;()._-")))
+    own_collection = source not in (PMC, PUBLISHER)
+    if fig.get("pmcid") and not own_collection:
+        out.append(f"PMCID {fig['pmcid']}" + ("" if doi else f" ({article_url(dict(fig))})"))
+    elif own_collection:
+        link = figure_url(dict(fig)) or article_url(dict(fig))
+        out.append(f"{collection_name(source)} collection" + (f" ({link})" if link else ""))
+    elif not doi and article_url(dict(fig)):
+        out.append(str(article_url(dict(fig))))
+    return out
 
 
 def attribution(fig: Mapping[str, Any]) -> str:
     """A ready credit line for the figure, e.g. ``Figure 2 from "Title" by A. Author, B.
-    Author. Journal (2020). https://doi.org/… (PMC123). License: CC BY
+    Author. Journal (2020). https://doi.org/…. PMCID PMC123. License: CC BY
     (https://creativecommons.org/licenses/by/4.0/).`` Third-party figures say whose they are
     instead of offering the article's license."""
     label = (fig.get("label") or "").strip() or "Figure"
@@ -167,11 +197,7 @@ def attribution(fig: Mapping[str, Any]) -> str:
                                  f"({fig['year']})" if fig.get("year") else "") if s)
     if venue:
         parts.append(venue)
-    link = article_link(fig)
-    if link:
-        if fig.get("pmcid") and fig.get("doi"):
-            link += f" ({fig['pmcid']})"
-        parts.append(link)
+    parts.extend(_where(fig))
     cls, _text, url = effective_license(fig)
     name = LICENSE_NAMES.get(cls, cls)
     if is_third_party(fig):

@@ -217,7 +217,7 @@ def test_attribution_of_a_real_article_has_authors_and_license_link(rights_store
     line = attribution(f3)
     assert line.startswith('Figure 3 from "')
     for part in ("John J Dennehy, Ing-Nang Wang", "BMC Microbiology (2011)",
-                 "https://doi.org/10.1186/1471-2180-11-174 (PMC3166277)",
+                 "https://doi.org/10.1186/1471-2180-11-174. PMCID PMC3166277",
                  "License: CC BY (http://creativecommons.org/licenses/by/2.0)"):
         assert part in line, line
     third = attribution(_by_fig(rights_store, "PMC9900001")["F1"])
@@ -304,3 +304,20 @@ def test_pmc_cloud_citation_gives_authors_when_the_xml_has_none(shared_data: Pat
     assert record.authors == ["Curie, Marie", "The Crafted Consortium"]
     art.authors = []
     assert _article_record(art, Task("x", authors=meta.authors), "k", "d").authors == meta.authors
+
+
+def test_attribution_of_other_collections_and_synthetic_figures():
+    zebra = {"label": "Figure 1", "title": "Retina", "source": "zebralab", "doi": "10.1234/zl.1",
+             "figure_page_url": "https://zebra.example.org/fig/zl-001", "fig_id": "zl-001",
+             "license_class": "cc-by", "license_url": "https://creativecommons.org/licenses/by/4.0/",
+             "authors": ["Danio, Rerio"]}
+    line = attribution(zebra)
+    assert line == ('Figure 1 from "Retina" by Rerio Danio. https://doi.org/10.1234/zl.1. '
+                    "zebralab collection (https://zebra.example.org/fig/zl-001). License: CC BY "
+                    "(https://creativecommons.org/licenses/by/4.0/).")
+    synthetic = {"label": "", "title": "", "source": "synthetic", "pmcid": None,
+                 "license_class": "none"}
+    assert attribution(synthetic) == "Figure from an untitled article. License: no license stated."
+    no_doi = {"label": "Fig. 2", "title": "T", "source": "pmc", "pmcid": "PMC42",
+              "license_class": "cc0"}
+    assert "PMCID PMC42 (https://pmc.ncbi.nlm.nih.gov/articles/PMC42/)" in attribution(no_doi)

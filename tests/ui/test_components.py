@@ -167,7 +167,7 @@ def test_reusable_filter_round_trips_and_reaches_the_client():
 
 def test_api_attribution_is_used_and_exported_with_authors_and_reuse():
     credit = ('Fig. 3B from "A pathway atlas" by Ada Lovelace, Alan Turing. Viruses (2020). '
-              "https://doi.org/10.1/x (PMC123). License: CC BY "
+              "https://doi.org/10.1/x. PMCID PMC123. License: CC BY "
               "(https://creativecommons.org/licenses/by/4.0/).")
     result = {**RESULT, "attribution": credit, "authors": ["Lovelace, Ada", "Turing, Alan"],
               "reuse": "cc-by: reuse with attribution", "third_party": None}
