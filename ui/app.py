@@ -457,7 +457,7 @@ def render_detail_facts(fig: dict) -> None:
         st.markdown(f"**Reuse:** {c.html.escape(fig['reuse'])}")
     if fig.get("third_party"):
         st.warning(f"Third-party material: {fig['third_party']}")
-    st.markdown("**Attribution** (copy with the button at its right)")
+    st.markdown("**Attribution**")  # st.code has its own copy button
     st.code(c.attribution(fig), language=None, wrap_lines=True)
     render_citation_downloads(fig)
     left, right = st.columns(2)
