@@ -84,7 +84,14 @@ def count(data: Path) -> dict[str, Any]:
             caption_kinds.update(third_party_kinds(statement))
             if len(examples) < 80:
                 examples.append({"where": where, "statement": statement})
-    return {"jats": dict(jats), "jats_statement_kinds": dict(kinds),
+    from indexer.pmc_cloud import citation_authors
+
+    cloud: Counter[str] = Counter()
+    for path in sorted(data.glob("pmc-cloud/**/metadata/*.json")):
+        doc = json.loads(path.read_bytes())
+        cloud["metadata_files"] += 1
+        cloud["citation_gives_an_author"] += bool(citation_authors(str(doc.get("citation") or "")))
+    return {"jats": dict(jats), "pmc_cloud_metadata": dict(cloud), "jats_statement_kinds": dict(kinds),
             "captions": dict(captions), "caption_statement_kinds": dict(caption_kinds),
             "examples": examples}
 

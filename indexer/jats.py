@@ -300,8 +300,11 @@ def _authors(meta: etree._Element | None) -> list[str]:
     if meta is None:
         return out
     for group in _children(meta, "contrib-group"):
+        group_kind = (group.get("content-type") or "author").lower()
         for contrib in _children(group, "contrib"):
-            if (contrib.get("contrib-type") or "author").lower() != "author":
+            kind = (contrib.get("contrib-type") or "author").lower()
+            # "person" in a group of authors (eLife's manuscripts); editors etc. are not
+            if not (kind == "author" or (kind == "person" and group_kind == "author")):
                 continue
             name = next((c for c in contrib.iter("{*}name", "{*}string-name")), None)
             if name is not None:

@@ -321,3 +321,9 @@ def test_attribution_of_other_collections_and_synthetic_figures():
     no_doi = {"label": "Fig. 2", "title": "T", "source": "pmc", "pmcid": "PMC42",
               "license_class": "cc0"}
     assert "PMCID PMC42 (https://pmc.ncbi.nlm.nih.gov/articles/PMC42/)" in attribution(no_doi)
+
+
+def test_persons_of_an_author_group_are_authors(shared_data: Path):
+    """eLife's manuscripts: <contrib-group content-type="author"><contrib contrib-type="person">."""
+    art = parse_article((shared_data / "jats/packages/elife-32671/manuscript.xml").read_bytes())
+    assert art.authors[:2] == ["Yang, Weijian", "Carrillo-Reid, Luis"]
