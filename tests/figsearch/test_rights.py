@@ -327,3 +327,13 @@ def test_persons_of_an_author_group_are_authors(shared_data: Path):
     """eLife's manuscripts: <contrib-group content-type="author"><contrib contrib-type="person">."""
     art = parse_article((shared_data / "jats/packages/elife-32671/manuscript.xml").read_bytes())
     assert art.authors[:2] == ["Yang, Weijian", "Carrillo-Reid, Luis"]
+
+
+def test_keyword_search_with_the_reusable_filter_leaves_out_reprinted_figures(
+        rights_store: FigureStore):
+    figs = _by_fig(rights_store, "PMC9900001")
+    hits = [i for i, _ in rights_store.keyword_search("pathway results", 10)]
+    assert figs["F3"]["id"] in hits and figs["F4"]["id"] in hits
+    reusable = [i for i, _ in rights_store.keyword_search(
+        "pathway results", 10, FigureFilter(reusable_only=True))]
+    assert figs["F3"]["id"] not in reusable and figs["F4"]["id"] in reusable
