@@ -17,6 +17,7 @@ the article.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -99,7 +100,7 @@ def effective_license(fig: Mapping[str, Any]) -> tuple[str, str, str]:
     ``fig`` is a store row (``FigureStore.get_figures``): ``rights_license_*`` are the
     figure's own, ``license_*`` its article's."""
     own = fig.get("rights_license_class")
-    if own:
+    if own is not None:  # as SQL's coalesce(): only NULL defers to the article
         return (str(own), str(fig.get("rights_license_text") or ""),
                 str(fig.get("rights_license_url") or ""))
     return (str(fig.get("license_class") or "none"), str(fig.get("license_text") or ""),
@@ -128,8 +129,6 @@ def authors_of(fig: Mapping[str, Any]) -> list[str]:
     """The article's authors as stored ("Surname, Given" or a group's name)."""
     value = fig.get("authors")
     if isinstance(value, str):
-        import json
-
         try:
             value = json.loads(value) if value else []
         except ValueError:
