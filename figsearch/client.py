@@ -146,6 +146,11 @@ class FigSearchClient:
         """An article and its figures."""
         return self._json("GET", f"/v1/articles/{quote(pmcid, safe='')}")
 
+    def citation(self, pmcid: str, format: str = "bibtex") -> str:
+        """The article's citation: ``bibtex`` (a BibTeX entry) or ``ris`` (an RIS record)."""
+        return self._request("GET", f"/v1/articles/{quote(pmcid, safe='')}/citation",
+                             params={"format": format}).text
+
     def facets(self) -> dict[str, Any]:
         """Journals, figure types, license classes and year range for filter pickers."""
         return self._json("GET", "/v1/facets")

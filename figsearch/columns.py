@@ -16,13 +16,18 @@ file                dtype     meaning
 ``article.npy``     int32     the article's row id (the ``pmcid`` filter: one point query
                               looks the pmcid up, then a comparison)
 ``has_image.npy``   bool      whether the figure has an image
+``rights.npy``      int8      the figure's own rights: 1 reusable, 0 not (a third-party
+                              statement, or its own license is not open), -1 its article's
+                              license decides (no own license, no statement). Optional:
+                              versions written before it answer ``reusable`` through SQL
 ==================  ========  ==============================================================
 
 A filter (:class:`~figsearch.store.FigureFilter`) is evaluated by :meth:`VersionColumns.allowed`
 as a few vectorised comparisons (milliseconds at 15 M rows) into an :class:`AllowedSet`, whose
 semantics equal ``FigureFilter.sql()``: retracted articles' figures are absent from the columns,
 a journal matches case-insensitively as SQLite's (ASCII-only) ``lower()`` does, commercial use
-is a license class in ``COMMERCIAL_CLASSES``, an unknown year passes no year bound. Figure types
+is a license class in ``COMMERCIAL_CLASSES``, ``reusable`` is ``rights == 1`` or
+(``rights == -1`` and the article's class in ``REUSABLE_CLASSES``), an unknown year passes no year bound. Figure types
 come from the version's own ``figure_types.npy`` when it has one (what
 :class:`figsearch.version_data.VersionedStore` filters by), else from the store's
 ``figures.figure_type`` column. Versions without ``columns/`` fall back to the SQL path.
@@ -46,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from figsearch.licenses import COMMERCIAL_CLASSES
+from figsearch.rights import REUSABLE_CLASSES
 from figsearch.store import FigureFilter, FigureStore
 
 COLUMNS_DIR = "columns"
@@ -54,8 +60,10 @@ FORMAT = 1
 #: column name -> dtype, in the order the files are written
 COLUMNS: dict[str, Any] = {
     "ids": np.int64, "year": np.int16, "journal": np.int32, "license": np.int8,
-    "figure_type": np.int8, "article": np.int32, "has_image": np.bool_,
+    "figure_type": np.int8, "article": np.int32, "has_image": np.bool_, "rights": np.int8,
 }
+#: columns a version may lack (written before they existed): filters needing them use SQL
+OPTIONAL_COLUMNS = frozenset({"rights"})
 READ_CHUNK = 100_000  # rows a fetch holds as Python tuples (~15 MB)
 ALLOWED_CACHE_SIZE = 16  # filters whose allowed sets (and their per-index row masks) are kept
 
@@ -280,9 +288,18 @@ def _read_articles(raw: sqlite3.Connection, chunk: int) -> dict[str, Any]:
             "journals": journals, "licenses": licenses}
 
 
+# The figure's own rights as -1/0/1 (see the module doc): REUSABLE_SQL's per-figure half.
+_RIGHTS_CASE = ("CASE WHEN coalesce(third_party, '') != '' THEN 0 "
+                "WHEN rights_license_class IS NULL THEN -1 "
+                f"WHEN rights_license_class IN ({', '.join('?' * len(REUSABLE_CLASSES))}) THEN 1 "
+                "ELSE 0 END")
+
+
 def _read_figures(raw: sqlite3.Connection, chunk: int, with_types: bool
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
-    """(ids, article ids, has_image, store figure-type codes, type vocab) of every figure."""
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                             dict[str, int]]:
+    """(ids, article ids, has_image, store figure-type codes, rights, type vocab) of every
+    figure."""
     types: dict[str, int] = {}
     if with_types:
         names = [r[0] for r in raw.execute(
@@ -292,27 +309,29 @@ def _read_figures(raw: sqlite3.Connection, chunk: int, with_types: bool
     # figure types as integers in SQL (few distinct values): every column read is numeric
     case = ("CASE figure_type " + " ".join(f"WHEN ? THEN {i}" for i in range(len(types)))
             + " ELSE -1 END") if types else "-1"
-    sql = (f"SELECT id, article_id, has_image, {case} FROM figures WHERE id > ? "
-           "ORDER BY id LIMIT ?")
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    sql = (f"SELECT id, article_id, has_image, {case}, {_RIGHTS_CASE} FROM figures "
+           "WHERE id > ? ORDER BY id LIMIT ?")
+    reusable = sorted(REUSABLE_CLASSES)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     last = -1
     while True:
-        rows = raw.execute(sql, (*types, last, chunk)).fetchall()
+        rows = raw.execute(sql, (*types, *reusable, last, chunk)).fetchall()
         if not rows:
             break
         arr = np.fromiter(itertools.chain.from_iterable(rows), np.int64,
-                          count=4 * len(rows)).reshape(-1, 4)
+                          count=5 * len(rows)).reshape(-1, 5)
         del rows
-        # compact per chunk (14 bytes a figure, not 32): the build's peak memory at 15 M
+        # compact per chunk (15 bytes a figure, not 40): the build's peak memory at 15 M
         parts.append((arr[:, 0].copy(), arr[:, 1].astype(np.int32), arr[:, 2].astype(bool),
-                      arr[:, 3].astype(np.int16)))
+                      arr[:, 3].astype(np.int16), arr[:, 4].astype(np.int8)))
         last = int(arr[-1, 0])
     if not parts:
         empty = np.zeros(0, np.int64)
-        return empty, empty.astype(np.int32), empty.astype(bool), empty.astype(np.int16), types
-    cols = [np.concatenate([p[i] for p in parts]) for i in range(4)]
+        return (empty, empty.astype(np.int32), empty.astype(bool), empty.astype(np.int16),
+                empty.astype(np.int8), types)
+    cols = [np.concatenate([p[i] for p in parts]) for i in range(5)]
     parts.clear()
-    return cols[0], cols[1], cols[2], cols[3], types
+    return cols[0], cols[1], cols[2], cols[3], cols[4], types
 
 
 def _version_types(version_dir: Path, type_names: Sequence[str], ids: np.ndarray) -> np.ndarray:
@@ -363,11 +382,13 @@ def write_columns(store: FigureStore, version_dir: Path, *,
         raw.execute("BEGIN")  # one snapshot (WAL) for articles and figures
         try:
             art = _read_articles(raw, chunk)
-            ids, aid, has_image, ftype, types = _read_figures(raw, chunk, not use_version_types)
+            ids, aid, has_image, ftype, rights, types = _read_figures(
+                raw, chunk, not use_version_types)
         finally:
             raw.execute("ROLLBACK")
     live = art["live"][aid]
     ids, aid, has_image, ftype = ids[live], aid[live], has_image[live], ftype[live]
+    rights = rights[live]
     if use_version_types:
         assert type_names is not None
         types = {str(n): i for i, n in enumerate(type_names)}
@@ -377,7 +398,7 @@ def write_columns(store: FigureStore, version_dir: Path, *,
         "ids": ids, "year": art["year"][aid], "journal": art["journal"][aid],
         "license": art["license"][aid].astype(_code_dtype(np.int8, licenses)),
         "figure_type": ftype.astype(_code_dtype(np.int8, types)),
-        "article": aid.astype(np.int32), "has_image": has_image,
+        "article": aid.astype(np.int32), "has_image": has_image, "rights": rights,
     }
     out_dir = version_dir / COLUMNS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -435,7 +456,8 @@ class VersionColumns:
         vocab = json.loads((path / VOCAB_FILE).read_text())
         if int(vocab.get("format", 0)) != FORMAT:
             return None  # written by another format: the SQL path still answers
-        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in COLUMNS}
+        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in COLUMNS
+                  if name not in OPTIONAL_COLUMNS or (path / f"{name}.npy").is_file()}
         n = int(vocab["count"])
         bad = {name: len(arr) for name, arr in arrays.items() if len(arr) != n}
         if bad:
@@ -512,6 +534,12 @@ class VersionColumns:
             if not wanted:
                 return AllowedSet(self.ids, np.zeros(n, bool), n, 0, self)
             tests.append(lambda: _any_equal(a["license"], wanted))
+        if flt.reusable_only:
+            open_codes = [codes["license_class"][c] for c in sorted(REUSABLE_CLASSES)
+                          if c in codes["license_class"]]
+            if "rights" not in a:  # a version written before the rights column
+                return self._from_sql(flt)
+            tests.append(lambda: _reusable(a["rights"], a["license"], open_codes))
         if flt.figure_type:
             code = codes["figure_type"].get(flt.figure_type)
             if code is None:
@@ -535,6 +563,17 @@ class VersionColumns:
             np.logical_and(mask, test(), out=mask)
         return AllowedSet(self.ids, mask, n, columns=self)
 
+    def _from_sql(self, flt: FigureFilter) -> AllowedSet:
+        """``flt`` answered by the store's SQL (a filter this version has no column for),
+        as a set over this version's rows."""
+        if self.store is None:
+            raise ValueError("this version has no rights column: the reusable filter needs "
+                             "VersionColumns.load(..., store=...)")
+        ids = self.ids
+        wanted = self.store.filtered_ids(flt)
+        return AllowedSet(ids, np.isin(ids, wanted, assume_unique=True), self.count,
+                          columns=self)
+
     def _article_ids(self, pmcid: str) -> list[int]:
         """Row ids of the articles with this pmcid (one indexed point query)."""
         if self.store is None:
@@ -544,6 +583,18 @@ class VersionColumns:
             assert raw is not None
             return [int(r[0]) for r in raw.execute(
                 "SELECT id FROM articles WHERE pmcid = ?", (pmcid,))]
+
+
+def _reusable(rights: np.ndarray, license_: np.ndarray, open_codes: Sequence[int]
+              ) -> np.ndarray:
+    """The ``reusable`` filter: the figure's own rights say so (1), or it has none (-1) and
+    its article's license class is one of ``open_codes``."""
+    mask = np.asarray(rights == 1)
+    if open_codes:
+        inherit = np.asarray(rights == -1)
+        np.logical_and(inherit, _any_equal(license_, open_codes), out=inherit)
+        np.logical_or(mask, inherit, out=mask)
+    return mask
 
 
 def _any_equal(col: np.ndarray, values: Sequence[int]) -> np.ndarray:

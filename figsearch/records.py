@@ -24,6 +24,7 @@ class ArticleRecord:
     last_updated: str | None = None
     content_hash: str = ""
     url: str | None = None  # the article's page in its collection (not PMC)
+    authors: list[str] = field(default_factory=list)  # "Surname, Given" or a group's name
 
 
 @dataclass
@@ -43,6 +44,15 @@ class FigureRecord:
     source: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
     url: str | None = None  # the figure's page in its collection (not PMC)
+    # The figure's own rights (figsearch.rights): its <permissions> license (class None: it
+    # has none, the article's governs), copyright statement and holder, and the caption /
+    # <attrib> sentence that marks it as third-party material ("" when none does).
+    rights_license_class: str | None = None
+    rights_license_text: str = ""
+    rights_license_url: str = ""
+    rights_statement: str = ""
+    rights_holder: str = ""
+    third_party: str = ""
 
     @property
     def has_image(self) -> bool:

@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=10, help="results to show (default 10)")
     parser.add_argument("--offset", type=int, default=0, help="results to skip")
     parser.add_argument("--mode", choices=MODES, default="hybrid", help="text search mode")
-    parser.add_argument("--license", choices=("any", "commercial"), default="any",
-                        help="commercial = only licenses allowing commercial reuse")
+    parser.add_argument("--license", choices=("any", "commercial", "reusable"), default="any",
+                        help="commercial = only licenses allowing commercial reuse; reusable = "
+                             "only figures whose own rights allow reuse")
     parser.add_argument("--year-from", type=int, default=None)
     parser.add_argument("--year-to", type=int, default=None)
     parser.add_argument("--no-dedup", action="store_true", help="keep near-duplicate images")
@@ -60,7 +61,8 @@ def command(args: argparse.Namespace) -> int:
 
     settings: Settings = args.settings
     flt = FigureFilter(year_from=args.year_from, year_to=args.year_to,
-                       commercial_only=args.license == "commercial")
+                       commercial_only=args.license == "commercial",
+                       reusable_only=args.license == "reusable")
     from figsearch.serving import open_current
 
     opened = None

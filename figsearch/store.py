@@ -39,8 +39,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from figsearch.licenses import COMMERCIAL_CLASSES
 from figsearch.records import ArticleRecord, FigureRecord
+from figsearch.rights import REUSABLE_CLASSES, third_party_statement
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _now() -> datetime:
@@ -68,6 +69,7 @@ class Article(Base):
     license_class: Mapped[str] = mapped_column(String, default="none", index=True)
     source: Mapped[str] = mapped_column(String, default="")
     url: Mapped[str | None] = mapped_column(String)  # the collection's own article page
+    authors: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")  # JSON list (schema 5)
     last_updated: Mapped[str | None] = mapped_column(String)
     content_hash: Mapped[str] = mapped_column(String, default="")
     retracted: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -103,6 +105,13 @@ class Figure(Base):
     figure_type: Mapped[str | None] = mapped_column(String, index=True)
     figure_type_score: Mapped[float | None] = mapped_column(Float)
     attributes: Mapped[str] = mapped_column(Text, default="{}")  # JSON (synthetic ground truth)
+    # The figure's own rights (schema 5; figsearch.rights): NULL class = the article's governs.
+    rights_license_class: Mapped[str | None] = mapped_column(String)
+    rights_license_text: Mapped[str | None] = mapped_column(Text)
+    rights_license_url: Mapped[str | None] = mapped_column(String)
+    rights_statement: Mapped[str | None] = mapped_column(Text)
+    rights_holder: Mapped[str | None] = mapped_column(Text)
+    third_party: Mapped[str | None] = mapped_column(Text)  # the caption's statement, or NULL
 
     article: Mapped[Article] = relationship(back_populates="figures")
 
@@ -258,11 +267,45 @@ def _add_collection_url_columns(conn: Any) -> None:
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
 
 
+# Rights and citation (schema 5): the article's authors and the figure's own rights. Stores
+# created before it get the columns here and the caption statements of third-party material
+# found in the captions they already hold; figure-level <permissions> and authors need the
+# XML, so they arrive when an article is next ingested (``figsearch ingest --force``).
+RIGHTS_COLUMNS = (
+    ("articles", "authors", "TEXT NOT NULL DEFAULT '[]'"),
+    ("figures", "rights_license_class", "VARCHAR"), ("figures", "rights_license_text", "TEXT"),
+    ("figures", "rights_license_url", "VARCHAR"), ("figures", "rights_statement", "TEXT"),
+    ("figures", "rights_holder", "TEXT"), ("figures", "third_party", "TEXT"),
+)
+# Captions worth a regex (the statements' words; ``lower`` is ASCII-only, "©" is not cased).
+_THIRD_PARTY_LIKE = ("permission", "reprinted", "reproduced", "adapted", "modified", "redrawn",
+                     "©", "(c)", "copyright", "courtesy")
+
+
+def _add_rights_columns(conn: Any) -> None:
+    for table, column, kind in RIGHTS_COLUMNS:
+        present = {row[1] for row in conn.execute(text(f"PRAGMA table_info({table})"))}
+        if column not in present:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+    likes = " OR ".join(f"lower(caption) LIKE :w{i}" for i in range(len(_THIRD_PARTY_LIKE)))
+    rows = conn.execute(text(f"SELECT id, caption FROM figures WHERE {likes}"),
+                        {f"w{i}": f"%{w}%" for i, w in enumerate(_THIRD_PARTY_LIKE)}).all()
+    found = [{"i": int(r[0]), "s": s} for r in rows if (s := third_party_statement(r[1] or ""))]
+    if found:
+        conn.execute(text("UPDATE figures SET third_party = :s WHERE id = :i"), found)
+
+
 # Migrations: version -> SQL statements (or callables taking the connection) that bring the
 # schema from version-1.
 MIGRATIONS: dict[int, list[Any]] = {
     1: FTS_DDL_V1, 2: OCR_FTS_MIGRATION, 3: PMC_VERSIONS_DDL, 4: [_add_collection_url_columns],
+    5: [_add_rights_columns],
 }
+
+#: The ``reusable`` filter over ``figures f JOIN articles a`` (figsearch.rights): no
+#: third-party statement, and the figure's own license, else its article's, is an open one.
+REUSABLE_SQL = ("coalesce(f.third_party, '') = '' AND "
+                "coalesce(f.rights_license_class, a.license_class) IN ({marks})")
 
 
 @dataclass
@@ -276,6 +319,8 @@ class FigureFilter:
     figure_type: str | None = None
     pmcid: str | None = None
     license_class: str | None = None
+    #: only figures whose own rights allow reuse (figsearch.rights.is_reusable)
+    reusable_only: bool = False
 
     def is_empty(self) -> bool:
         """No condition besides "not retracted": the same tests as :meth:`sql` (a year bound
@@ -283,6 +328,7 @@ class FigureFilter:
         return not (
             self.year_from is not None or self.year_to is not None or self.journal
             or self.commercial_only or self.figure_type or self.pmcid or self.license_class
+            or self.reusable_only
         )
 
     def sql(self) -> tuple[str, dict[str, Any]]:
@@ -306,6 +352,11 @@ class FigureFilter:
         if self.license_class:
             clauses.append("a.license_class = :license_class")
             params["license_class"] = self.license_class
+        if self.reusable_only:
+            names = sorted(REUSABLE_CLASSES)
+            clauses.append(REUSABLE_SQL.format(
+                marks=", ".join(f":rc{i}" for i in range(len(names)))))
+            params.update({f"rc{i}": n for i, n in enumerate(names)})
         if self.figure_type:
             clauses.append("f.figure_type = :figure_type")
             params["figure_type"] = self.figure_type
@@ -479,6 +530,7 @@ class FigureStore:
                          "license_url", "license_class", "source", "url", "last_updated",
                          "content_hash"):
                 setattr(art, name, getattr(rec, name))
+            art.authors = json.dumps(rec.authors, ensure_ascii=False)
             art.retracted = False
             art.ingested_at = _now()
             s.flush()
@@ -508,8 +560,12 @@ class FigureStore:
                 if row.sha256 != rec.sha256:
                     row.figure_type, row.figure_type_score = None, None
             for name in ("label", "caption", "image_path", "thumb_path", "width", "height",
-                         "orig_width", "orig_height", "sha256", "source", "url"):
+                         "orig_width", "orig_height", "sha256", "source", "url",
+                         "rights_license_class"):
                 setattr(row, name, getattr(rec, name))
+            for name in ("rights_license_text", "rights_license_url", "rights_statement",
+                         "rights_holder", "third_party"):
+                setattr(row, name, getattr(rec, name) or None)
             row.has_image = rec.has_image
             row.attributes = json.dumps(rec.attributes, sort_keys=True)
 
@@ -598,7 +654,9 @@ class FigureStore:
         "f.figure_type_score, f.attributes, a.pmcid, a.pmid, a.doi, a.title, a.journal, a.year, "
         "a.license_class, a.license_text, a.license_url, a.key AS article_key, "
         "(SELECT o.text FROM figure_ocr o WHERE o.sha256 = f.sha256) AS ocr_text, "
-        "f.url AS figure_page_url, a.url AS article_page_url"
+        "f.url AS figure_page_url, a.url AS article_page_url, a.authors, "
+        "f.rights_license_class, f.rights_license_text, f.rights_license_url, "
+        "f.rights_statement, f.rights_holder, f.third_party"
     )
 
     def get_figures(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -617,6 +675,7 @@ class FigureStore:
                 attrs = d["attributes"]
                 d["attributes"] = json.loads(attrs) if attrs and attrs != "{}" else {}
                 d["has_image"] = bool(d["has_image"])
+                d["authors"] = json.loads(d["authors"]) if d["authors"] else []
                 out[int(d["id"])] = d
         return out
 

@@ -32,8 +32,9 @@ from figsearch.faults import maybe_crash
 from figsearch.imaging import ImageError, store_image
 from figsearch.licenses import normalise_license
 from figsearch.records import ArticleRecord, FigureRecord
+from figsearch.rights import third_party_statement
 from figsearch.store import FigureStore
-from indexer.jats import JatsError, ParsedArticle, parse_article, resolve_graphic
+from indexer.jats import JatsError, ParsedArticle, ParsedFigure, parse_article, resolve_graphic
 from indexer.readers import (
     XML_EXTENSIONS,
     ArticleUnit,
@@ -71,6 +72,7 @@ class Task:
     pmcid: str | None = None  # from a file list, used when the XML lacks one
     license: str = ""  # from a file list, used when the XML has no <license>
     collection: str | None = None  # `--collection`: names articles that are not in PMC
+    authors: list[str] = field(default_factory=list)  # PMC Cloud metadata, if the XML has none
 
 
 @dataclass
@@ -228,8 +230,22 @@ def _article_record(parsed: ParsedArticle, task: Task, key: str, digest: str) ->
         title=parsed.title, journal=parsed.journal, year=parsed.year,
         license_text=license_text, license_url=license_url,
         license_class=normalise_license(license_text, license_url),
-        last_updated=task.last_updated, content_hash=digest,
+        last_updated=task.last_updated, content_hash=digest, authors=list(parsed.authors or task.authors),
     )
+
+
+def _figure_rights(fig: FigureRecord, pf: ParsedFigure) -> None:
+    """The figure's own rights: its ``<permissions>`` and any third-party statement in its
+    caption or ``<attrib>``; a figure-level copyright without a license is third-party too
+    (the article's license does not cover it)."""
+    if pf.has_license:
+        fig.rights_license_class = normalise_license(pf.license_text, pf.license_url)
+        fig.rights_license_text, fig.rights_license_url = pf.license_text, pf.license_url
+    fig.rights_statement, fig.rights_holder = pf.copyright_statement, pf.copyright_holder
+    fig.third_party = third_party_statement(pf.caption, pf.attrib)
+    if not fig.third_party and not pf.has_license and (pf.copyright_statement
+                                                       or pf.copyright_holder):
+        fig.third_party = pf.copyright_statement or f"© {pf.copyright_holder}"
 
 
 def process_unit(unit: ArticleUnit, task: Task) -> Outcome:
@@ -252,6 +268,7 @@ def process_unit(unit: ArticleUnit, task: Task) -> Outcome:
     for pf in parsed.figures:
         fig = FigureRecord(pf.fig_id, pf.label, pf.caption, source=article.source,
                            attributes=pf.attributes)
+        _figure_rights(fig, pf)
         data = images[pf.fig_id]
         if data is not None:
             _store_figure_image(fig, data, f"{unit.item}#{pf.fig_id}", problems, source)
@@ -305,6 +322,7 @@ def process_manifest_group(task: Task) -> Outcome:
         fig = FigureRecord(fig_id, str(row.get("figure_number") or ""),
                            str(row.get("caption") or ""), source=group.collection,
                            url=row.get("url") or None)
+        fig.third_party = third_party_statement(fig.caption)
         item = f"{Path(group.manifest).name}:{group.key}#{fig_id}"
         if data is None:
             problems.append(Problem(group.manifest, item, f"figure kept without image: {why}",

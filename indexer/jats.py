@@ -44,6 +44,14 @@ class ParsedFigure:
     caption: str
     href: str | None
     attributes: dict[str, Any] = field(default_factory=dict)
+    #: the figure's own ``<permissions>`` (empty strings when it has none)
+    license_text: str = ""
+    license_url: str = ""
+    has_license: bool = False
+    copyright_statement: str = ""
+    copyright_holder: str = ""
+    #: the figure's ``<attrib>`` line(s), where JATS puts "Reprinted from …" credits
+    attrib: str = ""
 
 
 @dataclass
@@ -59,6 +67,8 @@ class ParsedArticle:
     year: int | None = None
     license_text: str = ""
     license_url: str = ""
+    #: authors from ``<contrib-group>``: "Surname, Given" per person, a group by its name
+    authors: list[str] = field(default_factory=list)
     synthetic: bool = False
     figures: list[ParsedFigure] = field(default_factory=list)
 
@@ -207,8 +217,28 @@ def parse_figures(root: etree._Element) -> list[ParsedFigure]:
         seen.add(fig_id)
         label = next((flat_text(c) for c in _children(fig, "label")), "")
         caption = next((caption_text(c) for c in _children(fig, "caption")), "")
-        figures.append(ParsedFigure(fig_id, label, caption, _graphic_href(fig), _truth(fig)))
+        parsed = ParsedFigure(fig_id, label, caption, _graphic_href(fig), _truth(fig))
+        _fig_permissions(fig, parsed)
+        parsed.attrib = normalise_space(" ".join(flat_text(a) for a in _children(fig, "attrib")))
+        figures.append(parsed)
     return figures
+
+
+def _fig_permissions(fig: etree._Element, parsed: ParsedFigure) -> None:
+    """The figure's own ``<permissions>`` (a direct child, or inside its ``<caption>`` or
+    ``<graphic>``; never those of a nested element such as a table)."""
+    holders = [fig, *_children(fig, "caption"), *_children(fig, "graphic")]
+    perms = next((p for h in holders for p in _children(h, "permissions")), None)
+    if perms is None:
+        return
+    parsed.copyright_statement = next(
+        (flat_text(c) for c in _children(perms, "copyright-statement")), "")
+    parsed.copyright_holder = next(
+        (flat_text(c) for c in _children(perms, "copyright-holder")), "")
+    lic = next(iter(_children(perms, "license")), None)
+    if lic is not None:
+        parsed.has_license = True
+        parsed.license_text, parsed.license_url = _license_of(lic)
 
 
 def _article_ids(meta: etree._Element | None, art: ParsedArticle) -> None:
@@ -247,6 +277,11 @@ def _license(meta: etree._Element | None, art: ParsedArticle) -> None:
     lic = _first(meta, "license")
     if lic is None:
         return
+    art.license_text, art.license_url = _license_of(lic)
+
+
+def _license_of(lic: etree._Element) -> tuple[str, str]:
+    """(text, url) of one ``<license>``."""
     url = lic.get(XLINK_HREF) or ""
     ref = _first(lic, "license_ref")
     if ref is not None and (ref.text or "").strip():
@@ -255,8 +290,36 @@ def _license(meta: etree._Element | None, art: ParsedArticle) -> None:
         links = (e.get(XLINK_HREF) or "" for e in lic.iter("{*}ext-link", "{*}uri"))
         url = next((u for u in links if "creativecommons.org" in u), "")
     paragraphs = [flat_text(p) for p in lic if _localname(p) == "license-p"]
-    art.license_text = normalise_space(" ".join(paragraphs)) or flat_text(lic)
-    art.license_url = url.strip()
+    return normalise_space(" ".join(paragraphs)) or flat_text(lic), url.strip()
+
+
+def _authors(meta: etree._Element | None) -> list[str]:
+    """Authors of the article, in order: ``contrib[@contrib-type="author"]`` of the
+    article-meta's ``<contrib-group>`` s (not those of sub-articles or references)."""
+    out: list[str] = []
+    if meta is None:
+        return out
+    for group in _children(meta, "contrib-group"):
+        group_kind = (group.get("content-type") or "author").lower()
+        for contrib in _children(group, "contrib"):
+            kind = (contrib.get("contrib-type") or "author").lower()
+            # "person" in a group of authors (eLife's manuscripts); editors etc. are not
+            if not (kind == "author" or (kind == "person" and group_kind == "author")):
+                continue
+            name = next((c for c in contrib.iter("{*}name", "{*}string-name")), None)
+            if name is not None:
+                surname = flat_text(_first(name, "surname"))
+                given = flat_text(_first(name, "given-names"))
+                if surname or given:
+                    out.append(f"{surname}, {given}" if surname and given else surname or given)
+                    continue
+                if flat_text(name):
+                    out.append(flat_text(name))
+                    continue
+            collab = _first(contrib, "collab")
+            if collab is not None and flat_text(collab):
+                out.append(flat_text(collab))
+    return out
 
 
 def _is_synthetic(meta: etree._Element | None) -> bool:
@@ -282,6 +345,7 @@ def parse_article(data: bytes) -> ParsedArticle:
     art.journal = flat_text(_first(root, "journal-title"))
     art.year = _year(meta)
     _license(meta, art)
+    art.authors = _authors(meta)
     art.synthetic = _is_synthetic(meta)
     art.figures = parse_figures(root)
     return art

@@ -168,10 +168,29 @@ class VersionMeta:
     xml: ObjectRef | None
     media: list[ObjectRef] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # media entries refused
+    citation: str = ""  # "Vikas Vikram Singh, et al. PLoS One. 2013;8(4):e62845."
 
     @property
     def license_class(self) -> str:
         return normalise_license(self.license_code)
+
+    @property
+    def authors(self) -> list[str]:
+        """The authors the ``citation`` names (its first author, and "et al." when it says
+        so): what an article gets when its XML has no ``<contrib-group>``."""
+        return citation_authors(self.citation)
+
+
+_CITATION_AUTHOR = re.compile(r"^\s*([^.,;]+?(?:\s+[A-Z]\.)*(?:\s+[^.,;\s]+)?)(,\s*et al\.|[.,])")
+
+
+def citation_authors(citation: str) -> list[str]:
+    """``"Vikas Vikram Singh, et al. PLoS One. 2013;…"`` -> ``["Vikas Vikram Singh", "et al."]``;
+    ``[]`` when the citation does not start with a name."""
+    m = _CITATION_AUTHOR.match(citation or "")
+    if not m or not any(ch.isalpha() for ch in m.group(1)):
+        return []
+    return [m.group(1).strip(), *(["et al."] if "et al" in m.group(2) else [])]
 
 
 def parse_object_url(url: Any, version_key: str, buckets: Iterable[str]) -> ObjectRef:
@@ -220,6 +239,7 @@ def parse_metadata(data: bytes, version_key: str, buckets: Iterable[str]) -> Ver
         _flag(doc, "is_pmc_openaccess"), _flag(doc, "is_manuscript"),
         _flag(doc, "is_historical_ocr"), _flag(doc, "is_retracted"),
         parse_object_url(doc["xml_url"], version_key, buckets) if doc.get("xml_url") else None,
+        citation=str(doc.get("citation") or "") if isinstance(doc.get("citation"), str) else "",
     )
     media = doc.get("media_urls") or []
     if not isinstance(media, list):
@@ -605,7 +625,8 @@ class Planner:
         plan.rows.append(_row(vk, etag, inventory, "ingested"))
         plan.rows += self._older(meta, versions, inventory)
         plan.task = CloudTask(str(folder), last_updated=etag, pmcid=meta.pmcid,
-                              license=meta.license_code, version_key=vk, source_url=url,
+                              license=meta.license_code, authors=meta.authors,
+                              version_key=vk, source_url=url,
                               refused=refused, rows=plan.rows)
         return plan
 

@@ -112,7 +112,8 @@ def uploader_key() -> str:
 def load_state(state: c.ViewState, facets: c.Facets) -> None:
     """Put a view into the widgets' session state (before the widgets are drawn)."""
     ss = st.session_state
-    for name in ("q", "mode", "journal", "commercial", "figure_type", "k", "page", "fig", "similar"):
+    for name in ("q", "mode", "journal", "commercial", "reusable", "figure_type", "k", "page",
+                 "fig", "similar"):
         ss[name] = getattr(state, name)
     ss["year_from"], ss["year_to"] = state.year_from, state.year_to
     if facets.year_min is not None and facets.year_max is not None:
@@ -147,7 +148,8 @@ def read_state(facets: c.Facets) -> c.ViewState:
     return c.ViewState(
         q=(ss.get("q") or "").strip(), mode=ss.get("mode") or "hybrid",
         year_from=year_from, year_to=year_to, journal=ss.get("journal") or ALL,
-        commercial=bool(ss.get("commercial")), figure_type=ss.get("figure_type") or ALL,
+        commercial=bool(ss.get("commercial")), reusable=bool(ss.get("reusable")),
+        figure_type=ss.get("figure_type") or ALL,
         k=ss.get("k") or c.DEFAULT_K, page=ss.get("page") or 1,
         fig=ss.get("fig"), similar=ss.get("similar"),
     )
@@ -209,7 +211,8 @@ def go_to_page(page: int) -> None:
 
 def reset_filters() -> None:
     ss = st.session_state
-    ss.update(journal=ALL, figure_type=ALL, commercial=False, year_from=None, year_to=None)
+    ss.update(journal=ALL, figure_type=ALL, commercial=False, reusable=False, year_from=None,
+              year_to=None)
     ss.pop("years", None)
     restart_paging()
 
@@ -251,6 +254,10 @@ def render_sidebar(facets: c.Facets, url: str) -> None:
                 "Only figures the classifier put in this type.")
         st.toggle("Commercial-use licenses only", key="commercial", on_change=restart_paging,
                   help="CC0, public domain, CC BY, CC BY-SA and CC BY-ND.")
+        st.toggle("Reusable figures only", key="reusable", on_change=restart_paging,
+                  help="The figure's own rights: an open license (its own, else its "
+                       "article's) and no 'reprinted with permission', 'adapted from', '©' or "
+                       "'courtesy of' statement. Takes the place of the commercial-use filter.")
         st.select_slider("Results per page", c.PAGE_SIZES, key="k", on_change=restart_paging)
         st.button("Reset filters", on_click=reset_filters, width="stretch")
         st.divider()
@@ -446,8 +453,13 @@ def render_detail_facts(fig: dict) -> None:
         badges += f' <a href="{c.html.escape(fig["license_url"], quote=True)}">license text</a>'
     st.markdown(badges, unsafe_allow_html=True)
     render_links(fig)
-    st.markdown("**Attribution**")
+    if fig.get("reuse"):
+        st.markdown(f"**Reuse:** {c.html.escape(fig['reuse'])}")
+    if fig.get("third_party"):
+        st.warning(f"Third-party material: {fig['third_party']}")
+    st.markdown("**Attribution**")  # st.code has its own copy button
     st.code(c.attribution(fig), language=None, wrap_lines=True)
+    render_citation_downloads(fig)
     left, right = st.columns(2)
     # Buttons in a dialog rerun only the dialog; st.rerun() refreshes the page behind it.
     if left.button("Find similar figures", key="detail_similar", on_click=show_similar,
@@ -455,6 +467,29 @@ def render_detail_facts(fig: dict) -> None:
         st.rerun()
     if right.button("Close", key="close_detail", on_click=close_detail, width="stretch"):
         st.rerun()
+
+
+@st.cache_data(ttl=300, show_spinner=False, max_entries=64)
+def fetch_citation(url: str, pmcid: str, fmt: str) -> str:
+    return get_client(url).citation(pmcid, fmt)
+
+
+def render_citation_downloads(fig: dict) -> None:
+    """BibTeX and RIS of the figure's article, as downloads (nothing for other collections'
+    articles without a PMCID, or from an API without the citation route)."""
+    pmcid = fig.get("pmcid")
+    if not pmcid or not hasattr(get_client(api_url()), "citation"):
+        return
+    cols = st.columns(2)
+    for col, (fmt, ext, mime) in zip(cols, (("bibtex", "bib", "application/x-bibtex"),
+                                            ("ris", "ris", "application/x-research-info-systems")),
+                                     strict=True):
+        try:
+            data = fetch_citation(api_url(), pmcid, fmt)
+        except FigSearchError:
+            continue
+        col.download_button(f"{ext.upper()} citation", data, file_name=f"{pmcid}.{ext}",
+                            mime=mime, key=f"cite_{fmt}", width="stretch")
 
 
 def load_figure(url: str, figure_id: int) -> dict | None:

@@ -40,7 +40,7 @@ LICENSE_NAMES = {
 EXPORT_COLUMNS = (
     "rank", "id", "score", "label", "figure_type", "caption", "title", "journal", "year",
     "pmcid", "doi", "license", "license_url", "article_url", "figure_url", "image_url",
-    "thumbnail_url", "source", "attribution",
+    "thumbnail_url", "source", "authors", "reuse", "third_party", "attribution",
 )
 
 
@@ -61,6 +61,7 @@ class ViewState:
     year_to: int | None = None
     journal: str = ""
     commercial: bool = False
+    reusable: bool = False  # the figure's own rights allow reuse (API license=reusable)
     figure_type: str = ""
     k: int = DEFAULT_K
     page: int = 1
@@ -80,6 +81,7 @@ class ViewState:
             year_to=_int_or_none(params.get("year_to")),
             journal=params.get("journal", "").strip(),
             commercial=params.get("commercial", "") in {"1", "true", "yes"},
+            reusable=params.get("reusable", "") in {"1", "true", "yes"},
             figure_type=params.get("type", "").strip(),
             k=k if k in PAGE_SIZES else DEFAULT_K,
             page=page if page and page > 0 else 1,
@@ -92,7 +94,8 @@ class ViewState:
         values: dict[str, Any] = {
             "q": self.q, "mode": self.mode if self.mode != "hybrid" else "",
             "year_from": self.year_from, "year_to": self.year_to, "journal": self.journal,
-            "commercial": "1" if self.commercial else "", "type": self.figure_type,
+            "commercial": "1" if self.commercial else "",
+            "reusable": "1" if self.reusable else "", "type": self.figure_type,
             "k": self.k if self.k != DEFAULT_K else None,
             "page": self.page if self.page > 1 else None,
             "similar": self.similar, "fig": self.fig,
@@ -105,7 +108,8 @@ class ViewState:
             "year_from": self.year_from,
             "year_to": self.year_to,
             "journal": self.journal or None,
-            "license": "commercial" if self.commercial else None,
+            # one license filter at a time: "reusable" (the figure's own rights) wins
+            "license": "reusable" if self.reusable else "commercial" if self.commercial else None,
             "figure_type": self.figure_type or None,
         }
 
@@ -243,11 +247,16 @@ def figure_number(label: str | None) -> str:
 
 
 def attribution(fig: Mapping[str, Any]) -> str:
-    """One-line credit: "Figure k from <title>, <journal> <year>, PMCID …, licensed <license>".
+    """One-line credit: the API's own ``attribution`` (label, title, authors, journal, year,
+    DOI / PMCID link, the figure's license with its URL, or its third-party rights holder).
 
-    Figures of other collections name the collection and link the figure's own page instead
-    of a PMCID: "…, doi:…, <collection> collection (<figure url>), licensed …".
+    Results of an older API without one: "Figure k from <title>, <journal> <year>, PMCID …,
+    licensed <license>"; figures of other collections name the collection and link the
+    figure's own page instead of a PMCID: "…, doi:…, <collection> collection (<figure
+    url>), licensed …".
     """
+    if fig.get("attribution"):
+        return str(fig["attribution"])
     number = figure_number(fig.get("label"))
     parts = [f"Figure {number}" if number else (fig.get("label") or "Figure")]
     title = (fig.get("title") or "").strip().rstrip(".") or "an untitled article"
@@ -332,7 +341,8 @@ def results_to_csv(results: Iterable[Mapping[str, Any]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for result in results:
-        row = {**result, "attribution": attribution(result)}
+        row = {**result, "attribution": attribution(result),
+               "authors": "; ".join(result.get("authors") or [])}
         writer.writerow({col: _csv_cell(row.get(col)) for col in EXPORT_COLUMNS})
     return buffer.getvalue()
 

@@ -90,8 +90,8 @@ def build_filter(
     license = license or "any"
     return FigureFilter(
         year_from=year_from, year_to=year_to, journal=(journal or "").strip() or None,
-        commercial_only=license == "commercial",
-        license_class=None if license in ("any", "commercial") else license,
+        commercial_only=license == "commercial", reusable_only=license == "reusable",
+        license_class=None if license in ("any", "commercial", "reusable") else license,
         figure_type=figure_type or None, pmcid=(pmcid or "").strip() or None,
     )
 
@@ -103,7 +103,9 @@ async def search_filters(
     journal: Annotated[str | None, Query(max_length=300, description="Journal (exact, any case).")] = None,
     license: Annotated[
         LicenseParam | None,
-        Query(description="`commercial` = reuse allowed commercially; `any`; or one class."),
+        Query(description="`commercial` = the article's license allows commercial reuse; "
+                          "`reusable` = the figure's own rights allow reuse (open license, no "
+                          "third-party statement); `any`; or one class."),
     ] = None,
     figure_type: Annotated[
         str | None, Query(max_length=100, description="Figure type (see /v1/facets).")

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from figsearch import timing
 from figsearch.api.schemas import FigureDetail, SearchResponse, SearchResult
 from figsearch.links import article_url, figure_url
+from figsearch.rights import attribution, effective_license, is_reusable, reuse
 from figsearch.search import SearchPage
 
 
@@ -26,13 +27,20 @@ def links(figure: dict[str, Any], base_url: str) -> dict[str, str | None]:
 
 
 def _common(figure: dict[str, Any], base_url: str) -> dict[str, Any]:
+    license_class, _text, license_url = effective_license(figure)
     return {
         "id": int(figure["id"]), "label": figure.get("label") or "",
         "caption": figure.get("caption") or "", "figure_type": figure.get("figure_type"),
         "figure_type_score": figure.get("figure_type_score"), "pmcid": figure.get("pmcid"),
         "title": figure.get("title") or "", "journal": figure.get("journal") or "",
-        "year": figure.get("year"), "license": figure.get("license_class") or "none",
-        "license_url": figure.get("license_url") or None, "doi": figure.get("doi"),
+        "year": figure.get("year"), "license": license_class,
+        "license_url": license_url or None, "article_license": figure.get("license_class") or "none",
+        "figure_license": figure.get("rights_license_class") or None,
+        "rights_statement": figure.get("rights_statement") or None,
+        "rights_holder": figure.get("rights_holder") or None,
+        "third_party": figure.get("third_party") or None, "reuse": reuse(figure),
+        "reusable": is_reusable(figure), "authors": list(figure.get("authors") or []),
+        "attribution": attribution(figure), "doi": figure.get("doi"),
         "source": figure.get("source") or "", **links(figure, base_url),
     }
 
@@ -77,7 +85,7 @@ def figure_detail(figure: dict[str, Any], base_url: str, in_index: bool) -> Figu
     return FigureDetail(
         fig_id=str(figure.get("fig_id") or ""), width=figure.get("width"),
         height=figure.get("height"), has_image=bool(figure.get("has_image")),
-        license_text=figure.get("license_text"), pmid=figure.get("pmid"), in_index=in_index,
+        license_text=effective_license(figure)[1] or None, pmid=figure.get("pmid"), in_index=in_index,
         attributes=figure.get("attributes") or {}, ocr_text=figure.get("ocr_text"),
         **_common(figure, base_url),
     )

@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from figsearch.licenses import LICENSE_CLASSES
 
 Mode = Literal["hybrid", "dense", "keyword", "caption"]
-#: ``any`` = no license filter, ``commercial`` = classes allowing commercial reuse, else one class.
-LICENSE_CHOICES = ("any", "commercial", *LICENSE_CLASSES)
+#: ``any`` = no license filter, ``commercial`` = classes allowing commercial reuse,
+#: ``reusable`` = figures whose own rights allow reuse (figsearch.rights), else one class.
+LICENSE_CHOICES = ("any", "commercial", "reusable", *LICENSE_CLASSES)
 MAX_BATCH_QUERIES = 32
 
 
@@ -56,8 +57,38 @@ class FigureBase(FigureLinks):
     title: str = Field(description="Article title.")
     journal: str
     year: int | None
-    license: str = Field(description="License class, e.g. cc-by, cc-by-nc, none.")
-    license_url: str | None
+    license: str = Field(
+        description="License class that governs the figure, e.g. cc-by, cc-by-nc, none: the "
+                    "figure's own (`figure_license`) when its JATS <fig> has <permissions> with a "
+                    "license, else the article's (`article_license`).")
+    license_url: str | None = Field(description="URL of that license.")
+    article_license: str = Field("none", description="The article's license class.")
+    figure_license: str | None = Field(
+        None, description="The figure's own license class (<fig><permissions>); null: none.")
+    rights_statement: str | None = Field(
+        None, description="The figure's own copyright statement (<fig><permissions>).")
+    rights_holder: str | None = Field(
+        None, description="The figure's own copyright holder (<fig><permissions>).")
+    third_party: str | None = Field(
+        None, description="The caption's (or <attrib>'s) sentence saying the figure is someone "
+                          "else's material (\"Reprinted with permission from …\", \"Adapted "
+                          "from …\", \"© …\", \"Courtesy of …\"); null when none does.")
+    reuse: str = Field(
+        "unknown: no reuse license found",
+        description="May the figure be reused, in words: `<license>: <terms>` (e.g. `cc-by: "
+                    "reuse with attribution`), `third-party: ask the rights holder`, or "
+                    "`unknown: no reuse license found`.",
+        examples=["cc-by: reuse with attribution"])
+    reusable: bool = Field(
+        False, description="Whether the `reusable` license filter lets the figure through: "
+                           "an open license and no third-party statement.")
+    authors: list[str] = Field(
+        default_factory=list,
+        description="The article's authors (JATS contrib-group): \"Surname, Given\" or a group.")
+    attribution: str = Field(
+        "", description="Ready credit line: figure label, title, authors, journal, year, DOI "
+                        "(and PMCID) link, license with its URL; third-party figures name "
+                        "their rights holder instead.")
     doi: str | None
     source: str = Field(
         description="The figure's collection: pmc, synthetic, publisher, or the name a JSONL "
@@ -123,6 +154,9 @@ class ArticleResponse(BaseModel):
     license_url: str | None
     source: str
     article_url: str | None
+    authors: list[str] = Field(default_factory=list)
+    bibtex: str = Field("", description="BibTeX @article entry of the article.")
+    ris: str = Field("", description="RIS record of the article.")
     figures: list[FigureDetail]
 
 

@@ -19,6 +19,8 @@ RESULT_FIELDS = {
     "id", "rank", "score", "label", "caption", "caption_highlighted", "figure_type",
     "figure_type_score", "thumbnail_url", "image_url", "pmcid", "article_url", "figure_url",
     "title", "journal", "year", "license", "license_url", "doi", "source", "ocr_snippet",
+    "article_license", "figure_license", "rights_statement", "rights_holder", "third_party",
+    "reuse", "reusable", "authors", "attribution",
 }
 RESPONSE_FIELDS = {"query", "mode", "k", "offset", "index_version", "took_ms", "results"}
 
@@ -84,6 +86,23 @@ def test_filters_and_paging(client):
     assert {h["figure_type"] for h in typed["results"]} == {"chart/plot"}
     known_but_absent = client.get("/v1/search", params={"q": "x", "figure_type": "CT"})
     assert known_but_absent.status_code == 200 and known_but_absent.json()["results"] == []
+
+
+def test_reusable_license_filter(client):
+    """``license=reusable``: only figures whose own rights allow reuse (here all of the open
+    ones, non-commercial included: no fixture figure has rights of its own)."""
+    every = client.get("/v1/search", params={"q": "pathway", "k": 50, "mode": "keyword"}).json()
+    r = client.get("/v1/search", params={"q": "pathway", "k": 50, "mode": "keyword",
+                                         "license": "reusable"})
+    assert r.status_code == 200
+    hits = r.json()["results"]
+    assert hits and all(h["reusable"] and h["reuse"].endswith("attribution") or
+                        h["reuse"] == "cc0: free to reuse" for h in hits)
+    assert {h["id"] for h in hits} == {h["id"] for h in every["results"] if h["reusable"]}
+    assert any(h["license"] == "cc-by-nc" for h in hits)
+    hit = hits[0]
+    assert hit["attribution"].startswith(hit["label"] or "Figure")
+    assert "License: CC BY" in hit["attribution"]
 
 
 def test_batch_text_and_vector_queries(client):

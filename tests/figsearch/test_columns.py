@@ -27,6 +27,9 @@ JOURNALS = ["J Test", "j test", "Nature", "NATURE", "Cell Reports", "Émile Jour
             ""]
 LICENSES = ["cc-by", "cc-by", "cc-by-nc", "cc0", "cc-by-nd", "none", "public-domain", "cc-by-sa"]
 TYPES = ["chart/plot", "microscopy", "diagram/pathway", "photograph", None]
+#: (the figure's own license class, third-party statement): mostly none of either
+RIGHTS = [(None, None)] * 6 + [("cc0", None), ("other", None), ("none", None), (None, ""),
+                               (None, "Reprinted with permission."), ("cc-by", "© Elsevier")]
 N_ARTICLES = 400
 FIGS_PER_ARTICLE = 3
 
@@ -56,6 +59,11 @@ def fill(store: FigureStore, seed: int = 0) -> None:
     conn.executemany(
         "INSERT INTO figures(id, key, article_id, fig_id, label, caption, has_image, source, "
         "figure_type, attributes) VALUES (?, ?, ?, ?, 'Figure', ?, ?, 'test', ?, '{}')", figs)
+    # figures' own rights (the reusable filter): own licenses, open or not, third-party
+    # statements, and an empty statement (not third-party)
+    rights = [(RIGHTS[int(rng.integers(0, len(RIGHTS)))], fid) for fid, *_ in figs]
+    conn.executemany("UPDATE figures SET rights_license_class = ?, third_party = ? WHERE id = ?",
+                     [(lc, tp, fid) for (lc, tp), fid in rights])
     conn.commit()
     conn.close()
 
@@ -89,6 +97,10 @@ FILTERS = [
     FigureFilter(year_from=2000, journal="nature", commercial_only=True),
     FigureFilter(year_to=2015, figure_type="chart/plot", license_class="cc-by"),
     FigureFilter(journal="j test", figure_type="photograph", year_from=2001, year_to=2020),
+    FigureFilter(reusable_only=True),
+    FigureFilter(reusable_only=True, license_class="none"),  # own cc0 figures of "none" articles
+    FigureFilter(reusable_only=True, commercial_only=True, year_from=2010),
+    FigureFilter(reusable_only=True, journal="nature", figure_type="microscopy"),
 ]
 
 
@@ -139,9 +151,11 @@ def test_columns_files_dtypes_and_cache(filled: FigureStore, tmp_path: Path):
     cols = VersionColumns.load(tmp_path / "v", store=filled)
     assert cols is not None
     dtypes = {n: str(cols.column(n).dtype) for n in ("ids", "year", "journal", "license",
-                                                       "figure_type", "article", "has_image")}
+                                                       "figure_type", "article", "has_image",
+                                                       "rights")}
     assert dtypes == {"ids": "int64", "year": "int16", "journal": "int32", "license": "int8",
-                      "figure_type": "int8", "article": "int32", "has_image": "bool"}
+                      "figure_type": "int8", "article": "int32", "has_image": "bool",
+                      "rights": "int8"}
     assert isinstance(cols.ids, np.memmap)
     with filled.engine.connect() as conn:
         with_image = {r[0] for r in conn.execute(text("SELECT id FROM figures WHERE has_image"))}

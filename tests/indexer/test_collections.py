@@ -122,7 +122,7 @@ def test_non_pmc_figures_are_searched_with_their_own_links(collection_settings):
                                                                  "pmc"}
     line = c.attribution(zebra)
     assert "zebralab collection (" + ZEBRA_URL + "zl-001)" in line and "PMCID" not in line
-    assert "doi:10.1234/zl.1" in line
+    assert "https://doi.org/10.1234/zl.1" in line  # the API's attribution (issue #26)
     assert c.link_buttons(zebra)[:2] == [("Article (zebralab)", zebra["article_url"]),
                                          ("Figure in zebralab", zebra["figure_url"])]
     assert c.link_buttons(pmc)[0] == ("Article in PMC", pmc["article_url"])

@@ -228,3 +228,19 @@ def test_unreachable_api_is_reported(monkeypatch):
 def _param(at: AppTest, name: str) -> str | None:
     value = at.query_params.get(name)
     return value[0] if isinstance(value, list) else value
+
+
+def test_reusable_filter_and_the_detail_views_rights(app, client):
+    """The "reusable" toggle asks the API for license=reusable; the detail view says how the
+    figure may be reused and copies the API's own attribution (issue #26)."""
+    run_with(app, q="pathway", k="48")
+    app.toggle(key="reusable").set_value(True).run()
+    assert _param(app, "reusable") == "1"
+    expected = client.search("pathway", k=48, license="reusable")["results"]
+    assert card_ids(app) == [r["id"] for r in expected] and expected
+    fid = expected[0]["id"]
+    app.button(key=f"detail_{fid}").click().run()
+    figure = client.figure(fid)
+    assert app.code[0].value == figure["attribution"]
+    assert any(f"**Reuse:** {figure['reuse']}" == m.value for m in app.markdown)
+    assert not app.exception  # the BibTeX / RIS downloads fetched their files

@@ -88,7 +88,7 @@ def test_search_filter_detail_and_upload_in_a_browser(api_url, browser_page, tmp
         page.locator(f".st-key-detail_{real['id']} button").click()
         expect(page).to_have_url(re.compile(rf"[?&]fig={real['id']}\b"))
         dialog = page.get_by_role("dialog")
-        expect(dialog.get_by_text("Attribution")).to_be_visible()
+        expect(dialog.get_by_text("Attribution", exact=True).first).to_be_visible()
         link = dialog.get_by_role("link", name="Article in PMC")
         expect(link).to_have_attribute("href", real["article_url"])
         assert "pmc.ncbi.nlm.nih.gov/articles/PMC" in real["article_url"]
@@ -102,7 +102,7 @@ def test_search_filter_detail_and_upload_in_a_browser(api_url, browser_page, tmp
         expect(page.get_by_role("dialog")).to_have_count(0)
         expect(page.locator(".fs-card").first).to_be_visible()
         page.go_forward()  # ... and forward opens the figure again
-        expect(page.get_by_role("dialog").get_by_text("Attribution")).to_be_visible()
+        expect(page.get_by_role("dialog").get_by_text("Attribution", exact=True).first).to_be_visible()
         page.keyboard.press("Escape")
         expect(page.get_by_role("dialog")).to_have_count(0)
         expect(page).not_to_have_url(re.compile(r"fig="))

@@ -156,3 +156,22 @@ def test_card_shows_the_matched_in_figure_text_safely():
     assert "EGFR · <mark>MAPK1</mark> · &lt;img onerror=x&gt;" in card and "<img onerror" not in card
     assert "fs-ocr" not in c.result_card_html({**RESULT, "ocr_snippet": ""})
     assert c.ocr_line("EGFR\nMAPK1") == ""  # nothing matched: nothing shown
+
+
+def test_reusable_filter_round_trips_and_reaches_the_client():
+    state = c.ViewState(q="x", reusable=True, commercial=True)
+    assert state.to_params()["reusable"] == "1"
+    assert c.ViewState.from_params(state.to_params()) == state
+    assert state.filters()["license"] == "reusable"  # the figure's own rights win
+
+
+def test_api_attribution_is_used_and_exported_with_authors_and_reuse():
+    credit = ('Fig. 3B from "A pathway atlas" by Ada Lovelace, Alan Turing. Viruses (2020). '
+              "https://doi.org/10.1/x. PMCID PMC123. License: CC BY "
+              "(https://creativecommons.org/licenses/by/4.0/).")
+    result = {**RESULT, "attribution": credit, "authors": ["Lovelace, Ada", "Turing, Alan"],
+              "reuse": "cc-by: reuse with attribution", "third_party": None}
+    assert c.attribution(result) == credit
+    row = next(csv.DictReader(io.StringIO(c.results_to_csv([result]))))
+    assert row["attribution"] == credit and row["authors"] == "Lovelace, Ada; Turing, Alan"
+    assert row["reuse"] == "cc-by: reuse with attribution" and row["third_party"] == ""
