@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 
 from figsearch.api.deps import BaseUrlDep, StateDep, StoreDep
 from figsearch.api.present import figure_detail
@@ -19,9 +19,11 @@ CITATION_TYPES = {"bibtex": ("application/x-bibtex", "bib"),
 
 
 @router.get(
-    "/{pmcid:path}/citation", response_class=PlainTextResponse,
-    responses={404: {"model": ErrorResponse, "description": "No such article"},
-               200: {"content": {t: {} for t, _ in CITATION_TYPES.values()}}},
+    "/{pmcid:path}/citation", response_class=Response,
+    responses={404: {"model": ErrorResponse, "description": "No such article",
+                     "content": {"application/json": {}}},
+               200: {"content": {t: {"schema": {"type": "string"}}
+                                 for t, _ in CITATION_TYPES.values()}}},
     summary="The article's citation as BibTeX or RIS (a file to import in a reference manager)",
 )
 def get_citation(
