@@ -143,7 +143,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return {
         "factory": manifest["factory"], "caption_factory":
             read_manifest(new / CAPTIONS_DIR)["factory"],
-        "full_build_s": round(full_s, 1), "delta_s": round(delta_s, 1),
+        "full_build_s": round(full_s, 3), "delta_s": round(delta_s, 3),
         "delta_image_s": image["total"], "delta_captions_s": capt["total"],
         "image_plan_s": image["plan"], "image_copy_s": image["copy"],
         "image_faiss_s": image["faiss"], "image_write_s": image["write"],
