@@ -24,10 +24,12 @@ would force any engine, to visit every caption.
 Fields: ``text``, the figure's whole text (caption, label, article title, in-figure text) as one
 field, and each of those four alone (``caption``, ``label``, ``title``, ``ocr``); a query's score
 is BM25 over ``text`` plus, per field, its BM25 there times ``Settings.keyword_weights`` (default:
-title 0.3). One BM25 over the whole text normalises by the figure's whole length, as FTS5 did;
+none). One BM25 over the whole text normalises by the figure's whole length, as FTS5 did;
 per-field BM25 alone punished figures with long in-figure text (a field most figures lack has a
-short average length) and lost 0.03-0.05 MRR on the real-figure queries, while whole text +
-title beat FTS5 on both splits (dev and test; docs/benchmarks.md). ``id`` (the figure id, a fast
+short average length) and lost 0.03-0.05 MRR on the real-figure queries, while the whole text
+beat FTS5 on both splits (docs/scale.md). A boosted field clause would add 0.002 keyword MRR on
+the dev split (title 0.3; the default mode ties) but takes block-max WAND's pure term disjunction
+away: 38 instead of 24 ms p50 at 15 M figures. ``id`` (the figure id, a fast
 field read without touching stored documents); and the filter fields ``year``, ``journal``
 (lower-cased), ``license`` (class) and ``pmcid``, which narrow a selective filter inside the
 engine (:meth:`KeywordIndex.search`).
@@ -64,7 +66,7 @@ TEXT_FIELDS = FTS_COLUMNS  # caption, label, title, ocr
 WHOLE_TEXT = "text"
 #: BM25 weight of the whole text and of each field alone (``Settings.keyword_weights``).
 DEFAULT_WEIGHTS: dict[str, float] = {WHOLE_TEXT: 1.0, "caption": 0.0, "label": 0.0,
-                                     "title": 0.3, "ocr": 0.0}
+                                     "title": 0.0, "ocr": 0.0}
 ANALYZER = "figsearch"
 MAX_QUERY_TERMS = 32
 #: A filter passing at least this share of figures is applied after ranking (over-fetch, then
