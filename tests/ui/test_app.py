@@ -149,7 +149,8 @@ def test_similar_and_detail_from_a_result(app, client):
     figure = client.figure(other)
     assert {b.proto.url for b in app.link_button} >= {figure["article_url"], figure["figure_url"]}
     attribution = app.code[0].value
-    assert attribution.startswith("Figure ") and f"PMCID {figure['pmcid']}" in attribution
+    label = (figure["label"] or "").strip() or "Figure"  # the figure's own label, e.g. "FIG 6"
+    assert attribution.startswith(f"{label} from ") and f"PMCID {figure['pmcid']}" in attribution
     assert figure["title"].rstrip(".") in attribution
     assert app.image[0].value[0] == figure["image_url"]
     app.button(key="close_detail").click().run()
