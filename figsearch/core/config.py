@@ -245,23 +245,14 @@ class Settings(BaseSettings):
     def _known_fts_columns(cls, value: dict[str, float]) -> dict[str, float]:
         from figsearch.store import FTS_COLUMNS
 
-        unknown = sorted(set(value) - set(FTS_COLUMNS))
-        if unknown:
-            raise ValueError(f"unknown column(s) {unknown}; the columns are {list(FTS_COLUMNS)}")
-        if any(w < 0 for w in value.values()):
-            raise ValueError("BM25 weights must not be negative")
-        return value
+        return _bm25_weights(value, list(FTS_COLUMNS), "column")
 
     @field_validator("keyword_weights")
     @classmethod
     def _known_keyword_fields(cls, value: dict[str, float]) -> dict[str, float]:
         from figsearch.keyword_index import DEFAULT_WEIGHTS
 
-        unknown = sorted(set(value) - set(DEFAULT_WEIGHTS))
-        if unknown:
-            raise ValueError(f"unknown field(s) {unknown}; the fields are {list(DEFAULT_WEIGHTS)}")
-        if any(w < 0 for w in value.values()):
-            raise ValueError("BM25 weights must not be negative")
+        _bm25_weights(value, list(DEFAULT_WEIGHTS), "field")
         if not any({**DEFAULT_WEIGHTS, **value}.values()):
             raise ValueError("at least one keyword field needs a weight above 0")
         return value
@@ -281,6 +272,16 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+
+def _bm25_weights(value: dict[str, float], known: list[str], what: str) -> dict[str, float]:
+    """``value`` when it names only ``known`` keys with weights >= 0, else a ValueError."""
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {unknown}; the {what}s are {known}")
+    if any(w < 0 for w in value.values()):
+        raise ValueError("BM25 weights must not be negative")
+    return value
 
 
 @lru_cache
