@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -50,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from figsearch.datadir import fsync_path
 from figsearch.licenses import COMMERCIAL_CLASSES
 from figsearch.rights import REUSABLE_CLASSES
 from figsearch.store import FigureFilter, FigureStore
@@ -352,12 +352,6 @@ def _version_types(version_dir: Path, type_names: Sequence[str], ids: np.ndarray
     return out
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_columns(store: FigureStore, version_dir: Path, *,
@@ -416,8 +410,8 @@ def write_columns(store: FigureStore, version_dir: Path, *,
     (out_dir / VOCAB_FILE).write_text(json.dumps(vocab))
     files[VOCAB_FILE] = (out_dir / VOCAB_FILE).stat().st_size
     for name in files:
-        _fsync(out_dir / name)
-    _fsync(out_dir)
+        fsync_path(out_dir / name)
+    fsync_path(out_dir)
     return {"columns": {"count": int(len(ids)), "files": files,
                         "figure_types_from": vocab["figure_types_from"],
                         "seconds": round(time.perf_counter() - start, 3)}}

@@ -9,6 +9,7 @@ stored absolute; hub ids and config names are stored as given.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 DATA_DIR_PREFIX = "data-dir:"
@@ -62,3 +63,20 @@ def index_model_spec(data_dir: Path, indexes_dir: Path | None = None) -> str | N
         return None
     spec = str(read_manifest(current).get("model_spec") or "")
     return resolve_path(spec, data_dir) or None
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file or directory to disk (a directory: its entries, so a rename is durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """:func:`fsync_path` every file and directory under ``root``, deepest first, then
+    ``root``: what a new index version holds is on disk before it is renamed into place."""
+    for path in sorted(Path(root).rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        fsync_path(path)
+    fsync_path(root)

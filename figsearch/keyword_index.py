@@ -53,6 +53,7 @@ import numpy as np
 import tantivy
 from tqdm import tqdm
 
+from figsearch.datadir import fsync_tree
 from figsearch.faults import maybe_crash
 from figsearch.licenses import COMMERCIAL_CLASSES
 from figsearch.store import FTS_COLUMNS, FigureFilter, FigureStore
@@ -184,15 +185,6 @@ def _live_count(store: FigureStore) -> int:
                                "a.id = f.article_id WHERE a.retracted = 0").fetchone()[0])
 
 
-def _fsync_tree(path: Path) -> None:
-    for p in [*path.iterdir(), path]:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_keyword_index(store: FigureStore, version_dir: Path, progress: bool = True,
                         ) -> dict[str, Any]:
     """Index every live figure of ``store`` into ``<version_dir>/keyword/``; returns the
@@ -218,7 +210,7 @@ def write_keyword_index(store: FigureStore, version_dir: Path, progress: bool = 
     writer.commit()
     writer.wait_merging_threads()
     np.save(out / IDS_FILE, np.concatenate(ids) if ids else np.zeros(0, np.int64))
-    _fsync_tree(out)
+    fsync_tree(out)
     seconds = time.perf_counter() - start
     print(f"keyword index: {n} figures in {seconds:.1f} s "
           f"({n / seconds if seconds > 0 else 0.0:.0f} figures/s)")
@@ -276,7 +268,7 @@ def update_keyword_index(previous_version_dir: Path, version_dir: Path, store: F
     prev_ids = _ids_of(Path(previous_version_dir))
     kept = prev_ids[~np.isin(prev_ids, np.fromiter(gone, np.int64, count=len(gone)))]
     np.save(out / IDS_FILE, np.union1d(kept, np.asarray(added, np.int64)))
-    _fsync_tree(out)
+    fsync_tree(out)
     index.reload()
     count = int(index.searcher().num_docs)
     seconds = time.perf_counter() - start

@@ -31,6 +31,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
+from figsearch.datadir import fsync_path
 from figsearch.index import (
     CURRENT_LINK,
     IDS_FILE,
@@ -181,12 +182,7 @@ def combine_add_files(*callbacks: AddFiles | None) -> AddFiles | None:
     return add_files
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_path = fsync_path  # the name the indexer's modules use
 
 
 def _checksums(version_dir: Path, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -314,15 +310,8 @@ def build_version(
         (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE, *rows, MANIFEST_FILE):
             _fsync_path(tmp_dir / name)
-        if hook:
-            hook("written")
-        final = indexes_dir / version
-        os.rename(tmp_dir, final)
-        _fsync_path(indexes_dir)
-        if hook:
-            hook("renamed")
-        if activate:
-            activate_version(indexes_dir, final, keep, hook)
+        final = publish_version(indexes_dir, tmp_dir, version, keep=keep, activate=activate,
+                                hook=hook)
     log.info("index version %s: %d vectors, %s, %.1fs (train %.1f, add %.1f, write %.1f)",
              version, n, factory, stages["total"], stages["train"], stages["add"], stages["write"])
     return final
@@ -350,11 +339,23 @@ def build_text_version(
         }
         (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         _fsync_path(tmp_dir / MANIFEST_FILE)
-        final = indexes_dir / version
-        os.rename(tmp_dir, final)
-        _fsync_path(indexes_dir)
-        if activate:
-            activate_version(indexes_dir, final, keep)
+        return publish_version(indexes_dir, tmp_dir, version, keep=keep, activate=activate)
+
+
+def publish_version(indexes_dir: Path, tmp_dir: Path, version: str, *, keep: int,
+                    activate: bool, hook: StageHook | None = None) -> Path:
+    """Rename a fully written (and fsynced) ``.building-`` directory into place, durably, and
+    make it current unless ``activate`` is False (call with the lock held). The hook sees
+    ``written``, ``renamed`` and :func:`activate_version`'s ``switched``."""
+    if hook:
+        hook("written")
+    final = indexes_dir / version
+    os.rename(tmp_dir, final)
+    _fsync_path(indexes_dir)
+    if hook:
+        hook("renamed")
+    if activate:
+        activate_version(indexes_dir, final, keep, hook)
     return final
 
 

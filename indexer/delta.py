@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -55,6 +54,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from figsearch.datadir import fsync_tree
 from figsearch.index import (
     IDS_FILE,
     INDEX_FILE,
@@ -359,14 +359,6 @@ def delta_allowed(manifest: dict[str, Any], changed: int, *, model_key: str, dim
 
 
 # -- a whole version ---------------------------------------------------------------------------
-def _fsync_tree(root: Path) -> None:
-    from indexer.build import _fsync_path
-
-    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        _fsync_path(path)  # files, then their directories, deepest first
-    _fsync_path(root)
-
-
 def build_delta_version(
     indexes_dir: Path, prev_dir: Path, delta: IndexDelta, *, keep: int = 3,
     extra: Callable[[Path], dict[str, Any]] | None = None,
@@ -382,10 +374,9 @@ def build_delta_version(
     ``written``, ``renamed`` and ``switched`` as in a full build."""
     from indexer.build import (
         BUILDING_PREFIX,
-        _fsync_path,
-        activate_version,
         index_lock,
         new_version_name,
+        publish_version,
         remove_stale_builds,
     )
 
@@ -406,16 +397,9 @@ def build_delta_version(
         stale = ("captions", "unreadable", "indexable", "reused", "encoded", "dense_check",
                  *_WRITERS)
         write_sub_manifest(prev_dir, tmp_dir, result, version, drop=stale, **more)
-        _fsync_tree(tmp_dir)
-        if hook:
-            hook("written")
-        final = indexes_dir / version
-        os.rename(tmp_dir, final)
-        _fsync_path(indexes_dir)
-        if hook:
-            hook("renamed")
-        if activate:
-            activate_version(indexes_dir, final, keep, hook)
+        fsync_tree(tmp_dir)
+        final = publish_version(indexes_dir, tmp_dir, version, keep=keep, activate=activate,
+                                hook=hook)
     log.info("index version %s from %s by delta: %d vectors (-%d +%d), %.1fs", version,
              prev_dir.name, result["count"], result["removed"], result["added"],
              result["stages_s"]["total"])
