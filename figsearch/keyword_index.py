@@ -44,7 +44,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -334,6 +334,19 @@ def write_or_update_keyword_index(store: FigureStore, version_dir: Path,
 
 
 # -- searching ----------------------------------------------------------------------------------
+def all_words_then_any(search: Callable[[bool], list[tuple[int, float]]], n: int, *,
+                       single_word: bool, widen: bool) -> list[tuple[int, float]]:
+    """The keyword signal's plan for either engine: ``search(match_all)``'s best ``n`` figures
+    holding every word when there are that many (a selective query), else - with ``widen``, or
+    for a one-word query - those holding any word."""
+    rows: list[tuple[int, float]] = []
+    if not single_word:
+        rows = search(True)
+    if len(rows) < n and (widen or single_word):
+        rows = search(False)
+    return rows
+
+
 class AllowedIds(Protocol):
     """What a filter lets through (:class:`figsearch.columns.AllowedSet`)."""
 
@@ -460,13 +473,9 @@ class KeywordIndex:
         """The keyword signal's candidates: the best ``n`` figures holding every query word
         when there are that many (a selective intersection), else - with ``widen``, or for a
         one-word query - the best ``n`` holding any of them."""
-        rows: list[tuple[int, float]] = []
-        single_word = len(query_terms(query)) <= 1
-        if not single_word:
-            rows = self.search(query, n, True, weights, allowed, flt)
-        if len(rows) < n and (widen or single_word):
-            rows = self.search(query, n, False, weights, allowed, flt)
-        return rows
+        return all_words_then_any(
+            lambda match_all: self.search(query, n, match_all, weights, allowed, flt),
+            n, single_word=len(query_terms(query)) <= 1, widen=widen)
 
     # -- highlights ----------------------------------------------------------------------------
     def highlights(self, query: str, figures: Mapping[int, Mapping[str, Any]],

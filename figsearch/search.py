@@ -55,7 +55,7 @@ from figsearch.fusion import (
     fusion_from_settings,
     vector_dedup_ok,
 )
-from figsearch.keyword_index import KeywordIndex
+from figsearch.keyword_index import KeywordIndex, all_words_then_any
 from figsearch.links import PMC_ARTICLE_URL, article_url, figure_url  # noqa: F401 (re-exported)
 from figsearch.store import FigureFilter, FigureStore
 
@@ -437,13 +437,10 @@ class SearchService:
 
     def _fts_rows(self, query: str, n: int, flt: FigureFilter, widen: bool) -> _Candidates:
         """Keyword candidates from the store's FTS5 table (versions without a keyword index)."""
-        rows: list[tuple[int, float]] = []
         weights = self.settings.fts_weights
-        single_word = len(query_terms(query)) <= 1
-        if not single_word:
-            rows = self.store.keyword_search(query, n, flt, match_all=True, weights=weights)
-        if len(rows) < n and (widen or single_word):
-            rows = self.store.keyword_search(query, n, flt, weights=weights)
+        rows = all_words_then_any(
+            lambda match_all: self.store.keyword_search(query, n, flt, match_all, weights),
+            n, single_word=len(query_terms(query)) <= 1, widen=widen)
         return _Candidates([i for i, _ in rows], [s for _, s in rows], len(rows) < n)
 
     def signal_results(
