@@ -46,11 +46,12 @@ BATCH = 20_000
 
 
 def build(index_dir: Path, n: int, seed: int = 0, mean_words: float = 77.0,
-          ocr_share: float = 0.4, n_journals: int = 3000) -> dict[str, Any]:
-    """Write ``n`` generated figures into a new keyword index; the metadata arrays for filters."""
+          ocr_share: float = 0.4, n_journals: int = 3000, shards: int = 0) -> dict[str, Any]:
+    """Write ``n`` generated figures into a new keyword index (``shards`` 0: as a version build
+    picks them); the metadata arrays for filters."""
     from tqdm import tqdm
 
-    from figsearch.keyword_index import IDS_FILE, WRITER_HEAP, _document, _open
+    from figsearch.keyword_index import IDS_FILE, ShardWriters, auto_shards, shard_paths
 
     t0 = time.perf_counter()
     corpus = Corpus()
@@ -62,8 +63,8 @@ def build(index_dir: Path, n: int, seed: int = 0, mean_words: float = 77.0,
     zipf = 1.0 / np.arange(1, n_journals + 1)
     zipf /= zipf.sum()
     index_dir.mkdir(parents=True, exist_ok=False)
-    index = _open(index_dir, create=True)
-    writer = index.writer(heap_size=WRITER_HEAP, num_threads=2)
+    shards = shards or auto_shards(n)
+    writers = ShardWriters(shard_paths(index_dir, shards), create=True)
     meta = {"year": np.zeros(n, np.int16), "journal": np.zeros(n, np.int32),
             "license": np.zeros(n, np.int8)}
 
@@ -88,19 +89,18 @@ def build(index_dir: Path, n: int, seed: int = 0, mean_words: float = 77.0,
                        f"Figure {1 + fid % 6}", corpus.titles[int(titles[j])], ocr_text,
                        int(year[j]), journals[int(jour[j])], lic_names[int(lic[j])],
                        f"PMC{1_000_000 + fid // 3}")
-                writer.add_document(_document(row))
+                writers.add(row)
             meta["year"][start:start + m] = year
             meta["journal"][start:start + m] = jour
             meta["license"][start:start + m] = lic
             bar.update(m)
-    writer.commit()
-    writer.wait_merging_threads()
+    writers.commit()
     np.save(index_dir / IDS_FILE, np.arange(1, n + 1, dtype=np.int64))
     for name, arr in meta.items():
         np.save(index_dir / f"bench_{name}.npy", arr)
     (index_dir / "bench_journals.txt").write_text("\n".join(journals))
     seconds = time.perf_counter() - t0
-    print(f"keyword_scale: {n:,} figures indexed in {seconds:.0f} s "
+    print(f"keyword_scale: {n:,} figures indexed in {shards} shard(s) in {seconds:.0f} s "
           f"({n / seconds:,.0f} figures/s)", file=sys.stderr)
     return {"build_s": round(seconds, 1), "build_figures_per_s": round(n / seconds, 1)}
 
@@ -143,12 +143,15 @@ def filters(index_dir: Path) -> dict[str, tuple[Any, MaskAllowed]]:
 
 
 def measure(index_dir: Path, queries: list[str], rounds: int = 2) -> dict[str, Any]:
-    from figsearch.keyword_index import KeywordIndex, _open
+    from figsearch.keyword_index import KeywordIndex
 
     t0 = time.perf_counter()
-    kw = KeywordIndex(index_dir, _open(index_dir))
+    kw = KeywordIndex.open(index_dir)
+    if kw is None:
+        raise SystemExit(f"{index_dir} holds no keyword index")
     out: dict[str, Any] = {"open_ms": round((time.perf_counter() - t0) * 1000, 1),
-                           "figures": kw.count, "queries": len(queries)}
+                           "figures": kw.count, "queries": len(queries),
+                           "shards": len(kw.searchers)}
     plans: dict[str, tuple[int, Any, Any]] = {"keyword_k20": (20, None, None),
                                                "hybrid_depth100": (100, None, None)}
     for name, (flt, allowed) in filters(index_dir).items():
@@ -169,7 +172,8 @@ def measure(index_dir: Path, queries: list[str], rounds: int = 2) -> dict[str, A
         out[f"{name}_cpu_p50_ms"] = round(float(np.percentile(cpu, 50)), 2)
         print(f"keyword_scale: {name:28s} p50 {stats['p50_ms']:7.1f} ms  p95 "
               f"{stats['p95_ms']:7.1f}  p99 {stats['p99_ms']:7.1f}", file=sys.stderr)
-    out["disk_mb"] = round(sum(p.stat().st_size for p in index_dir.iterdir()) / 2**20, 1)
+    out["disk_mb"] = round(sum(p.stat().st_size for p in index_dir.rglob("*") if p.is_file())
+                           / 2**20, 1)
     return out
 
 
@@ -180,10 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=0, help="first N queries only (0: all 92)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--name", default=None, help="result name (default keyword_scale_<n>)")
+    p.add_argument("--shards", type=int, default=0,
+                   help="shards of a new index (0: as a version build picks them)")
     args = p.parse_args(argv)
     built: dict[str, Any] = {}
-    if not (args.index / "meta.json").exists():
-        built = build(args.index, args.n)
+    from figsearch.keyword_index import shard_count
+
+    if not shard_count(args.index):
+        built = build(args.index, args.n, shards=args.shards)
     figures = {**built, **measure(args.index, load_queries(args.queries), args.rounds)}
     name = args.name or f"keyword_scale_{args.n}"
     write_result(name, {"n": args.n, "command": "python -m bench.keyword_scale " + " ".join(

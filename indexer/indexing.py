@@ -256,7 +256,8 @@ def build_from_worklist(
         ids = np.union1d(embedded.ids, _caption_ids(version_dir))
         out.update(run_version_writers(VersionContext(None, version_dir, store,
                                                       np.zeros(0, np.int64), ids)))
-        out.update(write_store_indexes(store, version_dir, None, names, progress))
+        out.update(write_store_indexes(store, version_dir, None, names, progress,
+                                       settings.keyword_shards))
         return out
 
     version = build_version(
@@ -280,14 +281,16 @@ def build_from_worklist(
 
 def write_store_indexes(store: FigureStore, version_dir: Path, previous_dir: Path | None = None,
                         type_names: list[str] | None = None, progress: bool = True,
-                        ) -> dict[str, Any]:
+                        keyword_shards: int = 0) -> dict[str, Any]:
     """Write the version's indexes derived from the store besides the vector indexes, so that
     they switch, replicate and roll back with it: the filter columns (they read the version's
     ids.npy and figure types, written by then; ``type_names`` names those types) and the
     keyword index, updated from ``previous_dir``'s when it has one (a nightly delta), else
-    built in full. Returns their manifest entries."""
+    built in full (in ``keyword_shards`` shards, ``Settings.keyword_shards``). Returns their
+    manifest entries."""
     out = write_columns(store, version_dir, type_names=type_names)
-    out.update(write_or_update_keyword_index(store, version_dir, previous_dir, progress))
+    out.update(write_or_update_keyword_index(store, version_dir, previous_dir, progress,
+                                             keyword_shards))
     return out
 
 
@@ -403,7 +406,8 @@ def _build_by_delta(settings: Settings, store: FigureStore, encoder: Any, wl: Wo
         upserted = np.union1d(delta.add_ids, changed_captions)
         out.update(run_version_writers(VersionContext(
             prev, version_dir, store, np.setdiff1d(before, after), upserted)))
-        out.update(write_store_indexes(store, version_dir, prev, labels, progress))
+        out.update(write_store_indexes(store, version_dir, prev, labels, progress,
+                                       settings.keyword_shards))
         return out
 
     version = build_delta_version(settings.indexes_dir, prev, delta,
@@ -524,7 +528,8 @@ def index_text_only(settings: Settings, *, caption_encoder: Any = None,
         assert captions is not None
         version = build_text_version(
             settings.indexes_dir,
-            lambda d: {**captions(d), **write_store_indexes(store, d, progress=progress)},
+            lambda d: {**captions(d), **write_store_indexes(
+                store, d, progress=progress, keyword_shards=settings.keyword_shards)},
                                      keep=settings.index_keep_versions)
     finally:
         store.close()

@@ -115,6 +115,14 @@ class Settings(BaseSettings):
             "these defaults."
         ),
     )
+    keyword_shards: int = Field(
+        0, ge=0, le=16,
+        description=(
+            "Shards of a version's keyword index, searched at once, one thread each; 0: one "
+            "per 2 M figures, at most one per core of the building machine (15 M figures on "
+            "2 cores: 2). Read by full builds; a nightly delta keeps the previous version's."
+        ),
+    )
     ocr: bool = Field(
         False,
         description=(
