@@ -1,10 +1,10 @@
-"""Regenerate the benchmark table in README.md from ``bench/results/*.json``.
+"""Regenerate the benchmark table in docs/benchmarks.md from ``bench/results/*.json``.
 
 Only the text between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` is replaced; the
-rest of the README is left byte for byte as it was.
+rest of the page (the measurements written up by topic) is left byte for byte as it was.
 
-    .venv/bin/python -m bench.report                    # README.md from bench/results
-    .venv/bin/python -m bench.report --readme /tmp/README.md --results /tmp/results
+    .venv/bin/python -m bench.report                    # docs/benchmarks.md from bench/results
+    .venv/bin/python -m bench.report --doc /tmp/benchmarks.md --results /tmp/results
 """
 
 from __future__ import annotations
@@ -64,13 +64,14 @@ def replace_between_markers(text: str, body: str) -> str:
     start = text.find(START)
     end = text.find(END, start + len(START)) if start >= 0 else -1
     if start < 0 or end < 0:
-        raise ValueError(f"README has no '{START}' ... '{END}' markers (in that order)")
+        raise ValueError(f"no '{START}' ... '{END}' markers (in that order)")
     return text[: start + len(START)] + "\n" + body.strip() + "\n" + text[end:]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.report", description=__doc__.splitlines()[0])
-    p.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md", help="README to update")
+    p.add_argument("--doc", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md",
+                   help="page to update (default docs/benchmarks.md)")
     p.add_argument("--results", type=Path, default=None, help="results dir (default bench/results)")
     return p.parse_args(argv)
 
@@ -79,17 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     table = results_table(load_results(args.results))
     try:
-        text = args.readme.read_text(encoding="utf-8")
+        text = args.doc.read_text(encoding="utf-8")
         updated = replace_between_markers(text, table)
     except (OSError, ValueError) as exc:
-        print(f"error: {args.readme}: {exc}", file=sys.stderr)
+        print(f"error: {args.doc}: {exc}", file=sys.stderr)
         return 2
     if updated != text:
-        tmp = args.readme.with_name(args.readme.name + ".tmp")
+        tmp = args.doc.with_name(args.doc.name + ".tmp")
         tmp.write_text(updated, encoding="utf-8")
-        tmp.replace(args.readme)
+        tmp.replace(args.doc)
     print(table)
-    print(f"\nupdated {args.readme}" if updated != text else f"\n{args.readme} already up to date")
+    print(f"\nupdated {args.doc}" if updated != text else f"\n{args.doc} already up to date")
     return 0
 
 

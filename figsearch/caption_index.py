@@ -20,7 +20,7 @@ PASSAGE_SLOTS + passage number``. A figure scores as its best vector, whole capt
 (:class:`PassageIndex`). The encoder reads 256 word pieces at most and was trained on 128, so a
 long caption's one vector misses or blurs its later sentences and the article title at its end; on
 the dev split of the real-figure queries passages raised caption search's nDCG@10 from 0.833 to
-0.877 (README, "Search quality").
+0.877 (docs/benchmarks.md, "Caption passages").
 """
 
 from __future__ import annotations

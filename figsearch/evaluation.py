@@ -226,9 +226,9 @@ def tune_fusion(service: SearchService, dev: list[EvalQuery], signals: list[str]
     the near-best plateau (:func:`plateau_centre`). The same procedure is cross-validated inside
     dev (:func:`cross_validate`) as an estimate of how it carries over to unseen queries.
     This procedure was itself chosen by that cross-validation, against the highest objective,
-    the largest worst-case margin over the single signals and fixed-width plateaus (README,
-    "Search quality"); requiring the fusion to match every single signal on every dev metric
-    admits only near-single-signal weights."""
+    the largest worst-case margin over the single signals and fixed-width plateaus
+    (docs/benchmarks.md, "How the fusion weights were chosen"); requiring the fusion to match
+    every single signal on every dev metric admits only near-single-signal weights."""
     from tqdm import tqdm
 
     collected = collect_signals(service, dev, signals)

@@ -1,8 +1,9 @@
 """Settings, declared once: name, default and help for each.
 
 Every setting reads from a ``FIGSEARCH_<NAME>`` environment variable (or a ``.env`` file);
-CLI flags override them. ``tests/figsearch/test_settings_documented.py`` checks that each
-one appears in the README.
+CLI flags override them. README.md's settings table is generated from these declarations
+(``python -m figsearch.docs_tables --write``); ``tests/figsearch/test_docs_tables.py`` fails
+when it drifts.
 """
 
 from __future__ import annotations
@@ -296,16 +297,3 @@ def _bm25_weights(value: dict[str, float], known: list[str], what: str) -> dict[
 def get_settings() -> Settings:
     """Process-wide settings from the environment (tests build their own Settings)."""
     return Settings()
-
-
-def settings_markdown() -> str:
-    """The settings table for the README (``python -m figsearch.core.config``)."""
-    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for name, field in Settings.model_fields.items():
-        default = field.default if field.default not in ("", None) else "(empty)"
-        rows.append(f"| `FIGSEARCH_{name.upper()}` | `{default}` | {field.description} |")
-    return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    print(settings_markdown())

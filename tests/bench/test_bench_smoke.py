@@ -184,26 +184,25 @@ def test_report_regenerates_only_between_markers(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     results_dir = tmp_path / "results"
     write_inputs(results_dir, monkeypatch)
-    readme = tmp_path / "README.md"
-    original = (REPO / "README.md").read_text(encoding="utf-8")
-    if "<!-- bench:start -->" not in original:
-        original += "\n<!-- bench:start -->\n<!-- bench:end -->\n"
+    page = tmp_path / "benchmarks.md"
+    original = (REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert "<!-- bench:start -->" in original and "<!-- bench:end -->" in original
     before, _, rest = original.partition("<!-- bench:start -->")
     _, _, after = rest.partition("<!-- bench:end -->")
-    readme.write_text(original, encoding="utf-8")
+    page.write_text(original, encoding="utf-8")
     env = {**os.environ, "FIGSEARCH_BENCH_RESULTS": str(results_dir)}
-    proc = subprocess.run([PYTHON, "-m", "bench.report", "--readme", str(readme)], cwd=REPO,
+    proc = subprocess.run([PYTHON, "-m", "bench.report", "--doc", str(page)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert TABLE.search(proc.stdout)
-    text = readme.read_text(encoding="utf-8")
+    text = page.read_text(encoding="utf-8")
     assert text.startswith(before + "<!-- bench:start -->") and text.endswith("<!-- bench:end -->" + after)
     table = text[len(before):len(text) - len(after)]
     assert sorted(p.stem for p in results_dir.glob("*.json")) == ["ann", "ingest"]
     assert "| ann | query_p50_ms | 3.25 |" in table and "| ingest |" in table
-    again = subprocess.run([PYTHON, "-m", "bench.report", "--readme", str(readme)], cwd=REPO,
+    again = subprocess.run([PYTHON, "-m", "bench.report", "--doc", str(page)], cwd=REPO,
                            env=env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and readme.read_text(encoding="utf-8") == text  # idempotent
+    assert again.returncode == 0 and page.read_text(encoding="utf-8") == text  # idempotent
 
 
 def test_index_ram_from_factory_string() -> None:
@@ -245,17 +244,17 @@ def test_missing_inputs_fall_back_to_marked_defaults() -> None:
     assert missing.basis().startswith("assumed:")
 
 
-def test_report_refuses_a_readme_without_markers(tmp_path: Path) -> None:
+def test_report_refuses_a_page_without_markers(tmp_path: Path) -> None:
     from bench.report import replace_between_markers
 
     assert replace_between_markers("a\n<!-- bench:start -->\nold\n<!-- bench:end -->\nz", "T") == (
         "a\n<!-- bench:start -->\nT\n<!-- bench:end -->\nz")
-    readme = tmp_path / "README.md"
-    readme.write_text("no markers here\n")
-    proc = subprocess.run([PYTHON, "-m", "bench.report", "--readme", str(readme)], cwd=REPO,
+    page = tmp_path / "benchmarks.md"
+    page.write_text("no markers here\n")
+    proc = subprocess.run([PYTHON, "-m", "bench.report", "--doc", str(page)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "markers" in proc.stderr
-    assert readme.read_text() == "no markers here\n"
+    assert page.read_text() == "no markers here\n"
 
 
 def test_quantise_bench_smoke(results_dir: Path, tiny_model_dir: Path) -> None:
