@@ -30,7 +30,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import markdown_table, write_result  # noqa: E402
 from bench.pmc_scale import (  # noqa: E402
     LICENSE_MIX,
     Corpus,
@@ -177,6 +177,27 @@ def measure(index_dir: Path, queries: list[str], rounds: int = 2) -> dict[str, A
     return out
 
 
+def agreement(index_dir: Path, reference_dir: Path, queries: list[str]) -> dict[str, Any]:
+    """How far a sharded index's answers are from one index over the same figures (built with
+    the same ``--n`` and seed): the share of the reference's top 20 / 100 it returns too."""
+    from figsearch.keyword_index import KeywordIndex
+
+    kw, ref = KeywordIndex.open(index_dir), KeywordIndex.open(reference_dir)
+    if kw is None or ref is None or kw.count != ref.count:
+        raise SystemExit(f"{reference_dir} does not hold the same figures as {index_dir}")
+    out: dict[str, Any] = {"reference_shards": len(ref.searchers)}
+    for n in (20, 100):
+        shares = []
+        for q in queries:
+            want = {f for f, _ in ref.ranked(q, n)}
+            got = {f for f, _ in kw.ranked(q, n)}
+            shares.append(len(want & got) / max(1, len(want)))
+        out[f"top{n}_agreement_mean"] = round(float(np.mean(shares)), 4)
+        out[f"top{n}_agreement_min"] = round(float(np.min(shares)), 4)
+    print(f"keyword_scale: agreement with {reference_dir}: {out}", file=sys.stderr)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1_000_000)
@@ -186,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="result name (default keyword_scale_<n>)")
     p.add_argument("--shards", type=int, default=0,
                    help="shards of a new index (0: as a version build picks them)")
+    p.add_argument("--compare", type=Path, default=None,
+                   help="an index of the same figures in other shards: report top-k agreement")
     args = p.parse_args(argv)
     built: dict[str, Any] = {}
     from figsearch.keyword_index import shard_count
@@ -193,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     if not shard_count(args.index):
         built = build(args.index, args.n, shards=args.shards)
     figures = {**built, **measure(args.index, load_queries(args.queries), args.rounds)}
+    if args.compare is not None:
+        figures.update(agreement(args.index, args.compare, load_queries(args.queries)))
+    print(markdown_table(["figure", "value"], [[k, v] for k, v in figures.items()]))
     name = args.name or f"keyword_scale_{args.n}"
     write_result(name, {"n": args.n, "command": "python -m bench.keyword_scale " + " ".join(
         argv if argv is not None else sys.argv[1:]), "load_avg": list(os.getloadavg())}, figures)
