@@ -688,12 +688,6 @@ def version_states(store: FigureStore) -> dict[str, tuple[str, str]]:
         return {r[0]: (r[1], r[2]) for r in rows}
 
 
-def last_inventory(store: FigureStore) -> dict[str, Any] | None:
-    """What the last complete inventory run recorded (``figsearch stats`` prints it)."""
-    raw = store.get_meta(META_LAST_INVENTORY)
-    return json.loads(raw) if raw else None
-
-
 # -- the run ----------------------------------------------------------------------------------
 @dataclass
 class CloudSummary:
