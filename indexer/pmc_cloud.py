@@ -19,7 +19,7 @@ Per article the newest version that passes the :class:`Policy` is used (older on
 ``superseded``); ``is_retracted`` removes the article. Its XML is fetched and parsed, then only
 the media objects that its figures' ``xlink:href`` values name (extension optional, image files
 only: never supplements or PDFs), every object md5-checked; the parse/normalise/store step is
-:func:`indexer.ingest.process_unit`, as for packages. Downloads sit in a per-version folder of
+:func:`indexer.workers.process_unit`, as for packages. Downloads sit in a per-version folder of
 ``<data_dir>/pmc-cloud/cache`` only until their article is written (a bounded number in
 flight). The version rows are written after their article, so a killed run redoes at most the
 articles in flight and a rerun converges to the same store.
@@ -54,19 +54,19 @@ from figsearch.core.config import Settings
 from figsearch.faults import maybe_crash
 from figsearch.licenses import COMMERCIAL_CLASSES, LICENSE_CLASSES, normalise_license
 from figsearch.store import FigureStore, PmcVersion
-from indexer.ingest import (
+from indexer.jats import JatsError, normalise_pmcid, parse_article, resolve_graphic
+from indexer.readers import ArticleUnit, InputError
+from indexer.sources import is_cloud_source
+from indexer.workers import (
     IngestSummary,
     Outcome,
     Problem,
     Task,
     WorkerConfig,
-    init_worker,
-    pool_results,
     process_unit,
+    task_results,
     write_outcome,
 )
-from indexer.jats import JatsError, normalise_pmcid, parse_article, resolve_graphic
-from indexer.readers import ArticleUnit, InputError
 
 DEFAULT_BUCKET = "pmc-oa-opendata"
 #: Where the bucket's daily inventory of ``metadata/`` lives (the same path in a mirror).
@@ -639,7 +639,7 @@ class Planner:
 
 # -- worker side: the existing parse/normalise step -------------------------------------------
 def process_cloud_task(task: Task) -> list[Outcome]:
-    """Parse a downloaded version with :func:`indexer.ingest.process_unit` (runs in workers)."""
+    """Parse a downloaded version with :func:`indexer.workers.process_unit` (runs in workers)."""
     assert isinstance(task, CloudTask)
     folder = Path(task.path)
     xml_name = f"{task.version_key}.xml"
@@ -661,16 +661,6 @@ def process_cloud_task(task: Task) -> list[Outcome]:
     for p in outcome.problems:
         p.source = task.source_url
     return [outcome]
-
-
-def _outcomes(tasks: Iterable[Task], config: WorkerConfig,
-              workers: int) -> Iterator[tuple[Task, list[Outcome]]]:
-    if workers > 1:
-        yield from pool_results(tasks, config, workers, process_cloud_task)
-        return
-    init_worker(config)
-    for task in tasks:
-        yield task, process_cloud_task(task)
 
 
 # -- store state ------------------------------------------------------------------------------
@@ -696,12 +686,6 @@ def version_states(store: FigureStore) -> dict[str, tuple[str, str]]:
     with store.session() as s:
         rows = s.execute(select(PmcVersion.version_key, PmcVersion.etag, PmcVersion.status))
         return {r[0]: (r[1], r[2]) for r in rows}
-
-
-def last_inventory(store: FigureStore) -> dict[str, Any] | None:
-    """What the last complete inventory run recorded (``figsearch stats`` prints it)."""
-    raw = store.get_meta(META_LAST_INVENTORY)
-    return json.loads(raw) if raw else None
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -834,7 +818,7 @@ class CloudIngest:
         with tqdm(total=total, desc="pmc-cloud", unit="article", mininterval=0.5,
                   file=sys.stderr, disable=not self.progress) as bar:
             tasks = self._tasks(self._plans(groups, inventory, concurrency), bar)
-            for task, outcomes in _outcomes(tasks, config, self.workers):
+            for task, outcomes in task_results(tasks, config, self.workers, process_cloud_task):
                 assert isinstance(task, CloudTask)
                 self.summary.inputs += 1
                 failed = False
@@ -949,11 +933,6 @@ def _run_inventory(job: CloudIngest, s3: Bucket, store: FigureStore, settings: S
 
 
 # -- CLI ----------------------------------------------------------------------------------------
-def is_cloud_source(source: str) -> bool:
-    """``s3://bucket`` and ``pmc:PMC123`` name the PMC Cloud source."""
-    return source.startswith("s3://") or source.lower().startswith("pmc:")
-
-
 def read_pmcid_file(path: str | Path) -> list[str]:
     """PMCIDs from a file, one per line (``#`` comments and blank lines ignored)."""
     out = []
@@ -996,9 +975,13 @@ def settings_from_args(settings: Settings, args: argparse.Namespace) -> Settings
     return settings.model_copy(update=update) if update else settings
 
 
-def ingest_sources(settings: Settings, sources: list[str], workers: int | None = None,
-                   progress: bool = True) -> list[CloudReport]:
-    """Ingest ``s3://bucket`` sources (inventory) and ``pmc:`` names (one named run)."""
+def ingest_cloud_sources(settings: Settings, sources: list[str], workers: int | None = None,
+                         progress: bool = True) -> list[CloudReport]:
+    """Ingest ``s3://bucket`` sources (inventory) and ``pmc:`` names (one named run); any other
+    source is an error (:func:`indexer.sources.route_sources` sorts them first)."""
+    others = [s for s in sources if not is_cloud_source(s)]
+    if others:
+        raise ValueError(f"not PMC Cloud sources (s3://BUCKET or pmc:PMCID): {others}")
     reports = []
     named = [s for s in sources if s.lower().startswith("pmc:")]
     for source in sources:

@@ -1,11 +1,11 @@
 """``figsearch rebuild``: the nightly job — ingest, embed what changed, build, validate, swap.
 
 1. Ingest every ``--source`` (default: the PMC Cloud bucket, ``s3://$FIGSEARCH_PMC_BUCKET``):
-   ``s3://`` and ``pmc:`` sources through :func:`indexer.pmc_cloud.ingest_cloud` (the versions
-   whose inventory ETag changed, appeared or disappeared since the store last saw them: no
-   date needed), legacy PMC OA file lists (csv / txt / oa.fcgi XML from a mirror) through
-   :func:`indexer.ingest.ingest_file_list`, anything else (packages, directories, manifests)
-   through :func:`indexer.ingest.ingest_paths`.
+   routed by :func:`indexer.sources.route_sources` and read by
+   :func:`indexer.ingest.ingest_route`, as ``figsearch ingest`` does: ``s3://`` and ``pmc:``
+   sources from PMC Cloud (the versions whose inventory ETag changed, appeared or disappeared
+   since the store last saw them: no date needed), legacy PMC OA file lists (csv / txt /
+   oa.fcgi XML from a mirror), anything else (packages, directories, manifests) as paths.
 2. Embed: images unchanged since the current version (same sha256, same model) reuse its
    vectors, so only new or changed images are encoded.
 3. Build a new index version *without* activating it; its figure types live in the version
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -41,8 +40,8 @@ from figsearch.index import SearchIndex, current_version_dir, read_manifest
 from figsearch.store import FigureStore
 from indexer.build import BuildLockedError, StageHook, activate_version, index_lock
 from indexer.indexing import build_from_store, discard_work, indexable_count, load_encoder
+from indexer.sources import route_sources
 
-FILE_LIST_SUFFIXES = (".csv", ".txt")
 SELF_QUERY_SAMPLE = 200
 
 
@@ -69,39 +68,20 @@ class RebuildReport:
         )
 
 
-def is_file_list(source: str) -> bool:
-    """URLs and .csv/.txt files are OA file lists; so is XML that is an oa.fcgi response."""
-    if urlsplit(source).scheme in ("http", "https"):
-        return True
-    path = Path(source)
-    if path.suffix.lower() in FILE_LIST_SUFFIXES:
-        return True
-    if path.suffix.lower() == ".xml" and path.is_file():
-        with open(path, "rb") as fh:
-            return b"<OA" in fh.read(512)
-    return False
+def ingest_for_rebuild(settings: Settings, sources: list[str], since: date | None,
+                       progress: bool = True) -> list[str]:
+    """Ingest every source (routed as ``figsearch ingest`` routes them); returns the summary
+    lines. RuntimeError when local paths were given and nothing in them was readable."""
+    from indexer.ingest import SourceOptions, ingest_route
 
-
-def ingest_sources(settings: Settings, sources: list[str], since: date | None,
-                   progress: bool = True) -> list[str]:
-    """Ingest every source; returns the summary lines (RuntimeError if nothing was readable)."""
-    from indexer import pmc_cloud
-    from indexer.ingest import ingest_file_list, ingest_paths
-
+    route = route_sources(sources)
+    results = ingest_route(settings, route, SourceOptions(since=since, progress=progress))
     lines = []
-    cloud = [s for s in sources if pmc_cloud.is_cloud_source(s)]
-    for report in pmc_cloud.ingest_sources(settings, cloud, progress=progress):
-        lines += [report.ingest.line(), report.cloud.line()]
-    sources = [s for s in sources if not pmc_cloud.is_cloud_source(s)]
-    lists = [s for s in sources if is_file_list(s)]
-    paths = [s for s in sources if not is_file_list(s)]
-    for file_list in lists:
-        lines.append(ingest_file_list(file_list, settings, since=since).line())
-    if paths:
-        summary = ingest_paths(paths, settings)
-        if not summary.read_anything and summary.skipped:
-            raise RuntimeError(f"nothing readable in {paths}: {summary.line()}")
-        lines.append(summary.line())
+    for result in results:
+        summary = result.summary
+        if result.kind == "paths" and not summary.read_anything and summary.skipped:
+            raise RuntimeError(f"nothing readable in {route.paths}: {summary.line()}")
+        lines += result.lines()
     return lines
 
 
@@ -157,7 +137,7 @@ def rebuild(settings: Settings, sources: list[str] | None = None, model_spec: st
         if previous is not None:
             report.previous = previous.name
             report.previous_count = int(read_manifest(previous)["count"])
-        report.ingest_lines = ingest_sources(settings, sources, since, progress)
+        report.ingest_lines = ingest_for_rebuild(settings, sources, since, progress)
         maybe_crash("ingest-done")  # test-only fault injection (FIGSEARCH_FAULT_AT)
         if encoder is None:
             spec, encoder = load_encoder(settings, _model_for_rebuild(settings, model_spec))

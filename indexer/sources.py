@@ -1,4 +1,9 @@
-"""Sources that are not JATS packages: JSONL figure manifests and PMC OA file lists.
+"""Where a source goes (:func:`route_sources`), and the sources that are not JATS packages:
+JSONL figure manifests and PMC OA file lists.
+
+``figsearch ingest`` and ``figsearch rebuild`` route their sources with the same rule:
+``s3://BUCKET`` and ``pmc:PMCID`` are PMC Cloud, a URL or ``.csv`` / ``.txt`` file or an
+``oa.fcgi`` XML response is a legacy PMC OA file list, anything else a local path.
 
 A figure manifest (the format of ``shared/data/pmc-figures/figures.jsonl``) has one figure a
 line; its figures are grouped into one article per ``pmcid`` — or, for a collection other
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from figsearch.links import is_web_url
 from indexer.jats import JatsError, normalise_pmcid, parse_xml
@@ -28,8 +34,60 @@ COLLECTION_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 PMC_COLLECTION = "pmc"
 
 
+FILE_LIST_SUFFIXES = (".csv", ".txt")
+
+
 class FileListError(ValueError):
     """A file list that cannot be read; the message says why."""
+
+
+# -- routing ---------------------------------------------------------------------------------
+def is_cloud_source(source: str) -> bool:
+    """``s3://bucket`` and ``pmc:PMC123`` name the PMC Cloud source."""
+    return source.startswith("s3://") or source.lower().startswith("pmc:")
+
+
+def is_url(source: str) -> bool:
+    """An http(s) URL (a remote file list), not a local path."""
+    return urlsplit(source).scheme in ("http", "https")
+
+
+def is_file_list(source: str) -> bool:
+    """URLs and .csv/.txt files are OA file lists; so is XML that is an oa.fcgi response."""
+    if is_url(source):
+        return True
+    path = Path(source)
+    if path.suffix.lower() in FILE_LIST_SUFFIXES:
+        return True
+    if path.suffix.lower() == ".xml" and path.is_file():
+        with open(path, "rb") as fh:
+            return b"<OA" in fh.read(512)
+    return False
+
+
+@dataclass
+class SourceRoute:
+    """Sources sorted by the reader that takes them, each list in the order given."""
+
+    cloud: list[str] = field(default_factory=list)  # s3://BUCKET, pmc:PMCID
+    file_lists: list[str] = field(default_factory=list)  # legacy PMC OA file lists
+    paths: list[str] = field(default_factory=list)  # packages, directories, XML, manifests
+
+    def __bool__(self) -> bool:
+        return bool(self.cloud or self.file_lists or self.paths)
+
+
+def route_sources(sources: Iterable[str]) -> SourceRoute:
+    """The one routing rule of ``ingest`` and ``rebuild``: cloud, file list, else a path."""
+    route = SourceRoute()
+    for source in sources:
+        if is_cloud_source(source):
+            route.cloud.append(source)
+        elif is_file_list(source):
+            route.file_lists.append(source)
+        else:
+            route.paths.append(source)
+    return route
 
 
 # -- JSONL figure manifests ----------------------------------------------------------------

@@ -477,11 +477,6 @@ def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
 
 
-def _text_size(draw: ImageDraw.ImageDraw, text: str, f: ImageFont.FreeTypeFont) -> Size:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=f)
-    return int(right - left), int(bottom - top)
-
-
 def _centered_text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
                    f: ImageFont.FreeTypeFont, fill: Any = "black") -> None:
     draw.text(xy, text, font=f, fill=fill, anchor="mm")

@@ -73,26 +73,11 @@ def chance_level(n: int, ks: tuple[int, ...] = KS) -> dict[str, float]:
     return {f"R@{k}": round(min(k, n) / n, 4) if n else 0.0 for k in ks}
 
 
-def _rrf() -> tuple[Any, str]:
-    try:
-        from figsearch.search import reciprocal_rank_fusion
-
-        return reciprocal_rank_fusion, "figsearch.search.reciprocal_rank_fusion"
-    except ImportError:  # the API module is optional for evaluation
-        def local_rrf(rankings: list[list[int]], k: int = 60) -> list[tuple[int, float]]:
-            scores: dict[int, float] = {}
-            for ranking in rankings:
-                for rank, item in enumerate(ranking, start=1):
-                    scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
-            return sorted(scores.items(), key=lambda kv: -kv[1])
-
-        return local_rrf, "local fallback"
-
-
 def keyword_and_hybrid(store: Any, pairs: list[Any], images: np.ndarray, texts: np.ndarray,
                        depth: int = 100) -> dict[str, Any]:
     """Text->image recall@K of keyword and hybrid search, captions as queries, same gallery."""
-    rrf, rrf_source = _rrf()
+    from figsearch.search import reciprocal_rank_fusion as rrf
+
     gallery = np.array([p.figure_id for p in pairs])
     allowed = set(gallery.tolist())
     hits = {"keyword": dict.fromkeys(KS, 0), "hybrid": dict.fromkeys(KS, 0)}
@@ -109,7 +94,7 @@ def keyword_and_hybrid(store: Any, pairs: list[Any], images: np.ndarray, texts: 
     n = max(len(pairs), 1)
     out: dict[str, Any] = {mode: {f"R@{k}": round(v / n, 4) for k, v in counts.items()}
                            for mode, counts in hits.items()}
-    out["rrf"] = rrf_source
+    out["rrf"] = "figsearch.search.reciprocal_rank_fusion"
     return out
 
 

@@ -11,15 +11,20 @@ The queries are written in a researcher's words, not copied from the captions.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from figsearch.cli import main as figsearch_cli
 from figsearch.core.config import Settings
 from figsearch.evaluation import query_metrics
-from figsearch.search import SearchService
+from figsearch.search import MODES, SearchService
 
 #: query -> (pmcid, label) of the intended figure (all among the fixture's 36 real figures)
 NAMED = {
@@ -33,6 +38,7 @@ NAMED = {
     "hepatitis C virus entry lipoviroparticle receptors": ("PMC4280516", "Figure 2"),
 }
 TOP = 3
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -258,38 +264,115 @@ def test_empty_caption_model_setting_disables_the_caption_index(tmp_path):
         index_text_only(settings)
 
 
-def _cli_ids(data_dir: Path, query: str, mode: str, capsys: Any) -> list[int]:
-    """The figure ids ``figsearch search`` prints, in order."""
+# -- the CLI and the API rank alike, on a full and on a text-only version -----------------------
+PARITY_QUERY = "interferon signalling in virus infected cells"
+#: every mode ``figsearch search`` / ``/v1/search`` take, plus search by example image
+PARITY_MODES = (*MODES, "image")
+#: what a text-only version serves; the rest must be refused, saying why and how to build it
+TEXT_ONLY_MODES = ("hybrid", "keyword", "caption")
+
+
+@dataclass
+class Answer:
+    """One side's answer: ids in rank order on success, else the error text."""
+
+    ok: bool
+    ids: list[int]
+    error: str = ""
+
+
+@pytest.fixture(scope="module")
+def text_only_dir(relevance_dir, tmp_path_factory) -> Path:
+    """The relevance store again (copied, no index) with a text-only version built from it."""
+    from figsearch.caption_index import CaptionEncoder
+    from indexer.indexing import index_text_only
+
+    data_dir = tmp_path_factory.mktemp("text-only")
+    shutil.copytree(relevance_dir, data_dir, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("indexes", "work"))
+    index_text_only(Settings(data_dir=data_dir, device="cpu"),
+                    caption_encoder=CaptionEncoder("all-MiniLM-L6-v2"), progress=False)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def parity_servers(relevance_settings, text_only_dir) -> Iterator[dict[str, tuple[Path, str]]]:
+    """``{version: (data dir, base URL of a real uvicorn server on loopback)}``."""
+    from tests.figsearch.api_fixtures import loaded_app, serve_in_thread
+
+    text_settings = relevance_settings.model_copy(update={"data_dir": text_only_dir})
+    with serve_in_thread(loaded_app(relevance_settings)) as full_url, \
+            serve_in_thread(loaded_app(text_settings)) as text_url:
+        yield {"full": (relevance_settings.data_dir, full_url),
+               "text-only": (text_only_dir, text_url)}
+
+
+def _query_image(shared_data: Path) -> Path:
+    return sorted((shared_data / "pmc-figures" / "images").glob("*.jpg"))[0]
+
+
+def _cli_args(data_dir: Path, mode: str, image: Path) -> list[str]:
+    query = ["--image", str(image)] if mode == "image" else [PARITY_QUERY, "--mode", mode]
+    return ["search", *query, "--k", "10", "--data-dir", str(data_dir)]
+
+
+def _cli_answer(rc: int, out: str, err: str) -> Answer:
+    """The ids ``figsearch search`` printed (third column), or its error."""
+    if rc != 0:
+        return Answer(False, [], f"exit {rc}: {err}")
+    lines = out.splitlines()[1:]
+    return Answer(True, [int(line.split()[2]) for line in lines
+                         if line.strip() != "(no results)"])
+
+
+def _api_answer(base_url: str, mode: str, image: Path) -> Answer:
+    import httpx
+
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        if mode == "image":
+            files = {"image": (image.name, image.read_bytes(), "image/jpeg")}
+            r = client.post("/v1/search/image", params={"k": 10}, files=files)
+        else:
+            r = client.get("/v1/search", params={"q": PARITY_QUERY, "mode": mode, "k": 10})
+    if r.status_code != 200:
+        return Answer(False, [], f"HTTP {r.status_code}: {r.json()['detail']}")
+    return Answer(True, [hit["id"] for hit in r.json()["results"]])
+
+
+@pytest.mark.parametrize("mode", PARITY_MODES)
+@pytest.mark.parametrize("version", ["full", "text-only"])
+def test_cli_ranks_as_the_api(parity_servers, shared_data, relevance_settings, version, mode,
+                              capsys, monkeypatch):
+    """``figsearch search`` and ``/v1/search`` open a version the same way (its caption index,
+    keyword index and filter columns included): the same ids in the same order in every mode
+    the version serves; a mode it cannot serve is refused by both, naming the missing signal
+    and the command that builds it. Once (full, hybrid) the CLI also runs as a real process."""
+    monkeypatch.setenv("FIGSEARCH_MODEL", str(relevance_settings.model))
+    data_dir, base_url = parity_servers[version]
+    image = _query_image(shared_data)
     capsys.readouterr()
-    assert figsearch_cli(["search", query, "--mode", mode, "--k", "10",
-                          "--data-dir", str(data_dir)]) == 0
-    lines = capsys.readouterr().out.splitlines()[1:]
-    return [int(line.split()[2]) for line in lines if line.strip() != "(no results)"]
-
-
-def _api_ids(client: Any, query: str, mode: str) -> list[int]:
-    body = client.get("/v1/search", params={"q": query, "mode": mode, "k": 10}).json()
-    return [hit["id"] for hit in body["results"]]
-
-
-@pytest.mark.parametrize("mode", ["hybrid", "keyword", "caption", "dense"])
-def test_cli_ranks_as_the_api_on_a_full_version(relevance_settings, mode, capsys, monkeypatch):
-    """``figsearch search`` and ``/v1/search`` open the version the same way (its caption
-    index, keyword index and filter columns included): the same ids in the same order."""
-    from fastapi.testclient import TestClient
-
-    from tests.figsearch.api_fixtures import loaded_app
-
-    monkeypatch.setenv("FIGSEARCH_MODEL", relevance_settings.model)
-    query = "interferon signalling in virus infected cells"
-    with TestClient(loaded_app(relevance_settings)) as client:
-        api = _api_ids(client, query, mode)
-    assert len(api) == 10
-    assert _cli_ids(relevance_settings.data_dir, query, mode, capsys) == api
+    rc = figsearch_cli(_cli_args(data_dir, mode, image))
+    cli = _cli_answer(rc, *capsys.readouterr())
+    api = _api_answer(base_url, mode, image)
+    if version == "full" or mode in TEXT_ONLY_MODES:
+        assert api.ok and len(api.ids) >= 5, api
+        assert cli == api
+    else:
+        assert cli.error.startswith("exit 2") and api.error.startswith("HTTP 409"), (cli, api)
+        for said in (cli.error, api.error):
+            assert "dense and image search are unavailable" in said, said
+            assert "is text-only" in said and "build the image index with `figsearch index`" in said
+    if (version, mode) == ("full", "hybrid"):
+        env = {**os.environ, "FIGSEARCH_MODEL": str(relevance_settings.model),
+               "PYTHONPATH": str(ROOT)}
+        done = subprocess.run([sys.executable, "-m", "figsearch.cli",
+                               *_cli_args(data_dir, mode, image)],
+                              capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+        assert _cli_answer(done.returncode, done.stdout, done.stderr) == api, done.stderr[-2000:]
 
 
 def test_text_only_version_serves_text_search_then_hot_swaps_in_the_image_index(
-        tmp_path, shared_data, tiny_model_dir, service, capsys):
+        tmp_path, shared_data, tiny_model_dir, service):
     """The demo's path: keyword + caption search before any image model, then the image index
     is picked up by hot reload and /v1/stats reports the dense signal."""
     from fastapi.testclient import TestClient
@@ -317,13 +400,7 @@ def test_text_only_version_serves_text_search_then_hot_swaps_in_the_image_index(
         no_dense = client.get("/v1/search", params={"q": "TREM2", "mode": "dense"})
         # a valid request this index version cannot answer: 409, saying why
         assert no_dense.status_code == 409 and "text-only" in no_dense.json()["detail"]
-        # the CLI opens the text-only version as the API does: same ids, same order
-        for mode in ("hybrid", "keyword", "caption"):
-            assert _cli_ids(tmp_path, "TREM2 lipoprotein ligands", mode, capsys) == \
-                _api_ids(client, "TREM2 lipoprotein ligands", mode), mode
-        assert figsearch_cli(["search", "TREM2", "--mode", "dense", "--data-dir",
-                              str(tmp_path)]) == 2
-        assert "text-only" in capsys.readouterr().err
+        # (the CLI ranks a text-only version as the API does: test_cli_ranks_as_the_api)
         index_all(settings, str(tiny_model_dir), encoder=load_model(str(tiny_model_dir), "cpu"),
                   progress=False, caption_encoder=service.captions.encoder)
         state.poll_once()

@@ -27,8 +27,8 @@ from figsearch.rights import (
     third_party_statement,
 )
 from figsearch.store import FigureFilter, FigureStore
-from indexer.ingest import Task, _article_record, _figure_rights
 from indexer.jats import parse_article
+from indexer.workers import Task, _article_record, _figure_rights
 
 REAL = "jats/pmc-nxml/1471-2180-11-174.nxml"  # BMC Microbiology, CC BY 2.0, 2 authors, 4 figs
 

@@ -204,3 +204,44 @@ def test_cli_misuse_and_nothing_readable(tmp_path, capsys):
     bad.write_bytes(b"<article><body>")
     assert cli_main(["ingest", str(bad), "--data-dir", str(tmp_path / "d"), "--workers", "1"]) == 1
     assert "malformed XML" in capsys.readouterr().err
+
+
+def test_one_routing_rule_for_ingest_and_rebuild(tmp_path):
+    """Every source goes to one reader, by the same rule in ``ingest`` and ``rebuild``."""
+    from indexer.pmc_cloud import ingest_cloud_sources
+    from indexer.sources import SourceRoute, route_sources
+
+    fcgi = tmp_path / "oa.xml"
+    fcgi.write_bytes(b'<?xml version="1.0"?><OA><records></records></OA>')
+    article = tmp_path / "article.xml"
+    article.write_bytes(b"<article/>")
+    route = route_sources(["s3://pmc-oa-opendata", "pmc:PMC123", "https://m.example/list.csv",
+                           "oa_file_list.txt", str(fcgi), str(article), str(tmp_path)])
+    assert route == SourceRoute(
+        cloud=["s3://pmc-oa-opendata", "pmc:PMC123"],
+        file_lists=["https://m.example/list.csv", "oa_file_list.txt", str(fcgi)],
+        paths=[str(article), str(tmp_path)])
+    assert not route_sources([])
+    with pytest.raises(ValueError, match="not PMC Cloud sources"):
+        ingest_cloud_sources(Settings(data_dir=tmp_path / "d"), [str(article)])
+
+
+def test_cli_reads_a_file_list_given_as_a_path(shared_data, tmp_path, capsys):
+    """A positional .csv is routed to the file-list reader, as ``--file-list`` and ``rebuild``
+    do; its retracted entry removes the stored article."""
+    settings = Settings(data_dir=tmp_path / "d")
+    _, pkg = build_pmc_package(shared_data / "jats/pmc-nxml/pone.0046493.nxml", tmp_path / "pkgs")
+    assert ingest_paths([pkg], settings, workers=1).added_keys == ["PMC3460867"]
+    pmcid = "PMC3460867"
+    file_list = tmp_path / "oa_bulk.csv"
+    file_list.write_text(
+        "Article File,Article Citation,AccessionID,LastUpdated (YYYY-MM-DD HH:MM:SS),PMID,"
+        f"License,Retracted\noa_package/x/{pmcid}.tar.gz,\"Cit\",{pmcid},"
+        "\"2025-01-01 00:00:00\",1,\"CC BY\",yes\n")
+    assert cli_main(["ingest", str(file_list), "--data-dir", str(settings.data_dir)]) == 0
+    assert "1 removed" in capsys.readouterr().out
+    store = FigureStore(settings.db_path)
+    try:
+        assert store.article_state(pmcid) is None
+    finally:
+        store.close()

@@ -13,7 +13,8 @@ from figsearch.store import FigureStore
 from figsearch.version_data import VersionTypes
 from indexer.build import list_versions
 from indexer.indexing import index_all
-from indexer.rebuild import ValidationError, is_file_list, rebuild
+from indexer.rebuild import ValidationError, rebuild
+from indexer.sources import is_file_list
 from tests.indexer.test_embed import ingested_settings, manifest_subset
 
 
