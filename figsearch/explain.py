@@ -37,14 +37,15 @@ KEYWORD_FIELDS = (("caption", "caption"), ("label", "label"), ("title", "title")
 # Calibrated on the dev split of the real-figure queries (bench/eval/queries.jsonl) against the
 # off-topic queries (bench/eval/offtopic.jsonl) by
 #   python -m bench.weak_match --data-dir /work/eval-data --out bench/results/weak_match_eval.json
-# (the centre of the dev plateau of balanced accuracy; the file also holds the test-split
-# accuracy: real queries kept strong, off-topic ones flagged weak).
+# (the centre of the dev plateau of balanced accuracy). Dev: 149/149 real queries strong,
+# 20/20 off-topic weak; test: 144/145 real strong (the one weak: q176, "brominated flame
+# retardant diet lowers plasma thyroxine in fish"), 20/20 off-topic weak.
 #: A query is strong when some caption is at least this close to it in meaning (cosine of the
 #: caption encoder, all-MiniLM-L6-v2: the real queries' best captions are mostly 0.5-0.9, the
 #: off-topic queries' 0.2-0.4).
-STRONG_CAPTION_COSINE = 0.41
+STRONG_CAPTION_COSINE = 0.43
 #: ... or when the best keyword match holds at least this share of the query's words.
-STRONG_KEYWORD_COVERAGE = 0.75
+STRONG_KEYWORD_COVERAGE = 0.67
 QUALITIES = ("strong", "weak", "none")
 
 

@@ -119,8 +119,8 @@ def fuse(results: Mapping[str, SignalResult], config: FusionConfig) -> list[tupl
 @dataclass(frozen=True)
 class SignalPart:
     """One signal's share of one figure's fused score: ``contribution`` = ``weight`` x
-    ``normalised`` (``score`` method) or ``weight / (rrf_k + rank)`` (``rrf``; ``normalised``
-    None); ``raw`` is the signal's own score (BM25, cosine), ``rank`` its 1-based place in that
+    ``normalised`` (``score`` method) or ``weight x 1 / (rrf_k + rank)`` (``rrf``;
+    ``normalised`` None); ``raw`` is the signal's own score (BM25, cosine), ``rank`` its 1-based place in that
     signal's top list (None: scored exactly as another signal's candidate)."""
 
     name: str
@@ -154,7 +154,8 @@ def explain(results: Mapping[str, SignalResult], config: FusionConfig,
             if config.method == "rrf":
                 if rank is None:
                     continue
-                out[doc].append(SignalPart(name, s, None, w, 1.0 / (config.rrf_k + rank), rank))
+                out[doc].append(SignalPart(name, s, None, w, w * (1.0 / (config.rrf_k + rank)),
+                                           rank))
             else:
                 value = _scale(s, lo, span)
                 out[doc].append(SignalPart(name, s, value, w, w * value, rank))
