@@ -135,8 +135,8 @@ def assess(query: str, found: bool, caption_cosine: float | None,
     why = []
     if caption_cosine is not None:
         why.append(f"no caption is close in meaning (best similarity {caption_cosine:.2f})")
-    if coverage is not None:
-        why.append(f"the best keyword match holds {coverage:.0%} of its words")
-    note = (f"No strong match for “{query}”: " + " and ".join(why or ["no evidence"])
+    why.append("no figure holds any of its words" if coverage is None else
+               f"the best keyword match holds {coverage:.0%} of its words")
+    note = (f"No strong match for “{query}”: " + " and ".join(why)
             + ". The figures below are the nearest there are.")
     return MatchQuality("weak", caption_cosine, coverage, note)
