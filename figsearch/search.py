@@ -28,6 +28,11 @@ Highlights mark exactly the words the keyword index matches (same analysis: stem
 diacritics, no stopwords), in the caption and in the in-figure text, for every mode: computed
 from the page's own text by :meth:`figsearch.keyword_index.KeywordIndex.highlights` (FTS5's
 ``highlight()``/``snippet()`` for versions without a keyword index).
+
+Every hit also says why it matched (``SearchHit.signals``: each signal's part in its score, the
+keyword fields and words, the caption passage, the image cosine) and every text query whether its
+best matches are strong or weak (``SearchPage.match``); both come from :mod:`figsearch.explain`,
+are computed for the page only, after the ranking, and never change it.
 """
 
 from __future__ import annotations
