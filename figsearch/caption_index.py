@@ -141,12 +141,19 @@ def caption_passages(label: str | None, caption: str | None, title: str | None,
     """Texts of a caption's passages: windows of ``PASSAGE_SENTENCES`` sentences every
     ``PASSAGE_STRIDE`` sentences, each as :func:`caption_text` with the label and title, at most
     ``limit`` (and ``PASSAGE_SLOTS - 1``); none when a window would repeat the whole caption."""
+    texts = passage_windows(caption)
+    return [caption_text(label, t, title) for t in texts[: min(limit, PASSAGE_SLOTS - 1)]]
+
+
+def passage_windows(caption: str | None) -> list[str]:
+    """The sentence windows of a caption, passage 1 first (without label and title): passage
+    ``n`` of a figure embeds window ``n - 1``, which is how a search explains which part of a
+    long caption matched (:func:`best_passages`)."""
     sentences = [s for s in _SENTENCE_END.split((caption or "").strip()) if s.strip()]
     windows = [sentences[i : i + PASSAGE_SENTENCES]
                for i in range(0, len(sentences), PASSAGE_STRIDE)]
     whole = " ".join(sentences)
-    texts = [" ".join(w) for w in windows if w and " ".join(w) != whole]
-    return [caption_text(label, t, title) for t in texts[: min(limit, PASSAGE_SLOTS - 1)]]
+    return [" ".join(w) for w in windows if w and " ".join(w) != whole]
 
 
 def passage_key(figure_id: int, n: int) -> int:
@@ -281,6 +288,29 @@ class PassageIndex:
                              np.maximum.reduceat(values, starts).tolist(), strict=True):
             scores[fid] = max(scores[fid], best)
         return scores
+
+
+def best_passages(index: Any, qvec: np.ndarray, captions: dict[int, str]) -> dict[int, str]:
+    """{figure id: the sentence window of its caption that the query matched best} for the
+    given figures (id -> caption) whose best vector in a :class:`PassageIndex` is a passage
+    rather than the whole caption; figures whose whole caption matched best (or an index
+    without passages) are absent. One exact product over the figures' passage vectors."""
+    if not isinstance(index, PassageIndex) or not captions:
+        return {}
+    ids = sorted(captions)
+    whole = index.whole.scores_for(qvec, ids)
+    keys, values = index.passages.exact_scores(qvec, _passage_keys(np.array(ids, np.int64)))
+    best: dict[int, tuple[float, int]] = {}
+    for key, value in zip(keys.tolist(), values.tolist(), strict=True):
+        fid, n = divmod(int(key), PASSAGE_SLOTS)
+        if value > best.get(fid, (float("-inf"), 0))[0]:
+            best[fid] = (value, n)
+    out: dict[int, str] = {}
+    for fid, (value, n) in best.items():
+        windows = passage_windows(captions[fid])
+        if value > whole.get(fid, float("-inf")) and 1 <= n <= len(windows):
+            out[fid] = windows[n - 1]
+    return out
 
 
 def _passage_keys(figure_ids: np.ndarray) -> np.ndarray:

@@ -1,9 +1,10 @@
 """Python client for the figsearch HTTP API (httpx).
 
->>> from figsearch.client import FigSearchClient
+>>> from figsearch.client import FigSearchClient, signals_line
 >>> api = FigSearchClient("http://127.0.0.1:8000")  # default: $FIGSEARCH_API_URL
 >>> hits = api.search("MAPK signalling pathway", k=5, license="commercial")
 >>> [r["label"] for r in hits["results"]]
+>>> hits["match_quality"], [signals_line(r["signals"]) for r in hits["results"]]
 
 Every failure is a :class:`FigSearchError` carrying the HTTP status and the API's own
 ``detail`` message; a server that cannot be reached (connection refused, DNS, timeout) raises
@@ -54,6 +55,25 @@ def _filters(filters: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"unknown filter(s): {', '.join(sorted(unknown))}; use {FILTER_NAMES}")
     return {name: value for name, value in filters.items() if value not in (None, "")}
+
+
+def signals_line(signals: list[dict[str, Any]]) -> str:
+    """A compact line of a search result's ``signals`` (why it matched), largest share of the
+    score first, e.g. ``keyword 0.41 (caption, title: EGFR, NSCLC) · caption 0.22 (cos 0.63) ·
+    image 0.05 (cos 0.31)``; in a single-signal mode the one number is the score itself."""
+    names = {"dense": "image", "ocr": "in-figure text"}
+    parts = []
+    for s in sorted(signals, key=lambda s: -float(s.get("contribution") or 0.0)):
+        name = str(s.get("name") or "?")
+        text = f"{names.get(name, name)} {float(s.get('contribution') or 0.0):.2f}"
+        if name == "keyword" and s.get("fields"):
+            fields = ", ".join(names.get(f, f) for f in s["fields"])
+            terms = ", ".join(s.get("terms") or [])
+            text += f" ({fields}: {terms})" if terms else f" ({fields})"
+        elif s.get("normalised") is not None and s.get("raw") is not None:
+            text += f" (cos {float(s['raw']):.2f})"
+        parts.append(text)
+    return " · ".join(parts)
 
 
 class FigSearchClient:

@@ -73,19 +73,29 @@ class FusionConfig:
         return f"{self.method}: {ws}"
 
 
+def _bounds(result: SignalResult, top: int) -> tuple[float, float]:
+    """(the score that maps to 0, the span that maps to 1) of a non-empty result."""
+    hi = max(result.scores)
+    head = sorted(result.scores, reverse=True)[:max(top, 1)]
+    lo = min(head) if result.floor is None else result.floor
+    return lo, hi - lo
+
+
+def _scale(score: float, lo: float, span: float) -> float:
+    """One raw score mapped to 0..1 (clipped) by :func:`_bounds`."""
+    value = 1.0 if span <= 0 else (score - lo) / span
+    return min(max(value, 0.0), 1.0)
+
+
 def normalised(result: SignalResult, top: int = NORM_TOP) -> dict[int, float]:
     """Scores of the top ids and the extra ids mapped to 0..1 (clipped): the best -> 1, the
     ``top``-th best (or ``result.floor`` when set) -> 0."""
     if not result.ids:
         return {}
-    hi = max(result.scores)
-    head = sorted(result.scores, reverse=True)[:max(top, 1)]
-    lo = min(head) if result.floor is None else result.floor
-    span = hi - lo
+    lo, span = _bounds(result, top)
     out: dict[int, float] = {}
     for doc, s in itertools.chain(zip(result.ids, result.scores, strict=True), result.extra.items()):
-        value = 1.0 if span <= 0 else (s - lo) / span
-        out[int(doc)] = max(out.get(int(doc), 0.0), min(max(value, 0.0), 1.0))
+        out[int(doc)] = max(out.get(int(doc), 0.0), _scale(s, lo, span))
     return out
 
 
@@ -104,6 +114,52 @@ def fuse(results: Mapping[str, SignalResult], config: FusionConfig) -> list[tupl
             scores[doc] = scores.get(doc, 0.0) + w * value
     order = {doc: i for i, doc in enumerate(_first_seen(results, config))}
     return sorted(scores.items(), key=lambda kv: (-kv[1], order.get(kv[0], len(order))))
+
+
+@dataclass(frozen=True)
+class SignalPart:
+    """One signal's share of one figure's fused score: ``contribution`` = ``weight`` x
+    ``normalised`` (``score`` method) or ``weight x 1 / (rrf_k + rank)`` (``rrf``;
+    ``normalised`` None); ``raw`` is the signal's own score (BM25, cosine), ``rank`` its 1-based place in that
+    signal's top list (None: scored exactly as another signal's candidate)."""
+
+    name: str
+    raw: float
+    normalised: float | None
+    weight: float
+    contribution: float
+    rank: int | None
+
+
+def explain(results: Mapping[str, SignalResult], config: FusionConfig,
+            ids: Iterable[int]) -> dict[int, list[SignalPart]]:
+    """Per given id, the parts :func:`fuse` summed into its score, in the order it summed
+    them (so ``sum(p.contribution for p in parts)`` is the fused score exactly). Only the
+    given ids are explained: the cost follows a result page, not the candidate lists."""
+    wanted = {int(i) for i in ids}
+    out: dict[int, list[SignalPart]] = {i: [] for i in wanted}
+    for name, result in results.items():
+        w = config.weight(name)
+        if w <= 0 or not result.ids:
+            continue
+        raw: dict[int, float] = {}
+        for doc, s in itertools.chain(zip(result.ids, result.scores, strict=True),
+                                      result.extra.items()):
+            if int(doc) in wanted:
+                raw[int(doc)] = max(raw.get(int(doc), float("-inf")), float(s))
+        ranks = {int(d): r for r, d in enumerate(result.ids, 1) if int(d) in wanted}
+        lo, span = _bounds(result, config.norm_top)
+        for doc, s in raw.items():
+            rank = ranks.get(doc)
+            if config.method == "rrf":
+                if rank is None:
+                    continue
+                out[doc].append(SignalPart(name, s, None, w, w * (1.0 / (config.rrf_k + rank)),
+                                           rank))
+            else:
+                value = _scale(s, lo, span)
+                out[doc].append(SignalPart(name, s, value, w, w * value, rank))
+    return out
 
 
 def _first_seen(results: Mapping[str, SignalResult], config: FusionConfig) -> list[int]:

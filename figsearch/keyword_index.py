@@ -597,13 +597,28 @@ def _top_of(searcher: Any, query: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.asarray([s for s, _ in hits], np.float64)
 
 
-def _matches(text: str, terms: set[str]) -> list[tuple[int, int, bool]]:
-    """Word spans of ``text`` with whether each word's stem is one of ``terms``."""
+def _stemmed(text: str) -> list[tuple[int, int, str]]:
+    """Word spans of ``text`` with each word's stem (as the index analyses it)."""
     spans = [(m.start(), m.end()) for m in _TOKEN.finditer(text)]
     stems = _INDEX_ANALYZER.analyze(text)
     if len(stems) != len(spans):  # long words dropped, or a script split differently
         stems = [(_INDEX_ANALYZER.analyze(text[s:e]) or [""])[0] for s, e in spans]
-    return [(s, e, stem in terms) for (s, e), stem in zip(spans, stems, strict=True)]
+    return [(s, e, stem) for (s, e), stem in zip(spans, stems, strict=True)]
+
+
+def _matches(text: str, terms: set[str]) -> list[tuple[int, int, bool]]:
+    """Word spans of ``text`` with whether each word's stem is one of ``terms``."""
+    return [(s, e, stem in terms) for s, e, stem in _stemmed(text)]
+
+
+def matched_words(text: str, terms: set[str]) -> dict[str, str]:
+    """{stem: the first word of ``text`` with that stem, as written} for the words whose stem
+    is one of ``terms`` (what a search result's explanation shows)."""
+    out: dict[str, str] = {}
+    for s, e, stem in _stemmed(text or ""):
+        if stem in terms and stem not in out:
+            out[stem] = text[s:e]
+    return out
 
 
 def _render(text: str, spans: Sequence[tuple[int, int, bool]], start: int, end: int) -> str:

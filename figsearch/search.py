@@ -28,6 +28,11 @@ Highlights mark exactly the words the keyword index matches (same analysis: stem
 diacritics, no stopwords), in the caption and in the in-figure text, for every mode: computed
 from the page's own text by :meth:`figsearch.keyword_index.KeywordIndex.highlights` (FTS5's
 ``highlight()``/``snippet()`` for versions without a keyword index).
+
+Every hit also says why it matched (``SearchHit.signals``: each signal's part in its score, the
+keyword fields and words, the caption passage, the image cosine) and every text query whether its
+best matches are strong or weak (``SearchPage.match``); both come from :mod:`figsearch.explain`,
+are computed for the page only, after the ranking, and never change it.
 """
 
 from __future__ import annotations
@@ -45,12 +50,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from figsearch import timing
+from figsearch.caption_index import best_passages
 from figsearch.columns import AllowedSet, VersionColumns
 from figsearch.core.config import Settings
+from figsearch.explain import HitSignal, MatchQuality, assess, keyword_coverage, keyword_evidence
 from figsearch.fusion import (
     FusionConfig,
     SignalResult,
     dense_reliable,
+    explain,
     fuse,
     fusion_from_settings,
     vector_dedup_ok,
@@ -114,7 +122,7 @@ class SearchHit:
 
     ``caption_highlighted`` is the HTML-escaped caption with the tokens FTS5 matched in
     ``<mark>``; ``ocr_snippet`` the best matching window of the in-figure text ("" when the
-    query matched none of it).
+    query matched none of it). ``signals``: why it matched (:mod:`figsearch.explain`).
     """
 
     id: int
@@ -123,6 +131,7 @@ class SearchHit:
     figure: dict[str, Any]
     caption_highlighted: str
     ocr_snippet: str = ""
+    signals: list[HitSignal] = field(default_factory=list)
 
 
 @dataclass
@@ -136,6 +145,8 @@ class SearchPage:
     index_version: str
     took_ms: float
     hits: list[SearchHit] = field(default_factory=list)
+    #: strong | weak | none for text queries (:func:`figsearch.explain.assess`); None else
+    match: MatchQuality | None = None
 
 
 # -- rank fusion and links ------------------------------------------------------
@@ -241,6 +252,8 @@ class SearchService:
         qvec = self._encode_text(query) if "dense" in use else None
         cvec = self._encode_caption_query(query) if "caption" in use else None
 
+        fused: dict[str, dict[str, SignalResult]] = {}  # the last fetch's signals (hybrid)
+
         def fetch(n: int) -> _Candidates:
             if mode == "keyword":
                 return self._keyword(query, n, flt)
@@ -249,10 +262,15 @@ class SearchService:
             if mode == "caption":
                 return self._caption(cvec, n, flt)  # type: ignore[arg-type]
             depth = max(n, self.settings.fusion_depth)
-            return self._fuse(self.signal_results(query, depth, flt, use, qvec, cvec))
+            fused["signals"] = self.signal_results(query, depth, flt, use, qvec, cvec)
+            return self._fuse(fused["signals"])
 
         hits = self._collect(fetch, k, offset, dedup, query)
-        return self._page(query, mode, k, offset, start, hits)
+        with timing.stage("explain"):
+            results = fused.get("signals")
+            self._explain(query, mode, hits, results, cvec)
+            match = self._match_quality(query, flt, hits, results or {}, cvec, offset)
+        return self._page(query, mode, k, offset, start, hits, match)
 
     def search_vector(
         self, vector: Sequence[float] | np.ndarray, k: int = 20, offset: int = 0,
@@ -272,6 +290,8 @@ class SearchService:
             return _Candidates([i for i, _ in keep], [s for _, s in keep], cands.exhausted)
 
         hits = self._collect(fetch, k, offset, dedup, "")
+        for h in hits:  # the hit's score is the image cosine itself
+            h.signals = [HitSignal("dense", h.score, h.score, 1.0, None, h.rank)]
         return self._page(label, "dense", k, offset, start, hits)
 
     def search_image(
@@ -473,6 +493,52 @@ class SearchService:
         exhausted = all(r.exhausted for r in results.values())
         return _Candidates([i for i, _ in fused], [s for _, s in fused], exhausted)
 
+    # -- explanations -------------------------------------------------------------------
+    def _explain(self, query: str, mode: str, hits: list[SearchHit],
+                 results: dict[str, SignalResult] | None, cvec: np.ndarray | None) -> None:
+        """Set each hit's ``signals``: the fused parts (hybrid) or the mode's one signal, with
+        the keyword fields and words and the caption passage that matched. Page hits only."""
+        if results is not None:
+            parts = explain(results, self.fusion, [h.id for h in hits])
+            for h in hits:
+                h.signals = [HitSignal.from_part(p) for p in parts.get(h.id, [])]
+        else:
+            for h in hits:
+                h.signals = [HitSignal(mode, h.score, h.score, 1.0, None, h.rank)]
+        passages: dict[int, str] = {}
+        if cvec is not None and self.captions is not None:
+            passages = best_passages(self.captions.index, cvec, {
+                h.id: str(h.figure.get("caption") or "") for h in hits
+                if any(s.name == "caption" for s in h.signals)})
+        for h in hits:
+            for signal in h.signals:
+                if signal.name == "keyword":
+                    signal.fields, signal.terms = keyword_evidence(query, h.figure)
+                elif signal.name == "caption":
+                    signal.passage = passages.get(h.id)
+
+    def _match_quality(self, query: str, flt: FigureFilter, hits: list[SearchHit],
+                       results: dict[str, SignalResult], cvec: np.ndarray | None,
+                       offset: int = 0) -> MatchQuality:
+        """Strong, weak or none (:func:`figsearch.explain.assess`) from the best caption
+        cosine and the best keyword match's share of the query's words over the filtered
+        collection: the hybrid signals' own lists when they ran, else a top-1 search each."""
+        cosine = None
+        caption = results.get("caption")
+        if caption is not None:
+            cosine = max(caption.scores, default=None)
+        elif self.captions is not None:
+            vec = cvec if cvec is not None else self._encode_caption_query(query)
+            cosine = max(self._caption(vec, 1, flt).scores, default=None)
+        keyword = results.get("keyword")
+        top = keyword.ids[:1] if keyword is not None else self._keyword(query, 1, flt).ids
+        coverage = None
+        if top:
+            on_page = {h.id: h.figure for h in hits}
+            figure = on_page.get(top[0]) or self.store.get_figures(top).get(top[0])
+            coverage = keyword_coverage(query, figure)
+        return assess(query, bool(hits) or offset > 0, cosine, coverage)
+
     def _vector_of(self, figure_id: int) -> np.ndarray:
         index = self._require_index()
         try:
@@ -601,9 +667,10 @@ class SearchService:
         return np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
 
     def _page(
-        self, query: str, mode: str, k: int, offset: int, start: float, hits: list[SearchHit]
+        self, query: str, mode: str, k: int, offset: int, start: float, hits: list[SearchHit],
+        match: MatchQuality | None = None,
     ) -> SearchPage:
         took = (time.perf_counter() - start) * 1000.0
-        return SearchPage(query, mode, k, offset, self.index_version, round(took, 2), hits)
+        return SearchPage(query, mode, k, offset, self.index_version, round(took, 2), hits, match)
 
 

@@ -41,6 +41,9 @@ CSS = """<style>
   overflow:hidden; text-overflow:ellipsis}
 .fs-ocr span {color:#6b7280}
 .fs-caption mark, .fs-full-caption mark, .fs-ocr mark {background:#fde68a; padding:0 .1em; border-radius:2px}
+.fs-why {font-size:.72rem; color:#374151; margin-top:.25rem; white-space:nowrap;
+  overflow:hidden; text-overflow:ellipsis}
+.fs-why span {color:#6b7280}
 .fs-meta {font-size:.75rem; color:#6b7280; margin-top:.35rem; white-space:nowrap;
   overflow:hidden; text-overflow:ellipsis}
 [data-testid="stMainBlockContainer"] {padding-top:2.5rem}
@@ -427,6 +430,9 @@ def render_results(url: str, state: c.ViewState, image: bytes | None, image_name
             render_pager(state, 0)
         return
     render_toolbar(response, state, source)
+    notice = c.weak_notice(response)
+    if notice:
+        st.warning(notice, icon="⚠️")
     render_grid(results)
     render_pager(state, len(results))
 

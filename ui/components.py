@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from figsearch.client import signals_line
 from figsearch.licenses import allows_commercial_use
 from figsearch.links import PMC, collection_name
 
@@ -316,8 +317,32 @@ def result_card_html(result: Mapping[str, Any]) -> str:
         f'<div class="fs-title" title="{title}">{title}</div>'
         f'<div class="fs-caption">{snippet(caption)}</div>'
         f"{_ocr_div(result)}"
+        f"{signals_div(result)}"
         f'<div class="fs-meta">{meta_line(result)}</div></div>'
     )
+
+
+def signals_div(result: Mapping[str, Any]) -> str:
+    """One small escaped line saying why the result matched (its signals' shares of the score,
+    the keyword fields and words); the tooltip adds the caption passage that matched best."""
+    signals = [s for s in result.get("signals") or [] if isinstance(s, Mapping)]
+    if not signals:
+        return ""
+    line = signals_line([dict(s) for s in signals])
+    passage = next((s.get("passage") for s in signals if s.get("passage")), None)
+    tip = f"why it matched: {line}" + (f" | best caption passage: {passage}" if passage else "")
+    return (f'<div class="fs-why" title="{html.escape(tip, quote=True)}">'
+            f"<span>why:</span> {html.escape(line)}</div>")
+
+
+def weak_notice(response: Mapping[str, Any]) -> str:
+    """The notice shown above the results of a query whose best matches are weak (plain text;
+    "" for strong or not assessed ones): the API's note, else a short default."""
+    if response.get("match_quality") != "weak":
+        return ""
+    return str(response.get("match_note") or
+               f"No strong match for “{response.get('query', '')}”: the figures below are the "
+               "nearest there are.")
 
 
 def _ocr_div(result: Mapping[str, Any]) -> str:

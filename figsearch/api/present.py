@@ -52,10 +52,21 @@ def search_payload(page: SearchPage, base_url: str) -> dict[str, Any]:
     for h in page.hits:
         item = _common(h.figure, base_url)
         item.update(rank=h.rank, score=round(float(h.score), 6),
-                    caption_highlighted=h.caption_highlighted, ocr_snippet=h.ocr_snippet)
+                    caption_highlighted=h.caption_highlighted, ocr_snippet=h.ocr_snippet,
+                    signals=[s.as_dict() for s in h.signals])
         results.append(item)
     return {"query": page.query, "mode": page.mode, "k": page.k, "offset": page.offset,
-            "index_version": page.index_version, "took_ms": page.took_ms, "results": results}
+            "index_version": page.index_version, "took_ms": page.took_ms, "results": results,
+            **_match(page)}
+
+
+def _match(page: SearchPage) -> dict[str, Any]:
+    """The response's match_quality / match_note / match_evidence (null quality: not a text
+    query)."""
+    m = page.match
+    if m is None:
+        return {"match_quality": None, "match_note": "", "match_evidence": {}}
+    return {"match_quality": m.quality, "match_note": m.note, "match_evidence": m.evidence()}
 
 
 def json_response(payload: dict[str, Any]) -> Response:
@@ -70,13 +81,14 @@ def search_response(page: SearchPage, base_url: str) -> SearchResponse:
     results = [
         SearchResult(
             rank=h.rank, score=round(float(h.score), 6), caption_highlighted=h.caption_highlighted,
-            ocr_snippet=h.ocr_snippet, **_common(h.figure, base_url),
+            ocr_snippet=h.ocr_snippet, signals=[s.as_dict() for s in h.signals],
+            **_common(h.figure, base_url),
         )
         for h in page.hits
     ]
     return SearchResponse(
         query=page.query, mode=page.mode, k=page.k, offset=page.offset,
-        index_version=page.index_version, took_ms=page.took_ms, results=results,
+        index_version=page.index_version, took_ms=page.took_ms, results=results, **_match(page),
     )
 
 

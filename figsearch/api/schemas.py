@@ -96,6 +96,35 @@ class FigureBase(FigureLinks):
     )
 
 
+class SignalExplanation(BaseModel):
+    """One signal's part in a result's score and what it matched ("why it matched")."""
+
+    name: str = Field(description="keyword (BM25), caption (caption semantics) or dense (image "
+                      "similarity).", examples=["keyword"])
+    raw: float = Field(description="The signal's own score: BM25 (keyword), cosine (caption, "
+                       "dense).")
+    normalised: float | None = Field(
+        None, description="The raw score mapped to 0..1 over the head of the signal's list "
+        "(hybrid `score` fusion); null in single-signal modes and for `rrf` fusion.")
+    weight: float | None = Field(None, description="The signal's fusion weight (1 in a "
+                                 "single-signal mode).")
+    contribution: float = Field(
+        description="The signal's share of the result's `score`: weight x normalised in hybrid "
+        "mode (the contributions add up to `score`), the score itself in a single-signal mode.")
+    rank: int | None = Field(None, description="1-based place in the signal's own top list; "
+                             "null when it only scored the result as another signal's candidate.")
+    fields: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="keyword: the fields that matched (caption, label, title, ocr = text read "
+                    "inside the figure) -> the words they matched, as written there.",
+        examples=[{"caption": ["EGFR"], "title": ["NSCLC"]}])
+    terms: list[str] = Field(default_factory=list, description="keyword: the query's words that "
+                             "matched, as typed.")
+    passage: str | None = Field(
+        None, description="caption: the caption's sentence window that matched best, when the "
+        "caption index has passages and one beat the whole caption; null: the whole caption.")
+
+
 class SearchResult(FigureBase):
     rank: int = Field(description="1-based rank over all pages.", examples=[1])
     score: float = Field(description="Cosine similarity (dense, caption), BM25 (keyword) or the "
@@ -113,6 +142,10 @@ class SearchResult(FigureBase):
             "query words it matched, in <mark></mark>; empty when it matched none."
         ),
     )
+    signals: list[SignalExplanation] = Field(
+        default_factory=list,
+        description="Why it matched: each signal's part in `score`, with the keyword fields and "
+                    "words, caption passage or image cosine behind it.")
 
 
 class SearchResponse(BaseModel):
@@ -123,6 +156,16 @@ class SearchResponse(BaseModel):
     index_version: str
     took_ms: float
     results: list[SearchResult]
+    match_quality: Literal["strong", "weak", "none"] | None = Field(
+        None, description="Text queries: `strong` when some caption is close in meaning or the "
+        "best keyword match holds most of the query's words, `weak` when neither (the results "
+        "are the nearest there are, not answers), `none` without results; null for image and "
+        "vector queries. Thresholds calibrated on the evaluation's dev split (docs/api.md).")
+    match_note: str = Field("", description="For people: why the match is weak; empty else.")
+    match_evidence: dict[str, float | None] = Field(
+        default_factory=dict, description="What `match_quality` was decided on: "
+        "`caption_cosine` (best caption similarity) and `keyword_coverage` (share of the "
+        "query's words in the best keyword match).")
 
 
 class FigureDetail(FigureBase):

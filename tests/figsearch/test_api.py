@@ -21,8 +21,10 @@ RESULT_FIELDS = {
     "title", "journal", "year", "license", "license_url", "doi", "source", "ocr_snippet",
     "article_license", "figure_license", "rights_statement", "rights_holder", "third_party",
     "reuse", "reusable", "authors", "attribution",
+    "signals",
 }
-RESPONSE_FIELDS = {"query", "mode", "k", "offset", "index_version", "took_ms", "results"}
+RESPONSE_FIELDS = {"query", "mode", "k", "offset", "index_version", "took_ms", "results",
+                   "match_quality", "match_note", "match_evidence"}
 
 
 @pytest.fixture(scope="module")

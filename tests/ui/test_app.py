@@ -6,6 +6,7 @@ is compared with what the API answers for the same request.
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -245,3 +246,23 @@ def test_reusable_filter_and_the_detail_views_rights(app, client):
     assert app.code[0].value == figure["attribution"]
     assert any(f"**Reuse:** {figure['reuse']}" == m.value for m in app.markdown)
     assert not app.exception  # the BibTeX / RIS downloads fetched their files
+
+
+def test_cards_say_why_they_matched_and_a_weak_query_is_flagged(app, client):
+    from figsearch.client import signals_line
+
+    strong = client.search("TREM2 lipoprotein ligands", k=24)
+    assert strong["match_quality"] == "strong"
+    run_with(app, q="TREM2 lipoprotein ligands")
+    assert not app.warning
+    first = cards(app)[0]
+    assert 'class="fs-why"' in first and html.escape(signals_line(strong["results"][0]["signals"])) in first
+    assert "keyword" in first and "TREM2" in first
+    # one word the figures use among words they do not: results, under a notice
+    weak = client.search("football league pathway standings", k=24)
+    assert weak["match_quality"] == "weak" and weak["results"]
+    app.query_params.clear()
+    run_with(app, q="football league pathway standings")
+    assert [w.value for w in app.warning] == [weak["match_note"]]
+    assert weak["match_note"].startswith("No strong match for “football league pathway standings”")
+    assert card_ids(app) == [r["id"] for r in weak["results"]]

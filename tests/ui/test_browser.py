@@ -122,3 +122,26 @@ def test_search_filter_detail_and_upload_in_a_browser(api_url, browser_page, tmp
         expect(page.locator(".fs-card").first).to_be_visible()
         _wait_for_images(page, ".fs-card img.fs-thumb")
         _shoot(page, tmp_path, "ui-image-search")
+
+
+def test_why_it_matched_and_the_weak_match_notice_in_a_browser(api_url, browser_page, tmp_path):
+    from urllib.parse import quote
+
+    from playwright.sync_api import expect
+
+    page = browser_page
+    client = FigSearchClient(api_url)
+    weak = client.search("football league pathway standings", k=24)
+    strong = client.search("TREM2 lipoprotein ligands", k=24)
+    assert weak["match_quality"] == "weak" and strong["match_quality"] == "strong"
+    with streamlit_server(api_url, tmp_path / "streamlit.log") as ui_url:
+        page.goto(f"{ui_url}/?q={quote('TREM2 lipoprotein ligands')}")
+        why = page.locator(".fs-why").first
+        expect(why).to_be_visible()
+        expect(why).to_contain_text(re.compile(r"why: keyword \d\.\d\d \(.*TREM2"))
+        expect(page.get_by_text("No strong match")).to_have_count(0)
+        page.goto(f"{ui_url}/?q={quote('football league pathway standings')}")
+        notice = page.get_by_text("No strong match for “football league pathway standings”")
+        expect(notice).to_be_visible()
+        expect(page.locator(".fs-card")).to_have_count(len(weak["results"]))  # still listed
+        _shoot(page, tmp_path, "ui-weak-match")

@@ -175,3 +175,32 @@ def test_api_attribution_is_used_and_exported_with_authors_and_reuse():
     row = next(csv.DictReader(io.StringIO(c.results_to_csv([result]))))
     assert row["attribution"] == credit and row["authors"] == "Lovelace, Ada; Turing, Alan"
     assert row["reuse"] == "cc-by: reuse with attribution" and row["third_party"] == ""
+
+
+SIGNALS = [
+    {"name": "caption", "raw": 0.63, "normalised": 0.88, "weight": 0.25, "contribution": 0.22,
+     "rank": 2, "fields": {}, "terms": [], "passage": "EGFR <b>mutant</b> tumours respond."},
+    {"name": "keyword", "raw": 31.2, "normalised": 0.63, "weight": 0.65, "contribution": 0.41,
+     "rank": 1, "fields": {"caption": ["EGFR"], "ocr": ["NSCLC"]}, "terms": ["egfr", "nsclc"],
+     "passage": None},
+]
+
+
+def test_card_says_compactly_why_the_result_matched_and_stays_safe():
+    card = c.result_card_html({**RESULT, "signals": SIGNALS})
+    assert '<div class="fs-why"' in card
+    # the largest share first, the keyword fields and words, the caption cosine
+    assert ("keyword 0.41 (caption, in-figure text: egfr, nsclc) · caption 0.22 (cos 0.63)"
+            in card)
+    assert "best caption passage: EGFR &lt;b&gt;mutant&lt;/b&gt; tumours respond." in card
+    assert "<b>mutant" not in card
+    assert "fs-why" not in c.result_card_html({**RESULT, "signals": []})
+
+
+def test_weak_notice_only_for_weak_matches():
+    note = "No strong match for “cake”: no caption is close in meaning (best similarity 0.21)."
+    assert c.weak_notice({"query": "cake", "match_quality": "weak", "match_note": note}) == note
+    assert c.weak_notice({"query": "cake", "match_quality": "weak"}).startswith(
+        "No strong match for “cake”")
+    for quality in ("strong", "none", None):
+        assert c.weak_notice({"query": "x", "match_quality": quality, "match_note": "n"}) == ""
