@@ -50,6 +50,21 @@ async def get_loaded(state: StateDep) -> Loaded:
 LoadedDep = Annotated[Loaded, Depends(get_loaded)]
 
 
+def get_pinned(
+    state: StateDep, loaded: LoadedDep,
+    version: Annotated[str | None, Query(
+        max_length=100, description="Answer from this kept index version (a pinned search: "
+        "the `index_version` of an earlier response); default: the current version.")] = None,
+) -> Loaded:
+    """The snapshot a search route answers from: the current one, or the kept version that
+    ``version=`` names (opened on demand; 404/410 naming the kept versions otherwise). A plain
+    ``def``: opening a version blocks, so FastAPI runs it in its thread pool."""
+    return state.pinned(loaded, version)
+
+
+PinnedDep = Annotated[Loaded, Depends(get_pinned)]
+
+
 async def get_store(state: StateDep) -> FigureStore:
     """The store as the served version sees it (its figure types), else the plain store."""
     loaded = state.current

@@ -14,8 +14,8 @@ from figsearch.api.deps import (
     DedupParam,
     FilterDep,
     KParam,
-    LoadedDep,
     OffsetParam,
+    PinnedDep,
     SettingsDep,
     StateDep,
     StoreDep,
@@ -60,11 +60,12 @@ def get_figure(
                 "copies of its image are left out. Filters and paging as in /v1/search.",
 )
 def similar(
-    figure_id: FigureId, loaded: LoadedDep, flt: FilterDep, base_url: BaseUrlDep,
+    figure_id: FigureId, loaded: PinnedDep, flt: FilterDep, base_url: BaseUrlDep,
     k: KParam = 20, offset: OffsetParam = 0, dedup: DedupParam = True,
 ) -> Response:
     page = loaded.service.similar(figure_id, k=k, offset=offset, flt=flt, dedup=dedup)
-    return json_response(search_payload(page, base_url))
+    return json_response(search_payload(page, base_url, flt,
+                                        path=f"/v1/figures/{figure_id}/similar", dedup=dedup))
 
 
 def _image_file(

@@ -15,6 +15,7 @@ from figsearch.api.deps import (
     KParam,
     LoadedDep,
     OffsetParam,
+    PinnedDep,
     SettingsDep,
     StateDep,
     build_filter,
@@ -52,14 +53,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     ),
 )
 def search(
-    loaded: LoadedDep, flt: FilterDep, base_url: BaseUrlDep,
+    loaded: PinnedDep, flt: FilterDep, base_url: BaseUrlDep,
     q: Annotated[str, Query(description="Query text.", examples=["MAPK signalling pathway"])],
     k: KParam = 20, offset: OffsetParam = 0,
     mode: Annotated[Mode, Query(description="hybrid | dense | keyword | caption")] = "hybrid",
     dedup: DedupParam = True,
 ) -> Response:
     page = loaded.service.search_text(q, k=k, offset=offset, mode=mode, flt=flt, dedup=dedup)
-    return json_response(search_payload(page, base_url))
+    return json_response(search_payload(page, base_url, flt, dedup=dedup))
 
 
 @router.post(
@@ -76,6 +77,7 @@ def search_batch(
 ) -> Response:
     flt = build_filter(state, body.year_from, body.year_to, body.journal, body.license,
                        body.figure_type, body.pmcid)
+    loaded = state.pinned(loaded, body.version)
     responses = []
     for i, item in enumerate(body.queries):
         try:
@@ -90,7 +92,8 @@ def search_batch(
                 )
         except SearchInputError as exc:
             raise type(exc)(f"queries[{i}]: {exc}") from exc  # keeps its status (400 or 409)
-        responses.append(search_payload(page, base_url))
+        path = None if item.vector is not None else "/v1/search"  # a vector: no URL re-runs it
+        responses.append(search_payload(page, base_url, flt, path=path, dedup=body.dedup))
     return json_response({"responses": responses})
 
 
@@ -105,7 +108,7 @@ def search_batch(
     ),
 )
 async def search_image(
-    image: UploadFile, loaded: LoadedDep, flt: FilterDep,
+    image: UploadFile, loaded: PinnedDep, flt: FilterDep,
     settings: SettingsDep, base_url: BaseUrlDep, k: KParam = 20, offset: OffsetParam = 0,
     dedup: DedupParam = True,
 ) -> Response:
@@ -119,4 +122,4 @@ async def search_image(
     page = await run_in_threadpool(
         loaded.service.search_image, img, k=k, offset=offset, flt=flt, dedup=dedup
     )
-    return json_response(search_payload(page, base_url))
+    return json_response(search_payload(page, base_url, flt, path=None, dedup=dedup))
