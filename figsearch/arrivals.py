@@ -157,18 +157,24 @@ def parse_since(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
+def published_time(entry: dict[str, str]) -> datetime:
+    """When a history entry's version was published: its recorded time, else the build start
+    its name encodes (``YYYYMMDDTHHMMSSffffffZ-xxxxxx``), else the epoch."""
+    try:
+        return parse_since(entry.get("published") or "")
+    except ValueError:
+        pass
+    try:
+        return datetime.strptime(str(entry.get("version", "")).split("-")[0],
+                                 "%Y%m%dT%H%M%S%fZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def select_versions(history: list[dict[str, str]], versions: int | None = None,
                     since: datetime | None = None) -> list[str]:
-    """Names of the history's last ``versions`` entries, or of those published at or after
-    ``since`` (entries without a readable time are left out)."""
+    """Names of the history's last ``versions`` entries (default 1: the newest), or, with
+    ``since``, of those published at or after it."""
     if since is None:
         return [h["version"] for h in history[-max(int(versions or 1), 1):]]
-    out = []
-    for entry in history:
-        try:
-            when = parse_since(entry.get("published") or "")
-        except ValueError:
-            continue
-        if when >= since:
-            out.append(entry["version"])
-    return out
+    return [h["version"] for h in history if published_time(h) >= since]

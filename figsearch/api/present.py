@@ -80,6 +80,11 @@ def permalink(page: SearchPage, flt: FigureFilter | None, path: str | None = SEA
     return f"{path}?{urlencode(params)}"
 
 
+def figure_fields(figure: dict[str, Any], base_url: str) -> dict[str, Any]:
+    """The fields every figure answer shares (metadata, rights, links), e.g. a feed entry's."""
+    return _common(figure, base_url)
+
+
 def search_payload(page: SearchPage, base_url: str, flt: FigureFilter | None = None, *,
                    path: str | None = SEARCH_PATH, dedup: bool = True) -> dict[str, Any]:
     """The JSON of one search page as plain dicts: what :func:`search_response` dumps, built

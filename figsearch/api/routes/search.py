@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from figsearch.api import feed
 from figsearch.api.deps import (
     BaseUrlDep,
     DedupParam,
@@ -29,6 +30,7 @@ from figsearch.api.schemas import (
     Mode,
     SearchResponse,
 )
+from figsearch.arrivals import parse_since
 from figsearch.imaging import open_image
 from figsearch.search import SearchInputError
 
@@ -123,3 +125,41 @@ async def search_image(
         loaded.service.search_image, img, k=k, offset=offset, flt=flt, dedup=dedup
     )
     return json_response(search_payload(page, base_url, flt, path=None, dedup=dedup))
+
+
+@router.get(
+    "/search.atom", responses={**_ERRORS, 200: {
+        "content": {"application/atom+xml": {}},
+        "description": "An Atom 1.0 feed (RFC 4287) of the figures that arrived recently"}},
+    response_class=Response,
+    summary="Atom feed of new figures matching a search",
+    description=(
+        "The figures that arrived in the last `versions` index versions (default 1: the "
+        "latest nightly run) or in versions published since `since` (an ISO date or date-time),"
+        " matching `q` (optional: without it, every new figure passing the filters), newest "
+        "version first. Same mode, filters and `version` as /v1/search; `k` entries at most. "
+        "Entry ids are the figures' API URLs; `updated` is the publish time of the version the "
+        "figure arrived in. 409 for an index version built before arrivals were recorded."
+    ),
+)
+def search_feed(
+    loaded: PinnedDep, flt: FilterDep, base_url: BaseUrlDep, state: StateDep,
+    q: Annotated[str, Query(max_length=1000, description="Query text; empty: all new figures.")] = "",
+    mode: Annotated[Mode, Query(description="hybrid | dense | keyword | caption")] = "hybrid",
+    versions: Annotated[int | None, Query(
+        ge=1, le=10_000, description="Figures that arrived in the last N index versions.")] = None,
+    since: Annotated[str | None, Query(
+        max_length=40, description="Figures that arrived in versions published at or after "
+        "this ISO date or date-time (UTC unless it says otherwise).")] = None,
+    k: Annotated[int, Query(ge=1, le=1000, description="Entries at most.")] = 50,
+    dedup: DedupParam = True,
+) -> Response:
+    try:
+        when = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        raise SearchInputError(str(exc)) from None
+    req = feed.FeedRequest(q=q.strip(), mode=mode, flt=flt, k=k, versions=versions, since=when,
+                           dedup=dedup,
+                           version=None if loaded is state.current else loaded.version)
+    items = feed.arrivals(loaded, req)
+    return Response(feed.render(req, items, loaded, base_url), media_type=feed.MEDIA_TYPE)
