@@ -22,7 +22,8 @@ RESULT_FIELDS = {
     "article_license", "figure_license", "rights_statement", "rights_holder", "third_party",
     "reuse", "reusable", "authors", "attribution",
 }
-RESPONSE_FIELDS = {"query", "mode", "k", "offset", "index_version", "took_ms", "results"}
+RESPONSE_FIELDS = {"query", "mode", "k", "offset", "index_version", "took_ms", "results",
+                   "filters", "permalink"}
 
 
 @pytest.fixture(scope="module")
