@@ -16,6 +16,7 @@ element tree, so every caption, title and name is escaped by the serializer.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,14 @@ ATOM_NS = "http://www.w3.org/2005/Atom"
 MEDIA_TYPE = "application/atom+xml; charset=utf-8"
 FEED_PATH = "/v1/search.atom"
 _A = ElementMaker(namespace=ATOM_NS, nsmap={None: ATOM_NS})
+#: characters XML 1.0 cannot hold (control characters, lone surrogates, U+FFFE/F)
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _t(text: Any) -> str:
+    """``text`` as XML can hold it: a query or caption may carry control characters, which
+    no XML document may contain (they are dropped, the rest is escaped by lxml)."""
+    return _NOT_XML.sub("", str(text))
 
 
 @dataclass(frozen=True)
@@ -141,22 +150,22 @@ def _entry(item: Arrival, base_url: str) -> etree._Element:
     page = fig["figure_url"] or fig["article_url"] or api_url
     title = " — ".join(x for x in (fig["label"], fig["title"]) if x) or f"Figure {fig['id']}"
     parts: list[Any] = [
-        _A.id(api_url), _A.title(title, type="text"),
+        _A.id(_t(api_url)), _A.title(_t(title), type="text"),
         _A.updated(_stamp(item.published)), _A.published(_stamp(item.published)),
-        _A.link(rel="alternate", href=page, type="text/html"),
+        _A.link(rel="alternate", href=_t(page), type="text/html"),
     ]
     if fig["article_url"] and fig["article_url"] != page:
-        parts.append(_A.link(rel="related", href=fig["article_url"], type="text/html",
+        parts.append(_A.link(rel="related", href=_t(fig["article_url"]), type="text/html",
                              title="article"))
     if fig["image_url"]:
-        parts.append(_A.link(rel="enclosure", href=fig["image_url"], type="image/jpeg"))
-    parts.extend(_A.author(_A.name(name)) for name in fig["authors"] if name)
+        parts.append(_A.link(rel="enclosure", href=_t(fig["image_url"]), type="image/jpeg"))
+    parts.extend(_A.author(_A.name(_t(name))) for name in fig["authors"] if name)
     if fig["figure_type"]:
-        parts.append(_A.category(term=fig["figure_type"]))
+        parts.append(_A.category(term=_t(fig["figure_type"])))
     parts.append(_A.category(term=f"index-version:{item.version}",
                              label=f"arrived in index version {item.version}"))
-    parts.append(_A.rights(fig["reuse"], type="text"))
-    parts.append(_A.summary(fig["caption"] or "(no caption)", type="text"))
+    parts.append(_A.rights(_t(fig["reuse"]), type="text"))
+    parts.append(_A.summary(_t(fig["caption"] or "(no caption)"), type="text"))
     return _A.entry(*parts)
 
 
@@ -170,12 +179,12 @@ def render(req: FeedRequest, items: list[Arrival], loaded: Loaded, base_url: str
     filters = ", ".join(f"{k}={v}" for k, v in filter_params(req.flt).items())
     updated = max([published_time(history[-1]), *(i.published for i in items)])
     feed = _A.feed(
-        _A.id(self_url),
-        _A.title(f"figsearch: new figures for {what}", type="text"),
-        _A.subtitle(f"Figures matching {what}{' (' + filters + ')' if filters else ''} that "
-                    f"arrived {window}; index version {loaded.version}.", type="text"),
+        _A.id(_t(self_url)),
+        _A.title(_t(f"figsearch: new figures for {what}"), type="text"),
+        _A.subtitle(_t(f"Figures matching {what}{' (' + filters + ')' if filters else ''} "
+                       f"that arrived {window}; index version {loaded.version}."), type="text"),
         _A.updated(_stamp(updated)),
-        _A.link(rel="self", href=self_url, type="application/atom+xml"),
+        _A.link(rel="self", href=_t(self_url), type="application/atom+xml"),
         _A.author(_A.name("figsearch")),
         _A.generator("figsearch"),
         *(_entry(item, base_url) for item in items),

@@ -149,6 +149,9 @@ def test_feed_bad_input(client):
     assert r.status_code == 400 and "not both" in r.json()["detail"]
     r = client.get("/v1/search.atom", params={"since": "yesterday"})
     assert r.status_code == 400 and "ISO date" in r.json()["detail"]
+    # markup and control characters in the query: escaped or dropped, still valid Atom
+    parsed = _feed(client, q="<b>cells</b> & \x01\x1b", versions=3)
+    assert "<b>cells</b> & " in parsed.feed.title
 
 
 def test_pinned_search_answers_from_the_old_version(history, client):

@@ -54,6 +54,9 @@ def get_figure(
     responses={**_404, 400: {"model": ErrorResponse, "description": "Bad filter"},
                409: {"model": ErrorResponse,
                      "description": "The served index version has no image index"},
+               410: {"model": ErrorResponse,
+                     "description": "`version` names a pruned version (the kept ones are "
+                                    "named)"},
                503: {"model": ErrorResponse, "description": "No index loaded yet"}},
     summary="Figures that look like this one",
     description="Nearest neighbours of the figure's stored embedding; the figure itself and "

@@ -37,6 +37,11 @@ from figsearch.search import SearchInputError
 router = APIRouter(prefix="/v1", tags=["search"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Bad query or filter"},
+    404: {"model": ErrorResponse,
+          "description": "`version` names no version of this index (the kept ones are named)"},
+    410: {"model": ErrorResponse,
+          "description": "`version` names a version that has been pruned (the kept ones are "
+                         "named)"},
     409: {"model": ErrorResponse,
           "description": "The served index version lacks the signal this mode needs"},
     503: {"model": ErrorResponse, "description": "No index loaded yet"},
