@@ -197,3 +197,24 @@ def test_unknown_and_pruned_versions_name_the_kept_ones(history, tmp_path):
         r = c.get("/v1/search", params={"q": "cells", "version": versions[0]})
         assert r.status_code == 410, r.text
         assert "pruned" in r.json()["detail"] and versions[1] in r.json()["detail"]
+
+
+def test_the_python_client_pins_reruns_and_reads_feeds(history):
+    from figsearch.client import FigSearchClient, FigSearchError
+    from tests.figsearch.api_fixtures import serve_in_thread
+
+    settings, versions, ids = history
+    with serve_in_thread(loaded_app(settings)) as url, FigSearchClient(url) as api:
+        target, word = _new_figure_word(settings, ids[versions[2]])
+        pinned = api.search(word, mode="keyword", k=50, version=versions[0])
+        assert pinned["index_version"] == versions[0]
+        assert {r["id"] for r in pinned["results"]} <= ids[versions[0]]
+        again = api.rerun(pinned["permalink"])
+        assert again["index_version"] == versions[0] and again["results"] == pinned["results"]
+        with pytest.raises(FigSearchError) as err:
+            api.search(word, version="nope")
+        assert err.value.status_code == 404
+        link = api.feed_url(versions=1, license="any", journal=None)
+        assert link.startswith(f"{url}/v1/search.atom?") and "versions=1" in link
+        parsed = feedparser.parse(api.feed(versions=1))
+        assert not parsed.bozo and sorted(_entry_ids(parsed)) == sorted(ids[versions[2]])
