@@ -130,8 +130,10 @@ def test_feed_lists_exactly_the_figures_of_the_last_rebuild(history, client):
 
 def test_feed_since_a_date_and_with_a_query(history, client):
     settings, versions, ids = history
-    built = datetime.fromisoformat(read_manifest(settings.indexes_dir / versions[1])["built_at"])
-    since = (built - timedelta(seconds=1)).isoformat()
+    columns = VersionColumns.load(current_version_dir(settings.indexes_dir))
+    assert columns is not None and columns.history is not None
+    published = datetime.fromisoformat(columns.history[1]["published"])  # the delta's
+    since = published.isoformat()
     assert set(_entry_ids(_feed(client, since=since, k=100))) == ids[versions[1]] | ids[versions[2]]
     future = (datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat()
     assert _feed(client, since=future).entries == []  # still a valid (empty) feed
@@ -218,3 +220,29 @@ def test_the_python_client_pins_reruns_and_reads_feeds(history):
         assert link.startswith(f"{url}/v1/search.atom?") and "versions=1" in link
         parsed = feedparser.parse(api.feed(versions=1))
         assert not parsed.bozo and sorted(_entry_ids(parsed)) == sorted(ids[versions[2]])
+
+
+def test_pinned_versions_stay_bounded(history, monkeypatch):
+    """At most PINNED_VERSIONS old versions are held open; an evicted one opens again."""
+    from figsearch.api import state as state_module
+    from figsearch.api.state import AppState
+
+    settings, versions, ids = history
+    monkeypatch.setattr(state_module, "PINNED_VERSIONS", 1)
+    app_state = AppState(settings)
+    try:
+        app_state.reload()
+        current = app_state.current
+        assert current is not None and app_state.pinned(current, None) is current
+        first = app_state.pinned(current, versions[0])
+        assert first.version == versions[0] and app_state.pinned(current, versions[0]) is first
+        second = app_state.pinned(current, versions[1])
+        assert list(app_state._pinned) == [versions[1]]  # the first was closed
+        again = app_state.pinned(current, versions[0])
+        assert again is not first and list(app_state._pinned) == [versions[0]]
+        # the shared model survives the eviction: the re-opened version still searches
+        page = again.service.search_text("figure", k=5, mode="dense")
+        assert page.hits and {h.id for h in page.hits} <= ids[versions[0]]
+        assert second.version == versions[1]
+    finally:
+        app_state.close()
