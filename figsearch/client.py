@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -74,6 +74,9 @@ def signals_line(signals: list[dict[str, Any]]) -> str:
             text += f" (cos {float(s['raw']):.2f})"
         parts.append(text)
     return " · ".join(parts)
+def _version(version: str | None) -> dict[str, str]:
+    """The ``version=`` parameter of a pinned search (nothing for the current version)."""
+    return {"version": version} if version else {}
 
 
 class FigSearchClient:
@@ -127,24 +130,51 @@ class FigSearchClient:
         self, q: str, k: int = 20, offset: int = 0, mode: str = "hybrid",
         year_from: int | None = None, year_to: int | None = None, journal: str | None = None,
         license: str | None = None, figure_type: str | None = None, pmcid: str | None = None,
+        version: str | None = None,
     ) -> dict[str, Any]:
-        """Text search (``mode`` hybrid | dense | keyword); see docs/api.md for the fields."""
-        params = {"q": q, "k": k, "offset": offset, "mode": mode}
+        """Text search (``mode`` hybrid | dense | keyword | caption); ``version`` pins a kept
+        index version (a response's ``index_version``); see docs/api.md for the fields."""
+        params = {"q": q, "k": k, "offset": offset, "mode": mode, **_version(version)}
         params.update(_filters({
             "year_from": year_from, "year_to": year_to, "journal": journal,
             "license": license, "figure_type": figure_type, "pmcid": pmcid,
         }))
         return self._json("GET", "/v1/search", params=params)
 
+    def rerun(self, permalink: str) -> dict[str, Any]:
+        """Run a response's ``permalink`` again: the same search on the same index version."""
+        if not permalink.startswith("/v1/"):
+            raise ValueError(f"not a figsearch permalink: {permalink!r}")
+        return self._json("GET", permalink)
+
+    def feed_url(self, q: str = "", *, versions: int | None = None, since: str | None = None,
+                 mode: str = "hybrid", k: int = 50, version: str | None = None,
+                 **filters: Any) -> str:
+        """The URL of the Atom feed of new figures matching a search (``/v1/search.atom``):
+        those that arrived in the last ``versions`` index versions or ``since`` a date."""
+        params: dict[str, Any] = {"q": q} if q else {}
+        params.update(mode=mode, **_filters(filters), k=k)
+        if since:
+            params["since"] = since
+        elif versions:
+            params["versions"] = versions
+        params.update(_version(version))
+        return f"{self.base_url}/v1/search.atom?{urlencode(params)}"
+
+    def feed(self, q: str = "", **options: Any) -> str:
+        """The Atom feed (XML text) of :meth:`feed_url` with the same arguments."""
+        return self._request("GET", self.feed_url(q, **options)).text
+
     def search_image(
-        self, image: bytes | str | Path, k: int = 20, offset: int = 0, **filters: Any
+        self, image: bytes | str | Path, k: int = 20, offset: int = 0,
+        version: str | None = None, **filters: Any,
     ) -> dict[str, Any]:
         """Search by example image (bytes or a file path)."""
         if isinstance(image, (str, Path)):
             name, data = Path(image).name, Path(image).read_bytes()
         else:
             name, data = "query-image", bytes(image)
-        params = {"k": k, "offset": offset, **_filters(filters)}
+        params = {"k": k, "offset": offset, **_filters(filters), **_version(version)}
         files = {"image": (name, data, "application/octet-stream")}
         return self._json("POST", "/v1/search/image", params=params, files=files)
 
@@ -152,9 +182,10 @@ class FigSearchClient:
         """Several queries in one call: each ``{"q": ...}`` or ``{"vector": [...]}``."""
         return self._json("POST", "/v1/search", json={"queries": queries, **options})
 
-    def similar(self, figure_id: int, k: int = 20, offset: int = 0, **filters: Any) -> dict[str, Any]:
+    def similar(self, figure_id: int, k: int = 20, offset: int = 0, version: str | None = None,
+                **filters: Any) -> dict[str, Any]:
         """Figures similar to a stored figure (the figure itself is excluded)."""
-        params = {"k": k, "offset": offset, **_filters(filters)}
+        params = {"k": k, "offset": offset, **_filters(filters), **_version(version)}
         return self._json("GET", f"/v1/figures/{int(figure_id)}/similar", params=params)
 
     # -- records ----------------------------------------------------------------------

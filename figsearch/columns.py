@@ -20,6 +20,10 @@ file                dtype     meaning
                               statement, or its own license is not open), -1 its article's
                               license decides (no own license, no statement). Optional:
                               versions written before it answer ``reusable`` through SQL
+``first_version``   int16     code of the version that first served the figure, in
+                              ``vocab.json`` ["first_version"] (the version history,
+                              :mod:`figsearch.arrivals`). Optional: versions written before it
+                              cannot answer feeds
 ==================  ========  ==============================================================
 
 A filter (:class:`~figsearch.store.FigureFilter`) is evaluated by :meth:`VersionColumns.allowed`
@@ -49,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from figsearch.arrivals import code_dtype, first_versions
 from figsearch.datadir import fsync_path
 from figsearch.licenses import COMMERCIAL_CLASSES
 from figsearch.rights import REUSABLE_CLASSES
@@ -61,9 +66,11 @@ FORMAT = 1
 COLUMNS: dict[str, Any] = {
     "ids": np.int64, "year": np.int16, "journal": np.int32, "license": np.int8,
     "figure_type": np.int8, "article": np.int32, "has_image": np.bool_, "rights": np.int8,
+    "first_version": np.int16,
 }
 #: columns a version may lack (written before they existed): filters needing them use SQL
-OPTIONAL_COLUMNS = frozenset({"rights"})
+#: (``first_version``: no SQL form; a feed over such a version is refused)
+OPTIONAL_COLUMNS = frozenset({"rights", "first_version"})
 READ_CHUNK = 100_000  # rows a fetch holds as Python tuples (~15 MB)
 ALLOWED_CACHE_SIZE = 16  # filters whose allowed sets (and their per-index row masks) are kept
 
@@ -388,17 +395,20 @@ def write_columns(store: FigureStore, version_dir: Path, *,
         types = {str(n): i for i, n in enumerate(type_names)}
         ftype = _version_types(version_dir, type_names, ids)
     journals, licenses = art["journals"], art["licenses"]
+    arrived, history = first_versions(version_dir, ids)
     arrays = {
         "ids": ids, "year": art["year"][aid], "journal": art["journal"][aid],
         "license": art["license"][aid].astype(_code_dtype(np.int8, licenses)),
         "figure_type": ftype.astype(_code_dtype(np.int8, types)),
         "article": aid.astype(np.int32), "has_image": has_image, "rights": rights,
+        "first_version": arrived.astype(code_dtype(len(history))),
     }
     out_dir = version_dir / COLUMNS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, int] = {}
     for name, arr in arrays.items():
-        want = COLUMNS[name] if name not in ("license", "figure_type") else arr.dtype
+        want = COLUMNS[name] if name not in ("license", "figure_type", "first_version") \
+            else arr.dtype
         path = out_dir / f"{name}.npy"
         np.save(path, np.ascontiguousarray(arr, dtype=want))
         files[path.name] = path.stat().st_size
@@ -406,7 +416,8 @@ def write_columns(store: FigureStore, version_dir: Path, *,
              "max_id": int(ids[-1]) if len(ids) else -1,
              "journal": _vocab_list(journals), "license_class": _vocab_list(licenses),
              "figure_type": _vocab_list(types),
-             "figure_types_from": "version" if use_version_types else "store"}
+             "figure_types_from": "version" if use_version_types else "store",
+             "first_version": history}
     (out_dir / VOCAB_FILE).write_text(json.dumps(vocab))
     files[VOCAB_FILE] = (out_dir / VOCAB_FILE).stat().st_size
     for name in files:
@@ -463,6 +474,14 @@ class VersionColumns:
     @property
     def count(self) -> int:
         return len(self._a["ids"])
+
+    @property
+    def history(self) -> list[dict[str, str]] | None:
+        """The version history of the ``first_version`` column (oldest first, this version
+        last; :mod:`figsearch.arrivals`), or None for a version written without it."""
+        history = self.vocab.get("first_version")
+        return list(history) if "first_version" in self._a and isinstance(history, list) \
+            else None
 
     @property
     def ids(self) -> np.ndarray:
@@ -544,6 +563,15 @@ class VersionColumns:
             if not articles:
                 return AllowedSet(self.ids, np.zeros(n, bool), n, 0, self)
             tests.append(lambda: _any_equal(a["article"], articles))
+        if flt.first_versions is not None:
+            if self.history is None:
+                raise ValueError(f"{self.path}: no first_version column (a version built "
+                                 "before feeds); rebuild the index to answer feeds")
+            names = {h["version"]: i for i, h in enumerate(self.history)}
+            arrived = [names[v] for v in flt.first_versions if v in names]
+            if not arrived:
+                return AllowedSet(self.ids, np.zeros(n, bool), n, 0, self)
+            tests.append(lambda: np.isin(a["first_version"], arrived))
         if flt.year_from is not None:
             lo = int(flt.year_from)
             tests.append(lambda: _year_test(a["year"], lo, ">="))

@@ -105,16 +105,18 @@ class VersionLoader:
         version = index.version if index else str(manifest["version"])
         return Loaded(version, version_dir, index, encoder, service, time.time(), types)
 
-    def drop_unused(self, live: Loaded | None) -> None:
-        """Release the encoders ``live`` (the snapshot now served) does not use."""
-        encoder = live.encoder if live else None
-        captions = live.service.captions if live else None
-        live_caption = captions.encoder if captions is not None else None
+    def drop_unused(self, live: Loaded | None, *pinned: Loaded) -> None:
+        """Release the encoders that neither ``live`` (the snapshot now served) nor the
+        ``pinned`` snapshots (older versions kept open for ``version=`` searches) use."""
+        snapshots = [s for s in (live, *pinned) if s is not None]
+        encoders = [s.encoder for s in snapshots if s.encoder is not None]
+        captions = [s.service.captions.encoder for s in snapshots
+                    if s.service.captions is not None]
         for spec, cached in list(self._caption_encoders.items()):
-            if cached is not live_caption:
+            if not any(cached is used for used in captions):
                 del self._caption_encoders[spec]
         for spec, cached in list(self._encoders.items()):
-            if cached is not encoder:
+            if not any(cached is used for used in encoders):
                 cached.close()
                 del self._encoders[spec]
 

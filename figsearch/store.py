@@ -321,6 +321,9 @@ class FigureFilter:
     license_class: str | None = None
     #: only figures whose own rights allow reuse (figsearch.rights.is_reusable)
     reusable_only: bool = False
+    #: only figures that arrived in one of these index versions (feeds, figsearch.arrivals);
+    #: None = any. Answered by a version's columns only: it has no SQL form
+    first_versions: tuple[str, ...] | None = None
 
     def is_empty(self) -> bool:
         """No condition besides "not retracted": the same tests as :meth:`sql` (a year bound
@@ -328,11 +331,14 @@ class FigureFilter:
         return not (
             self.year_from is not None or self.year_to is not None or self.journal
             or self.commercial_only or self.figure_type or self.pmcid or self.license_class
-            or self.reusable_only
+            or self.reusable_only or self.first_versions is not None
         )
 
     def sql(self) -> tuple[str, dict[str, Any]]:
         """A WHERE fragment over ``figures f JOIN articles a`` and its parameters."""
+        if self.first_versions is not None:
+            raise ValueError("the first_versions filter needs the index version's columns "
+                             "(figsearch.columns); it has no SQL form")
         clauses: list[str] = ["a.retracted = 0"]
         params: dict[str, Any] = {}
         if self.year_from is not None:

@@ -3,7 +3,10 @@
 Run with ``figsearch ui --api URL``. The app talks to the API only through
 :mod:`figsearch.client`; images load in the browser straight from the API's public
 image/thumbnail URLs. The whole view (query, mode, filters, page, open figure) lives in the
-URL query string, so a link reproduces the view and back/forward step through it.
+URL query string, so a link reproduces the view and back/forward step through it. A
+``version=`` in the URL pins the search to that index version (the API answers from it while it
+is kept); the results toolbar offers a permalink pinned to the version that answered and, for
+text searches, the Atom feed of new figures matching the search.
 """
 
 from __future__ import annotations
@@ -92,11 +95,13 @@ def fetch_results(
     state = c.ViewState.from_params(dict(params))
     client = get_client(url)
     k, offset = state.k, state.offset
+    pin = state.pinned  # None: the current version (no version= is sent)
     if source == "similar" and state.similar is not None:
-        return client.similar(state.similar, k=k, offset=offset, **state.filters())
+        return client.similar(state.similar, k=k, offset=offset, version=pin, **state.filters())
     if source == "image" and _image is not None:
-        return client.search_image(_image, k=k, offset=offset, **state.filters())
-    return client.search(state.q, k=k, offset=offset, mode=state.mode, **state.filters())
+        return client.search_image(_image, k=k, offset=offset, version=pin, **state.filters())
+    return client.search(state.q, k=k, offset=offset, mode=state.mode, version=pin,
+                         **state.filters())
 
 
 def facets_or_empty(url: str) -> c.Facets:
@@ -116,7 +121,7 @@ def load_state(state: c.ViewState, facets: c.Facets) -> None:
     """Put a view into the widgets' session state (before the widgets are drawn)."""
     ss = st.session_state
     for name in ("q", "mode", "journal", "commercial", "reusable", "figure_type", "k", "page",
-                 "fig", "similar"):
+                 "fig", "similar", "version"):
         ss[name] = getattr(state, name)
     ss["year_from"], ss["year_to"] = state.year_from, state.year_to
     if facets.year_min is not None and facets.year_max is not None:
@@ -154,7 +159,7 @@ def read_state(facets: c.Facets) -> c.ViewState:
         commercial=bool(ss.get("commercial")), reusable=bool(ss.get("reusable")),
         figure_type=ss.get("figure_type") or ALL,
         k=ss.get("k") or c.DEFAULT_K, page=ss.get("page") or 1,
-        fig=ss.get("fig"), similar=ss.get("similar"),
+        fig=ss.get("fig"), similar=ss.get("similar"), version=ss.get("version") or "",
     )
 
 
@@ -206,6 +211,11 @@ def open_detail(figure_id: int) -> None:
 
 def close_detail() -> None:
     st.session_state["fig"] = None
+
+
+def unpin_version() -> None:
+    """Search the current index version again instead of the pinned one."""
+    st.session_state.update(version="", page=1)
 
 
 def go_to_page(page: int) -> None:
@@ -341,6 +351,11 @@ def describe_figure(url: str, figure_id: int | None) -> str:
 
 def render_banner(url: str, source: str, state: c.ViewState, image_name: str) -> None:
     """What the results are relative to, with a button to drop it."""
+    if state.version:
+        left, right = st.columns([8, 2], vertical_alignment="center")
+        left.info(f"Pinned to index version {state.version}: the results that version gave "
+                  "(while the API keeps it).")
+        right.button("Use the latest index", on_click=unpin_version, key="unpin_version")
     if source == "similar":
         left, right = st.columns([8, 2], vertical_alignment="center")
         left.info(f"Figures similar to {describe_figure(url, state.similar)}")
@@ -367,6 +382,19 @@ def search(url: str, source: str, state: c.ViewState, image: bytes | None) -> di
     return None
 
 
+def render_links_row(response: dict, state: c.ViewState, source: str, url: str) -> None:
+    """The permalink of this view (pinned to the index version that answered) and, for a
+    text search, the Atom feed of new figures matching it."""
+    version = response.get("index_version") or ""
+    links = [f"[🔗 Permalink]({c.state_link(state, version)}) (index version `{version}`)"
+             if version else ""]
+    if source == "text" and state.q:
+        feed = get_client(url).feed_url(state.q, versions=1, mode=state.mode,
+                                        **state.filters())
+        links.append(f"[Atom feed of new figures]({feed})")
+    st.markdown(" · ".join(x for x in links if x))
+
+
 def render_toolbar(response: dict, state: c.ViewState, source: str) -> None:
     results = response.get("results", [])
     first = state.offset + 1
@@ -378,7 +406,7 @@ def render_toolbar(response: dict, state: c.ViewState, source: str) -> None:
     left, mid, right = st.columns([6, 1.2, 1.2], vertical_alignment="center")
     left.caption(info)
     name = c.export_basename(state, source)
-    mid.download_button("⬇ CSV", c.results_to_csv(results), f"{name}.csv", "text/csv",
+    mid.download_button("⬇ CSV", c.results_to_csv(results, response), f"{name}.csv", "text/csv",
                         key="export_csv", width="stretch")
     right.download_button("⬇ JSON", c.results_to_json(response, state), f"{name}.json",
                           "application/json", key="export_json", width="stretch")
@@ -430,6 +458,7 @@ def render_results(url: str, state: c.ViewState, image: bytes | None, image_name
             render_pager(state, 0)
         return
     render_toolbar(response, state, source)
+    render_links_row(response, state, source, url)
     notice = c.weak_notice(response)
     if notice:
         st.warning(notice, icon="⚠️")

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+from urllib.parse import urlencode
 
 from figsearch.client import signals_line
 from figsearch.licenses import allows_commercial_use
@@ -42,7 +43,11 @@ EXPORT_COLUMNS = (
     "rank", "id", "score", "label", "figure_type", "caption", "title", "journal", "year",
     "pmcid", "doi", "license", "license_url", "article_url", "figure_url", "image_url",
     "thumbnail_url", "source", "authors", "reuse", "third_party", "attribution",
+    # the search that produced the row, so that it can be run again (the same on every row)
+    "index_version", "query", "mode", "filters", "permalink",
 )
+#: what a pinned index version's name may look like (anything else in the URL is ignored)
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -68,6 +73,7 @@ class ViewState:
     page: int = 1
     fig: int | None = None  # figure shown in the detail view
     similar: int | None = None  # figure whose neighbours are listed
+    version: str = ""  # pinned index version (API ``version=``); "" = the current one
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> ViewState:
@@ -88,6 +94,8 @@ class ViewState:
             page=page if page and page > 0 else 1,
             fig=_int_or_none(params.get("fig")),
             similar=_int_or_none(params.get("similar")),
+            version=version if VERSION_NAME.fullmatch(version := params.get("version", "")
+                                                      .strip()) else "",
         )
 
     def to_params(self) -> dict[str, str]:
@@ -99,7 +107,7 @@ class ViewState:
             "reusable": "1" if self.reusable else "", "type": self.figure_type,
             "k": self.k if self.k != DEFAULT_K else None,
             "page": self.page if self.page > 1 else None,
-            "similar": self.similar, "fig": self.fig,
+            "similar": self.similar, "fig": self.fig, "version": self.version,
         }
         return {key: str(v) for key, v in values.items() if v not in (None, "")}
 
@@ -115,6 +123,11 @@ class ViewState:
         }
 
     @property
+    def pinned(self) -> str | None:
+        """The index version the API is asked to answer from (None: the current one)."""
+        return self.version or None
+
+    @property
     def offset(self) -> int:
         return (self.page - 1) * self.k
 
@@ -124,6 +137,13 @@ class ViewState:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def state_link(state: ViewState, index_version: str | None) -> str:
+    """The view's URL query (``?…``) pinned to the index version that answered it: the same
+    search, filters and page against the same version (while the API keeps it)."""
+    pinned = state.with_(fig=None, version=index_version or state.version)
+    return "?" + urlencode(pinned.to_params())
 
 
 # --- highlighting -------------------------------------------------------------------------
@@ -360,21 +380,36 @@ def _csv_cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def results_to_csv(results: Iterable[Mapping[str, Any]]) -> str:
-    """CSV text with one row per result and the columns of :data:`EXPORT_COLUMNS`."""
+def search_record(response: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What re-runs the search of an API response: its index version, query, mode, filters
+    (as a query string) and permalink (an API URL pinned to that version)."""
+    response = response or {}
+    filters = response.get("filters") or {}
+    return {"index_version": response.get("index_version"), "query": response.get("query"),
+            "mode": response.get("mode"), "filters": urlencode(filters) if filters else "",
+            "permalink": response.get("permalink")}
+
+
+def results_to_csv(results: Iterable[Mapping[str, Any]],
+                   response: Mapping[str, Any] | None = None) -> str:
+    """CSV text with one row per result and the columns of :data:`EXPORT_COLUMNS`; every row
+    also records the search (``response``: the API answer) that produced it."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
     writer.writeheader()
+    search = search_record(response)
     for result in results:
-        row = {**result, "attribution": attribution(result),
+        row = {**result, **search, "attribution": attribution(result),
                "authors": "; ".join(result.get("authors") or [])}
         writer.writerow({col: _csv_cell(row.get(col)) for col in EXPORT_COLUMNS})
     return buffer.getvalue()
 
 
 def results_to_json(response: Mapping[str, Any], state: ViewState) -> str:
-    """JSON export: the API's response plus the view (query, filters, page) that produced it."""
-    payload = {"view": state.to_params(), **dict(response)}
+    """JSON export: the API's response (with its index version, filters and permalink) plus
+    the view (query, filters, page) that produced it, pinned to that index version."""
+    pinned = state.with_(version=response.get("index_version") or state.version)
+    payload = {"view": pinned.to_params(), **dict(response)}
     if isinstance(payload.get("results"), list):
         payload["results"] = [{**r, "attribution": attribution(r)} for r in payload["results"]]
     return json.dumps(payload, ensure_ascii=False, indent=2)

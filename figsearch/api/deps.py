@@ -14,6 +14,7 @@ import hmac
 from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 
 from figsearch.api.schemas import LICENSE_CHOICES
 from figsearch.api.state import AppState, Loaded
@@ -48,6 +49,24 @@ async def get_loaded(state: StateDep) -> Loaded:
 
 
 LoadedDep = Annotated[Loaded, Depends(get_loaded)]
+
+
+async def get_pinned(
+    state: StateDep, loaded: LoadedDep,
+    version: Annotated[str | None, Query(
+        max_length=100, description="Answer from this kept index version (a pinned search: "
+        "the `index_version` of an earlier response); default: the current version.")] = None,
+) -> Loaded:
+    """The snapshot a search route answers from: the current one, or the kept version that
+    ``version=`` names (opened on demand; 404/410 naming the kept versions otherwise). Only a
+    pinned search leaves the event loop (opening a version blocks): an unpinned one costs no
+    thread hop."""
+    if not version or version == loaded.version:
+        return loaded
+    return await run_in_threadpool(state.pinned, loaded, version)
+
+
+PinnedDep = Annotated[Loaded, Depends(get_pinned)]
 
 
 async def get_store(state: StateDep) -> FigureStore:

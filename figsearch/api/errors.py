@@ -4,6 +4,8 @@
 * :class:`~figsearch.search.SignalUnavailable` (a mode the served index cannot answer: no image
   model, no caption index) -> 409
 * :class:`~figsearch.search.FigureNotFound` -> 404
+* :class:`VersionUnavailable` (``version=`` names a version not kept) -> 404 for a name this
+  index never had, 410 for one it had but has pruned; the message names the kept versions
 * request validation (wrong types, out-of-range numbers, unknown enum values) -> 422 with
   ``{"detail": "<readable summary>", "errors": [{"loc", "msg", "type"}, ...]}``
 * anything unexpected -> logged with its traceback, JSON 500 (a safety net; tests show none).
@@ -30,6 +32,15 @@ _LOCATIONS = {"query": "query parameter", "path": "path parameter", "body": "bod
 
 class PayloadTooLarge(Exception):
     """An upload or request body over the configured limit."""
+
+
+class VersionUnavailable(LookupError):
+    """A pinned search (``version=``) names a version that is not kept: ``gone`` when the
+    version history knows it (pruned: 410), else never built here (404)."""
+
+    def __init__(self, message: str, gone: bool) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 def _where(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -82,6 +93,11 @@ async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc.args[0] if exc.args else exc)}, status_code=404)
 
 
+async def _version_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, VersionUnavailable)
+    return JSONResponse({"detail": str(exc)}, status_code=410 if exc.gone else 404)
+
+
 async def _too_large(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=413)
 
@@ -100,4 +116,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ImageError, _bad_input)
     app.add_exception_handler(FigureNotFound, _not_found)
     app.add_exception_handler(PayloadTooLarge, _too_large)
+    app.add_exception_handler(VersionUnavailable, _version_unavailable)
     app.add_exception_handler(Exception, _unexpected)

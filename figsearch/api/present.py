@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi.responses import Response
 
@@ -12,6 +13,10 @@ from figsearch.api.schemas import FigureDetail, SearchResponse, SearchResult
 from figsearch.links import article_url, figure_url
 from figsearch.rights import attribution, effective_license, is_reusable, reuse
 from figsearch.search import SearchPage
+from figsearch.store import FigureFilter
+
+#: the route that re-runs a text search (``permalink``'s default)
+SEARCH_PATH = "/v1/search"
 
 
 def links(figure: dict[str, Any], base_url: str) -> dict[str, str | None]:
@@ -45,9 +50,46 @@ def _common(figure: dict[str, Any], base_url: str) -> dict[str, Any]:
     }
 
 
-def search_payload(page: SearchPage, base_url: str) -> dict[str, Any]:
+def filter_params(flt: FigureFilter | None) -> dict[str, Any]:
+    """``flt`` as the API's filter parameters (only those set): what a response echoes and a
+    permalink carries, so that the same search can be run again."""
+    flt = flt or FigureFilter()
+    license = ("commercial" if flt.commercial_only else "reusable" if flt.reusable_only
+               else flt.license_class)
+    values = {"year_from": flt.year_from, "year_to": flt.year_to, "journal": flt.journal,
+              "license": license, "figure_type": flt.figure_type, "pmcid": flt.pmcid}
+    return {key: v for key, v in values.items() if v not in (None, "")}
+
+
+def permalink(page: SearchPage, flt: FigureFilter | None, path: str | None = SEARCH_PATH,
+              dedup: bool = True) -> str | None:
+    """Relative URL that runs this search again against the same index version
+    (``version=`` pinned, answered while the version is kept): ``path`` with the query and
+    mode (for ``/v1/search``), the filters, paging and dedup. None when ``path`` is None (an
+    uploaded image or a raw vector cannot be put in a URL)."""
+    if path is None:
+        return None
+    params: dict[str, Any] = {"q": page.query, "mode": page.mode} if path == SEARCH_PATH else {}
+    params.update(filter_params(flt))
+    params["k"] = page.k
+    if page.offset:
+        params["offset"] = page.offset
+    if not dedup:
+        params["dedup"] = "false"
+    params["version"] = page.index_version
+    return f"{path}?{urlencode(params)}"
+
+
+def figure_fields(figure: dict[str, Any], base_url: str) -> dict[str, Any]:
+    """The fields every figure answer shares (metadata, rights, links), e.g. a feed entry's."""
+    return _common(figure, base_url)
+
+
+def search_payload(page: SearchPage, base_url: str, flt: FigureFilter | None = None, *,
+                   path: str | None = SEARCH_PATH, dedup: bool = True) -> dict[str, Any]:
     """The JSON of one search page as plain dicts: what :func:`search_response` dumps, built
-    without pydantic models (the hot path; tests check both agree)."""
+    without pydantic models (the hot path; tests check both agree). ``flt``, ``path`` and
+    ``dedup`` describe the request, echoed as ``filters`` and ``permalink``."""
     results = []
     for h in page.hits:
         item = _common(h.figure, base_url)
@@ -56,7 +98,9 @@ def search_payload(page: SearchPage, base_url: str) -> dict[str, Any]:
                     signals=[s.as_dict() for s in h.signals])
         results.append(item)
     return {"query": page.query, "mode": page.mode, "k": page.k, "offset": page.offset,
-            "index_version": page.index_version, "took_ms": page.took_ms, "results": results,
+            "index_version": page.index_version, "took_ms": page.took_ms,
+            "filters": filter_params(flt),
+            "permalink": permalink(page, flt, path, dedup), "results": results,
             **_match(page)}
 
 
@@ -76,7 +120,8 @@ def json_response(payload: dict[str, Any]) -> Response:
     return Response(body, media_type="application/json")
 
 
-def search_response(page: SearchPage, base_url: str) -> SearchResponse:
+def search_response(page: SearchPage, base_url: str, flt: FigureFilter | None = None, *,
+                    path: str | None = SEARCH_PATH, dedup: bool = True) -> SearchResponse:
     """The JSON of one search page."""
     results = [
         SearchResult(
@@ -89,6 +134,7 @@ def search_response(page: SearchPage, base_url: str) -> SearchResponse:
     return SearchResponse(
         query=page.query, mode=page.mode, k=page.k, offset=page.offset,
         index_version=page.index_version, took_ms=page.took_ms, results=results, **_match(page),
+        filters=filter_params(flt), permalink=permalink(page, flt, path, dedup),
     )
 
 

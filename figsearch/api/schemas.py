@@ -153,7 +153,9 @@ class SearchResponse(BaseModel):
     mode: str
     k: int
     offset: int
-    index_version: str
+    index_version: str = Field(
+        description="The index version that answered; pass it back as `version=` to run the "
+                    "same search against the same version (while it is kept).")
     took_ms: float
     results: list[SearchResult]
     match_quality: Literal["strong", "weak", "none"] | None = Field(
@@ -166,6 +168,15 @@ class SearchResponse(BaseModel):
         default_factory=dict, description="What `match_quality` was decided on: "
         "`caption_cosine` (best caption similarity) and `keyword_coverage` (share of the "
         "query's words in the best keyword match).")
+    filters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The filters applied, as the API's filter parameters (only those set).",
+        examples=[{"year_from": 2015, "license": "commercial"}])
+    permalink: str | None = Field(
+        None, description="Relative URL that runs this search again against the same index "
+                          "version (`version=` pinned): query, mode, filters, k, offset. Null "
+                          "for an image upload or a raw vector query (not expressible in a URL).",
+        examples=["/v1/search?q=MAPK&mode=hybrid&k=20&version=20261206T010203000000Z-a1b2c3"])
 
 
 class FigureDetail(FigureBase):
@@ -276,6 +287,9 @@ class BatchSearchRequest(BaseModel):
     license: Literal[LICENSE_CHOICES] | None = None  # type: ignore[valid-type]
     figure_type: str | None = Field(None, max_length=100)
     pmcid: str | None = Field(None, max_length=40)
+    version: str | None = Field(
+        None, max_length=100,
+        description="Answer from this kept index version (a pinned search); default: current.")
 
 
 class BatchSearchResponse(BaseModel):

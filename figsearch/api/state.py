@@ -8,23 +8,37 @@ Versions are opened by :class:`figsearch.serving.VersionLoader` (the CLI and the
 it too). A reload loads the new version *fully* (FAISS index, ids, vectors, model, ``check_model``) before
 assigning the new snapshot - a single reference assignment, atomic in CPython. A version that
 fails to load is logged and remembered (``last_error``); the previous version keeps serving.
+
+Pinned searches (``version=<name>`` on the search routes) are answered by :meth:`AppState.
+pinned`: an older version still kept on disk (``index_keep_versions``) is opened on demand by the
+same loader and kept in a small LRU of :data:`PINNED_VERSIONS` snapshots, so memory stays
+bounded by that many extra versions (their indexes, columns and keyword index; models are
+shared by spec with the current version). A version pruned from disk stops answering at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from figsearch.api.batching import run_in_own_thread, stop_model_thread
+from figsearch.api.errors import VersionUnavailable
+from figsearch.arrivals import kept_versions
 from figsearch.core.config import Settings
 from figsearch.index import IndexLoadError, current_version_dir
 from figsearch.serving import QUERY_BATCH, Loaded, VersionLoader, onnx_root
 from figsearch.store import FigureStore
 
-__all__ = ["AppState", "Loaded", "QUERY_BATCH", "onnx_root"]
+__all__ = ["AppState", "Loaded", "QUERY_BATCH", "onnx_root", "PINNED_VERSIONS"]
 log = logging.getLogger("figsearch.api")
+#: older versions kept open at once for pinned (``version=``) searches, least recently used
+#: closed first: each holds a version's indexes in memory, so this bounds what pins can cost
+PINNED_VERSIONS = 2
+_VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class AppState:
@@ -41,6 +55,8 @@ class AppState:
         #: evaluation open versions the same way)
         self.loader = VersionLoader(settings)
         self.reloads = 0
+        self._pinned: OrderedDict[str, Loaded] = OrderedDict()
+        self._pinned_lock = threading.Lock()
 
     # -- store ---------------------------------------------------------------------------
     @property
@@ -115,7 +131,49 @@ class AppState:
         return self.loader.load(version_dir, store)
 
     def _drop_unused_encoders(self) -> None:
-        self.loader.drop_unused(self.current)
+        self.loader.drop_unused(self.current, *self._pinned.values())
+
+    # -- pinned versions -----------------------------------------------------------------
+    def pinned(self, current: Loaded, version: str | None) -> Loaded:
+        """The snapshot answering a search pinned to ``version`` (``current`` for None or
+        the served version); raises :class:`VersionUnavailable` for one not kept on disk."""
+        if not version or version == current.version:
+            return current
+        version_dir = self._kept_dir(current, version)
+        with self._pinned_lock:  # one load at a time: two pins of one version load it once
+            hit = self._pinned.get(version)
+            if hit is not None:
+                self._pinned.move_to_end(version)
+                return hit
+            loaded = run_in_own_thread(lambda: self._load(version_dir))
+            self._pinned[version] = loaded
+            while len(self._pinned) > PINNED_VERSIONS:
+                self._pinned.popitem(last=False)
+            self._drop_unused_encoders()
+            log.info("opened pinned index version %s", version)
+            return loaded
+
+    def kept_version_names(self) -> list[str]:
+        """The versions on disk that ``version=`` can pin, oldest first."""
+        return [p.name for p in kept_versions(self.settings.indexes_dir)]
+
+    def _kept_dir(self, current: Loaded, version: str) -> Path:
+        """The directory of a kept version, or :class:`VersionUnavailable` saying which are
+        kept (410 when the served version's history knows the name: it was pruned)."""
+        kept = self.kept_version_names()
+        if _VERSION_NAME.fullmatch(version) and version in kept:
+            return Path(self.settings.indexes_dir) / version
+        with self._pinned_lock:
+            self._pinned.pop(version, None)  # pruned while open: it stops answering
+        columns = current.service.columns
+        history = (columns.history if columns is not None else None) or []
+        gone = any(h.get("version") == version for h in history)
+        what = ("was pruned (index_keep_versions keeps the newest "
+                f"{self.settings.index_keep_versions} besides current)" if gone
+                else "is not a version of this index")
+        raise VersionUnavailable(
+            f"index version {version!r} {what}; kept versions: {', '.join(kept) or 'none'}",
+            gone=gone)
 
 
 def _mtime(path: Path) -> float:

@@ -24,7 +24,7 @@ RESULT_FIELDS = {
     "signals",
 }
 RESPONSE_FIELDS = {"query", "mode", "k", "offset", "index_version", "took_ms", "results",
-                   "match_quality", "match_note", "match_evidence"}
+                   "match_quality", "match_note", "match_evidence", "filters", "permalink"}
 
 
 @pytest.fixture(scope="module")

@@ -266,3 +266,26 @@ def test_cards_say_why_they_matched_and_a_weak_query_is_flagged(app, client):
     assert [w.value for w in app.warning] == [weak["match_note"]]
     assert weak["match_note"].startswith("No strong match for “football league pathway standings”")
     assert card_ids(app) == [r["id"] for r in weak["results"]]
+
+
+def test_a_pinned_link_shows_the_version_a_permalink_and_the_feed(app, client, api_url):
+    """``version=`` in the URL pins the search; the toolbar's permalink pins the version that
+    answered, and a text search offers the Atom feed of its new figures."""
+    answer = client.search("pathway", k=24, mode="keyword")
+    version = answer["index_version"]
+    run_with(app, q="pathway", mode="keyword")
+    links = " ".join(m.value for m in app.markdown if "Permalink" in m.value)
+    assert f"version={version}" in links and "q=pathway" in links and "mode=keyword" in links
+    assert f"({api_url}/v1/search.atom?q=pathway&mode=keyword" in links
+    app.query_params.clear()
+    run_with(app, q="pathway", mode="keyword", version=version)
+    assert card_ids(app) == [r["id"] for r in answer["results"]]
+    assert any(version in i.value for i in app.info)  # the pinned banner
+    app.button(key="unpin_version").click().run()
+    assert _param(app, "version") is None and card_ids(app)
+    # a version the API does not keep: its own message, naming the kept ones
+    with pytest.raises(FigSearchError) as refused:
+        client.search("pathway", version="20000101T000000000000Z-000000")
+    app.query_params.clear()
+    run_with(app, q="pathway", version="20000101T000000000000Z-000000")
+    assert any(refused.value.message in e.value for e in app.error)

@@ -204,3 +204,19 @@ def test_weak_notice_only_for_weak_matches():
         "No strong match for “cake”")
     for quality in ("strong", "none", None):
         assert c.weak_notice({"query": "x", "match_quality": quality, "match_note": "n"}) == ""
+
+
+def test_exports_record_the_search_that_can_be_run_again():
+    response = {"query": "mapk", "mode": "keyword", "index_version": "V1",
+                "filters": {"license": "commercial", "year_from": 2015},
+                "permalink": "/v1/search?q=mapk&mode=keyword&version=V1", "results": [RESULT]}
+    row = next(csv.DictReader(io.StringIO(c.results_to_csv([RESULT], response))))
+    assert row["index_version"] == "V1" and row["query"] == "mapk" and row["mode"] == "keyword"
+    assert row["filters"] == "license=commercial&year_from=2015"
+    assert row["permalink"] == response["permalink"]
+    state = c.ViewState(q="mapk", mode="keyword", commercial=True)
+    data = json.loads(c.results_to_json(response, state))
+    assert data["view"]["version"] == "V1" and data["permalink"] == response["permalink"]
+    assert c.state_link(state, "V1") == "?q=mapk&mode=keyword&commercial=1&version=V1"
+    assert c.ViewState.from_params({"version": "V1"}).pinned == "V1"
+    assert c.ViewState.from_params({"version": "../etc"}).pinned is None  # not a version name

@@ -14,8 +14,8 @@ from figsearch.api.deps import (
     DedupParam,
     FilterDep,
     KParam,
-    LoadedDep,
     OffsetParam,
+    PinnedDep,
     SettingsDep,
     StateDep,
     StoreDep,
@@ -54,17 +54,21 @@ def get_figure(
     responses={**_404, 400: {"model": ErrorResponse, "description": "Bad filter"},
                409: {"model": ErrorResponse,
                      "description": "The served index version has no image index"},
+               410: {"model": ErrorResponse,
+                     "description": "`version` names a pruned version (the kept ones are "
+                                    "named)"},
                503: {"model": ErrorResponse, "description": "No index loaded yet"}},
     summary="Figures that look like this one",
     description="Nearest neighbours of the figure's stored embedding; the figure itself and "
                 "copies of its image are left out. Filters and paging as in /v1/search.",
 )
 def similar(
-    figure_id: FigureId, loaded: LoadedDep, flt: FilterDep, base_url: BaseUrlDep,
+    figure_id: FigureId, loaded: PinnedDep, flt: FilterDep, base_url: BaseUrlDep,
     k: KParam = 20, offset: OffsetParam = 0, dedup: DedupParam = True,
 ) -> Response:
     page = loaded.service.similar(figure_id, k=k, offset=offset, flt=flt, dedup=dedup)
-    return json_response(search_payload(page, base_url))
+    return json_response(search_payload(page, base_url, flt,
+                                        path=f"/v1/figures/{figure_id}/similar", dedup=dedup))
 
 
 def _image_file(
