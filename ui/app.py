@@ -386,7 +386,7 @@ def render_links_row(response: dict, state: c.ViewState, source: str, url: str) 
     """The permalink of this view (pinned to the index version that answered) and, for a
     text search, the Atom feed of new figures matching it."""
     version = response.get("index_version") or ""
-    links = [f"[🔗 Permalink]({c.state_link(state, version)}) (index version `{version}`)"
+    links = [f"[Permalink]({c.state_link(state, version)}) (index version `{version}`)"
              if version else ""]
     if source == "text" and state.q:
         feed = get_client(url).feed_url(state.q, versions=1, mode=state.mode,

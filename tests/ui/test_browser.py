@@ -93,6 +93,10 @@ def test_search_filter_detail_and_upload_in_a_browser(api_url, browser_page, tmp
         expect(link).to_have_attribute("href", real["article_url"])
         assert "pmc.ncbi.nlm.nih.gov/articles/PMC" in real["article_url"]
         expect(dialog.get_by_text(f"PMCID {real['pmcid']}").first).to_be_visible()
+        # the ready-to-copy credit names the figure, its article and where to find it
+        credit = dialog.locator("[data-testid=stCode]").first
+        expect(credit).to_contain_text(real["pmcid"])
+        expect(credit).to_contain_text(real["label"])
         _wait_for_images(page, "[role=dialog] [data-testid=stImage] img")
         _shoot(page, tmp_path, "ui-detail")
 
