@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from figsearch import timing
-from figsearch.encoders import ModelLoadError
+from figsearch.encoders.spec import ModelLoadError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -74,6 +74,16 @@ def find_export(root: Path, model_key: str) -> Path:
             f"{manifest} was exported from model {found!r}, not {model_key!r}; export again "
             "with `figsearch export-onnx`"
         )
+    return directory
+
+
+def checked_export(root: Path, model_key: str) -> Path:
+    """:func:`find_export`, and the export passed its check against the torch model (its
+    manifest holds the cosines); what the ``auto`` encoder backend serves."""
+    directory = find_export(root, model_key)
+    if not read_manifest(directory).get("checks"):
+        raise OnnxExportMissing(f"the ONNX export in {directory} records no check against the "
+                                "torch model; export again with `figsearch export-onnx`")
     return directory
 
 
