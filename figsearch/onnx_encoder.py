@@ -1,13 +1,12 @@
 """Query encoding on ONNX Runtime, without torch or open_clip in the process.
 
-A model's towers are exported once (by ``figsearch index`` for each version it builds, or
-``figsearch export-onnx``; :mod:`figsearch.onnx_export`) into
-a directory holding ``text.onnx`` / ``image.onnx`` (one of them for a caption model),
-``tokenizer.json`` (HF ``tokenizers`` format, for open_clip's BPE tokenizer too) and
-``figsearch_onnx.json`` (the model key, dimension, tokenizer rules and image preprocessing). The
-API serves it by default (``FIGSEARCH_ENCODER_BACKEND=auto``, or ``onnx``): ``import torch`` alone
-is about 600 MiB of
-a worker's memory, and open_clip (with torchvision and timm) another 250.
+A model's towers are exported once (by ``figsearch index`` for each version it builds, or by
+``figsearch export-onnx``; :mod:`figsearch.onnx_export`) into a directory holding ``text.onnx`` /
+``image.onnx`` (one of them for a caption model), ``tokenizer.json`` (HF ``tokenizers`` format,
+for open_clip's BPE tokenizer too) and ``figsearch_onnx.json`` (the model key, dimension,
+tokenizer rules and image preprocessing). The API serves it by default
+(``FIGSEARCH_ENCODER_BACKEND=auto``, or ``onnx``): ``import torch`` alone is about 600 MiB of a
+worker's memory, and open_clip (with torchvision and timm) another 250.
 
 Everything here is numpy, PIL, ``tokenizers`` and ``onnxruntime``; the export checks the
 exported towers against the torch model it came from, and the tests check the tokenizer and the
