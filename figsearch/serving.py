@@ -173,11 +173,11 @@ class VersionLoader:
 
     def _onnx_encoder(self, spec: str) -> Any:
         """The exported encoder an ``onnx:<model key>`` spec names."""
-        from figsearch.onnx_encoder import load_onnx_encoder
+        from figsearch.encoders import load_encoder
 
-        return load_onnx_encoder(onnx_root(self.settings), spec.removeprefix("onnx:"),
-                                 threads=self.settings.torch_threads,
-                                 batch_size=self.settings.batch_size)
+        return load_encoder(spec.removeprefix("onnx:"), "onnx", onnx_root=onnx_root(self.settings),
+                            threads=self.settings.torch_threads,
+                            batch_size=self.settings.batch_size)
 
     def _new_caption_encoder(self, spec: str) -> Any:
         if spec.startswith("onnx:"):
@@ -235,11 +235,11 @@ class VersionLoader:
         if spec.startswith("onnx:"):
             return self._onnx_encoder(spec)
         self._need_torch(spec, "image model")
-        from figsearch.encoders import load_model, set_torch_threads
+        from figsearch.encoders import load_encoder, set_torch_threads
 
         set_torch_threads(settings.torch_threads)
-        encoder = load_model(spec, device=settings.device or None,
-                             batch_size=settings.batch_size, precision=settings.cpu_precision)
+        encoder = load_encoder(spec, "torch", device=settings.device or None,
+                               batch_size=settings.batch_size, precision=settings.cpu_precision)
         if settings.quantize_text:
             from figsearch.encoders import quantize_text_tower
 

@@ -111,6 +111,22 @@ def test_text_only_build_exports_the_caption_model_and_notes_what_it_skipped(bui
         "onnx": {"skipped": "no model to export (no image model, no caption model)"}}
 
 
+def test_load_encoder_is_one_entry_point_for_both_backends(built, tiny_model_dir):
+    from figsearch.encoders import ModelLoadError, load_encoder
+
+    key = read_manifest(Path(os.path.realpath(built / "indexes" / "current")))["model_key"]
+    onnx = load_encoder(key, "onnx", onnx_root=onnx_root(Settings(data_dir=built)))
+    torch = load_encoder(str(tiny_model_dir), "torch", device="cpu")
+    assert type(onnx).__name__ == "OnnxEncoder" and type(torch).__name__ == "Encoder"
+    assert onnx.model_key == torch.model_key == key
+    texts = ["MAPK signalling pathway", "western blot of p53"]
+    assert (onnx.encode_texts(texts) * torch.encode_texts(texts)).sum(1).min() > 0.9999
+    with pytest.raises(ValueError, match="torch, onnx"):
+        load_encoder(key, "tensorflow")
+    with pytest.raises(ModelLoadError, match="no ONNX export"):
+        load_encoder("other@123", "onnx", onnx_root=onnx_root(Settings(data_dir=built)))
+
+
 def test_the_serve_path_imports_no_torch(built):
     """The API app, the encoders' spec part and a loaded version (onnx backend, auto-chosen):
     torch, open_clip, matplotlib and sentence-transformers stay out of the process."""
