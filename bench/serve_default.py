@@ -77,10 +77,13 @@ def memory(pid: int) -> dict[str, float]:
     return {k: round(v, 1) for k, v in out.items()}
 
 
-def measure(data_dir: Path, repo: Path, n: int) -> dict[str, Any]:
-    """Start a default server from ``repo``, time ``n`` text queries, read its memory."""
+def measure(data_dir: Path, repo: Path, n: int, settings: dict[str, str] | None = None
+            ) -> dict[str, Any]:
+    """Start a default server from ``repo`` (plus ``settings``, FIGSEARCH_* values), time ``n``
+    text queries, read its memory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIGSEARCH_")}
-    env.update({"PYTHONPATH": str(repo), "FIGSEARCH_RATE_LIMIT_PER_MINUTE": "0"})
+    env.update({"PYTHONPATH": str(repo), "FIGSEARCH_RATE_LIMIT_PER_MINUTE": "0",
+                **(settings or {})})
     port = free_port()
     cmd = [sys.executable, "-m", "figsearch.cli", "serve", "--data-dir", str(data_dir),
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning"]
@@ -119,15 +122,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="checkout whose `figsearch serve` is measured")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--name", default="serve_default")
+    parser.add_argument("--setting", action="append", default=[], metavar="FIGSEARCH_X=VALUE",
+                        help="a setting for the server (not the default any more: say so in --name)")
     args = parser.parse_args(argv)
     if args.build:
         build(args.data_dir)
         return 0
-    figures = measure(args.data_dir, args.repo.resolve(), args.queries)
+    settings = dict(s.split("=", 1) for s in args.setting)
+    figures = measure(args.data_dir, args.repo.resolve(), args.queries, settings)
     command = " ".join(["python -m bench.serve_default", *(argv or sys.argv[1:])])
     print(figures)
     write_result(args.name, {"command": command, "data_dir": str(args.data_dir),
-                             "queries": args.queries, "model": MODEL, "workers": 1}, figures)
+                             "queries": args.queries, "model": MODEL, "workers": 1,
+                             "settings": settings}, figures)
     return 0
 
 
