@@ -1,11 +1,12 @@
 """Query encoding on ONNX Runtime, without torch or open_clip in the process.
 
-A model's towers are exported once (``figsearch export-onnx``, :mod:`figsearch.onnx_export`) into
-a directory holding ``text.onnx`` / ``image.onnx`` (one of them for a caption model),
-``tokenizer.json`` (HF ``tokenizers`` format, for open_clip's BPE tokenizer too) and
-``figsearch_onnx.json`` (the model key, dimension, tokenizer rules and image preprocessing). The
-API loads it with ``FIGSEARCH_ENCODER_BACKEND=onnx``: ``import torch`` alone is about 600 MiB of
-a worker's memory, and open_clip (with torchvision and timm) another 250.
+A model's towers are exported once (by ``figsearch index`` for each version it builds, or by
+``figsearch export-onnx``; :mod:`figsearch.onnx_export`) into a directory holding ``text.onnx`` /
+``image.onnx`` (one of them for a caption model), ``tokenizer.json`` (HF ``tokenizers`` format,
+for open_clip's BPE tokenizer too) and ``figsearch_onnx.json`` (the model key, dimension,
+tokenizer rules and image preprocessing). The API serves it by default
+(``FIGSEARCH_ENCODER_BACKEND=auto``, or ``onnx``): ``import torch`` alone is about 600 MiB of a
+worker's memory, and open_clip (with torchvision and timm) another 250.
 
 Everything here is numpy, PIL, ``tokenizers`` and ``onnxruntime``; the export checks the
 exported towers against the torch model it came from, and the tests check the tokenizer and the
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from figsearch import timing
-from figsearch.encoders import ModelLoadError
+from figsearch.encoders.spec import ModelLoadError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -74,6 +75,16 @@ def find_export(root: Path, model_key: str) -> Path:
             f"{manifest} was exported from model {found!r}, not {model_key!r}; export again "
             "with `figsearch export-onnx`"
         )
+    return directory
+
+
+def checked_export(root: Path, model_key: str) -> Path:
+    """:func:`find_export`, and the export passed its check against the torch model (its
+    manifest holds the cosines); what the ``auto`` encoder backend serves."""
+    directory = find_export(root, model_key)
+    if not read_manifest(directory).get("checks"):
+        raise OnnxExportMissing(f"the ONNX export in {directory} records no check against the "
+                                "torch model; export again with `figsearch export-onnx`")
     return directory
 
 

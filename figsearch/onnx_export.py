@@ -1,6 +1,8 @@
 """Export a model's towers to ONNX for the torch-free query path (:mod:`figsearch.onnx_encoder`).
 
-``figsearch export-onnx`` calls :func:`export_data_dir`: the image/text model of the current
+``figsearch index`` exports the models of every version it builds (:func:`export_for_build`),
+so ``figsearch serve`` runs them on ONNX Runtime by default; ``figsearch export-onnx`` calls
+:func:`export_data_dir`: the image/text model of the current
 index version and, when the version has a caption index, its sentence encoder, each into
 ``<onnx root>/<model key>/`` (default root ``<data dir>/models/onnx``). Each export
 
@@ -16,6 +18,7 @@ index version and, when the version has a caption index, its sentence encoder, e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -35,6 +38,7 @@ from figsearch.onnx_encoder import (
     TOKENIZER_FILE,
     OnnxEncoder,
     check_preprocess_supported,
+    checked_export,
     export_dir_name,
 )
 
@@ -390,6 +394,86 @@ def export_data_dir(settings: Settings, root: Path | None = None,
     return done
 
 
+# --------------------------------------------------------------------------- at build time
+#: exports this process made, by model key: a key names exact weights (a digest of them), so a
+#: later build of the same model in another data dir copies the folder instead of tracing
+#: the towers again (8 s each for the tests' tiny models)
+_MADE: dict[str, Path] = {}
+
+
+def export_for_build(root: Path, encoder: Any | None, caption_encoder: Any | None
+                     ) -> dict[str, Any]:
+    """The build's ONNX step: a checked export of the version's image model and caption model
+    under ``root`` (one already there for the same model key is kept). Returns the manifest
+    entry ``{"onnx": ...}``: per model its key and export folder, or why it was skipped (then
+    ``figsearch serve`` encodes that model's queries with torch, and says so). A model that
+    cannot be exported does not fail the build."""
+    note: dict[str, Any] = {}
+    if encoder is not None:
+        note["model"] = _ensure_export(root, encoder, _export_clip_on_cpu)
+    if caption_encoder is not None:
+        note["caption_model"] = _ensure_export(root, caption_encoder, _export_caption_on_cpu)
+    if not note:
+        note["skipped"] = "no model to export (no image model, no caption model)"
+    return {"onnx": note}
+
+
+def _ensure_export(root: Path, encoder: Any, export: Callable[[Any, Path], Path]
+                   ) -> dict[str, Any]:
+    key = str(encoder.model_key)
+    with contextlib.suppress(ModelLoadError):
+        return {"model_key": key, "export": checked_export(root, key).name, "reused": True}
+    started = time.perf_counter()
+    made = _MADE.get(key)
+    try:
+        if made is not None and made.is_dir():
+            folder = _copy_export(made, root, key)
+        else:
+            folder = export(encoder, root)
+    except (ExportError, ModelLoadError) as exc:
+        log.warning("no ONNX export of %s (its queries will be encoded with torch): %s", key, exc)
+        return {"model_key": key, "skipped": str(exc)[:500]}
+    _MADE[key] = folder
+    return {"model_key": key, "export": folder.name,
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _copy_export(source: Path, root: Path, model_key: str) -> Path:
+    """A checked export copied under ``root`` (temporary folder renamed in, as when written)."""
+    checked_export(source.parent, model_key)
+    final = Path(root) / export_dir_name(model_key)
+    tmp = final.with_name(f".{final.name}.tmp-{time.time_ns()}")
+    shutil.copytree(source, tmp)
+    try:
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _export_clip_on_cpu(encoder: Encoder, root: Path) -> Path:
+    """:func:`export_clip` of ``encoder``, from a float32 CPU copy when the build's encoder
+    runs on a GPU, in bfloat16 or with an int8 text tower (the export traces float32 on CPU,
+    and must not convert the build's own encoder)."""
+    if str(encoder.device) != "cpu" or encoder.precision != "float32" or encoder.quantized:
+        from figsearch.encoders import load_model
+
+        encoder = load_model(encoder.spec, device="cpu", precision="float32")
+    return export_clip(encoder, root)
+
+
+def _export_caption_on_cpu(encoder: CaptionEncoder, root: Path) -> Path:
+    """:func:`export_caption_model`, from a CPU copy when the build's encoder is elsewhere."""
+    if str(encoder.device) != "cpu":
+        from figsearch.caption_index import CaptionEncoder
+
+        encoder = CaptionEncoder(encoder.spec, device="cpu")
+    return export_caption_model(encoder, root)
+
+
 # --------------------------------------------------------------------------- the CLI verb
 def add_arguments(parser: Any) -> None:
     """``figsearch export-onnx`` flags."""
@@ -420,6 +504,6 @@ def command(args: Any) -> int:
         manifest = json.loads((folder / MANIFEST).read_text())
         size = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
         print(f"{manifest['model_key']}: {folder} ({size:.0f} MB; checks {manifest['checks']})")
-    print(f"exported {len(folders)} model(s) in {time.perf_counter() - started:.0f} s; serve "
-          "them with FIGSEARCH_ENCODER_BACKEND=onnx")
+    print(f"exported {len(folders)} model(s) in {time.perf_counter() - started:.0f} s; "
+          "`figsearch serve` runs them on ONNX Runtime (FIGSEARCH_ENCODER_BACKEND=auto or onnx)")
     return 0

@@ -13,10 +13,16 @@ loaded model); :meth:`VersionLoader.drop_unused` releases the others once a new 
 With ``batching`` (the API) encoders run behind a :class:`~figsearch.api.batching.BatchingEncoder`
 on the model thread, warmed up for every batch shape; the CLI uses the same encoders, wrapped the
 same way, so a query ranks exactly as the API ranks it.
+
+Which runtime encodes queries is ``settings.encoder_backend``: ``auto`` (the default) serves a
+model on ONNX Runtime when its checked export exists (``figsearch index`` writes it, or
+``figsearch export-onnx``) and with torch otherwise, saying why in the log; ``torch`` and
+``onnx`` force one (``onnx`` without an export is an error that says how to make one).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,6 +32,7 @@ from typing import Any
 from figsearch.api.batching import BatchingEncoder, model_thread, stop_model_thread
 from figsearch.columns import VersionColumns
 from figsearch.core.config import Settings
+from figsearch.encoders.spec import ModelLoadError
 from figsearch.index import IndexLoadError, SearchIndex, current_version_dir, read_manifest
 from figsearch.search import SearchService
 from figsearch.store import FigureStore
@@ -52,6 +59,8 @@ class Loaded:
     loaded_at: float
     #: figure types present in this version (besides figsearch.figure_types.LABELS)
     figure_types: frozenset[str] = field(default_factory=frozenset)
+    #: what encodes the image model's queries, ``torch`` or ``onnx`` (None without one)
+    encoder_backend: str | None = None
 
 
 class VersionLoader:
@@ -69,6 +78,9 @@ class VersionLoader:
         self.warm_up = warm_up
         self._encoders: dict[str, Any] = {}
         self._caption_encoders: dict[str, Any] = {}
+        #: "image model"/"caption model" -> why its ONNX export is not used (for the error
+        #: an install without torch gives)
+        self._why_torch: dict[str, str] = {}
 
     def close(self) -> None:
         """Stop every encoder's worker thread (left running at exit, torch aborts)."""
@@ -81,18 +93,20 @@ class VersionLoader:
         """Open ``version_dir`` over ``store``, every part checked before anything is served."""
         index: SearchIndex | None = None
         encoder: Any = None
+        backend: str | None = None
         manifest = read_manifest(version_dir)
         if manifest.get("kind") != "text":
             index = SearchIndex.load(version_dir, nprobe=self.settings.nprobe,
                                      mmap_index=self.settings.index_mmap)
             if self.load_models:
-                encoder = self._encoder_for(index)
+                encoder, backend = self._encoder_for(index)
                 index.check_model(encoder.model_key, encoder.dim)
         # figure types (filter, facets, result fields) come from the version being loaded
         view = (versioned_store(store, version_dir, index.manifest, index.ids)
                 if index is not None else store)
-        captions = self._captions_for(version_dir) if self.load_models else None
-        if encoder is not None or captions is not None:
+        captions, caption_backend = (self._captions_for(version_dir) if self.load_models
+                                     else (None, None))
+        if "torch" in (backend, caption_backend):
             self._set_model_thread_torch_threads()
         from figsearch.keyword_index import KeywordIndex
 
@@ -103,7 +117,8 @@ class VersionLoader:
                                 text_only=manifest.get("kind") == "text")
         types = frozenset(view.distinct_values("figure_type"))
         version = index.version if index else str(manifest["version"])
-        return Loaded(version, version_dir, index, encoder, service, time.time(), types)
+        return Loaded(version, version_dir, index, encoder, service, time.time(), types,
+                      encoder_backend=backend)
 
     def drop_unused(self, live: Loaded | None, *pinned: Loaded) -> None:
         """Release the encoders that neither ``live`` (the snapshot now served) nor the
@@ -120,42 +135,75 @@ class VersionLoader:
                 cached.close()
                 del self._encoders[spec]
 
-    def _captions_for(self, version_dir: Path) -> Any:
-        """The version's caption signal (None without a caption index or caption model)."""
+    def backend_for(self, model_key: str, what: str) -> str:
+        """``torch`` or ``onnx`` for the model ``model_key`` (``what`` names it in the log):
+        the setting, or with ``auto`` onnx when a checked export of that model exists."""
+        chosen = self.settings.encoder_backend
+        if chosen != "auto":
+            return chosen
+        from figsearch.onnx_encoder import checked_export
+
+        try:
+            checked_export(onnx_root(self.settings), model_key)
+        except ModelLoadError as exc:
+            self._why_torch[what] = str(exc)
+            log.warning("%s %s: encoding queries with torch, not ONNX Runtime: %s", what,
+                        model_key, exc)
+            return "torch"
+        return "onnx"
+
+    def _captions_for(self, version_dir: Path) -> tuple[Any, str | None]:
+        """The version's caption signal and the backend encoding its queries ((None, None)
+        without a caption index or caption model)."""
         from figsearch.caption_index import CaptionSignal, load_caption_index
 
         index = load_caption_index(version_dir, nprobe=self.settings.nprobe)
         spec = self.settings.caption_model or str((index.manifest if index else {}).get("model_spec") or "")
         if index is None or not spec:
-            return None
-        if self.settings.encoder_backend == "onnx":
-            # the export is found by the key the caption index was built with
-            spec = f"onnx:{index.manifest.get('model_key', '')}"
+            return None, None
+        # the export is found by the key the caption index was built with
+        key = str(index.manifest.get("model_key", ""))
+        backend = self.backend_for(key, "caption model")
+        if backend == "onnx":
+            spec = f"onnx:{key}"
         if spec not in self._caption_encoders:
             encoder = self._new_caption_encoder(spec)
             self._caption_encoders[spec] = BatchingEncoder(
                 encoder, max_batch=min(self.settings.batch_size, QUERY_BATCH),
                 cache_size=self.settings.query_cache_size)
-        return CaptionSignal(index, self._caption_encoders[spec])
+        return CaptionSignal(index, self._caption_encoders[spec]), backend
 
     def _onnx_encoder(self, spec: str) -> Any:
         """The exported encoder an ``onnx:<model key>`` spec names."""
-        from figsearch.onnx_encoder import load_onnx_encoder
+        from figsearch.encoders import load_encoder
 
-        return load_onnx_encoder(onnx_root(self.settings), spec.removeprefix("onnx:"),
-                                 threads=self.settings.torch_threads,
-                                 batch_size=self.settings.batch_size)
+        return load_encoder(spec.removeprefix("onnx:"), "onnx", onnx_root=onnx_root(self.settings),
+                            threads=self.settings.torch_threads,
+                            batch_size=self.settings.batch_size)
 
     def _new_caption_encoder(self, spec: str) -> Any:
         if spec.startswith("onnx:"):
             return self._onnx_encoder(spec)
+        self._need_torch(spec, "caption model")
         from figsearch.caption_index import CaptionEncoder
         from figsearch.encoders import default_device
 
         return CaptionEncoder(spec, device=self.settings.device or default_device(),
                               batch_size=self.settings.batch_size)
 
-    def _encoder_for(self, index: SearchIndex) -> Any:
+    def _need_torch(self, spec: str, what: str) -> None:
+        """A clear error when the torch backend is wanted in an install without torch (the
+        ``serve`` extra): why the model has no usable export, and how to get one."""
+        if importlib.util.find_spec("torch") is not None:
+            return
+        why = self._why_torch.get(what, f"FIGSEARCH_ENCODER_BACKEND={self.settings.encoder_backend}")
+        raise ModelLoadError(
+            f"{spec}: torch is not installed (the `serve` extra runs exported models only) and "
+            f"the ONNX export cannot be used: {why}. Build the index with figsearch[index] "
+            "installed (the build exports the model), or run `figsearch export-onnx` there.")
+
+    def _encoder_for(self, index: SearchIndex) -> tuple[Any, str]:
+        """The (cached) encoder of the model that built ``index``, and its backend."""
         from figsearch.encoders import release_freed_memory
 
         spec = self._model_spec(index)
@@ -170,13 +218,14 @@ class VersionLoader:
                 encoder, max_batch=max_batch,
                 cache_size=self.settings.query_cache_size,
             )
-        return self._encoders[spec]
+        return self._encoders[spec], "onnx" if spec.startswith("onnx:") else "torch"
 
     def _model_spec(self, index: SearchIndex) -> str:
         """The spec of the model serving ``index``: with the onnx backend, its export (found by
         the model key the index was built with), else the configured or recorded model."""
-        if self.settings.encoder_backend == "onnx":
-            return f"onnx:{index.manifest.get('model_key', '')}"
+        key = str(index.manifest.get("model_key", ""))
+        if self.backend_for(key, "image model") == "onnx":
+            return f"onnx:{key}"
         from figsearch.datadir import resolve_path
         from figsearch.encoders import resolve_model_spec
 
@@ -187,11 +236,12 @@ class VersionLoader:
         settings = self.settings
         if spec.startswith("onnx:"):
             return self._onnx_encoder(spec)
-        from figsearch.encoders import load_model, set_torch_threads
+        self._need_torch(spec, "image model")
+        from figsearch.encoders import load_encoder, set_torch_threads
 
         set_torch_threads(settings.torch_threads)
-        encoder = load_model(spec, device=settings.device or None,
-                             batch_size=settings.batch_size, precision=settings.cpu_precision)
+        encoder = load_encoder(spec, "torch", device=settings.device or None,
+                               batch_size=settings.batch_size, precision=settings.cpu_precision)
         if settings.quantize_text:
             from figsearch.encoders import quantize_text_tower
 
@@ -204,8 +254,6 @@ class VersionLoader:
         per-thread setting, and the models run there, not in the thread that loaded them."""
         from figsearch.encoders import set_torch_threads
 
-        if self.settings.encoder_backend == "onnx":
-            return  # ONNX Runtime's sessions carry their own thread count
         threads = self.settings.torch_threads
         model_thread().call(lambda: set_torch_threads(threads))
 

@@ -248,8 +248,8 @@ def build_from_worklist(
     names, codes, scores = classify_figures(encoder, embedded.vectors)
     check = dense_check(store, encoder, embedded.ids, embedded.vectors)
     print(f"index: image model check: {check}", file=sys.stderr)
-    captions = caption_stage(settings, store, caption_encoder or load_caption_encoder(settings),
-                             progress)
+    caption_encoder = caption_encoder or load_caption_encoder(settings)
+    captions = caption_stage(settings, store, caption_encoder, progress)
 
     def add_files(version_dir: Path) -> dict[str, Any]:
         out = captions(version_dir) if captions else {}
@@ -258,6 +258,7 @@ def build_from_worklist(
                                                       np.zeros(0, np.int64), ids)))
         out.update(write_store_indexes(store, version_dir, None, names, progress,
                                        settings.keyword_shards))
+        out.update(onnx_step(settings, encoder, caption_encoder))
         return out
 
     version = build_version(
@@ -277,6 +278,20 @@ def build_from_worklist(
     return IndexReport(version, len(embedded.ids), len(embedded.failures),
                        embedded.summary.line(), _factory_of(version),
                        elapsed_s + time.perf_counter() - start)
+
+
+def onnx_step(settings: Settings, encoder: Any, caption_encoder: Any) -> dict[str, Any]:
+    """The version's models exported to ONNX beside the data dir's other models (kept when an
+    export of the same model key is there), so `figsearch serve` encodes queries without torch;
+    returns the manifest's ``onnx`` entry (what was exported, or why not)."""
+    from figsearch.onnx_export import export_for_build
+    from figsearch.serving import onnx_root
+
+    started = time.perf_counter()
+    note = export_for_build(onnx_root(settings), encoder, caption_encoder)
+    print(f"index: ONNX export {time.perf_counter() - started:.1f} s: {note['onnx']}",
+          file=sys.stderr)
+    return note
 
 
 def write_store_indexes(store: FigureStore, version_dir: Path, previous_dir: Path | None = None,
@@ -385,8 +400,8 @@ def _build_by_delta(settings: Settings, store: FigureStore, encoder: Any, wl: Wo
     delta.add_rows[TYPES_FILE] = _code_map([labels.index(n) for n in names])(codes)
     delta.add_rows[TYPE_SCORES_FILE] = scores
     delta.prev_row_maps[TYPES_FILE] = _code_map([labels.index(n) for n in prev_names])
-    captions, caption_delta = caption_delta_stage(
-        settings, store, caption_encoder or load_caption_encoder(settings), prev, progress)
+    caption_encoder = caption_encoder or load_caption_encoder(settings)
+    captions, caption_delta = caption_delta_stage(settings, store, caption_encoder, prev, progress)
 
     def extra(version_dir: Path) -> dict[str, Any]:
         ids = np.load(version_dir / IDS_FILE)
@@ -408,6 +423,7 @@ def _build_by_delta(settings: Settings, store: FigureStore, encoder: Any, wl: Wo
             prev, version_dir, store, np.setdiff1d(before, after), upserted)))
         out.update(write_store_indexes(store, version_dir, prev, labels, progress,
                                        settings.keyword_shards))
+        out.update(onnx_step(settings, encoder, caption_encoder))
         return out
 
     version = build_delta_version(settings.indexes_dir, prev, delta,
@@ -529,7 +545,8 @@ def index_text_only(settings: Settings, *, caption_encoder: Any = None,
         version = build_text_version(
             settings.indexes_dir,
             lambda d: {**captions(d), **write_store_indexes(
-                store, d, progress=progress, keyword_shards=settings.keyword_shards)},
+                store, d, progress=progress, keyword_shards=settings.keyword_shards),
+                       **onnx_step(settings, None, caption_encoder)},
                                      keep=settings.index_keep_versions)
     finally:
         store.close()

@@ -147,13 +147,14 @@ class Settings(BaseSettings):
             "query encoding; bench/quantise.py checks cosine and top-10 against the float model)."
         ),
     )
-    encoder_backend: Literal["torch", "onnx"] = Field(
-        "torch",
+    encoder_backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
         description=(
-            "API: what encodes queries. torch runs the model itself (open_clip); onnx runs the "
-            "towers exported by `figsearch export-onnx` on ONNX Runtime, so a worker imports "
-            "neither torch nor open_clip (about 850 MiB less memory each; docs/api.md has the "
-            "speed of each)."
+            "API: what encodes queries. onnx runs the towers exported at build time (or by "
+            "`figsearch export-onnx`) on ONNX Runtime, so a worker imports neither torch nor "
+            "open_clip (about 850 MiB less memory each; docs/api.md has the speed of each); torch "
+            "runs the model itself (open_clip); auto is onnx for each model with a checked "
+            "export, else torch (logged with the reason)."
         ),
     )
     onnx_dir: str = Field(

@@ -51,7 +51,7 @@ def stats(state: StateDep) -> StatsResponse:
         index_factory=manifest.get("factory"), index_built_at=manifest.get("built_at"),
         model_spec=manifest.get("model_spec"),
         model_key=getattr(loaded.encoder, "model_key", None) if loaded else None,
-        encoder_backend=state.settings.encoder_backend if loaded and loaded.encoder else None,
+        encoder_backend=loaded.encoder_backend if loaded else None,
         dim=index.dim if index else None,
         store=store.counts() if store else {}, reloads=state.reloads,
         last_reload_error=state.last_error,
