@@ -555,17 +555,55 @@ class ClusterEncoder:
         pass
 
 
-def bench_state(settings: Any, manifest: dict[str, Any]) -> Any:
+class OnnxCostEncoder(ClusterEncoder):
+    """A stand-in that first encodes each query text with a real exported model on ONNX Runtime
+    (what the default serve does) and then returns the stand-in's vector, so a query's latency
+    holds the real encoding cost while it still searches the generated clustered vectors (a
+    real model's vectors would land nowhere in particular in them)."""
+
+    def __init__(self, real: Any, model_key: str, dim: int, seed: int) -> None:
+        super().__init__(model_key, dim, seed)
+        self.real = real
+
+    def encode_texts(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        self.real.encode_texts(texts)
+        return super().encode_texts(texts)
+
+
+def onnx_exports(onnx_root: Path) -> tuple[str, str]:
+    """(image model key, caption model key) of the exports under ``onnx_root``: the one caption
+    model (``st:...``) and the one image model beside it."""
+    keys = [json.loads(m.read_text())["model_key"] for m in sorted(onnx_root.glob("*/figsearch_onnx.json"))
+            if "model_key" in json.loads(m.read_text())]
+    captions = [k for k in keys if k.startswith("st:")]
+    images = [k for k in keys if not k.startswith("st:")]
+    if len(captions) != 1 or len(images) != 1:
+        raise SystemExit(f"{onnx_root}: want one image and one caption export, found {keys}")
+    return images[0], captions[0]
+
+
+def bench_state(settings: Any, manifest: dict[str, Any], onnx_root: Path | None = None) -> Any:
     """The API's :class:`~figsearch.api.state.AppState` (store, index, caption index, service:
     whatever the product loads for a version) with the models swapped for
-    :class:`ClusterEncoder` s."""
+    :class:`ClusterEncoder` s - or, with ``onnx_root``, :class:`OnnxCostEncoder` s that also
+    run that root's exported models on each query."""
     from figsearch.api.state import AppState
 
     info = manifest.get("bench_pmc_scale") or {}
     seed = int(info.get("seed", 0))
-    image = ClusterEncoder(str(manifest["model_key"]), int(manifest["dim"]), seed)
-    caption = ClusterEncoder(str(manifest["captions"]["model_key"]),
-                             int(manifest["captions"]["dim"]), seed + 1)
+    image_key, caption_key = str(manifest["model_key"]), str(manifest["captions"]["model_key"])
+    image_dim, caption_dim = int(manifest["dim"]), int(manifest["captions"]["dim"])
+    if onnx_root is None:
+        image = ClusterEncoder(image_key, image_dim, seed)
+        caption = ClusterEncoder(caption_key, caption_dim, seed + 1)
+    else:
+        from figsearch.encoders import load_encoder
+
+        real_image, real_caption = onnx_exports(onnx_root)
+        image = OnnxCostEncoder(load_encoder(real_image, "onnx", onnx_root=onnx_root),
+                                image_key, image_dim, seed)
+        caption = OnnxCostEncoder(load_encoder(real_caption, "onnx", onnx_root=onnx_root),
+                                  caption_key, caption_dim, seed + 1)
 
     from figsearch.serving import VersionLoader
 
@@ -599,12 +637,17 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 
 def _rss_mb() -> dict[str, float]:
+    """Resident memory: all of it, its peak, and the part that is the process's own (anonymous:
+    heap, models, PQ codes read into RAM) apart from the memory-mapped index and store pages it
+    touched (file-backed: page cache, shared with other workers and dropped under pressure)."""
     out = {}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:")):
+        if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")):
             out[line.split(":")[0]] = int(line.split()[1]) / 1024
     return {"rss_mb": round(out.get("VmRSS", 0.0), 1),
-            "peak_rss_mb": round(out.get("VmHWM", 0.0), 1)}
+            "peak_rss_mb": round(out.get("VmHWM", 0.0), 1),
+            "rss_anon_mb": round(out.get("RssAnon", 0.0), 1),
+            "rss_file_mb": round(out.get("RssFile", 0.0), 1)}
 
 
 def dir_size(path: Path) -> int:
@@ -639,9 +682,11 @@ KINDS = ("store_keyword_k100", "keyword", "caption", "dense", "hybrid",
 
 
 def measure(data_dir: Path, queries: list[str], kinds: list[str], k: int = 20,
-            warmup: int = 3, checkpoint: Any = None) -> tuple[dict[str, Any], list[list[Any]]]:
+            warmup: int = 3, checkpoint: Any = None, onnx_root: Path | None = None,
+            ) -> tuple[dict[str, Any], list[list[Any]]]:
     """Latency per kind, first use of each filter, memory and disk; (figures, table rows).
-    ``checkpoint(figures)`` is called after each kind (a long run keeps what it measured)."""
+    ``checkpoint(figures)`` is called after each kind (a long run keeps what it measured);
+    ``onnx_root``: queries also pay the real ONNX encoders' cost (:class:`OnnxCostEncoder`)."""
     from figsearch import timing
     from figsearch.core.config import Settings
     from figsearch.index import current_version_dir, read_manifest
@@ -655,7 +700,7 @@ def measure(data_dir: Path, queries: list[str], kinds: list[str], k: int = 20,
     manifest = read_manifest(version_dir)
     rss0 = _rss_mb()
     settings = Settings(data_dir=data_dir)
-    state = bench_state(settings, manifest)
+    state = bench_state(settings, manifest, onnx_root)
     t0 = time.perf_counter()
     state.reload()
     load_s = time.perf_counter() - t0
@@ -760,6 +805,8 @@ def measure(data_dir: Path, queries: list[str], kinds: list[str], k: int = 20,
     rss_end = _rss_mb()
     figures.update({"rss_before_load_mb": rss0["rss_mb"], "rss_loaded_mb": rss_loaded["rss_mb"],
                     "rss_end_mb": rss_end["rss_mb"], "peak_rss_mb": rss_end["peak_rss_mb"],
+                    "rss_end_anon_mb": rss_end["rss_anon_mb"],
+                    "rss_end_file_mb": rss_end["rss_file_mb"],
                     "maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                                        1)})
     version_dir = current_version_dir(data_dir / "indexes")
@@ -878,6 +925,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-derived", action="store_true",
                    help="build without the keyword index / filter columns of this checkout")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--onnx-encoders", type=Path, default=None,
+                   help="an export root (`figsearch export-onnx --out`): each query also runs "
+                        "its real image-text and caption models on ONNX Runtime")
     args = p.parse_args(argv)
     command = "python -m bench.pmc_scale " + shlex.join(argv)
     if args.step == "project":
@@ -909,14 +959,16 @@ def main(argv: list[str] | None = None) -> int:
         params = {"command": command, "data_dir": str(data_dir), "queries": len(queries),
                   "k": args.k, "kinds": kinds, "engine_label": args.engine_label,
                   "note": "in-process SearchService (AppState) with stand-in encoders; "
-                          "2 CPU cores shared with other jobs"}
+                          "2 CPU cores shared with other jobs",
+                  "onnx_encoders": str(args.onnx_encoders or "")}
 
         def checkpoint(partial: dict[str, Any]) -> None:
             name = args.name or f"pmc_scale_{_size_label(int(partial['figures']))}"
             write_result(name, {**params, "load_avg": [round(x, 2) for x in os.getloadavg()]},
                          partial)
 
-        figures, rows = measure(data_dir, queries, kinds, args.k, checkpoint=checkpoint)
+        figures, rows = measure(data_dir, queries, kinds, args.k, checkpoint=checkpoint,
+                                onnx_root=args.onnx_encoders)
         name = args.name or f"pmc_scale_{_size_label(int(figures['figures']))}"
         params["load_avg"] = [round(x, 2) for x in os.getloadavg()]
         path = write_result(name, params, figures)

@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -597,13 +597,15 @@ def _top_of(searcher: Any, query: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.asarray([s for s, _ in hits], np.float64)
 
 
-def _stemmed(text: str) -> list[tuple[int, int, str]]:
-    """Word spans of ``text`` with each word's stem (as the index analyses it)."""
+@lru_cache(maxsize=1024)
+def _stemmed(text: str) -> tuple[tuple[int, int, str], ...]:
+    """Word spans of ``text`` with each word's stem (as the index analyses it). Cached: a result
+    page's captions are analysed for its highlights and again for its explanations."""
     spans = [(m.start(), m.end()) for m in _TOKEN.finditer(text)]
     stems = _INDEX_ANALYZER.analyze(text)
     if len(stems) != len(spans):  # long words dropped, or a script split differently
         stems = [(_INDEX_ANALYZER.analyze(text[s:e]) or [""])[0] for s, e in spans]
-    return [(s, e, stem) for (s, e), stem in zip(spans, stems, strict=True)]
+    return tuple((s, e, stem) for (s, e), stem in zip(spans, stems, strict=True))
 
 
 def _matches(text: str, terms: set[str]) -> list[tuple[int, int, bool]]:
