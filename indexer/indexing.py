@@ -284,6 +284,9 @@ def onnx_step(settings: Settings, encoder: Any, caption_encoder: Any) -> dict[st
     """The version's models exported to ONNX beside the data dir's other models (kept when an
     export of the same model key is there), so `figsearch serve` encodes queries without torch;
     returns the manifest's ``onnx`` entry (what was exported, or why not)."""
+    if not settings.onnx_export:
+        return {"onnx": {"skipped": "FIGSEARCH_ONNX_EXPORT is off (`figsearch export-onnx` "
+                                    "exports later)"}}
     from figsearch.onnx_export import export_for_build
     from figsearch.serving import onnx_root
 

@@ -9,6 +9,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FIGSEARCH_SHARED", REPO.parent / "shared")) / "data"
+# Builds in tests skip the ONNX export step (about 10 s per model and data dir, minutes over the
+# suite, in-process and in the CLI subprocesses that inherit this); the tests of that step and of
+# the torch-free serve it feeds turn it on (tests/figsearch/test_serve_install.py).
+os.environ.setdefault("FIGSEARCH_ONNX_EXPORT", "0")
 
 
 @pytest.fixture(scope="session")

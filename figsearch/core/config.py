@@ -164,6 +164,15 @@ class Settings(BaseSettings):
             "backend reads, one subfolder per model key; empty = <data_dir>/models/onnx."
         ),
     )
+    onnx_export: bool = Field(
+        True,
+        description=(
+            "Export the version's image and caption models to ONNX when `figsearch index` or "
+            "`figsearch rebuild` builds it (once per model: an export already in `onnx_dir` "
+            "is kept), so the default serve encodes queries without torch. 0: skip it (the "
+            "manifest says so; `figsearch export-onnx` does it later)."
+        ),
+    )
     query_cache_size: int = Field(
         1024, description="Recent query texts whose embeddings the API keeps (LRU); 0 disables."
     )

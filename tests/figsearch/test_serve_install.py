@@ -40,7 +40,7 @@ def built(shared_data, tiny_model_dir, tmp_path_factory) -> Path:
     data_dir = tmp_path_factory.mktemp("built") / "data"
     populate_store(data_dir, shared_data).close()
     settings = Settings(data_dir=data_dir, device="cpu", num_workers=0, batch_size=8,
-                        caption_passages=0)
+                        caption_passages=0, onnx_export=True)
     assert index_all(settings, str(tiny_model_dir), progress=False) is not None
     return data_dir
 
@@ -101,9 +101,17 @@ def test_text_only_build_exports_the_caption_model_and_notes_what_it_skipped(bui
 
     data_dir = tmp_path / "data"
     shutil.copytree(built, data_dir, symlinks=True, ignore=shutil.ignore_patterns("indexes"))
-    version = index_text_only(Settings(data_dir=data_dir, caption_passages=0), progress=False)
+    version = index_text_only(Settings(data_dir=data_dir, caption_passages=0, onnx_export=True),
+                              progress=False)
     note = read_manifest(version)["onnx"]
     assert set(note) == {"caption_model"} and note["caption_model"]["reused"] is True
+    # with the step off (FIGSEARCH_ONNX_EXPORT=0) the build says so and exports nothing
+    off = tmp_path / "off"
+    shutil.copytree(built, off, symlinks=True, ignore=shutil.ignore_patterns("indexes", "models"))
+    version = index_text_only(Settings(data_dir=off, caption_passages=0, onnx_export=False),
+                              progress=False)
+    assert "FIGSEARCH_ONNX_EXPORT is off" in read_manifest(version)["onnx"]["skipped"]
+    assert not onnx_root(Settings(data_dir=off)).exists()
 
     from figsearch.onnx_export import export_for_build
 
