@@ -53,7 +53,14 @@ from figsearch import timing
 from figsearch.caption_index import best_passages
 from figsearch.columns import AllowedSet, VersionColumns
 from figsearch.core.config import Settings
-from figsearch.explain import HitSignal, MatchQuality, assess, keyword_coverage, keyword_evidence
+from figsearch.explain import (
+    STRONG_KEYWORD_COVERAGE,
+    HitSignal,
+    MatchQuality,
+    assess,
+    keyword_coverage,
+    keyword_evidence,
+)
 from figsearch.fusion import (
     FusionConfig,
     SignalResult,
@@ -520,16 +527,10 @@ class SearchService:
     def _match_quality(self, query: str, flt: FigureFilter, hits: list[SearchHit],
                        results: dict[str, SignalResult], cvec: np.ndarray | None,
                        offset: int = 0) -> MatchQuality:
-        """Strong, weak or none (:func:`figsearch.explain.assess`) from the best caption
-        cosine and the best keyword match's share of the query's words over the filtered
-        collection: the hybrid signals' own lists when they ran, else a top-1 search each."""
-        cosine = None
-        caption = results.get("caption")
-        if caption is not None:
-            cosine = max(caption.scores, default=None)
-        elif self.captions is not None:
-            vec = cvec if cvec is not None else self._encode_caption_query(query)
-            cosine = max(self._caption(vec, 1, flt).scores, default=None)
+        """Strong, weak or none (:func:`figsearch.explain.assess`) from the best keyword
+        match's share of the query's words and the best caption cosine over the filtered
+        collection: the hybrid signals' own lists when they ran, else a top-1 search each - the
+        caption one (a query encoding, ~10 ms) only when the keyword match alone is not strong."""
         keyword = results.get("keyword")
         top = keyword.ids[:1] if keyword is not None else self._keyword(query, 1, flt).ids
         coverage = None
@@ -537,6 +538,13 @@ class SearchService:
             on_page = {h.id: h.figure for h in hits}
             figure = on_page.get(top[0]) or self.store.get_figures(top).get(top[0])
             coverage = keyword_coverage(query, figure)
+        cosine = None
+        caption = results.get("caption")
+        if caption is not None:
+            cosine = max(caption.scores, default=None)
+        elif self.captions is not None and (coverage or 0.0) < STRONG_KEYWORD_COVERAGE:
+            vec = cvec if cvec is not None else self._encode_caption_query(query)
+            cosine = max(self._caption(vec, 1, flt).scores, default=None)
         return assess(query, bool(hits) or offset > 0, cosine, coverage)
 
     def _vector_of(self, figure_id: int) -> np.ndarray:
