@@ -131,12 +131,50 @@ def split_caption(caption: str) -> list[SubCaption]:
     chain = _chain(_markers(caption))
     if sum(len(m.letters) for m in chain) < 2:
         return [_sub((), caption, 0, len(caption))] if caption.strip() else []
+    if _trailing(caption, chain):
+        return _split_trailing(caption, chain)
     subs: list[SubCaption] = []
     if caption[: chain[0].start].strip():
         subs.append(_sub((), caption, 0, chain[0].start))
     for i, mk in enumerate(chain):
         end = chain[i + 1].start if i + 1 < len(chain) else len(caption)
         subs.append(_sub(mk.letters, caption, mk.start, end))
+    return subs
+
+
+_SENTENCE_END = re.compile(r"[.!?]\s+(?=[A-Z(])")
+_AFTER_TRAILING = re.compile(r"\s*(?:[,.;]|and\b|$)")
+
+
+def _trailing(caption: str, chain: Sequence[_Marker]) -> bool:
+    """Whether the letters close their phrases ("… with others (a), … relationships (b)")
+    instead of opening them: most markers sit mid-sentence and are followed by punctuation,
+    "and" or the end of the caption."""
+    closing = 0
+    for mk in chain:
+        before = caption[: mk.start].rstrip()
+        mid_sentence = bool(before) and before[-1] not in ".:;!?"
+        if mid_sentence and _AFTER_TRAILING.match(caption, mk.end):
+            closing += 1
+    return closing * 2 >= len(chain)
+
+
+def _split_trailing(caption: str, chain: Sequence[_Marker]) -> list[SubCaption]:
+    """Sub-captions that end at their marker: the first one starts with its sentence, each
+    next one right after the previous marker (and its comma); what follows the last marker
+    and precedes the first sentence is shared text, kept as the intro."""
+    first = chain[0].start
+    starts = [m.end() for m in _SENTENCE_END.finditer(caption, 0, first)]
+    begin = starts[-1] if starts else 0
+    subs: list[SubCaption] = []
+    if caption[:begin].strip():
+        subs.append(_sub((), caption, 0, begin))
+    at = begin
+    for mk in chain:
+        subs.append(_sub(mk.letters, caption, at, mk.end))
+        at = mk.end
+        while at < len(caption) and caption[at] in ",;. ":
+            at += 1
     return subs
 
 
@@ -177,7 +215,9 @@ class LayoutParams:
     min_area: float = 0.03
     line_fill: float = 0.92
     line_max: int = 6
+    rule_fill: float = 0.3
     noise: float = 0.004
+    max_depth: int = 8
 
 
 DEFAULT_PARAMS = LayoutParams()
@@ -213,16 +253,52 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
 
 def _gutters(sub: np.ndarray, axis: int, min_gap: int, p: LayoutParams) -> list[tuple[int, int]]:
     """Cut candidates along one axis of a region (axis 0: rows, 1: columns): runs of empty
-    lines at least ``min_gap`` long, and thin near-full separator lines."""
+    lines at least ``min_gap`` long (a thin solid or dashed rule inside a gutter counts as
+    empty), and thin near-full separator lines between touching panels."""
     length = sub.shape[1 - axis]
     fill = sub.sum(axis=1 - axis) / max(1, length)
     empty = fill <= p.noise
+    runs = _runs(~empty)
+    for i, (a, b) in enumerate(runs):
+        # a rule: thin, inked over a good part of the length, white on both sides
+        if (b - a <= p.line_max and 0 < a and b < len(fill) and fill[a:b].max() >= p.rule_fill
+                and 0 < i < len(runs) - 1):
+            empty[a:b] = True
     cuts = [r for r in _runs(empty) if r[1] - r[0] >= min_gap]
     for a, b in _runs(fill >= p.line_fill):
         if b - a <= p.line_max:
             cuts.append((a, b))
     n = sub.shape[axis]
     return sorted(c for c in cuts if c[0] > 0 and c[1] < n)
+
+
+def _strip_frame(ink: np.ndarray, box: Box, p: LayoutParams) -> Box:
+    """``box`` without a frame drawn around it (full-length lines on its edges), so that the
+    frame does not hide the gutters inside it."""
+    for _ in range(2):
+        x0, y0, x1, y1 = box
+        sub = ink[y0:y1, x0:x1]
+        if sub.size == 0:
+            return box
+        rows, cols = sub.mean(axis=1), sub.mean(axis=0)
+        depth = p.line_max
+        top = next((i + 1 for i in range(min(depth, len(rows)) - 1, -1, -1)
+                    if rows[i] >= p.line_fill), 0)
+        bottom = next((i for i in range(max(0, len(rows) - depth), len(rows))
+                       if rows[i] >= p.line_fill), len(rows))
+        left = next((i + 1 for i in range(min(depth, len(cols)) - 1, -1, -1)
+                     if cols[i] >= p.line_fill), 0)
+        right = next((i for i in range(max(0, len(cols) - depth), len(cols))
+                      if cols[i] >= p.line_fill), len(cols))
+        if (top, bottom, left, right) == (0, len(rows), 0, len(cols)):
+            return box
+        if bottom - top < 2 or right - left < 2:
+            return box
+        inner = _trim(ink, (x0 + left, y0 + top, x0 + right, y0 + bottom))
+        if inner is None:
+            return box
+        box = inner
+    return box
 
 
 def _pieces(n: int, cuts: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -276,8 +352,9 @@ def _xy_cut(ink: np.ndarray, box: Box, size: tuple[int, int], p: LayoutParams, d
             ) -> list[Box]:
     """Recursive X-Y cut: split along the axis whose widest gutter is wider (rows first on a
     tie), then each piece again; a box no axis can split is a panel."""
-    if depth > 8:
+    if depth >= p.max_depth:
         return [box]
+    box = _strip_frame(ink, box, p)
     options = []
     for axis in (0, 1):
         parts = _split(ink, box, axis, size, p)
@@ -299,9 +376,49 @@ def _widest_gap(parts: list[Box], axis: int) -> int:
     return max(parts[i + 1][lo] - parts[i][hi] for i in range(len(parts) - 1))
 
 
+#: Layouts tried, most cautious first, when the caption says how many panels to expect: wide
+#: gutters and big panels, down to narrow gutters (high-resolution figures with thin white
+#: lines between panels) and small panels (grids of 3-4 columns with legends).
+SEARCH_PARAMS: tuple[LayoutParams, ...] = tuple(
+    LayoutParams(gap=gap, min_gap_px=min(5, max(2, int(gap * 400))), min_side=side)
+    for gap in (0.03, 0.02, 0.012, 0.008, 0.005, 0.003)
+    for side in (0.2, 0.12, 0.08)
+)
+
+
+def _layout(ink: np.ndarray, whole: Box, size: tuple[int, int], params: LayoutParams) -> list[Box]:
+    """The panel boxes one set of thresholds finds (the whole figure when none)."""
+    boxes = _xy_cut(ink, whole, size, params)
+    area = size[0] * size[1]
+    return [b for b in boxes if (b[2] - b[0]) * (b[3] - b[1]) >= params.min_area * area] or [whole]
+
+
+def _choose(layouts: list[list[Box]], expected: int) -> list[Box]:
+    """The layout to keep when the caption names ``expected`` panels: among those with that
+    many panels (else the closest count, fewer on a tie) the one most thresholds agree on, a
+    stable reading of the gutters rather than an accident of one setting; the most cautious
+    one on a tie."""
+    best = min(abs(len(b) - expected) for b in layouts)
+    near = [b for b in layouts if abs(len(b) - expected) == best]
+    fewest = min(len(b) for b in near)
+    near = [b for b in near if len(b) == fewest]
+    votes: dict[tuple[Box, ...], int] = {}
+    for b in near:
+        key = tuple(sorted(b))
+        votes[key] = votes.get(key, 0) + 1
+    top = max(votes.values())
+    return next(b for b in near if votes[tuple(sorted(b))] == top)
+
+
 def detect_panels(image: Image.Image, ocr_boxes: Iterable[tuple[Sequence[float], str]] | None = None,
-                  params: LayoutParams = DEFAULT_PARAMS) -> list[Panel]:
+                  params: LayoutParams = DEFAULT_PARAMS, expected: int | None = None) -> list[Panel]:
     """The panels of a figure image in reading order (one panel when it is not compound).
+
+    ``expected``: how many panels the caption names (count of its panel letters), when known.
+    Without it the layout alone decides, with ``params``. With it, the layouts of
+    :data:`SEARCH_PARAMS` are tried from the most cautious and the first one that finds that
+    many panels wins (else the one closest to it, fewer on a tie); ``expected <= 1`` keeps the
+    figure whole. The caption is known at index time, so this is how the indexer calls it.
 
     ``ocr_boxes``: optional OCR text boxes ``(box, text)`` with ``box`` as (x0, y0, x1, y1) or
     four corner points; a single-letter token near a panel's top-left corner becomes its letter.
@@ -313,11 +430,17 @@ def detect_panels(image: Image.Image, ocr_boxes: Iterable[tuple[Sequence[float],
     width, height = image.size
     if width < 2 or height < 2:
         raise ValueError(f"image too small to split: {width}x{height}")
+    if expected is not None and expected < 0:
+        raise ValueError(f"expected panel count must be >= 0, got {expected}")
     ink = _ink(image, params.ink_tol)
     whole = _trim(ink, (0, 0, width, height)) or (0, 0, width, height)
-    boxes = _xy_cut(ink, whole, (width, height), params)
-    area = width * height
-    boxes = [b for b in boxes if (b[2] - b[0]) * (b[3] - b[1]) >= params.min_area * area] or [whole]
+    if expected is None:
+        boxes = _layout(ink, whole, (width, height), params)
+    elif expected <= 1:
+        boxes = [whole]
+    else:
+        boxes = _choose([_layout(ink, whole, (width, height), p) for p in SEARCH_PARAMS],
+                        expected)
     panels = [Panel(b) for b in reading_order(boxes)]
     if ocr_boxes is not None:
         snap_letters(panels, ocr_boxes, (width, height))
@@ -352,7 +475,7 @@ def _as_box(raw: Sequence[float] | Sequence[Sequence[float]]) -> tuple[float, fl
     return x0, y0, x1, y1
 
 
-_LETTER = re.compile(r"^\(?([A-Za-z])[).]?$")
+_LETTER = re.compile(r"^\(?([A-Za-z])[).]?(?:\s|$)")
 
 
 def snap_letters(panels: list[Panel], ocr_boxes: Iterable[tuple[Sequence[float], str]],
