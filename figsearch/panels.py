@@ -266,10 +266,30 @@ def _gutters(sub: np.ndarray, axis: int, min_gap: int, p: LayoutParams) -> list[
             empty[a:b] = True
     cuts = [r for r in _runs(empty) if r[1] - r[0] >= min_gap]
     for a, b in _runs(fill >= p.line_fill):
-        if b - a <= p.line_max:
+        if b - a <= p.line_max and _solid(sub, axis, a, b) >= p.line_fill:
             cuts.append((a, b))
     n = sub.shape[axis]
     return sorted(c for c in cuts if c[0] > 0 and c[1] < n)
+
+
+def _solid(sub: np.ndarray, axis: int, a: int, b: int) -> float:
+    """The longest unbroken ink run of lines ``a:b`` as a share of their length: a separator
+    is one line across, not the top edges of a row of framed panels with gutters between."""
+    band = (sub[a:b].any(axis=0)) if axis == 0 else (sub[:, a:b].any(axis=1))
+    runs = _runs(band)
+    return max((e - s for s, e in runs), default=0) / max(1, band.size)
+
+
+def _edges(n: int, depth: int) -> list[int]:
+    """The indices of the first and last ``depth`` lines of ``n``."""
+    return sorted(set(range(min(depth, n))) | set(range(max(0, n - depth), n)))
+
+
+def _spread(values: np.ndarray, n: int, depth: int) -> np.ndarray:
+    """Per-line values known only on the edges (:func:`_edges`) as a full-length array."""
+    full = np.zeros(n)
+    full[_edges(n, depth)] = values
+    return full
 
 
 def _strip_frame(ink: np.ndarray, box: Box, p: LayoutParams) -> Box:
@@ -280,7 +300,10 @@ def _strip_frame(ink: np.ndarray, box: Box, p: LayoutParams) -> Box:
         sub = ink[y0:y1, x0:x1]
         if sub.size == 0:
             return box
-        rows, cols = sub.mean(axis=1), sub.mean(axis=0)
+        rows = np.array([_solid(sub, 0, i, i + 1) for i in _edges(sub.shape[0], p.line_max)])
+        cols = np.array([_solid(sub, 1, i, i + 1) for i in _edges(sub.shape[1], p.line_max)])
+        rows = _spread(rows, sub.shape[0], p.line_max)
+        cols = _spread(cols, sub.shape[1], p.line_max)
         depth = p.line_max
         top = next((i + 1 for i in range(min(depth, len(rows)) - 1, -1, -1)
                     if rows[i] >= p.line_fill), 0)
@@ -290,8 +313,8 @@ def _strip_frame(ink: np.ndarray, box: Box, p: LayoutParams) -> Box:
                      if cols[i] >= p.line_fill), 0)
         right = next((i for i in range(max(0, len(cols) - depth), len(cols))
                       if cols[i] >= p.line_fill), len(cols))
-        if (top, bottom, left, right) == (0, len(rows), 0, len(cols)):
-            return box
+        if top == 0 or bottom == len(rows) or left == 0 or right == len(cols):
+            return box  # a frame has four sides; one edge line is a panel's own border
         if bottom - top < 2 or right - left < 2:
             return box
         inner = _trim(ink, (x0 + left, y0 + top, x0 + right, y0 + bottom))
@@ -321,13 +344,15 @@ def _split(ink: np.ndarray, box: Box, axis: int, size: tuple[int, int], p: Layou
     min_gap = max(p.min_gap_px, int(round(p.gap * full)))
     cuts = _gutters(sub, axis, min_gap, p)
     min_len = p.min_side * full
+    min_area = p.min_area * size[0] * size[1]
     while cuts:
         spans = _pieces(sub.shape[axis], cuts)
         lens = [_ink_len(sub, axis, s) for s in spans]
-        small = [i for i, ln in enumerate(lens) if ln < min_len]
+        areas = [_ink_area(sub, axis, s) for s in spans]
+        small = [i for i, ln in enumerate(lens) if ln < min_len or areas[i] < min_area]
         if not small:
             break
-        i = min(small, key=lambda k: lens[k])
+        i = min(small, key=lambda k: (lens[k] >= min_len, lens[k]))
         left = cuts[i - 1] if i > 0 else None
         right = cuts[i] if i < len(cuts) else None
         drop = min((c for c in (left, right) if c is not None), key=lambda c: c[1] - c[0])
@@ -339,6 +364,17 @@ def _split(ink: np.ndarray, box: Box, axis: int, size: tuple[int, int], p: Layou
         if trimmed is not None:
             out.append(trimmed)
     return out
+
+
+def _ink_area(sub: np.ndarray, axis: int, span: tuple[int, int]) -> int:
+    """The area of the ink's bounding box inside a span: a piece smaller than a panel can be
+    is merged back, never dropped (a row of small plots stays one panel)."""
+    part = sub[span[0]:span[1]] if axis == 0 else sub[:, span[0]:span[1]]
+    rows = np.flatnonzero(part.any(axis=1))
+    cols = np.flatnonzero(part.any(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return 0
+    return int((rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1))
 
 
 def _ink_len(sub: np.ndarray, axis: int, span: tuple[int, int]) -> int:
@@ -354,10 +390,10 @@ def _xy_cut(ink: np.ndarray, box: Box, size: tuple[int, int], p: LayoutParams, d
     tie), then each piece again; a box no axis can split is a panel."""
     if depth >= p.max_depth:
         return [box]
-    box = _strip_frame(ink, box, p)
+    inner = _strip_frame(ink, box, p)
     options = []
     for axis in (0, 1):
-        parts = _split(ink, box, axis, size, p)
+        parts = _split(ink, inner, axis, size, p)
         if len(parts) > 1:
             options.append((axis, parts))
     if not options:
