@@ -275,7 +275,7 @@ def _gutters(sub: np.ndarray, axis: int, min_gap: int, p: LayoutParams) -> list[
 def _solid(sub: np.ndarray, axis: int, a: int, b: int) -> float:
     """The longest unbroken ink run of lines ``a:b`` as a share of their length: a separator
     is one line across, not the top edges of a row of framed panels with gutters between."""
-    band = (sub[a:b].any(axis=0)) if axis == 0 else (sub[:, a:b].any(axis=1))
+    band = np.asarray(sub[a:b].any(axis=0) if axis == 0 else sub[:, a:b].any(axis=1))
     runs = _runs(band)
     return max((e - s for s, e in runs), default=0) / max(1, band.size)
 
@@ -528,7 +528,7 @@ def snap_letters(panels: list[Panel], ocr_boxes: Iterable[tuple[Sequence[float],
     for panel in panels:
         x0, y0, x1, y1 = panel.box
         best, best_d = None, 0.12 * diag
-        for i, ((tx0, ty0, tx1, ty1), letter) in enumerate(tokens):
+        for i, ((tx0, ty0, tx1, ty1), _letter) in enumerate(tokens):
             if i in used:
                 continue
             cx, cy = (tx0 + tx1) / 2, (ty0 + ty1) / 2
