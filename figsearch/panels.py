@@ -128,7 +128,15 @@ def split_caption(caption: str) -> list[SubCaption]:
     than two panel letters is not split: one sub-caption with ``letters == ()``."""
     if not isinstance(caption, str):
         raise TypeError(f"caption must be a str, not {type(caption).__name__}")
-    chain = _chain(_markers(caption))
+    markers = _markers(caption)
+    chain = _chain(markers)
+    if len(chain) == 1 and len(chain[0].letters) > 1:
+        # "(a–d) Blood flow of the popliteal artery (a), … (b, c), and foot arteries (d)": a
+        # range naming every panel first, then the panels one by one
+        inner = _chain([m for m in markers if m.start >= chain[0].end])
+        if sum(len(m.letters) for m in inner) > 1 and {
+                c for m in inner for c in m.letters} <= set(chain[0].letters):
+            chain = inner
     if sum(len(m.letters) for m in chain) < 2:
         return [_sub((), caption, 0, len(caption))] if caption.strip() else []
     if _trailing(caption, chain):

@@ -150,6 +150,12 @@ def test_split_caption_spans_and_edge_cases():
     assert split_caption("A single diagram of the (A) pathway.") == [
         SubCaption((), "A single diagram of the (A) pathway.", (0, 36))]
     assert split_caption("") == []
+    # a range naming all panels, then each panel closing its own phrase (ROCO caption style)
+    ranged = split_caption("(a–d) Blood flow of the popliteal artery (a), tibial arteries (b, c), "
+                           "and foot arteries (d) was restored")
+    assert [s.letters for s in ranged] == [("A",), ("B", "C"), ("D",)]
+    assert ranged[1].text == "tibial arteries (b, c)"
+    assert [s.letters for s in split_caption("(A–C) Three views of one cell.")] == [("A", "B", "C")]
     with pytest.raises(TypeError):
         split_caption(None)  # type: ignore[arg-type]
 
