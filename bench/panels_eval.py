@@ -60,6 +60,12 @@ def match(pred: list[tuple[int, int, int, int]], truth: list[list[int]]) -> dict
     return out
 
 
+def _box(values: list[int]) -> tuple[int, int, int, int]:
+    """A ground-truth box as the detector's tuple."""
+    x0, y0, x1, y1 = (int(v) for v in values)
+    return x0, y0, x1, y1
+
+
 def span_iou(a: tuple[int, int], b: tuple[int, int]) -> float:
     """Overlap of two character spans over their union."""
     inter = max(0, min(a[1], b[1]) - max(a[0], b[0]))
@@ -126,9 +132,9 @@ def evaluate_figure(root: Path, rec: dict[str, Any]) -> dict[str, Any]:
         if ti in m and _aligned_right(by_box[panels[m[ti]].box], by_letter.get(p["letter"]),
                                       p["letter"]):
             e2e += 1
-    given = align([Panel(tuple(p["box"])) for p in rec["panels"]], subs)  # type: ignore[arg-type]
-    given_by_box = {list(p.box) == [] or tuple(p.box): p for p in given}
-    alone = sum(_aligned_right(given_by_box[tuple(p["box"])], by_letter.get(p["letter"]),
+    given = align([Panel(_box(p["box"])) for p in rec["panels"]], subs)
+    given_by_box = {p.box: p for p in given}
+    alone = sum(_aligned_right(given_by_box[_box(p["box"])], by_letter.get(p["letter"]),
                                p["letter"]) for _ti, p in lettered)
     out.update(lettered=len(lettered), aligned_e2e=e2e, aligned_given_boxes=alone)
     return out

@@ -7,11 +7,15 @@ use it. Three steps:
   "a) …", "(A and B) …", ranges such as "(C–E)", "(C)-(E)" or "A–C"); the text before the first
   marker is the intro shared by all panels (``letters == ()``). Markers must follow the alphabet
   (A, B, C, …) so that back-references ("as in (A)") and roman numerals ("(i)") are not cuts.
+  Letters that close their phrase ("… with others (a), … relationships (b)") end their
+  sub-caption instead of opening it.
 - :func:`detect_panels` finds panel boxes by a recursive X-Y cut: rows and columns of a
   thresholded grayscale image that hold no ink (white or near-uniform gutters) or that are thin
   full-length separator lines split a region; pieces that are too small (a panel letter alone,
-  a legend strip) are merged back into a neighbour. Single-letter OCR text boxes near a panel's
-  top-left corner, when given, become that panel's letter.
+  a legend strip) are merged back into a neighbour. Given the number of panels the caption
+  names (``expected``), 18 threshold sets are tried and the layout with that many panels that
+  most of them agree on wins; this is how the indexer calls it. Single-letter OCR text boxes
+  near a panel's top-left corner, when given, become that panel's letter.
 - :func:`align` pairs panels with sub-captions by letter, or by reading order (rows top to bottom,
   left to right) when the image gave no letters.
 
@@ -169,8 +173,8 @@ def _trailing(caption: str, chain: Sequence[_Marker]) -> bool:
 
 def _split_trailing(caption: str, chain: Sequence[_Marker]) -> list[SubCaption]:
     """Sub-captions that end at their marker: the first one starts with its sentence, each
-    next one right after the previous marker (and its comma); what follows the last marker
-    and precedes the first sentence is shared text, kept as the intro."""
+    next one right after the previous marker (and its comma). Text before that first sentence
+    is the intro; text after the last marker is shared by all panels and belongs to none."""
     first = chain[0].start
     starts = [m.end() for m in _SENTENCE_END.finditer(caption, 0, first)]
     begin = starts[-1] if starts else 0
