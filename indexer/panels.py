@@ -5,7 +5,8 @@ detector version, :func:`figsearch.panels.detect_panels` runs with the panel cou
 names (:func:`figsearch.panels.split_caption`), so a figure whose caption names no panels stays
 one panel. Boxes go into the store in batches (a killed run resumes where it stopped); a rerun
 reads only new images, and an image shared by several articles is read once. An unreadable image
-gets a row with its error (not retried) and an ``ingest_errors`` entry. Sub-captions are not
+gets a row with its error (not retried); it is not also reported in ``ingest_errors``, where the
+embed step of the same build already reports every unreadable image once. Sub-captions are not
 stored: :meth:`figsearch.store.FigureStore.figure_panels` aligns the boxes with each figure's
 own caption when asked (cheap: the caption splitter takes well under a millisecond).
 
@@ -82,9 +83,7 @@ def run_panels(store: FigureStore, images_dir: Path, *, max_pixels: int = 90_000
             summary.images += 1
             summary.panels += len(boxes)
             summary.compound += len(boxes) > 1
-            if error:
-                summary.failed += 1
-                store.record_error("panels", error, item=rel, stage="panels")
+            summary.failed += error is not None
         store.put_panels(results)
         if left == 0:
             break

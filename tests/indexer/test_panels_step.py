@@ -75,7 +75,7 @@ def test_each_image_is_split_once_and_aligned_with_its_own_caption(corpus):
     # three distinct images (the reused one once), the damaged one recorded and skipped
     assert (summary.images, summary.compound, summary.failed) == (3, 1, 1)
     assert "3 images split (1 compound" in summary.line()
-    assert [e["stage"] for e in store.errors()] == ["panels"]
+    assert store.errors() == []  # the embed step reports unreadable images, once
 
     panels = store.figure_panels(_figure_id(store, "PMC1", "F1"))
     assert panels is not None and [p.letter for p in panels] == ["A", "B"]
