@@ -41,7 +41,7 @@ from figsearch.licenses import COMMERCIAL_CLASSES
 from figsearch.records import ArticleRecord, FigureRecord
 from figsearch.rights import REUSABLE_CLASSES, third_party_statement
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _now() -> datetime:
@@ -146,6 +146,27 @@ class FigureOcr(Base):
     engine: Mapped[str] = mapped_column(String, default="")
     error: Mapped[str | None] = mapped_column(Text)
     ocr_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+class FigurePanels(Base):
+    """The panels of an image (figsearch.panels), cached by image hash: one row per image.
+
+    ``panels`` is JSON ``[[x0, y0, x1, y1], ...]`` in reading order; ``expected`` the panel
+    count the caption named when they were found (the layout search depends on it; an image
+    reused under a caption naming another count keeps its first layout); ``algo`` the detector
+    version (a new one recomputes); ``error`` is set for an unreadable image (not retried).
+    Sub-captions are not stored: they come from the caption at read time
+    (:meth:`FigureStore.figure_panels`).
+    """
+
+    __tablename__ = "figure_panels"
+
+    sha256: Mapped[str] = mapped_column(String, primary_key=True)
+    expected: Mapped[int] = mapped_column(Integer, default=1)
+    panels: Mapped[str] = mapped_column(Text, default="[]")
+    algo: Mapped[str] = mapped_column(String, default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    panels_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
 
 
 class PmcVersion(Base):
@@ -300,6 +321,8 @@ def _add_rights_columns(conn: Any) -> None:
 MIGRATIONS: dict[int, list[Any]] = {
     1: FTS_DDL_V1, 2: OCR_FTS_MIGRATION, 3: PMC_VERSIONS_DDL, 4: [_add_collection_url_columns],
     5: [_add_rights_columns],
+    # 6: figure_panels, made by create_all (which runs first, for old stores too)
+    6: [],
 }
 
 #: The ``reusable`` filter over ``figures f JOIN articles a`` (figsearch.rights): no
@@ -427,6 +450,14 @@ _OCR_PENDING_FROM = (
     "figures f JOIN articles a ON a.id = f.article_id "
     "WHERE f.has_image = 1 AND a.retracted = 0 AND f.sha256 IS NOT NULL AND f.image_path "
     "IS NOT NULL AND NOT EXISTS (SELECT 1 FROM figure_ocr o WHERE o.sha256 = f.sha256)"
+)
+
+
+# Live figures with a stored image (a WHERE follows; append AND ...).
+_LIVE_IMAGES_FROM = (
+    "figures f JOIN articles a ON a.id = f.article_id "
+    "WHERE f.has_image = 1 AND a.retracted = 0 AND f.sha256 IS NOT NULL AND f.image_path "
+    "IS NOT NULL"
 )
 
 
@@ -814,6 +845,73 @@ class FigureStore:
                 [{"s": sha, "t": txt, "b": int(boxes), "e": engine, "err": err, "at": _now()}
                  for sha, txt, boxes, engine, err in rows],
             )
+
+    # -- panels (figsearch.panels, indexer.panels) ----------------------------------------
+    def iter_panels_pending(self, algo: str, batch: int = 256
+                            ) -> Iterator[list[tuple[str, str, str]]]:
+        """Batches of (sha256, image_path, caption) of live images with no panels row of this
+        ``algo``, one per image (its lowest figure id's caption), in hash order."""
+        last = ""
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(text(
+                    "SELECT f.sha256, f.image_path, f.caption FROM figures f JOIN ("
+                    f"SELECT f.sha256 AS s, min(f.id) AS fid FROM {_LIVE_IMAGES_FROM} "
+                    "AND f.sha256 > :last AND NOT EXISTS (SELECT 1 FROM figure_panels p "
+                    "WHERE p.sha256 = f.sha256 AND p.algo = :algo) "
+                    "GROUP BY f.sha256 ORDER BY f.sha256 LIMIT :n) t ON f.id = t.fid "
+                    "ORDER BY f.sha256"
+                ), {"last": last, "n": int(batch), "algo": algo}).all()
+            if not rows:
+                return
+            yield [(str(r[0]), str(r[1]), str(r[2] or "")) for r in rows]
+            last = str(rows[-1][0])
+
+    def panels_pending_count(self, algo: str) -> int:
+        """How many distinct live images have no panels row of this ``algo``."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(text(
+                f"SELECT count(DISTINCT f.sha256) FROM {_LIVE_IMAGES_FROM} AND NOT EXISTS "
+                "(SELECT 1 FROM figure_panels p WHERE p.sha256 = f.sha256 AND p.algo = :algo)"
+            ), {"algo": algo}).scalar() or 0)
+
+    def put_panels(self, rows: Iterable[tuple[str, int, list[tuple[int, int, int, int]], str,
+                                              str | None]]) -> None:
+        """Store panel boxes: (sha256, expected count, boxes, algo, error or None)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO figure_panels(sha256, expected, panels, algo, error, panels_at) "
+                     "VALUES (:s, :e, :p, :a, :err, :at) ON CONFLICT(sha256) DO UPDATE SET "
+                     "expected = excluded.expected, panels = excluded.panels, "
+                     "algo = excluded.algo, error = excluded.error, panels_at = excluded.panels_at"),
+                [{"s": sha, "e": int(expected), "p": json.dumps([list(b) for b in boxes]),
+                  "a": algo, "err": err, "at": _now()}
+                 for sha, expected, boxes, algo, err in rows],
+            )
+
+    def panel_boxes(self, sha256: str) -> list[tuple[int, int, int, int]] | None:
+        """The stored panel boxes of an image, or None when it has no row (or was unreadable)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(text("SELECT panels, error FROM figure_panels WHERE sha256 = :s"),
+                               {"s": sha256}).first()
+        if row is None or row[1]:
+            return None
+        return [(int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in json.loads(row[0])]
+
+    def figure_panels(self, figure_id: int) -> list[Any] | None:
+        """A figure's panels (:class:`figsearch.panels.Panel`) with letters and sub-captions
+        from its own caption; None when its image has no panels row yet."""
+        from figsearch.panels import Panel, align, split_caption
+
+        with self.engine.connect() as conn:
+            row = conn.execute(text("SELECT sha256, caption FROM figures WHERE id = :i"),
+                               {"i": int(figure_id)}).first()
+        if row is None:
+            raise KeyError(f"no figure with id {figure_id}")
+        boxes = self.panel_boxes(str(row[0])) if row[0] else None
+        if boxes is None:
+            return None
+        return align([Panel(b) for b in boxes], split_caption(str(row[1] or "")))
 
     def ocr_texts(self, sha256s: Sequence[str]) -> dict[str, str]:
         """In-figure text by image hash (images without OCR are absent)."""

@@ -1,8 +1,9 @@
 """``figsearch index``: embed every figure, classify figure types, build and swap an index.
 
 Steps: in-figure text when ``FIGSEARCH_OCR=true`` (:func:`indexer.ocr.ocr_step`; new images
-only) -> work list (:mod:`indexer.worklist`: what to encode; unchanged images reuse the current
-version's vectors by image hash + model key) -> embed (resumable per-rank shards, torchrun-aware,
+only) -> panels of new images (:func:`indexer.panels.panels_step`) -> work list
+(:mod:`indexer.worklist`: what to encode; unchanged images reuse the current version's vectors
+by image hash + model key) -> embed (resumable per-rank shards, torchrun-aware,
 :mod:`indexer.embed`) -> merge -> zero-shot figure types
 (:func:`figsearch.figure_types.classify`) -> new index version holding vectors, image hashes and
 figure types (:func:`indexer.build.build_version`; or, for a small change to a current version
@@ -147,11 +148,14 @@ def prepare_worklist(settings: Settings, store: FigureStore, model_key: str,
                      progress: bool = False) -> WorkList:
     """Freeze the work list: the store's figure images minus those the current version has.
 
-    In-figure text is read first when ``FIGSEARCH_OCR`` is on (new images only), since this
-    is the store-side step that runs once per build, on the merging process."""
+    In-figure text is read first when ``FIGSEARCH_OCR`` is on (new images only), and new
+    images are split into panels (:mod:`indexer.panels`), since these are the store-side steps
+    that run once per build, on the merging process."""
     from indexer.ocr import ocr_step
+    from indexer.panels import panels_step
 
     ocr_step(settings, store, progress)
+    panels_step(settings, store)
     return write_worklist(store, work_dir_for(settings, model_key), model_key,
                           current_version_dir(settings.indexes_dir), settings.batch_size)
 

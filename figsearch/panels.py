@@ -1,0 +1,591 @@
+"""Compound figures split into panels: layout analysis of the image and sub-captions by letter.
+
+Pure library (numpy and PIL only, no torch) so that the indexer and the search service can both
+use it. Three steps:
+
+- :func:`split_caption` cuts a caption into sub-captions at its panel markers ("(A) …", "A, …",
+  "a) …", "(A and B) …", ranges such as "(C–E)", "(C)-(E)" or "A–C"); the text before the first
+  marker is the intro shared by all panels (``letters == ()``). Markers must follow the alphabet
+  (A, B, C, …) so that back-references ("as in (A)") and roman numerals ("(i)") are not cuts.
+  Letters that close their phrase ("… with others (a), … relationships (b)") end their
+  sub-caption instead of opening it.
+- :func:`detect_panels` finds panel boxes by a recursive X-Y cut: rows and columns of a
+  thresholded grayscale image that hold no ink (white or near-uniform gutters) or that are thin
+  full-length separator lines split a region; pieces that are too small (a panel letter alone,
+  a legend strip) are merged back into a neighbour. Given the number of panels the caption
+  names (``expected``), 18 threshold sets are tried and the layout with that many panels that
+  most of them agree on wins; this is how the indexer calls it. Single-letter OCR text boxes
+  near a panel's top-left corner, when given, become that panel's letter.
+- :func:`align` pairs panels with sub-captions by letter, or by reading order (rows top to bottom,
+  left to right) when the image gave no letters.
+
+A figure that is not compound stays one panel (the whole image, trimmed of empty margins).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+Box = tuple[int, int, int, int]
+
+# -- captions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubCaption:
+    """The part of a caption about some panels: ``letters`` (upper case; ``()`` for the intro
+    shared by all panels), its ``text`` and its ``span`` (start, end) in the caption."""
+
+    letters: tuple[str, ...]
+    text: str
+    span: tuple[int, int]
+
+
+_DASH = "-\u2010\u2011\u2012\u2013\u2014\u2212~"
+_L = r"[A-Za-z]"
+# A letter list inside one pair of parentheses: "A", "A,B", "A, B and C", "A-C", "A–C, E", "A/B".
+_LIST = rf"{_L}(?:\s*(?:[{_DASH}]|,|/|&|and)\s*{_L})*"
+_PAREN = re.compile(
+    rf"\(\s?(?P<p>{_LIST})\s?\)(?:\s*[{_DASH}]\s*\(\s?(?P<p2>{_L})\s?\))?(?=[\s,.;:)]|$)")
+# Bare markers at the start of the caption or of a sentence: "A)", "A.", "A,", "A:", "A–C,".
+_BARE = re.compile(
+    rf"(?:^|(?<=[.;:!?]\s)|(?<=[.;:!?]\s\s))(?P<b>{_L}(?:\s*[{_DASH}]\s*{_L})?)"
+    rf"(?:\)|[.,:](?=\s))")
+# Springer/BMC style: a lower-case letter alone opens a sentence ("… pathway. a The network …").
+_LONE = re.compile(r"(?:^|(?<=[.;]\s))(?P<b>[a-z](?:\s*[-\u2013]\s*[a-z])?)\s(?=\S)")
+
+
+def _expand(spec: str) -> tuple[str, ...]:
+    """'A–C, E' -> ('A', 'B', 'C', 'E'); letters upper-cased, order kept, no repeats."""
+    out: list[str] = []
+    tokens = re.findall(rf"{_L}|[{_DASH}]", spec.replace(" and ", ","))
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok in _DASH:
+            i += 1
+            continue
+        if i + 2 < len(tokens) and tokens[i + 1] in _DASH and tokens[i + 2] not in _DASH:
+            a, b = ord(tok.upper()), ord(tokens[i + 2].upper())
+            out.extend(chr(c) for c in range(a, b + 1) if chr(c) not in out)
+            i += 3
+            continue
+        if tok.upper() not in out:
+            out.append(tok.upper())
+        i += 1
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class _Marker:
+    start: int
+    end: int
+    letters: tuple[str, ...]
+    lower: bool
+
+
+def _markers(caption: str) -> list[_Marker]:
+    """Every candidate panel marker, in caption order (overlaps resolved: first one wins)."""
+    found: list[_Marker] = []
+    for m in _PAREN.finditer(caption):
+        spec = m.group("p") + (f"-{m.group('p2')}" if m.group("p2") else "")
+        found.append(_Marker(m.start(), m.end(), _expand(spec), m.group("p")[0].islower()))
+    for m in _BARE.finditer(caption):
+        found.append(_Marker(m.start("b"), m.end(), _expand(m.group("b")),
+                             m.group("b")[0].islower()))
+    for m in _LONE.finditer(caption):
+        found.append(_Marker(m.start("b"), m.end("b"), _expand(m.group("b")), True))
+    found.sort(key=lambda k: k.start)
+    kept: list[_Marker] = []
+    for mk in found:
+        if not kept or mk.start >= kept[-1].end:
+            kept.append(mk)
+    return kept
+
+
+def _chain(markers: Sequence[_Marker]) -> list[_Marker]:
+    """The markers that walk the alphabet from A: each starts at the letter after the previous
+    marker's last one (same case as the first), so references back ("in (A)") are skipped."""
+    chain: list[_Marker] = []
+    expected, lower = "A", None
+    for mk in markers:
+        if not mk.letters or any(not ("A" <= c <= "Z") for c in mk.letters):
+            continue
+        if lower is not None and mk.lower != lower:
+            continue
+        if mk.letters[0] != expected or list(mk.letters) != sorted(mk.letters):
+            continue
+        chain.append(mk)
+        lower = mk.lower
+        expected = chr(ord(mk.letters[-1]) + 1)
+    return chain
+
+
+def split_caption(caption: str) -> list[SubCaption]:
+    """The caption's sub-captions in order: the shared intro first (``letters == ()``, only if
+    there is text before the first marker), then one per panel marker. A caption with fewer
+    than two panel letters is not split: one sub-caption with ``letters == ()``."""
+    if not isinstance(caption, str):
+        raise TypeError(f"caption must be a str, not {type(caption).__name__}")
+    markers = _markers(caption)
+    chain = _chain(markers)
+    if len(chain) == 1 and len(chain[0].letters) > 1:
+        # "(a–d) Blood flow of the popliteal artery (a), … (b, c), and foot arteries (d)": a
+        # range naming every panel first, then the panels one by one
+        inner = _chain([m for m in markers if m.start >= chain[0].end])
+        if sum(len(m.letters) for m in inner) > 1 and {
+                c for m in inner for c in m.letters} <= set(chain[0].letters):
+            chain = inner
+    if sum(len(m.letters) for m in chain) < 2:
+        return [_sub((), caption, 0, len(caption))] if caption.strip() else []
+    if _trailing(caption, chain):
+        return _split_trailing(caption, chain)
+    subs: list[SubCaption] = []
+    if caption[: chain[0].start].strip():
+        subs.append(_sub((), caption, 0, chain[0].start))
+    for i, mk in enumerate(chain):
+        end = chain[i + 1].start if i + 1 < len(chain) else len(caption)
+        subs.append(_sub(mk.letters, caption, mk.start, end))
+    return subs
+
+
+_SENTENCE_END = re.compile(r"[.!?]\s+(?=[A-Z(])")
+_AFTER_TRAILING = re.compile(r"\s*(?:[,.;]|and\b|$)")
+
+
+def _trailing(caption: str, chain: Sequence[_Marker]) -> bool:
+    """Whether the letters close their phrases ("… with others (a), … relationships (b)")
+    instead of opening them: most markers sit mid-sentence and are followed by punctuation,
+    "and" or the end of the caption."""
+    closing = 0
+    for mk in chain:
+        before = caption[: mk.start].rstrip()
+        mid_sentence = bool(before) and before[-1] not in ".:;!?"
+        if mid_sentence and _AFTER_TRAILING.match(caption, mk.end):
+            closing += 1
+    return closing * 2 >= len(chain)
+
+
+def _split_trailing(caption: str, chain: Sequence[_Marker]) -> list[SubCaption]:
+    """Sub-captions that end at their marker: the first one starts with its sentence, each
+    next one right after the previous marker (and its comma). Text before that first sentence
+    is the intro; text after the last marker is shared by all panels and belongs to none."""
+    first = chain[0].start
+    starts = [m.end() for m in _SENTENCE_END.finditer(caption, 0, first)]
+    begin = starts[-1] if starts else 0
+    subs: list[SubCaption] = []
+    if caption[:begin].strip():
+        subs.append(_sub((), caption, 0, begin))
+    at = begin
+    for mk in chain:
+        subs.append(_sub(mk.letters, caption, at, mk.end))
+        at = mk.end
+        while at < len(caption) and caption[at] in ",;. ":
+            at += 1
+    return subs
+
+
+def _sub(letters: tuple[str, ...], caption: str, start: int, end: int) -> SubCaption:
+    """A sub-caption whose span is trimmed of surrounding white space."""
+    piece = caption[start:end]
+    start += len(piece) - len(piece.lstrip())
+    end -= len(piece) - len(piece.rstrip())
+    return SubCaption(letters, caption[start:end], (start, end))
+
+
+# -- images ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Panel:
+    """One panel: its ``box`` (x0, y0, x1, y1) in image pixels, end-exclusive, and its
+    ``letter`` (upper case) when the image or the alignment gave one."""
+
+    box: Box
+    letter: str | None = None
+    subcaption: SubCaption | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class LayoutParams:
+    """Thresholds of the X-Y cut, as fractions of the image unless said otherwise.
+
+    ``ink_tol``: grey levels from the background that still count as background (near-uniform
+    gutters, JPEG noise); ``gap``: the narrowest gutter that separates panels; ``min_side``/
+    ``min_area``: the smallest panel; ``line_fill``: how full a row or column must be to be a
+    separator line; ``line_max``: how thick one may be (pixels)."""
+
+    ink_tol: int = 40
+    gap: float = 0.012
+    min_gap_px: int = 5
+    min_side: float = 0.12
+    min_area: float = 0.03
+    line_fill: float = 0.92
+    line_max: int = 6
+    rule_fill: float = 0.3
+    noise: float = 0.004
+    max_depth: int = 8
+
+
+DEFAULT_PARAMS = LayoutParams()
+
+
+def _ink(image: Image.Image, tol: int) -> np.ndarray:
+    """Boolean ink mask: pixels farther than ``tol`` grey levels from the background (the most
+    common grey level of the image border)."""
+    gray = np.asarray(image.convert("L"), dtype=np.int16)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = int(np.bincount(border.astype(np.int64), minlength=256).argmax())
+    return np.abs(gray - background) > tol
+
+
+def _trim(ink: np.ndarray, box: Box) -> Box | None:
+    """``box`` shrunk to the ink inside it; None when it holds none."""
+    x0, y0, x1, y1 = box
+    sub = ink[y0:y1, x0:x1]
+    rows = np.flatnonzero(sub.any(axis=1))
+    cols = np.flatnonzero(sub.any(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return None
+    return (x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1)
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of True in a 1-D boolean array as (start, end) pairs, end exclusive."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    d = np.diff(padded)
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist(),
+                    strict=True))
+
+
+def _gutters(sub: np.ndarray, axis: int, min_gap: int, p: LayoutParams) -> list[tuple[int, int]]:
+    """Cut candidates along one axis of a region (axis 0: rows, 1: columns): runs of empty
+    lines at least ``min_gap`` long (a thin solid or dashed rule inside a gutter counts as
+    empty), and thin near-full separator lines between touching panels."""
+    length = sub.shape[1 - axis]
+    fill = sub.sum(axis=1 - axis) / max(1, length)
+    empty = fill <= p.noise
+    runs = _runs(~empty)
+    for i, (a, b) in enumerate(runs):
+        # a rule: thin, inked over a good part of the length, white on both sides
+        if (b - a <= p.line_max and 0 < a and b < len(fill) and fill[a:b].max() >= p.rule_fill
+                and 0 < i < len(runs) - 1):
+            empty[a:b] = True
+    cuts = [r for r in _runs(empty) if r[1] - r[0] >= min_gap]
+    for a, b in _runs(fill >= p.line_fill):
+        if b - a <= p.line_max and _solid(sub, axis, a, b) >= p.line_fill:
+            cuts.append((a, b))
+    n = sub.shape[axis]
+    return sorted(c for c in cuts if c[0] > 0 and c[1] < n)
+
+
+def _solid(sub: np.ndarray, axis: int, a: int, b: int) -> float:
+    """The longest unbroken ink run of lines ``a:b`` as a share of their length: a separator
+    is one line across, not the top edges of a row of framed panels with gutters between."""
+    band = np.asarray(sub[a:b].any(axis=0) if axis == 0 else sub[:, a:b].any(axis=1))
+    runs = _runs(band)
+    return max((e - s for s, e in runs), default=0) / max(1, band.size)
+
+
+def _edges(n: int, depth: int) -> list[int]:
+    """The indices of the first and last ``depth`` lines of ``n``."""
+    return sorted(set(range(min(depth, n))) | set(range(max(0, n - depth), n)))
+
+
+def _spread(values: np.ndarray, n: int, depth: int) -> np.ndarray:
+    """Per-line values known only on the edges (:func:`_edges`) as a full-length array."""
+    full = np.zeros(n)
+    full[_edges(n, depth)] = values
+    return full
+
+
+def _strip_frame(ink: np.ndarray, box: Box, p: LayoutParams) -> Box:
+    """``box`` without a frame drawn around it (full-length lines on its edges), so that the
+    frame does not hide the gutters inside it."""
+    for _ in range(2):
+        x0, y0, x1, y1 = box
+        sub = ink[y0:y1, x0:x1]
+        if sub.size == 0:
+            return box
+        rows = np.array([_solid(sub, 0, i, i + 1) for i in _edges(sub.shape[0], p.line_max)])
+        cols = np.array([_solid(sub, 1, i, i + 1) for i in _edges(sub.shape[1], p.line_max)])
+        rows = _spread(rows, sub.shape[0], p.line_max)
+        cols = _spread(cols, sub.shape[1], p.line_max)
+        depth = p.line_max
+        top = next((i + 1 for i in range(min(depth, len(rows)) - 1, -1, -1)
+                    if rows[i] >= p.line_fill), 0)
+        bottom = next((i for i in range(max(0, len(rows) - depth), len(rows))
+                       if rows[i] >= p.line_fill), len(rows))
+        left = next((i + 1 for i in range(min(depth, len(cols)) - 1, -1, -1)
+                     if cols[i] >= p.line_fill), 0)
+        right = next((i for i in range(max(0, len(cols) - depth), len(cols))
+                      if cols[i] >= p.line_fill), len(cols))
+        if top == 0 or bottom == len(rows) or left == 0 or right == len(cols):
+            return box  # a frame has four sides; one edge line is a panel's own border
+        if bottom - top < 2 or right - left < 2:
+            return box
+        inner = _trim(ink, (x0 + left, y0 + top, x0 + right, y0 + bottom))
+        if inner is None:
+            return box
+        box = inner
+    return box
+
+
+def _pieces(n: int, cuts: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The spans between cuts along a length ``n``."""
+    spans, at = [], 0
+    for a, b in cuts:
+        spans.append((at, a))
+        at = b
+    spans.append((at, n))
+    return spans
+
+
+def _split(ink: np.ndarray, box: Box, axis: int, size: tuple[int, int], p: LayoutParams
+           ) -> list[Box]:
+    """Cut ``box`` along ``axis`` at its gutters; pieces too small to be panels are merged into
+    the neighbour across the narrower gutter. One box back means no cut."""
+    x0, y0, x1, y1 = box
+    sub = ink[y0:y1, x0:x1]
+    full = size[1] if axis == 0 else size[0]  # image height for row cuts, width for columns
+    min_gap = max(p.min_gap_px, int(round(p.gap * full)))
+    cuts = _gutters(sub, axis, min_gap, p)
+    min_len = p.min_side * full
+    min_area = p.min_area * size[0] * size[1]
+    while cuts:
+        spans = _pieces(sub.shape[axis], cuts)
+        lens = [_ink_len(sub, axis, s) for s in spans]
+        areas = [_ink_area(sub, axis, s) for s in spans]
+        small = [i for i, ln in enumerate(lens) if ln < min_len or areas[i] < min_area]
+        if not small:
+            break
+        i = min(small, key=lambda k: (lens[k] >= min_len, lens[k]))
+        left = cuts[i - 1] if i > 0 else None
+        right = cuts[i] if i < len(cuts) else None
+        drop = min((c for c in (left, right) if c is not None), key=lambda c: c[1] - c[0])
+        cuts.remove(drop)
+    out = []
+    for a, b in _pieces(sub.shape[axis], cuts):
+        piece = (x0, y0 + a, x1, y0 + b) if axis == 0 else (x0 + a, y0, x0 + b, y1)
+        trimmed = _trim(ink, piece)
+        if trimmed is not None:
+            out.append(trimmed)
+    return out
+
+
+def _ink_area(sub: np.ndarray, axis: int, span: tuple[int, int]) -> int:
+    """The area of the ink's bounding box inside a span: a piece smaller than a panel can be
+    is merged back, never dropped (a row of small plots stays one panel)."""
+    part = sub[span[0]:span[1]] if axis == 0 else sub[:, span[0]:span[1]]
+    rows = np.flatnonzero(part.any(axis=1))
+    cols = np.flatnonzero(part.any(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return 0
+    return int((rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1))
+
+
+def _ink_len(sub: np.ndarray, axis: int, span: tuple[int, int]) -> int:
+    """How long the inked part of a span is along ``axis`` (its empty margins do not count)."""
+    part = sub[span[0]:span[1]] if axis == 0 else sub[:, span[0]:span[1]]
+    lines = np.flatnonzero(part.any(axis=1 - axis))
+    return 0 if lines.size == 0 else int(lines[-1] - lines[0] + 1)
+
+
+def _xy_cut(ink: np.ndarray, box: Box, size: tuple[int, int], p: LayoutParams, depth: int = 0
+            ) -> list[Box]:
+    """Recursive X-Y cut: split along the axis whose widest gutter is wider (rows first on a
+    tie), then each piece again; a box no axis can split is a panel."""
+    if depth >= p.max_depth:
+        return [box]
+    inner = _strip_frame(ink, box, p)
+    options = []
+    for axis in (0, 1):
+        parts = _split(ink, inner, axis, size, p)
+        if len(parts) > 1:
+            options.append((axis, parts))
+    if not options:
+        return [box]
+    axis, parts = options[0] if len(options) == 1 else max(
+        options, key=lambda o: (_widest_gap(o[1], o[0]), -o[0]))
+    out: list[Box] = []
+    for part in parts:
+        out.extend(_xy_cut(ink, part, size, p, depth + 1))
+    return out
+
+
+def _widest_gap(parts: list[Box], axis: int) -> int:
+    """The widest empty space between consecutive pieces of one cut."""
+    lo, hi = (1, 3) if axis == 0 else (0, 2)
+    return max(parts[i + 1][lo] - parts[i][hi] for i in range(len(parts) - 1))
+
+
+#: Layouts tried, most cautious first, when the caption says how many panels to expect: wide
+#: gutters and big panels, down to narrow gutters (high-resolution figures with thin white
+#: lines between panels) and small panels (grids of 3-4 columns with legends).
+SEARCH_PARAMS: tuple[LayoutParams, ...] = tuple(
+    LayoutParams(gap=gap, min_gap_px=min(5, max(2, int(gap * 400))), min_side=side)
+    for gap in (0.03, 0.02, 0.012, 0.008, 0.005, 0.003)
+    for side in (0.2, 0.12, 0.08)
+)
+
+
+def _layout(ink: np.ndarray, whole: Box, size: tuple[int, int], params: LayoutParams) -> list[Box]:
+    """The panel boxes one set of thresholds finds (the whole figure when none)."""
+    boxes = _xy_cut(ink, whole, size, params)
+    area = size[0] * size[1]
+    return [b for b in boxes if (b[2] - b[0]) * (b[3] - b[1]) >= params.min_area * area] or [whole]
+
+
+def _choose(layouts: list[list[Box]], expected: int) -> list[Box]:
+    """The layout to keep when the caption names ``expected`` panels: among those with that
+    many panels (else the closest count, fewer on a tie) the one most thresholds agree on, a
+    stable reading of the gutters rather than an accident of one setting; the most cautious
+    one on a tie."""
+    best = min(abs(len(b) - expected) for b in layouts)
+    near = [b for b in layouts if abs(len(b) - expected) == best]
+    fewest = min(len(b) for b in near)
+    near = [b for b in near if len(b) == fewest]
+    votes: dict[tuple[Box, ...], int] = {}
+    for b in near:
+        key = tuple(sorted(b))
+        votes[key] = votes.get(key, 0) + 1
+    top = max(votes.values())
+    return next(b for b in near if votes[tuple(sorted(b))] == top)
+
+
+def detect_panels(image: Image.Image, ocr_boxes: Iterable[tuple[Sequence[float], str]] | None = None,
+                  params: LayoutParams = DEFAULT_PARAMS, expected: int | None = None) -> list[Panel]:
+    """The panels of a figure image in reading order (one panel when it is not compound).
+
+    ``expected``: how many panels the caption names (count of its panel letters), when known.
+    Without it the layout alone decides, with ``params``. With it, the layouts of
+    :data:`SEARCH_PARAMS` are tried from the most cautious and the first one that finds that
+    many panels wins (else the one closest to it, fewer on a tie); ``expected <= 1`` keeps the
+    figure whole. The caption is known at index time, so this is how the indexer calls it.
+
+    ``ocr_boxes``: optional OCR text boxes ``(box, text)`` with ``box`` as (x0, y0, x1, y1) or
+    four corner points; a single-letter token near a panel's top-left corner becomes its letter.
+    The store keeps only OCR text (not boxes), so letters come from here only when OCR runs
+    alongside; otherwise :func:`align` assigns letters by reading order.
+    """
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be a PIL image, not {type(image).__name__}")
+    width, height = image.size
+    if width < 2 or height < 2:
+        raise ValueError(f"image too small to split: {width}x{height}")
+    if expected is not None and expected < 0:
+        raise ValueError(f"expected panel count must be >= 0, got {expected}")
+    ink = _ink(image, params.ink_tol)
+    whole = _trim(ink, (0, 0, width, height)) or (0, 0, width, height)
+    if expected is None:
+        boxes = _layout(ink, whole, (width, height), params)
+    elif expected <= 1:
+        boxes = [whole]
+    else:
+        boxes = _choose([_layout(ink, whole, (width, height), p) for p in SEARCH_PARAMS],
+                        expected)
+    panels = [Panel(b) for b in reading_order(boxes)]
+    if ocr_boxes is not None:
+        snap_letters(panels, ocr_boxes, (width, height))
+    return panels
+
+
+def reading_order(boxes: Sequence[Box]) -> list[Box]:
+    """Boxes sorted in rows top to bottom, left to right within a row; a box joins a row when
+    its vertical middle lies inside the row's first box."""
+    rows: list[list[Box]] = []
+    for b in sorted(boxes, key=lambda b: (b[1], b[0])):
+        mid = (b[1] + b[3]) / 2
+        for row in rows:
+            if row[0][1] <= mid < row[0][3] and b[1] < row[0][3]:
+                row.append(b)
+                break
+        else:
+            rows.append([b])
+    return [b for row in rows for b in sorted(row, key=lambda b: b[0])]
+
+
+def _as_box(raw: Sequence[float] | Sequence[Sequence[float]]) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) from a box or from RapidOCR's four corner points."""
+    vals = list(raw)
+    if vals and isinstance(vals[0], (list, tuple, np.ndarray)):
+        xs = [float(pt[0]) for pt in vals]  # type: ignore[index]
+        ys = [float(pt[1]) for pt in vals]  # type: ignore[index]
+        return min(xs), min(ys), max(xs), max(ys)
+    if len(vals) != 4:
+        raise ValueError(f"an OCR box needs 4 numbers or 4 points, got {raw!r}")
+    x0, y0, x1, y1 = (float(v) for v in vals)  # type: ignore[arg-type]
+    return x0, y0, x1, y1
+
+
+_LETTER = re.compile(r"^\(?([A-Za-z])[).]?(?:\s|$)")
+
+
+def snap_letters(panels: list[Panel], ocr_boxes: Iterable[tuple[Sequence[float], str]],
+                 size: tuple[int, int]) -> None:
+    """Give each panel the single-letter OCR token closest to its top-left corner, if one lies
+    within 12 % of the image's diagonal of it and inside or just outside the panel."""
+    diag = float(np.hypot(*size))
+    tokens = []
+    for raw, txt in ocr_boxes:
+        m = _LETTER.match(str(txt).strip())
+        if m:
+            tokens.append((_as_box(raw), m.group(1).upper()))
+    used: set[int] = set()
+    for panel in panels:
+        x0, y0, x1, y1 = panel.box
+        best, best_d = None, 0.12 * diag
+        for i, ((tx0, ty0, tx1, ty1), _letter) in enumerate(tokens):
+            if i in used:
+                continue
+            cx, cy = (tx0 + tx1) / 2, (ty0 + ty1) / 2
+            if not (x0 - 0.05 * diag <= cx <= (x0 + x1) / 2 and y0 - 0.05 * diag <= cy <= (y0 + y1) / 2):
+                continue
+            d = float(np.hypot(cx - x0, cy - y0))
+            if d < best_d:
+                best, best_d = i, d
+        if best is not None:
+            used.add(best)
+            panel.letter = tokens[best][1]
+
+
+# -- alignment ---------------------------------------------------------------------------------
+
+
+def align(panels: Sequence[Panel], subcaptions: Sequence[SubCaption]) -> list[Panel]:
+    """Panels with their sub-captions (new objects; the input is not changed).
+
+    By letter when panels carry letters; otherwise by reading order: the n-th panel gets the
+    n-th panel letter of the caption. A panel whose letter no sub-caption names gets the
+    intro (``letters == ()``) if there is one; a one-panel figure gets the whole caption's first
+    sub-caption."""
+    order = reading_order([p.box for p in panels])
+    ordered = sorted(panels, key=lambda p: order.index(p.box))
+    by_letter = {c: s for s in subcaptions for c in s.letters}
+    intro = next((s for s in subcaptions if not s.letters), None)
+    letters = [c for s in subcaptions for c in s.letters]
+    lettered = any(p.letter for p in ordered)
+    out = []
+    for i, p in enumerate(ordered):
+        letter = p.letter if lettered else (letters[i] if i < len(letters) else None)
+        if len(ordered) == 1 and not p.letter:
+            letter = None
+        sub = by_letter.get(letter) if letter else None
+        if sub is None:
+            sub = intro if len(ordered) > 1 or not subcaptions else subcaptions[0]
+        out.append(Panel(p.box, letter, sub))
+    return out
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
