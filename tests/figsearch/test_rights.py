@@ -26,7 +26,7 @@ from figsearch.rights import (
     third_party_kinds,
     third_party_statement,
 )
-from figsearch.store import FigureFilter, FigureStore
+from figsearch.store import SCHEMA_VERSION, FigureFilter, FigureStore
 from indexer.jats import parse_article
 from indexer.workers import Task, _article_record, _figure_rights
 
@@ -202,7 +202,7 @@ def test_schema_4_store_gains_rights_columns_and_caption_statements(tmp_path: Pa
     conn.commit()
     conn.close()
     s = FigureStore(tmp_path / "old.db")
-    assert s.schema_version() == 5
+    assert s.schema_version() == SCHEMA_VERSION  # 5 (rights) and every later migration ran
     f1, f2 = s.get_figure(1), s.get_figure(2)
     assert f1 is not None and f2 is not None
     assert f1["third_party"] == "Adapted from Smith et al. (2001)." and f2["third_party"] is None
