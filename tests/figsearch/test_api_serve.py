@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -52,24 +51,6 @@ def test_figsearch_search_cli(small_index_data_dir, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_api_bench_smoke(tmp_path, tiny_model_dir):
-    env = {**os.environ, "FIGSEARCH_BENCH_RESULTS": str(tmp_path / "results")}
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.api", "--n", "1500", "--duration", "0.5", "--concurrency",
-         "1,4", "--model", str(tiny_model_dir)],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads((tmp_path / "results" / "api.json").read_text())
-    figures = result["figures"]
-    for kind in ("dense", "hybrid", "image"):
-        for c in (1, 4):
-            assert figures[f"{kind}_c{c}_requests"] > 0
-            assert figures[f"{kind}_c{c}_errors"] == 0
-            assert 0 < figures[f"{kind}_c{c}_p50_ms"] <= figures[f"{kind}_c{c}_p99_ms"]
-    assert result["params"]["n"] == 1500 and "| kind |" in run.stdout
-
-
 def test_an_app_loads_and_warms_its_index_before_it_accepts_requests(small_index_settings):
     """Startup loads the index and model (uvicorn accepts connections after startup), so a
     worker never answers while it is still loading: the very first request finds it ready."""
