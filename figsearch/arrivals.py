@@ -32,28 +32,14 @@ from typing import Any
 
 import numpy as np
 
+from figsearch.datadir import MANIFEST_FILE, list_versions, version_name
+
 COLUMN = "first_version"  # the column file's stem and the vocab key of the history
-BUILDING_PREFIX = ".building-"  # indexer.build's temporary version directories
-_MANIFEST = "manifest.json"
 
 
 def now_iso() -> str:
     """The current UTC time as the history records it (ISO 8601, seconds, ``+00:00``)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def version_name(version_dir: Path) -> str:
-    """A version's name from its directory, also while it is still being built."""
-    return Path(version_dir).name.removeprefix(BUILDING_PREFIX)
-
-
-def kept_versions(indexes_dir: Path) -> list[Path]:
-    """Complete version directories in ``indexes_dir``, oldest first (names sort by time)."""
-    if not Path(indexes_dir).is_dir():
-        return []
-    return sorted(p for p in Path(indexes_dir).iterdir()
-                  if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
-                  and (p / _MANIFEST).is_file())
 
 
 def _prior_versions(version_dir: Path) -> list[Path]:
@@ -63,7 +49,7 @@ def _prior_versions(version_dir: Path) -> list[Path]:
 
     indexes_dir = Path(version_dir).parent
     name = version_name(version_dir)
-    prior = [p for p in kept_versions(indexes_dir) if p.name < name]
+    prior = [p for p in list_versions(indexes_dir) if p.name < name]
     current = current_version_dir(indexes_dir)
     names = [p.name for p in prior]
     if current is not None and current.name in names:
@@ -101,7 +87,7 @@ def _published(version_dir: Path) -> str:
     import json
 
     try:
-        return str(json.loads((version_dir / _MANIFEST).read_text()).get("built_at") or "")
+        return str(json.loads((version_dir / MANIFEST_FILE).read_text()).get("built_at") or "")
     except (OSError, ValueError):
         return ""
 

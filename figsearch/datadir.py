@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 
 DATA_DIR_PREFIX = "data-dir:"
+MANIFEST_FILE = "manifest.json"  # a version directory is complete once it holds this
+#: a version is written into ``<indexes>/.building-<name>`` and renamed to ``<name>`` when done
+BUILDING_PREFIX = ".building-"
 _NOT_PATHS = ("hf-hub:",)
 _LOCAL_PREFIX = "local-dir:"
 
@@ -63,6 +66,20 @@ def index_model_spec(data_dir: Path, indexes_dir: Path | None = None) -> str | N
         return None
     spec = str(read_manifest(current).get("model_spec") or "")
     return resolve_path(spec, data_dir) or None
+
+
+def version_name(version_dir: Path) -> str:
+    """A version's name from its directory, also while it is still being built."""
+    return Path(version_dir).name.removeprefix(BUILDING_PREFIX)
+
+
+def list_versions(indexes_dir: Path) -> list[Path]:
+    """Complete version directories in ``indexes_dir``, oldest first (names sort by time)."""
+    if not Path(indexes_dir).is_dir():
+        return []
+    return sorted(p for p in Path(indexes_dir).iterdir()
+                  if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+                  and (p / MANIFEST_FILE).is_file())
 
 
 def fsync_path(path: Path) -> None:

@@ -34,11 +34,11 @@ import numpy as np
 
 from figsearch import timing
 from figsearch.columns import AllowedSet, bit_test
+from figsearch.datadir import MANIFEST_FILE
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
 VECTORS_FILE = "vectors.npy"
-MANIFEST_FILE = "manifest.json"
 CURRENT_LINK = "current"
 
 #: Below this many points a flat (exact) index is both fastest to build and fast enough to search.

@@ -31,7 +31,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from figsearch.datadir import fsync_path
+from figsearch.datadir import BUILDING_PREFIX, fsync_path, list_versions
 from figsearch.index import (
     CURRENT_LINK,
     IDS_FILE,
@@ -46,7 +46,6 @@ from figsearch.index import (
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 HOLDER_FILE = ".lock.holder"
-BUILDING_PREFIX = ".building-"
 ADD_BATCH = 65_536
 _held_locks: set[Path] = set()
 
@@ -95,17 +94,6 @@ def index_lock(indexes_dir: Path) -> Iterator[None]:
 def new_version_name() -> str:
     """Sortable, unique version name: UTC timestamp (microseconds) + random suffix."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
-
-
-def list_versions(indexes_dir: Path) -> list[Path]:
-    """Complete version directories, oldest first."""
-    if not indexes_dir.is_dir():
-        return []
-    return sorted(
-        p for p in indexes_dir.iterdir()
-        if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
-        and (p / MANIFEST_FILE).is_file()
-    )
 
 
 # -- training and adding ----------------------------------------------------------------------

@@ -34,6 +34,7 @@ from figsearch.caption_index import (
     text_hash,
 )
 from figsearch.core.config import Settings
+from figsearch.datadir import version_name
 from figsearch.index import (
     IDS_FILE,
     INDEX_FILE,
@@ -228,7 +229,7 @@ def _write_vectors(sub: Path, version_dir: Path, ids: np.ndarray, vectors: np.nd
                    extra: dict[str, Any] | None = None) -> int:
     """One SearchIndex directory of ``ids`` and ``vectors`` (with the rows' text hashes
     ``sha`` when given, and ``extra`` in its manifest); returns the count."""
-    from indexer.build import BUILDING_PREFIX, _checksums, _validate_inputs, write_version_files
+    from indexer.build import _checksums, _validate_inputs, write_version_files
 
     sub.mkdir(parents=True, exist_ok=True)
     rows: list[str] = []
@@ -244,7 +245,7 @@ def _write_vectors(sub: Path, version_dir: Path, ids: np.ndarray, vectors: np.nd
     write_version_files(sub, vectors16, ids, factory, None, None)  # faiss CPU training
     manifest = {
         # written inside the version's temporary .building-<version> dir, named as it will be
-        "version": Path(version_dir).name.removeprefix(BUILDING_PREFIX),
+        "version": version_name(version_dir),
         "model_spec": encoder.spec, "model_key": encoder.model_key,
         "dim": dim, "count": n, "factory": factory, "metric": "inner_product",
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -411,10 +412,9 @@ def caption_delta_stage(settings: Settings, store: FigureStore, encoder: Any | N
     plan = planned
 
     def write(version_dir: Path) -> dict[str, Any]:
-        from indexer.build import BUILDING_PREFIX
         from indexer.delta import apply_index_delta, write_sub_manifest
 
-        version = Path(version_dir).name.removeprefix(BUILDING_PREFIX)
+        version = version_name(version_dir)
         counts = {}
         for name, delta in plan.deltas.items():
             target = Path(version_dir) / name

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from figsearch.api.batching import run_in_own_thread, stop_model_thread
 from figsearch.api.errors import VersionUnavailable
-from figsearch.arrivals import kept_versions
 from figsearch.core.config import Settings
+from figsearch.datadir import list_versions
 from figsearch.index import IndexLoadError, current_version_dir
 from figsearch.serving import QUERY_BATCH, Loaded, VersionLoader, onnx_root
 from figsearch.store import FigureStore
@@ -155,7 +155,7 @@ class AppState:
 
     def kept_version_names(self) -> list[str]:
         """The versions on disk that ``version=`` can pin, oldest first."""
-        return [p.name for p in kept_versions(self.settings.indexes_dir)]
+        return [p.name for p in list_versions(self.settings.indexes_dir)]
 
     def _kept_dir(self, current: Loaded, version: str) -> Path:
         """The directory of a kept version, or :class:`VersionUnavailable` saying which are
