@@ -573,8 +573,10 @@ class OnnxCostEncoder(ClusterEncoder):
 def onnx_exports(onnx_root: Path) -> tuple[str, str]:
     """(image model key, caption model key) of the exports under ``onnx_root``: the one caption
     model (``st:...``) and the one image model beside it."""
-    keys = [json.loads(m.read_text())["model_key"] for m in sorted(onnx_root.glob("*/figsearch_onnx.json"))
-            if "model_key" in json.loads(m.read_text())]
+    from figsearch.onnx_encoder import MANIFEST
+
+    manifests = [json.loads(m.read_text()) for m in sorted(onnx_root.glob(f"*/{MANIFEST}"))]
+    keys = [str(m["model_key"]) for m in manifests if "model_key" in m]
     captions = [k for k in keys if k.startswith("st:")]
     images = [k for k in keys if not k.startswith("st:")]
     if len(captions) != 1 or len(images) != 1:
