@@ -71,12 +71,16 @@ class HitSignal:
 
     def as_dict(self) -> dict[str, Any]:
         """The API's JSON of this signal (scores rounded to 6 places, as the hit's score)."""
-        def r(v: float | None) -> float | None:
-            return None if v is None else round(float(v), 6)
-        return {"name": self.name, "raw": r(self.raw), "normalised": r(self.normalised),
-                "weight": r(self.weight), "contribution": r(self.contribution),
+        return {"name": self.name, "raw": _rounded(self.raw, 6),
+                "normalised": _rounded(self.normalised, 6), "weight": _rounded(self.weight, 6),
+                "contribution": _rounded(self.contribution, 6),
                 "rank": self.rank, "fields": self.fields, "terms": self.terms,
                 "passage": self.passage}
+
+
+def _rounded(value: float | None, places: int) -> float | None:
+    """A score for the API's JSON (None stays None)."""
+    return None if value is None else round(float(value), places)
 
 
 def keyword_evidence(query: str, figure: dict[str, Any]) -> tuple[dict[str, list[str]], list[str]]:
@@ -115,10 +119,8 @@ class MatchQuality:
 
     def evidence(self) -> dict[str, float | None]:
         """The API's ``match_evidence`` object."""
-        def r(v: float | None) -> float | None:
-            return None if v is None else round(float(v), 4)
-        return {"caption_cosine": r(self.caption_cosine),
-                "keyword_coverage": r(self.keyword_coverage)}
+        return {"caption_cosine": _rounded(self.caption_cosine, 4),
+                "keyword_coverage": _rounded(self.keyword_coverage, 4)}
 
 
 def assess(query: str, found: bool, caption_cosine: float | None,
