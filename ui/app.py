@@ -44,6 +44,10 @@ CSS = """<style>
   overflow:hidden; text-overflow:ellipsis}
 .fs-ocr span {color:#6b7280}
 .fs-caption mark, .fs-full-caption mark, .fs-ocr mark {background:#fde68a; padding:0 .1em; border-radius:2px}
+.fs-panel {font-size:.78rem; line-height:1.3; margin-top:.25rem; white-space:nowrap;
+  overflow:hidden; text-overflow:ellipsis}
+.fs-panel span {color:#6b7280}
+.fs-panelfig {width:100%; max-height:72vh; display:block}
 .fs-why {font-size:.72rem; color:#374151; margin-top:.25rem; white-space:nowrap;
   overflow:hidden; text-overflow:ellipsis}
 .fs-why span {color:#6b7280}
@@ -121,7 +125,7 @@ def load_state(state: c.ViewState, facets: c.Facets) -> None:
     """Put a view into the widgets' session state (before the widgets are drawn)."""
     ss = st.session_state
     for name in ("q", "mode", "journal", "commercial", "reusable", "figure_type", "k", "page",
-                 "fig", "similar", "version"):
+                 "fig", "similar", "version", "panel"):
         ss[name] = getattr(state, name)
     ss["year_from"], ss["year_to"] = state.year_from, state.year_to
     if facets.year_min is not None and facets.year_max is not None:
@@ -160,6 +164,7 @@ def read_state(facets: c.Facets) -> c.ViewState:
         figure_type=ss.get("figure_type") or ALL,
         k=ss.get("k") or c.DEFAULT_K, page=ss.get("page") or 1,
         fig=ss.get("fig"), similar=ss.get("similar"), version=ss.get("version") or "",
+        panel=ss.get("panel") if ss.get("fig") is not None else None,
     )
 
 
@@ -205,12 +210,13 @@ def clear_image() -> None:
     restart_paging()
 
 
-def open_detail(figure_id: int) -> None:
-    st.session_state["fig"] = figure_id
+def open_detail(figure_id: int, panel: int | None = None) -> None:
+    """Show a figure; ``panel``: the panel of it that matched, highlighted there."""
+    st.session_state.update(fig=figure_id, panel=panel)
 
 
 def close_detail() -> None:
-    st.session_state["fig"] = None
+    st.session_state.update(fig=None, panel=None)
 
 
 def unpin_version() -> None:
@@ -417,8 +423,9 @@ def render_card(result: dict) -> None:
     with st.container(border=True):
         st.markdown(c.result_card_html(result), unsafe_allow_html=True)
         left, right = st.columns(2)
-        left.button("Details", key=f"detail_{fid}", on_click=open_detail, args=(fid,),
-                    width="stretch")
+        panel = result.get("panel") or {}
+        left.button("Details", key=f"detail_{fid}", on_click=open_detail,
+                    args=(fid, panel.get("number")), width="stretch")
         right.button("Similar", key=f"similar_{fid}", on_click=show_similar, args=(fid,),
                      width="stretch", help="Find figures that look like this one")
 
@@ -538,19 +545,57 @@ def load_figure(url: str, figure_id: int) -> dict | None:
     return None
 
 
+@st.cache_data(ttl=300, show_spinner=False, max_entries=64)
+def fetch_panels(url: str, figure_id: int) -> list[dict[str, Any]]:
+    return get_client(url).figure_panels(figure_id)
+
+
+def load_panel(url: str, fig: dict, number: int | None) -> dict | None:
+    """The figure's panel ``number`` with the figure's size (for the outline), or None (no
+    panel asked for, an API without panels, or a number the figure does not have)."""
+    if number is None or not hasattr(get_client(url), "figure_panels"):
+        return None
+    try:
+        panels = fetch_panels(url, int(fig["id"]))
+    except FigSearchError:
+        return None
+    panel = next((p for p in panels if p.get("number") == number), None)
+    if panel is None:
+        return None
+    return {**panel, "figure_size": panel.get("figure_size") or [fig.get("width"),
+                                                                 fig.get("height")]}
+
+
+def render_panel_facts(fig: dict, panel: dict) -> None:
+    """The matched panel's sub-caption and its own credit line ("cite this panel")."""
+    st.markdown(f"**Matched: {c.panel_name(panel)}**")
+    if panel.get("subcaption"):
+        st.markdown(f'<div class="fs-full-caption">{c.html.escape(panel["subcaption"])}</div>',
+                    unsafe_allow_html=True)
+    st.markdown("**Cite this panel**")
+    st.code(c.panel_attribution(fig, panel), language=None, wrap_lines=True)
+
+
 @st.dialog("Figure details", width="large", on_dismiss=close_detail)
-def detail_dialog(url: str, figure_id: int) -> None:
-    """Large image, facts, links, attribution, "find similar" and the full caption."""
+def detail_dialog(url: str, figure_id: int, panel_number: int | None = None) -> None:
+    """Large image (the matched panel outlined), facts, links, attribution, "find similar"
+    and the full caption."""
     fig = load_figure(url, figure_id)
     if fig is None:
         return
+    panel = load_panel(url, fig, panel_number) if fig.get("image_url") else None
     left, right = st.columns([3, 2], gap="medium")
     with left:
-        if fig.get("image_url"):
+        if panel is not None:
+            st.markdown(c.panel_figure_svg(fig["image_url"], panel, c.html.escape(
+                fig.get("label") or "figure")), unsafe_allow_html=True)
+        elif fig.get("image_url"):
             st.image(fig["image_url"], width="stretch")
         else:
             st.info("This figure has no image.")
     with right:
+        if panel is not None:
+            render_panel_facts(fig, panel)
         render_detail_facts(fig)
     st.markdown("**Caption**")
     caption = c.html.escape(fig.get("caption") or "(no caption)")
@@ -577,7 +622,7 @@ def main() -> None:
     write_url(state)
     render_results(url, state, image, image_name)
     if state.fig is not None:
-        detail_dialog(url, state.fig)
+        detail_dialog(url, state.fig, state.panel)
 
 
 main()

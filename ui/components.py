@@ -74,6 +74,7 @@ class ViewState:
     fig: int | None = None  # figure shown in the detail view
     similar: int | None = None  # figure whose neighbours are listed
     version: str = ""  # pinned index version (API ``version=``); "" = the current one
+    panel: int | None = None  # the panel of ``fig`` that matched (1-based), highlighted there
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> ViewState:
@@ -94,6 +95,7 @@ class ViewState:
             page=page if page and page > 0 else 1,
             fig=_int_or_none(params.get("fig")),
             similar=_int_or_none(params.get("similar")),
+            panel=_int_or_none(params.get("panel")),
             version=version if VERSION_NAME.fullmatch(version := params.get("version", "")
                                                       .strip()) else "",
         )
@@ -107,7 +109,8 @@ class ViewState:
             "reusable": "1" if self.reusable else "", "type": self.figure_type,
             "k": self.k if self.k != DEFAULT_K else None,
             "page": self.page if self.page > 1 else None,
-            "similar": self.similar, "fig": self.fig, "version": self.version,
+            "similar": self.similar, "fig": self.fig,
+            "panel": self.panel if self.fig is not None else None, "version": self.version,
         }
         return {key: str(v) for key, v in values.items() if v not in (None, "")}
 
@@ -327,7 +330,10 @@ def result_card_html(result: Mapping[str, Any]) -> str:
     title = html.escape(result.get("title") or "")
     caption = result.get("caption_highlighted") or html.escape(result.get("caption") or "")
     thumb = html.escape(result.get("thumbnail_url") or "", quote=True)
-    img = (f'<img class="fs-thumb" src="{thumb}" alt="{label}" loading="lazy">' if thumb
+    panel = result.get("panel") if isinstance(result.get("panel"), Mapping) else None
+    img = (panel_figure_svg(result.get("thumbnail_url") or "", panel, label, "fs-thumb")
+           if thumb and panel else
+           f'<img class="fs-thumb" src="{thumb}" alt="{label}" loading="lazy">' if thumb
            else '<div class="fs-thumb fs-noimg">no image</div>')
     return (
         f'<div class="fs-card">{img}'
@@ -336,10 +342,66 @@ def result_card_html(result: Mapping[str, Any]) -> str:
         f' {license_badge(result.get("license"))}</div>'
         f'<div class="fs-title" title="{title}">{title}</div>'
         f'<div class="fs-caption">{snippet(caption)}</div>'
+        f"{panel_div(panel)}"
         f"{_ocr_div(result)}"
         f"{signals_div(result)}"
         f'<div class="fs-meta">{meta_line(result)}</div></div>'
     )
+
+
+def panel_name(panel: Mapping[str, Any]) -> str:
+    """"Panel B" (or "Panel 2" when the panel has no letter)."""
+    return f"Panel {panel.get('letter') or panel.get('number') or '?'}"
+
+
+def panel_figure_svg(image_url: str, panel: Mapping[str, Any] | None, alt: str,
+                     css_class: str = "fs-panelfig") -> str:
+    """The figure's image with one panel outlined: an inline SVG whose view box is the image's
+    own pixel grid, so the panel's box (stored image pixels) needs no scaling and stays on its
+    panel at any display size. Falls back to a plain image when the size is unknown."""
+    src = html.escape(image_url, quote=True)
+    size = panel.get("figure_size") if panel else None
+    box = panel.get("box") if panel else None
+    if not (_four_numbers(box) and isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, (int, float)) and v > 0 for v in size)):
+        return f'<img class="{css_class}" src="{src}" alt="{alt}" loading="lazy">'
+    assert panel is not None and box is not None and size is not None
+    w, h = (float(v) for v in size)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    name = html.escape(panel_name(panel))
+    stroke = max(2.0, min(w, h) / 120)
+    return (
+        f'<svg class="{css_class} fs-panelsvg" viewBox="0 0 {w:g} {h:g}" role="img" '
+        f'aria-label="{alt}, {name} outlined" preserveAspectRatio="xMidYMid meet">'
+        f'<title>{alt}: {name}</title>'
+        f'<image href="{src}" x="0" y="0" width="{w:g}" height="{h:g}"/>'
+        f'<rect class="fs-panelbox" x="{x0:g}" y="{y0:g}" width="{x1 - x0:g}" '
+        f'height="{y1 - y0:g}" fill="rgba(250,204,21,0.12)" stroke="#f59e0b" '
+        f'stroke-width="{stroke:.1f}"/></svg>')
+
+
+def _four_numbers(box: Any) -> bool:
+    return (isinstance(box, (list, tuple)) and len(box) == 4
+            and all(isinstance(v, (int, float)) for v in box) and box[2] > box[0]
+            and box[3] > box[1])
+
+
+def panel_div(panel: Mapping[str, Any] | None, max_chars: int = 140) -> str:
+    """The line under a card's caption naming the panel that matched and its sub-caption
+    (escaped); "" when the whole figure matched."""
+    if not panel:
+        return ""
+    sub = " ".join(str(panel.get("subcaption") or "").split())
+    if len(sub) > max_chars:
+        sub = sub[: max_chars - 1].rsplit(" ", 1)[0] + "…"
+    text = f"<b>{html.escape(panel_name(panel))}</b>" + (f": {html.escape(sub)}" if sub else "")
+    return (f'<div class="fs-panel" title="the panel of this figure that matched best">'
+            f"<span>matched</span> {text}</div>")
+
+
+def panel_attribution(fig: Mapping[str, Any], panel: Mapping[str, Any]) -> str:
+    """The credit line for one panel: "Panel B of " + the figure's :func:`attribution`."""
+    return f"{panel_name(panel)} of {attribution(fig)}"
 
 
 def signals_div(result: Mapping[str, Any]) -> str:

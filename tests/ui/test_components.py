@@ -220,3 +220,49 @@ def test_exports_record_the_search_that_can_be_run_again():
     assert c.state_link(state, "V1") == "?q=mapk&mode=keyword&commercial=1&version=V1"
     assert c.ViewState.from_params({"version": "V1"}).pinned == "V1"
     assert c.ViewState.from_params({"version": "../etc"}).pinned is None  # not a version name
+
+
+PANEL = {"number": 2, "box": [340, 10, 660, 300], "letter": "B", "subcaption":
+         "(B) Kaplan–Meier <survival> of EGFR-mutant patients " + "x " * 200,
+         "signal": "caption", "score": 0.61, "crop_url": "/v1/figures/7/panels/2/image",
+         "figure_size": [680, 320]}
+
+
+def test_card_outlines_the_matched_panel_on_its_figure_and_names_it():
+    result = {"id": 7, "label": "Figure 3", "caption": "(A) … (B) …", "title": "T",
+              "thumbnail_url": "http://api/v1/figures/7/thumbnail", "panel": PANEL}
+    card = c.result_card_html(result)
+    # the outline is drawn in the image's own pixel grid: the box needs no scaling
+    assert 'viewBox="0 0 680 320"' in card
+    assert '<rect class="fs-panelbox" x="340" y="10" width="320" height="290"' in card
+    assert 'href="http://api/v1/figures/7/thumbnail"' in card
+    # the panel's name and its sub-caption, escaped and cut short
+    assert "<b>Panel B</b>: (B) Kaplan–Meier &lt;survival&gt;" in card
+    assert "<survival>" not in card and len(c.panel_div(PANEL)) < 400
+
+
+def test_card_without_a_panel_or_its_size_shows_the_plain_thumbnail():
+    result = {"id": 7, "label": "Figure 3", "thumbnail_url": "http://api/t.png"}
+    assert "<svg" not in c.result_card_html(result) and "fs-panel" not in c.result_card_html(result)
+    sizeless = {**PANEL, "figure_size": None}
+    html_ = c.panel_figure_svg("http://api/t.png", sizeless, "Figure 3")
+    assert html_.startswith("<img") and "rect" not in html_
+    assert "rect" not in c.panel_figure_svg("u", {**PANEL, "box": [5, 5, 1, 1]}, "f")
+
+
+def test_panel_names_and_citation_say_which_panel_of_which_figure():
+    fig = {"label": "Figure 3", "title": "EGFR in lung cancer", "journal": "J", "year": 2020,
+           "pmcid": "PMC1", "license": "cc-by"}
+    assert c.panel_name(PANEL) == "Panel B"
+    assert c.panel_name({**PANEL, "letter": None}) == "Panel 2"
+    cite = c.panel_attribution(fig, PANEL)
+    assert cite.startswith("Panel B of Figure 3 from EGFR in lung cancer") and "PMC1" in cite
+
+
+def test_the_matched_panel_travels_with_the_detail_view_in_the_url():
+    state = c.ViewState(q="survival", fig=7, panel=2)
+    params = state.to_params()
+    assert params["panel"] == "2"
+    assert c.ViewState.from_params(params) == state
+    # a panel without its figure means nothing and is left out of links
+    assert "panel" not in c.ViewState(q="survival", panel=2).to_params()
