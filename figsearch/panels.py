@@ -365,10 +365,7 @@ def _split(ink: np.ndarray, box: Box, axis: int, size: tuple[int, int], p: Layou
         if not small:
             break
         i = min(small, key=lambda k: (lens[k] >= min_len, lens[k]))
-        left = cuts[i - 1] if i > 0 else None
-        right = cuts[i] if i < len(cuts) else None
-        drop = min((c for c in (left, right) if c is not None), key=lambda c: c[1] - c[0])
-        cuts.remove(drop)
+        cuts.remove(_merge_cut(cuts, lens, i))
     out = []
     for a, b in _pieces(sub.shape[axis], cuts):
         piece = (x0, y0 + a, x1, y0 + b) if axis == 0 else (x0 + a, y0, x0 + b, y1)
@@ -376,6 +373,25 @@ def _split(ink: np.ndarray, box: Box, axis: int, size: tuple[int, int], p: Layou
         if trimmed is not None:
             out.append(trimmed)
     return out
+
+
+def _merge_cut(cuts: list[tuple[int, int]], lens: list[int], i: int) -> tuple[int, int]:
+    """The cut to remove so that small piece ``i`` joins a neighbour: the narrower gutter, and
+    on a near tie (within 2 px) the one towards the smaller neighbour, so that a label strip
+    between a big panel and a narrow one (a heat map's gene names) joins the narrow one and
+    the gutter between the panels survives."""
+    options = []
+    if i > 0:
+        options.append((cuts[i - 1], lens[i - 1]))
+    if i < len(cuts):
+        options.append((cuts[i], lens[i + 1]))
+    if len(options) == 1:
+        return options[0][0]
+    (lc, llen), (rc, rlen) = options
+    lw, rw = lc[1] - lc[0], rc[1] - rc[0]
+    if abs(lw - rw) <= 2:
+        return lc if llen <= rlen else rc
+    return lc if lw < rw else rc
 
 
 def _ink_area(sub: np.ndarray, axis: int, span: tuple[int, int]) -> int:
@@ -441,11 +457,85 @@ def _layout(ink: np.ndarray, whole: Box, size: tuple[int, int], params: LayoutPa
     return [b for b in boxes if (b[2] - b[0]) * (b[3] - b[1]) >= params.min_area * area] or [whole]
 
 
-def _choose(layouts: list[list[Box]], expected: int) -> list[Box]:
-    """The layout to keep when the caption names ``expected`` panels: among those with that
-    many panels (else the closest count, fewer on a tie) the one most thresholds agree on, a
-    stable reading of the gutters rather than an accident of one setting; the most cautious
-    one on a tie."""
+def _letter_at(ink: np.ndarray, box: Box) -> bool:
+    """Whether a panel letter is drawn at ``box``'s top-left corner: the first ink there is one
+    isolated glyph (white to its right and below) of letter size and shape. Found without OCR,
+    it tells a panel (which starts with its letter) from a piece of one (which does not)."""
+    height, width = ink.shape
+    unit = min(width, height)
+    x0, y0, x1, y1 = box
+    reach = int(max(12, 0.12 * unit))
+    win = ink[y0:min(y1, y0 + reach), x0:min(x1, x0 + reach)]
+    rows = _runs(win.any(axis=1))
+    if not rows:
+        return False
+    r0, r1 = rows[0]
+    cols = _runs(win[r0:r1].any(axis=0))
+    if not cols:
+        return False
+    c0, c1 = cols[0]
+    glyph_rows = _runs(win[:, c0:c1].any(axis=1))
+    g0, g1 = next(((a, b) for a, b in glyph_rows if b > r0), (r0, r1))
+    h, w = g1 - g0, c1 - c0
+    if not (max(6, 0.012 * unit) <= h <= max(14, 0.07 * unit)) or not 0.3 * h <= w <= 1.4 * h:
+        return False
+    if c0 > 0.5 * reach or g0 > 0.5 * reach:
+        return False  # not at the corner
+    margin = max(2, int(0.25 * h))
+    right = ink[y0 + g0:y0 + g1, x0 + c1:x0 + c1 + margin]
+    below = ink[y0 + g1:y0 + g1 + margin, x0 + c0:x0 + c1]
+    density = float(win[g0:g1, c0:c1].mean())
+    return not right.any() and not below.any() and density >= 0.2
+
+
+def _union(a: Box, b: Box) -> Box:
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+
+
+def _overlap(a: Box, b: Box) -> int:
+    ix = min(a[2], b[2]) - max(a[0], b[0])
+    iy = min(a[3], b[3]) - max(a[1], b[1])
+    return ix * iy if ix > 0 and iy > 0 else 0
+
+
+def _merge_to(ink: np.ndarray, boxes: list[Box], expected: int) -> list[Box]:
+    """An over-split layout merged down to ``expected`` panels, one pair at a time: the pair
+    whose union covers no other piece and whose merge costs least (the narrowest gap, as a
+    share of the image; much more when the later piece starts with a panel letter, since a
+    panel letter opens a panel)."""
+    height, width = ink.shape
+    boxes = list(boxes)
+    letters = {b: _letter_at(ink, b) for b in boxes}
+    while len(boxes) > expected:
+        best: tuple[float, int, int] | None = None
+        for i, a in enumerate(boxes):
+            for j in range(i + 1, len(boxes)):
+                b = boxes[j]
+                u = _union(a, b)
+                if any(_overlap(u, c) > 0 for k, c in enumerate(boxes) if k not in (i, j)):
+                    continue
+                gap = max(0, max(a[0], b[0]) - min(a[2], b[2])) / width + max(
+                    0, max(a[1], b[1]) - min(a[3], b[3])) / height
+                later = max(a, b, key=lambda c: (c[1] + c[0] * height / width))
+                cost = gap + (1.0 if letters[later] else 0.0)
+                if best is None or cost < best[0]:
+                    best = (cost, i, j)
+        if best is None:
+            break
+        _cost, i, j = best
+        merged = _union(boxes[i], boxes[j])
+        letters[merged] = letters[boxes[i]] or letters[boxes[j]]
+        boxes = [b for k, b in enumerate(boxes) if k not in (i, j)] + [merged]
+    return boxes
+
+
+def _choose(ink: np.ndarray, layouts: list[list[Box]], expected: int) -> list[Box]:
+    """The layout to keep when the caption names ``expected`` panels. Over-split layouts are
+    first merged down to that count (:func:`_merge_to`). Among those with that many panels
+    (else the closest count, fewer on a tie): the one whose panels most often start with a
+    drawn panel letter, then the one most thresholds agree on, a stable reading of the gutters
+    rather than an accident of one setting; the most cautious one on a tie."""
+    layouts = [_merge_to(ink, b, expected) if len(b) > expected else b for b in layouts]
     best = min(abs(len(b) - expected) for b in layouts)
     near = [b for b in layouts if abs(len(b) - expected) == best]
     fewest = min(len(b) for b in near)
@@ -454,8 +544,10 @@ def _choose(layouts: list[list[Box]], expected: int) -> list[Box]:
     for b in near:
         key = tuple(sorted(b))
         votes[key] = votes.get(key, 0) + 1
-    top = max(votes.values())
-    return next(b for b in near if votes[tuple(sorted(b))] == top)
+    lettered: dict[tuple[Box, ...], int] = {
+        key: sum(_letter_at(ink, b) for b in key) for key in votes}
+    top = max(votes, key=lambda k: (lettered[k], votes[k]))
+    return next(b for b in near if tuple(sorted(b)) == top)
 
 
 def detect_panels(image: Image.Image, ocr_boxes: Iterable[tuple[Sequence[float], str]] | None = None,
@@ -487,7 +579,7 @@ def detect_panels(image: Image.Image, ocr_boxes: Iterable[tuple[Sequence[float],
     elif expected <= 1:
         boxes = [whole]
     else:
-        boxes = _choose([_layout(ink, whole, (width, height), p) for p in SEARCH_PARAMS],
+        boxes = _choose(ink, [_layout(ink, whole, (width, height), p) for p in SEARCH_PARAMS],
                         expected)
     panels = [Panel(b) for b in reading_order(boxes)]
     if ocr_boxes is not None:
