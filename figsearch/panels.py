@@ -457,35 +457,76 @@ def _layout(ink: np.ndarray, whole: Box, size: tuple[int, int], params: LayoutPa
     return [b for b in boxes if (b[2] - b[0]) * (b[3] - b[1]) >= params.min_area * area] or [whole]
 
 
-def _letter_at(ink: np.ndarray, box: Box) -> bool:
-    """Whether a panel letter is drawn at ``box``'s top-left corner: the first ink there is one
-    isolated glyph (white to its right and below) of letter size and shape. Found without OCR,
-    it tells a panel (which starts with its letter) from a piece of one (which does not)."""
+class _Letters:
+    """Whether a panel letter is drawn at a box's top-left corner, or just inside the frame
+    drawn around it (:func:`_glyph_at`), remembered per box: the layouts of one figure share
+    most of their boxes."""
+
+    def __init__(self, ink: np.ndarray) -> None:
+        self.ink = ink
+        self.seen: dict[Box, bool] = {}
+
+    def __call__(self, box: Box) -> bool:
+        if box not in self.seen:
+            found = _glyph_at(self.ink, box)
+            if not found:
+                inner = _strip_frame(self.ink, box, DEFAULT_PARAMS)
+                found = inner != box and _glyph_at(self.ink, inner)
+            self.seen[box] = found
+        return self.seen[box]
+
+
+def _glyph_at(ink: np.ndarray, box: Box) -> bool:
+    """Whether a panel letter is drawn at ``box``'s top-left corner: the ink nearest that
+    corner belongs to one small connected glyph of letter size and shape with white to its
+    right and below. Found without OCR, it tells a panel (which starts with its letter) from
+    a piece of one (which does not)."""
     height, width = ink.shape
     unit = min(width, height)
     x0, y0, x1, y1 = box
     reach = int(max(12, 0.12 * unit))
     win = ink[y0:min(y1, y0 + reach), x0:min(x1, x0 + reach)]
-    rows = _runs(win.any(axis=1))
-    if not rows:
+    ys, xs = np.nonzero(win)
+    if ys.size == 0:
         return False
-    r0, r1 = rows[0]
-    cols = _runs(win[r0:r1].any(axis=0))
-    if not cols:
+    seed = int(np.argmin(xs + ys))
+    top = max(14, int(0.07 * unit))
+    glyph = _component(ink, (x0 + int(xs[seed]), y0 + int(ys[seed])), top)
+    if glyph is None:
         return False
-    c0, c1 = cols[0]
-    glyph_rows = _runs(win[:, c0:c1].any(axis=1))
-    g0, g1 = next(((a, b) for a, b in glyph_rows if b > r0), (r0, r1))
-    h, w = g1 - g0, c1 - c0
-    if not (max(6, 0.012 * unit) <= h <= max(14, 0.07 * unit)) or not 0.3 * h <= w <= 1.4 * h:
+    gx0, gy0, gx1, gy1, count = glyph
+    h, w = gy1 - gy0, gx1 - gx0
+    if not max(6, 0.012 * unit) <= h <= top or not 0.3 * h <= w <= 1.4 * h:
         return False
-    if c0 > 0.5 * reach or g0 > 0.5 * reach:
+    if gx0 - x0 > 0.5 * reach or gy0 - y0 > 0.5 * reach:
         return False  # not at the corner
     margin = max(2, int(0.25 * h))
-    right = ink[y0 + g0:y0 + g1, x0 + c1:x0 + c1 + margin]
-    below = ink[y0 + g1:y0 + g1 + margin, x0 + c0:x0 + c1]
-    density = float(win[g0:g1, c0:c1].mean())
-    return not right.any() and not below.any() and density >= 0.2
+    right = ink[gy0:gy1, gx1:gx1 + margin]
+    below = ink[gy1:gy1 + margin, gx0:gx1]
+    return not right.any() and not below.any() and count >= 0.15 * h * w
+
+
+def _component(ink: np.ndarray, seed: tuple[int, int], limit: int
+               ) -> tuple[int, int, int, int, int] | None:
+    """The bounding box (x0, y0, x1, y1) and pixel count of the 8-connected ink component at
+    ``seed`` (x, y); None as soon as it grows taller or wider than ``limit`` (not a glyph)."""
+    height, width = ink.shape
+    sx, sy = seed
+    seen = {(sx, sy)}
+    todo = [(sx, sy)]
+    bx0, by0, bx1, by1 = sx, sy, sx, sy
+    while todo:
+        x, y = todo.pop()
+        bx0, by0, bx1, by1 = min(bx0, x), min(by0, y), max(bx1, x), max(by1, y)
+        if bx1 - bx0 >= limit or by1 - by0 >= limit:
+            return None
+        for nx in (x - 1, x, x + 1):
+            for ny in (y - 1, y, y + 1):
+                if (0 <= nx < width and 0 <= ny < height and (nx, ny) not in seen
+                        and ink[ny, nx]):
+                    seen.add((nx, ny))
+                    todo.append((nx, ny))
+    return bx0, by0, bx1 + 1, by1 + 1, len(seen)
 
 
 def _union(a: Box, b: Box) -> Box:
@@ -498,14 +539,14 @@ def _overlap(a: Box, b: Box) -> int:
     return ix * iy if ix > 0 and iy > 0 else 0
 
 
-def _merge_to(ink: np.ndarray, boxes: list[Box], expected: int) -> list[Box]:
+def _merge_to(ink: np.ndarray, letter_at: _Letters, boxes: list[Box], expected: int) -> list[Box]:
     """An over-split layout merged down to ``expected`` panels, one pair at a time: the pair
     whose union covers no other piece and whose merge costs least (the narrowest gap, as a
     share of the image; much more when the later piece starts with a panel letter, since a
     panel letter opens a panel)."""
     height, width = ink.shape
     boxes = list(boxes)
-    letters = {b: _letter_at(ink, b) for b in boxes}
+    letters = {b: letter_at(b) for b in boxes}
     while len(boxes) > expected:
         best: tuple[float, int, int] | None = None
         for i, a in enumerate(boxes):
@@ -529,13 +570,64 @@ def _merge_to(ink: np.ndarray, boxes: list[Box], expected: int) -> list[Box]:
     return boxes
 
 
+def _letter_cut(ink: np.ndarray, letter_at: _Letters, box: Box, valley: float = 0.1) -> tuple[float, Box, Box] | None:
+    """The best cut of ``box`` where no gutter is: a line of little ink (a "valley", at most
+    ``valley`` of the line inked) after which the next piece starts with a drawn panel letter,
+    as does the piece before it; panels that touch (a heat map against a network) are found
+    this way. Returns (ink share of the cut line, first piece, second piece) or None."""
+    height, width = ink.shape
+    x0, y0, x1, y1 = box
+    sub = ink[y0:y1, x0:x1]
+    best: tuple[float, Box, Box] | None = None
+    for axis in (0, 1):
+        n = sub.shape[axis]
+        full = height if axis == 0 else width
+        margin = int(0.08 * full)
+        if n <= 2 * margin:
+            continue
+        fill = sub.mean(axis=1 - axis)
+        for a, b in _runs(fill <= valley):
+            lo, hi = max(a, margin), min(b, n - margin)
+            if lo >= hi:
+                continue
+            m = lo + int(np.argmin(fill[lo:hi]))
+            if best is not None and fill[m] >= best[0]:
+                continue
+            first = (x0, y0, x1, y0 + m) if axis == 0 else (x0, y0, x0 + m, y1)
+            second = (x0, y0 + m, x1, y1) if axis == 0 else (x0 + m, y0, x1, y1)
+            t1, t2 = _trim(ink, first), _trim(ink, second)
+            if t1 is None or t2 is None or not (letter_at(t2) and letter_at(t1)):
+                continue
+            best = (float(fill[m]), t1, t2)
+    return best
+
+
+def _split_to(ink: np.ndarray, letter_at: _Letters, boxes: list[Box], expected: int) -> list[Box]:
+    """An under-split layout cut further towards ``expected`` panels at letter-marked valleys
+    (:func:`_letter_cut`), the emptiest cut first."""
+    boxes = list(boxes)
+    cache: dict[Box, tuple[float, Box, Box] | None] = {}
+    while len(boxes) < expected:
+        for b in boxes:
+            if b not in cache:
+                cache[b] = _letter_cut(ink, letter_at, b)
+        options = [(c, b) for b in boxes if (c := cache[b]) is not None]
+        if not options:
+            break
+        (_fill, first, second), old = min(options, key=lambda o: o[0][0])
+        boxes = [b for b in boxes if b != old] + [first, second]
+    return boxes
+
+
 def _choose(ink: np.ndarray, layouts: list[list[Box]], expected: int) -> list[Box]:
     """The layout to keep when the caption names ``expected`` panels. Over-split layouts are
     first merged down to that count (:func:`_merge_to`). Among those with that many panels
     (else the closest count, fewer on a tie): the one whose panels most often start with a
     drawn panel letter, then the one most thresholds agree on, a stable reading of the gutters
     rather than an accident of one setting; the most cautious one on a tie."""
-    layouts = [_merge_to(ink, b, expected) if len(b) > expected else b for b in layouts]
+    letter_at = _Letters(ink)
+    layouts = [_merge_to(ink, letter_at, b, expected) if len(b) > expected
+               else b for b in layouts]
     best = min(abs(len(b) - expected) for b in layouts)
     near = [b for b in layouts if abs(len(b) - expected) == best]
     fewest = min(len(b) for b in near)
@@ -545,7 +637,7 @@ def _choose(ink: np.ndarray, layouts: list[list[Box]], expected: int) -> list[Bo
         key = tuple(sorted(b))
         votes[key] = votes.get(key, 0) + 1
     lettered: dict[tuple[Box, ...], int] = {
-        key: sum(_letter_at(ink, b) for b in key) for key in votes}
+        key: sum(letter_at(b) for b in key) for key in votes}
     top = max(votes, key=lambda k: (lettered[k], votes[k]))
     return next(b for b in near if tuple(sorted(b)) == top)
 
