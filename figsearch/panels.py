@@ -460,27 +460,41 @@ def _layout(ink: np.ndarray, whole: Box, size: tuple[int, int], params: LayoutPa
 class _Letters:
     """Whether a panel letter is drawn at a box's top-left corner, or just inside the frame
     drawn around it (:func:`_glyph_at`), remembered per box: the layouts of one figure share
-    most of their boxes."""
+    most of their boxes. When the figure itself starts with a letter (panel A's), a letter
+    elsewhere must be about as tall as that one: the panel letters of a figure share one font
+    size, which tick labels and words of a diagram mostly do not."""
 
-    def __init__(self, ink: np.ndarray) -> None:
+    def __init__(self, ink: np.ndarray, whole: Box) -> None:
         self.ink = ink
-        self.seen: dict[Box, bool] = {}
+        self.seen: dict[Box, int] = {}
+        self.ref = self.height(whole)
 
-    def __call__(self, box: Box) -> bool:
+    def height(self, box: Box) -> int:
+        """The height of the glyph at ``box``'s corner (0: none)."""
         if box not in self.seen:
             found = _glyph_at(self.ink, box)
             if not found:
                 inner = _strip_frame(self.ink, box, DEFAULT_PARAMS)
-                found = inner != box and _glyph_at(self.ink, inner)
+                found = _glyph_at(self.ink, inner) if inner != box else 0
             self.seen[box] = found
         return self.seen[box]
 
+    def __call__(self, box: Box) -> bool:
+        h = self.height(box)
+        if not h or not self.ref:
+            return bool(h)
+        return self.like_ref(h)
 
-def _glyph_at(ink: np.ndarray, box: Box) -> bool:
+    def like_ref(self, h: int) -> bool:
+        """Whether a glyph ``h`` pixels tall is as tall as the figure's first panel letter."""
+        return self.ref - max(1.0, 0.1 * self.ref) <= h <= self.ref + max(2.0, 0.2 * self.ref)
+
+
+def _glyph_at(ink: np.ndarray, box: Box) -> int:
     """Whether a panel letter is drawn at ``box``'s top-left corner: the ink nearest that
     corner belongs to one small connected glyph of letter size and shape with white to its
     right and below. Found without OCR, it tells a panel (which starts with its letter) from
-    a piece of one (which does not)."""
+    a piece of one (which does not). Returns the glyph's height, 0 when there is none."""
     height, width = ink.shape
     unit = min(width, height)
     x0, y0, x1, y1 = box
@@ -488,22 +502,22 @@ def _glyph_at(ink: np.ndarray, box: Box) -> bool:
     win = ink[y0:min(y1, y0 + reach), x0:min(x1, x0 + reach)]
     ys, xs = np.nonzero(win)
     if ys.size == 0:
-        return False
+        return 0
     seed = int(np.argmin(xs + ys))
     top = max(14, int(0.07 * unit))
     glyph = _component(ink, (x0 + int(xs[seed]), y0 + int(ys[seed])), top)
     if glyph is None:
-        return False
+        return 0
     gx0, gy0, gx1, gy1, count = glyph
     h, w = gy1 - gy0, gx1 - gx0
     if not max(6, 0.012 * unit) <= h <= top or not 0.3 * h <= w <= 1.4 * h:
-        return False
+        return 0
     if gx0 - x0 > 0.5 * reach or gy0 - y0 > 0.5 * reach:
-        return False  # not at the corner
+        return 0  # not at the corner
     margin = max(2, int(0.25 * h))
     right = ink[gy0:gy1, gx1:gx1 + margin]
     below = ink[gy1:gy1 + margin, gx0:gx1]
-    return not right.any() and not below.any() and count >= 0.15 * h * w
+    return h if not right.any() and not below.any() and count >= 0.15 * h * w else 0
 
 
 def _component(ink: np.ndarray, seed: tuple[int, int], limit: int
@@ -570,33 +584,44 @@ def _merge_to(ink: np.ndarray, letter_at: _Letters, boxes: list[Box], expected: 
     return boxes
 
 
-def _letter_cut(ink: np.ndarray, letter_at: _Letters, box: Box, valley: float = 0.1) -> tuple[float, Box, Box] | None:
-    """The best cut of ``box`` where no gutter is: a line of little ink (a "valley", at most
-    ``valley`` of the line inked) after which the next piece starts with a drawn panel letter,
-    as does the piece before it; panels that touch (a heat map against a network) are found
-    this way. Returns (ink share of the cut line, first piece, second piece) or None."""
+def _letter_cut(ink: np.ndarray, letter_at: _Letters, box: Box, valley: float = 0.1
+                ) -> tuple[float, Box, Box] | None:
+    """The best cut of ``box`` where no gutter is, anchored on a panel letter: a glyph as tall
+    as the figure's first panel letter, in the band along the box's top edge (a panel to the
+    right) or left edge (a panel below), with a line of little ink (at most ``valley`` of it
+    inked) just before it. Panels that touch (a heat map against a network) are found this
+    way. Returns (ink share of the cut line, first piece, second piece) or None."""
+    if not letter_at.ref:
+        return None
     height, width = ink.shape
     x0, y0, x1, y1 = box
-    sub = ink[y0:y1, x0:x1]
+    reach = 2 * letter_at.ref
     best: tuple[float, Box, Box] | None = None
-    for axis in (0, 1):
-        n = sub.shape[axis]
-        full = height if axis == 0 else width
+    for axis in (1, 0):
+        full = width if axis == 1 else height
+        start, stop = (x0, x1) if axis == 1 else (y0, y1)
+        band = ink[y0:min(y1, y0 + reach), x0:x1] if axis == 1 else ink[y0:y1, x0:min(x1, x0 + reach)]
+        profile = band.any(axis=0 if axis == 1 else 1)
+        sub = ink[y0:y1, x0:x1]
+        fill = sub.mean(axis=0 if axis == 1 else 1)
         margin = int(0.08 * full)
-        if n <= 2 * margin:
-            continue
-        fill = sub.mean(axis=1 - axis)
-        for a, b in _runs(fill <= valley):
-            lo, hi = max(a, margin), min(b, n - margin)
-            if lo >= hi:
+        for a, _b in _runs(profile):
+            if a < margin or a > (stop - start) - margin:
                 continue
-            m = lo + int(np.argmin(fill[lo:hi]))
-            if best is not None and fill[m] >= best[0]:
+            line = band[:, a] if axis == 1 else band[a]
+            first_ink = int(np.flatnonzero(line)[0])
+            seed = (x0 + a, y0 + first_ink) if axis == 1 else (x0 + first_ink, y0 + a)
+            glyph = _component(ink, seed, letter_at.ref + max(2, letter_at.ref // 5) + 1)
+            if glyph is None or not letter_at.like_ref(glyph[3] - glyph[1]):
                 continue
-            first = (x0, y0, x1, y0 + m) if axis == 0 else (x0, y0, x0 + m, y1)
-            second = (x0, y0 + m, x1, y1) if axis == 0 else (x0 + m, y0, x1, y1)
+            lo = max(0, a - max(3, letter_at.ref))
+            m = lo + int(np.argmin(fill[lo:a])) if a > lo else a
+            if fill[m] > valley or (best is not None and fill[m] >= best[0]):
+                continue
+            first = (x0, y0, x0 + m, y1) if axis == 1 else (x0, y0, x1, y0 + m)
+            second = (x0 + m, y0, x1, y1) if axis == 1 else (x0, y0 + m, x1, y1)
             t1, t2 = _trim(ink, first), _trim(ink, second)
-            if t1 is None or t2 is None or not (letter_at(t2) and letter_at(t1)):
+            if t1 is None or t2 is None or not (letter_at(t1) and letter_at(t2)):
                 continue
             best = (float(fill[m]), t1, t2)
     return best
@@ -619,15 +644,16 @@ def _split_to(ink: np.ndarray, letter_at: _Letters, boxes: list[Box], expected: 
     return boxes
 
 
-def _choose(ink: np.ndarray, layouts: list[list[Box]], expected: int) -> list[Box]:
+def _choose(ink: np.ndarray, whole: Box, layouts: list[list[Box]], expected: int) -> list[Box]:
     """The layout to keep when the caption names ``expected`` panels. Over-split layouts are
     first merged down to that count (:func:`_merge_to`). Among those with that many panels
     (else the closest count, fewer on a tie): the one whose panels most often start with a
     drawn panel letter, then the one most thresholds agree on, a stable reading of the gutters
     rather than an accident of one setting; the most cautious one on a tie."""
-    letter_at = _Letters(ink)
+    letter_at = _Letters(ink, whole)
     layouts = [_merge_to(ink, letter_at, b, expected) if len(b) > expected
-               else b for b in layouts]
+               else _split_to(ink, letter_at, b, expected) if len(b) < expected else b
+               for b in layouts]
     best = min(abs(len(b) - expected) for b in layouts)
     near = [b for b in layouts if abs(len(b) - expected) == best]
     fewest = min(len(b) for b in near)
@@ -671,7 +697,7 @@ def detect_panels(image: Image.Image, ocr_boxes: Iterable[tuple[Sequence[float],
     elif expected <= 1:
         boxes = [whole]
     else:
-        boxes = _choose(ink, [_layout(ink, whole, (width, height), p) for p in SEARCH_PARAMS],
+        boxes = _choose(ink, whole, [_layout(ink, whole, (width, height), p) for p in SEARCH_PARAMS],
                         expected)
     panels = [Panel(b) for b in reading_order(boxes)]
     if ocr_boxes is not None:
