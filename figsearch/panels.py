@@ -412,13 +412,19 @@ def _ink_len(sub: np.ndarray, axis: int, span: tuple[int, int]) -> int:
     return 0 if lines.size == 0 else int(lines[-1] - lines[0] + 1)
 
 
-def _xy_cut(ink: np.ndarray, box: Box, size: tuple[int, int], p: LayoutParams, depth: int = 0
-            ) -> list[Box]:
+def _xy_cut(ink: np.ndarray, box: Box, size: tuple[int, int], p: LayoutParams, depth: int = 0,
+            frames: dict[tuple[Box, float, int], Box] | None = None) -> list[Box]:
     """Recursive X-Y cut: split along the axis whose widest gutter is wider (rows first on a
-    tie), then each piece again; a box no axis can split is a panel."""
+    tie), then each piece again; a box no axis can split is a panel. ``frames`` remembers
+    :func:`_strip_frame` per box across threshold sets that share its line settings."""
     if depth >= p.max_depth:
         return [box]
-    inner = _strip_frame(ink, box, p)
+    if frames is None:
+        frames = {}
+    key = (box, p.line_fill, p.line_max)
+    if key not in frames:
+        frames[key] = _strip_frame(ink, box, p)
+    inner = frames[key]
     options = []
     for axis in (0, 1):
         parts = _split(ink, inner, axis, size, p)
@@ -430,7 +436,7 @@ def _xy_cut(ink: np.ndarray, box: Box, size: tuple[int, int], p: LayoutParams, d
         options, key=lambda o: (_widest_gap(o[1], o[0]), -o[0]))
     out: list[Box] = []
     for part in parts:
-        out.extend(_xy_cut(ink, part, size, p, depth + 1))
+        out.extend(_xy_cut(ink, part, size, p, depth + 1, frames))
     return out
 
 
@@ -450,9 +456,10 @@ SEARCH_PARAMS: tuple[LayoutParams, ...] = tuple(
 )
 
 
-def _layout(ink: np.ndarray, whole: Box, size: tuple[int, int], params: LayoutParams) -> list[Box]:
+def _layout(ink: np.ndarray, whole: Box, size: tuple[int, int], params: LayoutParams,
+            frames: dict[tuple[Box, float, int], Box] | None = None) -> list[Box]:
     """The panel boxes one set of thresholds finds (the whole figure when none)."""
-    boxes = _xy_cut(ink, whole, size, params)
+    boxes = _xy_cut(ink, whole, size, params, frames=frames)
     area = size[0] * size[1]
     return [b for b in boxes if (b[2] - b[0]) * (b[3] - b[1]) >= params.min_area * area] or [whole]
 
@@ -467,7 +474,17 @@ class _Letters:
     def __init__(self, ink: np.ndarray, whole: Box) -> None:
         self.ink = ink
         self.seen: dict[Box, int] = {}
+        self.glyphs: dict[tuple[int, int, int], tuple[int, int, int, int, int] | None] = {}
+        self.cuts: dict[Box, tuple[float, Box, Box] | None] = {}
         self.ref = self.height(whole)
+
+    def component(self, seed: tuple[int, int], limit: int
+                  ) -> tuple[int, int, int, int, int] | None:
+        """:func:`_component`, remembered per seed."""
+        key = (seed[0], seed[1], limit)
+        if key not in self.glyphs:
+            self.glyphs[key] = _component(self.ink, seed, limit)
+        return self.glyphs[key]
 
     def height(self, box: Box) -> int:
         """The height of the glyph at ``box``'s corner (0: none)."""
@@ -611,7 +628,7 @@ def _letter_cut(ink: np.ndarray, letter_at: _Letters, box: Box, valley: float = 
             line = band[:, a] if axis == 1 else band[a]
             first_ink = int(np.flatnonzero(line)[0])
             seed = (x0 + a, y0 + first_ink) if axis == 1 else (x0 + first_ink, y0 + a)
-            glyph = _component(ink, seed, letter_at.ref + max(2, letter_at.ref // 5) + 1)
+            glyph = letter_at.component(seed, letter_at.ref + max(2, letter_at.ref // 5) + 1)
             if glyph is None or not letter_at.like_ref(glyph[3] - glyph[1]):
                 continue
             lo = max(0, a - max(3, letter_at.ref))
@@ -631,7 +648,7 @@ def _split_to(ink: np.ndarray, letter_at: _Letters, boxes: list[Box], expected: 
     """An under-split layout cut further towards ``expected`` panels at letter-marked valleys
     (:func:`_letter_cut`), the emptiest cut first."""
     boxes = list(boxes)
-    cache: dict[Box, tuple[float, Box, Box] | None] = {}
+    cache = letter_at.cuts
     while len(boxes) < expected:
         for b in boxes:
             if b not in cache:
@@ -697,7 +714,9 @@ def detect_panels(image: Image.Image, ocr_boxes: Iterable[tuple[Sequence[float],
     elif expected <= 1:
         boxes = [whole]
     else:
-        boxes = _choose(ink, whole, [_layout(ink, whole, (width, height), p) for p in SEARCH_PARAMS],
+        frames: dict[tuple[Box, float, int], Box] = {}
+        boxes = _choose(ink, whole, [_layout(ink, whole, (width, height), p, frames)
+                                     for p in SEARCH_PARAMS],
                         expected)
     panels = [Panel(b) for b in reading_order(boxes)]
     if ocr_boxes is not None:
