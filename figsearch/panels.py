@@ -13,9 +13,14 @@ use it. Three steps:
   thresholded grayscale image that hold no ink (white or near-uniform gutters) or that are thin
   full-length separator lines split a region; pieces that are too small (a panel letter alone,
   a legend strip) are merged back into a neighbour. Given the number of panels the caption
-  names (``expected``), 18 threshold sets are tried and the layout with that many panels that
-  most of them agree on wins; this is how the indexer calls it. Single-letter OCR text boxes
-  near a panel's top-left corner, when given, become that panel's letter.
+  names (``expected``), this is how the indexer calls it: 9 threshold sets are tried; a layout
+  with too many pieces is merged down to that count, never swallowing a piece that starts with
+  a drawn panel letter (a sparse diagram's inner white space is not a gutter), and one with
+  too few is cut further just before a panel letter as tall as panel A's (panels that touch,
+  with no gutter); the layout whose panels start with letters most often, then the one most
+  threshold sets agree on, wins. Panel letters are found without OCR: the small isolated
+  glyph nearest a box's top-left corner. Single-letter OCR text boxes near a panel's top-left
+  corner, when given, become that panel's letter.
 - :func:`align` pairs panels with sub-captions by letter, or by reading order (rows top to bottom,
   left to right) when the image gave no letters.
 
@@ -618,14 +623,13 @@ def _letter_cut(ink: np.ndarray, letter_at: _Letters, box: Box, valley: float = 
     best: tuple[float, Box, Box] | None = None
     for axis in (1, 0):
         full = width if axis == 1 else height
-        start, stop = (x0, x1) if axis == 1 else (y0, y1)
+        span = x1 - x0 if axis == 1 else y1 - y0
         band = ink[y0:min(y1, y0 + reach), x0:x1] if axis == 1 else ink[y0:y1, x0:min(x1, x0 + reach)]
-        profile = band.any(axis=0 if axis == 1 else 1)
-        sub = ink[y0:y1, x0:x1]
-        fill = sub.mean(axis=0 if axis == 1 else 1)
-        margin = int(0.08 * full)
+        profile = np.asarray(band.any(axis=0 if axis == 1 else 1))
+        fill = ink[y0:y1, x0:x1].mean(axis=0 if axis == 1 else 1)
+        margin = int(0.08 * full)  # the smallest panel side
         for a, _b in _runs(profile):
-            if a < margin or a > (stop - start) - margin:
+            if a < margin or a > span - margin:
                 continue
             line = band[:, a] if axis == 1 else band[a]
             first_ink = int(np.flatnonzero(line)[0])
@@ -665,7 +669,8 @@ def _split_to(ink: np.ndarray, letter_at: _Letters, boxes: list[Box], expected: 
 
 def _choose(ink: np.ndarray, whole: Box, layouts: list[list[Box]], expected: int) -> list[Box]:
     """The layout to keep when the caption names ``expected`` panels. Over-split layouts are
-    first merged down to that count (:func:`_merge_to`). Among those with that many panels
+    first merged down to that count (:func:`_merge_to`), under-split ones cut at panel letters
+    towards it (:func:`_split_to`). Among those with that many panels
     (else the closest count, fewer on a tie): the one whose panels most often start with a
     drawn panel letter, then the one most thresholds agree on, a stable reading of the gutters
     rather than an accident of one setting; the most cautious one on a tie."""
@@ -693,9 +698,10 @@ def detect_panels(image: Image.Image, ocr_boxes: Iterable[tuple[Sequence[float],
 
     ``expected``: how many panels the caption names (count of its panel letters), when known.
     Without it the layout alone decides, with ``params``. With it, the layouts of
-    :data:`SEARCH_PARAMS` are tried from the most cautious and the first one that finds that
-    many panels wins (else the one closest to it, fewer on a tie); ``expected <= 1`` keeps the
-    figure whole. The caption is known at index time, so this is how the indexer calls it.
+    :data:`SEARCH_PARAMS` are brought to that many panels where drawn panel letters allow
+    (merged or cut further, see :func:`_choose`) and the best one wins (else the one closest
+    to that count, fewer on a tie); ``expected <= 1`` keeps the figure whole. The caption is
+    known at index time, so this is how the indexer calls it.
 
     ``ocr_boxes``: optional OCR text boxes ``(box, text)`` with ``box`` as (x0, y0, x1, y1) or
     four corner points; a single-letter token near a panel's top-left corner becomes its letter.
