@@ -577,11 +577,16 @@ def _overlap(a: Box, b: Box) -> int:
     return ix * iy if ix > 0 and iy > 0 else 0
 
 
+#: The most pieces :func:`_merge_to` merges down (each merge looks at every pair, so a layout
+#: shattered into hundreds of pieces would cost seconds; such a layout is far off anyway).
+_MERGE_MAX = 40
+
+
 def _merge_to(ink: np.ndarray, letter_at: _Letters, boxes: list[Box], expected: int) -> list[Box]:
     """An over-split layout merged down to ``expected`` panels, one pair at a time: the pair
     whose union covers no other piece and whose merge costs least (the narrowest gap, as a
-    share of the image; much more when the later piece starts with a panel letter, since a
-    panel letter opens a panel)."""
+    share of the image; much more when the piece that does not hold the union's top-left
+    corner starts with a panel letter, since a panel letter opens a panel)."""
     height, width = ink.shape
     boxes = list(boxes)
     letters = {b: letter_at(b) for b in boxes}
@@ -595,7 +600,8 @@ def _merge_to(ink: np.ndarray, letter_at: _Letters, boxes: list[Box], expected: 
                     continue
                 gap = max(0, max(a[0], b[0]) - min(a[2], b[2])) / width + max(
                     0, max(a[1], b[1]) - min(a[3], b[3])) / height
-                later = max(a, b, key=lambda c: (c[1] + c[0] * height / width))
+                # the piece whose corner is not the union's loses its letter's place
+                later = max(a, b, key=lambda c: (c[0] - u[0]) / width + (c[1] - u[1]) / height)
                 cost = gap + (1.0 if letters[later] else 0.0)
                 if best is None or cost < best[0]:
                     best = (cost, i, j)
@@ -667,6 +673,17 @@ def _split_to(ink: np.ndarray, letter_at: _Letters, boxes: list[Box], expected: 
     return boxes
 
 
+def _to_count(ink: np.ndarray, letter_at: _Letters, boxes: list[Box], expected: int
+              ) -> list[Box]:
+    """A layout merged (:func:`_merge_to`) or cut at panel letters (:func:`_split_to`)
+    towards ``expected`` panels, as far as its pieces and letters allow."""
+    if expected < len(boxes) <= _MERGE_MAX:
+        return _merge_to(ink, letter_at, boxes, expected)
+    if len(boxes) < expected:
+        return _split_to(ink, letter_at, boxes, expected)
+    return boxes
+
+
 def _choose(ink: np.ndarray, whole: Box, layouts: list[list[Box]], expected: int) -> list[Box]:
     """The layout to keep when the caption names ``expected`` panels. Over-split layouts are
     first merged down to that count (:func:`_merge_to`), under-split ones cut at panel letters
@@ -675,9 +692,7 @@ def _choose(ink: np.ndarray, whole: Box, layouts: list[list[Box]], expected: int
     drawn panel letter, then the one most thresholds agree on, a stable reading of the gutters
     rather than an accident of one setting; the most cautious one on a tie."""
     letter_at = _Letters(ink, whole)
-    layouts = [_merge_to(ink, letter_at, b, expected) if len(b) > expected
-               else _split_to(ink, letter_at, b, expected) if len(b) < expected else b
-               for b in layouts]
+    layouts = [_to_count(ink, letter_at, b, expected) for b in layouts]
     best = min(abs(len(b) - expected) for b in layouts)
     near = [b for b in layouts if abs(len(b) - expected) == best]
     fewest = min(len(b) for b in near)
