@@ -510,14 +510,16 @@ class _Letters:
         return self.like_ref(h)
 
     def like_ref(self, h: int) -> bool:
-        """Whether a glyph ``h`` pixels tall is as tall as the figure's first panel letter."""
+        """Whether a glyph ``h`` pixels tall is as tall as the figure's first panel letter
+        (lower-case letters that reach above or below an "a", such as "b" or "g", do not
+        count: a looser bound let symbols of a legend pass as letters)."""
         return self.ref - max(1.0, 0.1 * self.ref) <= h <= self.ref + max(2.0, 0.2 * self.ref)
 
 
 def _glyph_at(ink: np.ndarray, box: Box) -> int:
     """Whether a panel letter is drawn at ``box``'s top-left corner: the ink nearest that
-    corner belongs to one small connected glyph of letter size and shape with white to its
-    right and below. Found without OCR, it tells a panel (which starts with its letter) from
+    corner belongs to one small connected glyph of letter size and shape, alone inside its
+    bounding box (not a ring around a symbol) with white to its right and below. Found without OCR, it tells a panel (which starts with its letter) from
     a piece of one (which does not). Returns the glyph's height, 0 when there is none."""
     height, width = ink.shape
     unit = min(width, height)
@@ -541,7 +543,9 @@ def _glyph_at(ink: np.ndarray, box: Box) -> int:
     margin = max(2, int(0.25 * h))
     right = ink[gy0:gy1, gx1:gx1 + margin]
     below = ink[gy1:gy1 + margin, gx0:gx1]
-    return h if not right.any() and not below.any() and count >= 0.15 * h * w else 0
+    foreign = int(ink[gy0:gy1, gx0:gx1].sum()) - count  # ink inside it that is not it: a symbol
+    alone = foreign <= 0.05 * h * w
+    return h if alone and not right.any() and not below.any() and count >= 0.15 * h * w else 0
 
 
 def _component(ink: np.ndarray, seed: tuple[int, int], limit: int
