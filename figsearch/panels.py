@@ -370,7 +370,10 @@ def _split(ink: np.ndarray, box: Box, axis: int, size: tuple[int, int], p: Layou
         if not small:
             break
         i = min(small, key=lambda k: (lens[k] >= min_len, lens[k]))
-        cuts.remove(_merge_cut(cuts, lens, i))
+        left = cuts[i - 1] if i > 0 else None
+        right = cuts[i] if i < len(cuts) else None
+        drop = min((c for c in (left, right) if c is not None), key=lambda c: c[1] - c[0])
+        cuts.remove(drop)
     out = []
     for a, b in _pieces(sub.shape[axis], cuts):
         piece = (x0, y0 + a, x1, y0 + b) if axis == 0 else (x0 + a, y0, x0 + b, y1)
@@ -378,25 +381,6 @@ def _split(ink: np.ndarray, box: Box, axis: int, size: tuple[int, int], p: Layou
         if trimmed is not None:
             out.append(trimmed)
     return out
-
-
-def _merge_cut(cuts: list[tuple[int, int]], lens: list[int], i: int) -> tuple[int, int]:
-    """The cut to remove so that small piece ``i`` joins a neighbour: the narrower gutter, and
-    on a near tie (within 2 px) the one towards the smaller neighbour, so that a label strip
-    between a big panel and a narrow one (a heat map's gene names) joins the narrow one and
-    the gutter between the panels survives."""
-    options = []
-    if i > 0:
-        options.append((cuts[i - 1], lens[i - 1]))
-    if i < len(cuts):
-        options.append((cuts[i], lens[i + 1]))
-    if len(options) == 1:
-        return options[0][0]
-    (lc, llen), (rc, rlen) = options
-    lw, rw = lc[1] - lc[0], rc[1] - rc[0]
-    if abs(lw - rw) <= 2:
-        return lc if llen <= rlen else rc
-    return lc if lw < rw else rc
 
 
 def _ink_area(sub: np.ndarray, axis: int, span: tuple[int, int]) -> int:
