@@ -13,9 +13,14 @@ use it. Three steps:
   thresholded grayscale image that hold no ink (white or near-uniform gutters) or that are thin
   full-length separator lines split a region; pieces that are too small (a panel letter alone,
   a legend strip) are merged back into a neighbour. Given the number of panels the caption
-  names (``expected``), 18 threshold sets are tried and the layout with that many panels that
-  most of them agree on wins; this is how the indexer calls it. Single-letter OCR text boxes
-  near a panel's top-left corner, when given, become that panel's letter.
+  names (``expected``), this is how the indexer calls it: 9 threshold sets are tried; a layout
+  with too many pieces is merged down to that count, never swallowing a piece that starts with
+  a drawn panel letter (a sparse diagram's inner white space is not a gutter), and one with
+  too few is cut further just before a panel letter as tall as panel A's (panels that touch,
+  with no gutter); the layout whose panels start with letters most often, then the one most
+  threshold sets agree on, wins. Panel letters are found without OCR: the small isolated
+  glyph nearest a box's top-left corner. Single-letter OCR text boxes near a panel's top-left
+  corner, when given, become that panel's letter.
 - :func:`align` pairs panels with sub-captions by letter, or by reading order (rows top to bottom,
   left to right) when the image gave no letters.
 
@@ -396,13 +401,19 @@ def _ink_len(sub: np.ndarray, axis: int, span: tuple[int, int]) -> int:
     return 0 if lines.size == 0 else int(lines[-1] - lines[0] + 1)
 
 
-def _xy_cut(ink: np.ndarray, box: Box, size: tuple[int, int], p: LayoutParams, depth: int = 0
-            ) -> list[Box]:
+def _xy_cut(ink: np.ndarray, box: Box, size: tuple[int, int], p: LayoutParams, depth: int = 0,
+            frames: dict[tuple[Box, float, int], Box] | None = None) -> list[Box]:
     """Recursive X-Y cut: split along the axis whose widest gutter is wider (rows first on a
-    tie), then each piece again; a box no axis can split is a panel."""
+    tie), then each piece again; a box no axis can split is a panel. ``frames`` remembers
+    :func:`_strip_frame` per box across threshold sets that share its line settings."""
     if depth >= p.max_depth:
         return [box]
-    inner = _strip_frame(ink, box, p)
+    if frames is None:
+        frames = {}
+    key = (box, p.line_fill, p.line_max)
+    if key not in frames:
+        frames[key] = _strip_frame(ink, box, p)
+    inner = frames[key]
     options = []
     for axis in (0, 1):
         parts = _split(ink, inner, axis, size, p)
@@ -414,7 +425,7 @@ def _xy_cut(ink: np.ndarray, box: Box, size: tuple[int, int], p: LayoutParams, d
         options, key=lambda o: (_widest_gap(o[1], o[0]), -o[0]))
     out: list[Box] = []
     for part in parts:
-        out.extend(_xy_cut(ink, part, size, p, depth + 1))
+        out.extend(_xy_cut(ink, part, size, p, depth + 1, frames))
     return out
 
 
@@ -426,26 +437,250 @@ def _widest_gap(parts: list[Box], axis: int) -> int:
 
 #: Layouts tried, most cautious first, when the caption says how many panels to expect: wide
 #: gutters and big panels, down to narrow gutters (high-resolution figures with thin white
-#: lines between panels) and small panels (grids of 3-4 columns with legends).
+#: lines between panels) and small panels (grids of 3-4 columns with legends). Nine sets:
+#: layouts off the caption's count are merged or cut to it afterwards (:func:`_choose`), so a
+#: finer grid of thresholds (18 sets before) found no more panels and cost twice the time.
 SEARCH_PARAMS: tuple[LayoutParams, ...] = tuple(
     LayoutParams(gap=gap, min_gap_px=min(5, max(2, int(gap * 400))), min_side=side)
-    for gap in (0.03, 0.02, 0.012, 0.008, 0.005, 0.003)
+    for gap in (0.03, 0.012, 0.005)
     for side in (0.2, 0.12, 0.08)
 )
 
 
-def _layout(ink: np.ndarray, whole: Box, size: tuple[int, int], params: LayoutParams) -> list[Box]:
+def _layout(ink: np.ndarray, whole: Box, size: tuple[int, int], params: LayoutParams,
+            frames: dict[tuple[Box, float, int], Box] | None = None) -> list[Box]:
     """The panel boxes one set of thresholds finds (the whole figure when none)."""
-    boxes = _xy_cut(ink, whole, size, params)
+    boxes = _xy_cut(ink, whole, size, params, frames=frames)
     area = size[0] * size[1]
     return [b for b in boxes if (b[2] - b[0]) * (b[3] - b[1]) >= params.min_area * area] or [whole]
 
 
-def _choose(layouts: list[list[Box]], expected: int) -> list[Box]:
-    """The layout to keep when the caption names ``expected`` panels: among those with that
-    many panels (else the closest count, fewer on a tie) the one most thresholds agree on, a
-    stable reading of the gutters rather than an accident of one setting; the most cautious
-    one on a tie."""
+class _Letters:
+    """Whether a panel letter is drawn at a box's top-left corner, or just inside the frame
+    drawn around it (:func:`_glyph_at`), remembered per box: the layouts of one figure share
+    most of their boxes. When the figure itself starts with a letter (panel A's), a letter
+    elsewhere must be about as tall as that one: the panel letters of a figure share one font
+    size, which tick labels and words of a diagram mostly do not."""
+
+    def __init__(self, ink: np.ndarray, whole: Box) -> None:
+        self.ink = ink
+        self.seen: dict[Box, int] = {}
+        self.glyphs: dict[tuple[int, int, int], tuple[int, int, int, int, int] | None] = {}
+        self.cuts: dict[Box, tuple[float, Box, Box] | None] = {}
+        self.ref = self.height(whole)
+
+    def component(self, seed: tuple[int, int], limit: int
+                  ) -> tuple[int, int, int, int, int] | None:
+        """:func:`_component`, remembered per seed."""
+        key = (seed[0], seed[1], limit)
+        if key not in self.glyphs:
+            self.glyphs[key] = _component(self.ink, seed, limit)
+        return self.glyphs[key]
+
+    def height(self, box: Box) -> int:
+        """The height of the glyph at ``box``'s corner (0: none)."""
+        if box not in self.seen:
+            found = _glyph_at(self.ink, box)
+            if not found:
+                inner = _strip_frame(self.ink, box, DEFAULT_PARAMS)
+                found = _glyph_at(self.ink, inner) if inner != box else 0
+            self.seen[box] = found
+        return self.seen[box]
+
+    def __call__(self, box: Box) -> bool:
+        h = self.height(box)
+        if not h or not self.ref:
+            return bool(h)
+        return self.like_ref(h)
+
+    def like_ref(self, h: int) -> bool:
+        """Whether a glyph ``h`` pixels tall is as tall as the figure's first panel letter
+        (lower-case letters that reach above or below an "a", such as "b" or "g", do not
+        count: a looser bound let symbols of a legend pass as letters)."""
+        return self.ref - max(1.0, 0.1 * self.ref) <= h <= self.ref + max(2.0, 0.2 * self.ref)
+
+
+def _glyph_at(ink: np.ndarray, box: Box) -> int:
+    """Whether a panel letter is drawn at ``box``'s top-left corner: the ink nearest that
+    corner belongs to one small connected glyph of letter size and shape, alone inside its
+    bounding box (not a ring around a symbol) with white to its right and below. Found without OCR, it tells a panel (which starts with its letter) from
+    a piece of one (which does not). Returns the glyph's height, 0 when there is none."""
+    height, width = ink.shape
+    unit = min(width, height)
+    x0, y0, x1, y1 = box
+    reach = int(max(12, 0.12 * unit))
+    win = ink[y0:min(y1, y0 + reach), x0:min(x1, x0 + reach)]
+    ys, xs = np.nonzero(win)
+    if ys.size == 0:
+        return 0
+    seed = int(np.argmin(xs + ys))
+    top = max(14, int(0.07 * unit))
+    glyph = _component(ink, (x0 + int(xs[seed]), y0 + int(ys[seed])), top)
+    if glyph is None:
+        return 0
+    gx0, gy0, gx1, gy1, count = glyph
+    h, w = gy1 - gy0, gx1 - gx0
+    if not max(6, 0.012 * unit) <= h <= top or not 0.3 * h <= w <= 1.4 * h:
+        return 0
+    if gx0 - x0 > 0.5 * reach or gy0 - y0 > 0.5 * reach:
+        return 0  # not at the corner
+    margin = max(2, int(0.25 * h))
+    right = ink[gy0:gy1, gx1:gx1 + margin]
+    below = ink[gy1:gy1 + margin, gx0:gx1]
+    foreign = int(ink[gy0:gy1, gx0:gx1].sum()) - count  # ink inside it that is not it: a symbol
+    alone = foreign <= 0.05 * h * w
+    return h if alone and not right.any() and not below.any() and count >= 0.15 * h * w else 0
+
+
+def _component(ink: np.ndarray, seed: tuple[int, int], limit: int
+               ) -> tuple[int, int, int, int, int] | None:
+    """The bounding box (x0, y0, x1, y1) and pixel count of the 8-connected ink component at
+    ``seed`` (x, y); None as soon as it grows taller or wider than ``limit`` (not a glyph)."""
+    height, width = ink.shape
+    sx, sy = seed
+    seen = {(sx, sy)}
+    todo = [(sx, sy)]
+    bx0, by0, bx1, by1 = sx, sy, sx, sy
+    while todo:
+        x, y = todo.pop()
+        bx0, by0, bx1, by1 = min(bx0, x), min(by0, y), max(bx1, x), max(by1, y)
+        if bx1 - bx0 >= limit or by1 - by0 >= limit:
+            return None
+        for nx in (x - 1, x, x + 1):
+            for ny in (y - 1, y, y + 1):
+                if (0 <= nx < width and 0 <= ny < height and (nx, ny) not in seen
+                        and ink[ny, nx]):
+                    seen.add((nx, ny))
+                    todo.append((nx, ny))
+    return bx0, by0, bx1 + 1, by1 + 1, len(seen)
+
+
+def _union(a: Box, b: Box) -> Box:
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+
+
+def _overlap(a: Box, b: Box) -> int:
+    ix = min(a[2], b[2]) - max(a[0], b[0])
+    iy = min(a[3], b[3]) - max(a[1], b[1])
+    return ix * iy if ix > 0 and iy > 0 else 0
+
+
+#: The most pieces :func:`_merge_to` merges down (each merge looks at every pair, so a layout
+#: shattered into hundreds of pieces would cost seconds; such a layout is far off anyway).
+_MERGE_MAX = 40
+
+
+def _merge_to(ink: np.ndarray, letter_at: _Letters, boxes: list[Box], expected: int) -> list[Box]:
+    """An over-split layout merged down to ``expected`` panels, one pair at a time: the pair
+    whose union covers no other piece and whose merge costs least (the narrowest gap, as a
+    share of the image; much more when the piece that does not hold the union's top-left
+    corner starts with a panel letter, since a panel letter opens a panel)."""
+    height, width = ink.shape
+    boxes = list(boxes)
+    letters = {b: letter_at(b) for b in boxes}
+    while len(boxes) > expected:
+        best: tuple[float, int, int] | None = None
+        for i, a in enumerate(boxes):
+            for j in range(i + 1, len(boxes)):
+                b = boxes[j]
+                u = _union(a, b)
+                if any(_overlap(u, c) > 0 for k, c in enumerate(boxes) if k not in (i, j)):
+                    continue
+                gap = max(0, max(a[0], b[0]) - min(a[2], b[2])) / width + max(
+                    0, max(a[1], b[1]) - min(a[3], b[3])) / height
+                # the piece whose corner is not the union's loses its letter's place
+                later = max(a, b, key=lambda c: (c[0] - u[0]) / width + (c[1] - u[1]) / height)
+                cost = gap + (1.0 if letters[later] else 0.0)
+                if best is None or cost < best[0]:
+                    best = (cost, i, j)
+        if best is None:
+            break
+        _cost, i, j = best
+        merged = _union(boxes[i], boxes[j])
+        letters[merged] = letters[boxes[i]] or letters[boxes[j]]
+        boxes = [b for k, b in enumerate(boxes) if k not in (i, j)] + [merged]
+    return boxes
+
+
+def _letter_cut(ink: np.ndarray, letter_at: _Letters, box: Box, valley: float = 0.1
+                ) -> tuple[float, Box, Box] | None:
+    """The best cut of ``box`` where no gutter is, anchored on a panel letter: a glyph as tall
+    as the figure's first panel letter, in the band along the box's top edge (a panel to the
+    right) or left edge (a panel below), with a line of little ink (at most ``valley`` of it
+    inked) just before it. Panels that touch (a heat map against a network) are found this
+    way. Returns (ink share of the cut line, first piece, second piece) or None."""
+    if not letter_at.ref:
+        return None
+    height, width = ink.shape
+    x0, y0, x1, y1 = box
+    reach = 2 * letter_at.ref
+    best: tuple[float, Box, Box] | None = None
+    for axis in (1, 0):
+        full = width if axis == 1 else height
+        span = x1 - x0 if axis == 1 else y1 - y0
+        band = ink[y0:min(y1, y0 + reach), x0:x1] if axis == 1 else ink[y0:y1, x0:min(x1, x0 + reach)]
+        profile = np.asarray(band.any(axis=0 if axis == 1 else 1))
+        fill = ink[y0:y1, x0:x1].mean(axis=0 if axis == 1 else 1)
+        margin = int(0.08 * full)  # the smallest panel side
+        for a, _b in _runs(profile):
+            if a < margin or a > span - margin:
+                continue
+            line = band[:, a] if axis == 1 else band[a]
+            first_ink = int(np.flatnonzero(line)[0])
+            seed = (x0 + a, y0 + first_ink) if axis == 1 else (x0 + first_ink, y0 + a)
+            glyph = letter_at.component(seed, letter_at.ref + max(2, letter_at.ref // 5) + 1)
+            if glyph is None or not letter_at.like_ref(glyph[3] - glyph[1]):
+                continue
+            lo = max(0, a - max(3, letter_at.ref))
+            m = lo + int(np.argmin(fill[lo:a])) if a > lo else a
+            if fill[m] > valley or (best is not None and fill[m] >= best[0]):
+                continue
+            first = (x0, y0, x0 + m, y1) if axis == 1 else (x0, y0, x1, y0 + m)
+            second = (x0 + m, y0, x1, y1) if axis == 1 else (x0, y0 + m, x1, y1)
+            t1, t2 = _trim(ink, first), _trim(ink, second)
+            if t1 is None or t2 is None or not (letter_at(t1) and letter_at(t2)):
+                continue
+            best = (float(fill[m]), t1, t2)
+    return best
+
+
+def _split_to(ink: np.ndarray, letter_at: _Letters, boxes: list[Box], expected: int) -> list[Box]:
+    """An under-split layout cut further towards ``expected`` panels at letter-marked valleys
+    (:func:`_letter_cut`), the emptiest cut first."""
+    boxes = list(boxes)
+    cache = letter_at.cuts
+    while len(boxes) < expected:
+        for b in boxes:
+            if b not in cache:
+                cache[b] = _letter_cut(ink, letter_at, b)
+        options = [(c, b) for b in boxes if (c := cache[b]) is not None]
+        if not options:
+            break
+        (_fill, first, second), old = min(options, key=lambda o: o[0][0])
+        boxes = [b for b in boxes if b != old] + [first, second]
+    return boxes
+
+
+def _to_count(ink: np.ndarray, letter_at: _Letters, boxes: list[Box], expected: int
+              ) -> list[Box]:
+    """A layout merged (:func:`_merge_to`) or cut at panel letters (:func:`_split_to`)
+    towards ``expected`` panels, as far as its pieces and letters allow."""
+    if expected < len(boxes) <= _MERGE_MAX:
+        return _merge_to(ink, letter_at, boxes, expected)
+    if len(boxes) < expected:
+        return _split_to(ink, letter_at, boxes, expected)
+    return boxes
+
+
+def _choose(ink: np.ndarray, whole: Box, layouts: list[list[Box]], expected: int) -> list[Box]:
+    """The layout to keep when the caption names ``expected`` panels. Over-split layouts are
+    first merged down to that count (:func:`_merge_to`), under-split ones cut at panel letters
+    towards it (:func:`_split_to`). Among those with that many panels
+    (else the closest count, fewer on a tie): the one whose panels most often start with a
+    drawn panel letter, then the one most thresholds agree on, a stable reading of the gutters
+    rather than an accident of one setting; the most cautious one on a tie."""
+    letter_at = _Letters(ink, whole)
+    layouts = [_to_count(ink, letter_at, b, expected) for b in layouts]
     best = min(abs(len(b) - expected) for b in layouts)
     near = [b for b in layouts if abs(len(b) - expected) == best]
     fewest = min(len(b) for b in near)
@@ -454,8 +689,10 @@ def _choose(layouts: list[list[Box]], expected: int) -> list[Box]:
     for b in near:
         key = tuple(sorted(b))
         votes[key] = votes.get(key, 0) + 1
-    top = max(votes.values())
-    return next(b for b in near if votes[tuple(sorted(b))] == top)
+    lettered: dict[tuple[Box, ...], int] = {
+        key: sum(letter_at(b) for b in key) for key in votes}
+    top = max(votes, key=lambda k: (lettered[k], votes[k]))
+    return next(b for b in near if tuple(sorted(b)) == top)
 
 
 def detect_panels(image: Image.Image, ocr_boxes: Iterable[tuple[Sequence[float], str]] | None = None,
@@ -464,9 +701,10 @@ def detect_panels(image: Image.Image, ocr_boxes: Iterable[tuple[Sequence[float],
 
     ``expected``: how many panels the caption names (count of its panel letters), when known.
     Without it the layout alone decides, with ``params``. With it, the layouts of
-    :data:`SEARCH_PARAMS` are tried from the most cautious and the first one that finds that
-    many panels wins (else the one closest to it, fewer on a tie); ``expected <= 1`` keeps the
-    figure whole. The caption is known at index time, so this is how the indexer calls it.
+    :data:`SEARCH_PARAMS` are brought to that many panels where drawn panel letters allow
+    (merged or cut further, see :func:`_choose`) and the best one wins (else the one closest
+    to that count, fewer on a tie); ``expected <= 1`` keeps the figure whole. The caption is
+    known at index time, so this is how the indexer calls it.
 
     ``ocr_boxes``: optional OCR text boxes ``(box, text)`` with ``box`` as (x0, y0, x1, y1) or
     four corner points; a single-letter token near a panel's top-left corner becomes its letter.
@@ -487,7 +725,9 @@ def detect_panels(image: Image.Image, ocr_boxes: Iterable[tuple[Sequence[float],
     elif expected <= 1:
         boxes = [whole]
     else:
-        boxes = _choose([_layout(ink, whole, (width, height), p) for p in SEARCH_PARAMS],
+        frames: dict[tuple[Box, float, int], Box] = {}
+        boxes = _choose(ink, whole, [_layout(ink, whole, (width, height), p, frames)
+                                     for p in SEARCH_PARAMS],
                         expected)
     panels = [Panel(b) for b in reading_order(boxes)]
     if ocr_boxes is not None:

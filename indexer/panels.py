@@ -27,7 +27,7 @@ from figsearch.panels import detect_panels, split_caption
 from figsearch.store import FigureStore
 
 #: Detector version stored with each row; changing it makes the next run recompute all rows.
-ALGO = "xycut-1"
+ALGO = "xycut-2"
 BATCH = 64
 
 

@@ -114,6 +114,48 @@ def test_caption_without_letters_keeps_a_membrane_diagram_whole(shared_data):
     assert len(panels) == 1 and iou(panels[0].box, (0, 0, *image.size)) > 0.95
 
 
+
+# -- failure kinds of the X-Y cut, fixed with the caption's panel count and drawn letters ------
+def test_touching_panels_are_cut_before_their_letter(shared_data):
+    """PMC3594938 Fig. 5 (bench dev p011): panels B and C touch (a frame and a vertical
+    "Merozoites" label, no white gutter); the cut goes just before C's drawn letter."""
+    image, caption = _pmc(shared_data, "PMC3594938__fmicb-04-00035-g005.jpg")
+    subs = split_caption(caption)
+    panels = align(detect_panels(image, expected=_expected(subs)), subs)
+    assert _matches(panels, [(14, 9, 304, 449), (317, 8, 565, 442), (574, 8, 758, 442)])
+    assert [p.letter for p in panels] == ["A", "B", "C"]
+
+
+def test_touching_panels_in_a_large_elife_figure(shared_data):
+    """eLife 32671 Fig. 5 (bench dev p042): A (a drawing) touches B (traces) with no gutter,
+    and C is three plots whose gutters are as wide as the ones between panels: A|B is cut at
+    B's letter and C is kept whole because only its first plot carries a letter."""
+    image = Image.open(shared_data / "jats" / "packages" / "elife-32671" / "fig5.jpg").convert("RGB")
+    subs = split_caption(_elife_caption(shared_data, "fig5"))
+    panels = detect_panels(image, expected=_expected(subs))
+    assert _matches(panels, [(0, 0, 250, 358), (250, 0, 1500, 367), (0, 375, 1500, 733),
+                             (0, 758, 650, 1233), (683, 758, 1500, 1260)])
+
+
+def test_sparse_panel_is_not_split_at_its_inner_white_space(shared_data):
+    """PMC3497051 Fig. 4 (bench dev p034): panel B is two rows of scattered shapes with a white
+    band between them wider than the A|B gutter; the lower row has no panel letter, so it
+    stays with B instead of becoming a third panel."""
+    image, caption = _pmc(shared_data, "PMC3497051__viruses-04-02251-g004.jpg")
+    subs = split_caption(caption)
+    assert _expected(subs) == 2
+    panels = detect_panels(image, expected=2)
+    assert _matches(panels, [(16, 19, 772, 440), (16, 479, 772, 979)])
+
+
+def test_heat_map_beside_a_network_keeps_its_gene_names(shared_data):
+    """PMC4911353 Fig. 5 (bench dev p003): a narrow heat map (B) with its gene names beside a
+    network (A); the gutters A|heat map and heat map|names are equally narrow, and the names
+    must join the heat map, not the network."""
+    image, caption = _pmc(shared_data, "PMC4911353__fimmu-07-00238-g005.jpg")
+    panels = detect_panels(image, expected=_expected(split_caption(caption)))
+    assert _matches(panels, [(1, 1, 534, 364), (538, 1, 660, 364)])
+
 # -- captions ----------------------------------------------------------------------------------
 def test_split_caption_real_ranges_and_styles(shared_data):
     """Ranges "(B–F)", "(C)-(E)", "(A~C)", bare "A)", "A.", Springer "a The", trailing "(a),"."""
