@@ -77,6 +77,7 @@ from figsearch.panel_index import (
     PanelMatch,
     choose_text_panel,
     match_of,
+    own_subcaption,
     subcaption_cosines,
 )
 from figsearch.store import FigureFilter, FigureStore
@@ -289,8 +290,9 @@ class SearchService:
         hits = self._collect(fetch, k, offset, dedup, query)
         with timing.stage("explain"):
             results = fused.get("signals")
-            self._explain(query, mode, hits, results, cvec)
-            self._text_panels(query, hits, cvec)
+            panels = self.store.compound_panels({h.id: h.figure for h in hits}) if hits else {}
+            self._explain(query, mode, hits, results, cvec, panels)
+            self._text_panels(query, hits, cvec, panels)
             match = self._match_quality(query, flt, hits, results or {}, cvec, offset)
         return self._page(query, mode, k, offset, start, hits, match)
 
@@ -520,9 +522,11 @@ class SearchService:
 
     # -- explanations -------------------------------------------------------------------
     def _explain(self, query: str, mode: str, hits: list[SearchHit],
-                 results: dict[str, SignalResult] | None, cvec: np.ndarray | None) -> None:
+                 results: dict[str, SignalResult] | None, cvec: np.ndarray | None,
+                 panels: dict[int, list[Any]] | None = None) -> None:
         """Set each hit's ``signals``: the fused parts (hybrid) or the mode's one signal, with
-        the keyword fields and words and the caption passage that matched. Page hits only."""
+        the keyword fields and words and the caption passage (or panel sub-caption) that
+        matched. Page hits only; ``panels``: the compound hits' aligned panels."""
         if results is not None:
             parts = explain(results, self.fusion, [h.id for h in hits])
             for h in hits:
@@ -535,12 +539,30 @@ class SearchService:
             passages = best_passages(self.captions.index, cvec, {
                 h.id: str(h.figure.get("caption") or "") for h in hits
                 if any(s.name == "caption" for s in h.signals)})
+            passages.update(self._subcaption_passages(cvec, hits, panels or {}))
         for h in hits:
             for signal in h.signals:
                 if signal.name == "keyword":
                     signal.fields, signal.terms = keyword_evidence(query, h.figure)
                 elif signal.name == "caption":
                     signal.passage = passages.get(h.id)
+
+    def _subcaption_passages(self, cvec: np.ndarray, hits: list[SearchHit],
+                             panels: dict[int, list[Any]]) -> dict[int, str]:
+        """{figure id: the sub-caption whose vector is the caption hit's best} where the caption
+        score counts sub-captions (MaxP) and one beat the whole caption and its passages."""
+        index = self.captions.index if self.captions is not None else None
+        if not isinstance(index, PanelIndex) or not panels:
+            return {}
+        ids = [h.id for h in hits
+               if h.id in panels and any(s.name == "caption" for s in h.signals)]
+        inner = index.whole.scores_for(cvec, ids)
+        out: dict[int, str] = {}
+        for fid, (n, score) in index.best_parts(cvec, ids).items():
+            text = own_subcaption(panels[fid][n - 1]) if n <= len(panels[fid]) else None
+            if text and score > inner.get(fid, float("-inf")):
+                out[fid] = text
+        return out
 
     def _image_panels(self, qvec: np.ndarray, hits: list[SearchHit]) -> None:
         """Set ``panel`` on the image-query hits whose best vector is a panel crop rather than
@@ -559,12 +581,12 @@ class SearchService:
                 n, score = best[h.id]
                 h.panel = match_of(panels[h.id], n, "image", score)
 
-    def _text_panels(self, query: str, hits: list[SearchHit], cvec: np.ndarray | None) -> None:
-        """Set ``panel`` on the text-query hits of compound figures whose best sub-caption
-        matches the query better than the whole caption (:func:`choose_text_panel`): by
-        sub-caption vectors when the version has them and the caption signal is live, and by
-        the query's words in each sub-caption."""
-        panels = self.store.compound_panels({h.id: h.figure for h in hits}) if hits else {}
+    def _text_panels(self, query: str, hits: list[SearchHit], cvec: np.ndarray | None,
+                     panels: dict[int, list[Any]]) -> None:
+        """Set ``panel`` on the text-query hits of compound figures (``panels``: their aligned
+        panels) whose best sub-caption matches the query better than the whole caption
+        (:func:`choose_text_panel`): by sub-caption vectors when the version has them and the
+        caption signal is live, and by the query's words in each sub-caption."""
         if not panels:
             return
         subcaptions = getattr(self.captions, "subcaptions", None)

@@ -121,8 +121,9 @@ class SignalExplanation(BaseModel):
     terms: list[str] = Field(default_factory=list, description="keyword: the query's words that "
                              "matched, as typed.")
     passage: str | None = Field(
-        None, description="caption: the caption's sentence window that matched best, when the "
-        "caption index has passages and one beat the whole caption; null: the whole caption.")
+        None, description="caption: the caption's sentence window (or, for a compound figure, "
+        "a panel's sub-caption) that matched best, when one beat the whole caption; null: the "
+        "whole caption.")
 
 
 class FigurePanel(BaseModel):

@@ -148,7 +148,6 @@ def build_index(data_dir: Path, encoder: Any, model_spec: str, perturb: float = 
 def make_small_index_data_dir(data_dir: Path, shared_data: Path, model_dir: Path) -> Path:
     """A complete data dir: store, images, one index version built with the tiny model."""
     from figsearch.encoders import load_model
-
     from indexer.panels import run_panels
 
     store = populate_store(data_dir, shared_data)

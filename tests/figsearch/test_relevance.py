@@ -463,6 +463,7 @@ def test_a_panel_level_text_query_returns_the_figure_with_that_panel(service):
 
 def test_a_crop_of_one_panel_finds_its_figure_with_that_panel(service, relevance_settings):
     from figsearch.imaging import open_image
+    from figsearch.store import FigureFilter
 
     fid = _pd1_figure(service)
     figure = service.store.get_figure(fid)
@@ -479,3 +480,7 @@ def test_a_crop_of_one_panel_finds_its_figure_with_that_panel(service, relevance
     # the whole image matches the figure as a whole: no panel
     whole = service.search_image(image, k=3).hits[0]
     assert whole.id == fid and whole.panel is None
+    # filters apply to figures matched by a panel too
+    other = service.search_image(image.crop(panels[0].box), k=5,
+                                 flt=FigureFilter(pmcid="PMC5519703"))
+    assert other.hits and {h.figure["pmcid"] for h in other.hits} == {"PMC5519703"}
