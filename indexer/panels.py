@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from figsearch.caption_index import CAPTIONS_DIR, CaptionCache, caption_text
 from figsearch.core.config import Settings
+from figsearch.datadir import portable_path
 from figsearch.imaging import ImageError, open_image, safe_image_path
 from figsearch.panel_index import PANEL_SLOTS, PANELS_DIR, own_subcaption, panel_key
 from figsearch.panels import Panel, align, detect_panels, split_caption
@@ -298,9 +299,10 @@ def panel_stage(settings: Settings, store: Any, encoder: Any | None, caption_enc
                                "crops_encoded": built.crops_encoded,
                                "subcaptions_encoded": built.texts_encoded}
         if len(built.crop_keys) and encoder is not None:
-            out["crops"] = _write_vectors(Path(version_dir) / PANELS_DIR, version_dir,
-                                          built.crop_keys, built.crop_vectors, encoder,
-                                          settings.index_memory_gb)
+            out["crops"] = _write_vectors(
+                Path(version_dir) / PANELS_DIR, version_dir, built.crop_keys, built.crop_vectors,
+                encoder, settings.index_memory_gb,
+                model_spec=portable_path(str(getattr(encoder, "spec", "")), settings.data_dir))
         captions = Path(version_dir) / CAPTIONS_DIR
         if len(built.text_keys) and caption_encoder is not None and captions.is_dir():
             out["subcaptions"] = _write_vectors(captions / PANELS_DIR, version_dir,
