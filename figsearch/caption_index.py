@@ -211,36 +211,53 @@ def load_caption_index(version_dir: Path, nprobe: int = 32) -> SearchIndex | Pas
     return PassageIndex(whole, SearchIndex.load(sub / PASSAGES_DIR, nprobe=nprobe))
 
 
-class PassageIndex:
-    """Whole-caption vectors plus passage vectors, searched as one index of figures: a figure's
-    score is the best of its vectors (MaxP). Implements the search service's ``VectorIndex``."""
+def whole_caption_index(index: Any) -> Any:
+    """The whole-caption SearchIndex under any MaxP layers (passages, sub-captions)."""
+    while isinstance(index, MaxPIndex):
+        index = index.whole
+    return index
 
-    def __init__(self, whole: SearchIndex, passages: SearchIndex) -> None:
-        if passages.dim != whole.dim or passages.manifest.get("model_key") != whole.manifest.get(
+
+class MaxPIndex:
+    """Whole-figure vectors plus part vectors (caption passages, panels) keyed ``figure id *
+    slots + n``, searched as one index of figures: a figure's score is the best of its vectors
+    (MaxP). Implements the search service's ``VectorIndex``; anything else (``ids``,
+    ``contains``, ...) is the whole index's."""
+
+    slots = PASSAGE_SLOTS
+    what = "parts"
+
+    def __init__(self, whole: Any, parts: SearchIndex) -> None:
+        if parts.dim != whole.dim or parts.manifest.get("model_key") != whole.manifest.get(
                 "model_key"):
-            raise IndexLoadError(f"caption passages of {whole.version} were built with another "
-                                 "encoder than its captions; rebuild with `figsearch index`")
+            raise IndexLoadError(f"{self.what} of {whole.version} were built with another "
+                                 "encoder than its figures; rebuild with `figsearch index`")
         self.whole = whole
-        self.passages = passages
+        self.parts = parts
         self.version = whole.version
         self.manifest = whole.manifest
 
+    def __getattr__(self, name: str) -> Any:
+        if name in ("whole", "parts"):  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.whole, name)
+
     @property
     def dim(self) -> int:
-        return self.whole.dim
+        return int(self.whole.dim)
 
     @property
     def ntotal(self) -> int:
-        """Figures (whole captions), not vectors: what a search can return."""
-        return self.whole.ntotal
+        """Figures (whole vectors), not vectors: what a search can return."""
+        return int(self.whole.ntotal)
 
     def rows_for(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, found mask) of figure ids among the whole-caption vectors."""
-        return self.whole.rows_for(ids)
+        """(rows, found mask) of figure ids among the whole vectors."""
+        return self.whole.rows_for(ids)  # type: ignore[no-any-return]
 
     def vectors_for(self, ids: np.ndarray | list[int]) -> np.ndarray:
-        """The whole-caption vectors of the given figure ids."""
-        return self.whole.vectors_for(ids)
+        """The whole vectors of the given figure ids."""
+        return self.whole.vectors_for(ids)  # type: ignore[no-any-return]
 
     def search(
         self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | AllowedSet | None = None,
@@ -248,22 +265,22 @@ class PassageIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, figure ids) per query by each figure's best vector (MaxP).
 
-        The candidates are the whole-caption search's k figures (filtered by the index itself)
-        and the figures of the 2k nearest passages (a figure's passages crowd the top of that
-        list, so k passages would name fewer than k figures), kept to ``allowed_ids`` by id
-        rather than by a selector over every passage of every allowed figure, which at 15 M
+        The candidates are the whole search's k figures (filtered by the index itself)
+        and the figures of the 2k nearest parts (a figure's parts crowd the top of that
+        list, so k parts would name fewer than k figures), kept to ``allowed_ids`` by id
+        rather than by a selector over every part of every allowed figure, which at 15 M
         figures would be tens of millions of keys per filtered query. Each candidate is then
         scored exactly by its best vector (:meth:`scores_for`)."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         _s, f_whole = self.whole.search(q, k, allowed_ids, rerank, rerank_factor)
-        _s, k_pass = self.passages.search(q, 2 * k, None, rerank, rerank_factor)
+        _s, k_part = self.parts.search(q, 2 * k, None, rerank, rerank_factor)
         allowed = None if allowed_ids is None else (
             allowed_ids if isinstance(allowed_ids, AllowedSet)
             else AllowedSet.from_ids(sorted_unique(allowed_ids)))
         out_s = np.full((len(q), k), -np.inf, np.float32)
         out_f = np.full((len(q), k), -1, np.int64)
         for row in range(len(q)):
-            found = k_pass[row][k_pass[row] >= 0] // PASSAGE_SLOTS
+            found = k_part[row][k_part[row] >= 0] // self.slots
             if allowed is not None:
                 found = found[allowed.contains(found)]
             candidates = np.unique(np.concatenate([f_whole[row][f_whole[row] >= 0], found]))
@@ -274,20 +291,47 @@ class PassageIndex:
         return out_s, out_f
 
     def scores_for(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
-        """Each given figure's best score, whole caption or passage (figures not indexed: none)."""
-        scores = self.whole.scores_for(qvec, ids)
-        if not scores:
-            return scores
-        keys, values = self.passages.exact_scores(
-            qvec, _passage_keys(np.array(sorted(scores), np.int64)))
-        if not len(keys):
-            return scores
-        figures = keys // PASSAGE_SLOTS  # sorted: the keys are
-        starts = np.flatnonzero(np.r_[True, figures[1:] != figures[:-1]])
-        for fid, best in zip(figures[starts].tolist(),
-                             np.maximum.reduceat(values, starts).tolist(), strict=True):
+        """Each given figure's best score, whole or part (figures not indexed: none)."""
+        scores: dict[int, float] = self.whole.scores_for(qvec, ids)
+        for fid, (_n, best) in self.best_parts(qvec, sorted(scores)).items():
             scores[fid] = max(scores[fid], best)
         return scores
+
+    def best_parts(self, qvec: np.ndarray, ids: list[int]) -> dict[int, tuple[int, float]]:
+        """{figure id: (n, score) of its best-scoring part} for the given figures that have
+        parts: one exact product over every possible part key of those figures."""
+        if not ids:
+            return {}
+        keys, values = self.parts.exact_scores(
+            qvec, part_keys(np.array(sorted(ids), np.int64), self.slots))
+        out: dict[int, tuple[int, float]] = {}
+        for key, value in zip(np.asarray(keys).tolist(), np.asarray(values).tolist(),
+                              strict=True):
+            fid, n = divmod(int(key), self.slots)
+            if value > out.get(fid, (0, float("-inf")))[1]:
+                out[fid] = (n, float(value))
+        return out
+
+
+class PassageIndex(MaxPIndex):
+    """Whole-caption vectors plus passage vectors (:func:`passage_key`), MaxP."""
+
+    slots = PASSAGE_SLOTS
+    what = "caption passages"
+
+    @property
+    def passages(self) -> SearchIndex:
+        return self.parts
+
+
+def passage_layer(index: Any) -> PassageIndex | None:
+    """The :class:`PassageIndex` inside a caption index (other MaxP layers, e.g. panel
+    sub-captions, wrap it), or None."""
+    while isinstance(index, MaxPIndex):
+        if isinstance(index, PassageIndex):
+            return index
+        index = index.whole
+    return None
 
 
 def best_passages(index: Any, qvec: np.ndarray, captions: dict[int, str]) -> dict[int, str]:
@@ -295,41 +339,46 @@ def best_passages(index: Any, qvec: np.ndarray, captions: dict[int, str]) -> dic
     given figures (id -> caption) whose best vector in a :class:`PassageIndex` is a passage
     rather than the whole caption; figures whose whole caption matched best (or an index
     without passages) are absent. One exact product over the figures' passage vectors."""
-    if not isinstance(index, PassageIndex) or not captions:
+    index = passage_layer(index)
+    if index is None or not captions:
         return {}
     ids = sorted(captions)
     whole = index.whole.scores_for(qvec, ids)
-    keys, values = index.passages.exact_scores(qvec, _passage_keys(np.array(ids, np.int64)))
-    best: dict[int, tuple[float, int]] = {}
-    for key, value in zip(keys.tolist(), values.tolist(), strict=True):
-        fid, n = divmod(int(key), PASSAGE_SLOTS)
-        if value > best.get(fid, (float("-inf"), 0))[0]:
-            best[fid] = (value, n)
     out: dict[int, str] = {}
-    for fid, (value, n) in best.items():
+    for fid, (n, value) in index.best_parts(qvec, ids).items():
         windows = passage_windows(captions[fid])
         if value > whole.get(fid, float("-inf")) and 1 <= n <= len(windows):
             out[fid] = windows[n - 1]
     return out
 
 
-def _passage_keys(figure_ids: np.ndarray) -> np.ndarray:
-    """Every possible passage key of the given figures, sorted when the ids are."""
-    slots = np.arange(1, PASSAGE_SLOTS, dtype=np.int64)
-    return (figure_ids.reshape(-1, 1) * PASSAGE_SLOTS + slots).ravel()
+def part_keys(figure_ids: np.ndarray, slots: int = PASSAGE_SLOTS) -> np.ndarray:
+    """Every possible part key (passage or panel) of the given figures, sorted when the ids
+    are."""
+    n = np.arange(1, slots, dtype=np.int64)
+    return (figure_ids.reshape(-1, 1) * slots + n).ravel()
 
 
 class CaptionSignal:
-    """Caption index + the encoder it was built with: what the search service queries."""
+    """Caption index + the encoder it was built with: what the search service queries.
+    ``subcaptions``: the version's panel sub-caption vectors (``captions/panels/``, keyed
+    :func:`figsearch.panel_index.panel_key`), which choose a text query's panel; None
+    without."""
 
-    def __init__(self, index: SearchIndex | PassageIndex, encoder: Any) -> None:
+    def __init__(self, index: SearchIndex | MaxPIndex, encoder: Any,
+                 subcaptions: SearchIndex | None = None) -> None:
         built = index.manifest.get("model_key")
         if built != encoder.model_key or index.dim != encoder.dim:
             raise IndexLoadError(
                 f"caption index was built with {built!r} (dim {index.dim}); the caption model is "
                 f"{encoder.model_key!r} (dim {encoder.dim}); rebuild with `figsearch index`"
             )
+        if subcaptions is not None and (subcaptions.dim != index.dim or
+                                        subcaptions.manifest.get("model_key") != built):
+            raise IndexLoadError(f"panel sub-captions of {index.version} were built with another "
+                                 "encoder than its captions; rebuild with `figsearch index`")
         self.index = index
+        self.subcaptions = subcaptions
         self.encoder = encoder
         self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()

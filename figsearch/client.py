@@ -193,6 +193,17 @@ class FigSearchClient:
         """One figure with its article metadata and links."""
         return self._json("GET", f"/v1/figures/{int(figure_id)}")
 
+    def panels(self, figure_id: int) -> dict[str, Any]:
+        """A figure's panels: number, box, letter, sub-caption and crop URL of each."""
+        return self._json("GET", f"/v1/figures/{int(figure_id)}/panels")
+
+    def panel_image_bytes(self, figure_id: int, number: int) -> bytes:
+        """One panel cut from the stored figure image (JPEG)."""
+        return self._request("GET", self.panel_image_url(figure_id, number)).content
+
+    def panel_image_url(self, figure_id: int, number: int) -> str:
+        return f"{self.base_url}/v1/figures/{int(figure_id)}/panels/{int(number)}/image"
+
     def article(self, pmcid: str) -> dict[str, Any]:
         """An article and its figures."""
         return self._json("GET", f"/v1/articles/{quote(pmcid, safe='')}")

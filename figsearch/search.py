@@ -50,7 +50,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from figsearch import timing
-from figsearch.caption_index import best_passages
+from figsearch.caption_index import best_passages, whole_caption_index
 from figsearch.columns import AllowedSet, VersionColumns
 from figsearch.core.config import Settings
 from figsearch.explain import (
@@ -72,6 +72,14 @@ from figsearch.fusion import (
 )
 from figsearch.keyword_index import KeywordIndex, all_words_then_any
 from figsearch.links import PMC_ARTICLE_URL, article_url, figure_url  # noqa: F401 (re-exported)
+from figsearch.panel_index import (
+    PanelIndex,
+    PanelMatch,
+    choose_text_panel,
+    match_of,
+    own_subcaption,
+    subcaption_cosines,
+)
 from figsearch.store import FigureFilter, FigureStore
 
 MODES = ("hybrid", "dense", "keyword", "caption")
@@ -130,6 +138,8 @@ class SearchHit:
     ``caption_highlighted`` is the HTML-escaped caption with the tokens FTS5 matched in
     ``<mark>``; ``ocr_snippet`` the best matching window of the in-figure text ("" when the
     query matched none of it). ``signals``: why it matched (:mod:`figsearch.explain`).
+    ``panel``: the panel of a compound figure that matched best (:mod:`figsearch.panel_index`),
+    or None when the figure as a whole matched best.
     """
 
     id: int
@@ -139,6 +149,7 @@ class SearchHit:
     caption_highlighted: str
     ocr_snippet: str = ""
     signals: list[HitSignal] = field(default_factory=list)
+    panel: PanelMatch | None = None
 
 
 @dataclass
@@ -178,8 +189,10 @@ def query_terms(query: str) -> set[str]:
 
 def _row_ids(index: Any) -> np.ndarray | None:
     """The figure ids of a vector index's rows that filters apply to (a caption index with
-    passages filters its whole-caption index), or None."""
-    ids = getattr(getattr(index, "whole", index), "ids", None)
+    passages or panels filters its whole-caption index), or None."""
+    while getattr(index, "whole", None) is not None:
+        index = index.whole
+    ids = getattr(index, "ids", None)
     return ids if isinstance(ids, np.ndarray) else None
 
 
@@ -198,9 +211,11 @@ class SearchService:
         self, store: FigureStore, index: VectorIndex | None, encoder: TextImageEncoder | None,
         settings: Settings, captions: Any = None, fusion: FusionConfig | None = None,
         columns: VersionColumns | None = None, keywords: KeywordIndex | None = None,
-        text_only: bool = False,
+        text_only: bool = False, panels: Any = None,
     ) -> None:
         self.store = store
+        # the image index with the version's panel crops (MaxP) for image queries, or None
+        self.panels: PanelIndex | None = panels if isinstance(panels, PanelIndex) else None
         self.keywords = keywords  # the version's tantivy index; None: the store's FTS5
         self.text_only = text_only  # a version built without an image index
         # the version's columnar filter metadata (figsearch.columns): filters without a SQL
@@ -275,7 +290,9 @@ class SearchService:
         hits = self._collect(fetch, k, offset, dedup, query)
         with timing.stage("explain"):
             results = fused.get("signals")
-            self._explain(query, mode, hits, results, cvec)
+            panels = self.store.compound_panels({h.id: h.figure for h in hits}) if hits else {}
+            self._explain(query, mode, hits, results, cvec, panels)
+            self._text_panels(query, hits, cvec, panels)
             match = self._match_quality(query, flt, hits, results or {}, cvec, offset)
         return self._page(query, mode, k, offset, start, hits, match)
 
@@ -291,14 +308,17 @@ class SearchService:
         start = time.perf_counter()
         excluded = {int(i) for i in exclude}
 
+        index = self.panels or self._require_index()  # figures score as their best panel
+
         def fetch(n: int) -> _Candidates:
-            cands = self._dense(qvec, n + len(excluded), flt)
+            cands = self._vector_search(index, qvec, n + len(excluded), flt)
             keep = [(i, s) for i, s in zip(cands.ids, cands.scores, strict=True) if i not in excluded]
             return _Candidates([i for i, _ in keep], [s for _, s in keep], cands.exhausted)
 
         hits = self._collect(fetch, k, offset, dedup, "")
         for h in hits:  # the hit's score is the image cosine itself
             h.signals = [HitSignal("dense", h.score, h.score, 1.0, None, h.rank)]
+        self._image_panels(qvec, hits)
         return self._page(label, "dense", k, offset, start, hits)
 
     def search_image(
@@ -502,9 +522,11 @@ class SearchService:
 
     # -- explanations -------------------------------------------------------------------
     def _explain(self, query: str, mode: str, hits: list[SearchHit],
-                 results: dict[str, SignalResult] | None, cvec: np.ndarray | None) -> None:
+                 results: dict[str, SignalResult] | None, cvec: np.ndarray | None,
+                 panels: dict[int, list[Any]] | None = None) -> None:
         """Set each hit's ``signals``: the fused parts (hybrid) or the mode's one signal, with
-        the keyword fields and words and the caption passage that matched. Page hits only."""
+        the keyword fields and words and the caption passage (or panel sub-caption) that
+        matched. Page hits only; ``panels``: the compound hits' aligned panels."""
         if results is not None:
             parts = explain(results, self.fusion, [h.id for h in hits])
             for h in hits:
@@ -517,12 +539,68 @@ class SearchService:
             passages = best_passages(self.captions.index, cvec, {
                 h.id: str(h.figure.get("caption") or "") for h in hits
                 if any(s.name == "caption" for s in h.signals)})
+            passages.update(self._subcaption_passages(cvec, hits, panels or {}))
         for h in hits:
             for signal in h.signals:
                 if signal.name == "keyword":
                     signal.fields, signal.terms = keyword_evidence(query, h.figure)
                 elif signal.name == "caption":
                     signal.passage = passages.get(h.id)
+
+    def _subcaption_passages(self, cvec: np.ndarray, hits: list[SearchHit],
+                             panels: dict[int, list[Any]]) -> dict[int, str]:
+        """{figure id: the sub-caption whose vector is the caption hit's best} where the caption
+        score counts sub-captions (MaxP) and one beat the whole caption and its passages."""
+        index = self.captions.index if self.captions is not None else None
+        if not isinstance(index, PanelIndex) or not panels:
+            return {}
+        ids = [h.id for h in hits
+               if h.id in panels and any(s.name == "caption" for s in h.signals)]
+        inner = index.whole.scores_for(cvec, ids)
+        out: dict[int, str] = {}
+        for fid, (n, score) in index.best_parts(cvec, ids).items():
+            text = own_subcaption(panels[fid][n - 1]) if n <= len(panels[fid]) else None
+            if text and score > inner.get(fid, float("-inf")):
+                out[fid] = text
+        return out
+
+    def _image_panels(self, qvec: np.ndarray, hits: list[SearchHit]) -> None:
+        """Set ``panel`` on the image-query hits whose best vector is a panel crop rather than
+        the whole image (page hits only; one exact product over their panel vectors)."""
+        if self.panels is None or not hits:
+            return
+        ids = [h.id for h in hits]
+        whole = self.panels.whole.scores_for(qvec, ids)
+        best = {fid: nv for fid, nv in self.panels.best_parts(qvec, ids).items()
+                if nv[1] > whole.get(fid, float("-inf"))}
+        if not best:
+            return
+        panels = self.store.compound_panels({h.id: h.figure for h in hits if h.id in best})
+        for h in hits:
+            if h.id in best and h.id in panels:
+                n, score = best[h.id]
+                h.panel = match_of(panels[h.id], n, "image", score)
+
+    def _text_panels(self, query: str, hits: list[SearchHit], cvec: np.ndarray | None,
+                     panels: dict[int, list[Any]]) -> None:
+        """Set ``panel`` on the text-query hits of compound figures (``panels``: their aligned
+        panels) whose best sub-caption matches the query better than the whole caption
+        (:func:`choose_text_panel`): by sub-caption vectors when the version has them and the
+        caption signal is live, and by the query's words in each sub-caption."""
+        if not panels:
+            return
+        subcaptions = getattr(self.captions, "subcaptions", None)
+        whole: dict[int, float] = {}
+        if subcaptions is not None:
+            cvec = cvec if cvec is not None else self._encode_caption_query(query)
+            whole = whole_caption_index(self.captions.index).scores_for(cvec, sorted(panels))
+        for h in hits:
+            if h.id not in panels:
+                continue
+            cosines = (subcaption_cosines(subcaptions, cvec, h.id)
+                       if subcaptions is not None and cvec is not None and h.id in whole
+                       else None)
+            h.panel = choose_text_panel(query, h.figure, panels[h.id], cosines, whole.get(h.id))
 
     def _match_quality(self, query: str, flt: FigureFilter, hits: list[SearchHit],
                        results: dict[str, SignalResult], cvec: np.ndarray | None,

@@ -112,9 +112,12 @@ class VersionLoader:
 
         # filters from the version's columns (figsearch.columns) when it has them
         columns = VersionColumns.load(version_dir, store=view)
+        from figsearch.panel_index import load_panel_index
+
         service = SearchService(view, index, encoder, self.settings, captions=captions,
                                 columns=columns, keywords=KeywordIndex.load(version_dir),
-                                text_only=manifest.get("kind") == "text")
+                                text_only=manifest.get("kind") == "text",
+                                panels=load_panel_index(index, version_dir, self.settings.nprobe))
         types = frozenset(view.distinct_values("figure_type"))
         version = index.version if index else str(manifest["version"])
         return Loaded(version, version_dir, index, encoder, service, time.time(), types,
@@ -157,7 +160,7 @@ class VersionLoader:
         without a caption index or caption model)."""
         from figsearch.caption_index import CaptionSignal, load_caption_index
 
-        index = load_caption_index(version_dir, nprobe=self.settings.nprobe)
+        index: Any = load_caption_index(version_dir, nprobe=self.settings.nprobe)
         spec = self.settings.caption_model or str((index.manifest if index else {}).get("model_spec") or "")
         if index is None or not spec:
             return None, None
@@ -171,7 +174,12 @@ class VersionLoader:
             self._caption_encoders[spec] = BatchingEncoder(
                 encoder, max_batch=min(self.settings.batch_size, QUERY_BATCH),
                 cache_size=self.settings.query_cache_size)
-        return CaptionSignal(index, self._caption_encoders[spec]), backend
+        subcaptions = load_subcaptions(version_dir, self.settings.nprobe)
+        if subcaptions is not None and self.settings.panel_caption_maxp:
+            from figsearch.panel_index import PanelIndex
+
+            index = PanelIndex(index, subcaptions)
+        return CaptionSignal(index, self._caption_encoders[spec], subcaptions), backend
 
     def _onnx_encoder(self, spec: str) -> Any:
         """The exported encoder an ``onnx:<model key>`` spec names."""
@@ -256,6 +264,16 @@ class VersionLoader:
 
         threads = self.settings.torch_threads
         model_thread().call(lambda: set_torch_threads(threads))
+
+
+def load_subcaptions(version_dir: Path, nprobe: int = 32) -> SearchIndex | None:
+    """The version's panel sub-caption vectors (``captions/panels/``), or None."""
+    from figsearch.caption_index import CAPTIONS_DIR
+    from figsearch.index import MANIFEST_FILE
+    from figsearch.panel_index import PANELS_DIR
+
+    sub = Path(version_dir) / CAPTIONS_DIR / PANELS_DIR
+    return SearchIndex.load(sub, nprobe=nprobe) if (sub / MANIFEST_FILE).is_file() else None
 
 
 def onnx_root(settings: Settings) -> Path:

@@ -898,6 +898,36 @@ class FigureStore:
             return None
         return [(int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in json.loads(row[0])]
 
+    def panel_boxes_many(self, sha256s: Sequence[str]) -> dict[str, list[tuple[int, int, int, int]]]:
+        """Stored panel boxes by image hash (images without a row, or unreadable: absent)."""
+        out: dict[str, list[tuple[int, int, int, int]]] = {}
+        shas = sorted({s for s in sha256s if s})
+        with self.engine.connect() as conn:
+            for i in range(0, len(shas), 500):
+                chunk = shas[i : i + 500]
+                marks = ", ".join(f":s{j}" for j in range(len(chunk)))
+                rows = conn.execute(text(
+                    f"SELECT sha256, panels FROM figure_panels WHERE sha256 IN ({marks}) "
+                    "AND error IS NULL"), {f"s{j}": v for j, v in enumerate(chunk)}).all()
+                out.update({str(r[0]): [(int(b[0]), int(b[1]), int(b[2]), int(b[3]))
+                                        for b in json.loads(r[1])] for r in rows})
+        return out
+
+    def compound_panels(self, figures: dict[int, dict[str, Any]]) -> dict[int, list[Any]]:
+        """{figure id: aligned panels} of the given figure rows (id -> row with ``sha256`` and
+        ``caption``) whose image has more than one panel: one query for all of them (a search
+        page), where :meth:`figure_panels` reads one figure."""
+        from figsearch.panels import Panel, align, split_caption
+
+        boxes = self.panel_boxes_many([str(f.get("sha256") or "") for f in figures.values()])
+        out: dict[int, list[Any]] = {}
+        for fid, figure in figures.items():
+            found = boxes.get(str(figure.get("sha256") or ""))
+            if found and len(found) > 1:
+                out[int(fid)] = align([Panel(b) for b in found],
+                                      split_caption(str(figure.get("caption") or "")))
+        return out
+
     def figure_panels(self, figure_id: int) -> list[Any] | None:
         """A figure's panels (:class:`figsearch.panels.Panel`) with letters and sub-captions
         from its own caption; None when its image has no panels row yet."""

@@ -226,9 +226,10 @@ def caption_budgets(n_whole: int, n_passages: int, memory_gb: float) -> tuple[fl
 
 def _write_vectors(sub: Path, version_dir: Path, ids: np.ndarray, vectors: np.ndarray,
                    encoder: Any, memory_gb: float, sha: np.ndarray | None = None,
-                   extra: dict[str, Any] | None = None) -> int:
+                   extra: dict[str, Any] | None = None, model_spec: str | None = None) -> int:
     """One SearchIndex directory of ``ids`` and ``vectors`` (with the rows' text hashes
-    ``sha`` when given, and ``extra`` in its manifest); returns the count."""
+    ``sha`` when given, and ``extra`` in its manifest; ``model_spec`` instead of the
+    encoder's, e.g. a data-dir-relative one); returns the count."""
     from indexer.build import _checksums, _validate_inputs, write_version_files
 
     sub.mkdir(parents=True, exist_ok=True)
@@ -246,7 +247,7 @@ def _write_vectors(sub: Path, version_dir: Path, ids: np.ndarray, vectors: np.nd
     manifest = {
         # written inside the version's temporary .building-<version> dir, named as it will be
         "version": version_name(version_dir),
-        "model_spec": encoder.spec, "model_key": encoder.model_key,
+        "model_spec": model_spec or encoder.spec, "model_key": encoder.model_key,
         "dim": dim, "count": n, "factory": factory, "metric": "inner_product",
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "checksums": _checksums(sub, [INDEX_FILE, IDS_FILE, VECTORS_FILE, *rows]),

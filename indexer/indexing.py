@@ -72,6 +72,7 @@ from indexer.embed import (
     merge_shards,
     rank_device,
 )
+from indexer.panels import panel_stage
 from indexer.worklist import WorkList, load_worklist, write_worklist
 
 CLASSIFY_CHUNK = 100_000
@@ -254,9 +255,11 @@ def build_from_worklist(
     print(f"index: image model check: {check}", file=sys.stderr)
     caption_encoder = caption_encoder or load_caption_encoder(settings)
     captions = caption_stage(settings, store, caption_encoder, progress)
+    panels = panel_stage(settings, store, encoder, caption_encoder, progress)
 
     def add_files(version_dir: Path) -> dict[str, Any]:
         out = captions(version_dir) if captions else {}
+        out.update(panels(version_dir))  # after the captions: it writes into captions/
         ids = np.union1d(embedded.ids, _caption_ids(version_dir))
         out.update(run_version_writers(VersionContext(None, version_dir, store,
                                                       np.zeros(0, np.int64), ids)))
@@ -409,6 +412,8 @@ def _build_by_delta(settings: Settings, store: FigureStore, encoder: Any, wl: Wo
     delta.prev_row_maps[TYPES_FILE] = _code_map([labels.index(n) for n in prev_names])
     caption_encoder = caption_encoder or load_caption_encoder(settings)
     captions, caption_delta = caption_delta_stage(settings, store, caption_encoder, prev, progress)
+    # the small panel indexes are written anew from the vector caches (only new panels embed)
+    panels = panel_stage(settings, store, encoder, caption_encoder, progress)
 
     def extra(version_dir: Path) -> dict[str, Any]:
         ids = np.load(version_dir / IDS_FILE)
@@ -421,6 +426,7 @@ def _build_by_delta(settings: Settings, store: FigureStore, encoder: Any, wl: Wo
 
     def add_files(version_dir: Path) -> dict[str, Any]:
         out = captions(version_dir) if captions else {}
+        out.update(panels(version_dir))
         before = np.union1d(np.load(prev / IDS_FILE), _caption_ids(prev))
         after = np.union1d(np.load(version_dir / IDS_FILE), _caption_ids(version_dir))
         changed_captions = (caption_delta.upserted_ids if caption_delta is not None

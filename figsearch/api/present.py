@@ -12,7 +12,7 @@ from figsearch import timing
 from figsearch.api.schemas import FigureDetail, SearchResponse, SearchResult
 from figsearch.links import article_url, figure_url
 from figsearch.rights import attribution, effective_license, is_reusable, reuse
-from figsearch.search import SearchPage
+from figsearch.search import SearchHit, SearchPage
 from figsearch.store import FigureFilter
 
 #: the route that re-runs a text search (``permalink``'s default)
@@ -48,6 +48,28 @@ def _common(figure: dict[str, Any], base_url: str) -> dict[str, Any]:
         "attribution": attribution(figure), "doi": figure.get("doi"),
         "source": figure.get("source") or "", **links(figure, base_url),
     }
+
+
+def panel_crop_url(base_url: str, figure_id: int, number: int) -> str:
+    """This API's URL of one panel's crop."""
+    return f"{base_url}/v1/figures/{int(figure_id)}/panels/{int(number)}/image"
+
+
+def panel_payload(hit: SearchHit, base_url: str) -> dict[str, Any] | None:
+    """A hit's matched panel as the API returns it (with its crop URL), or None."""
+    if hit.panel is None:
+        return None
+    return {**hit.panel.as_dict(), "crop_url": panel_crop_url(base_url, hit.id, hit.panel.number)}
+
+
+def figure_panels_payload(figure_id: int, panels: list[Any], base_url: str) -> dict[str, Any]:
+    """A figure's aligned panels (:meth:`FigureStore.figure_panels`) as the API lists them."""
+    from figsearch.panel_index import own_subcaption
+
+    return {"figure_id": int(figure_id), "compound": len(panels) > 1, "panels": [
+        {"number": n, "box": [int(v) for v in p.box], "letter": p.letter,
+         "subcaption": own_subcaption(p), "crop_url": panel_crop_url(base_url, figure_id, n)}
+        for n, p in enumerate(panels, 1)]}
 
 
 def filter_params(flt: FigureFilter | None) -> dict[str, Any]:
@@ -95,7 +117,7 @@ def search_payload(page: SearchPage, base_url: str, flt: FigureFilter | None = N
         item = _common(h.figure, base_url)
         item.update(rank=h.rank, score=round(float(h.score), 6),
                     caption_highlighted=h.caption_highlighted, ocr_snippet=h.ocr_snippet,
-                    signals=[s.as_dict() for s in h.signals])
+                    signals=[s.as_dict() for s in h.signals], panel=panel_payload(h, base_url))
         results.append(item)
     return {"query": page.query, "mode": page.mode, "k": page.k, "offset": page.offset,
             "index_version": page.index_version, "took_ms": page.took_ms,
@@ -127,7 +149,7 @@ def search_response(page: SearchPage, base_url: str, flt: FigureFilter | None = 
         SearchResult(
             rank=h.rank, score=round(float(h.score), 6), caption_highlighted=h.caption_highlighted,
             ocr_snippet=h.ocr_snippet, signals=[s.as_dict() for s in h.signals],
-            **_common(h.figure, base_url),
+            panel=panel_payload(h, base_url), **_common(h.figure, base_url),
         )
         for h in page.hits
     ]

@@ -121,8 +121,46 @@ class SignalExplanation(BaseModel):
     terms: list[str] = Field(default_factory=list, description="keyword: the query's words that "
                              "matched, as typed.")
     passage: str | None = Field(
-        None, description="caption: the caption's sentence window that matched best, when the "
-        "caption index has passages and one beat the whole caption; null: the whole caption.")
+        None, description="caption: the caption's sentence window (or, for a compound figure, "
+        "a panel's sub-caption) that matched best, when one beat the whole caption; null: the "
+        "whole caption.")
+
+
+class FigurePanel(BaseModel):
+    """One panel of a compound figure (figsearch.panels: found at index time)."""
+
+    number: int = Field(description="1-based panel number in reading order (rows top to "
+                        "bottom, left to right).", examples=[1])
+    box: list[int] = Field(min_length=4, max_length=4,
+                           description="x0, y0, x1, y1 in pixels of the stored figure image "
+                           "(`image_url`), end-exclusive.", examples=[[11, 10, 776, 421]])
+    letter: str | None = Field(None, description="The panel's letter (A, B, ...), from the "
+                               "caption's order; null when the caption names none.",
+                               examples=["A"])
+    subcaption: str | None = Field(None, description="The part of the caption about this "
+                                   "panel (the intro shared by all panels excluded); null: none.")
+    crop_url: str = Field(description="This API's URL of the panel cut from the figure image.")
+
+
+class PanelMatchResult(FigurePanel):
+    """The panel of a result that matched the query best."""
+
+    signal: Literal["image", "caption", "keyword"] = Field(
+        description="What chose it: `image` (an image query matched the panel's crop better "
+        "than the whole figure), `caption` (the panel's sub-caption matched a text query better "
+        "than the whole caption, in meaning and words) or `keyword` (only this panel's "
+        "sub-caption holds the query's words).")
+    score: float = Field(description="The panel's score: the image cosine (`image`), the "
+                         "sub-caption cosine plus the share of query words (`caption`), the "
+                         "share of query words (`keyword`).")
+
+
+class FigurePanelsResponse(BaseModel):
+    """A figure's panels; one panel (the whole image, trimmed) when it is not compound."""
+
+    figure_id: int
+    compound: bool = Field(description="More than one panel.")
+    panels: list[FigurePanel]
 
 
 class SearchResult(FigureBase):
@@ -146,6 +184,10 @@ class SearchResult(FigureBase):
         default_factory=list,
         description="Why it matched: each signal's part in `score`, with the keyword fields and "
                     "words, caption passage or image cosine behind it.")
+    panel: PanelMatchResult | None = Field(
+        None, description="For a compound figure, the panel that matched the query best (its "
+        "box, letter, sub-caption and a crop URL); null when the figure as a whole matched "
+        "best or is not compound.")
 
 
 class SearchResponse(BaseModel):

@@ -204,6 +204,12 @@ class Settings(BaseSettings):
         "overlapping passages (3 sentences, stride 2) of a long caption; a figure scores as its "
         "best passage (MaxP). 0 = whole captions only (about 4x fewer caption vectors).",
     )
+    panel_caption_maxp: bool = Field(
+        True,
+        description="Caption semantics: a compound figure's caption score is also the best of "
+        "its panels' sub-caption vectors (MaxP, like passages); off = sub-captions only choose "
+        "which panel a text query highlights.",
+    )
     fusion_weights: str = Field(
         "caption=0.25,keyword=0.65,dense=0.1",
         description="Weights of the signals in the default (hybrid) mode, `signal=weight,...`; "

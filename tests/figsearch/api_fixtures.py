@@ -9,7 +9,8 @@ figure types set to ``diagram/pathway`` / ``multi-panel figure`` (labels of
 :mod:`figsearch.figure_types`); one *copy* of the first figure's image in a second
 article (same sha256 -> collapsed by dedup); and one synthetic article with two figures
 (``source="synthetic"``, no PMC links, type ``chart/plot``). Vectors come from the tiny model, the
-index from :func:`indexer.build.build_version`.
+index from :func:`indexer.build.build_version`. The store has the panel boxes of the images
+(``figure_panels``), the version no panel index (a version built before panel search).
 """
 
 from __future__ import annotations
@@ -147,8 +148,10 @@ def build_index(data_dir: Path, encoder: Any, model_spec: str, perturb: float = 
 def make_small_index_data_dir(data_dir: Path, shared_data: Path, model_dir: Path) -> Path:
     """A complete data dir: store, images, one index version built with the tiny model."""
     from figsearch.encoders import load_model
+    from indexer.panels import run_panels
 
     store = populate_store(data_dir, shared_data)
+    run_panels(store, Settings(data_dir=data_dir).images_dir)  # boxes only: no panel index
     store.close()
     encoder = load_model(str(model_dir), device="cpu")
     build_index(data_dir, encoder, str(model_dir))

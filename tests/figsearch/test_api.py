@@ -21,7 +21,7 @@ RESULT_FIELDS = {
     "title", "journal", "year", "license", "license_url", "doi", "source", "ocr_snippet",
     "article_license", "figure_license", "rights_statement", "rights_holder", "third_party",
     "reuse", "reusable", "authors", "attribution",
-    "signals",
+    "signals", "panel",
 }
 RESPONSE_FIELDS = {"query", "mode", "k", "offset", "index_version", "took_ms", "results",
                    "match_quality", "match_note", "match_evidence", "filters", "permalink"}
@@ -381,3 +381,78 @@ def test_a_mode_the_index_cannot_serve_is_a_conflict_not_a_bad_request(client):
     assert batch.json()["detail"].startswith("queries[1]: caption search is unavailable")
     bad = client.post("/v1/search", json={"queries": [{"q": "kinase"}, {"q": "  "}]})
     assert bad.status_code == 400 and bad.json()["detail"].startswith("queries[1]:")
+
+
+# -- panels of compound figures -------------------------------------------------------------------
+def _pd1_figure_id(settings: Settings) -> int:
+    """PMC6479336 Fig. 1: (A) PD-1 engagement above (B) PD-1 blockade (a real compound figure)."""
+    import sqlite3
+
+    with sqlite3.connect(settings.db_path) as con:
+        rows = con.execute("SELECT f.id FROM figures f JOIN articles a ON a.id = f.article_id "
+                           "WHERE a.pmcid = 'PMC6479336'").fetchall()
+    assert len(rows) == 1, rows
+    return int(rows[0][0])
+
+
+def test_panels_of_a_compound_figure_and_their_crops(client, settings):
+    fid = _pd1_figure_id(settings)
+    r = client.get(f"/v1/figures/{fid}/panels")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["figure_id"] == fid and body["compound"] is True
+    assert [(p["number"], p["letter"]) for p in body["panels"]] == [(1, "A"), (2, "B")]
+    assert body["panels"][0]["subcaption"].startswith("(A) Engagement of the PD-1 receptor")
+    assert body["panels"][1]["subcaption"].startswith("(B) Blocking the PD-1")
+    top, bottom = (p["box"] for p in body["panels"])
+    assert top[3] <= bottom[1]  # (A) above (B)
+    for panel in body["panels"]:
+        crop = client.get(panel["crop_url"])
+        assert crop.status_code == 200 and crop.headers["content-type"] == "image/jpeg"
+        x0, y0, x1, y1 = panel["box"]
+        assert Image.open(io.BytesIO(crop.content)).size == (x1 - x0, y1 - y0)
+        again = client.get(panel["crop_url"], headers={"If-None-Match": crop.headers["etag"]})
+        assert again.status_code == 304
+    assert_error(client.get(f"/v1/figures/{fid}/panels/3/image"), 404,
+                 "has 2 panels; there is no panel 3")
+    assert_error(client.get("/v1/figures/999999/panels"), 404, "no figure with id 999999")
+    assert client.get(f"/v1/figures/{fid}/panels/0/image").status_code == 422
+
+
+def test_a_figure_that_is_not_compound_is_one_panel(client, settings):
+    import sqlite3
+
+    with sqlite3.connect(settings.db_path) as con:
+        fid = con.execute("SELECT f.id FROM figures f JOIN figure_panels p ON p.sha256 = "
+                          "f.sha256 WHERE f.source = 'pmc' AND json_array_length(p.panels) = 1 "
+                          "ORDER BY f.id").fetchone()[0]
+    body = client.get(f"/v1/figures/{fid}/panels").json()
+    assert body["compound"] is False and len(body["panels"]) == 1
+    assert body["panels"][0]["letter"] is None and body["panels"][0]["subcaption"] is None
+
+
+def test_a_version_without_panel_indexes_searches_and_picks_panels_by_words(client, settings):
+    """The fixture's version was built before panel search (no panels/, no caption index): text
+    search still picks a compound hit's panel by the query's words alone; image search works."""
+    from figsearch.index import current_version_dir
+
+    version = current_version_dir(settings.indexes_dir)
+    assert version is not None and not (version / "panels").exists()
+    fid = _pd1_figure_id(settings)
+    r = client.get("/v1/search", params={
+        "q": "blocking the PD-1 checkpoint so effector T cells attack infected glia",
+        "mode": "keyword", "k": 5})
+    assert r.status_code == 200, r.text
+    top = r.json()["results"][0]
+    assert top["id"] == fid
+    assert top["panel"]["number"] == 2 and top["panel"]["letter"] == "B"
+    assert top["panel"]["signal"] == "keyword" and top["panel"]["subcaption"].startswith("(B)")
+    assert top["panel"]["crop_url"].endswith(f"/v1/figures/{fid}/panels/2/image")
+    general = client.get("/v1/search", params={"q": "glial modulation of T lymphocytes",
+                                              "mode": "keyword"})  # words of the intro
+    hit = next(h for h in general.json()["results"] if h["id"] == fid)
+    assert hit["panel"] is None
+    jpg = client.get(f"/v1/figures/{fid}/panels/1/image").content
+    image = client.post("/v1/search/image", params={"k": 3},
+                        files={"image": ("q.jpg", jpg, "image/jpeg")})
+    assert image.status_code == 200 and all(h["panel"] is None for h in image.json()["results"])

@@ -54,6 +54,25 @@ def test_records_similar_stats_health(api):
     assert api.image_bytes(1, thumbnail=True)[:2] == b"\xff\xd8"  # JPEG
 
 
+def test_panels_of_a_figure_and_their_crops(api):
+    """The real compound figure PMC6479336 Fig. 1: (A) above (B), each crop its box's size."""
+    import io
+
+    from PIL import Image
+
+    hit = api.search("blocking the PD-1 checkpoint so effector T cells attack infected glia",
+                     mode="keyword", k=1)["results"][0]
+    assert hit["pmcid"] == "PMC6479336" and hit["panel"]["letter"] == "B"
+    panels = api.panels(hit["id"])["panels"]
+    assert [p["letter"] for p in panels] == ["A", "B"]
+    x0, y0, x1, y1 = panels[1]["box"]
+    crop = api.panel_image_bytes(hit["id"], 2)
+    assert Image.open(io.BytesIO(crop)).size == (x1 - x0, y1 - y0)
+    assert api.panel_image_url(hit["id"], 2) == hit["panel"]["crop_url"]
+    with pytest.raises(FigSearchError, match="no panel 5"):
+        api.panel_image_bytes(hit["id"], 5)
+
+
 def test_batch_search(api):
     out = api.search_batch([{"q": "kinase"}, {"vector": [0.2] * 32}], k=2)
     assert [len(r["results"]) for r in out["responses"]] == [2, 2]

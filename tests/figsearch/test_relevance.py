@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from figsearch.cli import main as figsearch_cli
@@ -408,3 +409,78 @@ def test_text_only_version_serves_text_search_then_hot_swaps_in_the_image_index(
         assert stats["index_count"] > 0 and stats["signals"]["dense"] is True
         dense = client.get("/v1/search", params={"q": "TREM2", "mode": "dense"})
         assert dense.status_code == 200 and dense.json()["results"]
+
+
+# -- panels of compound figures (figsearch.panel_index) -------------------------------------------
+PD1_PMCID = "PMC6479336"  # Fig. 1: (A) PD-1 engagement above (B) PD-1 blockade
+
+
+def _pd1_figure(service: SearchService) -> int:
+    from sqlalchemy import text
+
+    with service.store.engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT f.id FROM figures f JOIN articles a ON a.id = f.article_id "
+            "WHERE a.pmcid = :p AND f.caption LIKE '%(B) Blocking the PD-1%'"),
+            {"p": PD1_PMCID}).all()
+    assert len(rows) == 1, rows
+    return int(rows[0][0])
+
+
+def test_the_build_embeds_panel_crops_and_subcaptions(service, relevance_settings):
+    from figsearch.index import current_version_dir
+    from figsearch.panel_index import PANEL_SLOTS, PanelIndex, panel_key
+
+    version = current_version_dir(relevance_settings.indexes_dir)
+    assert version is not None
+    crops = np.load(version / "panels" / "ids.npy")
+    subcaptions = np.load(version / "captions" / "panels" / "ids.npy")
+    fid = _pd1_figure(service)
+    assert {panel_key(fid, 1), panel_key(fid, 2)} <= set(crops.tolist())
+    assert {panel_key(fid, 1), panel_key(fid, 2)} <= set(subcaptions.tolist())
+    # only compound figures have panels, each figure at most PANEL_SLOTS - 1
+    assert len(set((crops // PANEL_SLOTS).tolist())) >= 10 and (crops % PANEL_SLOTS).min() >= 1
+    assert isinstance(service.panels, PanelIndex)
+
+
+def test_a_panel_level_text_query_returns_the_figure_with_that_panel(service):
+    fid = _pd1_figure(service)
+    panels = service.store.figure_panels(fid)
+    assert panels is not None and [p.letter for p in panels] == ["A", "B"]
+    query = "blocking the PD-1 checkpoint so effector T cells attack infected glia"
+    for mode in ("caption", "hybrid", "keyword"):
+        top = service.search_text(query, k=5, mode=mode).hits[0]
+        assert top.id == fid, mode
+        assert top.panel is not None, mode
+        assert (top.panel.number, top.panel.letter, top.panel.box) == (2, "B", panels[1].box)
+        assert top.panel.subcaption.startswith("(B) Blocking the PD-1")
+        assert top.panel.signal == "caption"  # the caption signal is live in every mode
+    # a query about the whole figure highlights no panel
+    general = service.search_text("glial cell modulation of T lymphocytes via PD-1 PD-L1",
+                                  k=5, mode="hybrid").hits[0]
+    assert general.id == fid and general.panel is None
+
+
+def test_a_crop_of_one_panel_finds_its_figure_with_that_panel(service, relevance_settings):
+    from figsearch.imaging import open_image
+    from figsearch.store import FigureFilter
+
+    fid = _pd1_figure(service)
+    figure = service.store.get_figure(fid)
+    panels = service.store.figure_panels(fid)
+    image = open_image((relevance_settings.images_dir / figure["image_path"]).read_bytes())
+    for number, panel in enumerate(panels, 1):
+        page = service.search_image(image.crop(panel.box), k=10)
+        ids = [h.id for h in page.hits]
+        assert ids[0] == fid and len(ids) == len(set(ids)), number  # the figure once
+        top = page.hits[0]
+        assert top.panel is not None and top.panel.signal == "image"
+        assert (top.panel.number, top.panel.box, top.panel.letter) == (number, panel.box,
+                                                                       panel.letter)
+    # the whole image matches the figure as a whole: no panel
+    whole = service.search_image(image, k=3).hits[0]
+    assert whole.id == fid and whole.panel is None
+    # filters apply to figures matched by a panel too
+    other = service.search_image(image.crop(panels[0].box), k=5,
+                                 flt=FigureFilter(pmcid="PMC5519703"))
+    assert other.hits and {h.figure["pmcid"] for h in other.hits} == {"PMC5519703"}

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from figsearch.core.config import Settings
@@ -132,3 +133,46 @@ def test_figsearch_index_runs_the_panels_step(corpus, tiny_model_dir):
     assert store.panels_pending_count(panels_step_module.ALGO) == 0
     panels = store.figure_panels(_figure_id(store, "PMC1", "F1"))
     assert panels is not None and len(panels) == 2
+    # the version holds the panels' crops and sub-captions (figsearch.panel_index)
+    assert (report.version_dir / "panels" / "manifest.json").is_file()
+    assert (report.version_dir / "captions" / "panels" / "manifest.json").is_file()
+
+
+def test_panel_stage_embeds_each_crop_once_and_a_rerun_reads_the_cache(corpus, tiny_model_dir):
+    """The compound image is used by two figures: four panel rows (two per figure), two crops
+    encoded; a second stage encodes nothing and gives the same vectors. A store whose images
+    are not compound writes no panel directory."""
+    from figsearch.encoders import load_model
+    from figsearch.index import SearchIndex
+    from figsearch.panel_index import PANELS_DIR, panel_key
+    from indexer.panels import embed_panels, panel_stage
+
+    settings, store = corpus
+    run_panels(store, settings.images_dir)
+    encoder = load_model(str(tiny_model_dir), device="cpu")
+    version = settings.data_dir / "indexes" / "v1"
+    summary = panel_stage(settings, store, encoder, None)(version)["panels"]
+    assert (summary["figures"], summary["crops"], summary["crops_encoded"]) == (2, 4, 2)
+    assert summary["subcaptions"] == 0  # no caption index in this version
+    index = SearchIndex.load(version / PANELS_DIR)
+    first, reused = _figure_id(store, "PMC1", "F1"), _figure_id(store, "PMC2", "F1")
+    assert index.ids.tolist() == [panel_key(first, 1), panel_key(first, 2),
+                                  panel_key(reused, 1), panel_key(reused, 2)]
+    vectors = index.vectors_for(index.ids)
+    assert np.array_equal(vectors[:2], vectors[2:])  # the same crops, encoded once
+    again = embed_panels(settings, store, encoder, None)
+    assert again.crops_encoded == 0 and np.array_equal(again.crop_vectors, vectors)
+
+    single_dir = settings.data_dir / "single"
+    single = FigureStore(single_dir / "figsearch.db")
+    try:
+        one = Settings(data_dir=single_dir)
+        data = (settings.images_dir / store.get_figure(_figure_id(store, "PMC1", "F2"))
+                ["image_path"]).read_bytes()
+        single.upsert_article(_article("PMC9"), [_figure(one, "F1", "One pathway.", data)])
+        run_panels(single, one.images_dir)
+        out = panel_stage(one, single, encoder, None)(single_dir / "indexes" / "v1")
+        assert out["panels"]["figures"] == 0
+        assert not (single_dir / "indexes" / "v1" / PANELS_DIR).exists()
+    finally:
+        single.close()

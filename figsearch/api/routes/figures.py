@@ -20,12 +20,20 @@ from figsearch.api.deps import (
     StateDep,
     StoreDep,
 )
-from figsearch.api.present import figure_detail, json_response, search_payload
-from figsearch.api.schemas import ErrorResponse, FigureDetail, SearchResponse
+from figsearch.api.present import (
+    figure_detail,
+    figure_panels_payload,
+    json_response,
+    search_payload,
+)
+from figsearch.api.schemas import ErrorResponse, FigureDetail, FigurePanelsResponse, SearchResponse
 from figsearch.imaging import ImageError, safe_image_path
+from figsearch.panel_index import PANEL_SLOTS
 
 router = APIRouter(prefix="/v1/figures", tags=["figures"])
 FigureId = Annotated[int, PathParam(ge=1, le=2**62, description="Figure id.", examples=[1])]
+PanelNumber = Annotated[int, PathParam(ge=1, le=PANEL_SLOTS - 1, examples=[1],
+                                       description="1-based panel number (reading order).")]
 _404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "No such figure"}}
 #: Stored images are content-addressed (sha256 in the name), so they never change in place.
 CACHE_CONTROL = "public, max-age=86400"
@@ -111,3 +119,61 @@ def get_thumbnail(
     request: Request, figure_id: FigureId, store: StoreDep, settings: SettingsDep
 ) -> Response:
     return _image_file(request, figure_id, store, settings.images_dir, thumbnail=True)
+
+
+def _panels_or_404(store: Any, figure_id: int) -> tuple[dict[str, Any], list[Any]]:
+    """The figure's row and aligned panels; 404 saying why when it has none."""
+    figure = _figure_or_404(store, figure_id)
+    if not figure.get("has_image") or not figure.get("image_path"):
+        raise HTTPException(404, f"figure {figure_id} has no stored image, so no panels")
+    panels = store.figure_panels(figure_id)
+    if panels is None:
+        raise HTTPException(404, f"figure {figure_id}: its panels are not computed yet (or its "
+                                 "image is unreadable); `figsearch index` splits new images")
+    return figure, panels
+
+
+@router.get("/{figure_id}/panels", response_model=FigurePanelsResponse, responses=_404,
+            summary="The panels of a figure (boxes, letters, sub-captions, crop URLs)")
+def get_panels(figure_id: FigureId, store: StoreDep, base_url: BaseUrlDep) -> Response:
+    _figure, panels = _panels_or_404(store, figure_id)
+    return json_response(figure_panels_payload(figure_id, panels, base_url))
+
+
+@router.get("/{figure_id}/panels/{number}/image", response_class=Response,
+            responses=_IMAGE_RESPONSES,
+            summary="One panel cut from the stored figure image (JPEG, the box's size)")
+def get_panel_image(
+    request: Request, figure_id: FigureId, number: PanelNumber, store: StoreDep,
+    settings: SettingsDep,
+) -> Response:
+    figure, panels = _panels_or_404(store, figure_id)
+    if number > len(panels):
+        raise HTTPException(404, f"figure {figure_id} has {len(panels)} panel"
+                                 f"{'s' if len(panels) != 1 else ''}; there is no panel {number}")
+    x0, y0, x1, y1 = (int(v) for v in panels[number - 1].box)
+    box = (x0, y0, x1, y1)
+    etag = f'"{figure.get("sha256")}-panel-{"-".join(map(str, box))}"'
+    headers = {"Cache-Control": CACHE_CONTROL, "ETag": etag}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(_crop_jpeg(settings.images_dir, figure_id, str(figure["image_path"]), box),
+                    media_type="image/jpeg", headers=headers)
+
+
+def _crop_jpeg(images_dir: Path, figure_id: int, rel: str,
+               box: tuple[int, int, int, int]) -> bytes:
+    """The box cut from the stored image, as JPEG bytes (404 when the file is gone)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        path = safe_image_path(images_dir, rel)
+        with Image.open(path) as image:
+            crop = image.convert("RGB").crop(box)
+    except (ImageError, OSError) as exc:
+        raise HTTPException(404, f"figure {figure_id}: image not available ({exc})") from exc
+    buf = io.BytesIO()
+    crop.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
