@@ -547,13 +547,13 @@ def load_figure(url: str, figure_id: int) -> dict | None:
 
 @st.cache_data(ttl=300, show_spinner=False, max_entries=64)
 def fetch_panels(url: str, figure_id: int) -> list[dict[str, Any]]:
-    return get_client(url).figure_panels(figure_id)
+    return list(get_client(url).panels(figure_id).get("panels") or [])
 
 
 def load_panel(url: str, fig: dict, number: int | None) -> dict | None:
     """The figure's panel ``number`` with the figure's size (for the outline), or None (no
     panel asked for, an API without panels, or a number the figure does not have)."""
-    if number is None or not hasattr(get_client(url), "figure_panels"):
+    if number is None:
         return None
     try:
         panels = fetch_panels(url, int(fig["id"]))

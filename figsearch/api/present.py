@@ -55,20 +55,31 @@ def panel_crop_url(base_url: str, figure_id: int, number: int) -> str:
     return f"{base_url}/v1/figures/{int(figure_id)}/panels/{int(number)}/image"
 
 
+def figure_size(figure: dict[str, Any]) -> list[int] | None:
+    """[width, height] of the stored figure image, the pixel grid of panel boxes (so that a
+    client can outline a box on any rendering of the image), or None when unknown."""
+    w, h = figure.get("width"), figure.get("height")
+    return [int(w), int(h)] if w and h else None
+
+
 def panel_payload(hit: SearchHit, base_url: str) -> dict[str, Any] | None:
     """A hit's matched panel as the API returns it (with its crop URL), or None."""
     if hit.panel is None:
         return None
-    return {**hit.panel.as_dict(), "crop_url": panel_crop_url(base_url, hit.id, hit.panel.number)}
+    return {**hit.panel.as_dict(), "figure_size": figure_size(hit.figure),
+            "crop_url": panel_crop_url(base_url, hit.id, hit.panel.number)}
 
 
-def figure_panels_payload(figure_id: int, panels: list[Any], base_url: str) -> dict[str, Any]:
+def figure_panels_payload(figure: dict[str, Any], panels: list[Any], base_url: str
+                          ) -> dict[str, Any]:
     """A figure's aligned panels (:meth:`FigureStore.figure_panels`) as the API lists them."""
     from figsearch.panel_index import own_subcaption
 
-    return {"figure_id": int(figure_id), "compound": len(panels) > 1, "panels": [
+    figure_id, size = int(figure["id"]), figure_size(figure)
+    return {"figure_id": figure_id, "compound": len(panels) > 1, "panels": [
         {"number": n, "box": [int(v) for v in p.box], "letter": p.letter,
-         "subcaption": own_subcaption(p), "crop_url": panel_crop_url(base_url, figure_id, n)}
+         "subcaption": own_subcaption(p), "figure_size": size,
+         "crop_url": panel_crop_url(base_url, figure_id, n)}
         for n, p in enumerate(panels, 1)]}
 
 

@@ -139,6 +139,10 @@ class FigurePanel(BaseModel):
                                examples=["A"])
     subcaption: str | None = Field(None, description="The part of the caption about this "
                                    "panel (the intro shared by all panels excluded); null: none.")
+    figure_size: list[int] | None = Field(
+        None, min_length=2, max_length=2, description="width, height of the stored figure "
+        "image: the pixel grid `box` is in (to outline the panel on any rendering of the image); "
+        "null when unknown.", examples=[[787, 421]])
     crop_url: str = Field(description="This API's URL of the panel cut from the figure image.")
 
 

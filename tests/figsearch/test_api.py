@@ -406,6 +406,10 @@ def test_panels_of_a_compound_figure_and_their_crops(client, settings):
     assert body["panels"][1]["subcaption"].startswith("(B) Blocking the PD-1")
     top, bottom = (p["box"] for p in body["panels"])
     assert top[3] <= bottom[1]  # (A) above (B)
+    # the boxes are in the stored image's pixels, whose size comes with them (to outline them)
+    stored = Image.open(io.BytesIO(client.get(f"/v1/figures/{fid}/image").content)).size
+    assert all(p["figure_size"] == list(stored) for p in body["panels"])
+    assert 0 <= top[0] < top[2] <= stored[0] and bottom[3] <= stored[1]
     for panel in body["panels"]:
         crop = client.get(panel["crop_url"])
         assert crop.status_code == 200 and crop.headers["content-type"] == "image/jpeg"
@@ -448,6 +452,8 @@ def test_a_version_without_panel_indexes_searches_and_picks_panels_by_words(clie
     assert top["panel"]["number"] == 2 and top["panel"]["letter"] == "B"
     assert top["panel"]["signal"] == "keyword" and top["panel"]["subcaption"].startswith("(B)")
     assert top["panel"]["crop_url"].endswith(f"/v1/figures/{fid}/panels/2/image")
+    listed = client.get(f"/v1/figures/{fid}/panels").json()["panels"][1]
+    assert top["panel"]["box"] == listed["box"] and top["panel"]["figure_size"] == listed["figure_size"]
     general = client.get("/v1/search", params={"q": "glial modulation of T lymphocytes",
                                               "mode": "keyword"})  # words of the intro
     hit = next(h for h in general.json()["results"] if h["id"] == fid)

@@ -136,8 +136,8 @@ def _panels_or_404(store: Any, figure_id: int) -> tuple[dict[str, Any], list[Any
 @router.get("/{figure_id}/panels", response_model=FigurePanelsResponse, responses=_404,
             summary="The panels of a figure (boxes, letters, sub-captions, crop URLs)")
 def get_panels(figure_id: FigureId, store: StoreDep, base_url: BaseUrlDep) -> Response:
-    _figure, panels = _panels_or_404(store, figure_id)
-    return json_response(figure_panels_payload(figure_id, panels, base_url))
+    figure, panels = _panels_or_404(store, figure_id)
+    return json_response(figure_panels_payload({**figure, "id": figure_id}, panels, base_url))
 
 
 @router.get("/{figure_id}/panels/{number}/image", response_class=Response,
