@@ -149,3 +149,41 @@ def test_why_it_matched_and_the_weak_match_notice_in_a_browser(api_url, browser_
         expect(notice).to_be_visible()
         expect(page.locator(".fs-card")).to_have_count(len(weak["results"]))  # still listed
         _shoot(page, tmp_path, "ui-weak-match")
+        _panel_result_and_its_citation(page, ui_url, client, tmp_path)
+
+
+PANEL_QUERY = "blocking the PD-1 checkpoint so effector T cells attack infected glia"
+
+
+def _panel_result_and_its_citation(page, ui_url: str, client: FigSearchClient,
+                                   tmp_path: Path) -> None:
+    """A query about one panel of a real compound figure (PMC6479336 Fig. 1, panel B below
+    panel A): the card outlines panel B on the figure and names it with its sub-caption; the
+    detail view keeps the outline and offers the panel's own credit line."""
+    from urllib.parse import quote
+
+    from playwright.sync_api import expect
+
+    top = client.search(PANEL_QUERY, k=5, mode="keyword")["results"][0]
+    assert top["panel"]["letter"] == "B", top["panel"]
+    page.goto(f"{ui_url}/?q={quote(PANEL_QUERY)}&mode=keyword")
+    card = page.locator(".fs-card").first
+    expect(card.locator(".fs-panel")).to_contain_text("Panel B: (B) Blocking the PD-1")
+    rect = card.locator("svg.fs-panelsvg rect.fs-panelbox")
+    x0, y0, x1, y1 = top["panel"]["box"]
+    expect(rect).to_have_attribute("y", str(y0))
+    expect(rect).to_have_attribute("height", str(y1 - y0))
+    # the outline sits on the lower part of the rendered figure, where panel B is
+    shown = card.locator("svg.fs-panelsvg").bounding_box()
+    outline = rect.bounding_box()
+    assert outline["y"] > shown["y"] + 0.2 * shown["height"], (outline, shown)
+    _shoot(page, tmp_path, "ui-panel")
+    page.locator(f".st-key-detail_{top['id']} button").click()
+    expect(page).to_have_url(re.compile(rf"[?&]fig={top['id']}&panel=2|[?&]panel=2.*fig="))
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text("Matched: Panel B")).to_be_visible()
+    expect(dialog.locator("svg.fs-panelsvg rect.fs-panelbox")).to_have_count(1)
+    cite = dialog.locator("[data-testid=stCode]").first
+    expect(cite).to_contain_text(f"Panel B of {top['label']}")
+    expect(cite).to_contain_text(top["pmcid"])
+    _shoot(page, tmp_path, "ui-panel-detail")
