@@ -252,7 +252,7 @@ class Settings(BaseSettings):
         "first, while the time budget lasts.",
     )
     image_query_budget_ms: float = Field(
-        200.0,
+        250.0,
         description="Image queries: time source verification (and query OCR) may take after "
         "the image is encoded; verification stops when it runs out and keeps what it verified.",
     )
