@@ -95,7 +95,8 @@ def run_query(service: SearchService, query: Query, k: int) -> Outcome:
     pool = list(run.pool) if run is not None else []
     counts = dict(run.verified or {}) if run is not None else {}
     extra = {"tried": run.tried if run else 0, "out_of_time": bool(run and run.out_of_time),
-             "ocr_ms": run.ocr_ms if run else None}
+             "ocr_ms": run.ocr_ms if run else None,
+             "ocr_words": len(run.ocr_words) if run and run.ocr_words is not None else None}
     return Outcome(query, [h.id for h in page.hits], pool, counts, ms, extra)
 
 
@@ -115,8 +116,11 @@ def source_rank(ranking: list[int], sha_of: dict[int, str], sha: str | None) -> 
     return None
 
 
-def score(outcomes: list[Outcome], sha_of: dict[int, str], ranking_of: Any) -> dict[str, Any]:
-    """hit@1, hit@10 and in_pool per alteration and over the goal's alterations."""
+def score(outcomes: list[Outcome], sha_of: dict[int, str], ranking_of: Any, dense_n: int = 0
+          ) -> dict[str, Any]:
+    """hit@1, hit@10, in_pool (the source among the candidates tried or not) and in_dense_pool
+    (among the dense top ``dense_n`` alone, without query-OCR candidates) per alteration and
+    over the goal's alterations."""
     groups: dict[str, list[Outcome]] = defaultdict(list)
     for o in outcomes:
         groups[o.query.alteration].append(o)
@@ -127,10 +131,14 @@ def score(outcomes: list[Outcome], sha_of: dict[int, str], ranking_of: Any) -> d
     for name, rows in groups.items():
         ranks = [source_rank(ranking_of(o), sha_of, o.query.source_sha) for o in rows]
         in_pool = [source_rank(o.pool, sha_of, o.query.source_sha) is not None for o in rows]
+        in_dense = [source_rank(o.pool[:dense_n], sha_of, o.query.source_sha) is not None
+                    for o in rows]
         table[name] = {"n": len(rows),
                        "hit@1": round(sum(r == 1 for r in ranks) / len(rows), 4),
                        "hit@10": round(sum(r is not None and r <= 10 for r in ranks) / len(rows), 4),
-                       "in_pool": round(sum(in_pool) / len(rows), 4) if rows[0].pool else None}
+                       "in_pool": round(sum(in_pool) / len(rows), 4) if rows[0].pool else None,
+                       "in_dense_pool": round(sum(in_dense) / len(rows), 4)
+                       if rows[0].pool else None}
     order = [*ALTERATIONS, "goal (crops, panels, screenshots)", "all"]
     return {name: table[name] for name in order if name in table}
 
@@ -153,6 +161,18 @@ def false_sources(outcomes: list[Outcome], sha_of: dict[int, str], threshold: in
     false = sum(max((c for i, c in o.counts.items() if sha_of.get(i) != o.query.source_sha),
                     default=0) >= threshold for o in outcomes)
     return round(false / len(outcomes), 4)
+
+
+def ocr_summary(outcomes: list[Outcome]) -> dict[str, Any]:
+    """What query OCR cost and delivered: its time (ms, of the runs that finished before the
+    next query) and the share of queries whose words were read within the budget."""
+    ms = sorted(o.extra["ocr_ms"] for o in outcomes if o.extra["ocr_ms"] is not None)
+    in_time = [o for o in outcomes if o.extra["ocr_words"] is not None]
+    return {"n": len(outcomes), "ms_p50": round(statistics.median(ms), 1) if ms else None,
+            "ms_p95": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 1) if ms else None,
+            "read_in_time_share": round(len(in_time) / max(1, len(outcomes)), 4),
+            "words_median": statistics.median(o.extra["ocr_words"] for o in in_time)
+            if in_time else None}
 
 
 def warm_cache(service: SearchService) -> dict[str, float]:
@@ -301,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             "figures": len(sources), "queries": len(queries),
             "threshold_min_inliers": threshold,
             "dense": score(dense, sha_of, lambda o: o.ranking),
-            "verified": score(verified, sha_of, lambda o: reranked(o, threshold)),
-            "cold": score(cold, sha_of, lambda o: o.ranking) if cold else None,
+            "verified": score(verified, sha_of, lambda o: reranked(o, threshold),
+                              settings.source_candidates),
+            "cold": score(cold, sha_of, lambda o: o.ranking, settings.source_candidates)
+            if cold else None,
             "false_source_rate": false_sources(verified, sha_of, threshold),
             "latency_dense": latency(dense), "latency_verified": latency(verified),
             "latency_cold": latency(cold) if cold else None,
@@ -313,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                                             / max(1, len(cold)), 4),
             "feature_extraction": features,
         }
+        if settings.query_ocr:
+            figures["query_ocr"] = ocr_summary(verified)
         if args.tune:
             figures["threshold_sweep"] = tune(verified, sha_of)
         if args.http:

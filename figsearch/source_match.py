@@ -309,6 +309,7 @@ def find_source(service: SearchService, image: Any, vector: np.ndarray, k: int, 
     so a page beyond them is the dense page itself; ``settings.source_verify`` off, or no
     OpenCV, gives the dense page unchanged.
     """
+    service._check_page(k, offset)  # the page asked for, before the candidate pool's search
     settings = service.settings
     start = time.perf_counter()
     deadline = start + settings.image_query_budget_ms / 1000.0
@@ -331,6 +332,7 @@ def find_source(service: SearchService, image: Any, vector: np.ndarray, k: int, 
         if ocr is not None:
             extra = _ocr_candidates(service, ocr, run, deadline, flt,
                                     {h.id for h in head.hits}, vector)
+            run.pool += [h.id for h in extra]
             found, tried = verify(query, [(h.id, h.figure) for h in extra],
                                   settings.images_dir, cache, deadline)
             run.tried += tried

@@ -19,6 +19,7 @@ from PIL import Image
 from bench.source_queries import framed
 from figsearch import source_match
 from figsearch.imaging import open_image
+from figsearch.search import SearchInputError
 from tests.figsearch.api_fixtures import N_REAL, loaded_app, small_search_service
 
 #: rows of shared/data/pmc-figures/figures.jsonl used as sources: the small index holds the
@@ -129,6 +130,14 @@ def test_pages_follow_the_verified_order(service, shared_data):
     assert first.hits[0].figure["sha256"] == sha
     assert [h.id for h in first.hits + second.hits] == [h.id for h in both.hits]
     assert [h.rank for h in second.hits] == [6, 7, 8, 9, 10]
+
+
+@pytest.mark.parametrize("k,offset,fragment", [(0, 0, "k must be"), (500, 0, "k must be"),
+                                                (5, -1, "offset must be")])
+def test_bad_page_is_refused(service, shared_data, k, offset, fragment):
+    img, _sha = _row_image(shared_data, SOURCES[0])
+    with pytest.raises(SearchInputError, match=fragment):
+        service.search_image(_upload(_centre(img, 0.5)), k=k, offset=offset)
 
 
 def test_without_opencv_image_search_is_dense_only(service, shared_data, monkeypatch, caplog):
