@@ -258,7 +258,7 @@ class Settings(BaseSettings):
     )
     source_feature_cache: int = Field(
         4096, description="Image queries: stored images whose local features are kept in memory "
-        "(LRU by sha256, about 60 KB each); 0 = none kept.",
+        "(LRU by sha256, about 40 KB each); 0 = none kept.",
     )
     query_ocr: bool = Field(
         False,
