@@ -169,3 +169,26 @@ def test_api_says_which_hit_is_the_source(small_index_settings, shared_data):
         cut = client.post("/v1/search/image",
                           files={"image": ("crop.jpg", buf.getvalue()[:2000], "image/jpeg")})
         assert cut.status_code == 400 and "truncated" in cut.json()["detail"]
+
+
+def test_query_ocr_adds_the_figures_its_words_match(service, shared_data):
+    """With query OCR the words read in the query image bring figures whose text holds them
+    into the candidates, beyond the dense ones."""
+    img, sha = _row_image(shared_data, 23)  # a pathway diagram: TLR3, MyD88, TRAF6, ...
+    base = service.settings
+    service.settings = base.model_copy(update={"query_ocr": True, "source_candidates": 3})
+    try:
+        page = service.search_image(_upload(_centre(img, 0.7)), k=10)
+    finally:
+        service.settings = base
+    run = source_match.last_run()
+    assert run.ocr_words and run.ocr_ms is not None and run.ocr_ms > 0
+    extra = run.pool[3:]
+    assert extra, run.ocr_words
+    words = {w.lower() for w in run.ocr_words}
+    for figure in service.store.get_figures(extra).values():
+        text = " ".join(str(figure.get(key) or "") for key in ("caption", "label", "title",
+                                                              "ocr_text")).lower()
+        assert any(w in text for w in words), (figure["id"], run.ocr_words)
+    assert page.hits[0].figure["sha256"] == sha or sha not in {
+        service.store.get_figures([i])[i]["sha256"] for i in run.pool}
