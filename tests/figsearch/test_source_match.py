@@ -18,6 +18,7 @@ from PIL import Image
 
 from bench.source_queries import framed
 from figsearch import source_match
+from figsearch.client import signals_line
 from figsearch.imaging import open_image
 from figsearch.search import SearchInputError
 from tests.figsearch.api_fixtures import N_REAL, loaded_app, small_search_service
@@ -166,6 +167,9 @@ def test_api_says_which_hit_is_the_source(small_index_settings, shared_data):
         source = [s for s in top["signals"] if s["name"] == "source"]
         assert source and source[0]["raw"] >= source_match.MIN_INLIERS
         assert source[0]["contribution"] == 0.0
+        line = signals_line(top["signals"])
+        assert line.startswith(f"source of the query image ({int(source[0]['raw'])} matching "
+                               "keypoints) · image "), line
         cut = client.post("/v1/search/image",
                           files={"image": ("crop.jpg", buf.getvalue()[:2000], "image/jpeg")})
         assert cut.status_code == 400 and "truncated" in cut.json()["detail"]
