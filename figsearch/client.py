@@ -60,11 +60,17 @@ def _filters(filters: dict[str, Any]) -> dict[str, Any]:
 def signals_line(signals: list[dict[str, Any]]) -> str:
     """A compact line of a search result's ``signals`` (why it matched), largest share of the
     score first, e.g. ``keyword 0.41 (caption, title: EGFR, NSCLC) · caption 0.22 (cos 0.63) ·
-    image 0.05 (cos 0.31)``; in a single-signal mode the one number is the score itself."""
+    image 0.05 (cos 0.31)``; in a single-signal mode the one number is the score itself. An
+    image query's verified source says so first: ``source of the query image (87 matching
+    keypoints) · image 0.31 (cos 0.31)``."""
     names = {"dense": "image", "ocr": "in-figure text"}
-    parts = []
+    parts: list[str] = []
     for s in sorted(signals, key=lambda s: -float(s.get("contribution") or 0.0)):
         name = str(s.get("name") or "?")
+        if name == "source":  # image queries: orders the hits, adds nothing to the score
+            parts.insert(0, f"source of the query image ({int(s.get('raw') or 0)} matching "
+                         "keypoints)")
+            continue
         text = f"{names.get(name, name)} {float(s.get('contribution') or 0.0):.2f}"
         if name == "keyword" and s.get("fields"):
             fields = ", ".join(names.get(f, f) for f in s["fields"])
@@ -74,6 +80,8 @@ def signals_line(signals: list[dict[str, Any]]) -> str:
             text += f" (cos {float(s['raw']):.2f})"
         parts.append(text)
     return " · ".join(parts)
+
+
 def _version(version: str | None) -> dict[str, str]:
     """The ``version=`` parameter of a pinned search (nothing for the current version)."""
     return {"version": version} if version else {}

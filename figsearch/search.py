@@ -80,6 +80,7 @@ from figsearch.panel_index import (
     own_subcaption,
     subcaption_cosines,
 )
+from figsearch.source_match import find_source
 from figsearch.store import FigureFilter, FigureStore
 
 MODES = ("hybrid", "dense", "keyword", "caption")
@@ -325,10 +326,11 @@ class SearchService:
         self, image: Any, k: int = 20, offset: int = 0, flt: FigureFilter | None = None,
         dedup: bool = True,
     ) -> SearchPage:
-        """Search by example image (a decoded RGB PIL image)."""
+        """Search by example image (a decoded RGB PIL image); the figures it is verified to be
+        a crop, panel, screenshot or copy of come first (:mod:`figsearch.source_match`)."""
         encoder = self._require_encoder()
         vector = encoder.encode_images([image])[0]
-        return self.search_vector(vector, k, offset, flt, dedup, label="<image>")
+        return find_source(self, image, vector, k, offset, flt, dedup)
 
     def similar(
         self, figure_id: int, k: int = 20, offset: int = 0, flt: FigureFilter | None = None,

@@ -99,10 +99,13 @@ class FigureBase(FigureLinks):
 class SignalExplanation(BaseModel):
     """One signal's part in a result's score and what it matched ("why it matched")."""
 
-    name: str = Field(description="keyword (BM25), caption (caption semantics) or dense (image "
-                      "similarity).", examples=["keyword"])
+    name: str = Field(description="keyword (BM25), caption (caption semantics), dense (image "
+                      "similarity) or source (image queries: the query image was verified to be "
+                      "a crop, panel, screenshot or copy of this figure; verified figures come "
+                      "first, most matching keypoints first).", examples=["keyword"])
     raw: float = Field(description="The signal's own score: BM25 (keyword), cosine (caption, "
-                       "dense).")
+                       "dense), matching keypoints that agree on one placement of the query in "
+                       "the figure (source).")
     normalised: float | None = Field(
         None, description="The raw score mapped to 0..1 over the head of the signal's list "
         "(hybrid `score` fusion); null in single-signal modes and for `rrf` fusion.")
@@ -110,7 +113,8 @@ class SignalExplanation(BaseModel):
                                  "single-signal mode).")
     contribution: float = Field(
         description="The signal's share of the result's `score`: weight x normalised in hybrid "
-        "mode (the contributions add up to `score`), the score itself in a single-signal mode.")
+        "mode (the contributions add up to `score`), the score itself in a single-signal mode; "
+        "0 for source, which orders the results without changing their score.")
     rank: int | None = Field(None, description="1-based place in the signal's own top list; "
                              "null when it only scored the result as another signal's candidate.")
     fields: dict[str, list[str]] = Field(

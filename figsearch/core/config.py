@@ -247,6 +247,31 @@ class Settings(BaseSettings):
     max_k: int = Field(200, description="Largest k (results per page) accepted.")
     max_offset: int = Field(1000, description="Largest offset accepted for paging.")
     max_upload_mb: float = Field(20.0, description="Largest accepted image upload (MB).")
+    source_verify: bool = Field(
+        True,
+        description="Image queries: check the dense top candidates for the query being a piece "
+        "or copy of them (crop, panel, screenshot; local features + RANSAC, needs OpenCV) and "
+        "put the verified sources first (figsearch.source_match).",
+    )
+    source_candidates: int = Field(
+        50, description="Image queries: dense candidates tried by source verification, best "
+        "first, while the time budget lasts.",
+    )
+    image_query_budget_ms: float = Field(
+        250.0,
+        description="Image queries: time source verification (and query OCR) may take after "
+        "the image is encoded; verification stops when it runs out and keeps what it verified.",
+    )
+    source_feature_cache: int = Field(
+        4096, description="Image queries: stored images whose local features are kept in memory "
+        "(LRU by sha256, about 40 KB each); 0 = none kept.",
+    )
+    query_ocr: bool = Field(
+        False,
+        description="Image queries: also read the words in the query image (rapidocr, on a "
+        "thread beside the dense search, used only if done within the budget) and try the "
+        "figures whose text matches them as source candidates.",
+    )
     admin_token: str = Field(
         "", description="Token for state-changing endpoints (reload); empty disables them."
     )
