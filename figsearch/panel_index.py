@@ -118,8 +118,8 @@ def keyword_shares(query: str, texts: Sequence[str]) -> list[float]:
 
 
 def choose_text_panel(query: str, figure: dict[str, Any], panels: Sequence[Any],
-                      cosines: dict[int, float] | None, whole_cosine: float | None
-                      ) -> PanelMatch | None:
+                      cosines: dict[int, float] | None, whole_cosine: float | None,
+                      margin: float = 0.0) -> PanelMatch | None:
     """The panel of a compound figure whose sub-caption matches a text query better than the
     figure's whole caption does, or None.
 
@@ -127,7 +127,8 @@ def choose_text_panel(query: str, figure: dict[str, Any], panels: Sequence[Any],
     cosine; with ``whole_cosine``, the whole caption's) plus the share of the query's words
     in the sub-caption. The whole caption holds every word of its sub-captions, so a panel
     wins when its cosine advantage over the whole caption exceeds the words it misses (the
-    principle of caption passages). Without cosines a panel wins on words alone only when it
+    principle of caption passages), less ``margin`` (a query written about one panel rarely
+    beats the whole caption's words, which hold every panel's). Without cosines a panel wins on words alone only when it
     holds every query word the caption holds and no other panel holds as many."""
     subs = [own_subcaption(p) for p in panels]
     numbered = [(n, t) for n, t in enumerate(subs, 1) if t]
@@ -139,7 +140,7 @@ def choose_text_panel(query: str, figure: dict[str, Any], panels: Sequence[Any],
         scored = [(cosines.get(n, float("-inf")) + kw, n, kw) for (n, _), kw
                   in zip(numbered, shares, strict=True)]
         best, n, _kw = max(scored, key=lambda s: (s[0], -s[1]))
-        if best > whole_cosine + whole_kw:
+        if best > whole_cosine + whole_kw - margin:
             return match_of(panels, n, "caption", best)
         return None
     ranked = sorted(((kw, n) for (n, _), kw in zip(numbered, shares, strict=True)),

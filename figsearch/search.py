@@ -602,7 +602,8 @@ class SearchService:
             cosines = (subcaption_cosines(subcaptions, cvec, h.id)
                        if subcaptions is not None and cvec is not None and h.id in whole
                        else None)
-            h.panel = choose_text_panel(query, h.figure, panels[h.id], cosines, whole.get(h.id))
+            h.panel = choose_text_panel(query, h.figure, panels[h.id], cosines, whole.get(h.id),
+                                        self.settings.panel_margin)
 
     def _match_quality(self, query: str, flt: FigureFilter, hits: list[SearchHit],
                        results: dict[str, SignalResult], cvec: np.ndarray | None,

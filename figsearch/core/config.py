@@ -210,6 +210,13 @@ class Settings(BaseSettings):
         "its panels' sub-caption vectors (MaxP, like passages); off = sub-captions only choose "
         "which panel a text query highlights.",
     )
+    panel_margin: float = Field(
+        0.2, ge=0.0, le=2.0,
+        description="How far a panel's sub-caption may fall short of the whole caption (cosine "
+        "plus share of query words) and still be named as the panel a text query matched; "
+        "0 = only a panel that matches better than the whole caption; 0.2 chosen on the panel "
+        "queries' dev split (bench/eval/README.md).",
+    )
     fusion_weights: str = Field(
         "caption=0.25,keyword=0.65,dense=0.1",
         description="Weights of the signals in the default (hybrid) mode, `signal=weight,...`; "

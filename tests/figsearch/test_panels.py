@@ -272,3 +272,22 @@ def test_bad_inputs_are_clear_errors():
         detect_panels(_grid()[0], ocr_boxes=[((1, 2, 3), "A")])
     blank = detect_panels(Image.new("RGB", (80, 60), "white"), params=LayoutParams())
     assert [p.box for p in blank] == [(0, 0, 80, 60)]
+
+
+def test_a_panel_may_fall_short_of_the_whole_caption_by_the_margin_and_still_be_named():
+    """The whole caption holds every panel's words, so a query written about one panel rarely
+    beats it outright; ``panel_margin`` lets the best sub-caption win when it is close."""
+    from figsearch.panel_index import choose_text_panel
+
+    caption = ("Kinase signalling. (A) Western blot of phosphorylated ERK in treated cells. "
+               "(B) Kaplan-Meier survival of EGFR-mutant patients after gefitinib.")
+    panels = align([Panel((0, 0, 100, 100)), Panel((110, 0, 210, 100))], split_caption(caption))
+    query = "survival curve EGFR mutant lung cancer gefitinib"
+    figure = {"caption": caption}
+    # the sub-caption of B is 0.05 short of the whole caption (cosine + word share)
+    cosines, whole = {1: 0.20, 2: 0.55}, 0.60
+    assert choose_text_panel(query, figure, panels, cosines, whole) is None
+    named = choose_text_panel(query, figure, panels, cosines, whole, margin=0.2)
+    assert named is not None and named.letter == "B" and named.signal == "caption"
+    # a margin never names a panel far behind the whole caption
+    assert choose_text_panel(query, figure, panels, {1: 0.2, 2: 0.3}, 0.6, margin=0.2) is None
