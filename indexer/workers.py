@@ -326,7 +326,7 @@ def pool_results(
                 pending[pool.submit(fn, task)] = task
             except BrokenProcessPool:
                 yield from _collect(pending, list(pending))
-                pool.shutdown(wait=True, cancel_futures=True)
+                _shut_down(pool)
                 pool = _new_pool(config, workers, fn)
                 pending[pool.submit(fn, task)] = task
             if len(pending) >= 4 * workers:
@@ -334,7 +334,20 @@ def pool_results(
         while pending:
             yield from _collect(pending, wait(pending, return_when=FIRST_COMPLETED)[0])
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        _shut_down(pool)
+
+
+def _shut_down(pool: ProcessPoolExecutor) -> None:
+    """Shut a pool down and wait for it. A broken pool's surviving workers are stopped first:
+    when one worker dies, Python 3.11's pool fails every pending task and then only joins the
+    others, which can be blocked on the pool's queues forever (the test of a dying worker hung
+    so under load); their tasks are already failed, so stopping them loses nothing."""
+    if getattr(pool, "_broken", False):
+        processes = getattr(pool, "_processes", None) or {}
+        for process in list(processes.values()):
+            if process.is_alive():
+                process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _collect(

@@ -139,6 +139,7 @@ class _DiesWhenUnpickled(ManifestGroup):
         return (os._exit, (3,))
 
 
+@pytest.mark.timeout(180)  # a pool that does not stop its surviving workers hangs here
 def test_a_dying_worker_costs_only_the_tasks_in_flight(shared_data, tmp_path):
     tasks, _ = collect_tasks([shared_data / "jats/plos", shared_data / "jats/pmc-nxml"])
     crash = Task(str(tmp_path / "crash.tar.gz"), group=_DiesWhenUnpickled("m", "PMC1"))
