@@ -397,7 +397,8 @@ def find_source(service: SearchService, image: Any, vector: np.ndarray, k: int, 
         run = SourceRun([h.id for h in pool])
         verified, run.tried = verify(query, [(h.id, h.figure) for h in pool],
                                      settings.images_dir, cache, deadline)
-        extra = [h for h in words if h.id in verified]
+        dense_ids = {h.id for h in head.hits}
+        extra = [h for h in words if h.id in verified and h.id not in dense_ids]
         if ocr is not None:
             seen = {h.id for h in pool}
             more = _ocr_candidates(service, ocr, run, deadline, flt, seen, vector)
@@ -434,34 +435,33 @@ WORD_LEAD = 5
 
 def _word_candidates(service: SearchService, query: LocalFeatures, flt: FigureFilter | None,
                      dense: list[SearchHit], dedup: bool, vector: np.ndarray) -> list[SearchHit]:
-    """The visual-word index's best figures for the query (not among ``dense``, passing
-    ``flt``, in the store; with ``dedup`` none sharing an image with a dense hit), as hits
-    scored by their image cosine; none without the index or ``settings.visual_words``."""
+    """The visual-word index's best :data:`WORD_CANDIDATES` figures for the query (passing
+    ``flt``, in the store; a dense candidate as its dense hit; with ``dedup`` none sharing an
+    image with another dense hit), as hits scored by their image cosine; none without the
+    index or ``settings.visual_words``."""
     words: VisualWordIndex | None = getattr(service, "visual_words", None)
     if words is None or not service.settings.visual_words or query.count == 0:
         return []
-    exclude = {h.id for h in dense}
-    ranked = [fid for fid, _ in words.ranked(query.descriptors,
-                                             WORD_CANDIDATES + len(exclude))
-              if fid not in exclude]
+    ranked = [fid for fid, _ in words.ranked(query.descriptors, WORD_CANDIDATES)]
     if flt is not None and not flt.is_empty() and ranked:
         allowed = service._allowed_ids(flt).contains(np.asarray(ranked, np.int64))
         ranked = [fid for fid, ok in zip(ranked, allowed, strict=True) if ok]
-    hits = _hits_for(service, ranked[:WORD_CANDIDATES], vector)
-    if dedup:
-        shas = {h.figure.get("sha256") for h in dense}
-        hits = [h for h in hits if h.figure.get("sha256") not in shas]
-    return hits
+    by_id = {h.id: h for h in dense}
+    new = {h.id: h for h in _hits_for(service, [i for i in ranked if i not in by_id], vector)}
+    shas = {h.figure.get("sha256") for h in dense} if dedup else set()
+    return [by_id[i] if i in by_id else new[i] for i in ranked
+            if i in by_id or (i in new and new[i].figure.get("sha256") not in shas)]
 
 
 def _interleaved(dense: list[SearchHit], words: list[SearchHit]) -> list[SearchHit]:
     """The order of trying: the first :data:`WORD_LEAD` word candidates, then dense and word
-    candidates alternating (each list's own order kept)."""
-    out = list(words[:WORD_LEAD])
+    candidates alternating (each list's own order kept, each figure at its first place)."""
+    out: dict[int, SearchHit] = {h.id: h for h in words[:WORD_LEAD]}
     rest = words[WORD_LEAD:]
     for i in range(max(len(dense), len(rest))):
-        out += dense[i:i + 1] + rest[i:i + 1]
-    return out
+        for hit in dense[i:i + 1] + rest[i:i + 1]:
+            out.setdefault(hit.id, hit)
+    return list(out.values())
 
 
 def _hits_for(service: SearchService, ids: list[int], vector: np.ndarray) -> list[SearchHit]:
