@@ -17,7 +17,7 @@ words are assigned by a binary Hamming search. The word count follows the descri
 :data:`MIN_PER_WORD` descriptors per word (:func:`vocabulary_size`).
 
 Each image's word list is cached by sha256 and vocabulary id in
-``<data_dir>/cache/visual-words/<vocabulary id>/``; a delta build keeps the previous version's
+``<data_dir>/cache/visual-words-<vocabulary id>.sqlite``; a delta build keeps the previous version's
 vocabulary, so it computes features only for new images and writes the (small) inverted file
 anew from the cache. A full build trains a new vocabulary.
 
@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import random
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -139,24 +140,27 @@ def _descriptors(images_dir: Path, image: _Image) -> np.ndarray | None:
 
 
 class WordCache:
-    """Each image's sorted distinct words under one vocabulary, one .npy per sha256."""
+    """Each image's sorted distinct words under one vocabulary, by sha256, in one SQLite file
+    per vocabulary (``<data_dir>/cache/visual-words-<vocabulary id>.sqlite``: one file, not
+    one per image, so millions of images stay one file)."""
 
     def __init__(self, data_dir: Path, vocab_id: str) -> None:
-        self.root = Path(data_dir) / "cache" / "visual-words" / vocab_id
-
-    def _path(self, sha: str) -> Path:
-        return self.root / sha[:2] / f"{sha}.npy"
+        self.path = Path(data_dir) / "cache" / f"visual-words-{vocab_id}.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS words (sha TEXT PRIMARY KEY, w BLOB)")
 
     def get(self, sha: str) -> np.ndarray | None:
-        path = self._path(sha)
-        return np.load(path) if path.is_file() else None
+        row = self._db.execute("SELECT w FROM words WHERE sha = ?", (sha,)).fetchone()
+        return None if row is None else np.frombuffer(row[0], np.int32).copy()
 
     def put(self, sha: str, words: np.ndarray) -> None:
-        path = self._path(sha)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, words)
-        tmp.replace(path)
+        self._db.execute("INSERT OR REPLACE INTO words VALUES (?, ?)",
+                         (sha, np.asarray(words, np.int32).tobytes()))
+
+    def close(self) -> None:
+        self._db.commit()
+        self._db.close()
 
 
 @dataclass
@@ -257,10 +261,13 @@ def build_words(settings: Settings, store: Any, prev_dir: Path | None = None,
         else:
             todo[image.sha] = image
     computed = len(todo) + (len(by_sha) if trained_on else 0)
-    for image, desc in _computed(settings.images_dir, list(todo.values()), threads):
-        if desc is not None:
-            by_sha[image.sha] = _quantise(vocab_index, desc)
-            cache.put(image.sha, by_sha[image.sha])
+    try:
+        for image, desc in _computed(settings.images_dir, list(todo.values()), threads):
+            if desc is not None:
+                by_sha[image.sha] = _quantise(vocab_index, desc)
+                cache.put(image.sha, by_sha[image.sha])
+    finally:
+        cache.close()
     kept = [im for im in images if im.sha in by_sha]
     return BuiltWords(vocab, np.array([im.fid for im in kept], np.int64),
                       [by_sha[im.sha] for im in kept], trained_on, computed,
