@@ -10,8 +10,13 @@ do) counts the matches that agree on one placement of the query inside the candi
 figure with at least :data:`MIN_INLIERS` such inliers is *verified* as the source.
 
 Candidates are the dense image search's top ``settings.source_candidates`` (already in the
-right order of trying: best first), plus - with ``settings.query_ocr`` - the figures whose
-in-figure text and captions hold the words read from the query image. Verified figures move to
+right order of trying: best first), the visual-word index's top :data:`WORD_CANDIDATES`
+(``settings.visual_words``, when the version has ``visual_words/``: the same ORB descriptors
+quantised into words, voting tf-idf in an inverted file, :class:`VisualWordIndex`, built by
+:mod:`indexer.visual_words`; they do not depend on the image model), tried first for the words'
+best :data:`WORD_LEAD` and then alternating with the dense ones, plus - with
+``settings.query_ocr`` - the figures whose in-figure text and captions hold the words read from
+the query image. Verified figures move to
 the front, most inliers first; the rest keep the dense order. Each verified hit carries a
 ``source`` signal whose ``raw`` is its inlier count.
 
