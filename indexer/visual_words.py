@@ -230,6 +230,7 @@ def build_words(settings: Settings, store: Any, prev_dir: Path | None = None,
     threads = max(1, min(4, settings.torch_threads or 2))
     prev = word_index(prev_dir) if prev_dir is not None else None
     fresh: dict[str, np.ndarray] = {}
+    unreadable: set[str] = set()  # already tried for training: not read twice
     trained_on = 0
     if isinstance(prev, VisualWordIndex):
         vocab = np.asarray(prev.vocab)
@@ -238,6 +239,8 @@ def build_words(settings: Settings, store: Any, prev_dir: Path | None = None,
         for image, desc in _computed(settings.images_dir, sample, threads):
             if desc is not None:
                 fresh[image.sha] = desc
+            else:
+                unreadable.add(image.sha)
         pooled = (np.concatenate(list(fresh.values())) if fresh
                   else np.zeros((0, 32), np.uint8))
         trained_on = len(pooled)
@@ -250,7 +253,7 @@ def build_words(settings: Settings, store: Any, prev_dir: Path | None = None,
     by_sha: dict[str, np.ndarray] = {}
     todo: dict[str, _Image] = {}
     for image in images:
-        if image.sha in by_sha or image.sha in todo:
+        if image.sha in by_sha or image.sha in todo or image.sha in unreadable:
             continue
         hit = cache.get(image.sha)
         if hit is not None:
