@@ -16,7 +16,8 @@ PMCID, :func:`bench.source_queries.split_of`), the queries of :mod:`bench.source
   (every candidate's features computed within the time budget).
 
 Per alteration: hit@1, hit@10 and the share of queries whose source was among the candidates
-verification tried (``in_pool``: dense top ``source_candidates`` plus query-OCR candidates).
+verification tried (``in_pool``: dense top ``source_candidates``, visual-word and query-OCR
+candidates).
 Also: the share of queries where another figure than the source would be verified
 (``false_source_rate``, leave-one-out: what a query without a source in the index gets), latency p50/p95 of
 the whole image query (decode + encode + search), and - with ``--tune`` (dev) - the sweep of the

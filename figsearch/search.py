@@ -212,9 +212,11 @@ class SearchService:
         self, store: FigureStore, index: VectorIndex | None, encoder: TextImageEncoder | None,
         settings: Settings, captions: Any = None, fusion: FusionConfig | None = None,
         columns: VersionColumns | None = None, keywords: KeywordIndex | None = None,
-        text_only: bool = False, panels: Any = None,
+        text_only: bool = False, panels: Any = None, visual_words: Any = None,
     ) -> None:
         self.store = store
+        # the version's visual-word index (figsearch.source_match.VisualWordIndex), or None
+        self.visual_words = visual_words
         # the image index with the version's panel crops (MaxP) for image queries, or None
         self.panels: PanelIndex | None = panels if isinstance(panels, PanelIndex) else None
         self.keywords = keywords  # the version's tantivy index; None: the store's FTS5

@@ -113,11 +113,14 @@ class VersionLoader:
         # filters from the version's columns (figsearch.columns) when it has them
         columns = VersionColumns.load(version_dir, store=view)
         from figsearch.panel_index import load_panel_index
+        from figsearch.source_match import word_index
 
         service = SearchService(view, index, encoder, self.settings, captions=captions,
                                 columns=columns, keywords=KeywordIndex.load(version_dir),
                                 text_only=manifest.get("kind") == "text",
-                                panels=load_panel_index(index, version_dir, self.settings.nprobe))
+                                panels=load_panel_index(index, version_dir, self.settings.nprobe),
+                                visual_words=word_index(version_dir) if index is not None
+                                else None)
         types = frozenset(view.distinct_values("figure_type"))
         version = index.version if index else str(manifest["version"])
         return Loaded(version, version_dir, index, encoder, service, time.time(), types,

@@ -10,8 +10,13 @@ do) counts the matches that agree on one placement of the query inside the candi
 figure with at least :data:`MIN_INLIERS` such inliers is *verified* as the source.
 
 Candidates are the dense image search's top ``settings.source_candidates`` (already in the
-right order of trying: best first), plus - with ``settings.query_ocr`` - the figures whose
-in-figure text and captions hold the words read from the query image. Verified figures move to
+right order of trying: best first), the visual-word index's top :data:`WORD_CANDIDATES`
+(``settings.visual_words``, when the version has ``visual_words/``: the same ORB descriptors
+quantised into words, voting tf-idf in an inverted file, :class:`VisualWordIndex`, built by
+:mod:`indexer.visual_words`; they do not depend on the image model), tried first for the words'
+best :data:`WORD_LEAD` and then alternating with the dense ones, plus - with
+``settings.query_ocr`` - the figures whose in-figure text and captions hold the words read from
+the query image. Verified figures move to
 the front, most inliers first; the rest keep the dense order. Each verified hit carries a
 ``source`` signal whose ``raw`` is its inlier count.
 
@@ -30,6 +35,7 @@ warning in the log.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import re
 import threading
@@ -282,6 +288,68 @@ def verify(
     return found, tried
 
 
+# -- visual words -------------------------------------------------------------------------------
+#: A version's visual-word index (indexer/visual_words.py writes it).
+VISUAL_WORDS_DIR = "visual_words"
+
+
+class VisualWordIndex:
+    """A version's inverted file of visual words (:mod:`indexer.visual_words`), memory-mapped:
+    a query's ORB descriptors -> words -> tf-idf cosine over the figures sharing them."""
+
+    def __init__(self, root: Path) -> None:
+        def load(name: str) -> np.ndarray:
+            return np.load(root / f"{name}.npy", mmap_mode="r")
+
+        self.root = root
+        self.manifest: dict[str, Any] = json.loads((root / "manifest.json").read_text())
+        self.vocab = np.ascontiguousarray(load("vocab"))  # small (words x 32 bytes): in RAM
+        self.ids, self.offsets, self.postings = load("ids"), load("offsets"), load("postings")
+        self.idf, self.norms = np.asarray(load("idf")), load("norms")
+        import faiss
+
+        self._words = faiss.IndexBinaryFlat(self.vocab.shape[1] * 8)
+        self._words.add(self.vocab)
+
+    def words(self, descriptors: np.ndarray) -> np.ndarray:
+        """Sorted distinct words of ORB descriptors (n x 32 uint8)."""
+        if len(descriptors) == 0:
+            return np.zeros(0, np.int64)
+        import faiss
+
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # small search: one thread (see inliers)
+        try:
+            _, nearest = self._words.search(np.ascontiguousarray(descriptors), 1)
+        finally:
+            faiss.omp_set_num_threads(threads)
+        return np.unique(nearest[:, 0])
+
+    def ranked(self, descriptors: np.ndarray, n: int) -> list[tuple[int, float]]:
+        """The ``n`` figures (id, score) whose words best match the query's: the tf-idf cosine
+        of binary word sets (the query's norm left out: it ranks nothing)."""
+        words = self.words(descriptors)
+        words = words[self.idf[words] > 0]
+        if not len(words) or n <= 0:
+            return []
+        starts, ends = self.offsets[words], self.offsets[words + 1]
+        rows = np.concatenate([self.postings[a:b] for a, b in zip(starts, ends, strict=True)])
+        weights = np.repeat(self.idf[words] ** 2, ends - starts)
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        scores = np.bincount(inverse, weights=weights) / np.maximum(
+            np.asarray(self.norms[uniq], np.float64), 1e-9)
+        top = np.argsort(-scores, kind="stable")[:n]
+        return [(int(self.ids[uniq[i]]), float(scores[i])) for i in top]
+
+
+def word_index(version_dir: Path | None) -> VisualWordIndex | None:
+    """The visual-word index of ``version_dir``, or None when the version has none."""
+    if version_dir is None:
+        return None
+    root = Path(version_dir) / VISUAL_WORDS_DIR
+    return VisualWordIndex(root) if (root / "manifest.json").is_file() else None
+
+
 # -- the image query ----------------------------------------------------------------------------
 @dataclass
 class SourceRun:
@@ -329,19 +397,22 @@ def find_source(service: SearchService, image: Any, vector: np.ndarray, k: int, 
         head = service.search_vector(vector, pool_n, 0, flt, dedup, label="<image>")
         query = query_features(image)
         cache = feature_cache(settings.source_feature_cache)
-        run = SourceRun([h.id for h in head.hits])
-        verified, run.tried = verify(query, [(h.id, h.figure) for h in head.hits],
+        words = _word_candidates(service, query, flt, head.hits, dedup, vector)
+        pool = _interleaved(head.hits, words)
+        run = SourceRun([h.id for h in pool])
+        verified, run.tried = verify(query, [(h.id, h.figure) for h in pool],
                                      settings.images_dir, cache, deadline)
-        extra: list[SearchHit] = []
+        dense_ids = {h.id for h in head.hits}
+        extra = [h for h in words if h.id in verified and h.id not in dense_ids]
         if ocr is not None:
-            extra = _ocr_candidates(service, ocr, run, deadline, flt,
-                                    {h.id for h in head.hits}, vector)
-            run.pool += [h.id for h in extra]
-            found, tried = verify(query, [(h.id, h.figure) for h in extra],
+            seen = {h.id for h in pool}
+            more = _ocr_candidates(service, ocr, run, deadline, flt, seen, vector)
+            run.pool += [h.id for h in more]
+            found, tried = verify(query, [(h.id, h.figure) for h in more],
                                   settings.images_dir, cache, deadline)
             run.tried += tried
             verified.update(found)
-            extra = [h for h in extra if h.id in found]
+            extra += [h for h in more if h.id in found]
         run.verified = verified
         run.out_of_time = time.perf_counter() >= deadline
         _last.run = run
@@ -358,6 +429,62 @@ def find_source(service: SearchService, image: Any, vector: np.ndarray, k: int, 
     head.took_ms = round((time.perf_counter() - start) * 1000.0, 2)  # as search_vector's:
     # from after the encoding to the page, the candidate search and verification included
     return head
+
+
+#: Visual-word candidates (``VisualWordIndex.ranked``) added to the verification pool, and how
+#: many of them are tried before the dense candidates (the rest alternate with them). Chosen on
+#: the dev split (bench/results/source_eval_dev.json).
+WORD_CANDIDATES = 50
+WORD_LEAD = 5
+
+
+def _word_candidates(service: SearchService, query: LocalFeatures, flt: FigureFilter | None,
+                     dense: list[SearchHit], dedup: bool, vector: np.ndarray) -> list[SearchHit]:
+    """The visual-word index's best :data:`WORD_CANDIDATES` figures for the query (passing
+    ``flt``, in the store; a dense candidate as its dense hit; with ``dedup`` none sharing an
+    image with another dense hit), as hits scored by their image cosine; none without the
+    index or ``settings.visual_words``."""
+    words: VisualWordIndex | None = getattr(service, "visual_words", None)
+    if words is None or not service.settings.visual_words or query.count == 0:
+        return []
+    ranked = [fid for fid, _ in words.ranked(query.descriptors, WORD_CANDIDATES)]
+    if flt is not None and not flt.is_empty() and ranked:
+        allowed = service._allowed_ids(flt).contains(np.asarray(ranked, np.int64))
+        ranked = [fid for fid, ok in zip(ranked, allowed, strict=True) if ok]
+    by_id = {h.id: h for h in dense}
+    new = {h.id: h for h in _hits_for(service, [i for i in ranked if i not in by_id], vector)}
+    shas = {h.figure.get("sha256") for h in dense} if dedup else set()
+    return [by_id[i] if i in by_id else new[i] for i in ranked
+            if i in by_id or (i in new and new[i].figure.get("sha256") not in shas)]
+
+
+def _interleaved(dense: list[SearchHit], words: list[SearchHit]) -> list[SearchHit]:
+    """The order of trying: the first :data:`WORD_LEAD` word candidates, then dense and word
+    candidates alternating (each list's own order kept, each figure at its first place)."""
+    out: dict[int, SearchHit] = {h.id: h for h in words[:WORD_LEAD]}
+    rest = words[WORD_LEAD:]
+    for i in range(max(len(dense), len(rest))):
+        for hit in dense[i:i + 1] + rest[i:i + 1]:
+            out.setdefault(hit.id, hit)
+    return list(out.values())
+
+
+def _hits_for(service: SearchService, ids: list[int], vector: np.ndarray) -> list[SearchHit]:
+    """Hits for candidate ids from outside the dense search (those in the store, in the given
+    order), scored by their image cosine."""
+    from figsearch.search import SearchHit
+
+    figures = service.store.get_figures(ids)
+    ids = [i for i in ids if i in figures]
+    index = service.index
+    cosines = index.scores_for(service.check_vector(vector), ids) if index is not None else {}
+    hits = []
+    for fid in ids:
+        score = float(cosines.get(fid, 0.0))
+        hits.append(SearchHit(fid, 0, score, figures[fid],
+                              html.escape(str(figures[fid].get("caption") or "")), "",
+                              [HitSignal("dense", score, score, 1.0, None, None)]))
+    return hits
 
 
 def _reordered(hits: list[SearchHit], verified: dict[int, int]) -> list[SearchHit]:
@@ -442,8 +569,6 @@ def _ocr_candidates(service: SearchService, ocr: _QueryOcr, run: SourceRun, dead
                     ) -> list[SearchHit]:
     """Figures whose text (caption, in-figure text, ...) best matches the words read in the
     query image, not among the dense candidates, as hits scored by their image cosine."""
-    from figsearch.search import SearchHit
-
     words = ocr.result(deadline)
     run.ocr_words, run.ocr_ms = words, ocr.ms
     if not words or time.perf_counter() >= deadline:
@@ -451,14 +576,4 @@ def _ocr_candidates(service: SearchService, ocr: _QueryOcr, run: SourceRun, dead
     found = service._keyword(" ".join(words), OCR_CANDIDATES + len(exclude),
                              flt or FigureFilter())
     ids = [i for i in found.ids if i not in exclude][:OCR_CANDIDATES]
-    figures = service.store.get_figures(ids)
-    ids = [i for i in ids if i in figures]
-    index = service.index
-    cosines = index.scores_for(service.check_vector(vector), ids) if index is not None else {}
-    hits = []
-    for fid in ids:
-        score = float(cosines.get(fid, 0.0))
-        hits.append(SearchHit(fid, 0, score, figures[fid],
-                              html.escape(str(figures[fid].get("caption") or "")), "",
-                              [HitSignal("dense", score, score, 1.0, None, None)]))
-    return hits
+    return _hits_for(service, ids, vector)

@@ -73,6 +73,7 @@ from indexer.embed import (
     rank_device,
 )
 from indexer.panels import panel_stage
+from indexer.visual_words import visual_word_stage
 from indexer.worklist import WorkList, load_worklist, write_worklist
 
 CLASSIFY_CHUNK = 100_000
@@ -256,10 +257,12 @@ def build_from_worklist(
     caption_encoder = caption_encoder or load_caption_encoder(settings)
     captions = caption_stage(settings, store, caption_encoder, progress)
     panels = panel_stage(settings, store, encoder, caption_encoder, progress)
+    words = visual_word_stage(settings, store, None, progress)  # a new vocabulary
 
     def add_files(version_dir: Path) -> dict[str, Any]:
         out = captions(version_dir) if captions else {}
         out.update(panels(version_dir))  # after the captions: it writes into captions/
+        out.update(words(version_dir))
         ids = np.union1d(embedded.ids, _caption_ids(version_dir))
         out.update(run_version_writers(VersionContext(None, version_dir, store,
                                                       np.zeros(0, np.int64), ids)))
@@ -414,6 +417,9 @@ def _build_by_delta(settings: Settings, store: FigureStore, encoder: Any, wl: Wo
     captions, caption_delta = caption_delta_stage(settings, store, caption_encoder, prev, progress)
     # the small panel indexes are written anew from the vector caches (only new panels embed)
     panels = panel_stage(settings, store, encoder, caption_encoder, progress)
+    # the visual-word index is written anew under the previous vocabulary from the word cache
+    # (only new images' features are computed)
+    words = visual_word_stage(settings, store, prev, progress)
 
     def extra(version_dir: Path) -> dict[str, Any]:
         ids = np.load(version_dir / IDS_FILE)
@@ -427,6 +433,7 @@ def _build_by_delta(settings: Settings, store: FigureStore, encoder: Any, wl: Wo
     def add_files(version_dir: Path) -> dict[str, Any]:
         out = captions(version_dir) if captions else {}
         out.update(panels(version_dir))
+        out.update(words(version_dir))
         before = np.union1d(np.load(prev / IDS_FILE), _caption_ids(prev))
         after = np.union1d(np.load(version_dir / IDS_FILE), _caption_ids(version_dir))
         changed_captions = (caption_delta.upserted_ids if caption_delta is not None

@@ -279,6 +279,13 @@ class Settings(BaseSettings):
         "thread beside the dense search, used only if done within the budget) and try the "
         "figures whose text matches them as source candidates.",
     )
+    visual_words: bool = Field(
+        True,
+        description="Image queries: build a visual-word index (ORB keypoints quantised by a "
+        "k-means vocabulary, inverted file in each index version's visual_words/; needs OpenCV) "
+        "and add its best figures to the source verification candidates, so a crop or "
+        "screenshot's source is tried even when the image model ranks it low.",
+    )
     admin_token: str = Field(
         "", description="Token for state-changing endpoints (reload); empty disables them."
     )

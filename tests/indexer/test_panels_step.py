@@ -136,6 +136,11 @@ def test_figsearch_index_runs_the_panels_step(corpus, tiny_model_dir):
     # the version holds the panels' crops and sub-captions (figsearch.panel_index)
     assert (report.version_dir / "panels" / "manifest.json").is_file()
     assert (report.version_dir / "captions" / "panels" / "manifest.json").is_file()
+    # and the visual-word index of its stored images (indexer.visual_words)
+    words = json.loads((report.version_dir / "visual_words" / "manifest.json").read_text())
+    ids = np.load(report.version_dir / "visual_words" / "ids.npy")
+    assert words["figures"] == len(ids) >= 2 and words["postings"] > 0
+    assert set(ids.tolist()) <= set(np.load(report.version_dir / "ids.npy").tolist())
 
 
 def test_panel_stage_embeds_each_crop_once_and_a_rerun_reads_the_cache(corpus, tiny_model_dir):
