@@ -41,7 +41,8 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,12 +180,8 @@ def inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
 
     index = faiss.IndexBinaryFlat(candidate.descriptors.shape[1] * 8)
     index.add(candidate.descriptors)
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # this thread only (an OpenMP per-thread setting): a search
-    try:  # this small on two busy cores is 15x slower split over threads that wait on each other
+    with one_omp_thread():
         dist, nearest = index.search(query.descriptors, 2)
-    finally:
-        faiss.omp_set_num_threads(threads)
     good = np.nonzero((nearest[:, 1] >= 0) & (dist[:, 0] < RATIO * dist[:, 1]))[0]
     if len(good) < max(4, MIN_INLIERS):  # fewer matches than needed: no fit can verify
         return 0
@@ -199,6 +196,32 @@ def inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
     if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
         return 0
     return _distinct_inliers(dst[mask.ravel().astype(bool)])
+
+
+@contextmanager
+def one_omp_thread() -> Iterator[None]:
+    """faiss on this thread only, for the block (an OpenMP per-thread setting): a search as
+    small as one image's descriptors is 15x slower on two busy cores split over threads that
+    wait on each other."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def quantise(vocab_index: Any, descriptors: np.ndarray) -> np.ndarray:
+    """Sorted distinct visual words (int64) of ORB descriptors (n x 32 uint8): each
+    descriptor's nearest word in a binary index of the vocabulary. The index build
+    (:mod:`indexer.visual_words`) and the query (:class:`VisualWordIndex`) both use it, so a
+    query's words are those the figures were indexed under."""
+    if len(descriptors) == 0:
+        return np.zeros(0, np.int64)
+    _, nearest = vocab_index.search(np.ascontiguousarray(descriptors), 1)
+    return np.unique(nearest[:, 0]).astype(np.int64)
 
 
 def _distinct_inliers(points: np.ndarray) -> int:
@@ -313,17 +336,8 @@ class VisualWordIndex:
 
     def words(self, descriptors: np.ndarray) -> np.ndarray:
         """Sorted distinct words of ORB descriptors (n x 32 uint8)."""
-        if len(descriptors) == 0:
-            return np.zeros(0, np.int64)
-        import faiss
-
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)  # small search: one thread (see inliers)
-        try:
-            _, nearest = self._words.search(np.ascontiguousarray(descriptors), 1)
-        finally:
-            faiss.omp_set_num_threads(threads)
-        return np.unique(nearest[:, 0])
+        with one_omp_thread():
+            return quantise(self._words, descriptors)
 
     def ranked(self, descriptors: np.ndarray, n: int) -> list[tuple[int, float]]:
         """The ``n`` figures (id, score) whose words best match the query's: the tf-idf cosine

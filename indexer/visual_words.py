@@ -50,6 +50,7 @@ from figsearch.source_match import (
     VisualWordIndex,
     file_features,
     opencv,
+    quantise,
     word_index,
 )
 
@@ -201,11 +202,8 @@ class BuiltWords:
 
 
 def _quantise(vocab_index: Any, descriptors: np.ndarray) -> np.ndarray:
-    """Sorted distinct words of one image's descriptors."""
-    if len(descriptors) == 0:
-        return np.zeros(0, np.int32)
-    _, nearest = vocab_index.search(np.ascontiguousarray(descriptors), 1)
-    return np.unique(nearest[:, 0]).astype(np.int32)
+    """Sorted distinct words of one image's descriptors, as the word cache keeps them (int32)."""
+    return quantise(vocab_index, descriptors).astype(np.int32)
 
 
 def _computed(images_dir: Path, todo: list[_Image], threads: int
