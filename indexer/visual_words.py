@@ -206,13 +206,16 @@ def _quantise(vocab_index: Any, descriptors: np.ndarray) -> np.ndarray:
     return quantise(vocab_index, descriptors).astype(np.int32)
 
 
-def _computed(images_dir: Path, todo: list[_Image], threads: int
-              ) -> Iterator[tuple[_Image, np.ndarray | None]]:
+def _computed(images_dir: Path, todo: list[_Image], threads: int, progress: bool = False,
+              desc: str = "visual words") -> Iterator[tuple[_Image, np.ndarray | None]]:
     """(image, descriptors) of ``todo``, computed on ``threads`` threads (OpenCV releases the
-    GIL while decoding and detecting)."""
+    GIL while decoding and detecting), with a progress bar when ``progress``."""
+    from tqdm import tqdm
+
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        yield from zip(todo, pool.map(lambda im: _descriptors(images_dir, im), todo),
-                       strict=True)
+        found = pool.map(lambda im: _descriptors(images_dir, im), todo)
+        yield from tqdm(zip(todo, found, strict=True), total=len(todo), desc=desc,
+                        unit="image", disable=not progress or not todo)
 
 
 def build_words(settings: Settings, store: Any, prev_dir: Path | None = None,
@@ -234,7 +237,8 @@ def build_words(settings: Settings, store: Any, prev_dir: Path | None = None,
         vocab = np.asarray(prev.vocab)
     else:
         sample = random.Random(_SEED).sample(images, min(TRAIN_IMAGES, len(images)))
-        for image, desc in _computed(settings.images_dir, sample, threads):
+        for image, desc in _computed(settings.images_dir, sample, threads, progress,
+                                     "visual vocabulary"):
             if desc is not None:
                 fresh[image.sha] = desc
             else:
@@ -263,7 +267,8 @@ def build_words(settings: Settings, store: Any, prev_dir: Path | None = None,
             todo[image.sha] = image
     computed = len(todo) + (len(by_sha) if trained_on else 0)
     try:
-        for image, desc in _computed(settings.images_dir, list(todo.values()), threads):
+        for image, desc in _computed(settings.images_dir, list(todo.values()), threads,
+                                     progress):
             if desc is not None:
                 by_sha[image.sha] = _quantise(vocab_index, desc)
                 cache.put(image.sha, by_sha[image.sha])
