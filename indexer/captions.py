@@ -85,10 +85,15 @@ class CaptionVectors:
     passages_limit: int | None = None  # settings.caption_passages of the read
 
 
+def model_file_name(model_key: str) -> str:
+    """A model key as a file-name part (the caches and work dirs named after a model): runs of
+    anything but letters, digits, ``_``, ``.`` and ``-`` become ``_``, at most 80 characters."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model_key)[:80]
+
+
 def cache_path(settings: Settings, model_key: str) -> Path:
     """The caption-vector cache of one caption encoder."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_key)[:80]
-    return settings.data_dir / "cache" / f"captions-{safe}.sqlite"
+    return settings.data_dir / "cache" / f"captions-{model_file_name(model_key)}.sqlite"
 
 
 def caption_rows(store: FigureStore, passages: int = 0, since: str | None = None

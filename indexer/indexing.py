@@ -16,7 +16,6 @@ Only the process that merges writes the store (unreadable-image errors). Buildin
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 import time
@@ -52,7 +51,12 @@ from indexer.build import (
     build_version,
     index_lock,
 )
-from indexer.captions import caption_delta_stage, caption_stage, load_caption_encoder
+from indexer.captions import (
+    caption_delta_stage,
+    caption_stage,
+    load_caption_encoder,
+    model_file_name,
+)
 from indexer.delta import (
     IndexDelta,
     VersionContext,
@@ -102,8 +106,7 @@ class IndexReport:
 
 def work_dir_for(settings: Settings, model_key: str) -> Path:
     """Embedding shards of one model live here until the index is built."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_key)[:80]
-    return settings.data_dir / "work" / f"embed-{safe}"
+    return settings.data_dir / "work" / f"embed-{model_file_name(model_key)}"
 
 
 def load_encoder(settings: Settings, model_spec: str | None,

@@ -176,10 +176,9 @@ def crop_hash(model_key: str, sha256: str, box: Box) -> str:
 
 def crop_cache_path(settings: Settings, model_key: str) -> Path:
     """The panel-crop vector cache of one image model."""
-    import re
+    from indexer.captions import model_file_name
 
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_key)[:80]
-    return settings.data_dir / "cache" / f"panels-{safe}.sqlite"
+    return settings.data_dir / "cache" / f"panels-{model_file_name(model_key)}.sqlite"
 
 
 def embed_crops(settings: Settings, encoder: Any, crops: list[tuple[int, str, str, Box]],
