@@ -461,6 +461,11 @@ _LIVE_IMAGES_FROM = (
 )
 
 
+def parse_boxes(raw: str) -> list[tuple[int, int, int, int]]:
+    """Panel boxes as ``figure_panels.panels`` stores them (JSON ``[[x0, y0, x1, y1], ...]``)."""
+    return [(int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in json.loads(raw)]
+
+
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -891,27 +896,26 @@ class FigureStore:
 
     def panel_boxes(self, sha256: str) -> list[tuple[int, int, int, int]] | None:
         """The stored panel boxes of an image, or None when it has no row (or was unreadable)."""
-        with self.engine.connect() as conn:
-            row = conn.execute(text("SELECT panels, error FROM figure_panels WHERE sha256 = :s"),
-                               {"s": sha256}).first()
-        if row is None or row[1]:
-            return None
-        return [(int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in json.loads(row[0])]
+        return self.panel_boxes_many([sha256]).get(sha256)
 
     def panel_boxes_many(self, sha256s: Sequence[str]) -> dict[str, list[tuple[int, int, int, int]]]:
         """Stored panel boxes by image hash (images without a row, or unreadable: absent)."""
-        out: dict[str, list[tuple[int, int, int, int]]] = {}
-        shas = sorted({s for s in sha256s if s})
+        rows = self._rows_by_sha(
+            "SELECT sha256, panels FROM figure_panels WHERE sha256 IN ({}) AND error IS NULL",
+            sorted({s for s in sha256s if s}))
+        return {str(r[0]): parse_boxes(r[1]) for r in rows}
+
+    def _rows_by_sha(self, sql: str, sha256s: Sequence[str], chunk: int = 500) -> list[Any]:
+        """The rows of ``sql``, whose ``{}`` is an ``IN`` list, for the given image hashes,
+        queried ``chunk`` hashes at a time (SQLite caps the parameters of one statement)."""
+        rows: list[Any] = []
         with self.engine.connect() as conn:
-            for i in range(0, len(shas), 500):
-                chunk = shas[i : i + 500]
-                marks = ", ".join(f":s{j}" for j in range(len(chunk)))
-                rows = conn.execute(text(
-                    f"SELECT sha256, panels FROM figure_panels WHERE sha256 IN ({marks}) "
-                    "AND error IS NULL"), {f"s{j}": v for j, v in enumerate(chunk)}).all()
-                out.update({str(r[0]): [(int(b[0]), int(b[1]), int(b[2]), int(b[3]))
-                                        for b in json.loads(r[1])] for r in rows})
-        return out
+            for i in range(0, len(sha256s), chunk):
+                part = list(sha256s[i : i + chunk])
+                marks = ", ".join(f":s{j}" for j in range(len(part)))
+                rows += conn.execute(text(sql.format(marks)),
+                                     {f"s{j}": v for j, v in enumerate(part)}).all()
+        return rows
 
     def compound_panels(self, figures: dict[int, dict[str, Any]]) -> dict[int, list[Any]]:
         """{figure id: aligned panels} of the given figure rows (id -> row with ``sha256`` and
@@ -945,17 +949,9 @@ class FigureStore:
 
     def ocr_texts(self, sha256s: Sequence[str]) -> dict[str, str]:
         """In-figure text by image hash (images without OCR are absent)."""
-        out: dict[str, str] = {}
-        with self.engine.connect() as conn:
-            for i in range(0, len(sha256s), 500):
-                chunk = list(sha256s[i : i + 500])
-                marks = ", ".join(f":s{j}" for j in range(len(chunk)))
-                rows = conn.execute(
-                    text(f"SELECT sha256, text FROM figure_ocr WHERE sha256 IN ({marks})"),
-                    {f"s{j}": v for j, v in enumerate(chunk)},
-                ).all()
-                out.update({str(r[0]): str(r[1] or "") for r in rows})
-        return out
+        rows = self._rows_by_sha("SELECT sha256, text FROM figure_ocr WHERE sha256 IN ({})",
+                                 sha256s)
+        return {str(r[0]): str(r[1] or "") for r in rows}
 
     def distinct_values(self, column: str) -> list[str]:
         """Distinct journals / figure types / license classes for UI pickers."""

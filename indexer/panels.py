@@ -41,7 +41,7 @@ from figsearch.datadir import portable_path
 from figsearch.imaging import ImageError, open_image, safe_image_path
 from figsearch.panel_index import PANEL_SLOTS, PANELS_DIR, own_subcaption, panel_key
 from figsearch.panels import Panel, align, detect_panels, split_caption
-from figsearch.store import FigureStore
+from figsearch.store import FigureStore, parse_boxes
 
 #: Detector version stored with each row; changing it makes the next run recompute all rows.
 ALGO = "xycut-2"
@@ -155,10 +155,7 @@ def panel_rows(store: Any) -> PanelRows:
 def _add_figure(out: PanelRows, fid: int, sha: str, rel: str, label: str | None,
                 caption: str | None, title: str | None, boxes_json: str) -> None:
     """One compound figure's crops and sub-caption texts (panels past the key space: none)."""
-    import json
-
-    boxes: list[Box] = [(int(b[0]), int(b[1]), int(b[2]), int(b[3]))
-                        for b in json.loads(boxes_json)][: PANEL_SLOTS - 1]
+    boxes: list[Box] = parse_boxes(boxes_json)[: PANEL_SLOTS - 1]
     panels = align([Panel(b) for b in boxes], split_caption(caption or ""))
     out.figures += 1
     for n, panel in enumerate(panels, 1):
