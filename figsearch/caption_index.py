@@ -211,8 +211,9 @@ def load_caption_index(version_dir: Path, nprobe: int = 32) -> SearchIndex | Pas
     return PassageIndex(whole, SearchIndex.load(sub / PASSAGES_DIR, nprobe=nprobe))
 
 
-def whole_caption_index(index: Any) -> Any:
-    """The whole-caption SearchIndex under any MaxP layers (passages, sub-captions)."""
+def whole_index(index: Any) -> Any:
+    """The whole-figure SearchIndex under any MaxP layers (caption passages, sub-captions,
+    panel crops); ``index`` itself when it has none."""
     while isinstance(index, MaxPIndex):
         index = index.whole
     return index

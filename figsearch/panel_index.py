@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from figsearch.caption_index import MaxPIndex, part_keys
+from figsearch.caption_index import CAPTIONS_DIR, MaxPIndex, part_keys
 from figsearch.index import MANIFEST_FILE, SearchIndex
 
 PANELS_DIR = "panels"  # in a version dir (crops) and in its captions dir (sub-captions)
@@ -76,13 +76,21 @@ class PanelIndex(MaxPIndex):
     what = "panels"
 
 
+def _load_built(sub: Path, nprobe: int) -> SearchIndex | None:
+    """The SearchIndex in ``sub``, or None when the version has none there."""
+    return SearchIndex.load(sub, nprobe=nprobe) if (sub / MANIFEST_FILE).is_file() else None
+
+
 def load_panel_index(whole: Any, version_dir: Path, nprobe: int = 32) -> Any:
     """``whole`` with the panel vectors of ``version_dir/panels`` (a :class:`PanelIndex`), or
     ``whole`` itself when the version has none."""
-    sub = Path(version_dir) / PANELS_DIR
-    if whole is None or not (sub / MANIFEST_FILE).is_file():
-        return whole
-    return PanelIndex(whole, SearchIndex.load(sub, nprobe=nprobe))
+    crops = None if whole is None else _load_built(Path(version_dir) / PANELS_DIR, nprobe)
+    return whole if crops is None else PanelIndex(whole, crops)
+
+
+def load_subcaptions(version_dir: Path, nprobe: int = 32) -> SearchIndex | None:
+    """The version's panel sub-caption vectors (``captions/panels/``), or None."""
+    return _load_built(Path(version_dir) / CAPTIONS_DIR / PANELS_DIR, nprobe)
 
 
 def own_subcaption(panel: Any) -> str | None:

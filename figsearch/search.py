@@ -50,7 +50,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from figsearch import timing
-from figsearch.caption_index import best_passages, whole_caption_index
+from figsearch.caption_index import best_passages, whole_index
 from figsearch.columns import AllowedSet, VersionColumns
 from figsearch.core.config import Settings
 from figsearch.explain import (
@@ -191,9 +191,7 @@ def query_terms(query: str) -> set[str]:
 def _row_ids(index: Any) -> np.ndarray | None:
     """The figure ids of a vector index's rows that filters apply to (a caption index with
     passages or panels filters its whole-caption index), or None."""
-    while getattr(index, "whole", None) is not None:
-        index = index.whole
-    ids = getattr(index, "ids", None)
+    ids = getattr(whole_index(index), "ids", None)
     return ids if isinstance(ids, np.ndarray) else None
 
 
@@ -597,7 +595,7 @@ class SearchService:
         whole: dict[int, float] = {}
         if subcaptions is not None:
             cvec = cvec if cvec is not None else self._encode_caption_query(query)
-            whole = whole_caption_index(self.captions.index).scores_for(cvec, sorted(panels))
+            whole = whole_index(self.captions.index).scores_for(cvec, sorted(panels))
         for h in hits:
             if h.id not in panels:
                 continue

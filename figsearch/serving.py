@@ -177,10 +177,10 @@ class VersionLoader:
             self._caption_encoders[spec] = BatchingEncoder(
                 encoder, max_batch=min(self.settings.batch_size, QUERY_BATCH),
                 cache_size=self.settings.query_cache_size)
+        from figsearch.panel_index import PanelIndex, load_subcaptions
+
         subcaptions = load_subcaptions(version_dir, self.settings.nprobe)
         if subcaptions is not None and self.settings.panel_caption_maxp:
-            from figsearch.panel_index import PanelIndex
-
             index = PanelIndex(index, subcaptions)
         return CaptionSignal(index, self._caption_encoders[spec], subcaptions), backend
 
@@ -267,16 +267,6 @@ class VersionLoader:
 
         threads = self.settings.torch_threads
         model_thread().call(lambda: set_torch_threads(threads))
-
-
-def load_subcaptions(version_dir: Path, nprobe: int = 32) -> SearchIndex | None:
-    """The version's panel sub-caption vectors (``captions/panels/``), or None."""
-    from figsearch.caption_index import CAPTIONS_DIR
-    from figsearch.index import MANIFEST_FILE
-    from figsearch.panel_index import PANELS_DIR
-
-    sub = Path(version_dir) / CAPTIONS_DIR / PANELS_DIR
-    return SearchIndex.load(sub, nprobe=nprobe) if (sub / MANIFEST_FILE).is_file() else None
 
 
 def onnx_root(settings: Settings) -> Path:
