@@ -93,10 +93,17 @@ def _image_file(
     if not path.is_file():
         raise HTTPException(404, f"figure {figure_id}: image file is missing from the data dir")
     etag = f'"{figure.get("sha256") or path.stem}{"-thumb" if thumbnail else ""}"'
+    headers, unchanged = _cached(request, etag)
+    return unchanged or FileResponse(path, media_type="image/jpeg", headers=headers)
+
+
+def _cached(request: Request, etag: str) -> tuple[dict[str, str], Response | None]:
+    """The caching headers of an image response with this ETag, and the 304 answer when the
+    client already holds it (If-None-Match), else None."""
     headers = {"Cache-Control": CACHE_CONTROL, "ETag": etag}
     if etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    return FileResponse(path, media_type="image/jpeg", headers=headers)
+        return headers, Response(status_code=304, headers=headers)
+    return headers, None
 
 
 _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -154,11 +161,11 @@ def get_panel_image(
     x0, y0, x1, y1 = (int(v) for v in panels[number - 1].box)
     box = (x0, y0, x1, y1)
     etag = f'"{figure.get("sha256")}-panel-{"-".join(map(str, box))}"'
-    headers = {"Cache-Control": CACHE_CONTROL, "ETag": etag}
-    if etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    return Response(_crop_jpeg(settings.images_dir, figure_id, str(figure["image_path"]), box),
-                    media_type="image/jpeg", headers=headers)
+    headers, unchanged = _cached(request, etag)
+    if unchanged is not None:
+        return unchanged
+    jpeg = _crop_jpeg(settings.images_dir, figure_id, str(figure["image_path"]), box)
+    return Response(jpeg, media_type="image/jpeg", headers=headers)
 
 
 def _crop_jpeg(images_dir: Path, figure_id: int, rel: str,
