@@ -21,14 +21,18 @@ from PIL import Image
 from indexer.jats import caption_text
 
 
-def open_image(root: Path, rel: str) -> Image.Image:
-    """The RGB image at ``rel`` under ``root`` (``zip!member`` for a file in a zip)."""
+def read_bytes(root: Path, rel: str) -> bytes:
+    """The file at ``rel`` under ``root`` (``archive.zip!member`` for a file in a zip)."""
     if "!" in rel:
         archive, member = rel.split("!", 1)
         with zipfile.ZipFile(root / archive) as zf:
-            data = zf.read(member)
-        return Image.open(io.BytesIO(data)).convert("RGB")
-    return Image.open(root / rel).convert("RGB")
+            return zf.read(member)
+    return (root / rel).read_bytes()
+
+
+def open_image(root: Path, rel: str) -> Image.Image:
+    """The RGB image at ``rel`` under ``root`` (``zip!member`` for a file in a zip)."""
+    return Image.open(io.BytesIO(read_bytes(root, rel))).convert("RGB")
 
 
 @lru_cache(maxsize=4)

@@ -24,12 +24,13 @@ import hashlib
 import io
 import json
 import random
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from bench.panels_data import read_bytes
 
 ALTERATIONS = ("crop70", "crop50", "crop35", "panel", "screenshot", "partial", "shrunk",
                "rot+3", "rot-3")
@@ -60,15 +61,6 @@ class Source:
 def split_of(pmcid: str) -> str:
     """dev for half the articles, test for the other half (sha1 of the PMCID, even/odd)."""
     return "dev" if int(hashlib.sha1(pmcid.encode()).hexdigest(), 16) % 2 == 0 else "test"
-
-
-def read_bytes(root: Path, rel: str) -> bytes:
-    """The file at ``rel`` under ``root`` (``archive.zip!member`` for a file in a zip)."""
-    if "!" in rel:
-        archive, member = rel.split("!", 1)
-        with zipfile.ZipFile(root / archive) as zf:
-            return zf.read(member)
-    return (root / rel).read_bytes()
 
 
 def shared_sources(root: Path, panels_path: Path) -> Iterator[Source]:
