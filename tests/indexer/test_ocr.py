@@ -16,7 +16,7 @@ from figsearch.imaging import store_image
 from figsearch.records import ArticleRecord, FigureRecord
 from figsearch.search import SearchService
 from figsearch.store import FigureStore
-from indexer.ocr import make_engine, ocr_step, recognise, run_ocr
+from indexer.ocr import detect, make_engine, ocr_step, read_widest, recognise, run_ocr
 
 FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 
@@ -50,6 +50,18 @@ def test_ocr_reads_the_words_drawn_in_an_image(engine):
     text, boxes = recognise(engine, word_image(["SMAD4", "ZEB1", "Hypoxia"]))
     assert text.split() == ["SMAD4", "ZEB1", "Hypoxia"] and boxes == 3
     assert recognise(engine, Image.new("RGB", (300, 120), "white")) == ("", 0)
+
+
+def test_reading_only_the_widest_word_boxes(engine):
+    """Query OCR reads the widest word-shaped boxes only: a limit of one reads the longest
+    word, a larger one all of them in reading order."""
+    img = word_image(["SMAD4", "ZEB1", "Hypoxia"])
+    found = detect(engine, img)
+    assert len(found.boxes) == 3
+    assert read_widest(engine, found, 1) == "Hypoxia"
+    assert read_widest(engine, found, 10).split() == ["SMAD4", "ZEB1", "Hypoxia"]
+    assert read_widest(engine, found, 0) == ""
+    assert detect(engine, Image.new("RGB", (300, 120), "white")).boxes == []
 
 
 def _figure(settings: Settings, fig_id: str, caption: str, data: bytes) -> FigureRecord:
