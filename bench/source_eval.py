@@ -215,6 +215,20 @@ def run_pass(service: SearchService, queries: list[Query], k: int, label: str,
     return out
 
 
+def tuning_pass(service: SearchService, queries: list[Query], k: int) -> list[Outcome]:
+    """The verified pass with every first-fit count of at least 1 recorded: no threshold, no
+    conclusive stop and no re-matching (the sweep is over the first fit's inlier counts)."""
+    saved = (source_match.MIN_INLIERS, source_match.CONCLUSIVE_INLIERS,
+             source_match.REFINE_WEAK, source_match.REFINE_TOP)
+    source_match.MIN_INLIERS, source_match.CONCLUSIVE_INLIERS = 1, 1 << 30
+    source_match.REFINE_WEAK = source_match.REFINE_TOP = 0
+    try:
+        return run_pass(service, queries, k, "verified (tuning)")
+    finally:
+        (source_match.MIN_INLIERS, source_match.CONCLUSIVE_INLIERS,
+         source_match.REFINE_WEAK, source_match.REFINE_TOP) = saved
+
+
 def http_pass(data_dir: Path, queries: list[Query], sha_of: dict[int, str], k: int,
               port: int = 8917) -> dict[str, Any]:
     """The queries once through a real API server (uvicorn on loopback): latency and hit@1."""
@@ -314,9 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         features = warm_cache(service)
         threshold = source_match.MIN_INLIERS
         if args.tune:
-            source_match.MIN_INLIERS = 1
-        verified = run_pass(service, queries, args.k, "verified")
-        source_match.MIN_INLIERS = threshold
+            verified = tuning_pass(service, queries, args.k)
+        else:
+            verified = run_pass(service, queries, args.k, "verified")
         cold = run_pass(service, queries[:args.cold], args.k, "cold", cold=True)
         figures: dict[str, Any] = {
             "figures": len(sources), "queries": len(queries),

@@ -9,23 +9,32 @@ scale, translation: what cropping, framing, rescaling and a slightly rotated pho
 do) counts the matches that agree on one placement of the query inside the candidate. A
 figure with at least :data:`MIN_INLIERS` such inliers is *verified* as the source.
 
+A small crop or a single panel covers a small part of its figure, so its first fit can be weak
+(a few inliers) even against its source. *Guided re-matching* (:func:`refine`) cuts the region
+where that fit places the query out of the stored image, scales it to the query's own scale and
+matches again: a true source then has hundreds of inliers, a wrong figure's chance placement a
+handful. It runs when nothing was verified (the strongest weak fits, until one passes) and to
+order verified candidates whose counts are close (:func:`refined`).
+
 Candidates are the dense image search's top ``settings.source_candidates`` (already in the
 right order of trying: best first), the visual-word index's top :data:`WORD_CANDIDATES`
-(``settings.visual_words``, when the version has ``visual_words/``: the same ORB descriptors
-quantised into words, voting tf-idf in an inverted file, :class:`VisualWordIndex`, built by
-:mod:`indexer.visual_words`; they do not depend on the image model), tried first for the words'
+(``settings.visual_words``, when the version has ``visual_words/``: ORB descriptors of the
+stored images quantised into words, voting tf-idf in an inverted file,
+:class:`VisualWordIndex`, built by :mod:`indexer.visual_words`; they do not depend on the image
+model), tried first for the words'
 best :data:`WORD_LEAD` and then alternating with the dense ones, plus - with
 ``settings.query_ocr`` - the figures whose in-figure text and captions hold the words read from
 the query image. Verified figures move to
 the front, most inliers first; the rest keep the dense order. Each verified hit carries a
 ``source`` signal whose ``raw`` is its inlier count.
 
-Cost: a candidate's features are computed from its stored image (decoded at half size, the
-long side then scaled to :data:`CANDIDATE_SIDE`) once and kept in an LRU cache keyed by the
-image's sha256 (``settings.source_feature_cache``); matching one candidate costs about a
-millisecond. Verification stops when the query's time budget
-(``settings.image_query_budget_ms``, counted from the query's arrival) runs out, keeping what
-was verified; candidates not reached keep their dense place.
+Cost: a candidate's features are computed from its stored image (decoded at half size when
+that stays large enough, the long side then scaled to :data:`CANDIDATE_SIDE`) once and kept in
+an LRU cache keyed by the image's sha256 (``settings.source_feature_cache``); matching one
+candidate costs a few milliseconds, re-matching one about 10 ms (it decodes the stored image).
+Verification stops when the query's time budget (``settings.image_query_budget_ms``, counted
+from the query's arrival) runs out, keeping what was verified; candidates not reached keep
+their dense place.
 
 OpenCV is imported lazily: without it (a serve-only install without the ``serve`` extra's
 ``opencv-python-headless``) image queries are answered by the dense search alone, with one
@@ -34,6 +43,7 @@ warning in the log.
 
 from __future__ import annotations
 
+import atexit
 import html
 import json
 import logging
@@ -60,15 +70,23 @@ log = logging.getLogger("figsearch.source")
 
 #: Long side (px) a stored candidate image is scaled to (down, or up from a small stored copy:
 #: a crop must not be several times larger in the query than in the candidate) before its
-#: keypoints are found.
-CANDIDATE_SIDE = 640
+#: keypoints are found. 960 px and 3000 keypoints rather than 640 and 1000: a crop of a third of
+#: a figure's side held ~120 of the 1000 keypoints, too few to agree on a placement. On dev,
+#: with re-matching and the conclusive stop below, 35 % crops found first went 0.64 -> 0.85 and
+#: single panels 0.82 -> 0.95 (bench/results/source_eval_dev.json against its previous
+#: version); matching costs about twice as much per candidate.
+CANDIDATE_SIDE = 960
 #: Long side range (px) of the query image's working copy: larger ones are scaled down, smaller
 #: ones up (a tiny crop has too few keypoints at its own size).
 QUERY_SIDE = (480, 800)
 #: Keypoints kept (ORB's strongest) per stored candidate image and per query: matching costs
-#: about their product (1000 x 800: ~10 ms per candidate on a loaded 2-core machine).
-CANDIDATE_FEATURES = 1000
+#: about their product.
+CANDIDATE_FEATURES = 3000
 QUERY_FEATURES = 800
+#: The visual-word index (:mod:`indexer.visual_words`) quantises the lighter features it was
+#: designed with: its postings grow with the keypoints per image.
+WORD_SIDE = 640
+WORD_FEATURES = 1000
 #: ORB pyramid levels (scale 1.2 apart): a query's pyramid is deeper, because a crop or panel
 #: is shown larger in the query than inside the whole stored figure (1.2^11 = 7.4x).
 CANDIDATE_LEVELS = 8
@@ -79,14 +97,39 @@ RATIO = 0.8
 #: RANSAC reprojection threshold (px at the candidate's working size).
 RANSAC_PX = 6.0
 #: A similarity fit with fewer inliers does not verify a candidate. Chosen on the dev split
-#: (``python -m bench.source_eval --split dev --tune``, bench/results/source_eval_dev.json):
-#: another figure than the source passes 6 inliers for 23 % of the queries, 8 for 9 %, 10 for
-#: 6.6 %, 14 for 5.3 % - above ~10 mostly figures that really share content (the same KEGG map
-#: in two articles) - while hit@1 of crops, panels and screenshots only falls from 0.600 (6) to
-#: 0.575 (14); 14 leaves a margin above the noise.
-MIN_INLIERS = 14
+#: (``python -m bench.source_eval --split dev --tune``, bench/results/source_eval_dev_tune.json:
+#: first fits only, every candidate tried within the budget): another figure than the source
+#: passes 14 inliers for 10.6 % of the queries, 20 for 8.7 %, 25 for 7.3 % - above ~10 mostly
+#: figures that really share content (the same KEGG map in two articles) - while hit@1 of crops,
+#: panels and screenshots goes 0.939 / 0.935 / 0.926; guided re-matching (below) verifies the
+#: weaker true fits that 20 leaves out.
+MIN_INLIERS = 20
 #: Scales of the query inside the candidate a real crop or screenshot can have.
 SCALE_RANGE = (0.05, 20.0)
+#: Guided re-matching (:func:`refine`): the weakest first fit worth re-matching, how many weak
+#: fits are re-matched when nothing is verified (strongest first, until one passes), the
+#: re-matched inliers that verify, and - when several candidates are verified - the share of
+#: the best count within which the top :data:`REFINE_TOP` are re-matched to order them. On dev
+#: a re-matched true source has 149+ inliers in 95 % of cases; a re-matched wrong figure with a
+#: first fit of 3 never passed 15 (15,832 of them), all of them 49.
+REFINE_FROM = 3
+REFINE_WEAK = 8
+REFINE_MIN_INLIERS = 30
+REFINE_CLOSE = 0.7
+REFINE_TOP = 2
+#: Budget (ms) kept from the candidate verification for re-matching: verification of the pool
+#: stops this long before the deadline.
+REFINE_RESERVE_MS = 60.0
+#: A fit this strong is conclusive: verification stops trying further candidates. On dev the
+#: first candidate tried reaches it for most queries (median 1 tried instead of 86), at the same
+#: hit@1 (0.953 against 0.951 trying all within an unlimited budget).
+CONCLUSIVE_INLIERS = 100
+#: Keypoints of the candidate's region at the query's scale, and the scale range of the
+#: re-matched fit (the region is already scaled to the query).
+REFINE_FEATURES = 1500
+REFINE_SCALE_RANGE = (0.5, 2.0)
+#: Margin (share of the region's side) added around the query's placement before re-matching.
+REFINE_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -157,23 +200,55 @@ def query_features(image: Any) -> LocalFeatures:
     return features(gray, *QUERY_SIDE, n=QUERY_FEATURES, levels=QUERY_LEVELS)
 
 
-def file_features(path: Path) -> LocalFeatures:
-    """Features of a stored image file, decoded at half size when that keeps it large enough
-    (JPEG decodes in scaled-down DCT, several times faster)."""
+def file_features(path: Path, side: int = CANDIDATE_SIDE,
+                  n: int = CANDIDATE_FEATURES) -> LocalFeatures:
+    """Features of a stored image file at a long side of ``side``, decoded at half size when
+    that keeps it large enough (JPEG decodes in scaled-down DCT, several times faster)."""
+    gray = _read_gray(path, reduced=True, least=side)
+    return features(gray, side, side, n=n)
+
+
+def word_features(path: Path) -> LocalFeatures:
+    """The features the visual-word index quantises (:data:`WORD_SIDE`, :data:`WORD_FEATURES`)."""
+    return file_features(path, WORD_SIDE, WORD_FEATURES)
+
+
+def _read_gray(path: Path, reduced: bool = False, least: int = 0) -> np.ndarray:
+    """A stored image file as greyscale uint8; ``reduced`` decodes at half size when its long
+    side stays at least ``least``."""
     cv2 = opencv()
-    gray = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_2)
-    if gray is None or max(gray.shape) < CANDIDATE_SIDE:
+    gray = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_2) if reduced else None
+    if gray is None or max(gray.shape) < least:
         gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if gray is None:
         raise OSError(f"cannot decode {path}")
-    return features(gray, CANDIDATE_SIDE, CANDIDATE_SIDE)
+    return gray
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A similarity fit of a query into a candidate: its distinct inliers and the transform
+    (2 x 3, query working pixels -> candidate working pixels; None without a fit)."""
+
+    count: int
+    model: np.ndarray | None = None
+
+
+NO_FIT = Fit(0)
 
 
 def inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
     """How many ratio-test matches of ``query`` agree on one similarity transform into
     ``candidate`` (RANSAC); 0 when too few match to fit one or the fit's scale is absurd."""
+    return match(query, candidate).count
+
+
+def match(query: LocalFeatures, candidate: LocalFeatures, least: int = REFINE_FROM,
+          scale_range: tuple[float, float] = SCALE_RANGE) -> Fit:
+    """The RANSAC similarity fit of ``query``'s ratio-test matches into ``candidate``
+    (:data:`NO_FIT` with fewer than ``least`` matches, or a scale outside ``scale_range``)."""
     if query.count < 2 or candidate.count < 2:
-        return 0
+        return NO_FIT
     cv2 = opencv()
     import faiss  # the serve role's vector search library; its binary index is 6x faster
     # than OpenCV's brute-force Hamming matcher here
@@ -183,19 +258,53 @@ def inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
     with one_omp_thread():
         dist, nearest = index.search(query.descriptors, 2)
     good = np.nonzero((nearest[:, 1] >= 0) & (dist[:, 0] < RATIO * dist[:, 1]))[0]
-    if len(good) < max(4, MIN_INLIERS):  # fewer matches than needed: no fit can verify
-        return 0
+    if len(good) < max(4, least):  # fewer matches than needed: no fit can count
+        return NO_FIT
     src = query.points[good]
     dst = candidate.points[nearest[good, 0]]
     model, mask = cv2.estimateAffinePartial2D(
         src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PX, maxIters=500,
         confidence=0.99)
     if model is None or mask is None:
-        return 0
+        return NO_FIT
     scale = float(np.hypot(model[0, 0], model[1, 0]))
-    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+    if not scale_range[0] <= scale <= scale_range[1]:
+        return NO_FIT
+    return Fit(_distinct_inliers(dst[mask.ravel().astype(bool)]), model)
+
+
+def refine(query: LocalFeatures, fit: Fit, candidate: LocalFeatures, path: Path) -> int:
+    """Inliers of the query re-matched against the candidate's region where ``fit`` places it,
+    cut from the stored image and scaled to the query's own scale (guided re-matching).
+
+    A crop or panel covers a small part of the whole figure, so few of the candidate's
+    keypoints fall inside it and few of those were found at the query's scale: a weak first
+    fit. Its placement is still roughly right, and the region alone, at the query's scale,
+    holds as many keypoints as the query (a true source: 150-300 inliers); a wrong figure's
+    region matches by chance (under 15 for nearly all weak fits on dev)."""
+    if fit.model is None:
         return 0
-    return _distinct_inliers(dst[mask.ravel().astype(bool)])
+    cv2 = opencv()
+    gray = _read_gray(path)
+    height, width = gray.shape
+    zoom = width / candidate.size[0]  # candidate working pixels -> stored pixels
+    qw, qh = query.size
+    corners = np.array([[0, 0, 1], [qw, 0, 1], [0, qh, 1], [qw, qh, 1]], float) @ fit.model.T
+    (x0, y0), (x1, y1) = corners.min(0) * zoom, corners.max(0) * zoom
+    mx, my = REFINE_MARGIN * (x1 - x0), REFINE_MARGIN * (y1 - y0)
+    x0, y0 = max(0, int(x0 - mx)), max(0, int(y0 - my))
+    x1, y1 = min(width, int(x1 + mx) + 1), min(height, int(y1 + my) + 1)
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return 0
+    to_query = 1.0 / (float(np.hypot(fit.model[0, 0], fit.model[1, 0])) * zoom)
+    region = gray[y0:y1, x0:x1]
+    size = (max(1, round(region.shape[1] * to_query)), max(1, round(region.shape[0] * to_query)))
+    if max(size) > 4 * max(query.size):  # an absurd placement: nothing to re-match
+        return 0
+    region = cv2.resize(region, size, interpolation=cv2.INTER_AREA if to_query < 1
+                        else cv2.INTER_CUBIC)
+    local = features(region, max(size), max(size), n=REFINE_FEATURES)
+    return match(query, local, scale_range=REFINE_SCALE_RANGE).count
 
 
 @contextmanager
@@ -277,15 +386,28 @@ def feature_cache(size: int) -> FeatureCache:
         return cache
 
 
+@dataclass
+class Tried:
+    """A candidate verification tried: its first fit, features and stored image (what
+    :func:`refine` needs)."""
+
+    fit: Fit
+    features: LocalFeatures
+    path: Path
+
+
 def verify(
     query: LocalFeatures, candidates: Sequence[tuple[int, dict[str, Any]]], images_dir: Path,
     cache: FeatureCache, deadline: float, min_inliers: int | None = None,
+    tried_fits: dict[int, Tried] | None = None, conclusive: int | None = None,
 ) -> tuple[dict[int, int], int]:
     """Inlier counts of the candidates (id, store row) verified before ``deadline``
     (``time.perf_counter()`` seconds), tried in the given order, and how many were tried.
 
-    Only counts of at least ``min_inliers`` (default :data:`MIN_INLIERS`) are returned; a
-    candidate without a readable stored image is skipped.
+    Only counts of at least ``min_inliers`` (default :data:`MIN_INLIERS`) are returned; every
+    fit of at least :data:`REFINE_FROM` goes into ``tried_fits`` when given. A fit of
+    ``conclusive`` inliers ends the search. A candidate without a readable stored image is
+    skipped.
     """
     from figsearch.imaging import ImageError, safe_image_path
 
@@ -305,10 +427,49 @@ def verify(
         except (ImageError, OSError) as exc:
             log.debug("figure %s: no features (%s)", fid, exc)
             continue
-        count = inliers(query, feats)
-        if count >= least:
-            found[fid] = count
+        fit = match(query, feats)
+        if fit.count >= least:
+            found[fid] = fit.count
+        if tried_fits is not None and fit.count >= REFINE_FROM:
+            tried_fits[fid] = Tried(fit, feats, path)
+        if conclusive is not None and fit.count >= conclusive:
+            break
     return found, tried
+
+
+def refined(query: LocalFeatures, verified: dict[int, int], tried: dict[int, Tried],
+            deadline: float) -> dict[int, int]:
+    """``verified`` after guided re-matching (:func:`refine`) before ``deadline``:
+
+    - nothing verified: the :data:`REFINE_WEAK` strongest weak fits are re-matched, strongest
+      first, and the first with :data:`REFINE_MIN_INLIERS` re-matched inliers is verified;
+    - several verified within :data:`REFINE_CLOSE` of the best count: the top
+      :data:`REFINE_TOP` are re-matched and ranked by the larger of their counts (a wrong
+      figure sharing a few keypoints can outscore a small crop's source in the first fit).
+    """
+    out = dict(verified)
+    if out:
+        best = max(out.values())
+        close = sorted((i for i in out if out[i] >= REFINE_CLOSE * best and i in tried),
+                       key=lambda i: -out[i])[:REFINE_TOP]
+        todo, first_only = (close if len(close) > 1 else []), False
+    else:
+        weak = sorted(tried, key=lambda i: -tried[i].fit.count)
+        todo, first_only = weak[:REFINE_WEAK], True
+    for fid in todo:
+        if time.perf_counter() >= deadline:
+            break
+        t = tried[fid]
+        try:
+            count = refine(query, t.fit, t.features, t.path)
+        except OSError as exc:
+            log.debug("figure %s: not re-matched (%s)", fid, exc)
+            continue
+        if count >= REFINE_MIN_INLIERS:
+            out[fid] = max(out.get(fid, 0), count)
+            if first_only:
+                break
+    return out
 
 
 # -- visual words -------------------------------------------------------------------------------
@@ -406,30 +567,9 @@ def find_source(service: SearchService, image: Any, vector: np.ndarray, k: int, 
     if skip:
         _last.run = SourceRun([], skipped=skip)
         return service.search_vector(vector, k, offset, flt, dedup, label="<image>")
-    ocr = _QueryOcr(image) if settings.query_ocr else None
     with timing.stage("source"):
         head = service.search_vector(vector, pool_n, 0, flt, dedup, label="<image>")
-        query = query_features(image)
-        cache = feature_cache(settings.source_feature_cache)
-        words = _word_candidates(service, query, flt, head.hits, dedup, vector)
-        pool = _interleaved(head.hits, words)
-        run = SourceRun([h.id for h in pool])
-        verified, run.tried = verify(query, [(h.id, h.figure) for h in pool],
-                                     settings.images_dir, cache, deadline)
-        dense_ids = {h.id for h in head.hits}
-        extra = [h for h in words if h.id in verified and h.id not in dense_ids]
-        if ocr is not None:
-            seen = {h.id for h in pool}
-            more = _ocr_candidates(service, ocr, run, deadline, flt, seen, vector)
-            run.pool += [h.id for h in more]
-            found, tried = verify(query, [(h.id, h.figure) for h in more],
-                                  settings.images_dir, cache, deadline)
-            run.tried += tried
-            verified.update(found)
-            extra += [h for h in more if h.id in found]
-        run.verified = verified
-        run.out_of_time = time.perf_counter() >= deadline
-        _last.run = run
+        verified, extra = _verify_pool(service, image, head.hits, flt, dedup, vector, deadline)
     hits = _reordered(head.hits + extra, verified)
     if offset + k > len(hits) and len(head.hits) == pool_n:  # the page reaches past the pool
         tail = service.search_vector(vector, offset + k - pool_n, pool_n, flt, dedup,
@@ -443,6 +583,53 @@ def find_source(service: SearchService, image: Any, vector: np.ndarray, k: int, 
     head.took_ms = round((time.perf_counter() - start) * 1000.0, 2)  # as search_vector's:
     # from after the encoding to the page, the candidate search and verification included
     return head
+
+
+def _verify_pool(service: SearchService, image: Any, dense: list[SearchHit],
+                 flt: FigureFilter | None, dedup: bool, vector: np.ndarray, deadline: float
+                 ) -> tuple[dict[int, int], list[SearchHit]]:
+    """The verified inlier counts of the candidate pool and the verified hits from outside the
+    dense list: dense and visual-word candidates until one is conclusive; query OCR (with
+    ``settings.query_ocr``) started only when the first :data:`OCR_AFTER` were not, its
+    candidates tried when nothing else was conclusive; then guided re-matching in the time
+    reserved for it."""
+    query = query_features(image)
+    settings = service.settings
+    cache = feature_cache(settings.source_feature_cache)
+    words = _word_candidates(service, query, flt, dense, dedup, vector)
+    pool = _interleaved(dense, words)
+    run = SourceRun([h.id for h in pool])
+    _last.run = run
+    tried: dict[int, Tried] = {}
+    verify_until = deadline - REFINE_RESERVE_MS / 1000.0
+
+    def verified_among(hits: list[SearchHit]) -> dict[int, int]:
+        found, n = verify(query, [(h.id, h.figure) for h in hits], settings.images_dir, cache,
+                          verify_until, tried_fits=tried, conclusive=CONCLUSIVE_INLIERS)
+        run.tried += n
+        return found
+
+    def conclusive(found: dict[int, int]) -> bool:
+        return max(found.values(), default=0) >= CONCLUSIVE_INLIERS
+
+    verified = verified_among(pool[:OCR_AFTER])
+    ocr = (_QueryOcr(image) if settings.query_ocr and not conclusive(verified)
+           and query_ocr_available() else None)
+    try:
+        if not conclusive(verified):
+            verified.update(verified_among(pool[OCR_AFTER:]))
+        more = (_ocr_candidates(service, ocr, run, verify_until, flt, {h.id for h in pool},
+                                vector) if ocr is not None and not conclusive(verified) else [])
+    finally:
+        if ocr is not None:
+            ocr.drop()
+    run.pool += [h.id for h in more]
+    verified.update(verified_among(more))
+    verified = refined(query, verified, tried, deadline)
+    run.verified = verified
+    run.out_of_time = time.perf_counter() >= deadline
+    dense_ids = {h.id for h in dense}
+    return verified, [h for h in words + more if h.id in verified and h.id not in dense_ids]
 
 
 #: Visual-word candidates (``VisualWordIndex.ranked``) added to the verification pool, and how
@@ -514,11 +701,26 @@ def _reordered(hits: list[SearchHit], verified: dict[int, int]) -> list[SearchHi
 # -- query OCR ----------------------------------------------------------------------------------
 #: Long side (px) the query image is detected at by query OCR (ingest reads figures at 960).
 QUERY_OCR_SIDE = 640
+#: Candidates verified before query OCR starts: when one of them is conclusive (most queries)
+#: the query needs no OCR, and OCR would only take CPU from verification.
+OCR_AFTER = 10
+#: Text boxes of the query image read (the widest word-shaped ones): on these cores detection
+#: costs about 45 ms an image and reading about 15 ms a box, and reading every box of a figure
+#: took a median 0.34 s (p90 0.8 s) on 40 dev queries; 12 boxes keep 0.67 of its words.
+OCR_BOXES = 12
 #: Words of the query image searched in the keyword index, and the candidates taken from it.
 OCR_WORDS = 24
 OCR_CANDIDATES = 10
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9-]{2,}")
 _ocr_lock = threading.Lock()  # one query OCR at a time per process: the engine is not shared
+
+
+@atexit.register
+def _wait_for_query_ocr() -> None:
+    """At exit, let a query OCR still running finish (up to 2 s): the interpreter stopping a
+    thread inside onnxruntime aborts the process."""
+    if _ocr_lock.acquire(timeout=2.0):
+        _ocr_lock.release()
 _ocr_engine: Any = None
 
 
@@ -531,30 +733,51 @@ def ocr_words(text: str, limit: int = OCR_WORDS) -> list[str]:
     return list(seen.values())[:limit]
 
 
-def read_query_text(image: Any) -> str:
-    """The text rapidocr reads in a query image at :data:`QUERY_OCR_SIDE` (one engine per
-    process, made on first use; callers hold ``_ocr_lock``)."""
+_ocr_checked: bool | None = None
+
+
+def query_ocr_available() -> bool:
+    """Whether the OCR engine (rapidocr, the ``ocr`` extra) is installed; a serve-only install
+    without it answers image queries without query OCR, logged once."""
+    global _ocr_checked
+    if _ocr_checked is None:
+        try:
+            import rapidocr_onnxruntime  # noqa: F401 - only whether it imports
+
+            _ocr_checked = True
+        except ImportError:
+            _ocr_checked = False
+            log.warning("query OCR is on but rapidocr is not installed: image queries go "
+                        "without it (pip install 'figsearch[ocr]')")
+    return _ocr_checked
+
+
+def read_query_text(image: Any, wanted: Callable[[], bool] = lambda: True) -> str:
+    """The text rapidocr reads in a query image at :data:`QUERY_OCR_SIDE`: detection, then -
+    when the query still ``wanted`` it - the :data:`OCR_BOXES` widest word-shaped boxes (one
+    engine per process, made on first use; callers hold ``_ocr_lock``)."""
     global _ocr_engine
-    from indexer.ocr import make_engine, recognise
+    from indexer.ocr import detect, make_engine, read_widest
 
     if _ocr_engine is None:
         _ocr_engine = make_engine(threads=1)
     small = image.copy()
     small.thumbnail((QUERY_OCR_SIDE, QUERY_OCR_SIDE))
-    text, _boxes = recognise(_ocr_engine, small)
-    return text
+    found = detect(_ocr_engine, small)
+    return read_widest(_ocr_engine, found, OCR_BOXES) if wanted() else ""
 
 
 class _QueryOcr:
     """Query OCR on a background thread, started before the dense search and used if it ends
     before the deadline. One runs at a time per process: a query arriving while another's OCR
-    runs goes without (the engine's CPU is the bound), and an OCR that outlives its query's
-    deadline finishes unused."""
+    runs goes without (the engine's CPU is the bound). A query that ends without needing the
+    words (:meth:`drop`) stops its OCR after detection, so it does not hold the CPU long."""
 
     def __init__(self, image: Any) -> None:
         self.words: list[str] | None = None
         self.ms: float | None = None
         self._done = threading.Event()
+        self._dropped = threading.Event()
         if not _ocr_lock.acquire(blocking=False):
             self._done.set()
             return
@@ -564,7 +787,7 @@ class _QueryOcr:
     def _run(self, image: Any) -> None:
         start = time.perf_counter()
         try:
-            self.words = ocr_words(read_query_text(image))
+            self.words = ocr_words(read_query_text(image, lambda: not self._dropped.is_set()))
         except Exception as exc:  # noqa: BLE001 - OCR is an extra: the query goes on without
             log.warning("query OCR failed: %s", exc)
         finally:
@@ -576,6 +799,10 @@ class _QueryOcr:
         """The words read, waiting at most until ``deadline``; None when not done by then."""
         self._done.wait(max(0.0, deadline - time.perf_counter()))
         return self.words if self._done.is_set() else None
+
+    def drop(self) -> None:
+        """The query no longer needs the words: stop after the current stage."""
+        self._dropped.set()
 
 
 def _ocr_candidates(service: SearchService, ocr: _QueryOcr, run: SourceRun, deadline: float,

@@ -3,8 +3,9 @@ image model (issue 25).
 
 The dense image search only puts a crop, panel or screenshot's source among its top candidates
 when the image model embeds the piece near the whole; a weak model often does not. The ORB
-keypoints source verification already uses (:func:`figsearch.source_match.file_features`, the
-same features, so an image's words describe what verification will match) are quantised into
+keypoints source verification matches (:func:`figsearch.source_match.word_features`: the same
+detector at 640 px and 1,000 keypoints, a third of what verification keeps, because postings
+grow with keypoints per image) are quantised into
 *visual words*, and each figure's set of words goes into an inverted file: a query's words vote
 for the figures that share them (tf-idf, :class:`figsearch.source_match.VisualWordIndex`).
 
@@ -48,9 +49,9 @@ from figsearch.core.config import Settings
 from figsearch.source_match import (
     VISUAL_WORDS_DIR,
     VisualWordIndex,
-    file_features,
     opencv,
     quantise,
+    word_features,
     word_index,
 )
 
@@ -134,7 +135,7 @@ def _descriptors(images_dir: Path, image: _Image) -> np.ndarray | None:
     from figsearch.imaging import ImageError, safe_image_path
 
     try:
-        return file_features(safe_image_path(images_dir, image.rel)).descriptors
+        return word_features(safe_image_path(images_dir, image.rel)).descriptors
     except (ImageError, OSError) as exc:
         print(f"visual words: figure {image.fid}: no features ({exc})", file=sys.stderr)
         return None

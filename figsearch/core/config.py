@@ -265,19 +265,21 @@ class Settings(BaseSettings):
         "first, while the time budget lasts.",
     )
     image_query_budget_ms: float = Field(
-        250.0,
+        400.0,
         description="Image queries: time source verification (and query OCR) may take after "
-        "the image is encoded; verification stops when it runs out and keeps what it verified.",
+        "the image is encoded; verification stops when it runs out and keeps what it verified. "
+        "Most queries end sooner, at their first conclusive match; small crops use it.",
     )
     source_feature_cache: int = Field(
-        4096, description="Image queries: stored images whose local features are kept in memory "
-        "(LRU by sha256, about 40 KB each); 0 = none kept.",
+        1024, description="Image queries: stored images whose local features are kept in memory "
+        "(LRU by sha256, about 120 KB each: 3,000 keypoints); 0 = none kept.",
     )
     query_ocr: bool = Field(
-        False,
-        description="Image queries: also read the words in the query image (rapidocr, on a "
-        "thread beside the dense search, used only if done within the budget) and try the "
-        "figures whose text matches them as source candidates.",
+        True,
+        description="Image queries: also read the words in the query image (rapidocr: the 12 "
+        "widest word boxes, on a thread, started only when the first candidates hold no "
+        "conclusive match and used only if done within the budget) and try the figures whose "
+        "text matches them as source candidates; needs rapidocr (the ocr extra).",
     )
     visual_words: bool = Field(
         True,

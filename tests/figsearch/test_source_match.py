@@ -152,6 +152,25 @@ def test_without_opencv_image_search_is_dense_only(service, shared_data, monkeyp
     assert "OpenCV" in caplog.text and source_match.last_run().skipped == "OpenCV is not installed"
 
 
+def test_without_rapidocr_image_queries_go_without_query_ocr(service, shared_data, monkeypatch,
+                                                             caplog):
+    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # as if not installed
+    monkeypatch.setattr(source_match, "_ocr_checked", None)
+    monkeypatch.setattr(source_match, "CONCLUSIVE_INLIERS", 1 << 30)  # OCR would be wanted
+    img, sha = _row_image(shared_data, SOURCES[0])
+    base = service.settings
+    service.settings = base.model_copy(update={"query_ocr": True})
+    try:
+        with caplog.at_level("WARNING", logger="figsearch.source"):
+            page = service.search_image(_upload(_centre(img, 0.5)), k=5)
+            service.search_image(_upload(_centre(img, 0.6)), k=5)
+    finally:
+        service.settings = base
+    assert page.hits[0].figure["sha256"] == sha  # verification still finds the source
+    assert source_match.last_run().ocr_words is None
+    assert caplog.text.count("rapidocr is not installed") == 1  # said once, not per query
+
+
 def test_api_says_which_hit_is_the_source(small_index_settings, shared_data):
     img, _sha = _row_image(shared_data, SOURCES[0])
     row = _row(shared_data, SOURCES[0])
@@ -175,14 +194,22 @@ def test_api_says_which_hit_is_the_source(small_index_settings, shared_data):
         assert cut.status_code == 400 and "truncated" in cut.json()["detail"]
 
 
-def test_query_ocr_adds_the_figures_its_words_match(service, shared_data):
+def test_query_ocr_adds_the_figures_its_words_match(service, shared_data, monkeypatch):
     """With query OCR the words read in the query image bring figures whose text holds them
-    into the candidates, beyond the dense ones."""
+    into the candidates, beyond the dense ones - when the image match is not conclusive; a
+    conclusive one ends the query before OCR starts."""
     img, sha = _row_image(shared_data, 23)  # a pathway diagram: TLR3, MyD88, TRAF6, ...
+    query = _upload(_centre(img, 0.7))
     base = service.settings
     service.settings = base.model_copy(update={"query_ocr": True, "source_candidates": 3})
     try:
-        page = service.search_image(_upload(_centre(img, 0.7)), k=10)
+        conclusive = service.search_image(_upload(img), k=10)  # the whole figure
+        run = source_match.last_run()
+        assert conclusive.hits[0].figure["sha256"] == sha
+        assert max(run.verified.values()) >= source_match.CONCLUSIVE_INLIERS
+        assert run.ocr_words is None and run.ocr_ms is None  # OCR never started
+        monkeypatch.setattr(source_match, "CONCLUSIVE_INLIERS", 1 << 30)  # nothing conclusive
+        page = service.search_image(query, k=10)
     finally:
         service.settings = base
     run = source_match.last_run()
@@ -196,3 +223,48 @@ def test_query_ocr_adds_the_figures_its_words_match(service, shared_data):
         assert any(w in text for w in words), (figure["id"], run.ocr_words)
     assert page.hits[0].figure["sha256"] == sha or sha not in {
         service.store.get_figures([i])[i]["sha256"] for i in run.pool}
+
+
+def _stored_features(shared_data: Path, row: int):
+    path = shared_data / "pmc-figures" / _row(shared_data, row)["image"]
+    return source_match.file_features(path), path
+
+
+@pytest.mark.parametrize("row", (SOURCES[0], 5))
+def test_small_crop_is_found_by_guided_rematching(service, shared_data, row):
+    """A quarter-side crop holds few of its figure's keypoints: its first fit stays under the
+    threshold, and re-matching the region where it lands, at the crop's scale, verifies it."""
+    img, sha = _row_image(shared_data, row)
+    query_img = _upload(_centre(img, 0.25))
+    query = source_match.query_features(query_img)
+    candidate, path = _stored_features(shared_data, row)
+    fit = source_match.match(query, candidate)
+    assert source_match.REFINE_FROM <= fit.count < source_match.MIN_INLIERS  # the weak case
+    again = source_match.refine(query, fit, candidate, path)
+    assert again >= source_match.REFINE_MIN_INLIERS and again > 5 * fit.count
+    # the same placement on another figure finds nothing there
+    other, other_path = _stored_features(shared_data, row + 1)
+    assert source_match.refine(query, fit, other, other_path) < source_match.REFINE_MIN_INLIERS
+
+    page = service.search_image(query_img, k=10)
+    assert page.hits[0].figure["sha256"] == sha, [h.figure["sha256"][:8] for h in page.hits]
+    assert _source_signal(page.hits[0]) >= source_match.REFINE_MIN_INLIERS
+
+
+def test_close_verified_candidates_are_ordered_by_rematching(shared_data):
+    """Two verified candidates with close first counts - the wrong one ahead - are re-matched,
+    and the source, with hundreds of inliers in its region, goes first; with nothing verified
+    the strongest weak fit that re-matches is verified and the others are not."""
+    img, _sha = _row_image(shared_data, SOURCES[0])
+    query = source_match.query_features(_upload(_centre(img, 0.25)))
+    source, path = _stored_features(shared_data, SOURCES[0])
+    other, other_path = _stored_features(shared_data, SOURCES[0] + 1)
+    fit = source_match.match(query, source)
+    tried = {1: source_match.Tried(fit, source, path),
+             2: source_match.Tried(fit, other, other_path)}  # a wrong figure, same placement
+    ordered = source_match.refined(query, {1: 21, 2: 25}, tried, deadline=float("inf"))
+    assert ordered[2] == 25 and ordered[1] >= source_match.REFINE_MIN_INLIERS
+    assert max(ordered, key=ordered.__getitem__) == 1
+    found = source_match.refined(query, {}, tried, deadline=float("inf"))
+    assert list(found) == [1]
+    assert source_match.refined(query, {}, tried, deadline=0.0) == {}  # no time: as it was

@@ -47,7 +47,8 @@ def service(vw_data_dir, tiny_model_dir):
         svc.visual_words = source_match.word_index(current_version_dir(
             svc.settings.indexes_dir))
         svc.settings = svc.settings.model_copy(update={"image_query_budget_ms": BUDGET_MS,
-                                                       "source_candidates": DENSE})
+                                                       "source_candidates": DENSE,
+                                                       "query_ocr": False})  # words alone
         yield svc
 
 
