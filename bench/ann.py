@@ -69,18 +69,23 @@ def make_data(n: int, dim: int, nq: int, seed: int = 0,
     return base, q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def families(n: int, dim: int, max_nlist: int, memory_gb: float) -> dict[str, str]:
-    """Label -> factory for every family the rule can choose at this n (IVF lists capped)."""
+def families(n: int, dim: int, max_nlist: int, memory_gb: float,
+             pq_sizes: tuple[int, ...] = ()) -> dict[str, str]:
+    """Label -> factory for every family the rule can choose at this n (IVF lists capped), plus
+    ``IVF-PQ<m>`` for each PQ code size in ``pq_sizes`` (bytes per vector: what a smaller RAM
+    budget makes the rule pick)."""
     k = min(ivf_lists(n), max_nlist)
     coarse = f"IVF{k}_HNSW32" if k >= 4096 else f"IVF{k}"
     m = 64 if dim >= 512 else max(dim // 8, 1)  # 8-d sub-vectors, PQ64 at 512-d
-    return {
+    out = {
         "Flat": "Flat",
         "IVF-Flat": f"{coarse},Flat",
         "IVF-PQ": f"{coarse},PQ{m}",
         "OPQ-IVF-HNSW-PQ": f"OPQ{m},IVF{k}_HNSW32,PQ{m}",
         "rule": choose_factory(n, dim, memory_gb),
     }
+    out.update({f"IVF-PQ{size}": f"{coarse},PQ{size}" for size in pq_sizes})
+    return out
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
@@ -148,7 +153,9 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     _, truth = faiss.knn(queries, base, K, metric=faiss.METRIC_INNER_PRODUCT)
     rows = []
     seen: set[str] = set()
-    for label, factory in families(n, args.dim, args.max_nlist, args.memory_gb).items():
+    pq_sizes = tuple(int(m) for m in args.pq_sizes.split(",") if m)
+    for label, factory in families(n, args.dim, args.max_nlist, args.memory_gb,
+                                   pq_sizes).items():
         if factory in seen or (args.families and label not in args.families):
             continue
         seen.add(factory)
@@ -205,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="training sample (default: the builder's rule; PQ64 training is slow on 2 cores)")
     p.add_argument("--memory-gb", type=float, default=16.0, help="budget given to the rule")
     p.add_argument("--families", nargs="*", help="only these family labels")
+    p.add_argument("--pq-sizes", default="",
+                   help="also IVF-PQ<m> families of these code sizes (e.g. 16,32,64)")
     p.add_argument("--hnsw-max-n", type=int, default=200_000, help="skip hnswlib above this n")
     p.add_argument("--hnsw-m", type=int, default=16)
     p.add_argument("--hnsw-efc", type=int, default=100)
@@ -226,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                   "nprobe": args.nprobe, "intrinsic_dim": args.intrinsic_dim, "max_nlist": args.max_nlist, "train_size": args.train_size,
                   "factory": figures["headline"], "rerank_factor": 10,
                   "hnsw": [args.hnsw_m, args.hnsw_efc, args.hnsw_ef], "hnsw_max_n": args.hnsw_max_n,
-                  "families": args.families, "threads": faiss.omp_get_max_threads()}
+                  "families": args.families, "pq_sizes": args.pq_sizes,
+                  "threads": faiss.omp_get_max_threads()}
         path = write_result(args.name, params, figures)
     print(markdown_table(
         ["n", "family", "factory", "rerank", "recall@10", "q/s batched", "q/s single", "build s", "B/vector"],

@@ -58,10 +58,14 @@ def test_ingest_bench_smoke(results_dir: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ann_bench_smoke(results_dir: Path, tmp_path: Path) -> None:
-    _, result = run_bench("ann", ["--sizes", "2000", "--quick", "--tmp", str(tmp_path)], results_dir)
+    _, result = run_bench("ann", ["--sizes", "2000", "--quick", "--tmp", str(tmp_path),
+                                  "--pq-sizes", "4,16"], results_dir)
     figures = result["figures"]
     assert 0 < figures["recall_at_10"] <= 1 and figures["bytes_per_vector"] > 0
     assert figures["query_p50_ms"] > 0 and result["params"]["n"] == 2000
+    # the extra code sizes are measured too, and smaller codes take fewer bytes per vector
+    small, large = (figures[f"2000 IVF-PQ{m} rerank bytes_per_vector"] for m in (4, 16))
+    assert small < large
 
 
 def test_index_build_bench_smoke(results_dir: Path, tmp_path: Path) -> None:
