@@ -32,7 +32,6 @@ with the command line, the index version and each query's rank and panel outcome
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -46,7 +45,7 @@ if __package__ in (None, ""):
 from bench.common import BENCH_DIR, markdown_table, write_result  # noqa: E402
 from bench.eval.validate_queries import longest_shared_run  # noqa: E402
 from figsearch.core.config import Settings  # noqa: E402
-from figsearch.evaluation import resolve_target  # noqa: E402
+from figsearch.evaluation import jsonl_lines, resolve_target  # noqa: E402
 from figsearch.panels import iou  # noqa: E402
 from figsearch.search import SearchService  # noqa: E402
 from figsearch.store import FigureStore  # noqa: E402
@@ -67,21 +66,17 @@ MAX_SHARED_RUN = 4
 def load_queries(path: Path = QUERIES_PATH) -> list[dict[str, Any]]:
     """The panel queries, each checked for its fields (a bad line is an error naming it)."""
     rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"{path}:{n}: not JSON ({exc})") from exc
+    for where, row, problem in jsonl_lines(path):
+        if problem:
+            raise ValueError(f"{where}: {problem}")
         missing = [f for f in FIELDS if f not in row] if isinstance(row, dict) else list(FIELDS)
         if missing:
-            raise ValueError(f"{path}:{n}: missing field(s) {', '.join(missing)}")
+            raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
         if row["split"] not in SPLITS or not str(row["query"]).strip():
-            raise ValueError(f"{path}:{n}: split must be dev or test and the query non-empty")
+            raise ValueError(f"{where}: split must be dev or test and the query non-empty")
         box = row["box"]
         if not (isinstance(box, list) and len(box) == 4 and box[0] < box[2] and box[1] < box[3]):
-            raise ValueError(f"{path}:{n}: box must be [x0, y0, x1, y1] with x0 < x1, y0 < y1")
+            raise ValueError(f"{where}: box must be [x0, y0, x1, y1] with x0 < x1, y0 < y1")
         rows.append(row)
     return rows
 

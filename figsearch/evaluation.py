@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,20 +51,29 @@ class EvalQuery:
 
 
 # -- reading and resolving ----------------------------------------------------------------------
-def read_queries(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """The JSON objects of a JSONL file and a problem line for each unreadable line."""
-    rows, problems = [], []
+def jsonl_lines(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+    """``(where, value, problem)`` for each non-blank line of a JSONL file: ``where`` is
+    ``path:line``; ``problem`` is ``not JSON (...)`` (and ``value`` None) for a line that does
+    not parse. Callers decide whether a problem is collected or raised."""
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield f"{path}:{n}", json.loads(line), None
         except ValueError as exc:
-            problems.append(f"{path}:{n}: not JSON ({exc})")
+            yield f"{path}:{n}", None, f"not JSON ({exc})"
+
+
+def read_queries(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The JSON objects of a JSONL file and a problem line for each unreadable line."""
+    rows, problems = [], []
+    for where, row, problem in jsonl_lines(path):
+        if problem:
+            problems.append(f"{where}: {problem}")
             continue
         if not isinstance(row, dict) or not str(row.get("query") or "").strip() \
                 or not isinstance(row.get("relevant"), list):
-            problems.append(f"{path}:{n}: needs a 'query' string and a 'relevant' list")
+            problems.append(f"{where}: needs a 'query' string and a 'relevant' list")
             continue
         rows.append(row)
     return rows, problems
