@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import atexit
 import html
+import importlib
 import json
 import logging
 import re
@@ -146,25 +147,28 @@ class LocalFeatures:
         return int(len(self.points))
 
 
-_cv2: Any = None
-_cv2_checked = False
-_cv2_lock = threading.Lock()
+_optional: dict[str, Any] = {}  # module name -> the module, or None: not installed
+_lock = threading.Lock()
+
+
+def optional_module(name: str, missing: str) -> Any:
+    """The module ``name``, imported on first use, or None when it is not installed (then
+    ``missing`` is logged, once per process)."""
+    with _lock:
+        if name not in _optional:
+            try:
+                _optional[name] = importlib.import_module(name)
+            except ImportError:
+                _optional[name] = None
+                log.warning(missing)
+        return _optional[name]
 
 
 def opencv() -> Any:
     """The ``cv2`` module, or None when OpenCV is not installed (logged once)."""
-    global _cv2, _cv2_checked
-    with _cv2_lock:
-        if not _cv2_checked:
-            _cv2_checked = True
-            try:
-                import cv2
-
-                _cv2 = cv2
-            except ImportError:
-                log.warning("OpenCV (cv2) is not installed: image queries are not verified "
-                            "against their candidates (pip install opencv-python-headless)")
-    return _cv2
+    return optional_module("cv2", "OpenCV (cv2) is not installed: image queries are not "
+                                  "verified against their candidates (pip install "
+                                  "opencv-python-headless)")
 
 
 def _scaled(gray: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -236,12 +240,6 @@ class Fit:
 
 
 NO_FIT = Fit(0)
-
-
-def inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
-    """How many ratio-test matches of ``query`` agree on one similarity transform into
-    ``candidate`` (RANSAC); 0 when too few match to fit one or the fit's scale is absurd."""
-    return match(query, candidate).count
 
 
 def match(query: LocalFeatures, candidate: LocalFeatures, least: int = REFINE_FROM,
@@ -388,7 +386,7 @@ _caches: dict[int, FeatureCache] = {}
 
 def feature_cache(size: int) -> FeatureCache:
     """The process's cache of candidate features for this size (one per size setting)."""
-    with _cv2_lock:
+    with _lock:
         cache = _caches.get(size)
         if cache is None:
             cache = _caches[size] = FeatureCache(size)
@@ -742,23 +740,12 @@ def ocr_words(text: str, limit: int = OCR_WORDS) -> list[str]:
     return list(seen.values())[:limit]
 
 
-_ocr_checked: bool | None = None
-
-
 def query_ocr_available() -> bool:
     """Whether the OCR engine (rapidocr, the ``ocr`` extra) is installed; a serve-only install
     without it answers image queries without query OCR, logged once."""
-    global _ocr_checked
-    if _ocr_checked is None:
-        try:
-            import rapidocr_onnxruntime  # noqa: F401 - only whether it imports
-
-            _ocr_checked = True
-        except ImportError:
-            _ocr_checked = False
-            log.warning("query OCR is on but rapidocr is not installed: image queries go "
-                        "without it (pip install 'figsearch[ocr]')")
-    return _ocr_checked
+    return optional_module("rapidocr_onnxruntime", "query OCR is on but rapidocr is not "
+                           "installed: image queries go without it (pip install "
+                           "'figsearch[ocr]')") is not None
 
 
 def read_query_text(image: Any, wanted: Callable[[], bool] = lambda: True) -> str:
