@@ -105,15 +105,23 @@ def make_engine(threads: int = 1) -> Any:
 
 def recognise(engine: Any, image: Any) -> tuple[str, int]:
     """(text, boxes) read from an RGB PIL image: confident boxes in reading order, one a line."""
+    found, _timings = engine(_bgr(image))
+    lines = _kept_lines((text, score) for _box, text, score in (found or []))
+    return "\n".join(lines), len(lines)
+
+
+def _bgr(image: Any) -> Any:
+    """An RGB PIL image as the contiguous BGR array the engine reads."""
     import numpy as np
 
-    bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
-    found, _timings = engine(bgr)
-    lines = [
-        str(text).strip() for _box, text, score in (found or [])
-        if float(score) >= MIN_SCORE and _USEFUL.search(str(text))
-    ]
-    return "\n".join(lines), len(lines)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
+
+
+def _kept_lines(read: Iterable[tuple[Any, Any]]) -> list[str]:
+    """The (text, score) pairs the recogniser read that are kept: confident (:data:`MIN_SCORE`)
+    and holding a Latin letter or digit, stripped."""
+    return [str(text).strip() for text, score in read
+            if float(score) >= MIN_SCORE and _USEFUL.search(str(text))]
 
 
 #: A text box counts as word-shaped when it is at least this many times wider than high (a
@@ -133,10 +141,7 @@ def detect(engine: Any, image: Any) -> Detected:
     """Text boxes of an RGB PIL image, in reading order: the first half of :func:`recognise`
     (detection costs about a fifth of reading a figure's boxes), so a caller can decide which
     boxes are worth reading."""
-    import numpy as np
-
-    bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
-    work, _ratio_h, _ratio_w = engine.preprocess(bgr)
+    work, _ratio_h, _ratio_w = engine.preprocess(_bgr(image))
     work, _record = engine.maybe_add_letterbox(work, {})
     boxes, _elapsed = engine.auto_text_det(work)
     return Detected(work, list(boxes) if boxes is not None else [])
@@ -156,8 +161,7 @@ def read_widest(engine: Any, found: Detected, limit: int) -> str:
         return ""
     crops = engine.get_crop_img_list(found.image, [found.boxes[i] for i in keep])
     read, _elapsed = engine.text_rec(crops, False)
-    return "\n".join(str(r[0]).strip() for r in read
-                     if float(r[1]) >= MIN_SCORE and _USEFUL.search(str(r[0])))
+    return "\n".join(_kept_lines((r[0], r[1]) for r in read))
 
 
 def ocr_image_file(sha256: str, path: str, max_pixels: int) -> OcrResult:
