@@ -143,7 +143,7 @@ def test_bad_page_is_refused(service, shared_data, k, offset, fragment):
 
 def test_without_opencv_image_search_is_dense_only(service, shared_data, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "cv2", None)  # as if opencv were not installed
-    monkeypatch.delitem(source_match._optional, "cv2", raising=False)  # checked afresh
+    monkeypatch.setattr(source_match, "_optional", {})  # nothing checked yet
     img, _sha = _row_image(shared_data, SOURCES[0])
     with caplog.at_level("WARNING", logger="figsearch.source"):
         page = service.search_image(_upload(_centre(img, 0.5)), k=5)
@@ -154,7 +154,7 @@ def test_without_opencv_image_search_is_dense_only(service, shared_data, monkeyp
 def test_without_rapidocr_image_queries_go_without_query_ocr(service, shared_data, monkeypatch,
                                                              caplog):
     monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # as if not installed
-    monkeypatch.delitem(source_match._optional, "rapidocr_onnxruntime", raising=False)
+    monkeypatch.setattr(source_match, "_optional", {})  # nothing checked yet
     monkeypatch.setattr(source_match, "CONCLUSIVE_INLIERS", 1 << 30)  # OCR would be wanted
     img, sha = _row_image(shared_data, SOURCES[0])
     base = service.settings
