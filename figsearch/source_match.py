@@ -720,6 +720,7 @@ OCR_WORDS = 24
 OCR_CANDIDATES = 10
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9-]{2,}")
 _ocr_lock = threading.Lock()  # one query OCR at a time per process: the engine is not shared
+_ocr_engine: Any = None
 
 
 @atexit.register
@@ -728,7 +729,6 @@ def _wait_for_query_ocr() -> None:
     thread inside onnxruntime aborts the process."""
     if _ocr_lock.acquire(timeout=2.0):
         _ocr_lock.release()
-_ocr_engine: Any = None
 
 
 def ocr_words(text: str, limit: int = OCR_WORDS) -> list[str]:
