@@ -199,16 +199,19 @@ class CaptionCache:
         self.conn.close()
 
 
-def load_caption_index(version_dir: Path, nprobe: int = 32) -> SearchIndex | PassageIndex | None:
+def load_caption_index(version_dir: Path, nprobe: int = 32, mmap_index: bool = False
+                       ) -> SearchIndex | PassageIndex | None:
     """The caption index of a version: whole captions, with their passages when it has them
-    (None when the version has no caption index)."""
+    (None when the version has no caption index). ``mmap_index``: as for the image index
+    (:meth:`SearchIndex.load`), the codes stay in the page cache the workers share."""
     sub = Path(version_dir) / CAPTIONS_DIR
     if not sub.is_dir():
         return None
-    whole = SearchIndex.load(sub, nprobe=nprobe)
+    whole = SearchIndex.load(sub, nprobe=nprobe, mmap_index=mmap_index)
     if not (sub / PASSAGES_DIR).is_dir():
         return whole
-    return PassageIndex(whole, SearchIndex.load(sub / PASSAGES_DIR, nprobe=nprobe))
+    return PassageIndex(whole, SearchIndex.load(sub / PASSAGES_DIR, nprobe=nprobe,
+                                                mmap_index=mmap_index))
 
 
 def whole_index(index: Any) -> Any:

@@ -76,21 +76,26 @@ class PanelIndex(MaxPIndex):
     what = "panels"
 
 
-def _load_built(sub: Path, nprobe: int) -> SearchIndex | None:
+def _load_built(sub: Path, nprobe: int, mmap_index: bool) -> SearchIndex | None:
     """The SearchIndex in ``sub``, or None when the version has none there."""
-    return SearchIndex.load(sub, nprobe=nprobe) if (sub / MANIFEST_FILE).is_file() else None
+    if not (sub / MANIFEST_FILE).is_file():
+        return None
+    return SearchIndex.load(sub, nprobe=nprobe, mmap_index=mmap_index)
 
 
-def load_panel_index(whole: Any, version_dir: Path, nprobe: int = 32) -> Any:
+def load_panel_index(whole: Any, version_dir: Path, nprobe: int = 32,
+                     mmap_index: bool = False) -> Any:
     """``whole`` with the panel vectors of ``version_dir/panels`` (a :class:`PanelIndex`), or
-    ``whole`` itself when the version has none."""
-    crops = None if whole is None else _load_built(Path(version_dir) / PANELS_DIR, nprobe)
+    ``whole`` itself when the version has none. ``mmap_index``: see :meth:`SearchIndex.load`."""
+    crops = (None if whole is None
+             else _load_built(Path(version_dir) / PANELS_DIR, nprobe, mmap_index))
     return whole if crops is None else PanelIndex(whole, crops)
 
 
-def load_subcaptions(version_dir: Path, nprobe: int = 32) -> SearchIndex | None:
+def load_subcaptions(version_dir: Path, nprobe: int = 32,
+                     mmap_index: bool = False) -> SearchIndex | None:
     """The version's panel sub-caption vectors (``captions/panels/``), or None."""
-    return _load_built(Path(version_dir) / CAPTIONS_DIR / PANELS_DIR, nprobe)
+    return _load_built(Path(version_dir) / CAPTIONS_DIR / PANELS_DIR, nprobe, mmap_index)
 
 
 def own_subcaption(panel: Any) -> str | None:

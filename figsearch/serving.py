@@ -118,7 +118,8 @@ class VersionLoader:
         service = SearchService(view, index, encoder, self.settings, captions=captions,
                                 columns=columns, keywords=KeywordIndex.load(version_dir),
                                 text_only=manifest.get("kind") == "text",
-                                panels=load_panel_index(index, version_dir, self.settings.nprobe),
+                                panels=load_panel_index(index, version_dir, self.settings.nprobe,
+                                                        self.settings.index_mmap),
                                 visual_words=word_index(version_dir) if index is not None
                                 else None)
         types = frozenset(view.distinct_values("figure_type"))
@@ -163,7 +164,8 @@ class VersionLoader:
         without a caption index or caption model)."""
         from figsearch.caption_index import CaptionSignal, load_caption_index
 
-        index: Any = load_caption_index(version_dir, nprobe=self.settings.nprobe)
+        index: Any = load_caption_index(version_dir, nprobe=self.settings.nprobe,
+                                        mmap_index=self.settings.index_mmap)
         spec = self.settings.caption_model or str((index.manifest if index else {}).get("model_spec") or "")
         if index is None or not spec:
             return None, None
@@ -179,7 +181,7 @@ class VersionLoader:
                 cache_size=self.settings.query_cache_size)
         from figsearch.panel_index import PanelIndex, load_subcaptions
 
-        subcaptions = load_subcaptions(version_dir, self.settings.nprobe)
+        subcaptions = load_subcaptions(version_dir, self.settings.nprobe, self.settings.index_mmap)
         if subcaptions is not None and self.settings.panel_caption_maxp:
             index = PanelIndex(index, subcaptions)
         return CaptionSignal(index, self._caption_encoders[spec], subcaptions), backend

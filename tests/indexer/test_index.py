@@ -145,6 +145,37 @@ def test_vectors_are_read_not_mapped_and_the_index_map_is_advised(built):
     assert not no_list_prefetch(faiss.IndexFlatIP(4))  # not IVF: nothing to turn off
 
 
+def test_every_index_of_a_version_is_memory_mapped_like_the_image_index(built, tmp_path):
+    """With ``index_mmap`` the API maps the caption, passage and panel indexes too, not only
+    the image index: their codes (at 15 M most of a version's RAM) then sit once in the page
+    cache the workers share instead of in each worker's own memory, and they answer alike."""
+    import shutil
+
+    from figsearch.caption_index import load_caption_index
+    from figsearch.panel_index import load_panel_index, load_subcaptions
+
+    src = built("IVF64_HNSW32,SQ8")
+    version = tmp_path / "v1"
+    for sub in ("captions", "captions/passages", "captions/panels", "panels"):
+        shutil.copytree(src, version / sub)
+
+    def lists(index: SearchIndex) -> str:
+        ivf = faiss.extract_index_ivf(index.index)
+        return type(faiss.downcast_InvertedLists(ivf.invlists)).__name__
+
+    image = SearchIndex.load(src, nprobe=16, mmap_index=True)
+    for mapped in (True, False):
+        captions = load_caption_index(version, nprobe=16, mmap_index=mapped)
+        panels = load_panel_index(image, version, nprobe=16, mmap_index=mapped)
+        subcaptions = load_subcaptions(version, nprobe=16, mmap_index=mapped)
+        loaded = [captions.whole, captions.parts, panels.parts, subcaptions]
+        kinds = {lists(index) for index in loaded}
+        assert kinds == ({"OnDiskInvertedLists"} if mapped else {"ArrayInvertedLists"})
+        found = [index.search(BASE[:3], 5)[1] for index in loaded]
+        assert all(np.array_equal(f, found[0]) for f in found)
+        assert found[0][:, 0].tolist() == IDS[:3].tolist()
+
+
 def test_row_file_reads_rows_like_numpy(tmp_path):
     arr = np.arange(40 * 6, dtype=np.float16).reshape(40, 6)
     np.save(tmp_path / "v.npy", arr)
