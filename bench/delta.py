@@ -47,7 +47,14 @@ from bench.ann import make_data, recall_at_k  # noqa: E402
 from bench.common import markdown_table, write_result  # noqa: E402
 from figsearch.caption_index import CAPTIONS_DIR  # noqa: E402
 from figsearch.core.config import Settings  # noqa: E402
-from figsearch.index import INDEX_FILE, VECTORS_FILE, SearchIndex, read_manifest  # noqa: E402
+from figsearch.index import (  # noqa: E402
+    INDEX_FILE,
+    VECTORS_FILE,
+    SearchIndex,
+    caption_budget,
+    image_budget,
+    read_manifest,
+)
 from figsearch.version_data import SHA_FILE, TYPE_SCORES_FILE, TYPES_FILE  # noqa: E402
 from indexer.build import build_version  # noqa: E402
 from indexer.captions import _write_vectors  # noqa: E402
@@ -90,11 +97,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     def captions(version_dir: Path) -> dict[str, Any]:
         sha = rng.integers(0, 256, (n, 16), dtype=np.uint8)
         _write_vectors(version_dir / CAPTIONS_DIR, version_dir, ids, cap[:n], encoder,
-                       settings.index_memory_gb, sha)
+                       caption_budget(settings.index_memory_gb), sha)
         return {"captions": {"count": n}}
 
     prev = build_version(tmp, base[:n], ids, model_spec="bench", model_key="bench",
-                         memory_gb=settings.index_memory_gb, keep=5, use_gpu=False,
+                         memory_gb=image_budget(settings.index_memory_gb), keep=5, use_gpu=False,
                          factory=args.factory,
                          row_files=_rows(n, rng), add_files=captions, train_size=args.train_size)
     full_s = time.perf_counter() - t0

@@ -34,7 +34,7 @@ if __package__ in (None, ""):
 from bench.ann import make_data, recall_at_k  # noqa: E402
 from bench.common import markdown_table, write_result  # noqa: E402
 from figsearch.core.config import Settings  # noqa: E402
-from figsearch.index import INDEX_FILE, VECTORS_FILE, SearchIndex  # noqa: E402
+from figsearch.index import INDEX_FILE, VECTORS_FILE, SearchIndex, image_budget  # noqa: E402
 from indexer.build import build_version  # noqa: E402
 
 K = 10
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         vdir = build_version(Path(tmp), base, np.arange(args.n), model_spec="bench",
                              model_key="bench", factory=args.factory,
-                             memory_gb=settings.index_memory_gb, keep=0,
+                             memory_gb=image_budget(settings.index_memory_gb), keep=0,
                              use_gpu=args.device or settings.index_gpu_training,
                              train_size=args.train_size, hook=hook)
         wall = time.perf_counter() - t0

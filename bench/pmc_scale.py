@@ -466,10 +466,11 @@ def derive(data_dir: Path) -> dict[str, Any]:
 
 
 def build(data_dir: Path, dim: int = 512, factory: str | None = None, seed: int = 0,
-          memory_gb: float = 16.0, derived: bool = True) -> dict[str, Any]:
+          memory_gb: float = 4.0, derived: bool = True) -> dict[str, Any]:
     """A served version: image index of the figures with images, caption index of all, and
     (``derived``) the keyword index / filter columns when this checkout has them."""
     from bench.api import clustered_vectors
+    from figsearch.index import image_budget
     from indexer.build import build_version
     from indexer.captions import CaptionReport, CaptionVectors, write_caption_index
 
@@ -507,7 +508,7 @@ def build(data_dir: Path, dim: int = 512, factory: str | None = None, seed: int 
                                  "caption_dim": CAPTION_DIM}}
     version = build_version(data_dir / "indexes", vectors, img_ids,
                             model_spec="bench-pmc-scale-image", model_key=image_key,
-                            factory=factory, memory_gb=memory_gb, use_gpu=False, extra=extra,
+                            factory=factory, memory_gb=image_budget(memory_gb), use_gpu=False, extra=extra,
                             add_files=add_captions)
     total_s = time.perf_counter() - t1
     manifest = json.loads((version / "manifest.json").read_text())
@@ -915,7 +916,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="delete a partial/other store first")
     p.add_argument("--dim", type=int, default=512, help="image vector dimension")
     p.add_argument("--factory", default=None, help="image index factory (default: choose_factory)")
-    p.add_argument("--memory-gb", type=float, default=16.0, help="index memory budget")
+    p.add_argument("--memory-gb", type=float, default=4.0,
+                   help="the version's index memory budget (FIGSEARCH_INDEX_MEMORY_GB)")
     p.add_argument("--queries", type=int, default=0, help="use only the first N queries")
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--k", type=int, default=20)

@@ -432,15 +432,15 @@ def _gpu_throughput(results: dict[str, dict[str, Any]], inp: Input) -> tuple[flo
 def project(results: dict[str, dict[str, Any]], inputs: dict[str, Input], n: int, articles: int,
             memory_gb: float, nprobe: int, synth_caption_chars: float | None) -> list[Row]:
     """The projection table rows for ``n`` figures in ``articles`` articles."""
-    from figsearch.index import choose_factory
+    from figsearch.index import choose_factory, image_budget
 
     dim = int(inputs["dim"].value)
-    factory = choose_factory(n, dim, memory_gb)
+    factory = choose_factory(n, dim, image_budget(memory_gb))
     ram = index_ram_bytes(n, dim, factory)
     rows = [
         Row("figures", n, "", "target"), Row("articles", articles, "", "target"),
         Row("embedding dim", dim, "", inputs["dim"].source),
-        Row("index factory", factory, "", f"figsearch.index.choose_factory(n, dim, {memory_gb:g} GiB)"),
+        Row("index factory", factory, "", f"figsearch.index.choose_factory(n, dim, image_budget({memory_gb:g} GiB))"),
         Row("index RAM: PQ codes + ids", ram["codes"] / GIB, "GiB", "n x (PQ bytes + 8-byte id)"),
         Row("index RAM: IVF centroids + HNSW", ram["coarse"] / GIB, "GiB", "nlist x dim x 4 + HNSW32 links"),
         Row("index RAM: OPQ + PQ codebooks", (ram["opq"] + ram["codebooks"]) / GIB, "GiB", "dim^2 x 4 + 256 x dim x 4"),

@@ -61,6 +61,12 @@ SUBSET_CACHE_SIZE = 8  # allowed-id sets whose rows and FAISS selector are kept
 #: bit test per scanned code costs less than the deeper heap and re-ranking, so only sets of
 #: nearly every row skip the selector. Indexes that refuse selectors post-filter at any share.
 POSTFILTER_MIN = 0.95
+#: The image index's share of ``index_memory_gb``, the budget for all of a version's codes; the
+#: caption indexes (whole captions and their passages, split by count) take the rest. At 15 M
+#: figures the default 4 GiB gives the image index 32-byte codes and the caption indexes 32 (two
+#: passages a figure) or 16 (3.25, the JATS corpus): 2.1-2.4 GB of codes, inside the 4 GB server
+#: RSS goal with the models (docs/scale.md); at 1 M every index keeps SQ8.
+IMAGE_BUDGET_SHARE = 0.25
 #: PQ bytes/vector tried, largest first. Capped at 64: longer codes slow the scan, and exact
 #: re-ranking recovers the precision instead.
 #: efSearch for plain HNSW indexes (faiss's default of 16 loses recall on clustered data).
@@ -105,6 +111,16 @@ def ivf_lists(n: int) -> int:
     while k > 1 and n < 39 * k:
         k //= 2
     return max(k, 1)
+
+
+def image_budget(memory_gb: float) -> float:
+    """The image index's part (GiB) of a version's memory budget (:data:`IMAGE_BUDGET_SHARE`)."""
+    return memory_gb * IMAGE_BUDGET_SHARE
+
+
+def caption_budget(memory_gb: float) -> float:
+    """The caption indexes' part (GiB) of a version's memory budget: what the image's leaves."""
+    return memory_gb - image_budget(memory_gb)
 
 
 def pq_code_size(n: int, dim: int, memory_gb: float) -> int:

@@ -40,6 +40,7 @@ from figsearch.index import (
     INDEX_FILE,
     MANIFEST_FILE,
     VECTORS_FILE,
+    caption_budget,
     choose_factory,
     read_manifest,
 )
@@ -220,13 +221,15 @@ def write_caption_index(version_dir: Path, built: CaptionVectors, encoder: Any,
 
 
 def caption_budgets(n_whole: int, n_passages: int, memory_gb: float) -> tuple[float, float]:
-    """The caption index's memory budget split between whole captions and passages in
+    """The caption indexes' part of a version's memory budget ``memory_gb``
+    (:func:`~figsearch.index.caption_budget`) split between whole captions and passages in
     proportion to their counts, so passages (several per long caption) never multiply the
-    caption index's RAM beyond ``index_memory_gb``: at scale they take smaller PQ codes."""
+    version's RAM beyond ``index_memory_gb``: at scale they take smaller PQ codes."""
+    captions_gb = caption_budget(memory_gb)
     total = n_whole + n_passages
     if total == 0 or n_passages == 0:
-        return memory_gb, 0.0
-    return memory_gb * n_whole / total, memory_gb * n_passages / total
+        return captions_gb, 0.0
+    return captions_gb * n_whole / total, captions_gb * n_passages / total
 
 
 def _write_vectors(sub: Path, version_dir: Path, ids: np.ndarray, vectors: np.ndarray,

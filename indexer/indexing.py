@@ -38,6 +38,7 @@ from figsearch.index import (
     VECTORS_FILE,
     choose_factory,
     current_version_dir,
+    image_budget,
     read_manifest,
 )
 from figsearch.keyword_index import write_or_update_keyword_index
@@ -277,7 +278,8 @@ def build_from_worklist(
     version = build_version(
         settings.indexes_dir, embedded.vectors, embedded.ids,
         model_spec=portable_path(spec, settings.data_dir),
-        model_key=encoder.model_key, factory=factory, memory_gb=settings.index_memory_gb,
+        model_key=encoder.model_key, factory=factory,
+        memory_gb=image_budget(settings.index_memory_gb),
         keep=settings.index_keep_versions, hook=hook, activate=activate,
         use_gpu=settings.index_gpu_training,
         extra={"unreadable": len(embedded.failures), "indexable": indexable_count(store),
@@ -385,7 +387,7 @@ def plan_image_delta(settings: Settings, wl: WorkList, work_dir: Path, model_key
                        np.concatenate([enc_vecs.reshape(-1, dim), reused]), {SHA_FILE: add_sha})
     why = delta_allowed(manifest, delta.size, model_key=model_key, dim=dim,
                         factory=factory or choose_factory(int(same.sum()) + len(add_ids), dim,
-                                                          settings.index_memory_gb))
+                                                          image_budget(settings.index_memory_gb)))
     if why:
         return why
     return ImageDelta(prev, delta, failures, int(same.sum()), len(enc_ids), len(other))

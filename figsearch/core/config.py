@@ -83,7 +83,11 @@ class Settings(BaseSettings):
         False, description="Ingest scanned historical articles (is_historical_ocr)."
     )
     index_memory_gb: float = Field(
-        16.0, description="Memory budget (GiB) for the index; drives the factory-string rule."
+        4.0,
+        description="RAM budget (GiB) for a version's vector codes; drives the factory-string "
+                    "rule. The image index gets a quarter, whole captions and passages the rest "
+                    "by count; each panel index gets the whole budget (they are memory-mapped "
+                    "and read only by image queries).",
     )
     index_gpu_training: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -179,9 +183,10 @@ class Settings(BaseSettings):
     index_mmap: bool = Field(
         True,
         description=(
-            "API: memory-map the FAISS index file (where the index type allows), so uvicorn "
-            "workers share one copy in the page cache (the re-rank vectors are always read "
-            "from the page cache, never loaded)."
+            "API: memory-map the FAISS index files of a version (image, captions, passages, "
+            "panels; where the index type allows), so uvicorn workers share one copy of the "
+            "codes in the page cache (the re-rank vectors are always read from the page "
+            "cache, never loaded)."
         ),
     )
     run_dir: str = Field(

@@ -174,10 +174,43 @@ def test_passages_share_the_caption_indexs_memory_budget():
     from figsearch.index import choose_factory
     from indexer.captions import caption_budgets
 
-    assert caption_budgets(100, 0, 16.0) == (16.0, 0.0)
+    assert caption_budgets(100, 0, 16.0) == (12.0, 0.0)  # the image index keeps a quarter
     whole_gb, passages_gb = caption_budgets(15_000_000, 45_000_000, 16.0)
-    assert whole_gb + passages_gb == pytest.approx(16.0) and passages_gb == pytest.approx(12.0)
+    assert whole_gb + passages_gb == pytest.approx(12.0) and passages_gb == pytest.approx(9.0)
     # 45 M passages of 384 dims under their share: PQ codes whose total stays inside it
     factory = choose_factory(45_000_000, 384, passages_gb)
     code = int(factory.rsplit("PQ", 1)[1])
     assert 45_000_000 * (code + 8) <= passages_gb * 2**30
+
+
+def _code_bytes(factory: str, dim: int) -> int:
+    """Bytes a vector takes in an index's lists: its code and its 8-byte id."""
+    codec = factory.rsplit(",", 1)[-1]
+    per_vector = {"Flat": 4 * dim, "SQ8": dim}.get(codec) or int(codec.removeprefix("PQ"))
+    return per_vector + 8
+
+
+@pytest.mark.parametrize("figures, passages_per_figure", [
+    (1_000_000, 2.0), (15_000_000, 2.0), (15_000_000, 3.25)])
+def test_a_versions_codes_fit_its_one_memory_budget(figures, passages_per_figure):
+    """``index_memory_gb`` bounds all of a version's codes, not each index's: the image index
+    (92 % of figures, 512-d) takes a quarter, whole captions and passages (384-d) the rest. With
+    the default budget, 15 M figures fit in it with PQ codes of at least 16 bytes (the image
+    index's 32); 1 M keep SQ8 codes, as they had when every index had the whole budget."""
+    from figsearch.core.config import Settings
+    from figsearch.index import choose_factory, image_budget
+    from indexer.captions import caption_budgets
+
+    budget = Settings().index_memory_gb
+    images, passages = int(figures * 0.92), int(figures * passages_per_figure)
+    whole_gb, passages_gb = caption_budgets(figures, passages, budget)
+    factories = [(images, 512, choose_factory(images, 512, image_budget(budget))),
+                 (figures, 384, choose_factory(figures, 384, whole_gb)),
+                 (passages, 384, choose_factory(passages, 384, passages_gb))]
+    total = sum(n * _code_bytes(factory, dim) for n, dim, factory in factories)
+    assert total <= budget * 2**30
+    codecs = [factory.rsplit(",", 1)[-1] for _, _, factory in factories]
+    if figures < 10_000_000:
+        assert codecs == ["SQ8", "SQ8", "SQ8"]
+    else:
+        assert codecs[0] == "PQ32" and all(int(c.removeprefix("PQ")) >= 16 for c in codecs)
