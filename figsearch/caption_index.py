@@ -32,6 +32,7 @@ import re
 import sqlite3
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -389,13 +390,26 @@ class CaptionSignal:
 
     def encode(self, query: str) -> np.ndarray:
         """(1, dim) query vector; the last few are kept (paging and mode switches repeat them)."""
+        return self.start(query)()
+
+    def start(self, query: str) -> Callable[[], np.ndarray]:
+        """Start encoding ``query`` (on the model thread when the encoder batches there); the
+        returned call waits for the (1, dim) vector. Hybrid search searches keywords meanwhile."""
         with self._lock:
             if query in self._recent:
                 self._recent.move_to_end(query)
-                return self._recent[query]
-        vec = np.asarray(self.encoder.encode_texts([query]), np.float32).reshape(1, -1)
-        with self._lock:
-            self._recent[query] = vec
-            while len(self._recent) > QUERY_CACHE_SIZE:
-                self._recent.popitem(last=False)
-        return vec
+                hit = self._recent[query]
+                return lambda: hit
+        start_text = getattr(self.encoder, "start_text", None)
+        row = start_text(query) if start_text is not None else None
+
+        def vector() -> np.ndarray:
+            found = row() if row is not None else self.encoder.encode_texts([query])
+            vec = np.asarray(found, np.float32).reshape(1, -1)
+            with self._lock:
+                self._recent[query] = vec
+                while len(self._recent) > QUERY_CACHE_SIZE:
+                    self._recent.popitem(last=False)
+            return vec
+
+        return vector

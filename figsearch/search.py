@@ -272,8 +272,13 @@ class SearchService:
         self._check_page(k, offset)
         start = time.perf_counter()
         use = self.fused_signals() if mode == "hybrid" else [mode]
-        qvec = self._encode_text(query) if "dense" in use else None
-        cvec = self._encode_caption_query(query) if "caption" in use else None
+        # the model thread encodes while this thread searches the keyword index
+        text_vector = self._start_text(query) if "dense" in use else None
+        caption_vector = self._start_caption_query(query) if "caption" in use else None
+        ahead = (self._keyword(query, self.settings.fusion_depth, flt)
+                 if mode == "hybrid" and "keyword" in use else None)
+        qvec = text_vector() if text_vector else None
+        cvec = caption_vector() if caption_vector else None
 
         fused: dict[str, dict[str, SignalResult]] = {}  # the last fetch's signals (hybrid)
 
@@ -285,7 +290,9 @@ class SearchService:
             if mode == "caption":
                 return self._caption(cvec, n, flt)  # type: ignore[arg-type]
             depth = max(n, self.settings.fusion_depth)
-            fused["signals"] = self.signal_results(query, depth, flt, use, qvec, cvec)
+            fused["signals"] = self.signal_results(
+                query, depth, flt, use, qvec, cvec,
+                keyword=ahead if depth == self.settings.fusion_depth else None)
             return self._fuse(fused["signals"])
 
         hits = self._collect(fetch, k, offset, dedup, query)
@@ -407,16 +414,32 @@ class SearchService:
 
     # -- candidate sources --------------------------------------------------------------
     def _encode_text(self, query: str) -> np.ndarray:
-        vec = self._require_encoder().encode_texts([query])
-        return np.asarray(vec, dtype=np.float32).reshape(1, -1)
+        return self._start_text(query)()
+
+    def _start_text(self, query: str) -> Callable[[], np.ndarray]:
+        """Start encoding ``query`` with the image model's text tower (on the model thread
+        when it batches there); the returned call waits for the (1, dim) vector."""
+        encoder = self._require_encoder()
+        start_text = getattr(encoder, "start_text", None)
+        row = start_text(query) if start_text is not None else None
+
+        def vector() -> np.ndarray:
+            found = row() if row is not None else encoder.encode_texts([query])
+            return np.asarray(found, dtype=np.float32).reshape(1, -1)
+
+        return vector
 
     def _encode_caption_query(self, query: str) -> np.ndarray:
+        return self._start_caption_query(query)()
+
+    def _start_caption_query(self, query: str) -> Callable[[], np.ndarray]:
+        """Start encoding ``query`` with the caption model; the returned call waits for it."""
         if self.captions is None:
             raise SignalUnavailable(
                 "caption search is unavailable: the index has no caption index "
                 "(set FIGSEARCH_CAPTION_MODEL and rebuild with `figsearch index`)"
             )
-        return np.asarray(self.captions.encode(query), np.float32).reshape(1, -1)
+        return self.captions.start(query)
 
     def _caption(self, cvec: np.ndarray, n: int, flt: FigureFilter) -> _Candidates:
         return self._vector_search(self.captions.index, cvec, n, flt)
@@ -495,13 +518,15 @@ class SearchService:
     def signal_results(
         self, query: str, n: int, flt: FigureFilter, signals: Sequence[str],
         qvec: np.ndarray | None = None, cvec: np.ndarray | None = None,
+        keyword: _Candidates | None = None,
     ) -> dict[str, SignalResult]:
         """Each named signal's top ``n`` for the query; vector signals also score the other
-        signals' candidates exactly (``extra``). Used by hybrid search and by tuning."""
+        signals' candidates exactly (``extra``). Used by hybrid search and by tuning.
+        ``keyword``: the keyword top ``n``, already searched (while the query was encoded)."""
         out: dict[str, SignalResult] = {}
         vector_signals: dict[str, tuple[VectorIndex, np.ndarray]] = {}
         if "keyword" in signals:
-            c = self._keyword(query, n, flt)
+            c = keyword if keyword is not None else self._keyword(query, n, flt)
             out["keyword"] = SignalResult(c.ids, c.scores, floor=0.0, exhausted=c.exhausted)
         if "caption" in signals:
             cvec = cvec if cvec is not None else self._encode_caption_query(query)

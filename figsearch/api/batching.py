@@ -82,6 +82,24 @@ class QueryCache:
         return len(self._items)
 
 
+class Pending:
+    """A row queued on the :class:`ModelThread`, not yet waited for."""
+
+    def __init__(self, future: Future[tuple[Any, timing.Stages]], queued_at: float) -> None:
+        self._future = future
+        self._queued_at = queued_at
+
+    def result(self) -> Any:
+        """The row (waiting for it); adds the batch's stage times, and the time the row took
+        beyond them as ``queue``, to the calling request."""
+        row, stages = self._future.result()
+        waited = (time.perf_counter() - self._queued_at) * 1000.0
+        for name, ms in stages.items():
+            timing.add(name, ms)
+        timing.add("queue", max(0.0, waited - sum(stages.values())))
+        return row
+
+
 class ModelThread:
     """One thread that runs batch functions on what callers queue, batching equal functions.
 
@@ -103,15 +121,15 @@ class ModelThread:
     def submit(self, fn: BatchFn, item: Any) -> Any:
         """``fn([item, ...])``'s row for ``item``, computed on this thread with other callers'
         items for the same ``fn``; adds the batch's stage times to the caller's request."""
+        return self.start(fn, item).result()
+
+    def start(self, fn: BatchFn, item: Any) -> Pending:
+        """Queue ``item`` for ``fn`` and return at once: the caller does other work (a keyword
+        search) while this thread encodes, then takes the row with :meth:`Pending.result`."""
         future: Future[tuple[Any, timing.Stages]] = Future()
-        t0 = time.perf_counter()
+        pending = Pending(future, time.perf_counter())
         self._queue.put((fn, item, future))
-        row, stages = future.result()
-        waited = (time.perf_counter() - t0) * 1000.0
-        for name, ms in stages.items():
-            timing.add(name, ms)
-        timing.add("queue", max(0.0, waited - sum(stages.values())))
-        return row
+        return pending
 
     def call(self, fn: Callable[[], T]) -> T:
         """``fn()`` run on this thread (alone, never batched)."""
@@ -231,15 +249,22 @@ class BatchingEncoder:
         self._images: BatchFn = self._image_batch
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return np.stack([self._text(t) for t in texts])
+        return np.stack([self.start_text(t)() for t in texts])
 
-    def _text(self, text: str) -> np.ndarray:
+    def start_text(self, text: str) -> Callable[[], np.ndarray]:
+        """Start encoding one text on the model thread; the returned call waits for its row
+        (at once when the query cache holds it)."""
         hit = self.cache.get(text)
         if hit is not None:
             timing.add("cache", 0.0)  # says "served from the cache" in Server-Timing
-            return hit
-        row: np.ndarray = model_thread().submit(self._texts, text)
-        self.cache.put(text, row)
+            return lambda: hit
+        pending = model_thread().start(self._texts, text)
+
+        def row() -> np.ndarray:
+            vector: np.ndarray = pending.result()
+            self.cache.put(text, vector)
+            return vector
+
         return row
 
     def encode_images(self, images: list[Any]) -> np.ndarray:
