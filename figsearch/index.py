@@ -53,6 +53,12 @@ HUGE_MIN = 10_000_000
 #: Allowed subsets at most this large are searched exactly (brute force over their vectors).
 EXACT_SUBSET_MAX = 20_000
 SUBSET_CACHE_SIZE = 8  # allowed-id sets whose rows and FAISS selector are kept
+#: Exactly searched subsets keep their float16 vectors, up to this many bytes per index (the
+#: most recently used first): reading 16 k scattered rows of a 15 M-row vectors.npy from the
+#: page cache takes 30-50 ms (a page fault or a read per row), scoring them 2 ms, and a narrow
+#: filter repeats query after query (bench/results/vector_scale_15m.json). 48 MiB holds three
+#: full subsets of 512-d rows.
+EXACT_VECTORS_BYTES = 48 << 20
 #: Allowed sets holding at least this share of an index's rows are post-filtered: an
 #: unfiltered search fetches deeper (by 1/selectivity) and keeps the allowed hits, no selector.
 #: bench/filter_plans.py (200k x 64, nprobe 32, one thread) found the IDSelectorBitmap search
@@ -417,6 +423,7 @@ class _Subset:
     selector: Any = None
     source: Any = None  # the AllowedSet this came from (keeps its id() from being reused)
     _rows: np.ndarray | None = None
+    vectors: np.ndarray | None = None  # "exact" plans: the allowed rows' vectors, once read
 
     @classmethod
     def plan_for(cls, bits: np.ndarray, size: int, count: int, source: Any = None) -> _Subset:
@@ -585,7 +592,8 @@ class SearchIndex:
             else:
                 sub = self._subset(allowed_ids)
                 if sub.plan == "exact":
-                    scores, rows = self._exact_subset(q, k, sub.allowed_rows())
+                    scores, rows = self._exact_subset(q, k, sub.allowed_rows(),
+                                                      self._subset_vectors(sub))
                     fetch = k  # already exact
                 elif sub.plan == "postfilter":
                     scores, rows = self._postfilter(q, fetch, sub)
@@ -635,10 +643,35 @@ class SearchIndex:
                 self._subsets.popitem(last=False)
         return entry
 
-    def _exact_subset(self, q: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _subset_vectors(self, sub: _Subset) -> np.ndarray:
+        """The stored vectors of an exact subset's rows, read once and kept with the subset
+        while the index's kept vectors stay within :data:`EXACT_VECTORS_BYTES` (older
+        subsets' vectors are let go first; a let-go subset reads them again when used)."""
+        vectors = sub.vectors
+        if vectors is not None:
+            return vectors
+        vectors = np.asarray(self.vectors[sub.allowed_rows()])
+        with self._subsets_lock:
+            sub.vectors = vectors
+            kept = [s for s in self._subsets.values() if s.vectors is not None]
+            total = sum(s.vectors.nbytes for s in kept if s.vectors is not None)
+            for old in kept:  # least recently used first
+                if total <= EXACT_VECTORS_BYTES:
+                    break
+                if old is not sub and old.vectors is not None:
+                    total -= old.vectors.nbytes
+                    old.vectors = None
+            if total > EXACT_VECTORS_BYTES:
+                sub.vectors = None  # larger than the budget alone: read per query
+        return vectors
+
+    def _exact_subset(self, q: np.ndarray, k: int, rows: np.ndarray,
+                      vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of ``q`` over ``rows`` by exact scores (``vectors``: those rows' vectors,
+        when already read)."""
         if len(rows) == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        scores = q @ as_float32(self.vectors[rows]).T
+        scores = q @ as_float32(self.vectors[rows] if vectors is None else vectors).T
         return _top_k(scores, np.broadcast_to(rows, scores.shape).copy(), k)
 
     def _exact_short(self, q: np.ndarray, fetch: int, scores: np.ndarray, got: np.ndarray,

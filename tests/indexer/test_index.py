@@ -229,6 +229,32 @@ def test_small_allowed_sets_are_exact(tmp_path):
     assert (got == exact_topk(base[sub], ids[sub], base[:5], 10)).all()
 
 
+def test_an_exact_subset_keeps_its_vectors_within_the_budget(built, monkeypatch):
+    """A narrow filter repeats query after query; at 15 M figures reading its rows from the
+    page cache costs 30-50 ms a query. Its rows' vectors are kept with the subset (so the next
+    query reads no file: here the file is closed), within EXACT_VECTORS_BYTES an index: a
+    second subset that does not fit beside the first lets the first's vectors go."""
+    import figsearch.index as index_mod
+
+    idx = SearchIndex.load(built("IVF64,PQ8"), nprobe=4)
+    first, second = IDS[::97], IDS[5::89]  # 42 and 45 figures: exact plans
+    monkeypatch.setattr(index_mod, "EXACT_VECTORS_BYTES", 50 * DIM * 2)  # one subset's rows
+    want = idx.search(BASE[:3], 5, allowed_ids=first)
+    idx.vectors.close()
+    again = idx.search(BASE[:3], 5, allowed_ids=first)
+    assert all(np.array_equal(a, b) for a, b in zip(want, again, strict=True))
+    assert np.isin(again[1], first).all()
+    with pytest.raises(ValueError, match="closed"):  # a new subset has to read the file
+        idx.search(BASE[:3], 5, allowed_ids=second)
+    reopened = SearchIndex.load(built("IVF64,PQ8"), nprobe=4)
+    reopened.search(BASE[:1], 5, allowed_ids=first)
+    reopened.search(BASE[:1], 5, allowed_ids=second)  # keeps these, lets first's go
+    reopened.vectors.close()
+    reopened.search(BASE[:1], 5, allowed_ids=second)
+    with pytest.raises(ValueError, match="closed"):
+        reopened.search(BASE[:1], 5, allowed_ids=first)
+
+
 # -- loading, vectors, model checks -------------------------------------------------------------
 def test_vectors_for_current_and_padding(tmp_path):
     base = clustered(50)
