@@ -685,11 +685,12 @@ KINDS = ("store_keyword_k100", "keyword", "caption", "dense", "hybrid",
 
 
 def warm_page_cache(version_dir: Path, block: int = 16 << 20) -> float:
-    """Read every FAISS index file of a version once (MB read), so memory-mapped codes are in
-    the page cache before timing, as in a server that has been answering queries (the goals
-    are for a warm cache; a bench that just wrote gigabytes has evicted them)."""
+    """Read every file of a version once (MB read): memory-mapped codes, re-rank vectors,
+    keyword segments and filter columns are then in the page cache before timing, as in a
+    server that has been answering queries (the goals are for a warm cache; a bench that has
+    just written gigabytes has evicted them)."""
     read = 0
-    for path in sorted(version_dir.rglob("index.faiss")):
+    for path in sorted(p for p in version_dir.rglob("*") if p.is_file()):
         with open(path, "rb") as fh:
             while chunk := fh.read(block):
                 read += len(chunk)
