@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from figsearch.columns import AllowedSet
-from figsearch.encoders import ModelLoadError
+from figsearch.encoders import ModelLoadError, start_query_encoding
 from figsearch.index import IndexLoadError, SearchIndex, sorted_unique
 
 CAPTIONS_DIR = "captions"
@@ -400,12 +400,10 @@ class CaptionSignal:
                 self._recent.move_to_end(query)
                 hit = self._recent[query]
                 return lambda: hit
-        start_text = getattr(self.encoder, "start_text", None)
-        row = start_text(query) if start_text is not None else None
+        row = start_query_encoding(self.encoder, query)
 
         def vector() -> np.ndarray:
-            found = row() if row is not None else self.encoder.encode_texts([query])
-            vec = np.asarray(found, np.float32).reshape(1, -1)
+            vec = row()
             with self._lock:
                 self._recent[query] = vec
                 while len(self._recent) > QUERY_CACHE_SIZE:

@@ -53,6 +53,7 @@ from figsearch import timing
 from figsearch.caption_index import best_passages, whole_index
 from figsearch.columns import AllowedSet, VersionColumns
 from figsearch.core.config import Settings
+from figsearch.encoders import start_query_encoding
 from figsearch.explain import (
     STRONG_KEYWORD_COVERAGE,
     HitSignal,
@@ -420,15 +421,7 @@ class SearchService:
     def _start_text(self, query: str) -> Callable[[], np.ndarray]:
         """Start encoding ``query`` with the image model's text tower (on the model thread
         when it batches there); the returned call waits for the (1, dim) vector."""
-        encoder = self._require_encoder()
-        start_text = getattr(encoder, "start_text", None)
-        row = start_text(query) if start_text is not None else None
-
-        def vector() -> np.ndarray:
-            found = row() if row is not None else encoder.encode_texts([query])
-            return np.asarray(found, dtype=np.float32).reshape(1, -1)
-
-        return vector
+        return start_query_encoding(self._require_encoder(), query)
 
     def _encode_caption_query(self, query: str) -> np.ndarray:
         return self._start_caption_query(query)()

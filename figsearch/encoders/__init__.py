@@ -17,8 +17,11 @@ Importing ``figsearch.encoders`` loads only :mod:`.spec`; the torch names (``Enc
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from figsearch.encoders.spec import (  # noqa: F401 - re-exported
     BIOMEDCLIP_HUB_ID,
@@ -118,3 +121,19 @@ def load_encoder(spec: str, backend: str, *, device: str | None = None, batch_si
     from figsearch.encoders.torch_encoder import load_model
 
     return load_model(spec, device=device, batch_size=batch_size, precision=precision)
+
+
+def start_query_encoding(encoder: Any, text: str) -> Callable[[], np.ndarray]:
+    """Start encoding one query text; the returned call waits for its (1, dim) float32 row.
+
+    An encoder that batches on the model thread (``start_text``,
+    :class:`figsearch.api.batching.BatchingEncoder`) starts now, so the caller can search
+    keywords meanwhile; any other encoder encodes when the call is made."""
+    start_text = getattr(encoder, "start_text", None)
+    row = start_text(text) if start_text is not None else None
+
+    def vector() -> np.ndarray:
+        found = row() if row is not None else encoder.encode_texts([text])
+        return np.asarray(found, np.float32).reshape(1, -1)
+
+    return vector
