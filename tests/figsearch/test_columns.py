@@ -341,3 +341,67 @@ def test_bit_test_both_ways():
         inside = (ids >= 0) & (ids < len(mask))
         want[inside] = mask[ids[inside]]
         assert (bit_test(bits, ids) == want).all()
+
+
+def test_lookups_and_counts_need_no_bitmap_or_row_mask(columns: VersionColumns):
+    """contains() by binary search and count_in() from packed bits agree with the bitmap by id
+    and the row mask they replace on a filter's first use, for an index holding every column
+    row, one holding some, and one holding figures the columns lack (retracted ones)."""
+    import figsearch.columns as columns_mod
+
+    all_ids = np.asarray(columns.ids)
+    rng = np.random.default_rng(8)
+    indexes = {"same": all_ids.copy(), "some": np.sort(rng.choice(all_ids, len(all_ids) // 2,
+                                                                  replace=False)),
+               "beyond": np.union1d(all_ids[::3], [int(all_ids[-1]) + 5, int(all_ids[-1]) + 9])}
+    probe = np.concatenate([rng.integers(-3, int(all_ids[-1]) + 20, 400), all_ids[:50]])
+    for flt in FILTERS:
+        allowed = columns.allowed(flt)
+        if allowed.count in (0, len(all_ids)):
+            continue
+        looked_up = allowed.contains(probe)
+        assert allowed._bits is None  # few ids: looked up, no bitmap by id built
+        assert (looked_up == np.isin(probe, allowed.ids)).all(), flt
+        assert (bit_test(allowed.bits(), probe) == looked_up).all()
+        for name, index_ids in indexes.items():
+            fresh = columns_mod.AllowedSet(allowed._base, allowed._column_mask(), allowed.total,
+                                           columns=columns)
+            counted = fresh.count_in(index_ids)
+            assert not fresh._rows  # counted without a row mask
+            mask = fresh.row_mask(index_ids)
+            assert counted == int(mask.sum()) == int(np.isin(index_ids, allowed.ids).sum()), \
+                (flt, name)
+            assert (mask == np.isin(index_ids, allowed.ids)).all(), (flt, name)
+
+
+def test_only_the_bitmap_plan_builds_a_row_mask(filled: FigureStore, tmp_path: Path,
+                                                monkeypatch):
+    """Over an index holding some of the columns' figures, an exact plan finds its rows from
+    the allowed ids and a post-filter tests candidates by id (no row mask: at 15 M figures
+    each is a 20-35 ms compress); only the bitmap plan builds one. All answer exactly."""
+    import figsearch.index as index_mod
+
+    monkeypatch.setattr(index_mod, "EXACT_SUBSET_MAX", 40)
+    monkeypatch.setattr(index_mod, "POSTFILTER_MIN", 0.5)
+    all_ids = filled.filtered_ids(FigureFilter())
+    held = np.sort(np.random.default_rng(2).choice(all_ids, int(len(all_ids) * 0.8),
+                                                   replace=False))
+    base = _vectors(len(held))
+    version = build_version(tmp_path / "indexes", base, held, model_spec="s", model_key="k",
+                            factory="IVF16,Flat", add_files=functools.partial(write_columns, filled))
+    idx = SearchIndex.load(version, nprobe=16)
+    cols = VersionColumns.load(version, store=filled)
+    assert cols is not None and not cols.index_map(idx.ids).same
+    queries = _vectors(5, seed=11)
+    for name, flt in PLAN_FILTERS.items():
+        allowed = cols.allowed(flt)
+        plan = name.split("-")[0]
+        assert idx.plan(allowed) == plan, (name, allowed.count)
+        assert bool(allowed._rows) == (plan == "bitmap"), name
+        sub = np.isin(held, allowed.ids)
+        for k in (1, 10, 30):
+            scores, got = idx.search(queries, k, allowed_ids=allowed)
+            truth = np.sort(queries @ base[sub].T, axis=1)[:, ::-1][:, :k]
+            have = min(k, int(sub.sum()))
+            assert (got[:, have:] == -1).all() and np.isin(got[:, :have], allowed.ids).all()
+            assert np.allclose(scores[:, :have], truth, atol=2e-3), (name, k)  # float16
