@@ -210,6 +210,15 @@ def check_preprocess_supported(cfg: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- the encoder
+#: Whether idle intra-op threads spin (ONNX Runtime's default) or sleep. Spinning keeps them
+#: busy for a while after each run, on the cores the request thread then searches with, and
+#: the sessions of the two query models spin against each other. On 2 cores, encoding a query
+#: with both text models, then one top-100 search: 16.5 + 27.4 ms p50 with spinning, 10.1 +
+#: 9.5 ms without (a 15 M-vector index); 11.6 + 61.8 against 10.1 + 9.6 ms on the 1 M image
+#: index (bench/results/onnx_spinning.json, onnx_spinning_1m.json).
+ALLOW_SPINNING = False
+
+
 def session_threads(threads: int) -> int:
     """ONNX Runtime intra-op threads: ``threads``, or all cores when 0 or less."""
     return threads if threads > 0 else max(1, os.cpu_count() or 1)
@@ -222,6 +231,8 @@ def open_session(path: Path, threads: int) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = session_threads(threads)
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning",
+                                     "1" if ALLOW_SPINNING else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # warnings about unused initialisers are noise here
     # no arena: it keeps the peak activation memory of the largest batch for the process's

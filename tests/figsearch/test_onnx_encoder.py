@@ -361,3 +361,15 @@ def test_server_with_the_onnx_backend_loads_no_torch(onnx_data_dir, shared_data)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_sessions_let_idle_threads_sleep(tiny_export):
+    """Both sessions' intra-op threads sleep when idle instead of spinning on the cores the
+    request thread searches with next (bench/results/onnx_spinning.json)."""
+    _encoder, folder = tiny_export
+    exported = OnnxEncoder(folder, threads=2)
+    for session in (exported.text_session, exported.image_session):
+        options = session.get_session_options()
+        assert options.intra_op_num_threads == 2
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert exported.encode_texts(["western blot"]).shape[0] == 1
