@@ -289,16 +289,17 @@ def advise_random(path: Path) -> int:
 
 
 class RowFile:
-    """The rows of a C-order 2-D ``.npy`` file, read through a mapping made for each read and
-    unmapped after it, instead of a mapping held for the index's life.
+    """The rows of a C-order 2-D ``.npy`` file, read with ``preadv`` into the result: one call
+    per run of consecutive rows, nothing mapped.
 
-    Re-ranking reads a few hundred scattered rows per query. Through a held mapping each row's
-    fault maps the whole large folio the page cache holds it in (2 MiB for a freshly written
-    file, kernel 6.x, whatever ``madvise`` says) and it stays mapped: one query put 287 MiB of
-    a 1M-row ``vectors.npy`` in the worker's RSS, two queries all of it (issue 15: RSS <= 1 GB
-    at 1M). A transient mapping reads from the same page cache the workers share and leaves
-    nothing behind; it is also faster than ``os.preadv`` per row (200 scattered rows of 1M:
-    0.29 vs 0.54 ms, 20,000 rows: 6.0 vs 44 ms).
+    Re-ranking reads a thousand scattered rows per query (k = 100, ten candidates each) and
+    an exact subset up to 20,000 on a filter's first use. A mapping held for the index's life
+    keeps every faulted page in the worker's RSS (a 2 MiB folio per row on a freshly written
+    file: 287 MiB of a 1 M-row file after one query; issue 15: RSS <= 1 GB at 1 M), and a
+    mapping made for each read pays a page fault per scattered row: 6.3-7.5 ms per 1,000 rows
+    from the page cache, 52-88 ms per 15,000, against 2.3-2.7 ms and 29-37 ms with ``preadv``
+    (1 M and 15 M rows, bench/results/row_reads.json). A freshly written file's 2 MiB folios
+    had made the faults cheap, but pages read back from disk come in smaller folios.
     """
 
     def __init__(self, path: Path) -> None:
@@ -312,8 +313,10 @@ class RowFile:
             raise ValueError(f"{path}: expected a C-order 2-D array, got shape {shape}")
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = np.dtype(dtype)
-        if path.stat().st_size < self.offset + self.shape[0] * self.shape[1] * self.dtype.itemsize:
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
+        if path.stat().st_size < self.offset + self.shape[0] * self.row_bytes:
             raise ValueError(f"{path}: shorter than its {self.shape} header says (truncated)")
+        self.path = path
         self._fd: int | None = os.open(path, os.O_RDONLY)
 
     def __len__(self) -> int:
@@ -325,17 +328,29 @@ class RowFile:
             else np.asarray(rows, np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
             raise IndexError(f"row out of range 0..{self.shape[0] - 1}")
-        if self._fd is None:
+        fd = self._fd
+        if fd is None:
             raise ValueError("RowFile is closed")
-        if not idx.size or not self.shape[0]:
-            return np.empty((*idx.shape, self.shape[1]), self.dtype)
-        with mmap.mmap(self._fd, 0, prot=mmap.PROT_READ) as mapped:
-            view = np.frombuffer(mapped, self.dtype, count=self.shape[0] * self.shape[1],
-                                 offset=self.offset).reshape(self.shape)
-            try:
-                return np.array(view[idx])  # a copy: nothing may point into the mapping
-            finally:
-                del view  # the buffer export must go before the mapping closes
+        out = np.empty((*idx.shape, self.shape[1]), self.dtype)
+        flat = idx.ravel()
+        if not flat.size or not self.row_bytes:
+            return out
+        view = out.reshape(flat.size, self.shape[1]).data.cast("B")
+        # runs of consecutive rows (slices, sorted dense sets) are one read each
+        breaks = np.flatnonzero(np.diff(flat) != 1) + 1
+        starts, ends = np.r_[0, breaks].tolist(), np.r_[breaks, flat.size].tolist()
+        for start, end, row in zip(starts, ends, flat[starts].tolist(), strict=True):
+            self._read(fd, view[start * self.row_bytes:end * self.row_bytes],
+                       self.offset + row * self.row_bytes)
+        return out
+
+    def _read(self, fd: int, into: memoryview, offset: int) -> None:
+        """Fill ``into`` from the file at ``offset`` (a read returns at most ~2 GiB)."""
+        while len(into):
+            got = os.preadv(fd, [into], offset)
+            if got <= 0:
+                raise ValueError(f"{self.path}: ended before its header's {self.shape} rows")
+            into, offset = into[got:], offset + got
 
     def close(self) -> None:
         """Close the file (reads then fail)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import faiss
@@ -129,8 +130,7 @@ def _vm_flags(path: Path) -> list[str]:
 def test_vectors_are_read_not_mapped_and_the_index_map_is_advised(built):
     """Re-ranking reads scattered rows: mapped, each fault mapped a whole 2 MiB page-cache folio
     and two queries pulled a 1M-row vectors.npy into RSS (issue 15). The vectors are read
-    through a mapping unmapped after each read; the mapped index gets MADV_RANDOM +
-    MADV_NOHUGEPAGE."""
+    with preadv, never mapped; the mapped index gets MADV_RANDOM + MADV_NOHUGEPAGE."""
     vdir = built("IVF64_HNSW32,SQ8")
     idx = SearchIndex.load(vdir, nprobe=16, mmap_index=True)
     assert idx.search(BASE[:2], 3)[1][:, 0].tolist() == IDS[:2].tolist()  # re-ranked
@@ -181,7 +181,8 @@ def test_row_file_reads_rows_like_numpy(tmp_path):
     np.save(tmp_path / "v.npy", arr)
     rows = RowFile(tmp_path / "v.npy")
     assert len(rows) == 40 and rows.shape == (40, 6)
-    for key in (7, [3, 4, 5, 30, 2, 2], np.array([[1, 2], [39, 0]]), slice(5, 9), []):
+    for key in (7, [3, 4, 5, 30, 2, 2], np.array([[1, 2], [39, 0]]), slice(5, 9), [],
+                slice(0, 40), [39, 38, 37], [0, 1, 2, 10, 11, 39]):  # runs read in one call
         np.testing.assert_array_equal(rows[key], arr[key])
     with pytest.raises(IndexError, match="out of range"):
         rows[[0, 40]]
@@ -191,6 +192,11 @@ def test_row_file_reads_rows_like_numpy(tmp_path):
     rows.close()
     with pytest.raises(ValueError, match="closed"):
         rows[[1]]
+    cut = RowFile(tmp_path / "v.npy")  # the file shrinks under an open RowFile: a clear error
+    os.truncate(tmp_path / "v.npy", cut.offset + 10 * cut.row_bytes)
+    np.testing.assert_array_equal(cut[[0, 9]], arr[[0, 9]])
+    with pytest.raises(ValueError, match="ended before"):
+        cut[[5, 20]]
 
 
 def test_rerank_improves_pq_recall(built):
