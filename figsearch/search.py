@@ -273,14 +273,7 @@ class SearchService:
         self._check_page(k, offset)
         start = time.perf_counter()
         use = self.fused_signals() if mode == "hybrid" else [mode]
-        # the model thread encodes while this thread searches the keyword index
-        text_vector = self._start_text(query) if "dense" in use else None
-        caption_vector = self._start_caption_query(query) if "caption" in use else None
-        ahead = (self._keyword(query, self.settings.fusion_depth, flt)
-                 if mode == "hybrid" and "keyword" in use else None)
-        self._prepare_filter(flt, use)
-        qvec = text_vector() if text_vector else None
-        cvec = caption_vector() if caption_vector else None
+        ahead, qvec, cvec = self.start_signals(query, mode, flt, use)
 
         fused: dict[str, dict[str, SignalResult]] = {}  # the last fetch's signals (hybrid)
 
@@ -305,6 +298,21 @@ class SearchService:
             self._text_panels(query, hits, cvec, panels)
             match = self._match_quality(query, flt, hits, results or {}, cvec, offset)
         return self._page(query, mode, k, offset, start, hits, match)
+
+    def start_signals(self, query: str, mode: str, flt: FigureFilter, use: Sequence[str]
+                      ) -> tuple[_Candidates | None, np.ndarray | None, np.ndarray | None]:
+        """What a text query needs before its vector searches: (the keyword top list of a
+        hybrid query, the dense query vector, the caption query vector). The model thread
+        encodes while this thread searches the keyword index and prepares the filter's plans
+        (:meth:`_prepare_filter`), so those cost nothing when they take less than encoding."""
+        text_vector = self._start_text(query) if "dense" in use else None
+        caption_vector = self._start_caption_query(query) if "caption" in use else None
+        ahead = (self._keyword(query, self.settings.fusion_depth, flt)
+                 if mode == "hybrid" and "keyword" in use else None)
+        self._prepare_filter(flt, use)
+        qvec = text_vector() if text_vector else None
+        cvec = caption_vector() if caption_vector else None
+        return ahead, qvec, cvec
 
     def search_vector(
         self, vector: Sequence[float] | np.ndarray, k: int = 20, offset: int = 0,
