@@ -199,6 +199,28 @@ def test_row_file_reads_rows_like_numpy(tmp_path):
         cut[[5, 20]]
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_exact_rows_score_like_numpy_without_a_float32_copy(dtype):
+    """ExactRows scores stored rows (float16 as FAISS fp16 codes, float32 as a flat index)
+    exactly: the same order and scores as numpy on the float32 values, padded past n."""
+    from figsearch.index import ExactRows
+
+    rows = clustered(300, seed=4).astype(dtype)
+    queries = clustered(5, seed=6)
+    scorer = ExactRows(rows)
+    assert len(scorer) == 300 and scorer.nbytes == rows.nbytes
+    scores, found = scorer.search(queries, 20)
+    want = queries @ rows.astype(np.float32).T
+    order = np.argsort(-want, axis=1)[:, :20]
+    assert (found == order).all()
+    np.testing.assert_allclose(scores, np.take_along_axis(want, order, 1), atol=1e-5)
+    scores, found = ExactRows(rows[:3]).search(queries, 5)
+    assert (found[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all()
+    assert sorted(found[0, :3].tolist()) == [0, 1, 2]
+    empty = ExactRows(rows[:0])
+    assert (empty.search(queries, 2)[1] == -1).all()
+
+
 def test_rerank_improves_pq_recall(built):
     idx = SearchIndex.load(built("IVF64,PQ8"), nprobe=64)
     queries = clustered(80, seed=9)
