@@ -1,0 +1,47 @@
+"""bench.first_filter and bench.row_reads at a few thousand figures: the product's search
+service over a sharded keyword index, two vector indexes of the 15 M family and the filter
+columns written beside them; every filter's first use and later queries keep to the filter."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from tests.bench.test_bench_smoke import PYTHON, REPO, run_bench
+
+
+def test_first_filter_smoke_times_the_service_and_keeps_to_every_filter(tmp_path: Path) -> None:
+    results, kw, vec, cols = (tmp_path / name for name in ("results", "kw", "vec", "cols"))
+    run_bench("keyword_scale", ["--n", "3000", "--queries", "5", "--rounds", "1", "--index",
+                                str(kw), "--shards", "2", "--name", "keyword_scale"], results)
+    subprocess.run([PYTHON, "-m", "bench.vector_scale", "build", "--dir", str(vec), "--n", "3000",
+                    "--dim", "32", "--factory", "OPQ8,IVF16_HNSW32,PQ8"], cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    dirs = ["--keyword-dir", str(kw), "--vector-dir", str(vec), "--columns-dir", str(cols)]
+    subprocess.run([PYTHON, "-m", "bench.first_filter", "prepare", *dirs], cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    ids = np.load(cols / "columns" / "ids.npy")
+    assert len(ids) == len(np.union1d(np.load(kw / "ids.npy"), np.load(vec / "ids.npy")))
+    _, result = run_bench("first_filter", ["measure", *dirs, "--repeat", "1", "--queries", "5",
+                                           "--warmup", "2", "--name", "first_filter"], results)
+    figures = result["figures"]
+    for name in ("broad", "mid", "narrow"):
+        assert figures[f"{name}_signals"] == "keyword,caption,dense"
+        assert figures[f"{name}_outside_filter"] == 0, name
+        assert figures[f"{name}_first_total_ms"] >= figures[f"{name}_first_start_ms"] > 0
+        assert figures[f"{name}_after_p50_ms"] > 0 and figures[f"{name}_unfiltered_p50_ms"] > 0
+    assert figures["narrow_plan"] == "exact" and figures["narrow_allowed"] < 100
+    assert figures["broad_share"] > figures["mid_share"] > figures["narrow_share"] > 0
+
+
+def test_row_reads_smoke_reads_the_same_rows_both_ways(tmp_path: Path) -> None:
+    vectors = tmp_path / "v" / "vectors.npy"
+    vectors.parent.mkdir()
+    np.save(vectors, np.random.default_rng(0).standard_normal((20_000, 16)).astype(np.float16))
+    _, result = run_bench("row_reads", ["--vectors", str(vectors), "--rounds", "2"],
+                          tmp_path / "results")
+    figures = result["figures"]
+    assert figures["v/vectors.npy same_rows"] is True
+    assert figures["v/vectors.npy 15000_rows_preadv_p50_ms"] > 0
