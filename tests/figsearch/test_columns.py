@@ -258,6 +258,18 @@ PLAN_FILTERS = {  # filter -> its plan (EXACT_SUBSET_MAX = 40, POSTFILTER_MIN = 
 }
 
 
+def assert_exact_filtered(idx: SearchIndex, queries: np.ndarray, k: int, allowed: AllowedSet,
+                          allowed_vectors: np.ndarray) -> np.ndarray:
+    """A filtered search returns the exact top k of the allowed figures (float16 scores),
+    padded with -1 when fewer pass; returns the ids found."""
+    scores, got = idx.search(queries, k, allowed_ids=allowed)
+    truth = np.sort(queries @ allowed_vectors.T, axis=1)[:, ::-1][:, :k]
+    have = min(k, len(allowed_vectors))
+    assert (got[:, have:] == -1).all() and np.isin(got[:, :have], allowed.ids).all()
+    assert np.allclose(scores[:, :have], truth, atol=2e-3), k
+    return got
+
+
 @pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,SQ8"])
 def test_filtered_search_is_exact_for_every_plan(filled: FigureStore, tmp_path: Path,
                                                  monkeypatch, factory: str):
@@ -277,13 +289,8 @@ def test_filtered_search_is_exact_for_every_plan(filled: FigureStore, tmp_path: 
     for name, flt in PLAN_FILTERS.items():
         allowed = cols.allowed(flt)
         assert idx.plan(allowed) == name.split("-")[0], (name, allowed.count)
-        sub = np.isin(ids, allowed.ids)
         for k in (1, 10, 50):
-            scores, got = idx.search(queries, k, allowed_ids=allowed)
-            truth = np.sort(queries @ stored[sub].T, axis=1)[:, ::-1][:, :k]
-            have = min(k, int(sub.sum()))
-            assert (got[:, have:] == -1).all() and np.isin(got[:, :have], allowed.ids).all()
-            assert np.allclose(scores[:, :have], truth, atol=2e-3), (name, k)
+            got = assert_exact_filtered(idx, queries, k, allowed, stored[np.isin(ids, allowed.ids)])
             # the same ids as the old array path gives (same plan, same set)
             _s, got_arr = idx.search(queries, k, allowed_ids=allowed.ids)
             assert (np.sort(got_arr, 1) == np.sort(got, 1)).all(), (name, k)
@@ -398,10 +405,5 @@ def test_only_the_bitmap_plan_builds_a_row_mask(filled: FigureStore, tmp_path: P
         plan = name.split("-")[0]
         assert idx.plan(allowed) == plan, (name, allowed.count)
         assert bool(allowed._rows) == (plan == "bitmap"), name
-        sub = np.isin(held, allowed.ids)
         for k in (1, 10, 30):
-            scores, got = idx.search(queries, k, allowed_ids=allowed)
-            truth = np.sort(queries @ base[sub].T, axis=1)[:, ::-1][:, :k]
-            have = min(k, int(sub.sum()))
-            assert (got[:, have:] == -1).all() and np.isin(got[:, :have], allowed.ids).all()
-            assert np.allclose(scores[:, :have], truth, atol=2e-3), (name, k)  # float16
+            assert_exact_filtered(idx, queries, k, allowed, base[np.isin(held, allowed.ids)])
