@@ -21,7 +21,11 @@ one journal (~0.1 %).
 
 The columns are written once into ``--columns-dir`` (``prepare``): ids 1-15 M take year,
 journal and license from the keyword index's own draws (so the engine's filter fields and
-the columns agree); the vector indexes' ids beyond them get draws from the same rows.
+the columns agree); the vector indexes' ids beyond them get draws from the same rows. By
+default the columns hold both indexes' figures, so each vector index holds 92 % of them (the
+generator's share of figures with images) and a bitmap plan compresses the column mask for
+both: pessimistic for the caption index, which holds every figure. With
+``--every-figure-indexed`` they hold the vector indexes' figures only (see :func:`prepare`).
 
     python -m bench.first_filter prepare --keyword-dir /work/bench-data/kw-15m-s2 \\
         --vector-dir /work/bench-data/vec-15m-r32 --columns-dir /work/bench-data/cols-15m
@@ -53,15 +57,20 @@ TYPES = ["chart/plot", "microscopy", "diagram/pathway", "multi-panel figure", "p
 K = 100  # what the default query fetches per signal (fusion_depth)
 
 
-def prepare(keyword_dir: Path, vector_dir: Path, columns_dir: Path, seed: int = 0) -> dict[str, Any]:
-    """Write ``columns_dir/columns/`` for the union of the keyword and vector indexes' ids."""
+def prepare(keyword_dir: Path, vector_dir: Path, columns_dir: Path, seed: int = 0,
+            every_figure_indexed: bool = False) -> dict[str, Any]:
+    """Write ``columns_dir/columns/`` for the union of the keyword and vector indexes' ids, or
+    (``every_figure_indexed``) for the vector indexes' ids alone: then both vector indexes hold
+    every live figure, as a caption index does (and an image index where every figure has an
+    image), and their row masks are the column mask itself; the keyword index's other
+    figures are not live, so filters exclude them."""
     from bench.keyword_scale import LICENSE_MIX, _shares
     from figsearch.columns import COLUMNS_DIR, FORMAT, VOCAB_FILE, sql_lower
 
     t0 = time.perf_counter()
     kw_ids = np.load(keyword_dir / "ids.npy")
     vec_ids = np.load(vector_dir / "ids.npy")
-    ids = np.union1d(kw_ids, vec_ids)
+    ids = np.asarray(vec_ids) if every_figure_indexed else np.union1d(kw_ids, vec_ids)
     rng = np.random.default_rng(seed)
     draws = {name: np.load(keyword_dir / f"bench_{name}.npy") for name in ("year", "journal",
                                                                            "license")}
@@ -250,9 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5, help="measure: unfiltered queries first")
     ap.add_argument("--repeat", type=int, default=3, help="measure: fresh processes per filter")
     ap.add_argument("--name", default="first_filter_15m")
+    ap.add_argument("--every-figure-indexed", action="store_true",
+                    help="prepare: columns over the vector indexes' ids only (see prepare())")
     args = ap.parse_args(argv)
     if args.verb == "prepare":
-        prepare(args.keyword_dir, args.vector_dir, args.columns_dir)
+        prepare(args.keyword_dir, args.vector_dir, args.columns_dir,
+                every_figure_indexed=args.every_figure_indexed)
         return 0
     params = {"keyword_dir": str(args.keyword_dir), "vector_dir": str(args.vector_dir),
               "columns_dir": str(args.columns_dir), "onnx_encoders": str(args.onnx_encoders or ""),

@@ -24,6 +24,11 @@ def test_first_filter_smoke_times_the_service_and_keeps_to_every_filter(tmp_path
                    capture_output=True, timeout=300)
     ids = np.load(cols / "columns" / "ids.npy")
     assert len(ids) == len(np.union1d(np.load(kw / "ids.npy"), np.load(vec / "ids.npy")))
+    same = tmp_path / "cols-same"  # columns over the vector indexes' figures only
+    subprocess.run([PYTHON, "-m", "bench.first_filter", "prepare", *dirs[:4], "--columns-dir",
+                    str(same), "--every-figure-indexed"], cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    assert np.array_equal(np.load(same / "columns" / "ids.npy"), np.load(vec / "ids.npy"))
     _, result = run_bench("first_filter", ["measure", *dirs, "--repeat", "1", "--queries", "5",
                                            "--warmup", "2", "--name", "first_filter"], results)
     figures = result["figures"]
