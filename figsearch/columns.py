@@ -254,10 +254,9 @@ class AllowedSet:
         """Allowed rows of one index whose figure ids are ``index_ids``: from the packed column
         mask and the index's map when the set has columns (no row mask built), else from the
         row mask (:meth:`row_bits`)."""
-        with self._lock:
-            hit = self._rows.get(id(index_ids))
-        if hit is not None and hit[0] is index_ids:
-            return hit[2]
+        hit = self._cached_rows(index_ids)
+        if hit is not None:
+            return hit[1]
         if self._columns is None:
             return self.row_bits(index_ids)[1]
         return self._columns.index_map(index_ids).count(self._mask)
@@ -265,11 +264,9 @@ class AllowedSet:
     def row_bits(self, index_ids: np.ndarray) -> tuple[np.ndarray, int]:
         """(packed row mask, allowed rows) of one index whose figure ids are ``index_ids``,
         cached per index (the cache holds ``index_ids``: its id() cannot be reused meanwhile)."""
-        key = id(index_ids)
-        with self._lock:
-            hit = self._rows.get(key)
-        if hit is not None and hit[0] is index_ids:
-            return hit[1], hit[2]
+        hit = self._cached_rows(index_ids)
+        if hit is not None:
+            return hit
         index_map = None if self._columns is None else self._columns.index_map(index_ids)
         if index_map is not None and index_map.same:
             # the index holds every column row: its row mask is the (packed) column mask
@@ -282,8 +279,14 @@ class AllowedSet:
             entry = (index_ids, np.packbits(mask, bitorder="little"),
                      int(np.count_nonzero(mask)))
         with self._lock:
-            self._rows[key] = entry
+            self._rows[id(index_ids)] = entry
         return entry[1], entry[2]
+
+    def _cached_rows(self, index_ids: np.ndarray) -> tuple[np.ndarray, int] | None:
+        """(packed row mask, allowed rows) of the index already made, or None."""
+        with self._lock:
+            hit = self._rows.get(id(index_ids))
+        return (hit[1], hit[2]) if hit is not None and hit[0] is index_ids else None
 
     def row_mask(self, index_ids: np.ndarray) -> np.ndarray:
         """bool per row of one index whose figure ids are ``index_ids`` (cached packed per

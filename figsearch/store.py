@@ -507,7 +507,7 @@ class FigureStore:
             raise FileNotFoundError(f"no figure store at {self.path}; run `figsearch ingest` first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(
-            f"sqlite:///{self.path}", connect_args={"timeout": 30, "check_same_thread": False}
+            f"sqlite:///{self.path}", connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
         )
         event.listen(self.engine, "connect", _set_sqlite_pragmas)
         self._migrate()
