@@ -118,6 +118,8 @@ class IndexMap:
     in_index: np.ndarray | None = None
     found: np.ndarray | None = None
     n_columns: int = 0
+    words: np.ndarray | None = None  # ``in_index`` as little-endian uint64 words (zero-padded)
+    ranks: np.ndarray | None = None  # per word: the column rows before it that the index holds
 
     @classmethod
     def build(cls, column_ids: np.ndarray, index_ids: np.ndarray) -> IndexMap:
@@ -131,8 +133,14 @@ class IndexMap:
         found = cols[pos] == index_ids
         in_index = np.zeros(len(cols), bool)
         in_index[pos[found]] = True
-        return cls(index_ids, False, np.packbits(in_index, bitorder="little"),
-                   None if found.all() else np.packbits(found, bitorder="little"), len(cols))
+        packed = np.packbits(in_index, bitorder="little")
+        words = np.zeros(-(-len(packed) // 8) * 8, np.uint8)
+        words[:len(packed)] = packed
+        words64 = words.view("<u8")
+        counts = np.bitwise_count(words64).astype(np.int64)
+        return cls(index_ids, False, packed,
+                   None if found.all() else np.packbits(found, bitorder="little"), len(cols),
+                   words64, np.cumsum(counts) - counts)
 
     def row_mask(self, column_mask: np.ndarray) -> np.ndarray:
         """bool per index row from a bool mask over the column rows."""
@@ -147,6 +155,21 @@ class IndexMap:
         out[np.unpackbits(self.found, count=len(self.index_ids),
                           bitorder="little").view(bool)] = picked
         return out
+
+    def rows_of(self, column_rows: np.ndarray) -> np.ndarray | None:
+        """The index rows of sorted column rows, those the index lacks dropped: a column row's
+        index row is its rank among the index's column rows (a prefix popcount over
+        ``in_index``), so no figure id is read. None when the index also holds figures the
+        columns lack (ranks would not be its rows: look the ids up instead)."""
+        if self.same:
+            return column_rows
+        if self.found is not None or self.words is None or self.ranks is None:
+            return None
+        assert self.in_index is not None
+        held = column_rows[bit_test(self.in_index, column_rows)]
+        word, bit = held >> 6, (held & 63).astype(np.uint64)
+        below = (np.uint64(1) << bit) - np.uint64(1)
+        return self.ranks[word] + np.bitwise_count(self.words[word] & below).astype(np.int64)
 
     def count(self, packed_mask: np.ndarray | None) -> int:
         """How many index rows a packed column mask (None: all rows) lets through: one AND
@@ -183,6 +206,7 @@ class AllowedSet:
         self.count = int(np.count_nonzero(mask) if count is None and mask is not None
                          else len(base_ids) if count is None else count)
         self._ids: np.ndarray | None = None if mask is not None else np.asarray(base_ids, np.int64)
+        self._column_rows: np.ndarray | None = None
         self._bits: np.ndarray | None = None
         self._mask = None if mask is None else np.packbits(mask, bitorder="little")
         self._rows: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
@@ -249,6 +273,25 @@ class AllowedSet:
         if self._mask is not None:
             found &= bit_test(self._mask, pos)
         return found
+
+    def rows_in(self, index_ids: np.ndarray) -> np.ndarray | None:
+        """Sorted row numbers of the set's figures in an index whose figure ids are
+        ``index_ids``, from the set's column rows and the index's map (no figure id read:
+        the memory-mapped id column costs ~40 ms of page faults at 15 M on its first read);
+        None when the set has no columns or the map cannot say (then find its ids)."""
+        if self._columns is None:
+            return None
+        rows = self._columns.index_map(index_ids).rows_of(self.column_rows)
+        return None if rows is None else rows.astype(np.int64, copy=False)
+
+    @property
+    def column_rows(self) -> np.ndarray:
+        """Sorted column rows of the set (from the packed mask on first use, then kept: exact
+        plans ask for them, and those are for sets of at most ``EXACT_FROM_IDS_MAX``)."""
+        if self._column_rows is None:
+            self._column_rows = np.arange(len(self._base), dtype=np.int64) \
+                if self._mask is None else np.flatnonzero(self._column_mask())
+        return self._column_rows
 
     def count_in(self, index_ids: np.ndarray) -> int:
         """Allowed rows of one index whose figure ids are ``index_ids``: from the packed column

@@ -37,14 +37,18 @@ are computed for the page only, after the ranking, and never change it.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import html
+import os
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -182,11 +186,16 @@ def reciprocal_rank_fusion(rankings: list[list[int]], k: int = RRF_K) -> list[tu
     return fuse(results, FusionConfig(dict.fromkeys(names, 1.0), method="rrf", rrf_k=k))
 
 
-
-
 def query_terms(query: str) -> set[str]:
     """Distinct lower-case words of a query (as the keyword index sees them)."""
     return {w.lower() for w in _WORD.findall(query)}
+
+
+@cache
+def _planner() -> ThreadPoolExecutor:
+    """The threads that prepare a new filter's vector plans while its query's request thread
+    searches the keyword index (one per core, shared by all requests)."""
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="filter-plan")
 
 
 def _row_ids(index: Any) -> np.ndarray | None:
@@ -303,13 +312,16 @@ class SearchService:
                       ) -> tuple[_Candidates | None, np.ndarray | None, np.ndarray | None]:
         """What a text query needs before its vector searches: (the keyword top list of a
         hybrid query, the dense query vector, the caption query vector). The model thread
-        encodes while this thread searches the keyword index and prepares the filter's plans
-        (:meth:`_prepare_filter`), so those cost nothing when they take less than encoding."""
+        encodes while this thread searches the keyword index and a planner thread prepares the
+        filter's plans (:meth:`_start_filter`), so those cost nothing when they take less than
+        encoding."""
         text_vector = self._start_text(query) if "dense" in use else None
         caption_vector = self._start_caption_query(query) if "caption" in use else None
+        prepared = self._start_filter(flt, use)
         ahead = (self._keyword(query, self.settings.fusion_depth, flt)
                  if mode == "hybrid" and "keyword" in use else None)
-        self._prepare_filter(flt, use)
+        if prepared is not None:
+            prepared.result()
         qvec = text_vector() if text_vector else None
         cvec = caption_vector() if caption_vector else None
         return ahead, qvec, cvec
@@ -464,12 +476,23 @@ class SearchService:
         exhausted = len(pairs) < n or n >= index.ntotal
         return _Candidates([i for i, _ in pairs], [s for _, s in pairs], exhausted)
 
+    def _start_filter(self, flt: FigureFilter, signals: Sequence[str]) -> Future[None] | None:
+        """The filter's allowed set (made here: the keyword search needs it too), then its
+        vector plans on a planner thread (:meth:`_prepare_filter`) while this thread searches
+        the keyword index; None for no filter. The caller waits for the future before its
+        vector searches."""
+        if flt.is_empty() or self._allowed_ids(flt).count == 0:
+            return None
+        context = contextvars.copy_context()  # stage timings follow the request
+        return _planner().submit(context.run, self._prepare_filter, flt, signals)
+
     def _prepare_filter(self, flt: FigureFilter, signals: Sequence[str]) -> None:
         """What a filter costs the vector signals on its first use, done while the model thread
         encodes the query: the allowed set and each vector index's plan (with the row mask a
-        bitmap plan reads: 20-35 ms at 15 M figures). Both are cached, so the searches after
-        the encoding find them ready. Passages (MaxP parts) are kept to the filter by looking
-        their figures up in the allowed set: nothing to prepare."""
+        bitmap plan reads: 20-35 ms at 15 M figures, and an exact plan's vectors: ~35 ms per
+        15,000 rows). All are cached, so the searches after the encoding find them ready.
+        Passages (MaxP parts) are kept to the filter by looking their figures up in the
+        allowed set: nothing to prepare."""
         if flt.is_empty():
             return
         allowed = self._allowed_ids(flt)
@@ -481,9 +504,9 @@ class SearchService:
         for index in indexes:
             if index is None:
                 continue
-            plan = getattr(whole_index(index), "plan", None)  # SearchIndex; others plan inline
-            if plan is not None:
-                plan(allowed)
+            prepare = getattr(whole_index(index), "prepare", None)  # others plan inline
+            if prepare is not None:
+                prepare(allowed)
 
     def _allowed_ids(self, flt: FigureFilter, max_entries: int = 32) -> AllowedSet:
         """The figures passing ``flt``: from the version's columns when it has them (no SQL

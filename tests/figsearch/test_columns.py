@@ -296,6 +296,48 @@ def test_filtered_search_is_exact_for_every_plan(filled: FigureStore, tmp_path: 
             assert (np.sort(got_arr, 1) == np.sort(got, 1)).all(), (name, k)
 
 
+def test_prepare_reads_an_exact_plan_ahead(filled: FigureStore, tmp_path: Path, monkeypatch):
+    """``prepare`` (what the service's planner thread runs while a query is encoded) leaves an
+    exact plan's vectors read and a bitmap plan's selector made, so the search reads nothing
+    more; an exact subset beyond the kept-vectors budget is left to the search. Every plan
+    still answers exactly, and the service's planner prepares the filter of a query."""
+    import figsearch.index as index_mod
+
+    monkeypatch.setattr(index_mod, "EXACT_SUBSET_MAX", 40)
+    monkeypatch.setattr(index_mod, "POSTFILTER_MIN", 0.5)
+    ids = filled.filtered_ids(FigureFilter())
+    base = _vectors(len(ids))
+    version = build_version(tmp_path / "indexes", base, ids, model_spec="s", model_key="k",
+                            factory="IVF16,SQ8", add_files=functools.partial(write_columns, filled))
+    idx = SearchIndex.load(version, nprobe=16)
+    cols = VersionColumns.load(version, store=filled)
+    assert cols is not None
+    queries, stored = _vectors(4, seed=6), idx.vectors_for(ids)
+    exact, bitmap = cols.allowed(PLAN_FILTERS["exact"]), cols.allowed(PLAN_FILTERS["bitmap"])
+    assert idx.prepare(exact) == "exact" and idx._subset(exact).vectors is not None
+    assert idx.prepare(bitmap) == "bitmap" and idx._subset(bitmap).selector is not None
+    for allowed in (exact, bitmap):
+        assert_exact_filtered(idx, queries, 10, allowed, stored[np.isin(ids, allowed.ids)])
+
+    assert exact.count > 0
+    monkeypatch.setattr(index_mod, "EXACT_VECTORS_BYTES", 1)
+    over_budget = SearchIndex.load(version, nprobe=16)
+    assert over_budget.prepare(exact) == "exact" and over_budget._subset(exact).vectors is None
+    assert_exact_filtered(over_budget, queries, 10, exact, stored[np.isin(ids, exact.ids)])
+
+    monkeypatch.setattr(index_mod, "EXACT_VECTORS_BYTES", 48 << 20)
+    service = SearchService(filled, SearchIndex.load(version, nprobe=16), None,
+                            Settings(data_dir=tmp_path / "data"), columns=cols)
+    flt = PLAN_FILTERS["exact"]
+    future = service._start_filter(flt, ["dense"])
+    assert future is not None
+    future.result()
+    prepared = service.index._subset(cols.allowed(flt))
+    assert prepared.plan == "exact" and prepared.vectors is not None
+    assert service._start_filter(FigureFilter(), ["dense"]) is None
+    assert service._start_filter(PLAN_FILTERS["exact-empty"], ["dense"]) is None
+
+
 def test_narrow_probes_still_return_k(filled: FigureStore, tmp_path: Path, monkeypatch):
     """With 1 of 16 lists probed, the bitmap and post-filter plans widen until k allowed hits
     exist (or fall back to exact search)."""
@@ -379,6 +421,31 @@ def test_lookups_and_counts_need_no_bitmap_or_row_mask(columns: VersionColumns):
             assert counted == int(mask.sum()) == int(np.isin(index_ids, allowed.ids).sum()), \
                 (flt, name)
             assert (mask == np.isin(index_ids, allowed.ids)).all(), (flt, name)
+            rows = fresh.rows_in(index_ids)  # an exact plan's rows, no id read
+            if name == "beyond":
+                assert rows is None  # ranks are not rows there: the plan looks ids up
+            else:
+                assert rows is not None and (rows == np.flatnonzero(mask)).all(), (flt, name)
+
+
+def test_index_map_rows_by_rank_match_a_search_by_id():
+    """An index's rows of a set of column rows, from prefix popcounts over many 64-bit words,
+    equal the rows a binary search of their figure ids finds; rows the index lacks drop out."""
+    from figsearch.columns import IndexMap
+
+    rng = np.random.default_rng(12)
+    column_ids = np.sort(rng.choice(10**7, 20_000, replace=False)).astype(np.int64)
+    for share in (1.0, 0.92, 0.3, 0.01):
+        index_ids = column_ids if share == 1.0 else \
+            np.sort(rng.choice(column_ids, int(len(column_ids) * share), replace=False))
+        index_map = IndexMap.build(column_ids, index_ids)
+        for picked in (0, 1, 500, 20_000):
+            column_rows = np.sort(rng.choice(len(column_ids), picked, replace=False))
+            rows = index_map.rows_of(column_rows)
+            ids = column_ids[column_rows]
+            want = np.flatnonzero(np.isin(index_ids, ids))
+            assert rows is not None and (rows == want).all(), (share, picked)
+            assert (index_ids[rows] == ids[np.isin(ids, index_ids)]).all()
 
 
 def test_only_the_bitmap_plan_builds_a_row_mask(filled: FigureStore, tmp_path: Path,
