@@ -37,18 +37,14 @@ are computed for the page only, after the ranking, and never change it.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import html
-import os
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -191,13 +187,6 @@ def query_terms(query: str) -> set[str]:
     return {w.lower() for w in _WORD.findall(query)}
 
 
-@cache
-def _planner() -> ThreadPoolExecutor:
-    """The threads that prepare a new filter's vector plans while its query's request thread
-    searches the keyword index (one per core, shared by all requests)."""
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="filter-plan")
-
-
 def _row_ids(index: Any) -> np.ndarray | None:
     """The figure ids of a vector index's rows that filters apply to (a caption index with
     passages or panels filters its whole-caption index), or None."""
@@ -312,16 +301,16 @@ class SearchService:
                       ) -> tuple[_Candidates | None, np.ndarray | None, np.ndarray | None]:
         """What a text query needs before its vector searches: (the keyword top list of a
         hybrid query, the dense query vector, the caption query vector). The model thread
-        encodes while this thread searches the keyword index and a planner thread prepares the
-        filter's plans (:meth:`_start_filter`), so those cost nothing when they take less than
-        encoding."""
+        encodes while this thread searches the keyword index and prepares the filter's plans
+        (:meth:`_prepare_filter`), so those cost nothing when they take less than encoding.
+        Preparing the plans on a thread of their own beside the keyword search was slower at
+        15 M figures (first use of a filter 97-118 ms -> 133-200 ms, 5 fresh processes each):
+        encoding and the keyword shards already keep both cores busy."""
         text_vector = self._start_text(query) if "dense" in use else None
         caption_vector = self._start_caption_query(query) if "caption" in use else None
-        prepared = self._start_filter(flt, use)
         ahead = (self._keyword(query, self.settings.fusion_depth, flt)
                  if mode == "hybrid" and "keyword" in use else None)
-        if prepared is not None:
-            prepared.result()
+        self._prepare_filter(flt, use)
         qvec = text_vector() if text_vector else None
         cvec = caption_vector() if caption_vector else None
         return ahead, qvec, cvec
@@ -475,16 +464,6 @@ class SearchService:
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
         exhausted = len(pairs) < n or n >= index.ntotal
         return _Candidates([i for i, _ in pairs], [s for _, s in pairs], exhausted)
-
-    def _start_filter(self, flt: FigureFilter, signals: Sequence[str]) -> Future[None] | None:
-        """The filter's allowed set (made here: the keyword search needs it too), then its
-        vector plans on a planner thread (:meth:`_prepare_filter`) while this thread searches
-        the keyword index; None for no filter. The caller waits for the future before its
-        vector searches."""
-        if flt.is_empty() or self._allowed_ids(flt).count == 0:
-            return None
-        context = contextvars.copy_context()  # stage timings follow the request
-        return _planner().submit(context.run, self._prepare_filter, flt, signals)
 
     def _prepare_filter(self, flt: FigureFilter, signals: Sequence[str]) -> None:
         """What a filter costs the vector signals on its first use, done while the model thread

@@ -297,10 +297,10 @@ def test_filtered_search_is_exact_for_every_plan(filled: FigureStore, tmp_path: 
 
 
 def test_prepare_reads_an_exact_plan_ahead(filled: FigureStore, tmp_path: Path, monkeypatch):
-    """``prepare`` (what the service's planner thread runs while a query is encoded) leaves an
-    exact plan's vectors read and a bitmap plan's selector made, so the search reads nothing
-    more; an exact subset beyond the kept-vectors budget is left to the search. Every plan
-    still answers exactly, and the service's planner prepares the filter of a query."""
+    """``prepare`` (what the service runs while a query is encoded) leaves an exact plan's
+    vectors read and a bitmap plan's selector made, so the search reads nothing more; an
+    exact subset beyond the kept-vectors budget is left to the search. Every plan still
+    answers exactly, and the service prepares the filter of a query."""
     import figsearch.index as index_mod
 
     monkeypatch.setattr(index_mod, "EXACT_SUBSET_MAX", 40)
@@ -329,13 +329,9 @@ def test_prepare_reads_an_exact_plan_ahead(filled: FigureStore, tmp_path: Path, 
     service = SearchService(filled, SearchIndex.load(version, nprobe=16), None,
                             Settings(data_dir=tmp_path / "data"), columns=cols)
     flt = PLAN_FILTERS["exact"]
-    future = service._start_filter(flt, ["dense"])
-    assert future is not None
-    future.result()
+    service._prepare_filter(flt, ["dense"])
     prepared = service.index._subset(cols.allowed(flt))
     assert prepared.plan == "exact" and prepared.vectors is not None
-    assert service._start_filter(FigureFilter(), ["dense"]) is None
-    assert service._start_filter(PLAN_FILTERS["exact-empty"], ["dense"]) is None
 
 
 def test_narrow_probes_still_return_k(filled: FigureStore, tmp_path: Path, monkeypatch):
