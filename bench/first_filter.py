@@ -31,6 +31,11 @@ both: pessimistic for the caption index, which holds every figure. With
         --vector-dir /work/bench-data/vec-15m-r32 --columns-dir /work/bench-data/cols-15m
     python -m bench.first_filter measure --keyword-dir ... --vector-dir ... --columns-dir ... \\
         --onnx-encoders /work/eval-data/models/onnx --name first_filter_15m
+    python -m bench.first_filter repeat ... --rounds 6 --name first_filter_15m_repeat
+
+``repeat`` times each filter's first use ``--rounds`` times in one process, dropping its
+allowed set and plans before each: what a first use computes and reads, without the process's
+first touches of mapped files, which vary by tens of ms on this VM.
 """
 
 from __future__ import annotations
@@ -213,6 +218,70 @@ def _one_filter(args: dict[str, Any], name: str, out: Any) -> None:
              "unfiltered_p95_ms": round(float(np.percentile(unfiltered, 95)), 2)})
 
 
+def _forget_filters(service: Any) -> None:
+    """Drop every cached allowed set and plan, so the next filtered query is a first use."""
+    service.columns._cache.clear()
+    for index in (service.index, service.captions.index):
+        index._subsets.clear()
+
+
+def _repeat_in_process(args: dict[str, Any], out: Any) -> None:
+    """In one process: ``rounds`` times, each filter's first use (its caches dropped, two
+    unfiltered queries first) and the query after it."""
+    from bench.pmc_scale import load_queries
+    from figsearch.store import FigureFilter
+
+    filters = _filters(Path(args["keyword_dir"]))
+    texts = load_queries()
+    with tempfile.TemporaryDirectory() as scratch:
+        service = _service(args, Path(scratch))
+        use, depth = service.fused_signals(), service.settings.fusion_depth
+
+        def query(i: int, flt: FigureFilter) -> float:
+            text = f"{texts[i % len(texts)]} {i}"
+            t0 = time.perf_counter()
+            ahead, qvec, cvec = service.start_signals(text, "hybrid", flt, use)
+            service._fuse(service.signal_results(text, depth, flt, use, qvec, cvec,
+                                                 keyword=ahead))
+            return (time.perf_counter() - t0) * 1000
+
+        times: dict[str, list[float]] = {}
+        i = 0
+        for i in range(args["warmup"]):
+            query(i, FigureFilter())
+        for _ in range(args["rounds"]):
+            for name, flt in filters.items():
+                _forget_filters(service)
+                for _ in range(2):
+                    i += 1
+                    times.setdefault("unfiltered", []).append(query(i, FigureFilter()))
+                times.setdefault(f"{name}_first", []).append(query(i + 1, flt))
+                times.setdefault(f"{name}_after", []).append(query(i + 2, flt))
+                i += 2
+    out.put({f"{key}_p50_ms": round(float(np.percentile(v, 50)), 1) for key, v in times.items()})
+
+
+def repeat(args: dict[str, Any]) -> dict[str, Any]:
+    """Each filter's first use ``rounds`` times in one process (after every file is read into
+    the page cache): steadier than fresh processes on this VM, whose page cache is full at
+    15 M and whose first touches of mapped files vary by tens of ms, at the price of leaving
+    out those first touches."""
+    from bench.pmc_scale import warm_page_cache
+
+    warmed = sum(warm_page_cache(Path(args[key])) for key in (
+        "vector_dir", "keyword_dir", "columns_dir"))
+    queue = mp.get_context("spawn").Queue()
+    proc = mp.get_context("spawn").Process(target=_repeat_in_process, args=(args, queue))
+    proc.start()
+    figures = queue.get(timeout=3600)
+    proc.join()
+    figures["page_cache_warmed_mb"] = warmed
+    print(markdown_table(["filter", "first use p50 ms", "the query after, p50 ms"], [
+        [name, figures[f"{name}_first_p50_ms"], figures[f"{name}_after_p50_ms"]]
+        for name in _filters(Path(args["keyword_dir"]))]))
+    return figures
+
+
 def measure(args: dict[str, Any]) -> dict[str, Any]:
     from bench.pmc_scale import warm_page_cache
 
@@ -249,7 +318,7 @@ def measure(args: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("verb", choices=["prepare", "measure"])
+    ap.add_argument("verb", choices=["prepare", "measure", "repeat"])
     ap.add_argument("--keyword-dir", type=Path, required=True)
     ap.add_argument("--vector-dir", type=Path, required=True)
     ap.add_argument("--columns-dir", type=Path, required=True)
@@ -258,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=30, help="measure: queries after the first")
     ap.add_argument("--warmup", type=int, default=5, help="measure: unfiltered queries first")
     ap.add_argument("--repeat", type=int, default=3, help="measure: fresh processes per filter")
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="repeat: first uses of each filter in the one process")
     ap.add_argument("--name", default="first_filter_15m")
     ap.add_argument("--every-figure-indexed", action="store_true",
                     help="prepare: columns over the vector indexes' ids only (see prepare())")
@@ -269,11 +340,20 @@ def main(argv: list[str] | None = None) -> int:
     params = {"keyword_dir": str(args.keyword_dir), "vector_dir": str(args.vector_dir),
               "columns_dir": str(args.columns_dir), "onnx_encoders": str(args.onnx_encoders or ""),
               "queries": args.queries, "warmup": args.warmup, "repeat": args.repeat}
-    figures = measure(params)
-    path = write_result(args.name, {**params, "k": K, "note": (
-        "request-thread stages of a filtered default query at 15 M (module doc); each filter "
-        "in a fresh process, the median of --repeat by first-use total; 2 cores shared by the "
-        "model thread's ONNX encoding and the request thread")}, figures)
+    if args.verb == "repeat":
+        params = {**params, "rounds": args.rounds}
+        del params["repeat"], params["queries"]
+        figures = repeat(params)
+        note = ("a filtered default query up to fusion at 15 M (module doc): each filter's "
+                "first use --rounds times in one process, its allowed set and plans dropped "
+                "before each; 2 cores shared by the model thread's ONNX encoding and the "
+                "request thread")
+    else:
+        figures = measure(params)
+        note = ("request-thread stages of a filtered default query at 15 M (module doc); each "
+                "filter in a fresh process, the median of --repeat by first-use total; 2 cores "
+                "shared by the model thread's ONNX encoding and the request thread")
+    path = write_result(args.name, {**params, "k": K, "note": note}, figures)
     print(f"wrote {path}")
     return 0
 

@@ -39,6 +39,12 @@ def test_first_filter_smoke_times_the_service_and_keeps_to_every_filter(tmp_path
         assert figures[f"{name}_after_p50_ms"] > 0 and figures[f"{name}_unfiltered_p50_ms"] > 0
     assert figures["narrow_plan"] == "exact" and figures["narrow_allowed"] < 100
     assert figures["broad_share"] > figures["mid_share"] > figures["narrow_share"] > 0
+    _, repeated = run_bench("first_filter", ["repeat", *dirs, "--rounds", "2", "--warmup", "1",
+                                             "--name", "first_filter"], results)
+    times = repeated["figures"]
+    assert repeated["params"]["rounds"] == 2 and times["unfiltered_p50_ms"] > 0
+    for name in ("broad", "mid", "narrow"):
+        assert times[f"{name}_first_p50_ms"] > 0 and times[f"{name}_after_p50_ms"] > 0, name
 
 
 def test_row_reads_smoke_reads_the_same_rows_both_ways(tmp_path: Path) -> None:
