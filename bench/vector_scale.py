@@ -88,7 +88,9 @@ def sampled_centroid_index(factory: str, sample: np.ndarray, seed: int) -> faiss
     """The factory's index, trained on ``sample`` with its coarse centroids drawn from the
     sample (after the OPQ rotation) instead of k-means: faiss skips the coarse training when
     the quantizer already holds ``nlist`` vectors."""
-    index = faiss.index_factory(sample.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    from indexer.build import new_index
+
+    index = new_index(factory, sample.shape[1])
     ivf = faiss.extract_index_ivf(index)
     rotated = sample
     if isinstance(index, faiss.IndexPreTransform):

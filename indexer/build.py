@@ -115,6 +115,23 @@ def training_size(n: int, factory: str) -> int:
     return min(n, want, max(2_000_000, MIN_POINTS_PER_LIST * lists))
 
 
+def new_index(factory: str, dim: int) -> faiss.Index:
+    """An empty inner-product index from ``factory``, without the polysemous training faiss's
+    factory turns on for every IVF-PQ codec.
+
+    Polysemous training permutes each sub-quantizer's centroids so that Hamming distances
+    between codes follow their distances; only a search with ``polysemous_ht`` set uses that,
+    and ours never does. It costs about a second per sub-quantizer whatever the size of the
+    index (IVF32,PQ16 over 2,000 vectors: 15.5 s with it, 0.6 s without, on this 2-core
+    machine), and leaves the set of centroids, hence every distance, as it is."""
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.try_extract_index_ivf(index)
+    codec = faiss.downcast_index(ivf) if ivf is not None else faiss.downcast_index(index)
+    if hasattr(codec, "do_polysemous_training"):
+        codec.do_polysemous_training = False
+    return index
+
+
 def train_index(factory: str, vectors: np.ndarray, device: str | None = None, seed: int = 0,
                 size: int | None = None) -> faiss.Index:
     """An index from ``factory`` (inner product), trained on a random sample of ``size``
@@ -123,7 +140,7 @@ def train_index(factory: str, vectors: np.ndarray, device: str | None = None, se
     from indexer.gpu import train_index_faiss, train_index_on_device
 
     n, dim = vectors.shape
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    index = new_index(factory, dim)
     if index.is_trained:
         return index
     size = min(n, size or training_size(n, factory))

@@ -216,7 +216,7 @@ def apply_index_delta(prev_dir: Path, new_dir: Path, delta: IndexDelta) -> dict[
     Returns ``{"count", "dim", "factory", "checksums", "stages_s", "removed", "added"}``.
     Raises :class:`DeltaNotApplicable` when the previous index cannot be updated in place
     (an index type without ``remove_ids`` that needs training)."""
-    from indexer.build import _checksums, add_in_batches, normalise
+    from indexer.build import _checksums, add_in_batches, new_index, normalise
 
     t0 = time.perf_counter()
     prev_dir, new_dir = Path(prev_dir), Path(new_dir)
@@ -283,7 +283,7 @@ def apply_index_delta(prev_dir: Path, new_dir: Path, delta: IndexDelta) -> dict[
             index.add_with_ids(normalise(add_vec), add_new_rows)
     else:
         factory = str(manifest["factory"])
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        index = new_index(factory, dim)
         if not index.is_trained:
             raise DeltaNotApplicable(f"{factory} supports no removal and needs training")
         # Flat / HNSW: no training; filled from the new vectors (exactly what a full build adds)

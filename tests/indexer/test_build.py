@@ -115,3 +115,33 @@ def test_manifest_records_each_build_stage(tmp_path):
     assert all(v >= 0 for v in stages.values()) and stages["train"] > 0
     assert abs(stages["train"] + stages["add"] + stages["write"] - stages["total"]) < 0.01
     assert manifest["build_seconds"] == stages["total"]
+
+
+
+def _polysemous_training(index: faiss.Index) -> bool:
+    return bool(faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training)
+
+
+@pytest.mark.parametrize("factory", ["IVF16,PQ2", "OPQ2,IVF16_HNSW32,PQ2"])
+def test_pq_indexes_skip_polysemous_training_and_search_alike(factory):
+    """The builder's PQ codecs train without faiss's polysemous step (about a second per
+    sub-quantizer, used only by Hamming-filtered search, which we never run), on either
+    training path, and answer every query with the same ids and scores as the factory's
+    default, which runs it: the step only renumbers each sub-quantizer's centroids."""
+    from indexer.build import normalise, train_index
+
+    base = clustered(2000, dim=16, seed=3)
+    ours = train_index(factory, base, size=len(base))
+    assert not _polysemous_training(ours)
+    assert not _polysemous_training(train_index(factory, base, device="cpu", size=len(base)))
+
+    default = faiss.index_factory(16, factory, faiss.METRIC_INNER_PRODUCT)
+    assert _polysemous_training(default)
+    default.train(normalise(base))
+    queries = clustered(30, dim=16, seed=4)
+    for index in (ours, default):
+        index.add(normalise(base))
+        faiss.extract_index_ivf(index).nprobe = 4
+    (d_ours, i_ours), (d_default, i_default) = ours.search(queries, 10), default.search(queries, 10)
+    assert (i_ours == i_default).all()
+    np.testing.assert_allclose(d_ours, d_default, rtol=0, atol=1e-6)
