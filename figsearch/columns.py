@@ -118,7 +118,7 @@ class IndexMap:
     in_index: np.ndarray | None = None
     found: np.ndarray | None = None
     n_columns: int = 0
-    words: np.ndarray | None = None  # ``in_index`` as little-endian uint64 words (zero-padded)
+    words: np.ndarray | None = None  # ``in_index``'s buffer as little-endian uint64 words
     ranks: np.ndarray | None = None  # per word: the column rows before it that the index holds
 
     @classmethod
@@ -134,13 +134,13 @@ class IndexMap:
         in_index = np.zeros(len(cols), bool)
         in_index[pos[found]] = True
         packed = np.packbits(in_index, bitorder="little")
-        words = np.zeros(-(-len(packed) // 8) * 8, np.uint8)
-        words[:len(packed)] = packed
-        words64 = words.view("<u8")
-        counts = np.bitwise_count(words64).astype(np.int64)
-        return cls(index_ids, False, packed,
+        buffer = np.zeros(-(-len(packed) // 8) * 8, np.uint8)  # zero-padded to whole words
+        buffer[:len(packed)] = packed
+        words = buffer.view("<u8")
+        counts = np.bitwise_count(words).astype(np.int64)
+        return cls(index_ids, False, buffer[:len(packed)],
                    None if found.all() else np.packbits(found, bitorder="little"), len(cols),
-                   words64, np.cumsum(counts) - counts)
+                   words, np.cumsum(counts) - counts)
 
     def row_mask(self, column_mask: np.ndarray) -> np.ndarray:
         """bool per index row from a bool mask over the column rows."""

@@ -117,7 +117,6 @@ def test_manifest_records_each_build_stage(tmp_path):
     assert manifest["build_seconds"] == stages["total"]
 
 
-
 def _polysemous_training(index: faiss.Index) -> bool:
     return bool(faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training)
 
