@@ -193,6 +193,14 @@ def test_api_says_which_hit_is_the_source(small_index_settings, shared_data):
         assert cut.status_code == 400 and "truncated" in cut.json()["detail"]
 
 
+def _wait_for_query_ocr_to_be_free(timeout_s: float = 120.0) -> None:
+    """Query OCR runs one at a time per process, and a query arriving while another's runs
+    goes without (by design). Earlier queries' OCR threads finish their current stage after
+    being dropped, which on a loaded machine can outlast the next query's start."""
+    assert source_match._ocr_lock.acquire(timeout=timeout_s), "query OCR still running"
+    source_match._ocr_lock.release()
+
+
 def test_query_ocr_adds_the_figures_its_words_match(service, shared_data, monkeypatch):
     """With query OCR the words read in the query image bring figures whose text holds them
     into the candidates, beyond the dense ones - when the image match is not conclusive; a
@@ -208,6 +216,7 @@ def test_query_ocr_adds_the_figures_its_words_match(service, shared_data, monkey
         assert max(run.verified.values()) >= source_match.CONCLUSIVE_INLIERS
         assert run.ocr_words is None and run.ocr_ms is None  # OCR never started
         monkeypatch.setattr(source_match, "CONCLUSIVE_INLIERS", 1 << 30)  # nothing conclusive
+        _wait_for_query_ocr_to_be_free()
         page = service.search_image(query, k=10)
     finally:
         service.settings = base
