@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from figsearch import timing
+from figsearch.encoders.lengths import CPU_TEXT_BATCH_TOKENS, length_batches
 from figsearch.encoders.spec import ModelLoadError
 
 if TYPE_CHECKING:
@@ -40,8 +41,6 @@ MANIFEST = "figsearch_onnx.json"
 TEXT_FILE, IMAGE_FILE, TOKENIZER_FILE = "text.onnx", "image.onnx", "tokenizer.json"
 #: manifest format; a reader refuses other versions instead of misreading them
 FORMAT = 1
-#: at most this many token ids in one text batch once padded (see :func:`length_batches`)
-TEXT_BATCH_TOKENS = 1024
 #: text cleaning before tokenising, as open_clip's ``get_clean_fn`` names them; ``none`` for
 #: sentence-transformers models, which tokenise the raw text
 CLEAN_KINDS = ("whitespace", "lower", "canonicalize", "none")
@@ -291,7 +290,8 @@ class OnnxEncoder:
         with timing.stage("tokenise"):
             rows = self.tokenizer.token_ids(texts)
         out = np.zeros((len(rows), self.dim), np.float32)
-        for batch in length_batches([len(r) for r in rows], self.batch_size, TEXT_BATCH_TOKENS):
+        lengths = [len(r) for r in rows]
+        for batch in length_batches(lengths, self.batch_size, CPU_TEXT_BATCH_TOKENS):
             with timing.stage("tokenise"):
                 ids = self.tokenizer.pad([rows[i] for i in batch])
             with timing.stage("encode"):
@@ -329,25 +329,6 @@ class OnnxEncoder:
     def close(self) -> None:
         """Drop the sessions (their memory goes with them)."""
         self.text_session = self.image_session = None
-
-
-def length_batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[np.ndarray]:
-    """Row numbers in batches of similar length: at most ``max_rows`` rows, and at most
-    ``max_tokens`` ids once padded to the batch's longest (one longer row is a batch alone).
-
-    Why: a batch is padded to its longest text, and attention costs grow with that length, so
-    a 256-token caption among 63 short ones made the batch cost as 64 long ones; sorted and
-    budgeted, 500 real PMC captions encode ~3x faster on ONNX Runtime's CPU provider.
-    """
-    order = np.argsort(np.asarray(lengths, np.int64), kind="stable")
-    batches: list[np.ndarray] = []
-    start = 0
-    for end in range(1, len(order) + 1):
-        rows = end - start
-        if end == len(order) or rows == max_rows or (rows + 1) * lengths[order[end]] > max_tokens:
-            batches.append(order[start:end])
-            start = end
-    return batches
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:

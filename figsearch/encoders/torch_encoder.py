@@ -13,6 +13,7 @@ import numpy as np
 from figsearch import timing
 from figsearch.encoders.clip_loading import create_clip, make_transform
 from figsearch.encoders.cpu import _torch_dtype, cpu_precision
+from figsearch.encoders.lengths import length_batches, text_batch_tokens
 from figsearch.encoders.spec import TRAIN_HINT, LoadedClip, ModelLoadError, image_size
 
 if TYPE_CHECKING:
@@ -80,17 +81,28 @@ class Encoder:
         return np.concatenate(out)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts (tokenised with the model's tokenizer and context length)."""
+        """Embed texts (tokenised with the model's tokenizer and context length), in batches of
+        similar length (:func:`length_batches`) when padding is trimmed; rows in ``texts``'s
+        order."""
         import torch
 
-        chunks = []
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        with timing.stage("tokenise"):
+            tokens = self.tokenizer(list(texts))
+        trimmed = self.pad_token is not None  # else every row runs at the full context
+        lengths = (tokens != self.pad_token).sum(1).tolist() if trimmed else [0] * len(tokens)
+        cap = text_batch_tokens(str(self.device)) if trimmed else 1 << 62
+        order, chunks = [], []
         with torch.inference_mode(), self._autocast():
-            for start in range(0, len(texts), self.batch_size):
-                with timing.stage("tokenise"):
-                    tokens = self.tokenizer(list(texts[start:start + self.batch_size]))
+            for batch in length_batches(lengths, self.batch_size, cap):
+                rows = torch.as_tensor(batch)
                 with timing.stage("encode"):
-                    chunks.append(self._encode_tokens(tokens.to(self.device)).float().cpu())
-        return _normalised(chunks, self.dim)
+                    chunks.append(self._encode_tokens(tokens[rows].to(self.device)).float().cpu())
+                order.append(batch)
+        vectors = np.empty((len(texts), self.dim), np.float32)
+        vectors[np.concatenate(order)] = _normalised(chunks, self.dim)
+        return vectors
 
     def _encode_tokens(self, tokens: torch.Tensor, trim: bool = True) -> torch.Tensor:
         """The text tower on ``tokens``, cut after the batch's last real token when

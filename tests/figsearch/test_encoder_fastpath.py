@@ -103,6 +103,24 @@ def test_a_batch_of_19_runs_as_24_rows_with_the_vectors_of_single_queries():
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
+def test_texts_run_in_batches_of_similar_length_and_come_back_in_order(shared_data):
+    """Real captions (up to the 77-token context) mixed with short queries: the tower runs on
+    batches sorted by length, so a long caption never pads the short queries, and each row
+    is the vector of its text encoded alone."""
+    import csv
+    import itertools
+
+    with (shared_data / "roco" / "roco_pmc_figures.csv").open(newline="") as f:
+        captions = [row["caption"] for row in itertools.islice(csv.DictReader(f), 60)]
+    texts = [text for pair in zip(captions, itertools.cycle(QUERIES)) for text in pair]
+    enc = tiny_clip(causal=True)
+    alone = np.concatenate([enc.encode_texts([t]) for t in texts])
+    seen = lengths_seen(enc.model.transformer)
+    together = enc.encode_texts(texts)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert len(seen) > 2 and seen == sorted(seen) and seen[0] <= 24 and seen[-1] == 77
+
+
 def test_warm_up_runs_every_query_shape_and_changes_nothing():
     enc = tiny_clip(causal=True)
     before = enc.encode_texts(QUERIES)

@@ -25,6 +25,7 @@ from PIL import Image
 from figsearch.api.state import AppState, onnx_root
 from figsearch.core.config import Settings
 from figsearch.encoders import ModelLoadError, load_model, make_transform
+from figsearch.encoders.lengths import length_batches
 from figsearch.netutil import free_port, wait_for_http
 from figsearch.onnx_encoder import (
     MANIFEST,
@@ -34,7 +35,6 @@ from figsearch.onnx_encoder import (
     clean_text,
     export_dir_name,
     find_export,
-    length_batches,
     preprocess_image,
 )
 from figsearch.onnx_export import (
