@@ -90,9 +90,10 @@ class Encoder:
             return np.zeros((0, self.dim), np.float32)
         with timing.stage("tokenise"):
             tokens = self.tokenizer(list(texts))
-        trimmed = self.pad_token is not None  # else every row runs at the full context
-        lengths = (tokens != self.pad_token).sum(1).tolist() if trimmed else [0] * len(tokens)
-        cap = text_batch_tokens(str(self.device)) if trimmed else 1 << 62
+        # untrimmed, every row runs at the full context: equal lengths keep the given order
+        lengths = ((tokens != self.pad_token).sum(1).tolist() if self.pad_token is not None
+                   else [0] * len(tokens))
+        cap = text_batch_tokens(str(self.device))
         order, chunks = [], []
         with torch.inference_mode(), self._autocast():
             for batch in length_batches(lengths, self.batch_size, cap):
