@@ -12,12 +12,9 @@ chunk (never the whole set in RAM), and measures what a query pays for it:
   the first use of each filter (row mask and selector) timed apart;
 * resident memory after loading and after the queries, anonymous and file-backed.
 
-``--centroids trained`` (the default) trains the index as the product's builder does on a CPU
-(:func:`indexer.build.train_index`: 2.56 M sampled vectors, OPQ, the coarse k-means in two
-levels, PQ). ``--centroids drawn`` is the shortcut earlier runs took before two-level k-means
-made CPU training minutes instead of hours: the 65,536 coarse centroids drawn from the data,
-which splits its clusters unevenly (a floor for recall, not the builder's figure). A rebuild
-reuses an existing ``vectors.npy``.
+One shortcut, said in the results: the 65,536 coarse centroids are drawn from the data
+instead of trained by k-means (the builder's k-means over 2.5 M points is hours on two
+cores, minutes on a GPU). List sizes, and so the cost of a probe, are those of the data.
 
     python -m bench.vector_scale build --dir /work/bench-data/vec-15m --n 15000000
     python -m bench.vector_scale measure --dir /work/bench-data/vec-15m --name vector_scale_15m
@@ -108,19 +105,10 @@ def sampled_centroid_index(factory: str, sample: np.ndarray, seed: int) -> faiss
     return index
 
 
-def trained_index(factory: str, vectors: np.ndarray, seed: int) -> faiss.Index:
-    """The factory's index trained as the product's builder trains it on a CPU."""
-    from indexer.build import train_index
-
-    return train_index(factory, vectors, device="cpu", seed=seed)
-
-
 def build(out_dir: Path, n: int, dim: int = 512, factory: str | None = None,
-          memory_gb: float = 4.0, seed: int = 0, intrinsic: int = 32,
-          centroids: str = "trained") -> dict[str, Any]:
-    """A version directory of ``n`` clustered vectors under ``factory`` (default: the rule's),
-    its coarse centroids ``trained`` (the builder's training) or ``drawn`` from the data."""
-    from indexer.build import add_in_batches, training_label
+          memory_gb: float = 4.0, seed: int = 0, intrinsic: int = 32) -> dict[str, Any]:
+    """A version directory of ``n`` clustered vectors under ``factory`` (default: the rule's)."""
+    from indexer.build import add_in_batches
 
     out_dir.mkdir(parents=True, exist_ok=True)
     factory = factory or choose_factory(n, dim, image_budget(memory_gb))
@@ -129,14 +117,9 @@ def build(out_dir: Path, n: int, dim: int = 512, factory: str | None = None,
         write_vectors(out_dir / VECTORS_FILE, n, dim, seed, intrinsic)
     vectors = np.load(out_dir / VECTORS_FILE, mmap_mode="r")
     t1 = time.perf_counter()
-    if centroids == "trained":
-        index = trained_index(factory, vectors, seed)
-        training = training_label(factory, "cpu")
-    else:
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, SAMPLE), replace=False))
-        sample = np.ascontiguousarray(vectors[rows], np.float32)
-        index = sampled_centroid_index(factory, sample, seed)
-        training = "centroids drawn from the data"
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, SAMPLE), replace=False))
+    sample = np.ascontiguousarray(vectors[rows], np.float32)
+    index = sampled_centroid_index(factory, sample, seed)
     t2 = time.perf_counter()
     add_in_batches(index, vectors)
     t3 = time.perf_counter()
@@ -148,13 +131,13 @@ def build(out_dir: Path, n: int, dim: int = 512, factory: str | None = None,
     manifest = {"version": out_dir.name, "count": n, "dim": dim, "factory": factory,
                 "model_key": "bench-vector-scale", "checksums": {},
                 "bench_vector_scale": {"seed": seed, "intrinsic_dim": intrinsic,
-                                       "centroids": training}}
+                                       "centroids": "sampled from the data"}}
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     times = {"vectors_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1),
              "add_s": round(t3 - t2, 1), "total_s": round(time.perf_counter() - t0, 1)}
     print(f"vector_scale: built {n:,} x {dim} {factory} in {times['total_s']:.0f} s "
           f"({n / max(times['add_s'], 1e-9):,.0f} vectors/s added)", file=sys.stderr)
-    return {"factory": factory, "intrinsic_dim": intrinsic, "centroids": training, **times}
+    return {"factory": factory, "intrinsic_dim": intrinsic, **times}
 
 
 def _rss_mb() -> dict[str, float]:
@@ -265,8 +248,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="the version's budget (FIGSEARCH_INDEX_MEMORY_GB); the image share picks")
     b.add_argument("--intrinsic-dim", type=int, default=32,
                    help="noise subspace dimension (0: isotropic)")
-    b.add_argument("--centroids", choices=("trained", "drawn"), default="trained",
-                   help="coarse centroids: the builder's training, or drawn from the data")
     m = sub.add_parser("measure")
     m.add_argument("--dir", type=Path, required=True)
     m.add_argument("--queries", type=int, default=200)
@@ -277,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.verb == "build":
         info = build(args.dir, args.n, args.dim, args.factory, args.memory_gb,
-                     intrinsic=args.intrinsic_dim, centroids=args.centroids)
+                     intrinsic=args.intrinsic_dim)
         (args.dir / "build.json").write_text(json.dumps(info, indent=2))
         return 0
     figures = measure(args.dir, args.queries, args.k, args.nprobe, args.recall_queries)
@@ -286,8 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         figures.update(_flat("build", json.loads(build_info.read_text())))
     params = {"command": "python -m bench.vector_scale " + " ".join(argv or sys.argv[1:]),
               "k": args.k, "nprobe": args.nprobe, "queries": args.queries,
-              "centroids": SearchIndex.load(args.dir).manifest.get(
-                  "bench_vector_scale", {}).get("centroids", "sampled from the data")}
+              "centroids": "sampled from the data (no k-means)"}
     path = write_result(args.name, params, figures)
     print_figures(args.name, figures)
     print(f"vector_scale: wrote {path}", file=sys.stderr)

@@ -248,17 +248,6 @@ def write_version_files(tmp_dir: Path, vectors: np.ndarray, ids: np.ndarray, fac
             "total": round(t3 - t0, 3)}
 
 
-def training_label(factory: str, device: str | None) -> str:
-    """How the coarse quantizer was trained, for the manifest."""
-    from indexer.gpu import kmeans_levels
-
-    match = re.search(r"IVF(\d+)", factory)
-    if device is None or match is None:
-        return "faiss cpu"
-    levels = kmeans_levels(int(match.group(1)), device)
-    return f"torch k-means on {device}" + (", two levels" if levels == 2 else "")
-
-
 def training_device(use_gpu: bool | str | None) -> str | None:
     """Torch device for the coarse k-means (None: faiss on the CPU) from None/True/False, an
     auto|on|off mode, or a torch device name ("cuda:1"; "cpu" runs the torch k-means on CPU)."""
@@ -316,7 +305,8 @@ def build_version(
             "build_seconds": stages["total"], "build_stages_s": stages,
             "faiss_version": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
             "gpu": bool(device and device.startswith("cuda")),
-            "training": training_label(factory, device),
+            "training": f"torch k-means on {device}" if device and "IVF" in factory
+                        else "faiss cpu",
             "training_size": min(n, train_size or training_size(n, factory)),
             "checksums": _checksums(tmp_dir, [INDEX_FILE, IDS_FILE, VECTORS_FILE, *rows]),
             **(extra or {}),

@@ -39,10 +39,6 @@ log = logging.getLogger(__name__)
 MIN_POINTS_PER_LIST = 39
 #: Bound on one block of the (points x centroids) score matrix during assignment.
 SCORE_BYTES = 256 * 2**20
-#: From this many IVF lists the coarse k-means runs in two levels on a CPU (:func:`kmeans_levels`).
-TWO_LEVEL_MIN_LISTS = 16_384
-#: First-level k-means sample per centroid (faiss's two_level_clustering's 2,000).
-LEVEL1_POINTS_PER_CENTROID = 2_000
 GPU_TRAINING_MODES = ("auto", "on", "off")
 #: pip distributions that each install a ``faiss`` module.
 FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu11", "faiss-gpu-cu12",
@@ -170,92 +166,22 @@ class TorchAssign:
 
 def torch_kmeans(x: np.ndarray | torch.Tensor, k: int, device: str, *, spherical: bool,
                  niter: int = 20, seed: int = 1234, score_bytes: int = SCORE_BYTES,
-                 score_dtype: torch.dtype = torch.float32,
-                 min_points: int = MIN_POINTS_PER_LIST) -> np.ndarray:
+                 score_dtype: torch.dtype = torch.float32) -> np.ndarray:
     """k float32 centroids of ``x`` (unit-norm when ``spherical``) by faiss's k-means loop,
     with the assignment in torch on ``device`` (point-centroid scores in ``score_dtype``;
-    centroid sums in float32). Refuses fewer than ``min_points`` points per centroid."""
+    centroid sums in float32)."""
     n = len(x)
-    if n < min_points * k or n < k:
-        raise ValueError(f"k-means with {k} centroids needs >= {max(min_points * k, k)} "
-                         f"training points ({min_points} per centroid), got {n}")
-    data = _torch_dataset(x, device, spherical, score_bytes, score_dtype)
+    if n < MIN_POINTS_PER_LIST * k:
+        raise ValueError(f"k-means with {k} centroids needs >= {MIN_POINTS_PER_LIST * k} "
+                         f"training points ({MIN_POINTS_PER_LIST} per centroid), got {n}")
+    xt = torch.as_tensor(np.ascontiguousarray(x, np.float32) if isinstance(x, np.ndarray) else x)
+    data = TorchAssign(xt.to(device, torch.float32).contiguous(), spherical, score_bytes,
+                       score_dtype)
     with contextlib.redirect_stdout(io.StringIO()):  # contrib's kmeans prints "preproc..."
         centroids = kmeans(k, data, niter=niter, seed=seed, verbose=False)
     if spherical:
         centroids = torch.nn.functional.normalize(centroids, dim=1)
     return np.ascontiguousarray(centroids.float().cpu().numpy())
-
-
-def _torch_dataset(x: np.ndarray | torch.Tensor, device: str, spherical: bool,
-                   score_bytes: int = SCORE_BYTES,
-                   score_dtype: torch.dtype = torch.float32) -> TorchAssign:
-    xt = torch.as_tensor(np.ascontiguousarray(x, np.float32) if isinstance(x, np.ndarray) else x)
-    return TorchAssign(xt.to(device, torch.float32).contiguous(), spherical, score_bytes,
-                       score_dtype)
-
-
-def sub_cluster_counts(sizes: np.ndarray, k: int) -> np.ndarray:
-    """How many of ``k`` centroids each first-level cluster of ``sizes`` points gets: in
-    proportion to its size (largest remainders round), never more than its points, so that
-    they sum to ``k`` (which needs ``k <= sizes.sum()``)."""
-    sizes = np.asarray(sizes, np.int64)
-    if k > sizes.sum():
-        raise ValueError(f"{k} centroids from {int(sizes.sum())} points")
-    share = sizes * k / max(int(sizes.sum()), 1)
-    counts = np.minimum(np.floor(share).astype(np.int64), sizes)
-    room = sizes - counts
-    order = np.lexsort((-room, -(share - counts)))  # largest remainder first, then most room
-    while (missing := k - int(counts.sum())) > 0:
-        grow = order[room[order] > 0][:missing]
-        counts[grow] += 1
-        room[grow] -= 1
-    return counts
-
-
-def two_level_kmeans(x: np.ndarray, k: int, device: str, *, spherical: bool, niter: int = 10,
-                     seed: int = 1234, score_bytes: int = SCORE_BYTES,
-                     score_dtype: torch.dtype = torch.float32) -> np.ndarray:
-    """k centroids of ``x`` in two levels, the scheme of faiss's
-    :func:`faiss.contrib.clustering.two_level_clustering` run by :func:`torch_kmeans`:
-    ``sqrt(k)`` first-level centroids (trained on at most 2,000 points each), every point
-    assigned to one, then each first-level cluster split by its own k-means into a share of
-    the ``k`` proportional to its points.
-
-    One level costs points x k x dim per iteration, which grows as k² with the sample
-    (:func:`indexer.build.training_size`): 65,536 lists over 2.56 M points are ~1.7 PFLOP for
-    10 iterations, hours on a 2-core CPU. Two levels cost points x (sqrt(k) + k/sqrt(k)) x dim
-    (~1/128 of that), at the price of centroids that only compete with their siblings."""
-    n = len(x)
-    if n < MIN_POINTS_PER_LIST * k:
-        raise ValueError(f"k-means with {k} centroids needs >= {MIN_POINTS_PER_LIST * k} "
-                         f"training points ({MIN_POINTS_PER_LIST} per centroid), got {n}")
-    x = np.ascontiguousarray(x, np.float32)
-    k1 = max(1, int(math.isqrt(k)))
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(n, size=min(n, LEVEL1_POINTS_PER_CENTROID * k1), replace=False)
-    first = torch_kmeans(x[np.sort(pick)], k1, device, spherical=spherical, niter=niter,
-                         seed=seed, score_bytes=score_bytes, score_dtype=score_dtype)
-    labels = _torch_dataset(x, device, spherical, score_bytes, score_dtype).assign_to(
-        torch.as_tensor(first, device=device))[0]
-    sizes = np.bincount(labels, minlength=k1)
-    counts = sub_cluster_counts(sizes, k)
-    order = np.argsort(labels, kind="stable")
-    starts = np.r_[0, np.cumsum(sizes)]
-    parts = []
-    for cluster in np.flatnonzero(counts):
-        members = order[starts[cluster]:starts[cluster + 1]]
-        parts.append(torch_kmeans(x[members], int(counts[cluster]), device, spherical=spherical,
-                                  niter=niter, seed=seed + int(cluster), score_bytes=score_bytes,
-                                  score_dtype=score_dtype, min_points=1))
-    return np.ascontiguousarray(np.vstack(parts), np.float32)
-
-
-def kmeans_levels(k: int, device: str) -> int:
-    """Levels of the coarse k-means: two for :data:`TWO_LEVEL_MIN_LISTS` lists or more on a
-    CPU (one level of 65,536 lists is hours there), one otherwise (a GPU trains 65,536 lists in
-    one level in minutes)."""
-    return 2 if torch.device(device).type == "cpu" and k >= TWO_LEVEL_MIN_LISTS else 1
 
 
 # -- whole-index training ----------------------------------------------------------------------
@@ -306,12 +232,11 @@ def kmeans_score_dtype(device: str) -> torch.dtype:
 
 def train_index_on_device(index: faiss.Index, x: np.ndarray, device: str, *, niter: int = 10,
                           seed: int = 1234, score_bytes: int = SCORE_BYTES,
-                          score_dtype: torch.dtype | None = None,
-                          levels: int | None = None) -> None:
+                          score_dtype: torch.dtype | None = None) -> None:
     """Train ``index`` on the (normalised) sample ``x`` with the coarse k-means in torch on
     ``device`` (``niter`` 10: faiss's IVF default; scores in ``score_dtype``, default
-    :func:`kmeans_score_dtype`; ``levels`` 1 or 2, default :func:`kmeans_levels`); faiss
-    trains transforms and codecs and sets every ``is_trained`` flag."""
+    :func:`kmeans_score_dtype`); faiss trains transforms and codecs and sets every
+    ``is_trained`` flag."""
     x = np.ascontiguousarray(x, np.float32)
     ivf = ivf_of(index)
     if ivf is None:
@@ -320,13 +245,9 @@ def train_index_on_device(index: faiss.Index, x: np.ndarray, device: str, *, nit
     check_training_points(index, len(x))
     xt = train_transforms(index, x)
     spherical = ivf.metric_type == faiss.METRIC_INNER_PRODUCT
-    levels = levels or kmeans_levels(ivf.nlist, device)
-    kmeans_fn = {1: torch_kmeans, 2: two_level_kmeans}[levels]
-    centroids = kmeans_fn(xt, ivf.nlist, device, spherical=spherical, niter=niter, seed=seed,
-                          score_bytes=score_bytes,
-                          score_dtype=score_dtype or kmeans_score_dtype(device))
-    log.info("coarse k-means: %d lists, %d level(s), %d points on %s", ivf.nlist, levels,
-             len(xt), device)
+    centroids = torch_kmeans(xt, ivf.nlist, device, spherical=spherical, niter=niter, seed=seed,
+                             score_bytes=score_bytes,
+                             score_dtype=score_dtype or kmeans_score_dtype(device))
     del xt
     ivf.quantizer.reset()
     ivf.quantizer.add(centroids)

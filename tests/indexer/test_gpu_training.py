@@ -32,23 +32,19 @@ from bench.ann import make_data
 from figsearch.cli import main
 from figsearch.encoders import fast_bf16_cpu
 from figsearch.index import SearchIndex, choose_factory, current_version_dir
-from indexer.build import build_version, train_index, training_label, training_size
+from indexer.build import build_version, train_index, training_size
 from indexer.gpu import (
     FAISS_DISTRIBUTIONS,
     MIN_POINTS_PER_LIST,
     SCORE_BYTES,
-    TWO_LEVEL_MIN_LISTS,
     TorchAssign,
     cuda_available,
     faiss_install_problem,
     installed_faiss_distributions,
-    kmeans_levels,
     kmeans_score_dtype,
     resolve_training_device,
-    sub_cluster_counts,
     torch_kmeans,
     train_index_on_device,
-    two_level_kmeans,
 )
 from tests.indexer.test_index import REPO_ROOT, clustered
 
@@ -191,59 +187,6 @@ def test_kmeans_is_spherical_for_inner_product():
     train_index_on_device(index, BASE[:3000], "cpu", niter=5)
     q = faiss.extract_index_ivf(index).quantizer
     assert np.allclose(np.linalg.norm(q.reconstruct_n(0, 16), axis=1), 1, atol=1e-5)
-
-
-def test_sub_cluster_counts_follow_sizes_and_sum_to_k():
-    sizes = np.array([100, 3, 0, 50, 47])
-    counts = sub_cluster_counts(sizes, 40)
-    assert counts.sum() == 40 and (counts <= sizes).all() and counts[2] == 0
-    assert np.abs(counts - sizes * 40 / sizes.sum()).max() < 1  # in proportion, rounded
-    capped = sub_cluster_counts(np.array([1, 1, 1, 100]), 50)  # rounding never exceeds a size
-    assert capped.sum() == 50 and (capped <= [1, 1, 1, 100]).all()
-    assert sub_cluster_counts(np.array([2, 2]), 4).tolist() == [2, 2]
-    with pytest.raises(ValueError, match="5 centroids from 4 points"):
-        sub_cluster_counts(np.array([2, 2]), 5)
-
-
-def test_two_level_kmeans_recalls_like_one_level(truth):
-    """Two levels (16 first-level clusters, each split into its share of 256 lists) find the
-    exact top 10 about as often as one level, and more often than lists centred on points
-    drawn from the data (what the 15 M bench did before two levels made CPU training
-    affordable; 0.05-0.10 less over three seeds)."""
-    found = {}
-    for levels in (1, 2):
-        index = faiss.index_factory(DIM, "IVF256,Flat", faiss.METRIC_INNER_PRODUCT)
-        train_index_on_device(index, BASE, "cpu", levels=levels)
-        ivf = faiss.extract_index_ivf(index)
-        centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
-        assert ivf.quantizer.ntotal == 256 and np.allclose(np.linalg.norm(centroids, axis=1), 1,
-                                                            atol=1e-5)
-        index.add(BASE)
-        ivf.nprobe = 2
-        found[levels] = recall(index.search(QUERIES, K)[1], truth)
-    drawn = faiss.index_factory(DIM, "IVF256,Flat", faiss.METRIC_INNER_PRODUCT)
-    drawn_ivf = faiss.extract_index_ivf(drawn)
-    drawn_ivf.quantizer.add(BASE[np.random.default_rng(0).choice(N, 256, replace=False)])
-    drawn.train(BASE)
-    drawn.add(BASE)
-    drawn_ivf.nprobe = 2
-    found["drawn"] = recall(drawn.search(QUERIES, K)[1], truth)
-    assert found[2] >= found[1] - 0.05 and found[2] >= 0.85, found
-    assert found[2] >= found["drawn"] + 0.03, found
-
-
-def test_two_levels_on_a_cpu_from_16384_lists():
-    """One level of 65,536 lists is hours on a CPU: two levels there, one on a GPU."""
-    assert kmeans_levels(TWO_LEVEL_MIN_LISTS, "cpu") == 2 and kmeans_levels(65_536, "cpu") == 2
-    assert kmeans_levels(TWO_LEVEL_MIN_LISTS // 2, "cpu") == 1
-    assert kmeans_levels(65_536, "cuda") == 1
-    assert training_label("OPQ32,IVF65536_HNSW32,PQ32", "cpu") == \
-        "torch k-means on cpu, two levels"
-    assert training_label("IVF4096_HNSW32,SQ8", "cpu") == "torch k-means on cpu"
-    assert training_label("OPQ32,IVF65536_HNSW32,PQ32", "cuda") == "torch k-means on cuda"
-    assert training_label("IVF4096,Flat", None) == training_label("Flat", "cpu") == "faiss cpu"
-    with pytest.raises(ValueError, match="needs >= 2496 training points"):
-        two_level_kmeans(BASE[:2000], 64, "cpu", spherical=True)
 
 
 def test_enough_training_points_per_list():
