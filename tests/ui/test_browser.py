@@ -27,8 +27,11 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture()
 def browser_page():
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # expect() waits 5 s by default, apart from the page's timeout: a Streamlit rerun on a
+    # loaded 2-core machine took longer (the app still "Running..." when it gave up)
+    expect.set_options(timeout=TIMEOUT_MS)
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (`make browser`)")
     with sync_playwright() as pw:
