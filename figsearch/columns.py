@@ -42,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import mmap
 import sqlite3
 import threading
 import time
@@ -78,28 +77,9 @@ ALLOWED_CACHE_SIZE = 16  # filters whose allowed sets (and their per-index row m
 #: (~0.3 us each at 15 M) instead of building the bitmap by figure id (20-35 ms at 15 M): a
 #: query tests a few thousand (keyword hits, post-filtered candidates, passages' figures)
 LOOKUP_IDS_MAX = 100_000
-PAGE_BYTES = mmap.PAGESIZE
 
 
 # -- the allowed set ---------------------------------------------------------------------------
-def fault_in(arr: np.ndarray) -> int:
-    """Map every page of a memory-mapped array into this process now, by reading one byte
-    per page (and so read it into the page cache where it is not); returns its bytes.
-
-    A filter's first use reads whole columns (a comparison over 15 M rows). In a fresh
-    process each column is a new mapping, so that first query would also take the page
-    faults of every page it reads (and the disk reads of any page not cached). A worker
-    takes them once when it loads a version, before it serves it. Mapped file pages are page
-    cache that every worker shares and the kernel can drop; a worker's ``VmRSS`` counts them
-    (0.3 GB of columns at 15 M, docs/scale.md)."""
-    raw = np.asarray(arr)
-    if not raw.size:
-        return 0
-    flat = raw.reshape(-1).view(np.uint8)
-    int(flat[::PAGE_BYTES].max())  # one byte of each page; the result is not needed
-    return int(flat.size)
-
-
 def bit_test(bits: np.ndarray, ids: Any) -> np.ndarray:
     """bool per id: its bit in a little-endian packed bitmap (``np.packbits(...,
     bitorder="little")``); ids outside the bitmap: False."""
@@ -621,13 +601,10 @@ class VersionColumns:
             self._maps[key] = built
         return built
 
-    def prepare(self, *index_ids: np.ndarray) -> int:
-        """Build the index maps of these indexes now (load time) instead of at a first filter,
-        and fault every column's pages into this process (:func:`fault_in`); returns the
-        bytes faulted in."""
+    def prepare(self, *index_ids: np.ndarray) -> None:
+        """Build the index maps of these indexes now (load time) instead of at a first filter."""
         for ids in index_ids:
             self.index_map(ids)
-        return sum(fault_in(arr) for arr in self._a.values())
 
     def allowed(self, flt: FigureFilter) -> AllowedSet:
         """The figures passing ``flt`` (same semantics as ``FigureFilter.sql()``), cached in a

@@ -178,39 +178,6 @@ def test_columns_files_dtypes_and_cache(filled: FigureStore, tmp_path: Path):
     assert VersionColumns.load(tmp_path / "no-columns") is None
 
 
-def _mapped_kb(path: Path) -> tuple[int, int]:
-    """(Size, Rss) in kB of this process's mappings of ``path``, from /proc/self/smaps."""
-    size = rss = 0
-    inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
-        if "-" in fields[0] and ":" not in fields[0]:  # a mapping's header line
-            inside = len(fields) >= 6 and fields[5] == str(path.resolve())
-        elif inside and fields[0] in ("Size:", "Rss:"):
-            size += int(fields[1]) if fields[0] == "Size:" else 0
-            rss += int(fields[1]) if fields[0] == "Rss:" else 0
-    return size, rss
-
-
-def test_a_loaded_version_maps_its_column_pages_before_the_first_filter(filled: FigureStore,
-                                                                       tmp_path: Path):
-    """prepare() (called when a service loads a version) faults every page of every column
-    in, so the first filtered query in a fresh worker takes no page faults on them."""
-    write_columns(filled, tmp_path / "v")
-    cols = VersionColumns.load(tmp_path / "v")
-    assert cols is not None
-    files = sorted((tmp_path / "v" / "columns").glob("*.npy"))
-    assert len(files) >= 9
-    assert [_mapped_kb(f)[1] for f in files] == [0] * len(files)  # fresh mappings
-    faulted = cols.prepare(np.array(cols.ids[::2]))
-    assert faulted == sum(np.load(f, mmap_mode="r").nbytes for f in files)
-    for f in files:
-        size, rss = _mapped_kb(f)
-        assert size > 0 and rss == size, (f.name, size, rss)
-    flt = FigureFilter(year_from=2010, journal="nature")
-    assert set(cols.allowed(flt).ids.tolist()) == set(filled.filtered_ids(flt))
-
-
 def test_pmcid_filter_needs_the_store(filled: FigureStore, tmp_path: Path):
     write_columns(filled, tmp_path / "v")
     cols = VersionColumns.load(tmp_path / "v")
