@@ -622,6 +622,11 @@ class VersionColumns:
                 self._cache.popitem(last=False)
         return result
 
+    def cached(self, flt: FigureFilter) -> AllowedSet | None:
+        """``flt``'s allowed set when the cache holds it (nothing is computed)."""
+        with self._lock:
+            return self._cache.get(dataclasses.astuple(flt))
+
     def _evaluate(self, flt: FigureFilter) -> AllowedSet:
         a, n = self._a, self.count
         tests: list[Any] = []  # callables giving a bool mask, cheapest first

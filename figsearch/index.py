@@ -700,6 +700,12 @@ class SearchIndex:
         """How a search restricted to ``allowed_ids`` runs: exact | bitmap | postfilter."""
         return self._subset(allowed_ids).plan
 
+    def has_plan(self, allowed: AllowedSet) -> bool:
+        """Whether the plan of this allowed set is made and cached (nothing is computed)."""
+        with self._subsets_lock:
+            hit = self._subsets.get(("set", id(allowed)))
+        return hit is not None and hit.source is allowed
+
     def prepare(self, allowed_ids: np.ndarray | AllowedSet) -> str:
         """Make what a search restricted to ``allowed_ids`` reads before it runs: the plan
         (:meth:`plan`) and, for an exact plan whose vectors the index keeps, the allowed rows'

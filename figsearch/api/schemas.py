@@ -292,6 +292,10 @@ class StatsResponse(BaseModel):
     store: dict[str, int]
     reloads: int
     last_reload_error: str | None
+    filters_prepared: int = Field(
+        0, description="Filters the served version prepared when it was loaded: those the "
+        "version before it answered last (their allowed sets and plans), so that their first "
+        "queries after the swap cost what any query costs.")
     signals: dict[str, bool] = Field(
         default_factory=dict,
         description="Signals live now: keyword (BM25), caption (caption semantics), dense (image "

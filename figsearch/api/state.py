@@ -19,9 +19,11 @@ shared by spec with the current version). A version pruned from disk stops answe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from figsearch.core.config import Settings
 from figsearch.datadir import list_versions
 from figsearch.index import IndexLoadError, current_version_dir
 from figsearch.serving import QUERY_BATCH, Loaded, VersionLoader, onnx_root
-from figsearch.store import FigureStore
+from figsearch.store import FigureFilter, FigureStore
 
 __all__ = ["AppState", "Loaded", "QUERY_BATCH", "onnx_root", "PINNED_VERSIONS"]
 log = logging.getLogger("figsearch.api")
@@ -87,10 +89,11 @@ class AppState:
             if not force and old is not None and old.version_dir == target:
                 self.last_error, self._failed = None, None  # `current` points at what we serve
                 return False
+            carried = old.service.recent_filters() if old is not None else []
             try:
                 # a thread of its own: the OpenMP team that loading and warming up a model
                 # gives it ends with it (figsearch.api.batching says why that matters)
-                loaded = run_in_own_thread(lambda: self._load(target))
+                loaded = run_in_own_thread(lambda: self._load(target, carried))
             except Exception as exc:
                 self.last_error = f"{target.name}: {exc}"
                 self._failed = (target, _mtime(target))
@@ -124,11 +127,23 @@ class AppState:
             await asyncio.to_thread(self.poll_once)
             await asyncio.sleep(max(self.settings.reload_interval_s, 0.05))
 
-    def _load(self, version_dir: Path) -> Loaded:
+    def _load(self, version_dir: Path, filters: list[FigureFilter]) -> Loaded:
+        """Open ``version_dir`` and prepare ``filters`` (those the served version answered
+        last) before it is swapped in: their first queries on it then cost what any query
+        costs, rather than each paying for its allowed set and plans after the swap."""
         store = self.store
         if store is None:
             raise IndexLoadError(f"no figure store at {self.settings.db_path}")
-        return self.loader.load(version_dir, store)
+        loaded = self.loader.load(version_dir, store)
+        if not filters:
+            return loaded
+        start = time.perf_counter()
+        prepared = loaded.service.prepare_filters(filters)
+        log.info("%s: prepared %d of the %d filters %s answered last, in %.0f ms",
+                 loaded.version, prepared, len(filters),
+                 self.current.version if self.current else "the previous version",
+                 (time.perf_counter() - start) * 1000)
+        return dataclasses.replace(loaded, prepared_filters=prepared)
 
     def _drop_unused_encoders(self) -> None:
         self.loader.drop_unused(self.current, *self._pinned.values())
@@ -145,7 +160,7 @@ class AppState:
             if hit is not None:
                 self._pinned.move_to_end(version)
                 return hit
-            loaded = run_in_own_thread(lambda: self._load(version_dir))
+            loaded = run_in_own_thread(lambda: self._load(version_dir, []))
             self._pinned[version] = loaded
             while len(self._pinned) > PINNED_VERSIONS:
                 self._pinned.popitem(last=False)

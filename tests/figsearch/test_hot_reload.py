@@ -109,3 +109,61 @@ def test_broken_new_version_keeps_the_old_one_serving(data_dir, tiny_model_dir):
         ok = http.post("/v1/admin/reload", headers={"Authorization": "Bearer tok"})
         assert ok.status_code == 200 and ok.json()["index_version"] == good.name
         assert http.get("/v1/stats").json()["last_reload_error"] is None
+
+
+def test_a_swap_prepares_the_filters_the_old_version_answered(data_dir, tiny_model_dir):
+    """The filters users were applying are made on the new version before it is swapped in
+    (allowed set and each vector index's plan), and answer exactly as on a version opened
+    without that preparation."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import text
+
+    from figsearch.api.main import create_app
+    from figsearch.api.state import AppState
+    from figsearch.caption_index import whole_index
+    from figsearch.serving import VersionLoader
+    from figsearch.store import FigureFilter
+
+    settings = Settings(data_dir=data_dir, model=str(tiny_model_dir), device="cpu",
+                        rate_limit_per_minute=0, dedup_threshold=0.99999)
+    state = AppState(settings)
+    state.reload()
+    with TestClient(create_app(settings, state=state, start_poller=False)) as client:
+        old = state.current
+        assert old is not None and client.get("/v1/stats").json()["filters_prepared"] == 0
+        with old.service.store.engine.connect() as conn:
+            years = sorted(r[0] for r in conn.execute(text(
+                "SELECT DISTINCT year FROM articles WHERE year IS NOT NULL")))
+        licenses = old.service.store.distinct_values("license_class")
+        filters = [FigureFilter(license_class=licenses[0]),
+                   FigureFilter(year_from=years[len(years) // 2]),
+                   FigureFilter(figure_type="diagram/pathway", year_to=years[-1])]
+        for flt in filters:
+            old.service.search_text("signaling pathway", k=5, flt=flt)
+        old.service.search_text("signaling pathway", k=5)  # no filter: nothing to carry
+        assert old.service.recent_filters() == filters
+
+        encoder = load_model(str(tiny_model_dir), device="cpu")
+        new_dir = build_index(data_dir, encoder, str(tiny_model_dir), perturb=0.01)
+        assert state.reload()
+        new = state.current
+        assert new is not None and new.version == new_dir.name
+        assert client.get("/v1/stats").json()["filters_prepared"] == len(filters)
+        assert new.service.recent_filters() == filters
+        captions = new.service.captions  # (this data dir has no caption index)
+        indexes = [new.service.index, *([whole_index(captions.index)] if captions else [])]
+        for flt in filters:  # made on this version's columns and indexes, before any query
+            allowed = new.service.columns.cached(flt)
+            assert allowed is not None and allowed.count > 0, flt
+            assert allowed is not old.service.columns.cached(flt)
+            assert all(index.has_plan(allowed) for index in indexes), flt
+
+        cold = VersionLoader(settings, warm_up=False).load(new_dir, state.store)
+        assert cold.prepared_filters == 0 and cold.service.columns.cached(filters[0]) is None
+        for flt in filters:
+            for mode in ("hybrid", "dense", "keyword"):
+                got = new.service.search_text("signaling pathway", k=8, mode=mode, flt=flt)
+                want = cold.service.search_text("signaling pathway", k=8, mode=mode, flt=flt)
+                ids = [h.id for h in got.hits]
+                assert ids and ids == [h.id for h in want.hits], (flt, mode)
+                assert cold.service.columns.allowed(flt).contains(ids).all(), (flt, mode)

@@ -55,6 +55,7 @@ def stats(state: StateDep) -> StatsResponse:
         dim=index.dim if index else None,
         store=store.counts() if store else {}, reloads=state.reloads,
         last_reload_error=state.last_error,
+        filters_prepared=loaded.prepared_filters if loaded else 0,
         signals=service.signals() if service else {},
         fusion=(f"{service.fusion.describe()} over {', '.join(service.fused_signals())}"
                 if service else None),
