@@ -207,3 +207,18 @@ def smaps_rollup_kb(pid: int) -> dict[str, int]:
     except OSError:
         return {}
     return {k.strip(): int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines)}
+
+
+def process_memory_mb() -> dict[str, float]:
+    """This process's resident memory in MiB: all of it, its peak, and the part that is the
+    process's own (anonymous: heap, models, codes read into RAM) apart from the memory-mapped
+    index and store pages it touched (file-backed: page cache, shared with other workers and
+    dropped under pressure)."""
+    out: dict[str, float] = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")):
+            out[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return {"rss_mb": round(out.get("VmRSS", 0.0), 1),
+            "peak_rss_mb": round(out.get("VmHWM", 0.0), 1),
+            "rss_anon_mb": round(out.get("RssAnon", 0.0), 1),
+            "rss_file_mb": round(out.get("RssFile", 0.0), 1)}

@@ -32,10 +32,15 @@ both: pessimistic for the caption index, which holds every figure. With
     python -m bench.first_filter measure --keyword-dir ... --vector-dir ... --columns-dir ... \\
         --onnx-encoders /work/eval-data/models/onnx --name first_filter_15m
     python -m bench.first_filter repeat ... --rounds 6 --name first_filter_15m_repeat
+    python -m bench.first_filter swap ... --rounds 3 --name first_filter_15m_swap
 
 ``repeat`` times each filter's first use ``--rounds`` times in one process, dropping its
 allowed set and plans before each: what a first use computes and reads, without the process's
-first touches of mapped files, which vary by tens of ms on this VM.
+first touches of mapped files, which vary by tens of ms on this VM. ``swap`` measures a version
+swap as the API makes it: the new version prepares the filters the served one answered last
+(``SearchService.prepare_filters``) before it is swapped in, so their first queries on it cost
+what later ones do. ``measure --touch-all-lists`` also reads the worker's memory after probing
+every inverted list of both vector indexes (every PQ code page touched).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import markdown_table, write_result  # noqa: E402
+from bench.common import markdown_table, process_memory_mb, write_result  # noqa: E402
 
 TYPES = ["chart/plot", "microscopy", "diagram/pathway", "multi-panel figure", "photograph",
          "gel/blot"]
@@ -208,14 +213,38 @@ def _one_filter(args: dict[str, Any], name: str, out: Any) -> None:
         after = [query(i + 1 + j, flt)["total_ms"] for j in range(args["queries"])]
         allowed = service.columns.allowed(flt)
         plan = service.index.plan(allowed)
+        rss = process_memory_mb()  # after the queries: what a worker holds at this point
+        if args.get("touch_all_lists"):
+            _probe_every_list(service)
+            rss.update({f"all_lists_{key}": value for key, value in process_memory_mb().items()})
     out.put({"filter": name, "allowed": allowed.count, "share": round(allowed.selectivity, 4),
-             "plan": plan, "load_s": load_s, "signals": ",".join(use),
+             "plan": plan, "load_s": load_s, "signals": ",".join(use), **rss,
              "outside_filter": sum(leaked),
              **{f"first_{key}": value for key, value in first.items()},
              "after_p50_ms": round(float(np.percentile(after, 50)), 2),
              "after_p95_ms": round(float(np.percentile(after, 95)), 2),
              "unfiltered_p50_ms": round(float(np.percentile(unfiltered, 50)), 2),
              "unfiltered_p95_ms": round(float(np.percentile(unfiltered, 95)), 2)})
+
+
+def _probe_every_list(service: Any) -> None:
+    """One query probing every inverted list of both vector indexes: every PQ code and id
+    page is touched, so the RSS read after it is the most those indexes' mapped pages add."""
+    import faiss
+
+    from figsearch.index import _nlist
+
+    for index in (service.index, service.captions.index):
+        nlist = _nlist(index.index)
+        if nlist is None:
+            continue
+        ivf = faiss.extract_index_ivf(index.index)
+        before = ivf.nprobe
+        ivf.nprobe = nlist
+        try:
+            index.index.search(np.zeros((1, index.dim), np.float32), 1)
+        finally:
+            ivf.nprobe = before
 
 
 def _forget_filters(service: Any) -> None:
@@ -259,6 +288,77 @@ def _repeat_in_process(args: dict[str, Any], out: Any) -> None:
                 times.setdefault(f"{name}_after", []).append(query(i + 2, flt))
                 i += 2
     out.put({f"{key}_p50_ms": round(float(np.percentile(v, 50)), 1) for key, v in times.items()})
+
+
+def _swap_in_process(args: dict[str, Any], out: Any) -> None:
+    """In one process: a served version (service A) answers each filter once (its first use,
+    timed) and once more; then a new version (service B over the same parts) is loaded and
+    prepares A's recent filters, as the API does before a swap (each timed); then each
+    filter's first query on B."""
+    from bench.pmc_scale import load_queries
+    from figsearch.store import FigureFilter
+
+    filters = _filters(Path(args["keyword_dir"]))
+    texts = load_queries()
+    counter = iter(range(10**9))
+
+    def query(service: Any, flt: FigureFilter) -> float:
+        text = f"{texts[next(counter) % len(texts)]} swap"
+        use, depth = service.fused_signals(), service.settings.fusion_depth
+        t0 = time.perf_counter()
+        ahead, qvec, cvec = service.start_signals(text, "hybrid", flt, use)
+        service._fuse(service.signal_results(text, depth, flt, use, qvec, cvec, keyword=ahead))
+        return round((time.perf_counter() - t0) * 1000, 2)
+
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        served = _service(args, Path(scratch))
+        for _ in range(args["warmup"]):
+            query(served, FigureFilter())
+        for name, flt in filters.items():
+            figures[f"{name}_first_unprepared_ms"] = query(served, flt)
+            figures[f"{name}_after_ms"] = query(served, flt)
+        carried = served.recent_filters()
+        new = _service(args, Path(scratch))
+        for name, flt in zip(filters, carried, strict=True):
+            t = time.perf_counter()
+            new.prepare_filters([flt])
+            figures[f"{name}_prepare_ms"] = _ms(t)
+        for _ in range(args["warmup"]):
+            query(new, FigureFilter())
+        for name, flt in filters.items():
+            figures[f"{name}_first_prepared_ms"] = query(new, flt)
+    out.put(figures)
+
+
+def swap(args: dict[str, Any]) -> dict[str, Any]:
+    """A version swap at 15 M: each filter's first query on a version that prepared the
+    filters its predecessor answered, against its first use unprepared (one process, every
+    file read into the page cache first; ``rounds`` processes, medians)."""
+    from bench.pmc_scale import warm_page_cache
+
+    runs = []
+    ctx = mp.get_context("spawn")
+    for _ in range(args["rounds"]):
+        warm_page_cache_mb = sum(warm_page_cache(Path(args[key])) for key in (
+            "vector_dir", "keyword_dir", "columns_dir"))
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_swap_in_process, args=(args, queue))
+        proc.start()
+        runs.append(queue.get(timeout=3600))
+        proc.join()
+    figures: dict[str, Any] = {"page_cache_warmed_mb": warm_page_cache_mb}
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        figures[key] = round(float(np.median(values)), 2)
+        figures[f"{key}_runs"] = values
+    names = list(_filters(Path(args["keyword_dir"])))
+    print(markdown_table(
+        ["filter", "first use, unprepared ms", "prepared before the swap ms",
+         "first query after the swap ms", "a later query ms"],
+        [[n, figures[f"{n}_first_unprepared_ms"], figures[f"{n}_prepare_ms"],
+          figures[f"{n}_first_prepared_ms"], figures[f"{n}_after_ms"]] for n in names]))
+    return figures
 
 
 def repeat(args: dict[str, Any]) -> dict[str, Any]:
@@ -318,7 +418,7 @@ def measure(args: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("verb", choices=["prepare", "measure", "repeat"])
+    ap.add_argument("verb", choices=["prepare", "measure", "repeat", "swap"])
     ap.add_argument("--keyword-dir", type=Path, required=True)
     ap.add_argument("--vector-dir", type=Path, required=True)
     ap.add_argument("--columns-dir", type=Path, required=True)
@@ -328,8 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5, help="measure: unfiltered queries first")
     ap.add_argument("--repeat", type=int, default=3, help="measure: fresh processes per filter")
     ap.add_argument("--rounds", type=int, default=6,
-                    help="repeat: first uses of each filter in the one process")
+                    help="repeat: first uses of each filter in the one process; swap: "
+                    "processes")
     ap.add_argument("--name", default="first_filter_15m")
+    ap.add_argument("--touch-all-lists", action="store_true",
+                    help="measure: after the queries, probe every list and read RSS again")
     ap.add_argument("--every-figure-indexed", action="store_true",
                     help="prepare: columns over the vector indexes' ids only (see prepare())")
     args = ap.parse_args(argv)
@@ -339,10 +442,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     params = {"keyword_dir": str(args.keyword_dir), "vector_dir": str(args.vector_dir),
               "columns_dir": str(args.columns_dir), "onnx_encoders": str(args.onnx_encoders or ""),
-              "queries": args.queries, "warmup": args.warmup, "repeat": args.repeat}
-    if args.verb == "repeat":
+              "queries": args.queries, "warmup": args.warmup, "repeat": args.repeat,
+              "touch_all_lists": args.touch_all_lists}
+    if args.verb == "swap":
         params = {**params, "rounds": args.rounds}
-        del params["repeat"], params["queries"]
+        del params["repeat"], params["queries"], params["touch_all_lists"]
+        figures = swap(params)
+        note = ("a default query up to fusion at 15 M (module doc): each filter's first query "
+                "on a version that prepared its predecessor's recent filters before the swap "
+                "(SearchService.prepare_filters), against its first use unprepared; medians "
+                "of --rounds processes")
+    elif args.verb == "repeat":
+        params = {**params, "rounds": args.rounds}
+        del params["repeat"], params["queries"], params["touch_all_lists"]
         figures = repeat(params)
         note = ("a filtered default query up to fusion at 15 M (module doc): each filter's "
                 "first use --rounds times in one process, its allowed set and plans dropped "

@@ -72,6 +72,7 @@ from bench.common import (  # noqa: E402
     REPO_ROOT,
     load_results,
     markdown_table,
+    process_memory_mb,
     results_dir,
     write_result,
 )
@@ -639,20 +640,6 @@ def percentiles(ms: list[float]) -> dict[str, float]:
             "mean_ms": round(float(arr.mean()), 2)}
 
 
-def _rss_mb() -> dict[str, float]:
-    """Resident memory: all of it, its peak, and the part that is the process's own (anonymous:
-    heap, models, PQ codes read into RAM) apart from the memory-mapped index and store pages it
-    touched (file-backed: page cache, shared with other workers and dropped under pressure)."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")):
-            out[line.split(":")[0]] = int(line.split()[1]) / 1024
-    return {"rss_mb": round(out.get("VmRSS", 0.0), 1),
-            "peak_rss_mb": round(out.get("VmHWM", 0.0), 1),
-            "rss_anon_mb": round(out.get("RssAnon", 0.0), 1),
-            "rss_file_mb": round(out.get("RssFile", 0.0), 1)}
-
-
 def dir_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -715,7 +702,7 @@ def measure(data_dir: Path, queries: list[str], kinds: list[str], k: int = 20,
         raise SystemExit(f"pmc_scale: no index version in {data_dir}; run build first")
     manifest = read_manifest(version_dir)
     warmed_mb = warm_page_cache(version_dir)
-    rss0 = _rss_mb()
+    rss0 = process_memory_mb()
     # every query is encoded: each kind runs the same query texts, and the API's embedding
     # cache would answer all but the first kind's from memory (no model cost at all)
     settings = Settings(data_dir=data_dir, query_cache_size=0)
@@ -724,7 +711,7 @@ def measure(data_dir: Path, queries: list[str], kinds: list[str], k: int = 20,
     state.reload()
     load_s = time.perf_counter() - t0
     service = state.current.service
-    rss_loaded = _rss_mb()
+    rss_loaded = process_memory_mb()
     filters = choose_filters(db)
     n = int(marker.get("figures") or 0)
     figures: dict[str, Any] = {
@@ -822,7 +809,7 @@ def measure(data_dir: Path, queries: list[str], kinds: list[str], k: int = 20,
                          stats["p50_ms"], stats["p95_ms"], stats["p99_ms"], stats["mean_ms"],
                          "", "", ""])
             figures.update({f"stage_{stage}_{s}": v for s, v in stats.items()})
-    rss_end = _rss_mb()
+    rss_end = process_memory_mb()
     figures.update({"rss_before_load_mb": rss0["rss_mb"], "rss_loaded_mb": rss_loaded["rss_mb"],
                     "rss_end_mb": rss_end["rss_mb"], "peak_rss_mb": rss_end["peak_rss_mb"],
                     "rss_end_anon_mb": rss_end["rss_anon_mb"],

@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from bench.common import print_figures, write_result
+from bench.common import print_figures, process_memory_mb, write_result
 from figsearch.columns import AllowedSet, VersionColumns
 from figsearch.datadir import MANIFEST_FILE
 from figsearch.index import (
@@ -140,14 +140,6 @@ def build(out_dir: Path, n: int, dim: int = 512, factory: str | None = None,
     return {"factory": factory, "intrinsic_dim": intrinsic, **times}
 
 
-def _rss_mb() -> dict[str, float]:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "RssAnon:", "RssFile:")):
-            out[line.split(":")[0]] = round(int(line.split()[1]) / 1024, 1)
-    return {"rss_mb": out["VmRSS"], "rss_anon_mb": out["RssAnon"], "rss_file_mb": out["RssFile"]}
-
-
 def _percentiles(ms: list[float]) -> dict[str, float]:
     arr = np.asarray(ms)
     return {"p50_ms": round(float(np.percentile(arr, 50)), 2),
@@ -193,11 +185,11 @@ def _flat(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
 def measure(out_dir: Path, count: int = 200, k: int = 100, nprobe: int = 32,
             recall_queries: int = 50, seed: int = 0) -> dict[str, Any]:
     """Latency, recall, filtered plans and memory of the built index (see the module doc)."""
-    figures: dict[str, Any] = _flat("before_load", _rss_mb())
+    figures: dict[str, Any] = _flat("before_load", process_memory_mb())
     t = time.perf_counter()
     index = SearchIndex.load(out_dir, nprobe=nprobe, mmap_index=True)
     figures["load_s"] = round(time.perf_counter() - t, 2)
-    figures.update(_flat("loaded", _rss_mb()))
+    figures.update(_flat("loaded", process_memory_mb()))
     figures.update({"factory": index.factory, "vectors": index.ntotal,
                     "nlist": int(faiss.extract_index_ivf(index.index).nlist),
                     "disk_index_mb": round((out_dir / INDEX_FILE).stat().st_size / 2**20, 1),
@@ -232,7 +224,7 @@ def measure(out_dir: Path, count: int = 200, k: int = 100, nprobe: int = 32,
         figures.update(_flat(f"filtered_{share:g}", {
             "plan": plan, "first_use_ms": round(first_ms, 1), "outside_filter": leaked, **_percentiles(fms)}))
         figures[f"filtered_{share:g}_allowed"] = len(allowed)
-    figures.update(_flat("end", _rss_mb()))
+    figures.update(_flat("end", process_memory_mb()))
     return figures
 
 

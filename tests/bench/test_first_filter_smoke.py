@@ -30,15 +30,24 @@ def test_first_filter_smoke_times_the_service_and_keeps_to_every_filter(tmp_path
                    capture_output=True, timeout=300)
     assert np.array_equal(np.load(same / "columns" / "ids.npy"), np.load(vec / "ids.npy"))
     _, result = run_bench("first_filter", ["measure", *dirs, "--repeat", "1", "--queries", "5",
-                                           "--warmup", "2", "--name", "first_filter"], results)
+                                           "--warmup", "2", "--touch-all-lists",
+                                           "--name", "first_filter"], results)
     figures = result["figures"]
     for name in ("broad", "mid", "narrow"):
+        # the worker's memory after its queries, and again once every list has been probed
+        assert figures[f"{name}_rss_anon_mb"] > 0 and figures[f"{name}_rss_file_mb"] > 0
+        assert figures[f"{name}_all_lists_rss_file_mb"] >= figures[f"{name}_rss_file_mb"]
         assert figures[f"{name}_signals"] == "keyword,caption,dense"
         assert figures[f"{name}_outside_filter"] == 0, name
         assert figures[f"{name}_first_total_ms"] >= figures[f"{name}_first_start_ms"] > 0
         assert figures[f"{name}_after_p50_ms"] > 0 and figures[f"{name}_unfiltered_p50_ms"] > 0
     assert figures["narrow_plan"] == "exact" and figures["narrow_allowed"] < 100
     assert figures["broad_share"] > figures["mid_share"] > figures["narrow_share"] > 0
+    _, swapped = run_bench("first_filter", ["swap", *dirs, "--rounds", "1", "--warmup", "1",
+                                            "--name", "first_filter"], results)
+    for name in ("broad", "mid", "narrow"):
+        for key in ("first_unprepared", "prepare", "first_prepared", "after"):
+            assert swapped["figures"][f"{name}_{key}_ms"] > 0, (name, key)
     _, repeated = run_bench("first_filter", ["repeat", *dirs, "--rounds", "2", "--warmup", "1",
                                              "--name", "first_filter"], results)
     times = repeated["figures"]
