@@ -444,17 +444,16 @@ def main(argv: list[str] | None = None) -> int:
               "columns_dir": str(args.columns_dir), "onnx_encoders": str(args.onnx_encoders or ""),
               "queries": args.queries, "warmup": args.warmup, "repeat": args.repeat,
               "touch_all_lists": args.touch_all_lists}
-    if args.verb == "swap":
+    if args.verb in ("swap", "repeat"):  # counted in --rounds, not --repeat x --queries
         params = {**params, "rounds": args.rounds}
         del params["repeat"], params["queries"], params["touch_all_lists"]
+    if args.verb == "swap":
         figures = swap(params)
         note = ("a default query up to fusion at 15 M (module doc): each filter's first query "
                 "on a version that prepared its predecessor's recent filters before the swap "
                 "(SearchService.prepare_filters), against its first use unprepared; medians "
                 "of --rounds processes")
     elif args.verb == "repeat":
-        params = {**params, "rounds": args.rounds}
-        del params["repeat"], params["queries"], params["touch_all_lists"]
         figures = repeat(params)
         note = ("a filtered default query up to fusion at 15 M (module doc): each filter's "
                 "first use --rounds times in one process, its allowed set and plans dropped "
