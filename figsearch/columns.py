@@ -622,6 +622,11 @@ class VersionColumns:
                 self._cache.popitem(last=False)
         return result
 
+    def needs_sql(self, flt: FigureFilter) -> bool:
+        """Whether :meth:`allowed` answers ``flt`` through the store's SQL (a scan): the
+        reusable filter on a version written before the rights column."""
+        return flt.reusable_only and "rights" not in self._a
+
     def cached(self, flt: FigureFilter) -> AllowedSet | None:
         """``flt``'s allowed set when the cache holds it (nothing is computed)."""
         with self._lock:

@@ -91,6 +91,9 @@ RRF_K = 60
 #: filters a service remembers as recently answered: a version swapped in prepares these
 #: (:meth:`SearchService.prepare_filters`), as many as the columns' cache of allowed sets keeps
 RECENT_FILTERS = 16
+#: the UI's two license toggles, one click away for every user: the API prepares them whenever
+#: it loads a version, a fresh process's first included
+ONE_CLICK_FILTERS = (FigureFilter(commercial_only=True), FigureFilter(reusable_only=True))
 _WORD = re.compile(r"\w+", re.UNICODE)
 log = logging.getLogger("figsearch.search")
 
@@ -505,15 +508,24 @@ class SearchService:
         index's plan (a bitmap plan's row mask, an exact plan's vectors) - so that a version
         swapped in answers the filters its predecessor was serving at the cost of any query
         (at 15 M figures a first use costs 45-100 ms more). Runs before the swap, off the
-        request path. A filter this version cannot answer (e.g. a feed over a version without
-        its history) is skipped and logged. A version without filter columns prepares none:
-        its SQL path would scan the store for each (43-53 s at 5 M figures), delaying the swap.
-        Returns how many were prepared."""
+        request path. ``filters`` run oldest first; a repeated one counts where it comes last.
+        A filter this version cannot answer (e.g. a feed over a version without
+        its history) is skipped and logged. A filter needing the store's SQL (a version without
+        filter columns, or without the column it needs) is skipped: that path scans the store
+        for each filter (43-53 s at 5 M figures), delaying the swap. Returns how many were
+        prepared."""
         if self.columns is None:
             return 0
         signals = [s for s in ("dense", "caption") if self.signals()[s]]
+        latest: dict[tuple[Any, ...], FigureFilter] = {}  # each filter once, where it came last
+        for flt in filters:
+            key = dataclasses.astuple(flt)
+            latest.pop(key, None)
+            latest[key] = flt
         prepared = 0
-        for flt in filters:  # oldest first: the newest end up the most recent in every cache
+        for flt in latest.values():  # oldest first: the newest end up the most recent in caches
+            if self.columns.needs_sql(flt):
+                continue  # a version written before the column it needs: a scan, as above
             try:
                 self._prepare_filter(flt, signals)
             except (ValueError, LookupError) as exc:

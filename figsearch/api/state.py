@@ -32,6 +32,7 @@ from figsearch.api.errors import VersionUnavailable
 from figsearch.core.config import Settings
 from figsearch.datadir import list_versions
 from figsearch.index import IndexLoadError, current_version_dir
+from figsearch.search import ONE_CLICK_FILTERS
 from figsearch.serving import QUERY_BATCH, Loaded, VersionLoader, onnx_root
 from figsearch.store import FigureFilter, FigureStore
 
@@ -89,7 +90,8 @@ class AppState:
             if not force and old is not None and old.version_dir == target:
                 self.last_error, self._failed = None, None  # `current` points at what we serve
                 return False
-            carried = old.service.recent_filters() if old is not None else []
+            carried = [*ONE_CLICK_FILTERS,
+                       *(old.service.recent_filters() if old is not None else [])]
             try:
                 # a thread of its own: the OpenMP team that loading and warming up a model
                 # gives it ends with it (figsearch.api.batching says why that matters)
@@ -128,9 +130,9 @@ class AppState:
             await asyncio.sleep(max(self.settings.reload_interval_s, 0.05))
 
     def _load(self, version_dir: Path, filters: list[FigureFilter]) -> Loaded:
-        """Open ``version_dir`` and prepare ``filters`` (those the served version answered
-        last) before it is swapped in: their first queries on it then cost what any query
-        costs, rather than each paying for its allowed set and plans after the swap."""
+        """Open ``version_dir`` and prepare ``filters`` (the UI's one-click filters and those
+        the served version answered last) before it is served: their first queries on it then
+        cost what any query costs, rather than each paying for its allowed set and plans."""
         store = self.store
         if store is None:
             raise IndexLoadError(f"no figure store at {self.settings.db_path}")
@@ -139,9 +141,9 @@ class AppState:
             return loaded
         start = time.perf_counter()
         prepared = loaded.service.prepare_filters(filters)
-        log.info("%s: prepared %d of the %d filters %s answered last, in %.0f ms",
-                 loaded.version, prepared, len(filters),
-                 self.current.version if self.current else "the previous version",
+        log.info("%s: prepared %d filters (the one-click ones and those %s answered last) "
+                 "in %.0f ms", loaded.version, prepared,
+                 self.current.version if self.current else "no version",
                  (time.perf_counter() - start) * 1000)
         return dataclasses.replace(loaded, prepared_filters=prepared)
 

@@ -121,6 +121,7 @@ def test_a_swap_prepares_the_filters_the_old_version_answered(data_dir, tiny_mod
     from figsearch.api.main import create_app
     from figsearch.api.state import AppState
     from figsearch.caption_index import whole_index
+    from figsearch.search import ONE_CLICK_FILTERS
     from figsearch.serving import VersionLoader
     from figsearch.store import FigureFilter
 
@@ -130,7 +131,9 @@ def test_a_swap_prepares_the_filters_the_old_version_answered(data_dir, tiny_mod
     state.reload()
     with TestClient(create_app(settings, state=state, start_poller=False)) as client:
         old = state.current
-        assert old is not None and client.get("/v1/stats").json()["filters_prepared"] == 0
+        one_click = list(ONE_CLICK_FILTERS)  # the UI's toggles: prepared by every load
+        assert old is not None and old.service.recent_filters() == one_click
+        assert client.get("/v1/stats").json()["filters_prepared"] == len(one_click)
         with old.service.store.engine.connect() as conn:
             years = sorted(r[0] for r in conn.execute(text(
                 "SELECT DISTINCT year FROM articles WHERE year IS NOT NULL")))
@@ -141,18 +144,19 @@ def test_a_swap_prepares_the_filters_the_old_version_answered(data_dir, tiny_mod
         for flt in filters:
             old.service.search_text("signaling pathway", k=5, flt=flt)
         old.service.search_text("signaling pathway", k=5)  # no filter: nothing to carry
-        assert old.service.recent_filters() == filters
+        old.service.search_text("signaling pathway", k=5, flt=one_click[0])  # used again
+        assert old.service.recent_filters() == [one_click[1], *filters, one_click[0]]
 
         encoder = load_model(str(tiny_model_dir), device="cpu")
         new_dir = build_index(data_dir, encoder, str(tiny_model_dir), perturb=0.01)
         assert state.reload()
         new = state.current
         assert new is not None and new.version == new_dir.name
-        assert client.get("/v1/stats").json()["filters_prepared"] == len(filters)
-        assert new.service.recent_filters() == filters
+        assert client.get("/v1/stats").json()["filters_prepared"] == len(filters) + 2
+        assert new.service.recent_filters() == [one_click[1], *filters, one_click[0]]
         captions = new.service.captions  # (this data dir has no caption index)
         indexes = [new.service.index, *([whole_index(captions.index)] if captions else [])]
-        for flt in filters:  # made on this version's columns and indexes, before any query
+        for flt in [*filters, *one_click]:  # made on this version's own columns and indexes
             allowed = new.service.columns.cached(flt)
             assert allowed is not None and allowed.count > 0, flt
             assert allowed is not old.service.columns.cached(flt)

@@ -177,7 +177,10 @@ def test_version_without_rights_column_answers_through_sql(rights_store: FigureS
     cols = VersionColumns.load(tmp_path / "v", store=rights_store)
     assert cols is not None
     flt = FigureFilter(reusable_only=True)
+    assert cols.needs_sql(flt) and not cols.needs_sql(FigureFilter(commercial_only=True))
     assert cols.allowed(flt).ids.tolist() == rights_store.filtered_ids(flt).tolist()
+    write_columns(rights_store, tmp_path / "v2")  # with the column: no SQL
+    assert not VersionColumns.load(tmp_path / "v2", store=rights_store).needs_sql(flt)
 
 
 def test_schema_4_store_gains_rights_columns_and_caption_statements(tmp_path: Path):
