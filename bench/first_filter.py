@@ -184,6 +184,11 @@ def _one_filter(args: dict[str, Any], name: str, out: Any) -> None:
         t = time.perf_counter()
         service = _service(args, Path(scratch))
         load_s = round(time.perf_counter() - t, 1)
+        prepared: dict[str, float] = {}
+        if args.get("prepared"):  # as the API's load does for one-click and carried filters
+            t = time.perf_counter()
+            service.prepare_filters([flt])
+            prepared["prepare_ms"] = _ms(t)
         use = service.fused_signals()
         depth = service.settings.fusion_depth
 
@@ -218,7 +223,7 @@ def _one_filter(args: dict[str, Any], name: str, out: Any) -> None:
             _probe_every_list(service)
             rss.update({f"all_lists_{key}": value for key, value in process_memory_mb().items()})
     out.put({"filter": name, "allowed": allowed.count, "share": round(allowed.selectivity, 4),
-             "plan": plan, "load_s": load_s, "signals": ",".join(use), **rss,
+             "plan": plan, "load_s": load_s, "signals": ",".join(use), **rss, **prepared,
              "outside_filter": sum(leaked),
              **{f"first_{key}": value for key, value in first.items()},
              "after_p50_ms": round(float(np.percentile(after, 50)), 2),
@@ -431,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="repeat: first uses of each filter in the one process; swap: "
                     "processes")
     ap.add_argument("--name", default="first_filter_15m")
+    ap.add_argument("--prepared", action="store_true",
+                    help="measure: each process prepares its filter when it loads "
+                    "(SearchService.prepare_filters), as the API does for the one-click "
+                    "filters and those the previous version answered")
     ap.add_argument("--touch-all-lists", action="store_true",
                     help="measure: after the queries, probe every list and read RSS again")
     ap.add_argument("--every-figure-indexed", action="store_true",
@@ -443,10 +452,10 @@ def main(argv: list[str] | None = None) -> int:
     params = {"keyword_dir": str(args.keyword_dir), "vector_dir": str(args.vector_dir),
               "columns_dir": str(args.columns_dir), "onnx_encoders": str(args.onnx_encoders or ""),
               "queries": args.queries, "warmup": args.warmup, "repeat": args.repeat,
-              "touch_all_lists": args.touch_all_lists}
+              "touch_all_lists": args.touch_all_lists, "prepared": args.prepared}
     if args.verb in ("swap", "repeat"):  # counted in --rounds, not --repeat x --queries
         params = {**params, "rounds": args.rounds}
-        del params["repeat"], params["queries"], params["touch_all_lists"]
+        del params["repeat"], params["queries"], params["touch_all_lists"], params["prepared"]
     if args.verb == "swap":
         figures = swap(params)
         note = ("a default query up to fusion at 15 M (module doc): each filter's first query "

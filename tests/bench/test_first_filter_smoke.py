@@ -43,6 +43,12 @@ def test_first_filter_smoke_times_the_service_and_keeps_to_every_filter(tmp_path
         assert figures[f"{name}_after_p50_ms"] > 0 and figures[f"{name}_unfiltered_p50_ms"] > 0
     assert figures["narrow_plan"] == "exact" and figures["narrow_allowed"] < 100
     assert figures["broad_share"] > figures["mid_share"] > figures["narrow_share"] > 0
+    _, ready = run_bench("first_filter", ["measure", *dirs, "--repeat", "1", "--queries", "2",
+                                          "--warmup", "1", "--prepared", "--name", "first_filter"],
+                         results)
+    for name in ("broad", "mid", "narrow"):
+        assert ready["figures"][f"{name}_prepare_ms"] > 0
+        assert ready["figures"][f"{name}_outside_filter"] == 0
     _, swapped = run_bench("first_filter", ["swap", *dirs, "--rounds", "1", "--warmup", "1",
                                             "--name", "first_filter"], results)
     for name in ("broad", "mid", "narrow"):
