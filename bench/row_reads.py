@@ -8,12 +8,17 @@ made and dropped for each read (what ``RowFile`` did before: a page fault per ro
 
     python -m bench.row_reads --vectors /work/bench-data/vec-15m-r32/vectors.npy \\
         /work/bench-data/pmc-1m/indexes/current/vectors.npy
+
+``--cold`` drops the file's pages from the page cache before every read
+(``posix_fadvise(DONTNEED)``), so each row comes from the disk: what a re-ranking query costs
+when a version's vectors do not fit the machine's page cache (15 M figures with passages).
 """
 
 from __future__ import annotations
 
 import argparse
 import mmap
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,7 +47,13 @@ def mapped_read(rows_file: RowFile, rows: np.ndarray) -> np.ndarray:
             del view
 
 
-def measure(path: Path, rounds: int, seed: int = 0) -> dict[str, Any]:
+def drop_from_page_cache(rows_file: RowFile) -> None:
+    """Evict the file's (clean) pages, so the next read comes from the disk."""
+    assert rows_file._fd is not None
+    os.posix_fadvise(rows_file._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def measure(path: Path, rounds: int, seed: int = 0, cold: bool = False) -> dict[str, Any]:
     rows_file = RowFile(path)
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"rows": rows_file.shape[0], "dim": rows_file.shape[1]}
@@ -52,6 +63,8 @@ def measure(path: Path, rounds: int, seed: int = 0) -> dict[str, Any]:
             for name, read in (("preadv", rows_file.__getitem__),
                                ("mapped", lambda r: mapped_read(rows_file, r))):
                 rows = np.sort(rng.choice(rows_file.shape[0], size, replace=False))
+                if cold:
+                    drop_from_page_cache(rows_file)
                 t = time.perf_counter()
                 read(rows)
                 times[name].append((time.perf_counter() - t) * 1000)
@@ -68,16 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vectors", type=Path, nargs="+", required=True)
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the file from the page cache before every read")
     ap.add_argument("--name", default="row_reads")
     args = ap.parse_args(argv)
     figures: dict[str, Any] = {}
     table = []
     for path in args.vectors:
         with open(path, "rb") as fh:  # into the page cache
-            while fh.read(16 << 20):
+            while not args.cold and fh.read(16 << 20):
                 pass
         label = f"{path.parent.name}/{path.name}"
-        r = measure(path, args.rounds)
+        r = measure(path, args.rounds, cold=args.cold)
         figures.update({f"{label} {key}": value for key, value in r.items()})
         for size in SIZES:
             table.append([label, f"{r['rows']:,}", size, r[f"{size}_rows_mapped_p50_ms"],
@@ -85,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(["file", "rows", "rows read", "mapping per read p50 ms",
                           "RowFile (preadv) p50 ms", "p95"], table))
     path = write_result(args.name, {"vectors": [str(p) for p in args.vectors],
-                                    "rounds": args.rounds, "note": "2 cores, page cache warm"},
+                                    "rounds": args.rounds, "cold": args.cold,
+                                    "note": "2 cores; page cache " + (
+                                        "dropped before every read" if args.cold else "warm")},
                         figures)
     print(f"wrote {path}")
     return 0

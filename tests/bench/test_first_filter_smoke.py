@@ -71,3 +71,7 @@ def test_row_reads_smoke_reads_the_same_rows_both_ways(tmp_path: Path) -> None:
     figures = result["figures"]
     assert figures["v/vectors.npy same_rows"] is True
     assert figures["v/vectors.npy 15000_rows_preadv_p50_ms"] > 0
+    _, cold = run_bench("row_reads", ["--vectors", str(vectors), "--rounds", "1", "--cold"],
+                        tmp_path / "results")
+    assert cold["params"]["cold"] is True and cold["figures"]["v/vectors.npy same_rows"] is True
+    assert cold["figures"]["v/vectors.npy 1000_rows_preadv_p50_ms"] > 0
