@@ -72,6 +72,7 @@ from figsearch.fusion import (
     fusion_from_settings,
     vector_dedup_ok,
 )
+from figsearch.index import SUBSET_CACHE_SIZE
 from figsearch.keyword_index import KeywordIndex, all_words_then_any
 from figsearch.links import PMC_ARTICLE_URL, article_url, figure_url  # noqa: F401 (re-exported)
 from figsearch.panel_index import (
@@ -89,8 +90,8 @@ MODES = ("hybrid", "dense", "keyword", "caption")
 _DUP_BLOCK = 512  # candidate rows per near-duplicate matrix product
 RRF_K = 60
 #: filters a service remembers as recently answered: a version swapped in prepares these
-#: (:meth:`SearchService.prepare_filters`), as many as the columns' cache of allowed sets keeps
-RECENT_FILTERS = 16
+#: (:meth:`SearchService.prepare_filters`), as many as an index keeps plans for
+RECENT_FILTERS = SUBSET_CACHE_SIZE
 #: the UI's two license toggles, one click away for every user: the API prepares them whenever
 #: it loads a version, a fresh process's first included
 ONE_CLICK_FILTERS = (FigureFilter(commercial_only=True), FigureFilter(reusable_only=True))
@@ -508,7 +509,8 @@ class SearchService:
         index's plan (a bitmap plan's row mask, an exact plan's vectors) - so that a version
         swapped in answers the filters its predecessor was serving at the cost of any query
         (at 15 M figures a first use costs 45-100 ms more). Runs before the swap, off the
-        request path. ``filters`` run oldest first; a repeated one counts where it comes last.
+        request path. ``filters`` run oldest first; a repeated one counts where it comes last,
+        and only the newest :data:`RECENT_FILTERS` (the plans an index keeps) are prepared.
         A filter this version cannot answer (e.g. a feed over a version without
         its history) is skipped and logged. A filter needing the store's SQL (a version without
         filter columns, or without the column it needs) is skipped: that path scans the store
@@ -523,12 +525,14 @@ class SearchService:
             latest.pop(key, None)
             latest[key] = flt
         prepared = 0
-        for flt in latest.values():  # oldest first: the newest end up the most recent in caches
+        # oldest first, so the newest end up the most recent in every cache; no more than an
+        # index keeps plans for (older ones would only be evicted again)
+        for flt in list(latest.values())[-RECENT_FILTERS:]:
             if self.columns.needs_sql(flt):
                 continue  # a version written before the column it needs: a scan, as above
             try:
                 self._prepare_filter(flt, signals)
-            except (ValueError, LookupError) as exc:
+            except Exception as exc:  # optional work: it must never keep a version out
                 log.warning("filter %s not prepared for %s: %s", flt, self.index_version, exc)
                 continue
             prepared += not flt.is_empty()

@@ -61,8 +61,8 @@ class Loaded:
     figure_types: frozenset[str] = field(default_factory=frozenset)
     #: what encodes the image model's queries, ``torch`` or ``onnx`` (None without one)
     encoder_backend: str | None = None
-    #: filters prepared at load: those the version served before it answered last
-    #: (:meth:`figsearch.search.SearchService.prepare_filters`)
+    #: filters prepared at load: the UI's license toggles and those the version served before
+    #: it answered last (:meth:`figsearch.search.SearchService.prepare_filters`)
     prepared_filters: int = 0
 
 

@@ -293,9 +293,9 @@ class StatsResponse(BaseModel):
     reloads: int
     last_reload_error: str | None
     filters_prepared: int = Field(
-        0, description="Filters the served version prepared when it was loaded: those the "
-        "version before it answered last (their allowed sets and plans), so that their first "
-        "queries after the swap cost what any query costs.")
+        0, description="Filters the served version prepared when it was loaded (their allowed "
+        "sets and plans): the UI's license toggles and those the version before it answered "
+        "last, so that their first queries cost what any query costs.")
     signals: dict[str, bool] = Field(
         default_factory=dict,
         description="Signals live now: keyword (BM25), caption (caption semantics), dense (image "

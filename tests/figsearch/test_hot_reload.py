@@ -121,7 +121,7 @@ def test_a_swap_prepares_the_filters_the_old_version_answered(data_dir, tiny_mod
     from figsearch.api.main import create_app
     from figsearch.api.state import AppState
     from figsearch.caption_index import whole_index
-    from figsearch.search import ONE_CLICK_FILTERS
+    from figsearch.search import ONE_CLICK_FILTERS, RECENT_FILTERS
     from figsearch.serving import VersionLoader
     from figsearch.store import FigureFilter
 
@@ -171,3 +171,9 @@ def test_a_swap_prepares_the_filters_the_old_version_answered(data_dir, tiny_mod
                 ids = [h.id for h in got.hits]
                 assert ids and ids == [h.id for h in want.hits], (flt, mode)
                 assert cold.service.columns.allowed(flt).contains(ids).all(), (flt, mode)
+
+        # no more than an index keeps plans for: the newest of a longer list
+        many = [FigureFilter(year_from=year) for year in range(1900, 1900 + RECENT_FILTERS + 2)]
+        assert new.service.prepare_filters(many) == RECENT_FILTERS
+        assert [new.service.columns.cached(flt) is not None for flt in many] == \
+            [False, False] + [True] * RECENT_FILTERS
