@@ -655,7 +655,7 @@ class VersionColumns:
         if flt.reusable_only:
             open_codes = [codes["license_class"][c] for c in sorted(REUSABLE_CLASSES)
                           if c in codes["license_class"]]
-            if "rights" not in a:  # a version written before the rights column
+            if self.needs_sql(flt):  # a version written before the rights column
                 return self._from_sql(flt)
             tests.append(lambda: _reusable(a["rights"], a["license"], open_codes))
         if flt.figure_type:
