@@ -232,20 +232,27 @@ def _one_filter(args: dict[str, Any], name: str, out: Any) -> None:
              "unfiltered_p95_ms": round(float(np.percentile(unfiltered, 95)), 2)})
 
 
+def _timed_query(service: Any, text: str, flt: Any) -> float:
+    """ms of ``search_text``'s hybrid path up to fusion for one query (the page's figures are
+    not fetched: no store at 15 M)."""
+    use, depth = service.fused_signals(), service.settings.fusion_depth
+    t0 = time.perf_counter()
+    ahead, qvec, cvec = service.start_signals(text, "hybrid", flt, use)
+    service._fuse(service.signal_results(text, depth, flt, use, qvec, cvec, keyword=ahead))
+    return (time.perf_counter() - t0) * 1000
+
+
 def _probe_every_list(service: Any) -> None:
     """One query probing every inverted list of both vector indexes: every PQ code and id
     page is touched, so the RSS read after it is the most those indexes' mapped pages add."""
     import faiss
 
-    from figsearch.index import _nlist
-
     for index in (service.index, service.captions.index):
-        nlist = _nlist(index.index)
-        if nlist is None:
+        ivf = faiss.try_extract_index_ivf(index.index)
+        if ivf is None:
             continue
-        ivf = faiss.extract_index_ivf(index.index)
         before = ivf.nprobe
-        ivf.nprobe = nlist
+        ivf.nprobe = ivf.nlist
         try:
             index.index.search(np.zeros((1, index.dim), np.float32), 1)
         finally:
@@ -269,15 +276,9 @@ def _repeat_in_process(args: dict[str, Any], out: Any) -> None:
     texts = load_queries()
     with tempfile.TemporaryDirectory() as scratch:
         service = _service(args, Path(scratch))
-        use, depth = service.fused_signals(), service.settings.fusion_depth
 
         def query(i: int, flt: FigureFilter) -> float:
-            text = f"{texts[i % len(texts)]} {i}"
-            t0 = time.perf_counter()
-            ahead, qvec, cvec = service.start_signals(text, "hybrid", flt, use)
-            service._fuse(service.signal_results(text, depth, flt, use, qvec, cvec,
-                                                 keyword=ahead))
-            return (time.perf_counter() - t0) * 1000
+            return _timed_query(service, f"{texts[i % len(texts)]} {i}", flt)
 
         times: dict[str, list[float]] = {}
         i = 0
@@ -309,11 +310,7 @@ def _swap_in_process(args: dict[str, Any], out: Any) -> None:
 
     def query(service: Any, flt: FigureFilter) -> float:
         text = f"{texts[next(counter) % len(texts)]} swap"
-        use, depth = service.fused_signals(), service.settings.fusion_depth
-        t0 = time.perf_counter()
-        ahead, qvec, cvec = service.start_signals(text, "hybrid", flt, use)
-        service._fuse(service.signal_results(text, depth, flt, use, qvec, cvec, keyword=ahead))
-        return round((time.perf_counter() - t0) * 1000, 2)
+        return round(_timed_query(service, text, flt), 2)
 
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch:
