@@ -8,8 +8,9 @@ again, stands in for the whole-caption index). Both query encoders run the real 
 models of ``--onnx-encoders`` on the API's model thread (``BatchingEncoder``, no embedding
 cache), then hand back vectors of the vector index's own mixture. A query is
 ``search_text``'s hybrid path up to fusion: :meth:`SearchService.start_signals` (encoding,
-and meanwhile the keyword search and the filter's plans), the vector signals with their
-exact scores of the other signals' candidates, fusion. The page's figures, highlights and
+and meanwhile the keyword search, then the filter's plans on its first use; where the filter
+is ready, the vector searches overlap the keyword search), the vector signals with their exact
+scores of the other signals' candidates, fusion. The page's figures, highlights and
 explanations come from the store, which is not built at 15 M: they cost what they cost at
 1 M (``pmc_scale_1m_onnx_sleeping_r*.json``).
 
@@ -198,11 +199,12 @@ def _one_filter(args: dict[str, Any], name: str, out: Any) -> None:
             """search_text's hybrid path up to fusion (the page's figures are not fetched)."""
             text = f"{texts[i % len(texts)]} {i}"  # never an earlier query's text
             t0 = time.perf_counter()
-            ahead, qvec, cvec = service.start_signals(text, "hybrid", query_flt, use)
+            got = service.start_signals(text, "hybrid", query_flt, use)
             started = _ms(t0)
             t = time.perf_counter()
-            fused = service._fuse(service.signal_results(text, depth, query_flt, use, qvec,
-                                                         cvec, keyword=ahead))
+            fused = service._fuse(service.signal_results(
+                text, depth, query_flt, use, got.qvec, got.cvec, keyword=got.keyword,
+                searched=got.vectors))
             stages = {"start_ms": started, "signals_ms": _ms(t), "total_ms": _ms(t0)}
             if not query_flt.is_empty():
                 allowed = service.columns.allowed(query_flt)
@@ -237,8 +239,9 @@ def _timed_query(service: Any, text: str, flt: Any) -> float:
     not fetched: no store at 15 M)."""
     use, depth = service.fused_signals(), service.settings.fusion_depth
     t0 = time.perf_counter()
-    ahead, qvec, cvec = service.start_signals(text, "hybrid", flt, use)
-    service._fuse(service.signal_results(text, depth, flt, use, qvec, cvec, keyword=ahead))
+    got = service.start_signals(text, "hybrid", flt, use)
+    service._fuse(service.signal_results(text, depth, flt, use, got.qvec, got.cvec,
+                                         keyword=got.keyword, searched=got.vectors))
     return (time.perf_counter() - t0) * 1000
 
 

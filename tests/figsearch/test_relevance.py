@@ -484,3 +484,54 @@ def test_a_crop_of_one_panel_finds_its_figure_with_that_panel(service, relevance
     other = service.search_image(image.crop(panels[0].box), k=5,
                                  flt=FigureFilter(pmcid="PMC5519703"))
     assert other.hits and {h.figure["pmcid"] for h in other.hits} == {"PMC5519703"}
+
+
+def test_a_hybrid_query_searches_its_vector_indexes_while_the_keyword_index_is_searched(service):
+    """Where a query's filter is ready, start_signals searches the keyword index on a pool
+    thread while the request thread searches the vector indexes (each as soon as its encoding
+    is ready), and fusion ranks as when every signal is searched in turn. A filter's first use
+    keeps the sequence (keyword search, then the plans, then the vector searches), and its
+    next query overlaps."""
+    import threading
+
+    from figsearch.store import FigureFilter
+
+    seen: dict[str, set[int]] = {"keyword": set(), "vector": set()}
+
+    class Watched(SearchService):  # the service as it is, noting which thread searched what
+        def _keyword(self, *args, **kwargs):
+            seen["keyword"].add(threading.get_ident())
+            return super()._keyword(*args, **kwargs)
+
+        def _vector_search(self, *args, **kwargs):
+            seen["vector"].add(threading.get_ident())
+            return super()._vector_search(*args, **kwargs)
+
+    svc = Watched(service.store, service.index, service.encoder, service.settings,
+                  captions=service.captions, columns=service.columns, keywords=service.keywords)
+    use, depth = svc.fused_signals(), svc.settings.fusion_depth
+    vector_signals = {s for s in use if s != "keyword"}
+    assert "keyword" in use and vector_signals
+    query = "TREM2 receptor ligands lipids and lipoproteins in microglia"
+    target = _target_ids(svc)[query]
+
+    def fused(flt, got):
+        return svc._fuse(svc.signal_results(query, depth, flt, use, got.qvec, got.cvec,
+                                            keyword=got.keyword, searched=got.vectors)).ids
+
+    got = svc.start_signals(query, "hybrid", FigureFilter(), use)
+    assert set(got.vectors) == vector_signals
+    assert seen["vector"] == {threading.get_ident()}
+    assert seen["keyword"] and threading.get_ident() not in seen["keyword"]
+    in_turn = svc._fuse(svc.signal_results(query, depth, FigureFilter(), use)).ids
+    assert fused(FigureFilter(), got) == in_turn
+    assert in_turn[0] == target
+
+    year = int(service.store.get_figures([target])[target]["year"])
+    flt = FigureFilter(year_from=year, year_to=year)  # never used by this version before
+    first = svc.start_signals(query, "hybrid", flt, use)
+    assert first.vectors is None and first.keyword is not None
+    again = svc.start_signals(query, "hybrid", flt, use)
+    assert set(again.vectors) == vector_signals
+    assert fused(flt, first) == fused(flt, again)
+    assert fused(flt, again)[0] == target
