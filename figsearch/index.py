@@ -16,6 +16,7 @@ A version directory (``<data_dir>/indexes/<version>/``) holds:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -25,6 +26,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,13 @@ IMAGE_BUDGET_SHARE = 0.25
 #: re-ranking recovers the precision instead.
 #: efSearch for plain HNSW indexes (faiss's default of 16 loses recall on clustered data).
 HNSW_EF_SEARCH = 128
+#: OpenMP threads FAISS gives one query's search (0: its default, every core). A served query
+#: is one vector; faiss splits its probed lists over the cores, and the idle threads then spin
+#: at the barrier. On the 2-core machine at 15 M (``OPQ32,IVF65536_HNSW32,PQ32``, top 100
+#: re-ranked) a search took 5.4-6.2 ms on one thread against 5.9-6.7 ms on two, which burned
+#: 10.6-11.5 ms of CPU: the CPU the keyword search and the encodings of the same query need.
+#: Batches of queries (evaluation, builds) keep every core.
+SINGLE_QUERY_THREADS = 1
 #: faiss's bundled type stubs lack the SearchParameters keyword constructors used here.
 _faiss: Any = faiss
 _PQ_M_CHOICES = (64, 48, 32, 16, 8, 4)
@@ -338,10 +347,17 @@ class RowFile:
         view = out.reshape(flat.size, self.shape[1]).data.cast("B")
         # runs of consecutive rows (slices, sorted dense sets) are one read each
         breaks = np.flatnonzero(np.diff(flat) != 1) + 1
-        starts, ends = np.r_[0, breaks].tolist(), np.r_[breaks, flat.size].tolist()
-        for start, end, row in zip(starts, ends, flat[starts].tolist(), strict=True):
-            self._read(fd, view[start * self.row_bytes:end * self.row_bytes],
-                       self.offset + row * self.row_bytes)
+        starts = np.r_[0, breaks]
+        size = self.row_bytes
+        # byte ranges in ``out`` and offsets in the file, as Python ints for the loop below:
+        # re-ranking reads ~1,000 single rows a query, so the loop is kept to one preadv a run
+        begins, stops = (starts * size).tolist(), (np.r_[breaks, flat.size] * size).tolist()
+        offsets = (flat[starts] * size + self.offset).tolist()
+        preadv = os.preadv
+        for begin, stop, offset in zip(begins, stops, offsets, strict=True):
+            into = view[begin:stop]
+            if preadv(fd, [into], offset) != stop - begin:  # a short read: read the rest
+                self._read(fd, into, offset)
         return out
 
     def _read(self, fd: int, into: memoryview, offset: int) -> None:
@@ -413,6 +429,23 @@ def _nlist(index: faiss.Index) -> int | None:
     return int(ivf.nlist) if ivf is not None else None
 
 
+@contextlib.contextmanager
+def query_threads(queries: int) -> Iterator[None]:
+    """FAISS's OpenMP threads on this thread for a search of ``queries`` vectors:
+    :data:`SINGLE_QUERY_THREADS` for one, unchanged for more. OpenMP keeps the count per
+    thread, so request threads do not change each other's, and it is restored afterwards."""
+    want = SINGLE_QUERY_THREADS
+    before = faiss.omp_get_max_threads()
+    if queries != 1 or want <= 0 or want == before:
+        yield
+        return
+    faiss.omp_set_num_threads(want)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def _top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per query, the k best (score, row) pairs in descending score; -1 rows sort last."""
     scores = np.where(rows < 0, -np.inf, scores).astype(np.float32)
@@ -460,6 +493,17 @@ class ExactRows:
         """(scores, row positions) of the best ``k`` rows per query, best first (-1: none)."""
         scores, found = self.index.search(np.ascontiguousarray(q, np.float32), k)
         return np.where(found >= 0, scores, -np.inf).astype(np.float32), found.astype(np.int64)
+
+    def scores(self, q: np.ndarray) -> np.ndarray:
+        """(queries, rows) inner products of every query with every row."""
+        n, q = len(self), np.atleast_2d(q)
+        out = np.full((len(q), n), -np.inf, np.float32)
+        if not n:
+            return out
+        scores, found = self.search(q, n)
+        hit = found >= 0
+        out[np.nonzero(hit)[0], found[hit]] = scores[hit]
+        return out
 
 
 @dataclass
@@ -638,12 +682,14 @@ class SearchIndex:
 
     def exact_scores(self, qvec: np.ndarray, ids: Any) -> tuple[np.ndarray, np.ndarray]:
         """(the ids found in the index, in the given order; their exact inner products with
-        the query from the stored vectors)."""
+        the query from the stored vectors, scored by FAISS as :meth:`_rerank` scores)."""
         arr = np.asarray(ids, np.int64).ravel()
         rows, found = self.rows_for(arr)
         if not found.any():
             return arr[:0], np.zeros(0, np.float32)
-        return arr[found], as_float32(self.vectors[rows[found]]) @ qvec.reshape(-1)
+        with query_threads(1):
+            scores = ExactRows(self.vectors[rows[found]]).scores(qvec.reshape(1, -1))[0]
+        return arr[found], scores
 
     def scores_for(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
         """Exact inner products of the query with the stored vectors of ``ids`` (ids not in
@@ -676,7 +722,7 @@ class SearchIndex:
         if k <= 0 or self.ntotal == 0:
             return _pad(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), max(k, 0))
         fetch = k * max(rerank_factor, 1) if (rerank and self.compressed) else k
-        with timing.stage("search"):
+        with timing.stage("search"), query_threads(len(q)):
             if allowed_ids is None:
                 scores, rows = self._search_rows(q, fetch, None)
             else:
@@ -690,7 +736,7 @@ class SearchIndex:
                 else:
                     scores, rows = self._filtered(q, fetch, sub)
         if fetch > k:
-            with timing.stage("rerank"):
+            with timing.stage("rerank"), query_threads(len(q)):
                 scores, rows = self._rerank(q, rows, k)
         scores, rows = _pad(*_top_k(scores, rows, k), k)
         ids = np.where(rows >= 0, self.ids[rows.clip(0)], -1)
@@ -846,11 +892,15 @@ class SearchIndex:
         return self._exact_short(q, fetch, scores, got, sub)
 
     def _rerank(self, q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact inner products of the candidates from the float16 vectors."""
+        """Exact inner products of the candidates from the stored vectors: each distinct row
+        read once and scored against every query by FAISS (:class:`ExactRows`: float16 rows
+        decoded with SIMD as they are scored), then picked per (query, candidate). Per 1,000
+        candidates of 512 dims at 15 M, the numpy float16 conversion took 1.0-1.5 ms and
+        pairing copies of the query and candidate rows (``einsum``) 2.3 ms."""
         valid = rows >= 0
         uniq, inverse = np.unique(rows[valid], return_inverse=True)
-        cand = as_float32(self.vectors[uniq])
         scores = np.full(rows.shape, -np.inf, np.float32)
-        qi = np.nonzero(valid)[0]
-        scores[valid] = np.einsum("ij,ij->i", q[qi], cand[inverse])
+        if len(uniq):
+            table = ExactRows(self.vectors[uniq]).scores(q)
+            scores[valid] = table[np.nonzero(valid)[0], inverse]
         return _top_k(scores, rows, k)

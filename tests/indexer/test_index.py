@@ -219,6 +219,41 @@ def test_exact_rows_score_like_numpy_without_a_float32_copy(dtype):
     assert sorted(found[0, :3].tolist()) == [0, 1, 2]
     empty = ExactRows(rows[:0])
     assert (empty.search(queries, 2)[1] == -1).all()
+    np.testing.assert_allclose(scorer.scores(queries), want, atol=1e-5)  # every (query, row)
+    assert empty.scores(queries).shape == (5, 0)
+
+
+def test_reranked_and_exact_scores_are_the_stored_vectors_inner_products(built):
+    """Re-ranking and ``exact_scores`` score candidates by FAISS from the float16 rows: the
+    scores are the inner products of the stored vectors, one query alone ranks as in a batch."""
+    idx = SearchIndex.load(built("IVF64,PQ8"), nprobe=64)
+    queries = clustered(3, seed=11)
+    scores, ids = idx.search(queries, 10, rerank=True, rerank_factor=10)
+    for q, row_scores, row_ids in zip(queries, scores, ids, strict=True):
+        np.testing.assert_allclose(row_scores, idx.vectors_for(row_ids) @ q, atol=1e-5)
+        assert (np.diff(row_scores) <= 0).all()
+    alone = idx.search(queries[:1], 10, rerank=True, rerank_factor=10)
+    assert alone[1][0].tolist() == ids[0].tolist()
+    got_ids, got = idx.exact_scores(queries[0], ids[0][::-1])
+    assert got_ids.tolist() == ids[0][::-1].tolist()
+    np.testing.assert_allclose(got, idx.vectors_for(got_ids) @ queries[0], atol=1e-5)
+
+
+def test_one_query_searches_on_one_faiss_thread_and_the_count_is_restored():
+    """OpenMP's thread count is per thread: a single query's search runs on one, a batch keeps
+    the caller's, and the caller's count is back afterwards."""
+    from figsearch.index import query_threads
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        with query_threads(1):
+            assert faiss.omp_get_max_threads() == 1
+        assert faiss.omp_get_max_threads() == 2
+        with query_threads(5):
+            assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def test_rerank_improves_pq_recall(built):
