@@ -234,15 +234,75 @@ def _one_filter(args: dict[str, Any], name: str, out: Any) -> None:
              "unfiltered_p95_ms": round(float(np.percentile(unfiltered, 95)), 2)})
 
 
-def _timed_query(service: Any, text: str, flt: Any) -> float:
-    """ms of ``search_text``'s hybrid path up to fusion for one query (the page's figures are
-    not fetched: no store at 15 M)."""
+def _fused_ids(service: Any, text: str, flt: Any) -> list[int]:
+    """``search_text``'s hybrid path up to fusion for one query (the page's figures are not
+    fetched: no store at 15 M)."""
     use, depth = service.fused_signals(), service.settings.fusion_depth
-    t0 = time.perf_counter()
     got = service.start_signals(text, "hybrid", flt, use)
-    service._fuse(service.signal_results(text, depth, flt, use, got.qvec, got.cvec,
-                                         keyword=got.keyword, searched=got.vectors))
+    return list(service._fuse(service.signal_results(
+        text, depth, flt, use, got.qvec, got.cvec, keyword=got.keyword,
+        searched=got.vectors)).ids)
+
+
+def _fused_ids_in_turn(service: Any, text: str, flt: Any) -> list[int]:
+    """The same query as the service ran it before ``aa25ce2``: the keyword search while the
+    model thread encodes, the filter's plans, then each vector index in turn, with FAISS
+    splitting each search over every core (``figsearch.index.SINGLE_QUERY_THREADS`` 0)."""
+    import figsearch.index
+
+    use, depth = service.fused_signals(), service.settings.fusion_depth
+    text_vector, caption_vector = service._start_text(text), service._start_caption_query(text)
+    keyword = service._keyword(text, depth, flt)
+    service._prepare_filter(flt, use)
+    qvec, cvec = text_vector(), caption_vector()
+    threads, figsearch.index.SINGLE_QUERY_THREADS = figsearch.index.SINGLE_QUERY_THREADS, 0
+    try:
+        return list(service._fuse(service.signal_results(
+            text, depth, flt, use, qvec, cvec, keyword=keyword)).ids)
+    finally:
+        figsearch.index.SINGLE_QUERY_THREADS = threads
+
+
+def _timed_query(service: Any, text: str, flt: Any) -> float:
+    """ms of :func:`_fused_ids` for one query."""
+    t0 = time.perf_counter()
+    _fused_ids(service, text, flt)
     return (time.perf_counter() - t0) * 1000
+
+
+def _overlap_in_process(args: dict[str, Any], out: Any) -> None:
+    """In one process, every filter prepared: ``queries`` rounds of one new query text, unfiltered
+    and with each filter, asked both ways (as the service does now, and as before: in turn,
+    FAISS on every core), which goes first alternating. The same process and texts for both: fresh processes on this VM
+    differ by more than the change (unfiltered p50 57-78 ms between processes)."""
+    from bench.pmc_scale import load_queries
+    from figsearch.store import FigureFilter
+
+    filters = {"unfiltered": FigureFilter(), **_filters(Path(args["keyword_dir"]))}
+    texts = load_queries()
+    ways = {"now": _fused_ids, "before": _fused_ids_in_turn}
+    times: dict[str, list[float]] = {}
+    differ = 0
+    with tempfile.TemporaryDirectory() as scratch:
+        service = _service(args, Path(scratch))
+        service.prepare_filters(list(filters.values()))
+        for i in range(args["warmup"]):
+            _fused_ids(service, f"{texts[i % len(texts)]} {i}", FigureFilter())
+        for i in range(args["warmup"], args["warmup"] + args["queries"]):
+            for name, flt in filters.items():
+                order = list(ways.items()) if i % 2 else list(reversed(ways.items()))
+                got = {}
+                for way, run in order:
+                    t0 = time.perf_counter()
+                    got[way] = run(service, f"{texts[i % len(texts)]} {i}", flt)
+                    times.setdefault(f"{name}_{way}", []).append(_ms(t0))
+                differ += got["now"][:20] != got["before"][:20]
+    figures: dict[str, Any] = {"top20_differ": differ}
+    for key, values in times.items():
+        figures.update({f"{key}_p50_ms": round(float(np.percentile(values, 50)), 1),
+                        f"{key}_p95_ms": round(float(np.percentile(values, 95)), 1),
+                        f"{key}_mean_ms": round(float(np.mean(values)), 1)})
+    out.put(figures)
 
 
 def _probe_every_list(service: Any) -> None:
@@ -366,6 +426,38 @@ def swap(args: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
+def overlap(args: dict[str, Any]) -> dict[str, Any]:
+    """A hybrid query as the service runs it (vector searches overlapping the keyword search,
+    one FAISS thread each) against the same query as it ran before (in turn, FAISS on every
+    core): one process per round, every file read into the page cache first; medians of the
+    rounds."""
+    from bench.pmc_scale import warm_page_cache
+
+    ctx = mp.get_context("spawn")
+    runs = []
+    for _ in range(args["rounds"]):
+        warmed = sum(warm_page_cache(Path(args[key])) for key in (
+            "vector_dir", "keyword_dir", "columns_dir"))
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_overlap_in_process, args=(args, queue))
+        proc.start()
+        runs.append(queue.get(timeout=3600))
+        proc.join()
+    figures: dict[str, Any] = {"page_cache_warmed_mb": warmed}
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        figures[key] = round(float(np.median(values)), 1)
+        figures[f"{key}_runs"] = values
+    names = ["unfiltered", *_filters(Path(args["keyword_dir"]))]
+    print(markdown_table(
+        ["filter", "before: in turn, FAISS on every core, p50 / p95 / mean ms",
+         "now: overlapped, one FAISS thread, p50 / p95 / mean ms"],
+        [[n, *(" / ".join(str(figures[f"{n}_{way}_{stat}_ms"]) for stat in ("p50", "p95", "mean"))
+               for way in ("before", "now"))] for n in names]))
+    print(f"top 20 differing between the two ways: {figures['top20_differ']}")
+    return figures
+
+
 def repeat(args: dict[str, Any]) -> dict[str, Any]:
     """Each filter's first use ``rounds`` times in one process (after every file is read into
     the page cache): steadier than fresh processes on this VM, whose page cache is full at
@@ -423,17 +515,18 @@ def measure(args: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("verb", choices=["prepare", "measure", "repeat", "swap"])
+    ap.add_argument("verb", choices=["prepare", "measure", "repeat", "swap", "overlap"])
     ap.add_argument("--keyword-dir", type=Path, required=True)
     ap.add_argument("--vector-dir", type=Path, required=True)
     ap.add_argument("--columns-dir", type=Path, required=True)
     ap.add_argument("--onnx-encoders", type=Path,
                     help="measure: the ONNX export root (without: queries pay no model)")
-    ap.add_argument("--queries", type=int, default=30, help="measure: queries after the first")
+    ap.add_argument("--queries", type=int, default=30,
+                    help="measure: queries after the first; overlap: query texts a process")
     ap.add_argument("--warmup", type=int, default=5, help="measure: unfiltered queries first")
     ap.add_argument("--repeat", type=int, default=3, help="measure: fresh processes per filter")
     ap.add_argument("--rounds", type=int, default=6,
-                    help="repeat: first uses of each filter in the one process; swap: "
+                    help="repeat: first uses of each filter in the one process; swap, overlap: "
                     "processes")
     ap.add_argument("--name", default="first_filter_15m")
     ap.add_argument("--prepared", action="store_true",
@@ -462,6 +555,14 @@ def main(argv: list[str] | None = None) -> int:
                 "on a version that prepared its predecessor's recent filters before the swap "
                 "(SearchService.prepare_filters), against its first use unprepared; medians "
                 "of --rounds processes")
+    elif args.verb == "overlap":
+        figures = overlap({**params, "rounds": args.rounds})
+        note = ("a default query up to fusion at 15 M (module doc), unfiltered and with each "
+                "filter prepared: its vector searches overlapping the keyword search on one "
+                "FAISS thread each, as the service runs it, against the same query with them "
+                "in turn and FAISS on every core (as before aa25ce2); both in one process per "
+                "round, alternating which goes first; the re-ranking's arithmetic is the same "
+                "in both")
     elif args.verb == "repeat":
         figures = repeat(params)
         note = ("a filtered default query up to fusion at 15 M (module doc): each filter's "
