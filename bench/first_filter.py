@@ -151,8 +151,10 @@ def _service(args: dict[str, Any], scratch: Path) -> Any:
     from figsearch.index import SearchIndex
     from figsearch.keyword_index import KeywordIndex
     from figsearch.search import SearchService
+    from figsearch.serving import one_blas_thread
     from figsearch.store import FigureStore
 
+    one_blas_thread()  # as the API's version loader does
     settings = Settings(data_dir=scratch, query_cache_size=0)
     image = SearchIndex.load(args["vector_dir"], nprobe=settings.nprobe, mmap_index=True)
     caption = SearchIndex.load(args["vector_dir"], nprobe=settings.nprobe, mmap_index=True)

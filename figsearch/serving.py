@@ -66,6 +66,19 @@ class Loaded:
     prepared_filters: int = 0
 
 
+def one_blas_thread() -> None:
+    """Have numpy's BLAS run on the calling thread alone, for the rest of the process.
+
+    A served query's matrix products are small (the page's near-duplicate check multiplies
+    some 40 x 512 rows by their transpose), yet OpenBLAS splits even those over every core, and
+    its idle threads then spin for a while. Five such products 50 ms apart kept a core busy
+    the whole time on the 2-core machine (249 ms of CPU in 250 ms), 21 ms with one thread: CPU
+    the next queries' keyword searches and encodings need."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 class VersionLoader:
     """Opens versions into :class:`Loaded` snapshots; owns the encoders they use.
 
@@ -79,6 +92,7 @@ class VersionLoader:
         self.settings = settings
         self.load_models = load_models
         self.warm_up = warm_up
+        one_blas_thread()
         self._encoders: dict[str, Any] = {}
         self._caption_encoders: dict[str, Any] = {}
         #: "image model"/"caption model" -> why its ONNX export is not used (for the error

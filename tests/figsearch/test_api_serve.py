@@ -63,3 +63,23 @@ def test_an_app_loads_and_warms_its_index_before_it_accepts_requests(small_index
         ready = client.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert client.get("/v1/search", params={"q": "pathway", "mode": "dense"}).status_code == 200
+
+
+def test_a_version_loader_runs_numpys_blas_on_one_thread(tmp_path):
+    """What serves queries multiplies small matrices only; OpenBLAS would split each product
+    over every core and leave its threads spinning, so the loader limits it to one thread."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from figsearch.core.config import Settings
+    from figsearch.serving import VersionLoader
+
+    def blas_threads() -> set[int]:
+        return {int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"}
+
+    limits = threadpool_limits(limits=2, user_api="blas")  # as a fresh process on 2 cores
+    try:
+        assert blas_threads() == {2}
+        VersionLoader(Settings(data_dir=tmp_path), load_models=False)
+        assert blas_threads() == {1}
+    finally:
+        limits.restore_original_limits()
