@@ -77,6 +77,17 @@ def memory(pid: int) -> dict[str, float]:
     return {k: round(v, 1) for k, v in out.items()}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the server's process tree so far (from /proc), threads
+    that only spin included: what a query costs the machine, not only its latency."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in tree_pids(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
+
+
 def measure(data_dir: Path, repo: Path, n: int, settings: dict[str, str] | None = None
             ) -> dict[str, Any]:
     """Start a default server from ``repo`` (plus ``settings``, FIGSEARCH_* values), time ``n``
@@ -97,11 +108,14 @@ def measure(data_dir: Path, repo: Path, n: int, settings: dict[str, str] | None 
         latencies = []
         with httpx.Client(base_url=base, timeout=120) as http:
             for i, text in enumerate(texts):
+                if i == WARM_UP:
+                    cpu_before = cpu_seconds(proc.pid)
                 t0 = time.perf_counter()
                 r = http.get("/v1/search", params={"q": text, "k": 10})
                 r.raise_for_status()
                 if i >= WARM_UP:
                     latencies.append((time.perf_counter() - t0) * 1000)
+            cpu_ms = (cpu_seconds(proc.pid) - cpu_before) * 1000 / max(len(latencies), 1)
             stats = http.get("/v1/stats").json()
         mem = memory(proc.pid)
     finally:
@@ -111,7 +125,8 @@ def measure(data_dir: Path, repo: Path, n: int, settings: dict[str, str] | None 
     return {"repo": str(repo), "encoder_backend": stats["encoder_backend"],
             "signals": stats["signals"], "model_key": stats["model_key"],
             "queries": len(latencies), "p50_ms": round(statistics.median(latencies), 2),
-            "p95_ms": round(cuts[94], 2), "ready_s": round(ready_s, 1), **mem}
+            "p95_ms": round(cuts[94], 2), "server_cpu_ms_per_query": round(cpu_ms, 1),
+            "ready_s": round(ready_s, 1), **mem}
 
 
 def main(argv: list[str] | None = None) -> int:
