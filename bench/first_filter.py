@@ -247,22 +247,16 @@ def _fused_ids(service: Any, text: str, flt: Any) -> list[int]:
 
 
 def _fused_ids_in_turn(service: Any, text: str, flt: Any) -> list[int]:
-    """The same query as the service ran it before ``aa25ce2``: the keyword search while the
-    model thread encodes, the filter's plans, then each vector index in turn, with FAISS
-    splitting each search over every core (``figsearch.index.SINGLE_QUERY_THREADS`` 0)."""
-    import figsearch.index
-
+    """The same query in the order ``start_signals`` kept before ``aa25ce2``: the keyword
+    search while the model thread encodes, the filter's plans, then each vector index in
+    turn."""
     use, depth = service.fused_signals(), service.settings.fusion_depth
     text_vector, caption_vector = service._start_text(text), service._start_caption_query(text)
     keyword = service._keyword(text, depth, flt)
     service._prepare_filter(flt, use)
     qvec, cvec = text_vector(), caption_vector()
-    threads, figsearch.index.SINGLE_QUERY_THREADS = figsearch.index.SINGLE_QUERY_THREADS, 0
-    try:
-        return list(service._fuse(service.signal_results(
-            text, depth, flt, use, qvec, cvec, keyword=keyword)).ids)
-    finally:
-        figsearch.index.SINGLE_QUERY_THREADS = threads
+    return list(service._fuse(service.signal_results(
+        text, depth, flt, use, qvec, cvec, keyword=keyword)).ids)
 
 
 def _timed_query(service: Any, text: str, flt: Any) -> float:
@@ -274,8 +268,8 @@ def _timed_query(service: Any, text: str, flt: Any) -> float:
 
 def _overlap_in_process(args: dict[str, Any], out: Any) -> None:
     """In one process, every filter prepared: ``queries`` rounds of one new query text, unfiltered
-    and with each filter, asked both ways (as the service does now, and as before: in turn,
-    FAISS on every core), which goes first alternating. The same process and texts for both: fresh processes on this VM
+    and with each filter, asked both ways (overlapped as the service does, and in turn as
+    before), which goes first alternating. The same process and texts for both: fresh processes on this VM
     differ by more than the change (unfiltered p50 57-78 ms between processes)."""
     from bench.pmc_scale import load_queries
     from figsearch.store import FigureFilter
@@ -429,10 +423,9 @@ def swap(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def overlap(args: dict[str, Any]) -> dict[str, Any]:
-    """A hybrid query as the service runs it (vector searches overlapping the keyword search,
-    one FAISS thread each) against the same query as it ran before (in turn, FAISS on every
-    core): one process per round, every file read into the page cache first; medians of the
-    rounds."""
+    """A hybrid query as the service runs it (vector searches overlapping the keyword search)
+    against the same query in the order before (in turn): one process per round, every file
+    read into the page cache first; medians of the rounds."""
     from bench.pmc_scale import warm_page_cache
 
     ctx = mp.get_context("spawn")
@@ -452,8 +445,8 @@ def overlap(args: dict[str, Any]) -> dict[str, Any]:
         figures[f"{key}_runs"] = values
     names = ["unfiltered", *_filters(Path(args["keyword_dir"]))]
     print(markdown_table(
-        ["filter", "before: in turn, FAISS on every core, p50 / p95 / mean ms",
-         "now: overlapped, one FAISS thread, p50 / p95 / mean ms"],
+        ["filter", "before: in turn, p50 / p95 / mean ms",
+         "now: overlapped, p50 / p95 / mean ms"],
         [[n, *(" / ".join(str(figures[f"{n}_{way}_{stat}_ms"]) for stat in ("p50", "p95", "mean"))
                for way in ("before", "now"))] for n in names]))
     print(f"top 20 differing between the two ways: {figures['top20_differ']}")
@@ -560,11 +553,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.verb == "overlap":
         figures = overlap({**params, "rounds": args.rounds})
         note = ("a default query up to fusion at 15 M (module doc), unfiltered and with each "
-                "filter prepared: its vector searches overlapping the keyword search on one "
-                "FAISS thread each, as the service runs it, against the same query with them "
-                "in turn and FAISS on every core (as before aa25ce2); both in one process per "
-                "round, alternating which goes first; the re-ranking's arithmetic is the same "
-                "in both")
+                "filter prepared: its vector searches overlapping the keyword search, as the "
+                "service runs it, against the same query with them in turn (the order before "
+                "aa25ce2); both in one process per round, alternating which goes first; both "
+                "ways re-rank as this checkout does")
     elif args.verb == "repeat":
         figures = repeat(params)
         note = ("a filtered default query up to fusion at 15 M (module doc): each filter's "

@@ -16,7 +16,6 @@ A version directory (``<data_dir>/indexes/<version>/``) holds:
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import json
@@ -26,7 +25,6 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,13 +81,6 @@ IMAGE_BUDGET_SHARE = 0.25
 #: re-ranking recovers the precision instead.
 #: efSearch for plain HNSW indexes (faiss's default of 16 loses recall on clustered data).
 HNSW_EF_SEARCH = 128
-#: OpenMP threads FAISS gives one query's search (0: its default, every core). A served query
-#: is one vector; faiss splits its probed lists over the cores, and the idle threads then spin
-#: at the barrier. On the 2-core machine at 15 M (``OPQ32,IVF65536_HNSW32,PQ32``, top 100
-#: re-ranked) a search took 5.4-6.2 ms on one thread against 5.9-6.7 ms on two, which burned
-#: 10.6-11.5 ms of CPU: the CPU the keyword search and the encodings of the same query need.
-#: Batches of queries (evaluation, builds) keep every core.
-SINGLE_QUERY_THREADS = 1
 #: faiss's bundled type stubs lack the SearchParameters keyword constructors used here.
 _faiss: Any = faiss
 _PQ_M_CHOICES = (64, 48, 32, 16, 8, 4)
@@ -429,23 +420,6 @@ def _nlist(index: faiss.Index) -> int | None:
     return int(ivf.nlist) if ivf is not None else None
 
 
-@contextlib.contextmanager
-def query_threads(queries: int) -> Iterator[None]:
-    """FAISS's OpenMP threads on this thread for a search of ``queries`` vectors:
-    :data:`SINGLE_QUERY_THREADS` for one, unchanged for more. OpenMP keeps the count per
-    thread, so request threads do not change each other's, and it is restored afterwards."""
-    want = SINGLE_QUERY_THREADS
-    before = faiss.omp_get_max_threads()
-    if queries != 1 or want <= 0 or want == before:
-        yield
-        return
-    faiss.omp_set_num_threads(want)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
 def _top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per query, the k best (score, row) pairs in descending score; -1 rows sort last."""
     scores = np.where(rows < 0, -np.inf, scores).astype(np.float32)
@@ -687,9 +661,7 @@ class SearchIndex:
         rows, found = self.rows_for(arr)
         if not found.any():
             return arr[:0], np.zeros(0, np.float32)
-        with query_threads(1):
-            scores = ExactRows(self.vectors[rows[found]]).scores(qvec.reshape(1, -1))[0]
-        return arr[found], scores
+        return arr[found], ExactRows(self.vectors[rows[found]]).scores(qvec.reshape(1, -1))[0]
 
     def scores_for(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
         """Exact inner products of the query with the stored vectors of ``ids`` (ids not in
@@ -722,7 +694,7 @@ class SearchIndex:
         if k <= 0 or self.ntotal == 0:
             return _pad(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), max(k, 0))
         fetch = k * max(rerank_factor, 1) if (rerank and self.compressed) else k
-        with timing.stage("search"), query_threads(len(q)):
+        with timing.stage("search"):
             if allowed_ids is None:
                 scores, rows = self._search_rows(q, fetch, None)
             else:
@@ -736,7 +708,7 @@ class SearchIndex:
                 else:
                     scores, rows = self._filtered(q, fetch, sub)
         if fetch > k:
-            with timing.stage("rerank"), query_threads(len(q)):
+            with timing.stage("rerank"):
                 scores, rows = self._rerank(q, rows, k)
         scores, rows = _pad(*_top_k(scores, rows, k), k)
         ids = np.where(rows >= 0, self.ids[rows.clip(0)], -1)

@@ -239,22 +239,6 @@ def test_reranked_and_exact_scores_are_the_stored_vectors_inner_products(built):
     np.testing.assert_allclose(got, idx.vectors_for(got_ids) @ queries[0], atol=1e-5)
 
 
-def test_one_query_searches_on_one_faiss_thread_and_the_count_is_restored():
-    """OpenMP's thread count is per thread: a single query's search runs on one, a batch keeps
-    the caller's, and the caller's count is back afterwards."""
-    from figsearch.index import query_threads
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(2)
-    try:
-        with query_threads(1):
-            assert faiss.omp_get_max_threads() == 1
-        assert faiss.omp_get_max_threads() == 2
-        with query_threads(5):
-            assert faiss.omp_get_max_threads() == 2
-    finally:
-        faiss.omp_set_num_threads(before)
-
 
 def test_rerank_improves_pq_recall(built):
     idx = SearchIndex.load(built("IVF64,PQ8"), nprobe=64)
