@@ -392,27 +392,45 @@ def _swap_in_process(args: dict[str, Any], out: Any) -> None:
     out.put(figures)
 
 
+def _in_fresh_process(args: dict[str, Any], target: Any, *extra: Any,
+                      timeout: float = 3600) -> tuple[dict[str, Any], float]:
+    """``target(args, *extra, queue)`` in a fresh process, after every file is read into the
+    page cache: (what it put on the queue, MB read). The goals are for a warm cache, and this
+    VM pages out what was not touched for a minute (DAMON), so reading once at the start would
+    leave later processes on a cold cache (about 19 GB of this machine's 23)."""
+    from bench.pmc_scale import warm_page_cache
+
+    warmed = sum(warm_page_cache(Path(args[key])) for key in (
+        "vector_dir", "keyword_dir", "columns_dir"))
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(args, *extra, queue))
+    proc.start()
+    result = queue.get(timeout=timeout)
+    proc.join()
+    return result, warmed
+
+
+def _median_of_rounds(args: dict[str, Any], target: Any, digits: int) -> dict[str, Any]:
+    """``target`` in ``rounds`` fresh processes (:func:`_in_fresh_process`): the median of
+    each figure, rounded to ``digits``, and every round's value as ``<figure>_runs``."""
+    runs, warmed = [], 0.0
+    for _ in range(args["rounds"]):
+        run, warmed = _in_fresh_process(args, target)
+        runs.append(run)
+    figures: dict[str, Any] = {"page_cache_warmed_mb": warmed}
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        figures[key] = round(float(np.median(values)), digits)
+        figures[f"{key}_runs"] = values
+    return figures
+
+
 def swap(args: dict[str, Any]) -> dict[str, Any]:
     """A version swap at 15 M: each filter's first query on a version that prepared the
     filters its predecessor answered, against its first use unprepared (one process, every
     file read into the page cache first; ``rounds`` processes, medians)."""
-    from bench.pmc_scale import warm_page_cache
-
-    runs = []
-    ctx = mp.get_context("spawn")
-    for _ in range(args["rounds"]):
-        warm_page_cache_mb = sum(warm_page_cache(Path(args[key])) for key in (
-            "vector_dir", "keyword_dir", "columns_dir"))
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_swap_in_process, args=(args, queue))
-        proc.start()
-        runs.append(queue.get(timeout=3600))
-        proc.join()
-    figures: dict[str, Any] = {"page_cache_warmed_mb": warm_page_cache_mb}
-    for key in runs[0]:
-        values = [r[key] for r in runs]
-        figures[key] = round(float(np.median(values)), 2)
-        figures[f"{key}_runs"] = values
+    figures = _median_of_rounds(args, _swap_in_process, digits=2)
     names = list(_filters(Path(args["keyword_dir"])))
     print(markdown_table(
         ["filter", "first use, unprepared ms", "prepared before the swap ms",
@@ -426,23 +444,7 @@ def overlap(args: dict[str, Any]) -> dict[str, Any]:
     """A hybrid query as the service runs it (vector searches overlapping the keyword search)
     against the same query in the order before (in turn): one process per round, every file
     read into the page cache first; medians of the rounds."""
-    from bench.pmc_scale import warm_page_cache
-
-    ctx = mp.get_context("spawn")
-    runs = []
-    for _ in range(args["rounds"]):
-        warmed = sum(warm_page_cache(Path(args[key])) for key in (
-            "vector_dir", "keyword_dir", "columns_dir"))
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_overlap_in_process, args=(args, queue))
-        proc.start()
-        runs.append(queue.get(timeout=3600))
-        proc.join()
-    figures: dict[str, Any] = {"page_cache_warmed_mb": warmed}
-    for key in runs[0]:
-        values = [r[key] for r in runs]
-        figures[key] = round(float(np.median(values)), 1)
-        figures[f"{key}_runs"] = values
+    figures = _median_of_rounds(args, _overlap_in_process, digits=1)
     names = ["unfiltered", *_filters(Path(args["keyword_dir"]))]
     print(markdown_table(
         ["filter", "before: in turn, p50 / p95 / mean ms",
@@ -458,15 +460,7 @@ def repeat(args: dict[str, Any]) -> dict[str, Any]:
     the page cache): steadier than fresh processes on this VM, whose page cache is full at
     15 M and whose first touches of mapped files vary by tens of ms, at the price of leaving
     out those first touches."""
-    from bench.pmc_scale import warm_page_cache
-
-    warmed = sum(warm_page_cache(Path(args[key])) for key in (
-        "vector_dir", "keyword_dir", "columns_dir"))
-    queue = mp.get_context("spawn").Queue()
-    proc = mp.get_context("spawn").Process(target=_repeat_in_process, args=(args, queue))
-    proc.start()
-    figures = queue.get(timeout=3600)
-    proc.join()
+    figures, warmed = _in_fresh_process(args, _repeat_in_process)
     figures["page_cache_warmed_mb"] = warmed
     print(markdown_table(["filter", "first use p50 ms", "the query after, p50 ms"], [
         [name, figures[f"{name}_first_p50_ms"], figures[f"{name}_after_p50_ms"]]
@@ -475,24 +469,14 @@ def repeat(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(args: dict[str, Any]) -> dict[str, Any]:
-    from bench.pmc_scale import warm_page_cache
-
-    # The goals are for a warm cache: every file is read (about 19 GB of this machine's 23)
-    # before each process. This VM pages out what was not touched for a minute (DAMON), so
-    # reading once at the start would leave the later processes on a cold cache.
     figures: dict[str, Any] = {}
     rows = []
-    ctx = mp.get_context("spawn")
     for name in _filters(Path(args["keyword_dir"])):
         runs = []
         for _ in range(args["repeat"]):
-            figures["page_cache_warmed_mb"] = sum(warm_page_cache(Path(args[key])) for key in (
-                "vector_dir", "keyword_dir", "columns_dir"))
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_one_filter, args=(args, name, queue))
-            proc.start()
-            runs.append(queue.get(timeout=1800))
-            proc.join()
+            run, figures["page_cache_warmed_mb"] = _in_fresh_process(
+                args, _one_filter, name, timeout=1800)
+            runs.append(run)
         r = sorted(runs, key=lambda x: x["first_total_ms"])[len(runs) // 2]
         r["first_total_ms_max"] = max(x["first_total_ms"] for x in runs)
         figures.update({f"{name}_{key}": value for key, value in r.items() if key != "filter"})
