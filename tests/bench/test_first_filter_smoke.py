@@ -60,6 +60,14 @@ def test_first_filter_smoke_times_the_service_and_keeps_to_every_filter(tmp_path
     assert repeated["params"]["rounds"] == 2 and times["unfiltered_p50_ms"] > 0
     for name in ("broad", "mid", "narrow"):
         assert times[f"{name}_first_p50_ms"] > 0 and times[f"{name}_after_p50_ms"] > 0, name
+    _, both = run_bench("first_filter", ["overlap", *dirs, "--rounds", "2", "--queries", "3",
+                                         "--warmup", "1", "--name", "first_filter"], results)
+    ways = both["figures"]
+    assert ways["top20_differ"] == 0  # overlapped and in turn fuse the same lists
+    for name in ("unfiltered", "broad", "mid", "narrow"):
+        for way in ("before", "now"):
+            assert len(ways[f"{name}_{way}_p50_ms_runs"]) == 2, (name, way)
+            assert ways[f"{name}_{way}_p50_ms"] > 0, (name, way)
 
 
 def test_row_reads_smoke_reads_the_same_rows_both_ways(tmp_path: Path) -> None:
