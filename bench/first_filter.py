@@ -42,6 +42,17 @@ swap as the API makes it: the new version prepares the filters the served one an
 (``SearchService.prepare_filters``) before it is swapped in, so their first queries on it cost
 what later ones do. ``measure --touch-all-lists`` also reads the worker's memory after probing
 every inverted list of both vector indexes (every PQ code page touched).
+
+The default caption signal also searches caption passages (``caption_passages``, MaxP:
+:class:`figsearch.caption_index.PassageIndex`), which the runs above leave out. ``passages``
+writes a stand-in passage index beside the vector index (the same index file and vectors, hard
+linked, keyed ``figure id x PASSAGE_SLOTS + 1``: one passage a figure where the JATS corpus has
+3.25) and ``passage-cost`` answers each query with and without it in one process:
+
+    python -m bench.first_filter passages --keyword-dir ... --vector-dir ... --columns-dir ... \\
+        --passages-dir /work/bench-data/passages-15m
+    python -m bench.first_filter passage-cost ... --passages-dir /work/bench-data/passages-15m \\
+        --onnx-encoders ... --rounds 3 --queries 80 --name first_filter_15m_passages
 """
 
 from __future__ import annotations
@@ -111,6 +122,27 @@ def prepare(keyword_dir: Path, vector_dir: Path, columns_dir: Path, seed: int = 
     return info
 
 
+def prepare_passages(vector_dir: Path, passages_dir: Path) -> dict[str, Any]:
+    """Write a stand-in caption-passage index into ``passages_dir``: the vector index's own
+    index file and vectors (hard links: no disk, and the same page cache), its figures keyed as
+    their first passage (``id x PASSAGE_SLOTS + 1``). A query pays what a passage layer costs
+    (its search with re-ranking, every candidate's part keys looked up and read), at one passage
+    a figure where the JATS corpus has 3.25: fewer part rows read than a real layer reads."""
+    from figsearch.caption_index import PASSAGE_SLOTS
+    from figsearch.index import IDS_FILE, INDEX_FILE, VECTORS_FILE
+
+    passages_dir.mkdir(parents=True, exist_ok=False)
+    for name in (INDEX_FILE, VECTORS_FILE):
+        (passages_dir / name).hardlink_to(vector_dir / name)
+    ids = np.load(vector_dir / IDS_FILE)
+    np.save(passages_dir / IDS_FILE, ids.astype(np.int64) * PASSAGE_SLOTS + 1)
+    manifest = json.loads((vector_dir / "manifest.json").read_text())
+    manifest["bench_passages"] = {"standin_for": str(vector_dir), "passages_per_figure": 1}
+    (passages_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    print(f"first_filter: {len(ids):,} stand-in passages in {passages_dir}", file=sys.stderr)
+    return {"passages": len(ids)}
+
+
 def _filters(keyword_dir: Path) -> dict[str, Any]:
     from bench.keyword_scale import filters
 
@@ -173,6 +205,24 @@ def _service(args: dict[str, Any], scratch: Path) -> Any:
     assert columns is not None and keywords is not None
     return SearchService(FigureStore(scratch / "empty.db"), image, encoder, settings,
                          captions=captions, columns=columns, keywords=keywords)
+
+
+def _with_passages(service: Any, passages_dir: Path, scratch: Path) -> Any:
+    """A second service over ``service``'s parts whose caption signal also searches the
+    passages of ``passages_dir`` (MaxP), as a version built with ``caption_passages`` does;
+    the same encoders, on the same model thread."""
+    from figsearch.caption_index import CaptionSignal, PassageIndex
+    from figsearch.index import SearchIndex
+    from figsearch.search import SearchService
+    from figsearch.store import FigureStore
+
+    settings = service.settings
+    parts = SearchIndex.load(passages_dir, nprobe=settings.nprobe, mmap_index=True)
+    captions = CaptionSignal(PassageIndex(service.captions.index, parts),
+                             service.captions.encoder)
+    return SearchService(FigureStore(scratch / "empty.db"), service.index, service.encoder,
+                         settings, captions=captions, columns=service.columns,
+                         keywords=service.keywords)
 
 
 def _one_filter(args: dict[str, Any], name: str, out: Any) -> None:
@@ -294,6 +344,47 @@ def _overlap_in_process(args: dict[str, Any], out: Any) -> None:
                     times.setdefault(f"{name}_{way}", []).append(_ms(t0))
                 differ += got["now"][:20] != got["before"][:20]
     figures: dict[str, Any] = {"top20_differ": differ}
+    for key, values in times.items():
+        figures.update({f"{key}_p50_ms": round(float(np.percentile(values, 50)), 1),
+                        f"{key}_p95_ms": round(float(np.percentile(values, 95)), 1),
+                        f"{key}_mean_ms": round(float(np.mean(values)), 1)})
+    out.put(figures)
+
+
+def _passage_cost_in_process(args: dict[str, Any], out: Any) -> None:
+    """In one process, every filter prepared: ``queries`` rounds of one new query text,
+    unfiltered and with each filter, asked of the service without caption passages and of the
+    same service with them, which goes first alternating; the CPU time of each way too."""
+    from bench.pmc_scale import load_queries
+    from figsearch.store import FigureFilter
+
+    filters = {"unfiltered": FigureFilter(), **_filters(Path(args["keyword_dir"]))}
+    texts = load_queries()
+    times: dict[str, list[float]] = {}
+    cpu: dict[str, float] = {}
+    leaked = 0
+    with tempfile.TemporaryDirectory() as scratch:
+        whole = _service(args, Path(scratch))
+        services = {"whole": whole,
+                    "passages": _with_passages(whole, Path(args["passages_dir"]), Path(scratch))}
+        for service in services.values():
+            service.prepare_filters(list(filters.values()))
+            for i in range(args["warmup"]):
+                _fused_ids(service, f"{texts[i % len(texts)]} {i}", FigureFilter())
+        for i in range(args["warmup"], args["warmup"] + args["queries"]):
+            for name, flt in filters.items():
+                order = list(services.items()) if i % 2 else list(reversed(services.items()))
+                for way, service in order:
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    ids = _fused_ids(service, f"{texts[i % len(texts)]} {i}", flt)
+                    times.setdefault(f"{name}_{way}", []).append(_ms(t0))
+                    cpu[way] = cpu.get(way, 0.0) + time.process_time() - c0
+                    if not flt.is_empty():
+                        allowed = service.columns.allowed(flt)
+                        leaked += int((~allowed.contains(np.asarray(ids, np.int64))).sum())
+    asked = args["queries"] * len(filters)
+    figures: dict[str, Any] = {"outside_filter": leaked, **{
+        f"{way}_cpu_ms_per_query": round(total * 1000 / asked, 1) for way, total in cpu.items()}}
     for key, values in times.items():
         figures.update({f"{key}_p50_ms": round(float(np.percentile(values, 50)), 1),
                         f"{key}_p95_ms": round(float(np.percentile(values, 95)), 1),
@@ -455,6 +546,20 @@ def overlap(args: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
+def passage_cost(args: dict[str, Any]) -> dict[str, Any]:
+    """A default query with and without the caption signal's passage layer: one process per
+    round (every file read into the page cache first), medians of the rounds."""
+    figures = _median_of_rounds(args, _passage_cost_in_process, digits=1)
+    names = ["unfiltered", *_filters(Path(args["keyword_dir"]))]
+    print(markdown_table(
+        ["filter", "whole captions: p50 / p95 / mean ms", "with passages: p50 / p95 / mean ms"],
+        [[n, *(" / ".join(str(figures[f"{n}_{way}_{stat}_ms"]) for stat in ("p50", "p95", "mean"))
+               for way in ("whole", "passages"))] for n in names]))
+    print(f"CPU per query: {figures['whole_cpu_ms_per_query']} ms whole captions, "
+          f"{figures['passages_cpu_ms_per_query']} ms with passages")
+    return figures
+
+
 def repeat(args: dict[str, Any]) -> dict[str, Any]:
     """Each filter's first use ``rounds`` times in one process (after every file is read into
     the page cache): steadier than fresh processes on this VM, whose page cache is full at
@@ -494,7 +599,8 @@ def measure(args: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("verb", choices=["prepare", "measure", "repeat", "swap", "overlap"])
+    ap.add_argument("verb", choices=["prepare", "passages", "measure", "repeat", "swap",
+                                       "overlap", "passage-cost"])
     ap.add_argument("--keyword-dir", type=Path, required=True)
     ap.add_argument("--vector-dir", type=Path, required=True)
     ap.add_argument("--columns-dir", type=Path, required=True)
@@ -514,12 +620,20 @@ def main(argv: list[str] | None = None) -> int:
                     "filters and those the previous version answered")
     ap.add_argument("--touch-all-lists", action="store_true",
                     help="measure: after the queries, probe every list and read RSS again")
+    ap.add_argument("--passages-dir", type=Path,
+                    help="passages: where to write the stand-in passage index; passage-cost: "
+                    "the one to search")
     ap.add_argument("--every-figure-indexed", action="store_true",
                     help="prepare: columns over the vector indexes' ids only (see prepare())")
     args = ap.parse_args(argv)
     if args.verb == "prepare":
         prepare(args.keyword_dir, args.vector_dir, args.columns_dir,
                 every_figure_indexed=args.every_figure_indexed)
+        return 0
+    if args.verb in ("passages", "passage-cost") and args.passages_dir is None:
+        ap.error(f"{args.verb} needs --passages-dir")
+    if args.verb == "passages":
+        prepare_passages(args.vector_dir, args.passages_dir)
         return 0
     params = {"keyword_dir": str(args.keyword_dir), "vector_dir": str(args.vector_dir),
               "columns_dir": str(args.columns_dir), "onnx_encoders": str(args.onnx_encoders or ""),
@@ -541,6 +655,14 @@ def main(argv: list[str] | None = None) -> int:
                 "service runs it, against the same query with them in turn (the order before "
                 "aa25ce2); both in one process per round, alternating which goes first; both "
                 "ways re-rank as this checkout does")
+    elif args.verb == "passage-cost":
+        figures = passage_cost({**params, "rounds": args.rounds,
+                                "passages_dir": str(args.passages_dir)})
+        note = ("a default query up to fusion at 15 M (module doc), unfiltered and with each "
+                "filter prepared, with the caption signal's passage layer (a stand-in: the "
+                "vector index keyed as one passage a figure) and without it; both in one "
+                "process per round, alternating which goes first; CPU of the whole process "
+                "per query")
     elif args.verb == "repeat":
         figures = repeat(params)
         note = ("a filtered default query up to fusion at 15 M (module doc): each filter's "

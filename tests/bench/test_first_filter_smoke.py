@@ -68,6 +68,20 @@ def test_first_filter_smoke_times_the_service_and_keeps_to_every_filter(tmp_path
         for way in ("before", "now"):
             assert len(ways[f"{name}_{way}_p50_ms_runs"]) == 2, (name, way)
             assert ways[f"{name}_{way}_p50_ms"] > 0, (name, way)
+    passages = tmp_path / "passages"  # the vector index keyed as one passage a figure
+    subprocess.run([PYTHON, "-m", "bench.first_filter", "passages", *dirs, "--passages-dir",
+                    str(passages)], cwd=REPO, check=True, capture_output=True, timeout=300)
+    assert np.array_equal(np.load(passages / "ids.npy"), np.load(vec / "ids.npy") * 16 + 1)
+    assert (passages / "vectors.npy").stat().st_ino == (vec / "vectors.npy").stat().st_ino
+    _, cost = run_bench("first_filter", ["passage-cost", *dirs, "--passages-dir", str(passages),
+                                         "--rounds", "1", "--queries", "3", "--warmup", "1",
+                                         "--name", "first_filter"], results)
+    both = cost["figures"]
+    assert both["outside_filter"] == 0  # with passages too, every fused figure keeps to its filter
+    assert both["whole_cpu_ms_per_query"] > 0 and both["passages_cpu_ms_per_query"] > 0
+    for name in ("unfiltered", "broad", "mid", "narrow"):
+        for way in ("whole", "passages"):
+            assert both[f"{name}_{way}_p50_ms"] > 0, (name, way)
 
 
 def test_row_reads_smoke_reads_the_same_rows_both_ways(tmp_path: Path) -> None:
