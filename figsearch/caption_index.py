@@ -275,47 +275,84 @@ class MaxPIndex:
         list, so k parts would name fewer than k figures), kept to ``allowed_ids`` by id
         rather than by a selector over every part of every allowed figure, which at 15 M
         figures would be tens of millions of keys per filtered query. Each candidate is then
-        scored exactly by its best vector (:meth:`scores_for`)."""
+        scored exactly by its best vector (:meth:`scores_for`); the vectors the two searches
+        have just scored exactly (re-ranked) are not read again: a row read costs 2-4 us at
+        15 M, and they are ~300 of the ~4,700 rows a default query reads."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        _s, f_whole = self.whole.search(q, k, allowed_ids, rerank, rerank_factor)
-        _s, k_part = self.parts.search(q, 2 * k, None, rerank, rerank_factor)
+        s_whole, f_whole = self.whole.search(q, k, allowed_ids, rerank, rerank_factor)
+        s_part, k_part = self.parts.search(q, 2 * k, None, rerank, rerank_factor)
+        whole_exact = _scores_exact(self.whole, rerank, rerank_factor)
+        parts_exact = _scores_exact(self.parts, rerank, rerank_factor)
         allowed = None if allowed_ids is None else (
             allowed_ids if isinstance(allowed_ids, AllowedSet)
             else AllowedSet.from_ids(sorted_unique(allowed_ids)))
         out_s = np.full((len(q), k), -np.inf, np.float32)
         out_f = np.full((len(q), k), -1, np.int64)
         for row in range(len(q)):
-            found = k_part[row][k_part[row] >= 0] // self.slots
+            whole_hits, part_hits = f_whole[row] >= 0, k_part[row] >= 0
+            found = k_part[row][part_hits] // self.slots
             if allowed is not None:
                 found = found[allowed.contains(found)]
-            candidates = np.unique(np.concatenate([f_whole[row][f_whole[row] >= 0], found]))
-            best = sorted(self.scores_for(q[row], candidates.tolist()).items(),
-                          key=lambda kv: (-kv[1], kv[0]))[:k]
+            candidates = np.unique(np.concatenate([f_whole[row][whole_hits], found]))
+            scores = self._scores(
+                q[row], candidates.tolist(),
+                _known(f_whole[row][whole_hits], s_whole[row][whole_hits], whole_exact),
+                _known(k_part[row][part_hits], s_part[row][part_hits], parts_exact))
+            best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
             out_f[row, : len(best)] = [f for f, _ in best]
             out_s[row, : len(best)] = [v for _, v in best]
         return out_s, out_f
 
     def scores_for(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
         """Each given figure's best score, whole or part (figures not indexed: none)."""
-        scores: dict[int, float] = self.whole.scores_for(qvec, ids)
-        for fid, (_n, best) in self.best_parts(qvec, sorted(scores)).items():
+        return self._scores(qvec, ids, {}, {})
+
+    def _scores(self, qvec: np.ndarray, ids: list[int], whole_known: dict[int, float],
+                parts_known: dict[int, float]) -> dict[int, float]:
+        """:meth:`scores_for`, given some figures' whole scores and some parts' scores
+        (exact inner products already computed): only the other vectors are read."""
+        read: dict[int, float] = self.whole.scores_for(
+            qvec, [i for i in ids if i not in whole_known])
+        scores = {i: whole_known[i] if i in whole_known else read[i] for i in ids
+                  if i in whole_known or i in read}
+        for fid, (_n, best) in self.best_parts(qvec, sorted(scores), parts_known).items():
             scores[fid] = max(scores[fid], best)
         return scores
 
-    def best_parts(self, qvec: np.ndarray, ids: list[int]) -> dict[int, tuple[int, float]]:
+    def best_parts(self, qvec: np.ndarray, ids: list[int],
+                   known: dict[int, float] | None = None) -> dict[int, tuple[int, float]]:
         """{figure id: (n, score) of its best-scoring part} for the given figures that have
-        parts: one exact product over every possible part key of those figures."""
+        parts: one exact product over every possible part key of those figures (``known``:
+        part keys whose exact scores are already computed, not read again)."""
         if not ids:
             return {}
-        keys, values = self.parts.exact_scores(
-            qvec, part_keys(np.array(sorted(ids), np.int64), self.slots))
+        keys = part_keys(np.array(sorted(ids), np.int64), self.slots)
+        read = keys if not known else keys[~np.isin(keys, np.fromiter(known, np.int64))]
+        found, values = self.parts.exact_scores(qvec, read)
+        pairs = list(zip(np.asarray(found).tolist(), np.asarray(values).tolist(), strict=True))
+        if known:
+            wanted = set(keys.tolist())
+            pairs += [(key, value) for key, value in known.items() if key in wanted]
         out: dict[int, tuple[int, float]] = {}
-        for key, value in zip(np.asarray(keys).tolist(), np.asarray(values).tolist(),
-                              strict=True):
+        for key, value in pairs:
             fid, n = divmod(int(key), self.slots)
-            if value > out.get(fid, (0, float("-inf")))[1]:
+            prev = out.get(fid)
+            if prev is None or value > prev[1] or (value == prev[1] and n < prev[0]):
                 out[fid] = (n, float(value))
         return out
+
+
+def _scores_exact(index: Any, rerank: bool, rerank_factor: int) -> bool:
+    """Whether ``index.search``'s scores are the exact inner products ``scores_for`` gives:
+    a MaxP layer's always are; a compressed index's when its candidates were re-ranked."""
+    if isinstance(index, MaxPIndex):
+        return True
+    return bool(rerank and rerank_factor > 1 and getattr(index, "compressed", False))
+
+
+def _known(ids: np.ndarray, scores: np.ndarray, exact: bool) -> dict[int, float]:
+    """{id: score} of a search's hits when its scores are exact, else nothing."""
+    return dict(zip(ids.tolist(), scores.tolist(), strict=True)) if exact else {}
 
 
 class PassageIndex(MaxPIndex):

@@ -214,3 +214,92 @@ def test_a_versions_codes_fit_its_one_memory_budget(figures, passages_per_figure
         assert codecs == ["SQ8", "SQ8", "SQ8"]
     else:
         assert codecs[0] == "PQ32" and all(int(c.removeprefix("PQ")) >= 16 for c in codecs)
+
+
+class CountedRows:
+    """The index's own row file, counting the rows each read asks for."""
+
+    def __init__(self, rows):
+        self.rows, self.read = rows, 0
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, rows):
+        self.read += int(np.asarray(rows).size)
+        return self.rows[rows]
+
+
+def _maxp_as_read_in_full(maxp, q, k, allowed=None):
+    """What a MaxP search returns when every candidate's vectors are read again: the whole
+    search's figures and the figures of the 2k nearest parts, each scored by ``scores_for``."""
+    _s, whole = maxp.whole.search(q, k, allowed)
+    _s, parts = maxp.parts.search(q, 2 * k)
+    found = parts[0][parts[0] >= 0] // PASSAGE_SLOTS
+    if allowed is not None:
+        found = found[np.isin(found, allowed)]
+    candidates = np.unique(np.concatenate([whole[0][whole[0] >= 0], found])).tolist()
+    best = sorted(maxp.scores_for(q[0], candidates).items(), key=lambda kv: (-kv[1], kv[0]))
+    return best[:k]
+
+
+def test_a_passage_search_reads_no_vector_its_searches_already_scored(tmp_path):
+    """At PQ size a passage search re-ranks the whole captions and the passages from their
+    stored vectors; scoring the candidates by their best vector then reads only the vectors
+    not re-ranked, and ranks exactly as reading them all again would."""
+    from indexer.build import build_version
+
+    rng = np.random.default_rng(3)
+    dim, n = 32, 3000
+    centres = rng.standard_normal((30, dim)).astype(np.float32)
+
+    def unit(count):
+        x = centres[rng.integers(0, 30, count)] + 0.4 * rng.standard_normal((count, dim))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    per_figure = rng.integers(0, 4, n)  # 0-3 passages a figure
+    keys = np.array([passage_key(int(f), p) for f, c in zip(ids, per_figure, strict=True)
+                     for p in range(1, c + 1)], np.int64)
+    versions = {}
+    for name, vectors, rows in (("whole", unit(n), ids), ("parts", unit(len(keys)), keys)):
+        versions[name] = SearchIndex.load(build_version(
+            tmp_path / name, vectors, rows, model_spec="s", model_key="k", factory="IVF16,PQ8"),
+            nprobe=4)
+    maxp = PassageIndex(versions["whole"], versions["parts"])
+    assert maxp.whole.compressed and maxp.parts.compressed
+    allowed = np.sort(rng.choice(ids, n // 3, replace=False))
+    def counting(run, *args):
+        """``run(*args)`` with each index's row reads counted: (its result, {index: rows
+        read})."""
+        counted = {name: CountedRows(index.vectors) for name, index in versions.items()}
+        for name, index in versions.items():
+            index.vectors = counted[name]
+        try:
+            return run(*args), {name: c.read for name, c in counted.items()}
+        finally:
+            for name, index in versions.items():
+                index.vectors = counted[name].rows
+
+    for flt in (None, allowed):
+        maxp.search(unit(1), 20, flt)  # a filter's plan reads its rows once, on first use
+        for q in unit(5)[:, None, :]:
+            expected, in_full = counting(_maxp_as_read_in_full, maxp, q, 20, flt)
+            (scores, found), read = counting(maxp.search, q, 20, flt)
+            assert found[0].tolist() == [f for f, _ in expected]
+            assert scores[0].tolist() == pytest.approx([s for _, s in expected], abs=0)
+            if flt is not None:
+                assert np.isin(found[0], flt).all()
+            # not read again: the whole search's 20 figures, and the 40 nearest passages of
+            # the figures that are candidates (the filter's, when there is one)
+            _s, top_parts = maxp.parts.search(q, 40)
+            kept = top_parts[0] // PASSAGE_SLOTS
+            kept = kept[np.isin(kept, flt)] if flt is not None else kept
+            assert read["whole"] == in_full["whole"] - 20
+            assert read["parts"] == in_full["parts"] - len(kept) > 0
+    # without re-ranking (PQ scores) every candidate vector is read, as before
+    q = unit(1)
+    approx_scores, approx = maxp.search(q, 20, rerank=False)
+    exact = maxp.scores_for(q[0], approx[0].tolist())
+    assert approx_scores[0].tolist() == pytest.approx([exact[f] for f in approx[0].tolist()],
+                                                      abs=0)
