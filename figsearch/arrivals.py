@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from figsearch.datadir import MANIFEST_FILE, list_versions, version_name
+from figsearch.sorted_ids import find_sorted, sorted_union, sorted_unique
 
 COLUMN = "first_version"  # the column file's stem and the vocab key of the history
 
@@ -79,7 +80,7 @@ def _figure_ids(version_dir: Path) -> np.ndarray:
         return np.asarray(np.load(version_dir / "columns" / "ids.npy"), np.int64)
     parts = [np.load(version_dir / rel) for rel in ("ids.npy", "captions/ids.npy")
              if (version_dir / rel).is_file()]
-    return np.unique(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
+    return sorted_union(*parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def _published(version_dir: Path) -> str:
@@ -123,7 +124,8 @@ def first_versions(version_dir: Path, ids: np.ndarray, published: str | None = N
 def _extend(known_ids: np.ndarray, known_codes: np.ndarray, ids: np.ndarray, code: int
             ) -> tuple[np.ndarray, np.ndarray]:
     """The (sorted) known ids plus those of ``ids`` not yet known, which get ``code``."""
-    new = np.setdiff1d(ids, known_ids, assume_unique=False)
+    ids = sorted_unique(ids)
+    new = ids[~find_sorted(known_ids, ids)[1]]
     all_ids = np.concatenate([known_ids, new])
     all_codes = np.concatenate([known_codes, np.full(len(new), code, np.int32)])
     order = np.argsort(all_ids, kind="stable")

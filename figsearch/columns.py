@@ -57,6 +57,7 @@ from figsearch.arrivals import code_dtype, first_versions
 from figsearch.datadir import fsync_path
 from figsearch.licenses import COMMERCIAL_CLASSES
 from figsearch.rights import REUSABLE_CLASSES
+from figsearch.sorted_ids import sorted_unique
 from figsearch.store import FigureFilter, FigureStore
 
 COLUMNS_DIR = "columns"
@@ -216,8 +217,7 @@ class AllowedSet:
     def from_ids(cls, ids: Any, total: int | None = None) -> AllowedSet:
         """A set over sorted unique figure ids (e.g. ``FigureStore.filtered_ids``)."""
         arr = np.asarray(ids, np.int64).ravel()
-        if len(arr) > 1 and not bool(np.all(arr[1:] > arr[:-1])):
-            arr = np.unique(arr)
+        arr = sorted_unique(arr)
         return cls(arr, None, len(arr) if total is None else total)
 
     @classmethod

@@ -35,6 +35,7 @@ import numpy as np
 from figsearch import timing
 from figsearch.columns import AllowedSet, bit_test
 from figsearch.datadir import MANIFEST_FILE
+from figsearch.sorted_ids import find_sorted, sorted_unique
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
@@ -398,21 +399,6 @@ def as_float32(rows: np.ndarray) -> np.ndarray:
         chunk = slice(start, start + _TORCH_GRAIN)
         torch.from_numpy(flat_out[chunk]).copy_(torch.from_numpy(flat_in[chunk]))
     return out
-
-
-def sorted_unique(ids: Any) -> np.ndarray:
-    """``ids`` as a sorted unique int64 array (the store hands ids out so: then no sort)."""
-    arr = np.asarray(ids, np.int64).ravel()
-    return arr if len(arr) < 2 or bool(np.all(arr[1:] > arr[:-1])) else np.unique(arr)
-
-
-def find_sorted(sorted_ids: np.ndarray, ids: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, found mask) of ``ids`` in the sorted array ``sorted_ids``."""
-    ids = np.asarray(ids, np.int64).ravel()
-    if len(sorted_ids) == 0:
-        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
-    pos = np.searchsorted(sorted_ids, ids).clip(0, len(sorted_ids) - 1)
-    return pos.astype(np.int64), np.asarray(sorted_ids[pos] == ids)
 
 
 def _nlist(index: faiss.Index) -> int | None:

@@ -63,6 +63,7 @@ from figsearch.index import (
     read_manifest,
     verify_files,
 )
+from figsearch.sorted_ids import find_sorted, sorted_union
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class IndexDelta:
     @property
     def size(self) -> int:
         """Distinct ids touched (a changed row counts once)."""
-        return int(len(np.union1d(self.remove_ids, self.add_ids)))
+        return int(len(sorted_union(self.remove_ids, self.add_ids)))
 
 
 def family(factory: str) -> str:
@@ -237,12 +238,14 @@ def apply_index_delta(prev_dir: Path, new_dir: Path, delta: IndexDelta) -> dict[
         raise ValueError("duplicate ids in the delta")
     add_vec = (_normalised16(np.asarray(delta.add_vectors).reshape(-1, dim)[order])
                if len(add_ids) else np.zeros((0, dim), np.float16))
-    keep = ~np.isin(prev_ids, np.asarray(delta.remove_ids, np.int64))
+    keep = np.ones(len(prev_ids), bool)  # the previous ids are sorted: found by bisection
+    at, held = find_sorted(prev_ids, delta.remove_ids)
+    keep[at[held]] = False
     kept_ids = prev_ids[keep]
-    if np.isin(add_ids, kept_ids).any():
+    if find_sorted(kept_ids, add_ids)[1].any():
         raise ValueError("the delta adds ids the previous version keeps (a changed row must "
                          "be removed too)")
-    new_ids = np.union1d(kept_ids, add_ids)  # sorted: rows of the new version
+    new_ids = sorted_union(kept_ids, add_ids)  # sorted: rows of the new version
     old_to_new = np.full(len(prev_ids), -1, np.int64)
     old_to_new[keep] = np.searchsorted(new_ids, kept_ids)
     add_new_rows = np.searchsorted(new_ids, add_ids)
@@ -303,7 +306,7 @@ def apply_index_delta(prev_dir: Path, new_dir: Path, delta: IndexDelta) -> dict[
     return {"count": len(new_ids), "dim": dim, "factory": manifest["factory"],
             "checksums": checksums, "stages_s": stages,
             "removed": int((~keep).sum()), "added": len(add_ids),
-            "touched": int(len(np.union1d(prev_ids[~keep], add_ids)))}
+            "touched": int(len(sorted_union(prev_ids[~keep], add_ids)))}
 
 
 def write_sub_manifest(prev_dir: Path, new_dir: Path, result: dict[str, Any], version: str,

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from figsearch.faults import maybe_crash
 from figsearch.imaging import ImageError, open_image, safe_image_path
+from figsearch.sorted_ids import sorted_union
 from indexer.worklist import WorkList, reused_vectors
 
 log = logging.getLogger(__name__)
@@ -342,7 +343,7 @@ def merge_embeddings(wl: WorkList, work_dir: Path, elapsed_s: float = 0.0) -> Em
     """Every rank's encoded shards + the vectors reused from the previous version, by id."""
     start = time.perf_counter()
     ids, vectors, failures = merge_shards(work_dir, wl.digest)
-    got = np.union1d(ids, np.asarray([i for i, _ in failures], np.int64))
+    got = sorted_union(ids, np.asarray([i for i, _ in failures], np.int64))
     if not np.array_equal(got, wl.ids):
         covered = int(np.isin(wl.ids, got).sum())
         raise RuntimeError(f"the shards in {work_dir} cover {covered} of {len(wl.ids)} "

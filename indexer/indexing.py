@@ -42,6 +42,7 @@ from figsearch.index import (
     read_manifest,
 )
 from figsearch.keyword_index import write_or_update_keyword_index
+from figsearch.sorted_ids import sorted_union
 from figsearch.store import FigureStore
 from figsearch.version_data import LABELS_KEY, SHA_FILE, TYPE_SCORES_FILE, TYPES_FILE, type_arrays
 from indexer.build import (
@@ -267,7 +268,7 @@ def build_from_worklist(
         out = captions(version_dir) if captions else {}
         out.update(panels(version_dir))  # after the captions: it writes into captions/
         out.update(words(version_dir))
-        ids = np.union1d(embedded.ids, _caption_ids(version_dir))
+        ids = sorted_union(embedded.ids, _caption_ids(version_dir))
         out.update(run_version_writers(VersionContext(None, version_dir, store,
                                                       np.zeros(0, np.int64), ids)))
         out.update(write_store_indexes(store, version_dir, None, names, progress,
@@ -366,7 +367,7 @@ def plan_image_delta(settings: Settings, wl: WorkList, work_dir: Path, model_key
     if manifest.get("model_key") != model_key:
         return "the previous version was built with another model"
     enc_ids, enc_vecs, failures = merge_shards(work_dir, wl.digest)
-    got = np.union1d(enc_ids, np.asarray([i for i, _ in failures], np.int64))
+    got = sorted_union(enc_ids, np.asarray([i for i, _ in failures], np.int64))
     if not np.array_equal(got, wl.ids):
         raise RuntimeError(f"the shards in {work_dir} cover {int(np.isin(wl.ids, got).sum())} of "
                            f"{len(wl.ids)} work-list figures; rerun the ranks")
@@ -439,13 +440,14 @@ def _build_by_delta(settings: Settings, store: FigureStore, encoder: Any, wl: Wo
         out = captions(version_dir) if captions else {}
         out.update(panels(version_dir))
         out.update(words(version_dir))
-        before = np.union1d(np.load(prev / IDS_FILE), _caption_ids(prev))
-        after = np.union1d(np.load(version_dir / IDS_FILE), _caption_ids(version_dir))
+        before = sorted_union(np.load(prev / IDS_FILE), _caption_ids(prev))
+        after = sorted_union(np.load(version_dir / IDS_FILE), _caption_ids(version_dir))
         changed_captions = (caption_delta.upserted_ids if caption_delta is not None
                             else _caption_ids(version_dir))  # a full caption build: all
-        upserted = np.union1d(delta.add_ids, changed_captions)
+        upserted = sorted_union(delta.add_ids, changed_captions)
         out.update(run_version_writers(VersionContext(
-            prev, version_dir, store, np.setdiff1d(before, after), upserted)))
+            prev, version_dir, store, np.setdiff1d(before, after, assume_unique=True),
+            upserted)))
         out.update(write_store_indexes(store, version_dir, prev, labels, progress,
                                        settings.keyword_shards))
         out.update(onnx_step(settings, encoder, caption_encoder))

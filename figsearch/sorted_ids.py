@@ -1,0 +1,41 @@
+"""Sorted arrays of figure ids (or passage keys): a version's rows are its ids in ascending
+order, and every set of ids the nightly rebuild and the filters compute is kept that way.
+
+These stand in for numpy's set routines on large arrays: numpy 2.4's ``np.unique``, which
+``union1d`` and ``setdiff1d`` (without ``assume_unique``) call, spends about 1 us per element
+on this machine (16.9 s for 15 M ids, sorted or not), where a sort costs 0.05-1.5 s and a
+bisection per id of a small set next to nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def sorted_unique(ids: Any) -> np.ndarray:
+    """``ids`` as a sorted unique int64 array (the store hands ids out so: then no sort)."""
+    arr = np.asarray(ids, np.int64).ravel()
+    return arr if len(arr) < 2 or bool(np.all(arr[1:] > arr[:-1])) else sorted_union(arr)
+
+
+def sorted_union(*arrays: Any) -> np.ndarray:
+    """The sorted distinct values of all ``arrays`` (``np.union1d`` of any number of them).
+    A stable sort merges the already sorted runs that ids come in (the previous version's, the
+    night's) in linear time; repeats are then dropped by comparing neighbours. A nightly
+    delta at 15 M took 18 s to merge one index's ids with ``union1d``."""
+    parts = [np.asarray(a).ravel() for a in arrays]
+    out = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    out.sort(kind="stable")
+    repeats = np.flatnonzero(out[1:] == out[:-1]) + 1
+    return np.delete(out, repeats) if len(repeats) else out
+
+
+def find_sorted(sorted_ids: np.ndarray, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, found mask) of ``ids`` in the sorted array ``sorted_ids``."""
+    ids = np.asarray(ids, np.int64).ravel()
+    if len(sorted_ids) == 0:
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+    pos = np.searchsorted(sorted_ids, ids).clip(0, len(sorted_ids) - 1)
+    return pos.astype(np.int64), np.asarray(sorted_ids[pos] == ids)
