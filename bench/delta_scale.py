@@ -47,7 +47,7 @@ from bench.common import markdown_table, write_result  # noqa: E402
 
 
 def _seconds(t: float) -> float:
-    return round(time.perf_counter() - t, 1)
+    return round(time.perf_counter() - t, 3)
 
 
 def vector_night(vector_dir: Path, out_dir: Path, new: int, changed: int, removed: int,
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         figures.update(keyword_night(args.keyword_dir, Path(tmp), args.new, args.changed,
                                      args.removed, args.seed))
     figures["night_s"] = round(figures["vector_apply_s"] + figures["vector_validate_full_hash_s"]
-                               + figures["keyword_update_s"], 1)
+                               + figures["keyword_update_s"], 3)
     params = {"vector_dir": str(args.vector_dir), "keyword_dir": str(args.keyword_dir),
               "new": args.new, "changed": args.changed, "removed": args.removed,
               "seed": args.seed}
