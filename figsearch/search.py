@@ -567,6 +567,13 @@ class SearchService:
             if prepare is not None:
                 prepare(allowed)
 
+    def filter_prepared(self, flt: FigureFilter) -> bool:
+        """Whether a query with ``flt`` would find its allowed set and every vector index's
+        plan made (nothing is computed). Without filter columns nothing is ever prepared."""
+        if self.columns is None:
+            return True
+        return self._filter_ready(flt, [s for s in ("dense", "caption") if self.signals()[s]])
+
     def recent_filters(self) -> list[FigureFilter]:
         """The filters this service answered most recently, oldest first (at most
         :data:`RECENT_FILTERS`)."""

@@ -34,6 +34,8 @@ from figsearch.datadir import list_versions
 from figsearch.index import IndexLoadError, current_version_dir
 from figsearch.search import ONE_CLICK_FILTERS
 from figsearch.serving import QUERY_BATCH, Loaded, VersionLoader, onnx_root
+from figsearch.shared_filters import FILE as SHARED_FILTERS_FILE
+from figsearch.shared_filters import read_filters, share_filters
 from figsearch.store import FigureFilter, FigureStore
 
 __all__ = ["AppState", "Loaded", "QUERY_BATCH", "onnx_root", "PINNED_VERSIONS"]
@@ -60,6 +62,7 @@ class AppState:
         self.reloads = 0
         self._pinned: OrderedDict[str, Loaded] = OrderedDict()
         self._pinned_lock = threading.Lock()
+        self._shared_mine: list[FigureFilter] = []  # this worker's recent filters when last shared
 
     # -- store ---------------------------------------------------------------------------
     @property
@@ -90,7 +93,7 @@ class AppState:
             if not force and old is not None and old.version_dir == target:
                 self.last_error, self._failed = None, None  # `current` points at what we serve
                 return False
-            carried = [*ONE_CLICK_FILTERS,
+            carried = [*ONE_CLICK_FILTERS, *read_filters(self._shared_filters_path),
                        *(old.service.recent_filters() if old is not None else [])]
             try:
                 # a thread of its own: the OpenMP team that loading and warming up a model
@@ -115,6 +118,7 @@ class AppState:
             return
         if self.current is not None and self.current.version_dir == target:
             self.last_error, self._failed = None, None  # e.g. rolled back to the served version
+            self.share_filters()
             return
         if self._failed == (target, _mtime(target)):
             return  # already failed on this exact version; wait for a new one
@@ -122,6 +126,32 @@ class AppState:
             self.reload()
         except Exception as exc:  # keep serving the old version whatever went wrong
             log.error("cannot load index version %s: %s", target.name, exc)
+
+    @property
+    def _shared_filters_path(self) -> Path:
+        return self.settings.data_dir / SHARED_FILTERS_FILE
+
+    def share_filters(self) -> int:
+        """Merge the filters this worker answered last into the data dir's shared list (when
+        they changed since its last poll), then prepare on the served version the ones other
+        workers put there (:mod:`figsearch.shared_filters`). Returns how many it prepared.
+        Runs on the poll thread, off the request path."""
+        current = self.current
+        if current is None:
+            return 0
+        service = current.service
+        mine = service.recent_filters()
+        if mine != self._shared_mine:
+            shared = share_filters(self._shared_filters_path, mine)
+            self._shared_mine = mine
+        else:
+            shared = read_filters(self._shared_filters_path)
+        missing = [flt for flt in shared if not service.filter_prepared(flt)]
+        if not missing:
+            return 0
+        prepared = service.prepare_filters(missing)
+        self._shared_mine = service.recent_filters()  # preparing made them recent here too
+        return prepared
 
     async def poll_forever(self) -> None:
         """Background task: poll every ``settings.reload_interval_s`` seconds."""

@@ -177,3 +177,66 @@ def test_a_swap_prepares_the_filters_the_old_version_answered(data_dir, tiny_mod
         assert new.service.prepare_filters(many) == RECENT_FILTERS
         assert [new.service.columns.cached(flt) is not None for flt in many] == \
             [False, False] + [True] * RECENT_FILTERS
+
+
+@pytest.mark.slow
+def test_workers_share_the_filters_users_applied_and_a_restart_prepares_them(
+        data_dir, tiny_model_dir):
+    """Two API workers on one data dir (each its own AppState, as uvicorn's workers are): a
+    filter answered by one is prepared by the other at its next poll, and by a restarted
+    worker before it serves; both answer it exactly as a worker that never prepared it."""
+    from sqlalchemy import text
+
+    from figsearch.api.state import AppState
+    from figsearch.search import ONE_CLICK_FILTERS
+    from figsearch.serving import VersionLoader
+    from figsearch.shared_filters import FILE, read_filters
+    from figsearch.store import FigureFilter
+
+    settings = Settings(data_dir=data_dir, model=str(tiny_model_dir), device="cpu",
+                        rate_limit_per_minute=0)
+    states = [AppState(settings), AppState(settings)]
+    try:
+        for state in states:
+            state.reload()
+        one, two = (state.current for state in states)
+        assert one is not None and two is not None
+        with one.service.store.engine.connect() as conn:
+            years = sorted(r[0] for r in conn.execute(text(
+                "SELECT DISTINCT year FROM articles WHERE year IS NOT NULL")))
+        licenses = one.service.store.distinct_values("license_class")
+        filters = [FigureFilter(year_from=years[len(years) // 2]),
+                   FigureFilter(license_class=licenses[0])]
+        for flt in filters:
+            one.service.search_text("signaling pathway", k=5, flt=flt)
+        assert not any(two.service.filter_prepared(flt) for flt in filters)  # never asked
+
+        states[0].poll_once()  # worker one shares what it answered
+        assert read_filters(data_dir / FILE) == [*ONE_CLICK_FILTERS, *filters]
+        assert states[1].share_filters() == len(filters)  # worker two prepares them
+        assert all(two.service.filter_prepared(flt) for flt in filters)
+        assert states[1].share_filters() == 0  # nothing new since
+
+        restarted = AppState(settings)
+        states.append(restarted)
+        restarted.reload()  # its first load, before it serves
+        fresh = restarted.current
+        assert fresh is not None and fresh.prepared_filters == len(ONE_CLICK_FILTERS) + 2
+        cold = VersionLoader(settings, warm_up=False).load(fresh.version_dir, restarted.store)
+        for flt in filters:
+            assert fresh.service.filter_prepared(flt)
+            got = [h.id for h in fresh.service.search_text("signaling pathway", k=8,
+                                                           flt=flt).hits]
+            want = [h.id for h in cold.service.search_text("signaling pathway", k=8,
+                                                           flt=flt).hits]
+            assert got and got == want, flt
+
+        (data_dir / FILE).write_text("{damaged")  # a damaged list costs only the first uses
+        damaged = AppState(settings)
+        states.append(damaged)
+        damaged.reload()
+        assert damaged.current is not None
+        assert damaged.current.prepared_filters == len(ONE_CLICK_FILTERS)
+    finally:
+        for state in states:
+            state.close()
