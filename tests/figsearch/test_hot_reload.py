@@ -21,9 +21,13 @@ from tests.figsearch.api_fixtures import build_index, loaded_app, serve_in_threa
 
 @pytest.fixture()
 def data_dir(small_index_data_dir, tmp_path) -> Path:
-    """A private, mutable copy of the small data dir."""
+    """A private, mutable copy of the small data dir, without the filters other tests' API
+    workers shared through it (figsearch.shared_filters): these tests count what is prepared."""
+    from figsearch.shared_filters import FILE
+
     target = tmp_path / "data"
     shutil.copytree(small_index_data_dir, target, symlinks=True)
+    (target / FILE).unlink(missing_ok=True)
     return target
 
 
