@@ -118,7 +118,10 @@ class AppState:
             return
         if self.current is not None and self.current.version_dir == target:
             self.last_error, self._failed = None, None  # e.g. rolled back to the served version
-            self.share_filters()
+            try:
+                self.share_filters()
+            except Exception as exc:  # a hint: it must never stop the poller
+                log.warning("recent filters not shared: %s", exc)
             return
         if self._failed == (target, _mtime(target)):
             return  # already failed on this exact version; wait for a new one
