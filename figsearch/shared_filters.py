@@ -78,8 +78,23 @@ def read_filters(path: Path) -> list[FigureFilter]:
     except FileNotFoundError:
         return []
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("%s: ignored (%s); the filters users apply will be written again", path, exc)
+        _warn_once(path, exc)
         return []
+
+
+_warned: dict[str, int] = {}  # path -> mtime of the unreadable file last warned about
+
+
+def _warn_once(path: Path, exc: Exception) -> None:
+    """Warn about an unreadable file once, not at every poll of every worker until some
+    worker's new filters replace it."""
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = -1
+    if _warned.get(str(path)) != stamp:
+        _warned[str(path)] = stamp
+        log.warning("%s: ignored (%s); the filters users apply will be written again", path, exc)
 
 
 def _newest(filters: Sequence[FigureFilter]) -> list[FigureFilter]:

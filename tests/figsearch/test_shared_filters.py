@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from figsearch.shared_filters import FILE, KEEP, read_filters, share_filters
 from figsearch.store import FigureFilter
@@ -36,6 +37,10 @@ def test_an_unreadable_file_is_ignored_and_written_again(tmp_path, caplog):
         path.write_text(bad)
         assert read_filters(path) == []
     assert "ignored" in caplog.text
+    caplog.clear()
+    assert read_filters(path) == [] and "ignored" not in caplog.text  # not at every poll
+    os.utime(path, ns=(1, 1))  # the file is written again, still damaged: said again
+    assert read_filters(path) == [] and "ignored" in caplog.text
     assert share_filters(path, [FigureFilter(pmcid="PMC1")]) == [FigureFilter(pmcid="PMC1")]
     assert read_filters(path) == [FigureFilter(pmcid="PMC1")]
 
