@@ -102,6 +102,18 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 log = logging.getLogger("figsearch.search")
 
 
+def newest_filters(filters: Sequence[FigureFilter], keep: int = RECENT_FILTERS
+                   ) -> list[FigureFilter]:
+    """Each filter once, where it came last in ``filters`` (oldest first); the newest
+    ``keep``."""
+    latest: dict[tuple[Any, ...], FigureFilter] = {}
+    for flt in filters:
+        key = dataclasses.astuple(flt)
+        latest.pop(key, None)
+        latest[key] = flt
+    return list(latest.values())[-keep:]
+
+
 class SearchInputError(ValueError):
     """A query the service refuses; the message says what is wrong (API: 4xx)."""
 
@@ -572,7 +584,11 @@ class SearchService:
         plan made (nothing is computed). Without filter columns nothing is ever prepared."""
         if self.columns is None:
             return True
-        return self._filter_ready(flt, [s for s in ("dense", "caption") if self.signals()[s]])
+        return self._filter_ready(flt, self._served_vector_signals())
+
+    def _served_vector_signals(self) -> list[str]:
+        """The vector signals this version serves (a filter plans for each one's index)."""
+        return [s for s in ("dense", "caption") if self.signals()[s]]
 
     def recent_filters(self) -> list[FigureFilter]:
         """The filters this service answered most recently, oldest first (at most
@@ -594,16 +610,11 @@ class SearchService:
         prepared."""
         if self.columns is None:
             return 0
-        signals = [s for s in ("dense", "caption") if self.signals()[s]]
-        latest: dict[tuple[Any, ...], FigureFilter] = {}  # each filter once, where it came last
-        for flt in filters:
-            key = dataclasses.astuple(flt)
-            latest.pop(key, None)
-            latest[key] = flt
+        signals = self._served_vector_signals()
         prepared = 0
         # oldest first, so the newest end up the most recent in every cache; no more than an
         # index keeps plans for (older ones would only be evicted again)
-        for flt in list(latest.values())[-RECENT_FILTERS:]:
+        for flt in newest_filters(filters):
             if self.columns.needs_sql(flt):
                 continue  # a version written before the column it needs: a scan, as above
             try:

@@ -27,13 +27,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from figsearch.search import RECENT_FILTERS, newest_filters
 from figsearch.store import FigureFilter
 
 log = logging.getLogger(__name__)
 
 FILE = "recent_filters.json"
-#: As many as a version's indexes keep plans for (figsearch.search.RECENT_FILTERS).
-KEEP = 8
+#: As many as a version's indexes keep plans for.
+KEEP = RECENT_FILTERS
 
 
 def _as_json(flt: FigureFilter) -> dict[str, Any]:
@@ -97,23 +98,12 @@ def _warn_once(path: Path, exc: Exception) -> None:
         log.warning("%s: ignored (%s); the filters users apply will be written again", path, exc)
 
 
-def _newest(filters: Sequence[FigureFilter]) -> list[FigureFilter]:
-    """Each non-empty filter once, where it came last; the newest :data:`KEEP`."""
-    latest: dict[tuple[Any, ...], FigureFilter] = {}
-    for flt in filters:
-        if flt.is_empty():
-            continue
-        key = dataclasses.astuple(flt)
-        latest.pop(key, None)
-        latest[key] = flt
-    return list(latest.values())[-KEEP:]
-
-
 def share_filters(path: Path, recent: Sequence[FigureFilter]) -> list[FigureFilter]:
     """Merge ``recent`` (this worker's, oldest first) into the file, as the newest; returns
     what the file holds now. A data dir that cannot be written is logged once per call and
     left as it is."""
-    merged = _newest([*read_filters(path), *recent])
+    merged = newest_filters([f for f in [*read_filters(path), *recent] if not f.is_empty()],
+                            KEEP)
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
