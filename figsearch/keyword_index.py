@@ -68,7 +68,7 @@ from tqdm import tqdm
 from figsearch.datadir import fsync_tree
 from figsearch.faults import maybe_crash
 from figsearch.licenses import COMMERCIAL_CLASSES
-from figsearch.sorted_ids import find_sorted, sorted_union
+from figsearch.sorted_ids import kept, sorted_union
 from figsearch.store import FTS_COLUMNS, FigureFilter, FigureStore
 
 KEYWORD_DIR = "keyword"
@@ -339,9 +339,7 @@ def update_keyword_index(previous_version_dir: Path, version_dir: Path, store: F
         added.extend(int(r[0]) for r in rows)
     writers.commit(fault="keyword-committed")
     prev_ids = _ids_of(Path(previous_version_dir))
-    keep = np.ones(len(prev_ids), bool)  # sorted ids: the night's found by bisection
-    at, held = find_sorted(prev_ids, np.fromiter(gone, np.int64, count=len(gone)))
-    keep[at[held]] = False
+    keep = kept(prev_ids, np.fromiter(gone, np.int64, count=len(gone)))
     np.save(out / IDS_FILE, sorted_union(prev_ids[keep], np.asarray(added, np.int64)))
     fsync_tree(out)
     count = writers.count()

@@ -32,6 +32,15 @@ def sorted_union(*arrays: Any) -> np.ndarray:
     return np.delete(out, repeats) if len(repeats) else out
 
 
+def kept(sorted_ids: np.ndarray, gone: Any) -> np.ndarray:
+    """A mask over ``sorted_ids``: False where the id is one of ``gone`` (found by bisection,
+    a few per id of ``gone``, rather than ``np.isin`` over every id)."""
+    keep = np.ones(len(sorted_ids), bool)
+    at, held = find_sorted(sorted_ids, gone)
+    keep[at[held]] = False
+    return keep
+
+
 def find_sorted(sorted_ids: np.ndarray, ids: Any) -> tuple[np.ndarray, np.ndarray]:
     """(positions, found mask) of ``ids`` in the sorted array ``sorted_ids``."""
     ids = np.asarray(ids, np.int64).ravel()

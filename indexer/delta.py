@@ -19,7 +19,7 @@ previous one instead:
    are rewritten by copying the previous version's rows run by run.
 
 Layout choice: the read side is unchanged. Labels stay *row numbers* and ``ids.npy`` stays
-sorted, so :func:`figsearch.index.find_sorted` lookups, the row-aligned files
+sorted, so :func:`figsearch.sorted_ids.find_sorted` lookups, the row-aligned files
 (:mod:`figsearch.version_data`) and readers of older versions all keep working. The price is
 that a delete or an insert in the middle shifts the rows after it: the labels of the kept
 vectors are renumbered (one gather over the n int64 labels, in place in the index read into
@@ -65,7 +65,7 @@ from figsearch.index import (
     read_manifest,
     verify_files,
 )
-from figsearch.sorted_ids import find_sorted, sorted_union
+from figsearch.sorted_ids import find_sorted, kept, sorted_union
 
 log = logging.getLogger(__name__)
 
@@ -277,9 +277,7 @@ def apply_index_delta(prev_dir: Path, new_dir: Path, delta: IndexDelta) -> dict[
         raise ValueError("duplicate ids in the delta")
     add_vec = (_normalised16(np.asarray(delta.add_vectors).reshape(-1, dim)[order])
                if len(add_ids) else np.zeros((0, dim), np.float16))
-    keep = np.ones(len(prev_ids), bool)  # the previous ids are sorted: found by bisection
-    at, held = find_sorted(prev_ids, delta.remove_ids)
-    keep[at[held]] = False
+    keep = kept(prev_ids, delta.remove_ids)
     kept_ids = prev_ids[keep]
     if find_sorted(kept_ids, add_ids)[1].any():
         raise ValueError("the delta adds ids the previous version keeps (a changed row must "

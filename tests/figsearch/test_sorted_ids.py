@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from figsearch.sorted_ids import find_sorted, sorted_union, sorted_unique
+from figsearch.sorted_ids import find_sorted, kept, sorted_union, sorted_unique
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -35,3 +35,12 @@ def test_find_sorted_finds_present_ids_and_flags_the_rest():
     assert found.tolist() == [True, False, True, False, False]
     assert ids[pos[found]].tolist() == [16, 2]
     assert find_sorted(np.zeros(0, np.int64), [1])[1].tolist() == [False]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kept_is_numpys_not_isin_over_sorted_ids(seed):
+    rng = np.random.default_rng(seed)
+    ids = np.unique(rng.integers(0, 500, 200))
+    gone = rng.integers(-10, 510, 40)  # some held, some not, some repeated
+    assert np.array_equal(kept(ids, gone), ~np.isin(ids, gone))
+    assert kept(np.zeros(0, np.int64), gone).shape == (0,)
