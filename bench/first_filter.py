@@ -343,12 +343,7 @@ def _overlap_in_process(args: dict[str, Any], out: Any) -> None:
                     got[way] = run(service, f"{texts[i % len(texts)]} {i}", flt)
                     times.setdefault(f"{name}_{way}", []).append(_ms(t0))
                 differ += got["now"][:20] != got["before"][:20]
-    figures: dict[str, Any] = {"top20_differ": differ}
-    for key, values in times.items():
-        figures.update({f"{key}_p50_ms": round(float(np.percentile(values, 50)), 1),
-                        f"{key}_p95_ms": round(float(np.percentile(values, 95)), 1),
-                        f"{key}_mean_ms": round(float(np.mean(values)), 1)})
-    out.put(figures)
+    out.put({"top20_differ": differ, **_latency_figures(times)})
 
 
 def _passage_cost_in_process(args: dict[str, Any], out: Any) -> None:
@@ -383,13 +378,19 @@ def _passage_cost_in_process(args: dict[str, Any], out: Any) -> None:
                         allowed = service.columns.allowed(flt)
                         leaked += int((~allowed.contains(np.asarray(ids, np.int64))).sum())
     asked = args["queries"] * len(filters)
-    figures: dict[str, Any] = {"outside_filter": leaked, **{
-        f"{way}_cpu_ms_per_query": round(total * 1000 / asked, 1) for way, total in cpu.items()}}
+    out.put({"outside_filter": leaked, **{
+        f"{way}_cpu_ms_per_query": round(total * 1000 / asked, 1) for way, total in cpu.items()},
+        **_latency_figures(times)})
+
+
+def _latency_figures(times: dict[str, list[float]]) -> dict[str, float]:
+    """``<key>_p50_ms``, ``_p95_ms`` and ``_mean_ms`` of each list of query times."""
+    figures: dict[str, float] = {}
     for key, values in times.items():
         figures.update({f"{key}_p50_ms": round(float(np.percentile(values, 50)), 1),
                         f"{key}_p95_ms": round(float(np.percentile(values, 95)), 1),
                         f"{key}_mean_ms": round(float(np.mean(values)), 1)})
-    out.put(figures)
+    return figures
 
 
 def _probe_every_list(service: Any) -> None:
