@@ -231,6 +231,13 @@ class MaxPIndex:
 
     slots = PASSAGE_SLOTS
     what = "parts"
+    #: How deep the parts search re-ranks, as a share of the caller's ``rerank_factor``. Its
+    #: hits only name candidates, and every candidate is then scored exactly by its best
+    #: vector, so its re-ranking decides which parts name figures, not the figures' order.
+    #: Half as deep read 1,000 fewer rows a query (of ~3,600 for the caption signal) and kept
+    #: 0.998-0.999 of the exact MaxP top 20 on clustered passages (docs/scale.md, "Caption
+    #: passages at 15 M").
+    part_rerank_share = 0.5
 
     def __init__(self, whole: Any, parts: SearchIndex) -> None:
         if parts.dim != whole.dim or parts.manifest.get("model_key") != whole.manifest.get(
@@ -272,7 +279,8 @@ class MaxPIndex:
 
         The candidates are the whole search's k figures (filtered by the index itself)
         and the figures of the 2k nearest parts (a figure's parts crowd the top of that
-        list, so k parts would name fewer than k figures), kept to ``allowed_ids`` by id
+        list, so k parts would name fewer than k figures; re-ranked :attr:`part_rerank_share`
+        as deep), kept to ``allowed_ids`` by id
         rather than by a selector over every part of every allowed figure, which at 15 M
         figures would be tens of millions of keys per filtered query. Each candidate is then
         scored exactly by its best vector (:meth:`scores_for`); the vectors the two searches
@@ -280,9 +288,10 @@ class MaxPIndex:
         15 M, and they are ~300 of the ~4,700 rows a default query reads."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         s_whole, f_whole = self.whole.search(q, k, allowed_ids, rerank, rerank_factor)
-        s_part, k_part = self.parts.search(q, 2 * k, None, rerank, rerank_factor)
+        part_factor = self.part_rerank_factor(rerank_factor)
+        s_part, k_part = self.parts.search(q, 2 * k, None, rerank, part_factor)
         whole_exact = _scores_exact(self.whole, rerank, rerank_factor)
-        parts_exact = _scores_exact(self.parts, rerank, rerank_factor)
+        parts_exact = _scores_exact(self.parts, rerank, part_factor)
         allowed = None if allowed_ids is None else (
             allowed_ids if isinstance(allowed_ids, AllowedSet)
             else AllowedSet.from_ids(sorted_unique(allowed_ids)))
@@ -302,6 +311,11 @@ class MaxPIndex:
             out_f[row, : len(best)] = [f for f, _ in best]
             out_s[row, : len(best)] = [v for _, v in best]
         return out_s, out_f
+
+    def part_rerank_factor(self, rerank_factor: int) -> int:
+        """The parts search's re-ranking factor for a search re-ranking ``rerank_factor``
+        deep (:attr:`part_rerank_share` of it, at least 1: none)."""
+        return max(1, int(rerank_factor * self.part_rerank_share))
 
     def scores_for(self, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
         """Each given figure's best score, whole or part (figures not indexed: none)."""
