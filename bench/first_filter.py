@@ -207,10 +207,13 @@ def _service(args: dict[str, Any], scratch: Path) -> Any:
                          captions=captions, columns=columns, keywords=keywords)
 
 
-def _with_passages(service: Any, passages_dir: Path, scratch: Path) -> Any:
+def _with_passages(service: Any, passages_dir: Path, scratch: Path,
+                   part_rerank_share: float | None = None) -> Any:
     """A second service over ``service``'s parts whose caption signal also searches the
     passages of ``passages_dir`` (MaxP), as a version built with ``caption_passages`` does;
-    the same encoders, on the same model thread."""
+    the same encoders, on the same model thread. ``part_rerank_share``: how deep its passage
+    search re-ranks instead of the product's :attr:`~figsearch.caption_index.MaxPIndex.
+    part_rerank_share`."""
     from figsearch.caption_index import CaptionSignal, PassageIndex
     from figsearch.index import SearchIndex
     from figsearch.search import SearchService
@@ -218,8 +221,10 @@ def _with_passages(service: Any, passages_dir: Path, scratch: Path) -> Any:
 
     settings = service.settings
     parts = SearchIndex.load(passages_dir, nprobe=settings.nprobe, mmap_index=True)
-    captions = CaptionSignal(PassageIndex(service.captions.index, parts),
-                             service.captions.encoder)
+    layer = PassageIndex(service.captions.index, parts)
+    if part_rerank_share is not None:
+        layer.part_rerank_share = part_rerank_share
+    captions = CaptionSignal(layer, service.captions.encoder)
     return SearchService(FigureStore(scratch / "empty.db"), service.index, service.encoder,
                          settings, captions=captions, columns=service.columns,
                          keywords=service.keywords)
@@ -349,7 +354,8 @@ def _overlap_in_process(args: dict[str, Any], out: Any) -> None:
 def _passage_cost_in_process(args: dict[str, Any], out: Any) -> None:
     """In one process, every filter prepared: ``queries`` rounds of one new query text,
     unfiltered and with each filter, asked of the service without caption passages and of the
-    same service with them, which goes first alternating; the CPU time of each way too."""
+    same service with them (and, given ``compare_share``, with them re-ranked that share of
+    the depth instead), which goes first rotating; the CPU time of each way too."""
     from bench.pmc_scale import load_queries
     from figsearch.store import FigureFilter
 
@@ -362,14 +368,17 @@ def _passage_cost_in_process(args: dict[str, Any], out: Any) -> None:
         whole = _service(args, Path(scratch))
         services = {"whole": whole,
                     "passages": _with_passages(whole, Path(args["passages_dir"]), Path(scratch))}
+        if args.get("compare_share") is not None:
+            services[_share_way(args["compare_share"])] = _with_passages(
+                whole, Path(args["passages_dir"]), Path(scratch), args["compare_share"])
         for service in services.values():
             service.prepare_filters(list(filters.values()))
             for i in range(args["warmup"]):
                 _fused_ids(service, f"{texts[i % len(texts)]} {i}", FigureFilter())
         for i in range(args["warmup"], args["warmup"] + args["queries"]):
             for name, flt in filters.items():
-                order = list(services.items()) if i % 2 else list(reversed(services.items()))
-                for way, service in order:
+                ways = list(services.items())
+                for way, service in ways[i % len(ways):] + ways[: i % len(ways)]:
                     c0, t0 = time.process_time(), time.perf_counter()
                     ids = _fused_ids(service, f"{texts[i % len(texts)]} {i}", flt)
                     times.setdefault(f"{name}_{way}", []).append(_ms(t0))
@@ -381,6 +390,11 @@ def _passage_cost_in_process(args: dict[str, Any], out: Any) -> None:
     out.put({"outside_filter": leaked, **{
         f"{way}_cpu_ms_per_query": round(total * 1000 / asked, 1) for way, total in cpu.items()},
         **_latency_figures(times)})
+
+
+def _share_way(share: float) -> str:
+    """The name of the way that re-ranks passages ``share`` of the depth."""
+    return f"passages_share_{share:g}"
 
 
 def _latency_figures(times: dict[str, list[float]]) -> dict[str, float]:
@@ -552,12 +566,15 @@ def passage_cost(args: dict[str, Any]) -> dict[str, Any]:
     round (every file read into the page cache first), medians of the rounds."""
     figures = _median_of_rounds(args, _passage_cost_in_process, digits=1)
     names = ["unfiltered", *_filters(Path(args["keyword_dir"]))]
+    ways = ["whole", "passages"]
+    if args.get("compare_share") is not None:
+        ways.append(_share_way(args["compare_share"]))
     print(markdown_table(
-        ["filter", "whole captions: p50 / p95 / mean ms", "with passages: p50 / p95 / mean ms"],
+        ["filter", *(f"{way}: p50 / p95 / mean ms" for way in ways)],
         [[n, *(" / ".join(str(figures[f"{n}_{way}_{stat}_ms"]) for stat in ("p50", "p95", "mean"))
-               for way in ("whole", "passages"))] for n in names]))
-    print(f"CPU per query: {figures['whole_cpu_ms_per_query']} ms whole captions, "
-          f"{figures['passages_cpu_ms_per_query']} ms with passages")
+               for way in ways)] for n in names]))
+    print("CPU per query: " + ", ".join(
+        f"{way} {figures[f'{way}_cpu_ms_per_query']} ms" for way in ways))
     return figures
 
 
@@ -624,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--passages-dir", type=Path,
                     help="passages: where to write the stand-in passage index; passage-cost: "
                     "the one to search")
+    ap.add_argument("--compare-share", type=float,
+                    help="passage-cost: also answer each query with the passages re-ranked "
+                    "this share of the depth (MaxPIndex.part_rerank_share; 1 = as deep as "
+                    "the whole captions)")
     ap.add_argument("--every-figure-indexed", action="store_true",
                     help="prepare: columns over the vector indexes' ids only (see prepare())")
     args = ap.parse_args(argv)
@@ -658,12 +679,14 @@ def main(argv: list[str] | None = None) -> int:
                 "ways re-rank as this checkout does")
     elif args.verb == "passage-cost":
         figures = passage_cost({**params, "rounds": args.rounds,
-                                "passages_dir": str(args.passages_dir)})
+                                "passages_dir": str(args.passages_dir),
+                                "compare_share": args.compare_share})
         note = ("a default query up to fusion at 15 M (module doc), unfiltered and with each "
                 "filter prepared, with the caption signal's passage layer (a stand-in: the "
-                "vector index keyed as one passage a figure) and without it; both in one "
-                "process per round, alternating which goes first; CPU of the whole process "
-                "per query")
+                "vector index keyed as one passage a figure) and without it (and with "
+                "--compare-share, with the passages re-ranked that share of the depth); all "
+                "in one process per round, rotating which goes first; CPU of the whole "
+                "process per query")
     elif args.verb == "repeat":
         figures = repeat(params)
         note = ("a filtered default query up to fusion at 15 M (module doc): each filter's "
