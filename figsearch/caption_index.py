@@ -234,9 +234,10 @@ class MaxPIndex:
     #: How deep the parts search re-ranks, as a share of the caller's ``rerank_factor``. Its
     #: hits only name candidates, and every candidate is then scored exactly by its best
     #: vector, so its re-ranking decides which parts name figures, not the figures' order.
-    #: Half as deep read 1,000 fewer rows a query (of ~3,600 for the caption signal) and kept
-    #: 0.998-0.999 of the exact MaxP top 20 on clustered passages (docs/scale.md, "Caption
-    #: passages at 15 M").
+    #: Half as deep reads 1,000 fewer rows a query (of ~3,600 for the caption signal) and, on
+    #: clustered synthetic passages, keeps the exact MaxP top 20 as well as full depth does
+    #: (1.000 / 0.999 at 300 k / 1 M figures) and 0.997 / 0.995 of the top 100 (full depth:
+    #: 0.999 / 0.998; bench/passage_rerank.py, docs/scale.md "Caption passages at 15 M").
     part_rerank_share = 0.5
 
     def __init__(self, whole: Any, parts: SearchIndex) -> None:
