@@ -26,6 +26,8 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,20 @@ class CountedRows:
         return self.rows[rows]  # type: ignore[no-any-return]
 
 
+@contextmanager
+def counted_rows(indexes: Mapping[str, Any]) -> Iterator[dict[str, CountedRows]]:
+    """Each index's row file swapped for a :class:`CountedRows` over it while the block
+    runs (put back after): {name: its counter}."""
+    counted = {name: CountedRows(index.vectors) for name, index in indexes.items()}
+    for name, index in indexes.items():
+        index.vectors = counted[name]
+    try:
+        yield counted
+    finally:
+        for name, index in indexes.items():
+            index.vectors = counted[name].rows
+
+
 def pq16_factory(n: int) -> str:
     """The IVF-PQ16 family 15 M captions and their passages get, at this size."""
     lists = ivf_lists(n)
@@ -122,23 +138,19 @@ def measure_share(layer: PassageIndex, data: PassageData, truth: np.ndarray, sha
                   rerank_factor: int) -> dict[str, Any]:
     """Overlap with the exact top 20 / top 100, rows read and time per query at ``share``."""
     layer.part_rerank_share = share
-    counters = [CountedRows(layer.whole.vectors), CountedRows(layer.parts.vectors)]
-    layer.whole.vectors, layer.parts.vectors = counters
     at20 = at100 = 0.0
     times = []
-    try:
+    with counted_rows({"whole": layer.whole, "parts": layer.parts}) as counted:
         for q, want in zip(data.queries, truth, strict=True):
             t0 = time.perf_counter()
             _s, found = layer.search(q[None, :], K, rerank_factor=rerank_factor)
             times.append((time.perf_counter() - t0) * 1000)
             at20 += len(set(found[0, :20].tolist()) & set(want[:20].tolist())) / 20
             at100 += len(set(found[0].tolist()) & set(want.tolist())) / K
-    finally:
-        layer.whole.vectors, layer.parts.vectors = (c.rows for c in counters)
     nq = len(data.queries)
     return {"share": share, "part_rerank_factor": layer.part_rerank_factor(rerank_factor),
             "recall_at_20": round(at20 / nq, 4), "recall_at_100": round(at100 / nq, 4),
-            "rows_per_query": round(sum(c.read for c in counters) / nq, 1),
+            "rows_per_query": round(sum(c.read for c in counted.values()) / nq, 1),
             "p50_ms": round(float(np.percentile(times, 50)), 2)}
 
 

@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 
+from bench.passage_rerank import counted_rows
 from figsearch.caption_index import (
     PASSAGE_SLOTS,
     CaptionEncoder,
@@ -216,20 +217,6 @@ def test_a_versions_codes_fit_its_one_memory_budget(figures, passages_per_figure
         assert codecs[0] == "PQ32" and all(int(c.removeprefix("PQ")) >= 16 for c in codecs)
 
 
-class CountedRows:
-    """The index's own row file, counting the rows each read asks for."""
-
-    def __init__(self, rows):
-        self.rows, self.read = rows, 0
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, rows):
-        self.read += int(np.asarray(rows).size)
-        return self.rows[rows]
-
-
 def _maxp_as_read_in_full(maxp, q, k, allowed=None):
     """What a MaxP search returns when every candidate's vectors are read again: the whole
     search's figures and the figures of the 2k nearest parts, each scored by ``scores_for``."""
@@ -272,14 +259,9 @@ def _pq_passage_index(tmp_path, n=3000, dim=32, seed=3):
 
 def _counting(versions, run, *args):
     """``run(*args)`` with each index's row reads counted: (its result, {index: rows read})."""
-    counted = {name: CountedRows(index.vectors) for name, index in versions.items()}
-    for name, index in versions.items():
-        index.vectors = counted[name]
-    try:
-        return run(*args), {name: c.read for name, c in counted.items()}
-    finally:
-        for name, index in versions.items():
-            index.vectors = counted[name].rows
+    with counted_rows(versions) as counted:
+        result = run(*args)
+    return result, {name: c.read for name, c in counted.items()}
 
 
 def test_a_passage_search_reads_no_vector_its_searches_already_scored(tmp_path):
@@ -289,15 +271,11 @@ def test_a_passage_search_reads_no_vector_its_searches_already_scored(tmp_path):
     maxp, versions, ids, unit = _pq_passage_index(tmp_path)
     rng = np.random.default_rng(4)
     allowed = np.sort(rng.choice(ids, len(ids) // 3, replace=False))
-
-    def counting(run, *args):
-        return _counting(versions, run, *args)
-
     for flt in (None, allowed):
         maxp.search(unit(1), 20, flt)  # a filter's plan reads its rows once, on first use
         for q in unit(5)[:, None, :]:
-            expected, in_full = counting(_maxp_as_read_in_full, maxp, q, 20, flt)
-            (scores, found), read = counting(maxp.search, q, 20, flt)
+            expected, in_full = _counting(versions, _maxp_as_read_in_full, maxp, q, 20, flt)
+            (scores, found), read = _counting(versions, maxp.search, q, 20, flt)
             assert found[0].tolist() == [f for f, _ in expected]
             assert scores[0].tolist() == pytest.approx([s for _, s in expected], abs=0)
             if flt is not None:
