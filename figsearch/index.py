@@ -35,7 +35,7 @@ import numpy as np
 from figsearch import timing
 from figsearch.columns import AllowedSet, bit_test
 from figsearch.datadir import MANIFEST_FILE
-from figsearch.sorted_ids import find_sorted, sorted_unique
+from figsearch.sorted_ids import compact_ids, find_sorted, sorted_unique
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
@@ -595,7 +595,7 @@ class SearchIndex:
             )
         if index.ntotal and vectors.shape[1] != index.d:
             raise IndexLoadError(f"index version {version_dir.name}: vector dim mismatch")
-        out = cls(version_dir, manifest, index, ids.astype(np.int64), vectors, nprobe)
+        out = cls(version_dir, manifest, index, compact_ids(ids), vectors, nprobe)
         out.set_nprobe(nprobe)
         return out
 

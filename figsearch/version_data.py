@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from figsearch.sorted_ids import find_sorted
 from figsearch.store import FigureFilter, FigureStore
 
 SHA_FILE = "sha256.npy"
@@ -70,15 +71,11 @@ class VersionTypes:
         scores = np.load(Path(version_dir) / TYPE_SCORES_FILE)
         if not len(codes) == len(scores) == len(ids):
             raise ValueError(f"{version_dir}: figure types for {len(codes)} rows, ids for {len(ids)}")
-        return cls(tuple(manifest.get(LABELS_KEY, [])), np.asarray(ids, np.int64), codes, scores)
+        return cls(tuple(manifest.get(LABELS_KEY, [])), ids, codes, scores)
 
     def lookup(self, fig_ids: np.ndarray) -> list[tuple[str | None, float | None]]:
         """(type, score) per figure id; (None, None) for ids not in the version."""
-        fig_ids = np.asarray(fig_ids, np.int64)
-        if len(self.ids) == 0:
-            return [(None, None)] * len(fig_ids)
-        pos = np.searchsorted(self.ids, fig_ids).clip(0, len(self.ids) - 1)
-        found = self.ids[pos] == fig_ids
+        pos, found = find_sorted(self.ids, fig_ids)
         return [
             (self.names[int(self.codes[p])], float(self.scores[p])) if ok and self.codes[p] >= 0
             else (None, None)
@@ -89,7 +86,7 @@ class VersionTypes:
         """Sorted figure ids of one type (empty for a type the version does not have)."""
         if name not in self.names:
             return np.zeros(0, np.int64)
-        return self.ids[self.codes == self.names.index(name)]
+        return self.ids[self.codes == self.names.index(name)].astype(np.int64)
 
     def present(self) -> list[str]:
         """Types that at least one figure of the version has, sorted."""
