@@ -29,7 +29,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import markdown_table, write_result  # noqa: E402
-from figsearch.index import INDEX_FILE, SearchIndex, choose_factory, ivf_lists  # noqa: E402
+from figsearch.index import (  # noqa: E402
+    INDEX_FILE,
+    SearchIndex,
+    choose_factory,
+    coarse_quantizer,
+    ivf_lists,
+)
 from indexer.build import build_version  # noqa: E402
 
 K = 10
@@ -75,13 +81,13 @@ def families(n: int, dim: int, max_nlist: int, memory_gb: float,
     ``IVF-PQ<m>`` for each PQ code size in ``pq_sizes`` (bytes per vector: what a smaller RAM
     budget makes the rule pick)."""
     k = min(ivf_lists(n), max_nlist)
-    coarse = f"IVF{k}_HNSW32" if k >= 4096 else f"IVF{k}"
+    coarse = coarse_quantizer(k)
     m = 64 if dim >= 512 else max(dim // 8, 1)  # 8-d sub-vectors, PQ64 at 512-d
     out = {
         "Flat": "Flat",
         "IVF-Flat": f"{coarse},Flat",
         "IVF-PQ": f"{coarse},PQ{m}",
-        "OPQ-IVF-HNSW-PQ": f"OPQ{m},IVF{k}_HNSW32,PQ{m}",
+        "OPQ-IVF-HNSW-PQ": f"OPQ{m},IVF{k}(HNSW32_SQfp16),PQ{m}",  # what the rule picks at 10 M
         "rule": choose_factory(n, dim, memory_gb),
     }
     out.update({f"IVF-PQ{size}": f"{coarse},PQ{size}" for size in pq_sizes})

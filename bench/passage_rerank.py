@@ -40,7 +40,7 @@ if __package__ in (None, ""):
 from bench.ann import mixture  # noqa: E402
 from bench.common import markdown_table, write_result  # noqa: E402
 from figsearch.caption_index import PASSAGE_SLOTS, PassageIndex  # noqa: E402
-from figsearch.index import SearchIndex, ivf_lists  # noqa: E402
+from figsearch.index import SearchIndex, coarse_quantizer, ivf_lists  # noqa: E402
 from indexer.build import build_version  # noqa: E402
 
 K = 100  # what the default query fetches per signal (fusion_depth)
@@ -130,8 +130,7 @@ def counted_rows(indexes: Mapping[str, Any]) -> Iterator[dict[str, CountedRows]]
 
 def pq16_factory(n: int) -> str:
     """The IVF-PQ16 family 15 M captions and their passages get, at this size."""
-    lists = ivf_lists(n)
-    return f"IVF{lists}_HNSW32,PQ16" if lists >= 4096 else f"IVF{lists},PQ16"
+    return f"{coarse_quantizer(ivf_lists(n))},PQ16"
 
 
 def measure_share(layer: PassageIndex, data: PassageData, truth: np.ndarray, share: float,

@@ -150,8 +150,10 @@ class IndexDelta:
 def family(factory: str) -> str:
     """A factory string with its sizes taken out (``IVF4096_HNSW32,SQ8`` -> ``IVF_HNSW,SQ``):
     a delta keeps the previous version's trained index, whose list count was chosen for the
-    size it was trained at."""
-    return re.sub(r"\d+", "", factory)
+    size it was trained at. How an HNSW coarse quantizer stores its centroids is not part of
+    it: a version built before they were float16 (``IVF4096_HNSW32``) still takes deltas, and
+    the next full build brings the smaller quantizer."""
+    return re.sub(r"\d+", "", re.sub(r"\(HNSW(\d*)_SQfp16\)", r"_HNSW\1", factory))
 
 
 def row_file_names(manifest: dict[str, Any]) -> list[str]:

@@ -164,6 +164,9 @@ def test_deltas_chain_and_count_changes_since_training(tmp_path):
     assert "since the index was trained" in str(
         delta_allowed(m, N // 5, model_key="k", dim=DIM, factory="IVF32,Flat"))
     assert family("OPQ64,IVF65536_HNSW32,PQ64") == family("OPQ32,IVF4096_HNSW32,PQ32")
+    # a version from before the float16 centroids still takes the rule's deltas
+    assert family("OPQ32,IVF65536_HNSW32,PQ32") == family("OPQ16,IVF65536(HNSW32_SQfp16),PQ16")
+    assert family("IVF4096(HNSW32_SQfp16),SQ8") != family("IVF4096,SQ8")
 
 
 def test_a_delta_missing_a_row_file_is_refused(tmp_path):

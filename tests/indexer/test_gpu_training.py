@@ -99,8 +99,9 @@ def one_torch_thread():
 
 
 def test_rule_families_are_the_six_known_ones():
-    assert sorted(rule_families()) == ["Flat", "IVF32,Flat", "IVF32,PQ8x4", "IVF32_HNSW32,PQ8x4",
-                                       "IVF32_HNSW32,SQ8", "OPQ8,IVF32_HNSW32,PQ8x4"]
+    assert sorted(rule_families()) == ["Flat", "IVF32(HNSW32_SQfp16),PQ8x4",
+                                       "IVF32(HNSW32_SQfp16),SQ8", "IVF32,Flat", "IVF32,PQ8x4",
+                                       "OPQ8,IVF32(HNSW32_SQfp16),PQ8x4"]
 
 
 @pytest.fixture(scope="module")

@@ -50,15 +50,15 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 def test_rule_picks_flat_ivf_pq_and_opq_by_size_and_budget():
     assert choose_factory(10_000, 512, 16) == "Flat"
     # from 500k on: SQ8 codes re-ranked from the float16 vectors, not 2 GB of float32 lists
-    assert choose_factory(1_000_000, 512, 16) == "IVF4096_HNSW32,SQ8"
-    assert choose_factory(1_000_000, 512, 1) == "IVF4096_HNSW32,SQ8"  # 512 MiB of codes fit
+    assert choose_factory(1_000_000, 512, 16) == "IVF4096(HNSW32_SQfp16),SQ8"
+    assert choose_factory(1_000_000, 512, 1) == "IVF4096(HNSW32_SQfp16),SQ8"  # 512 MiB fit
     assert choose_factory(1_000_000, 512, 0.5).endswith(",PQ64")  # 0.5 GiB: 64-byte codes
     assert choose_factory(499_999, 512, 16) == "IVF2048,Flat"
     assert choose_factory(200_000, 512, 16) == "IVF2048,Flat"
     assert choose_factory(60_000, 512, 16) == "IVF1024,Flat"
     assert choose_factory(50_000, 512, 16) == "IVF1024,Flat"  # 4·sqrt(50k) = 894
-    assert choose_factory(15_000_000, 512, 16) == "OPQ64,IVF65536_HNSW32,PQ64"
-    assert choose_factory(15_000_000, 512, 0.5) == "OPQ16,IVF65536_HNSW32,PQ16"  # budget-bound
+    assert choose_factory(15_000_000, 512, 16) == "OPQ64,IVF65536(HNSW32_SQfp16),PQ64"
+    assert choose_factory(15_000_000, 512, 0.5) == "OPQ16,IVF65536(HNSW32_SQfp16),PQ16"
     assert choose_factory(200_000_000, 512, 32).startswith("OPQ")
 
 
@@ -72,7 +72,8 @@ def test_ivf_lists_respect_39_training_points_per_centroid():
 # -- self queries and recall for each family ----------------------------------------------------
 # PQ with 8-bit codes, as the factory rule picks (4-bit PQ8x4 codes on 32-d left the self match
 # outside the re-rank depth for 2 of 42 probes with faiss 1.15).
-FAMILIES = ["Flat", "IVF64,Flat", "IVF64_HNSW32,Flat", "IVF64,PQ8", "OPQ8,IVF64_HNSW32,PQ8", "HNSW32"]
+FAMILIES = ["Flat", "IVF64,Flat", "IVF64_HNSW32,Flat", "IVF64(HNSW32_SQfp16),Flat", "IVF64,PQ8",
+            "OPQ8,IVF64_HNSW32,PQ8", "OPQ8,IVF64(HNSW32_SQfp16),PQ8", "HNSW32"]
 BASE = clustered(N)
 IDS = np.arange(N, dtype=np.int64) * 3 + 7  # figure ids are not row numbers
 
