@@ -28,3 +28,29 @@ def test_vector_scale_smoke_builds_the_huge_family_and_measures_it(tmp_path: Pat
         assert figures[f"filtered_{share}_outside_filter"] == 0
         assert figures[f"filtered_{share}_plan"] == "exact"  # at most 20,000 rows pass
     assert 1000 < figures["filtered_0.4_allowed"] < 1600  # 40 % of 3,250 figure ids
+
+
+def test_float16_quantizer_copy_holds_the_same_centroids_and_finds_the_same_rows(
+        tmp_path: Path) -> None:
+    import faiss
+    import numpy as np
+
+    from figsearch.index import SearchIndex
+
+    src, out = tmp_path / "vec", tmp_path / "fp16q"
+    subprocess.run([PYTHON, "-m", "bench.vector_scale", "build", "--dir", str(src), "--n", "3000",
+                    "--dim", "32", "--factory", "OPQ8,IVF16_HNSW32,PQ8"], cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    subprocess.run([PYTHON, "-m", "bench.vector_scale", "float16-quantizer", "--dir", str(src),
+                    "--out", str(out)], cwd=REPO, check=True, capture_output=True, timeout=300)
+    before, after = SearchIndex.load(src, nprobe=4), SearchIndex.load(out, nprobe=4)
+    assert after.factory == "OPQ8,IVF16(HNSW32_SQfp16),PQ8" and after.ntotal == 3000
+    old, new = (faiss.downcast_index(faiss.extract_index_ivf(i.index).quantizer)
+                for i in (before, after))
+    assert isinstance(new, faiss.IndexHNSWSQ) and new.ntotal == old.ntotal == 16
+    centroids = old.storage.reconstruct_n(0, 16)
+    assert np.allclose(new.storage.reconstruct_n(0, 16), centroids, atol=1e-3)
+    queries = np.asarray(before.vectors[np.arange(0, 3000, 30)], np.float32)
+    hits_before, hits_after = before.search(queries, 10)[1], after.search(queries, 10)[1]
+    agree = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(hits_before, hits_after, strict=True)])
+    assert agree >= 0.95, agree
