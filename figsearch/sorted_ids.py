@@ -45,10 +45,10 @@ def compact_ids(sorted_ids: Any) -> np.ndarray:
     """A loaded index's sorted ids as int32 when every one fits, else int64.
 
     Each worker holds every loaded index's row -> id map in its own memory: at 15 M figures
-    and ~49 M caption passages that is 0.6 GB of int64, half of a worker's own memory. Figure
-    ids and passage keys (``figure id * 16 + n``) stay under 2**31 up to 134 M figures, so the
-    maps take half that; a store whose ids outgrow int32 keeps int64 maps. Searches take
-    either (:func:`find_sorted`)."""
+    and ~49 M caption passages that is 0.6 GB of int64, over a third of a worker's own
+    memory. Figure ids and passage keys (``figure id * 16 + n``) stay under 2**31 up to 134 M
+    figures, so the maps take half that; a store whose ids outgrow int32 keeps int64 maps.
+    Searches take either (:func:`find_sorted`)."""
     arr = np.asarray(sorted_ids)
     if not len(arr) or (int(arr.min()) >= 0 and int(arr.max()) <= np.iinfo(np.int32).max):
         return arr.astype(np.int32)

@@ -71,7 +71,7 @@ class VersionTypes:
         scores = np.load(Path(version_dir) / TYPE_SCORES_FILE)
         if not len(codes) == len(scores) == len(ids):
             raise ValueError(f"{version_dir}: figure types for {len(codes)} rows, ids for {len(ids)}")
-        return cls(tuple(manifest.get(LABELS_KEY, [])), ids, codes, scores)
+        return cls(tuple(manifest.get(LABELS_KEY, [])), np.asarray(ids), codes, scores)
 
     def lookup(self, fig_ids: np.ndarray) -> list[tuple[str | None, float | None]]:
         """(type, score) per figure id; (None, None) for ids not in the version."""
