@@ -328,21 +328,23 @@ def real_image_bytes(limit: int = 60) -> Input | None:
 
 
 def factory_numbers(factory: str, dim: int) -> dict[str, int]:
-    """nlist, PQ bytes, OPQ and HNSW from a faiss factory string ('Flat' gives zeros)."""
+    """nlist, PQ bytes, OPQ, HNSW and bytes per centroid value (2 for an ``(HNSW32_SQfp16)``
+    quantizer, else 4) from a faiss factory string ('Flat' gives zeros)."""
     ivf = re.search(r"IVF(\d+)", factory)
     pq = re.search(r"PQ(\d+)(?:x(\d+))?$", factory.split(",")[-1])
     m = int(pq.group(1)) if pq else 0
     bits = int(pq.group(2)) if pq and pq.group(2) else 8
     code = m * bits // 8 if pq else (dim * 4 if factory.split(",")[-1] == "Flat" else dim)
     return {"nlist": int(ivf.group(1)) if ivf else 0, "code_bytes": code, "pq_m": m,
-            "opq": int(factory.startswith("OPQ")), "hnsw": int("HNSW" in factory)}
+            "opq": int(factory.startswith("OPQ")), "hnsw": int("HNSW" in factory),
+            "centroid_bytes": 2 if "_SQfp16)" in factory else 4}
 
 
 def index_ram_bytes(n: int, dim: int, factory: str) -> dict[str, float]:
     """RAM of the FAISS index: codes + ids, coarse centroids (+HNSW links), OPQ, PQ codebooks."""
     f = factory_numbers(factory, dim)
     codes = n * (f["code_bytes"] + (8 if f["nlist"] else 0))
-    coarse = f["nlist"] * dim * 4 + (f["nlist"] * 32 * 2 * 4 if f["hnsw"] else 0)
+    coarse = f["nlist"] * dim * f["centroid_bytes"] + (f["nlist"] * 32 * 2 * 4 if f["hnsw"] else 0)
     opq = dim * dim * 4 if f["opq"] else 0
     codebooks = 256 * dim * 4 if f["pq_m"] else 0
     return {"codes": codes, "coarse": coarse, "opq": opq, "codebooks": codebooks,
@@ -442,7 +444,7 @@ def project(results: dict[str, dict[str, Any]], inputs: dict[str, Input], n: int
         Row("embedding dim", dim, "", inputs["dim"].source),
         Row("index factory", factory, "", f"figsearch.index.choose_factory(n, dim, image_budget({memory_gb:g} GiB))"),
         Row("index RAM: PQ codes + ids", ram["codes"] / GIB, "GiB", "n x (PQ bytes + 8-byte id)"),
-        Row("index RAM: IVF centroids + HNSW", ram["coarse"] / GIB, "GiB", "nlist x dim x 4 + HNSW32 links"),
+        Row("index RAM: IVF centroids + HNSW", ram["coarse"] / GIB, "GiB", "nlist x dim x 2 or 4 (float16 or float32 centroids) + HNSW32 links"),
         Row("index RAM: OPQ + PQ codebooks", (ram["opq"] + ram["codebooks"]) / GIB, "GiB", "dim^2 x 4 + 256 x dim x 4"),
         Row("index RAM total", ram["total"] / GIB, "GiB", "sum of the above"),
         Row("re-rank vectors (float16, mmap, disk)", n * dim * 2 / GIB, "GiB", "n x dim x 2 bytes; page cache, not heap"),

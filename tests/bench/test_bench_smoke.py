@@ -221,12 +221,15 @@ def test_index_ram_from_factory_string() -> None:
     from bench.scale import factory_numbers, index_ram_bytes
 
     f = factory_numbers("OPQ64,IVF65536_HNSW32,PQ64", 512)
-    assert f == {"nlist": 65536, "code_bytes": 64, "pq_m": 64, "opq": 1, "hnsw": 1}
+    assert f == {"nlist": 65536, "code_bytes": 64, "pq_m": 64, "opq": 1, "hnsw": 1,
+                 "centroid_bytes": 4}
     ram = index_ram_bytes(15_000_000, 512, "OPQ64,IVF65536_HNSW32,PQ64")
     assert ram["codes"] == 15_000_000 * (64 + 8)
     assert ram["coarse"] == 65536 * 512 * 4 + 65536 * 32 * 2 * 4
     assert ram["total"] == ram["codes"] + ram["coarse"] + 512 * 512 * 4 + 256 * 512 * 4
     assert index_ram_bytes(1000, 64, "Flat")["total"] == 1000 * 64 * 4
+    half = index_ram_bytes(15_000_000, 512, "OPQ64,IVF65536(HNSW32_SQfp16),PQ64")  # the rule's
+    assert ram["coarse"] - half["coarse"] == 65536 * 512 * 2 and half["codes"] == ram["codes"]
 
 
 def test_missing_inputs_fall_back_to_marked_defaults() -> None:
