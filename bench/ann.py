@@ -30,6 +30,7 @@ if __package__ in (None, ""):
 
 from bench.common import markdown_table, write_result  # noqa: E402
 from figsearch.index import (  # noqa: E402
+    HNSW_COARSE,
     INDEX_FILE,
     SearchIndex,
     choose_factory,
@@ -87,7 +88,7 @@ def families(n: int, dim: int, max_nlist: int, memory_gb: float,
         "Flat": "Flat",
         "IVF-Flat": f"{coarse},Flat",
         "IVF-PQ": f"{coarse},PQ{m}",
-        "OPQ-IVF-HNSW-PQ": f"OPQ{m},IVF{k}(HNSW32_SQfp16),PQ{m}",  # what the rule picks at 10 M
+        "OPQ-IVF-HNSW-PQ": f"OPQ{m},IVF{k}({HNSW_COARSE}),PQ{m}",  # the rule's from 10 M
         "rule": choose_factory(n, dim, memory_gb),
     }
     out.update({f"IVF-PQ{size}": f"{coarse},PQ{size}" for size in pq_sizes})

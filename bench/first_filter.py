@@ -375,9 +375,9 @@ def _passage_cost_in_process(args: dict[str, Any], out: Any) -> None:
             service.prepare_filters(list(filters.values()))
             for i in range(args["warmup"]):
                 _fused_ids(service, f"{texts[i % len(texts)]} {i}", FigureFilter())
+        ways = list(services.items())
         for i in range(args["warmup"], args["warmup"] + args["queries"]):
             for name, flt in filters.items():
-                ways = list(services.items())
                 for way, service in ways[i % len(ways):] + ways[: i % len(ways)]:
                     c0, t0 = time.process_time(), time.perf_counter()
                     ids = _fused_ids(service, f"{texts[i % len(texts)]} {i}", flt)

@@ -14,7 +14,7 @@ figure has 0-8 passages (~3.5 a figure, as long JATS captions have 3.25) drawn a
 of its own; its whole-caption vector is the normalised sum of its passages and its topic.
 Half of the queries are perturbed passages (a query about one part of a caption), half
 perturbed whole captions. The indexes are the product's (``indexer.build.build_version``,
-``IVF{k}[_HNSW32],PQ16`` as 15 M captions get) searched through the product's MaxP layer.
+``{coarse_quantizer(k)},PQ16``, the code size 15 M captions get) searched through the product's MaxP layer.
 
     python -m bench.passage_rerank --n 300000 --name passage_rerank_300k
     python -m bench.passage_rerank --n 1000000 --name passage_rerank_1m   # ~14 GB RAM

@@ -144,13 +144,17 @@ def pq_code_size(n: int, dim: int, memory_gb: float) -> int:
     return next((m for m in reversed(_PQ_M_CHOICES) if dim % m == 0), 1)
 
 
+#: The coarse quantizer of IVF indexes from 4096 lists on (:func:`coarse_quantizer`).
+HNSW_COARSE = "HNSW32_SQfp16"
+
+
 def coarse_quantizer(lists: int) -> str:
     """The IVF part of a factory: from 4096 lists on, an HNSW graph finds a query's lists,
     over centroids kept in float16. The centroids are in every worker's own memory (65536 x
     512 float32 = 128 MiB for the 15 M image index, 96 MiB for each 384-d caption index);
     float16 halves that, and at 15 M the probed lists agreed 0.993 and the top 100 0.996 with
     the float32 quantizer's, the quantizer searching in 0.40 ms instead of 0.66."""
-    return f"IVF{lists}(HNSW32_SQfp16)" if lists >= 4096 else f"IVF{lists}"
+    return f"IVF{lists}({HNSW_COARSE})" if lists >= 4096 else f"IVF{lists}"
 
 
 def choose_factory(n: int, dim: int, memory_gb: float) -> str:
@@ -167,9 +171,11 @@ def choose_factory(n: int, dim: int, memory_gb: float) -> str:
     >= 10M                ``OPQ{m},IVF65536(HNSW32_SQfp16),PQ{m}`` (``IVF262144`` from 100M)
     ====================  =============================================================
 
-    ``k`` is a power of two near 4·sqrt(n), halved until n >= 39·k (faiss's minimum training
-    points per centroid): 100k -> 1024, 1M -> 4096 lists. Re-ranking with the stored float16
-    vectors restores the precision SQ8 and PQ lose (see docs/indexing.md).
+    ``{coarse}`` is :func:`coarse_quantizer`'s: ``IVF{k}`` below 4096 lists, else
+    ``IVF{k}(HNSW32_SQfp16)``. ``k`` is a power of two near 4·sqrt(n), halved until n >= 39·k
+    (faiss's minimum training points per centroid): 100k -> 1024, 1M -> 4096 lists. Re-ranking
+    with the stored float16 vectors restores the precision SQ8 and PQ lose (see
+    docs/indexing.md).
     """
     if n < FLAT_MAX:
         return "Flat"
