@@ -248,26 +248,6 @@ def measure_version_row_files(rows: int = 20_000) -> Input:
                  f"build_version row files ({', '.join(row_files)}) of {rows:,} figures")
 
 
-def measure_id_set(n_ids: int = 2_000_000) -> dict[str, float]:
-    """Bytes per allowed id held for one cached filter: the int64 id array (search's LRU), the
-    row array and faiss's ``IDSelectorBatch`` (index subset cache), by resident-memory growth."""
-    import faiss
-    import numpy as np
-
-    def rss() -> int:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
-
-    ids = np.arange(0, 2 * n_ids, 2, dtype=np.int64)
-    before = rss()
-    t0 = time.perf_counter()
-    selector = faiss.IDSelectorBatch(ids)
-    seconds = time.perf_counter() - t0
-    selector_bytes = max(rss() - before, 0)
-    del selector
-    return {"selector_bytes_per_id": selector_bytes / n_ids, "arrays_bytes_per_id": 16.0,
-            "selector_s_per_million": seconds / n_ids * 1e6, "n_ids": n_ids}
-
-
 def real_package_bytes() -> Input | None:
     """Mean size of the real article packages in shared/data (what the download cache keeps)."""
     packages = sorted((SHARED_DATA / "jats" / "packages").glob("*.zip"))
@@ -406,11 +386,6 @@ def gather_inputs(results: dict[str, dict[str, Any]], store: dict[str, Any] | No
     package = real_package_bytes()
     if package is not None:
         inputs["package_bytes_per_article"] = package
-    ids = measure_id_set()
-    inputs["selector_bytes_per_id"] = Input(
-        "selector_bytes_per_id", ids["selector_bytes_per_id"],
-        f"resident-memory growth of faiss.IDSelectorBatch over {ids['n_ids']:,} ids "
-        f"({ids['selector_s_per_million']:.2f} s per million ids)")
     return inputs
 
 
@@ -458,8 +433,61 @@ def project(results: dict[str, dict[str, Any]], inputs: dict[str, Input], n: int
 
 
 def _filter_rows(results: dict[str, dict[str, Any]], n: int) -> list[Row]:
-    """bench.filter_ids at millions of rows: the broadest filter's id-set time and memory,
-    scaled linearly to the target (the query reads every matching row)."""
+    """Filters as a version serves them: bitmaps over its filter columns
+    (``bench.filter_ids --columns``, the largest size measured), scaled linearly to the
+    target; and the SQL path that only versions built before the columns take."""
+    return _column_filter_rows(results, n) + _sql_filter_rows(results, n)
+
+
+def largest_columns_result(results: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
+    """(name, result) of the ``filter_columns_<n>[_synthetic]`` run at the largest ``n``."""
+    runs = [(int((res.get("params") or {}).get("n") or 0), name, res)
+            for name, res in results.items() if name.startswith("filter_columns_")]
+    runs = [run for run in runs if run[0] > 0]
+    if not runs:
+        return None
+    _, name, res = max(runs, key=lambda run: run[0])
+    return name, res
+
+
+def _column_filter_rows(results: dict[str, dict[str, Any]], n: int) -> list[Row]:
+    """The broadest filter's first use through the columns, what one cached filter keeps, and
+    the worst case of the filter caches: ``ALLOWED_CACHE_SIZE`` allowed sets plus the exact
+    plans' vectors (``EXACT_VECTORS_BYTES`` for each of the image and whole-caption indexes)."""
+    from figsearch.columns import ALLOWED_CACHE_SIZE
+    from figsearch.index import EXACT_VECTORS_BYTES
+
+    found = largest_columns_result(results)
+    if found is None:
+        return []
+    name, res = found
+    fig, rows_n = res.get("figures") or {}, int(res["params"]["n"])
+    counts = {k[: -len(" count")]: v for k, v in fig.items() if k.endswith(" count")}
+    label = max(counts, key=lambda k: counts[k]) if counts else None
+    if label is None or f"{label} first_use_ms" not in fig or f"{label} held_mb" not in fig:
+        return []
+    scale = n / rows_n
+    where = f"{result_source(res, name)} '{label}': {counts[label]:,.0f} of {rows_n:,} rows"
+    held_mb = fig[f"{label} held_mb"] * scale
+    vectors_mb = 2 * EXACT_VECTORS_BYTES / 1e6
+    return [
+        Row("filter first use through the columns, broadest filter", fig[f"{label} first_use_ms"]
+            * scale, "ms", f"{fig[f'{label} first_use_ms']:.1f} ms measured x{scale:.1f} "
+            f"(n / rows; the column mask and one index's row mask, in a fresh process); {where}"),
+        Row("one cached filter (packed column mask + an index's row mask and selector)", held_mb,
+            "MB", f"{fig[f'{label} held_mb']:.2f} MB measured x{scale:.1f} (tracemalloc); {where}"),
+        Row(f"filter caches, worst case ({ALLOWED_CACHE_SIZE} cached filters + exact plans' vectors)",
+            ALLOWED_CACHE_SIZE * held_mb + vectors_mb, "MB",
+            f"figsearch.columns.ALLOWED_CACHE_SIZE x the row above + 2 x "
+            f"figsearch.index.EXACT_VECTORS_BYTES ({vectors_mb:.0f} MB: image and whole-caption "
+            f"indexes)"),
+    ]
+
+
+def _sql_filter_rows(results: dict[str, dict[str, Any]], n: int) -> list[Row]:
+    """bench.filter_ids at millions of rows: the broadest filter's id-set time and memory
+    through SQL, scaled linearly to the target (the query reads every matching row). Only a
+    version built before the filter columns takes this path."""
     res = results.get("filter_ids")
     if not res:
         return []
@@ -471,9 +499,10 @@ def _filter_rows(results: dict[str, dict[str, Any]], n: int) -> list[Row]:
     where = f"{result_source(res, 'filter_ids')} '{label}': {counts[label]:,.0f} of {rows_n:,} rows"
     scale = n / rows_n
     return [
-        Row("filter id set, broadest filter: filtered_ids time", fig[f"{label} seconds"] * scale, "s",
+        Row("filter id set through SQL (versions without filter columns), broadest filter",
+            fig[f"{label} seconds"] * scale, "s",
             f"{fig[f'{label} seconds']:.2f} s measured x{scale:.1f} (n / store rows); {where}"),
-        Row("filter id set, broadest filter: peak memory while built", fig[f"{label} peak_mb"] * scale,
+        Row("filter id set through SQL: peak memory while built", fig[f"{label} peak_mb"] * scale,
             "MB", f"{fig[f'{label} peak_mb']:.0f} MB measured x{scale:.1f}; {where} (SQLAlchemy rows "
                   f"before the int64 array; the cached array is {fig[f'{label} array_mb']:.0f} MB "
                   f"measured)"),
@@ -486,7 +515,7 @@ GOAL_RECALL, GOAL_BYTES = 0.98, 80.0
 
 def _sizing_rows(inputs: dict[str, Input], n: int, articles: int,
                  synth_chars: float | None) -> list[Row]:
-    """Per-version row files, the FTS table's caption copy, download cache, per-filter id sets."""
+    """Per-version row files, the FTS table's caption copy, download cache."""
     rows = []
     per_row = inputs.get("version_row_bytes_per_figure")
     if per_row is not None:
@@ -513,15 +542,6 @@ def _sizing_rows(inputs: dict[str, Input], n: int, articles: int,
                         articles * pkg.value / GIB, "GiB",
                         f"articles x {pkg.value / 1e6:,.2f} MB; {pkg.basis()}; indexer.remote "
                         f"never deletes the cache (delete it after ingest to reclaim)"))
-    sel = inputs.get("selector_bytes_per_id")
-    if sel is not None:
-        per_id = 16 + sel.value
-        rows.append(Row("one filter's id set at n (all figures pass)", n * per_id / GIB, "GiB",
-                        f"n x ({per_id:.0f} B: int64 ids in search's LRU + int64 rows + "
-                        f"IDSelectorBatch {sel.value:.0f} B/id); {sel.basis()}"))
-        rows.append(Row("filter caches, worst case (32 id arrays + 8 selectors, all pass)",
-                        n * (32 * 8 + 8 * (8 + sel.value)) / GIB, "GiB",
-                        "figsearch.search LRU of 32 id arrays + figsearch.index SUBSET_CACHE_SIZE 8"))
     return rows
 
 
@@ -547,12 +567,35 @@ def _goal_rows(results: dict[str, dict[str, Any]], n: int, factory: str, ram_tot
              Row("15 M family, reduced size: index bytes / vector", fig.get("bytes_per_vector"), "B",
                  f"{where} (index file / n; centroids weigh more per vector at small n)"),
              Row("15 M family, reduced size: build (train + add)", fig.get("build_s"), "s", where)]
+    measured_code = factory_numbers(str(par.get("factory") or ""), 1)["code_bytes"]
+    code = factory_numbers(factory, 1)["code_bytes"]
+    if measured_code != code:  # the recall above is another code size's: read this one's
+        reranked, where = _pq_size_recall(results, code)
+        rows.append(Row(f"recall@10 with re-ranking (x10) at {code}-byte codes", reranked
+                        if reranked is not None else "not measured", "", where))
     if isinstance(reranked, (int, float)):
         met = reranked >= GOAL_RECALL and per_fig <= GOAL_BYTES
         rows.append(Row("goal: recall@10 >= 0.98 at <= 80 B RAM / figure", "met" if met else "NOT met",
-                        "", f"recall {reranked:.3f} (reduced size, re-ranked) and {per_fig:.1f} B/figure "
-                            f"projected (PQ codes + 8-byte ids + centroids/HNSW/OPQ over n)"))
+                        "", f"recall {reranked:.3f} (reduced size, re-ranked, {code}-byte codes) and "
+                            f"{per_fig:.1f} B/figure projected (PQ codes + 8-byte ids + "
+                            f"centroids/HNSW/OPQ over n)"))
     return rows
+
+
+def _pq_size_recall(results: dict[str, dict[str, Any]], code_bytes: int) -> tuple[float | None, str]:
+    """Re-ranked recall@10 of ``code_bytes``-byte PQ codes from ``bench.ann --name
+    ann_pq_sizes`` (its largest size), and where it comes from."""
+    res = results.get("ann_pq_sizes")
+    if not res:
+        return None, "no bench/results/ann_pq_sizes.json"
+    fig, par = res.get("figures") or {}, res.get("params") or {}
+    runs = [(int(k.split()[0]), v) for k, v in fig.items()
+            if re.fullmatch(rf"\d+ IVF-PQ{code_bytes} rerank recall", k)]
+    if not runs:
+        return None, f"{result_source(res, 'ann_pq_sizes')} has no PQ{code_bytes} run"
+    n, value = max(runs)
+    return float(value), (f"{result_source(res, 'ann_pq_sizes')}: IVF-PQ{code_bytes} at "
+                          f"n={n:,}, intrinsic dim {par.get('intrinsic_dim')}, trained centroids")
 
 
 def _store_rows(inputs: dict[str, Input], n: int, synth_chars: float | None) -> list[Row]:
