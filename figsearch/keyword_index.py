@@ -527,15 +527,17 @@ class KeywordIndex:
 
     def search(self, query: str, n: int, match_all: bool = False,
                weights: Mapping[str, float] | None = None, allowed: AllowedIds | None = None,
-               flt: FigureFilter | None = None) -> list[tuple[int, float]]:
-        """The best ``n`` figures for ``query``: [(figure id, BM25 score)], best first.
+               flt: FigureFilter | None = None, terms: Sequence[str] | None = None,
+               ) -> list[tuple[int, float]]:
+        """The best ``n`` figures for ``query`` (or its analysed ``terms``): [(figure id,
+        BM25 score)], best first.
 
         ``allowed`` (what the filter ``flt`` lets through) is always checked on the hits, so the
         filter means exactly what the version's filter columns say; a selective one (under
         :data:`BROAD_FILTER` of the figures) also narrows inside the engine, a broad one is
         applied to a deeper top list, deepened until ``n`` hits pass or none are left.
         """
-        terms = query_terms(query)
+        terms = query_terms(query) if terms is None else list(terms)
         if not terms or n <= 0:
             return []
         q = self.text_query(terms, match_all, weights)
@@ -563,13 +565,61 @@ class KeywordIndex:
 
     def ranked(self, query: str, n: int, weights: Mapping[str, float] | None = None,
                allowed: AllowedIds | None = None, flt: FigureFilter | None = None,
-               widen: bool = True) -> list[tuple[int, float]]:
+               widen: bool = True, common_share: float = 0.0) -> list[tuple[int, float]]:
         """The keyword signal's candidates: the best ``n`` figures holding every query word
         when there are that many (a selective intersection), else - with ``widen``, or for a
-        one-word query - the best ``n`` holding any of them."""
-        return all_words_then_any(
-            lambda match_all: self.search(query, n, match_all, weights, allowed, flt),
-            n, single_word=len(query_terms(query)) <= 1, widen=widen)
+        one-word query - the best ``n`` holding any of them (with ``common_share``, found by
+        the query's less common words: :meth:`any_word_search`)."""
+        def search(match_all: bool) -> list[tuple[int, float]]:
+            if match_all:
+                return self.search(query, n, True, weights, allowed, flt)
+            return self.any_word_search(query, n, weights, allowed, flt, common_share)
+
+        return all_words_then_any(search, n, single_word=len(query_terms(query)) <= 1,
+                                  widen=widen)
+
+    def common_terms(self, terms: Sequence[str], share: float) -> set[str]:
+        """The terms held by more than ``share`` of the figures' whole texts (document
+        frequency over every shard)."""
+        if share <= 0 or not self.count:
+            return set()
+        limit = share * self.count
+        return {t for t in terms
+                if sum(int(s.doc_freq(WHOLE_TEXT, t)) for s in self.searchers) > limit}
+
+    def any_word_search(self, query: str, n: int, weights: Mapping[str, float] | None = None,
+                        allowed: AllowedIds | None = None, flt: FigureFilter | None = None,
+                        common_share: float = 0.0) -> list[tuple[int, float]]:
+        """The best ``n`` figures holding any query word. With ``common_share`` > 0 the
+        candidates are the best ``n`` by the words held by at most that share of figures
+        (when the query has both kinds), then scored exactly by every word.
+
+        Why: block-max WAND skips little of a disjunction of words that each match a fifth of
+        the corpus, so those words cost most of an any-word query at 15 M figures while
+        adding little to a figure's rank (their IDF is low); Lucene's ``cutoff_frequency``
+        leaves them out the same way. Scores stay the exact BM25 of every word, so fusion
+        sees what the full query would give each candidate; what can change is which
+        figures are candidates (those held up only by common words)."""
+        terms = query_terms(query)
+        common = self.common_terms(terms, common_share) if len(terms) > 1 else set()
+        rare = [t for t in terms if t not in common]
+        if not common or not rare:
+            return self.search(query, n, False, weights, allowed, flt)
+        found = self.search(query, n, False, weights, allowed, flt, terms=rare)
+        return self.rescored(terms, [fid for fid, _ in found], weights)
+
+    def rescored(self, terms: Sequence[str], ids: Sequence[int],
+                 weights: Mapping[str, float] | None = None) -> list[tuple[int, float]]:
+        """``ids`` scored by the any-word query of ``terms`` (exact BM25, every shard's own
+        statistics), best first (ties: lower id)."""
+        if not ids:
+            return []
+        q = tantivy.Query.boolean_query([
+            (tantivy.Occur.Must, self.text_query(terms, False, weights)),
+            (tantivy.Occur.Must, tantivy.Query.const_score_query(
+                tantivy.Query.term_set_query(self.schema, "id", [int(i) for i in ids]), 0.0))])
+        out_ids, scores = self.top(q, len(ids))
+        return list(zip(out_ids.tolist(), scores.tolist(), strict=True))
 
     # -- highlights ----------------------------------------------------------------------------
     def highlights(self, query: str, figures: Mapping[int, Mapping[str, Any]],

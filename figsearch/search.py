@@ -361,7 +361,8 @@ class SearchService:
         hybrid = mode == "hybrid" and "keyword" in use
         if hybrid and self._filter_ready(flt, use):
             return self._overlapped(query, flt, text_vector, caption_vector)
-        ahead = self._keyword(query, self.settings.fusion_depth, flt) if hybrid else None
+        ahead = self._keyword(query, self.settings.fusion_depth, flt, hybrid=True) \
+            if hybrid else None
         self._prepare_filter(flt, use)
         qvec = text_vector() if text_vector else None
         cvec = caption_vector() if caption_vector else None
@@ -376,7 +377,7 @@ class SearchService:
         is encoded first)."""
         depth = self.settings.fusion_depth
         keyword = _query_pool().submit(contextvars.copy_context().run,
-                                       self._keyword, query, depth, flt)
+                                       self._keyword, query, depth, flt, True, True)
         vectors: dict[str, _Candidates] = {}
         qvec = text_vector() if text_vector else None
         if qvec is not None:
@@ -652,9 +653,12 @@ class SearchService:
                 self._allowed_cache.popitem(last=False)
         return ids
 
-    def _keyword(self, query: str, n: int, flt: FigureFilter, widen: bool = True) -> _Candidates:
+    def _keyword(self, query: str, n: int, flt: FigureFilter, widen: bool = True,
+                 hybrid: bool = False) -> _Candidates:
         """BM25 candidates: the best ``n`` figures containing every query word when there are
-        that many, else (``widen``) the best ``n`` containing any of them.
+        that many, else (``widen``) the best ``n`` containing any of them - for the default
+        (``hybrid``) mode found by the query's less common words and scored by all
+        (``Settings.keyword_common_share``, :meth:`KeywordIndex.any_word_search`).
 
         The all-words query is selective and cheap; the any-word query (block-max WAND, still
         18 ms wall and 31 ms CPU at 15 M figures) only runs when the first finds fewer than
@@ -662,13 +666,16 @@ class SearchService:
         queries fell from 0.913 to 0.812 (the caption and dense lists do not replace them).
         """
         with timing.stage("keyword"):
-            return self._keyword_rows(query, n, flt, widen)
+            return self._keyword_rows(query, n, flt, widen, hybrid)
 
-    def _keyword_rows(self, query: str, n: int, flt: FigureFilter, widen: bool) -> _Candidates:
+    def _keyword_rows(self, query: str, n: int, flt: FigureFilter, widen: bool,
+                      hybrid: bool = False) -> _Candidates:
         if self.keywords is None:
             return self._fts_rows(query, n, flt, widen)
         allowed = None if flt.is_empty() else self._allowed_set(flt)
-        rows = self.keywords.ranked(query, n, self.settings.keyword_weights, allowed, flt, widen)
+        share = self.settings.keyword_common_share if hybrid else 0.0
+        rows = self.keywords.ranked(query, n, self.settings.keyword_weights, allowed, flt, widen,
+                                    share)
         return _Candidates([i for i, _ in rows], [s for _, s in rows], len(rows) < n)
 
     def _allowed_set(self, flt: FigureFilter) -> AllowedSet:
@@ -699,7 +706,7 @@ class SearchService:
         out: dict[str, SignalResult] = {}
         vector_signals: dict[str, tuple[VectorIndex, np.ndarray]] = {}
         if "keyword" in signals:
-            c = keyword if keyword is not None else self._keyword(query, n, flt)
+            c = keyword if keyword is not None else self._keyword(query, n, flt, hybrid=True)
             out["keyword"] = SignalResult(c.ids, c.scores, floor=0.0, exhausted=c.exhausted)
         if "caption" in signals:
             cvec = cvec if cvec is not None else self._encode_caption_query(query)

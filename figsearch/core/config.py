@@ -232,6 +232,14 @@ class Settings(BaseSettings):
         "(weighted reciprocal rank fusion).",
     )
     fusion_depth: int = Field(100, description="Candidates taken from each signal in hybrid mode.")
+    keyword_common_share: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description=(
+            "Default (hybrid) mode only: the keyword signal's any-word candidates are found by "
+            "the query words held by at most this share of figures, then scored by every word "
+            "(0: every word finds them, as the keyword mode always does)."
+        ),
+    )
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, description="API port.")
     workers: int = Field(1, description="uvicorn worker processes for the API.")

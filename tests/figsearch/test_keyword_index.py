@@ -197,6 +197,60 @@ def test_filtered_query_ranks_as_exact_bm25_over_the_allowed_rows(built, index, 
                                                      or flt.commercial_only)
 
 
+def _held_share(docs: dict[int, dict[str, Counter]], term: str) -> float:
+    return sum(1 for d in docs.values() if d[WHOLE_TEXT][term]) / len(docs)
+
+
+def test_common_terms_are_those_more_figures_hold_than_the_share(index, docs):
+    terms = query_terms("cell expression of the viral protein receptor in patients")
+    for share in (0.02, 0.05, 0.1):
+        held = {t: _held_share(docs, t) for t in terms}
+        assert index.common_terms(terms, share) == {t for t, h in held.items() if h > share}
+    assert index.common_terms(terms, 0.0) == set()
+
+
+@pytest.mark.parametrize("query", ["cell expression in the infected tissue of patients",
+                                   "protein levels of the receptor after treatment",
+                                   "the role of the cell in the expression of the protein"])
+def test_a_common_word_cut_finds_candidates_by_rare_words_and_scores_them_by_every_word(
+        index, docs, query):
+    """With ``common_share`` the any-word candidates come from the words few figures hold, and
+    each keeps the exact BM25 of every word (what they do to relevance is the evaluation's
+    to judge: docs/scale.md)."""
+    terms = query_terms(query)
+    common = index.common_terms(terms, 0.05)
+    exact = exact_bm25(docs, terms, match_all=False)
+    got = index.any_word_search(query, 20, common_share=0.05)
+    assert got != [] and len(got) <= 20
+    plain = dict(index.search(query, len(docs)))  # the engine's own any-word scores
+    for fid, score in got:
+        assert score == pytest.approx(plain[fid], rel=1e-5)  # scored by every word
+    assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+    if not common or len(common) == len(terms):  # nothing to cut: the exact search itself
+        assert got == index.search(query, 20)
+        return
+    rare = [t for t in terms if t not in common]
+    by_rare = exact_bm25(docs, rare, match_all=False)  # the candidates: the rare words' top 20
+    assert_same_top([(fid, dict(by_rare)[fid]) for fid, _ in
+                     sorted(got, key=lambda h: -dict(by_rare)[h[0]])], by_rare, 20)
+    assert {fid for fid, _ in got} != {fid for fid, _ in exact[:20]}  # the cut changed them
+
+
+def test_no_common_share_is_the_exact_any_word_search(index):
+    query = "cell expression in the infected tissue of patients"
+    assert index.any_word_search(query, 20) == index.search(query, 20)
+    assert index.ranked(query, 20, common_share=0.0) == index.ranked(query, 20)
+
+
+def test_a_common_word_cut_keeps_to_the_filter(built, index):
+    store = built[0]
+    flt = FigureFilter(year_from=2016, year_to=2016, journal="sci rep")
+    allowed = AllowedSet.from_ids(store.filtered_ids(flt), index.count)
+    got = index.any_word_search("cell expression in the infected tissue of patients", 10,
+                                allowed=allowed, flt=flt, common_share=0.05)
+    assert got and all(fid in set(allowed.ids.tolist()) for fid, _ in got)
+
+
 def test_empty_filter_and_empty_query_return_nothing(index):
     assert index.search("virus", 10, allowed=AllowedSet.empty(10),
                         flt=FigureFilter(journal="nowhere")) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from figsearch.keyword_index import query_terms
 from figsearch.search import (
     FigureNotFound,
     SearchInputError,
@@ -181,6 +182,29 @@ def test_hybrid_keyword_side_uses_only_all_word_matches(service):
     assert set(wide.ids) == some
     single = service._keyword("TREM2", 50, FigureFilter(), widen=False)
     assert single.ids  # one word: the all-words and any-word queries are the same
+
+
+def test_only_the_default_mode_leaves_common_words_out_of_its_keyword_candidates(
+        service, monkeypatch):
+    """``keyword_common_share`` changes the hybrid keyword signal's any-word candidates (found
+    by the less common words, scored by all), never the keyword mode's ranking."""
+    assert service.keywords is not None
+    query = "viral replication in infected cells of the host"
+    terms = query_terms(query)
+    held = sorted(sum(int(s.doc_freq("text", t)) for s in service.keywords.searchers)
+                  / service.keywords.count for t in terms)
+    share = held[-2]  # only the commonest word is held by more figures than that
+    assert len(service.keywords.common_terms(terms, share)) == 1
+    n, flt = 50, FigureFilter()
+    exact = service._keyword(query, n, flt, hybrid=True)  # the default share: 0
+    assert exact.ids == service._keyword(query, n, flt).ids
+    monkeypatch.setattr(service, "settings",
+                        service.settings.model_copy(update={"keyword_common_share": share}))
+    cut = service._keyword(query, n, flt, hybrid=True)
+    assert cut.ids != exact.ids
+    assert list(zip(cut.ids, cut.scores, strict=True)) == \
+        service.keywords.any_word_search(query, n, common_share=share)
+    assert service._keyword(query, n, flt).ids == exact.ids  # keyword mode: every word
 
 
 def test_dense_hits_get_fts_highlights_exactly_where_the_index_matches(service):
