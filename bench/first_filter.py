@@ -208,18 +208,21 @@ def _service(args: dict[str, Any], scratch: Path) -> Any:
 
 
 def _with_passages(service: Any, passages_dir: Path, scratch: Path,
-                   part_rerank_share: float | None = None) -> Any:
+                   part_rerank_share: float | None = None,
+                   common_share: float | None = None) -> Any:
     """A second service over ``service``'s parts whose caption signal also searches the
     passages of ``passages_dir`` (MaxP), as a version built with ``caption_passages`` does;
     the same encoders, on the same model thread. ``part_rerank_share``: how deep its passage
     search re-ranks instead of the product's :attr:`~figsearch.caption_index.MaxPIndex.
-    part_rerank_share`."""
+    part_rerank_share`; ``common_share``: its ``Settings.keyword_common_share`` instead of
+    ``service``'s."""
     from figsearch.caption_index import CaptionSignal, PassageIndex
     from figsearch.index import SearchIndex
     from figsearch.search import SearchService
     from figsearch.store import FigureStore
 
-    settings = service.settings
+    settings = service.settings if common_share is None else \
+        service.settings.model_copy(update={"keyword_common_share": common_share})
     parts = SearchIndex.load(passages_dir, nprobe=settings.nprobe, mmap_index=True)
     layer = PassageIndex(service.captions.index, parts)
     if part_rerank_share is not None:
@@ -371,25 +374,43 @@ def _passage_cost_in_process(args: dict[str, Any], out: Any) -> None:
         if args.get("compare_share") is not None:
             services[_share_way(args["compare_share"])] = _with_passages(
                 whole, Path(args["passages_dir"]), Path(scratch), args["compare_share"])
+        if args.get("compare_common_share") is not None:
+            services[_common_way(args["compare_common_share"])] = _with_passages(
+                whole, Path(args["passages_dir"]), Path(scratch),
+                common_share=args["compare_common_share"])
         for service in services.values():
             service.prepare_filters(list(filters.values()))
             for i in range(args["warmup"]):
                 _fused_ids(service, f"{texts[i % len(texts)]} {i}", FigureFilter())
         ways = list(services.items())
+        kept: dict[str, list[float]] = {}
         for i in range(args["warmup"], args["warmup"] + args["queries"]):
             for name, flt in filters.items():
+                fused: dict[str, list[int]] = {}
                 for way, service in ways[i % len(ways):] + ways[: i % len(ways)]:
                     c0, t0 = time.process_time(), time.perf_counter()
-                    ids = _fused_ids(service, f"{texts[i % len(texts)]} {i}", flt)
+                    ids = fused[way] = _fused_ids(service, f"{texts[i % len(texts)]} {i}", flt)
                     times.setdefault(f"{name}_{way}", []).append(_ms(t0))
                     cpu[way] = cpu.get(way, 0.0) + time.process_time() - c0
                     if not flt.is_empty():
                         allowed = service.columns.allowed(flt)
                         leaked += int((~allowed.contains(np.asarray(ids, np.int64))).sum())
+                for way, ids in fused.items():  # the fused top 20 each way keeps of passages'
+                    if way.startswith("passages_") and fused["passages"]:
+                        base = fused["passages"][:20]
+                        kept.setdefault(way, []).append(len(set(ids[:20]) & set(base)) / len(base))
     asked = args["queries"] * len(filters)
     out.put({"outside_filter": leaked, **{
         f"{way}_cpu_ms_per_query": round(total * 1000 / asked, 1) for way, total in cpu.items()},
+        **{f"{way}_top20_kept_mean": round(float(np.mean(v)), 4) for way, v in kept.items()},
+        **{f"{way}_top20_kept_min": round(float(np.min(v)), 4) for way, v in kept.items()},
         **_latency_figures(times)})
+
+
+def _common_way(share: float) -> str:
+    """The name of the way whose keyword signal leaves out words more than ``share`` of the
+    figures hold (``Settings.keyword_common_share``)."""
+    return f"passages_common_{share:g}"
 
 
 def _share_way(share: float) -> str:
@@ -569,12 +590,17 @@ def passage_cost(args: dict[str, Any]) -> dict[str, Any]:
     ways = ["whole", "passages"]
     if args.get("compare_share") is not None:
         ways.append(_share_way(args["compare_share"]))
+    if args.get("compare_common_share") is not None:
+        ways.append(_common_way(args["compare_common_share"]))
     print(markdown_table(
         ["filter", *(f"{way}: p50 / p95 / mean ms" for way in ways)],
         [[n, *(" / ".join(str(figures[f"{n}_{way}_{stat}_ms"]) for stat in ("p50", "p95", "mean"))
                for way in ways)] for n in names]))
     print("CPU per query: " + ", ".join(
         f"{way} {figures[f'{way}_cpu_ms_per_query']} ms" for way in ways))
+    for way in ways[2:]:
+        print(f"{way}: fused top 20 kept of passages' {figures[f'{way}_top20_kept_mean']} "
+              f"(mean), {figures[f'{way}_top20_kept_min']} (min)")
     return figures
 
 
@@ -645,6 +671,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="passage-cost: also answer each query with the passages re-ranked "
                     "this share of the depth (MaxPIndex.part_rerank_share; 1 = as deep as "
                     "the whole captions)")
+    ap.add_argument("--compare-common-share", type=float,
+                    help="passage-cost: also answer each query with the keyword signal's "
+                    "any-word candidates found by the words at most this share of figures "
+                    "hold (Settings.keyword_common_share)")
     ap.add_argument("--every-figure-indexed", action="store_true",
                     help="prepare: columns over the vector indexes' ids only (see prepare())")
     args = ap.parse_args(argv)
@@ -680,11 +710,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.verb == "passage-cost":
         figures = passage_cost({**params, "rounds": args.rounds,
                                 "passages_dir": str(args.passages_dir),
-                                "compare_share": args.compare_share})
+                                "compare_share": args.compare_share,
+                                "compare_common_share": args.compare_common_share})
         note = ("a default query up to fusion at 15 M (module doc), unfiltered and with each "
                 "filter prepared, with the caption signal's passage layer (a stand-in: the "
                 "vector index keyed as one passage a figure) and without it (and with "
-                "--compare-share, with the passages re-ranked that share of the depth); all "
+                "--compare-share, with the passages re-ranked that share of the depth; with "
+                "--compare-common-share, with the keyword signal's common words left out of "
+                "its any-word candidates); all "
                 "in one process per round, rotating which goes first; CPU of the whole "
                 "process per query")
     elif args.verb == "repeat":

@@ -75,11 +75,13 @@ def test_first_filter_smoke_times_the_service_and_keeps_to_every_filter(tmp_path
     assert (passages / "vectors.npy").stat().st_ino == (vec / "vectors.npy").stat().st_ino
     _, cost = run_bench("first_filter", ["passage-cost", *dirs, "--passages-dir", str(passages),
                                          "--rounds", "1", "--queries", "3", "--warmup", "1",
-                                         "--compare-share", "1", "--name", "first_filter"],
-                          results)
+                                         "--compare-share", "1", "--compare-common-share",
+                                         "0", "--name", "first_filter"], results)
     both = cost["figures"]
     assert both["outside_filter"] == 0  # with passages too, every fused figure keeps to its filter
-    ways = ("whole", "passages", "passages_share_1")  # the last re-ranks passages in full
+    # no common word left out: the keyword signal, and so the fused list, is the same
+    assert both["passages_common_0_top20_kept_min"] == 1.0
+    ways = ("whole", "passages", "passages_share_1", "passages_common_0")
     assert all(both[f"{way}_cpu_ms_per_query"] > 0 for way in ways)
     for name in ("unfiltered", "broad", "mid", "narrow"):
         for way in ways:
