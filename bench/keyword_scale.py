@@ -177,6 +177,53 @@ def measure(index_dir: Path, queries: list[str], rounds: int = 2) -> dict[str, A
     return out
 
 
+def common_shares(index_dir: Path, queries: list[str], shares: list[float],
+                  rounds: int = 2, n: int = 100) -> dict[str, Any]:
+    """The default mode's keyword signal (depth ``n``) with each ``Settings.
+    keyword_common_share`` against the exact one (share 0), every query asked every way in
+    turn, the first way rotating: wall and CPU time, and the share of the exact top 20 / top
+    100 each way keeps (its candidates differ; their scores are exact)."""
+    from figsearch.keyword_index import KeywordIndex
+
+    kw = KeywordIndex.open(index_dir)
+    if kw is None:
+        raise SystemExit(f"{index_dir} holds no keyword index")
+    ways = [0.0, *(s for s in shares if s > 0)]
+    wall: dict[float, list[float]] = {s: [] for s in ways}
+    cpu: dict[float, list[float]] = {s: [] for s in ways}
+    kept: dict[tuple[float, int], list[float]] = {}
+    for q in queries:  # warm the page cache once
+        kw.ranked(q, n)
+    for r in range(rounds):
+        for i, q in enumerate(queries):
+            turn = (i + r) % len(ways)
+            got: dict[float, list[int]] = {}
+            for share in ways[turn:] + ways[:turn]:
+                w, c = time.perf_counter(), time.process_time()
+                got[share] = [f for f, _ in kw.ranked(q, n, common_share=share)]
+                wall[share].append((time.perf_counter() - w) * 1000)
+                cpu[share].append((time.process_time() - c) * 1000)
+            for share in ways[1:]:
+                for top in (20, n):
+                    exact = set(got[0.0][:top])
+                    kept.setdefault((share, top), []).append(
+                        len(exact & set(got[share][:top])) / max(1, len(exact)))
+    out: dict[str, Any] = {}
+    for share in ways:
+        name = f"common_{share:g}_depth{n}"
+        out.update({f"{name}_{k}": v for k, v in percentiles(wall[share]).items()})
+        out[f"{name}_cpu_mean_ms"] = round(float(np.mean(cpu[share])), 2)
+        line = (f"keyword_scale: common share {share:<5g} p50 {out[f'{name}_p50_ms']:6.1f} ms "
+                f"mean {out[f'{name}_mean_ms']:6.1f}  CPU mean {out[f'{name}_cpu_mean_ms']:6.1f}")
+        for top in (20, n):
+            if (share, top) in kept:
+                out[f"{name}_top{top}_kept_mean"] = round(float(np.mean(kept[share, top])), 4)
+                out[f"{name}_top{top}_kept_min"] = round(float(np.min(kept[share, top])), 4)
+                line += f"  top {top} kept {out[f'{name}_top{top}_kept_mean']:.3f}"
+        print(line, file=sys.stderr)
+    return out
+
+
 def agreement(index_dir: Path, reference_dir: Path, queries: list[str]) -> dict[str, Any]:
     """How far a sharded index's answers are from one index over the same figures (built with
     the same ``--n`` and seed): the share of the reference's top 20 / 100 it returns too."""
@@ -207,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="result name (default keyword_scale_<n>)")
     p.add_argument("--shards", type=int, default=0,
                    help="shards of a new index (0: as a version build picks them)")
+    p.add_argument("--common-shares", default="",
+                   help="comma-separated Settings.keyword_common_share values: also time the "
+                   "default mode's keyword signal with each against the exact one, in turn")
     p.add_argument("--compare", type=Path, default=None,
                    help="an index of the same figures in other shards: report top-k agreement")
     args = p.parse_args(argv)
@@ -218,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     figures = {**built, **measure(args.index, load_queries(args.queries), args.rounds)}
     if args.compare is not None:
         figures.update(agreement(args.index, args.compare, load_queries(args.queries)))
+    if args.common_shares:
+        figures.update(common_shares(args.index, load_queries(args.queries),
+                                     [float(x) for x in args.common_shares.split(",")],
+                                     args.rounds))
     print(markdown_table(["figure", "value"], [[k, v] for k, v in figures.items()]))
     name = args.name or f"keyword_scale_{args.n}"
     write_result(name, {"n": args.n, "command": "python -m bench.keyword_scale " + " ".join(

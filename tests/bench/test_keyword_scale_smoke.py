@@ -15,7 +15,8 @@ def test_keyword_scale_smoke_sharded_agrees_with_one_index(tmp_path: Path) -> No
     _, single = run_bench("keyword_scale", [*common, "--index", str(one), "--shards", "1"],
                           results)
     _, sharded = run_bench("keyword_scale", [*common, "--index", str(two), "--shards", "2",
-                                             "--compare", str(one)], results)
+                                             "--compare", str(one), "--common-shares",
+                                             "0.1,0.3"], results)
     assert single["figures"]["shards"] == 1 and sharded["figures"]["shards"] == 2
     for result in (single, sharded):
         figures = result["figures"]
@@ -24,3 +25,10 @@ def test_keyword_scale_smoke_sharded_agrees_with_one_index(tmp_path: Path) -> No
     # 1,500 figures a shard: statistics differ by a few % at most, top lists barely move
     assert sharded["figures"]["top20_agreement_mean"] >= 0.9
     assert sharded["figures"]["top100_agreement_mean"] >= 0.9
+    # the default mode's common-word cut, beside the exact keyword signal
+    cut = sharded["figures"]
+    assert cut["common_0_depth100_p50_ms"] > 0 and cut["common_0.1_depth100_p50_ms"] > 0
+    for share in ("0.1", "0.3"):
+        assert 0 < cut[f"common_{share}_depth100_top20_kept_mean"] <= 1
+    # a higher share cuts fewer words: it keeps at least as much of the exact lists
+    assert cut["common_0.3_depth100_top100_kept_mean"] >= cut["common_0.1_depth100_top100_kept_mean"]

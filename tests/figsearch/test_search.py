@@ -196,10 +196,15 @@ def test_only_the_default_mode_leaves_common_words_out_of_its_keyword_candidates
     share = held[-2]  # only the commonest word is held by more figures than that
     assert len(service.keywords.common_terms(terms, share)) == 1
     n, flt = 50, FigureFilter()
-    exact = service._keyword(query, n, flt, hybrid=True)  # the default share: 0
+
+    def with_share(value: float) -> None:
+        monkeypatch.setattr(service, "settings", service.settings.model_copy(
+            update={"keyword_common_share": value}))
+
+    with_share(0.0)
+    exact = service._keyword(query, n, flt, hybrid=True)
     assert exact.ids == service._keyword(query, n, flt).ids
-    monkeypatch.setattr(service, "settings",
-                        service.settings.model_copy(update={"keyword_common_share": share}))
+    with_share(share)
     cut = service._keyword(query, n, flt, hybrid=True)
     assert cut.ids != exact.ids
     assert list(zip(cut.ids, cut.scores, strict=True)) == \
