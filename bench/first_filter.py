@@ -310,7 +310,7 @@ def _fused_ids_in_turn(service: Any, text: str, flt: Any) -> list[int]:
     turn."""
     use, depth = service.fused_signals(), service.settings.fusion_depth
     text_vector, caption_vector = service._start_text(text), service._start_caption_query(text)
-    keyword = service._keyword(text, depth, flt)
+    keyword = service._keyword(text, depth, flt, hybrid=True)
     service._prepare_filter(flt, use)
     qvec, cvec = text_vector(), caption_vector()
     return list(service._fuse(service.signal_results(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from figsearch.core.config import Settings
 from tests.bench.test_bench_smoke import PYTHON, REPO, run_bench
 
 
@@ -73,15 +74,18 @@ def test_first_filter_smoke_times_the_service_and_keeps_to_every_filter(tmp_path
                     str(passages)], cwd=REPO, check=True, capture_output=True, timeout=300)
     assert np.array_equal(np.load(passages / "ids.npy"), np.load(vec / "ids.npy") * 16 + 1)
     assert (passages / "vectors.npy").stat().st_ino == (vec / "vectors.npy").stat().st_ino
+    default_share = Settings().keyword_common_share
     _, cost = run_bench("first_filter", ["passage-cost", *dirs, "--passages-dir", str(passages),
                                          "--rounds", "1", "--queries", "3", "--warmup", "1",
                                          "--compare-share", "1", "--compare-common-share",
-                                         "0", "--name", "first_filter"], results)
+                                         f"{default_share:g}", "--name", "first_filter"],
+                          results)
     both = cost["figures"]
     assert both["outside_filter"] == 0  # with passages too, every fused figure keeps to its filter
-    # no common word left out: the keyword signal, and so the fused list, is the same
-    assert both["passages_common_0_top20_kept_min"] == 1.0
-    ways = ("whole", "passages", "passages_share_1", "passages_common_0")
+    # the service's own common-word share: the keyword signal, so the fused list, is the same
+    common = f"passages_common_{default_share:g}"
+    assert both[f"{common}_top20_kept_min"] == 1.0
+    ways = ("whole", "passages", "passages_share_1", common)
     assert all(both[f"{way}_cpu_ms_per_query"] > 0 for way in ways)
     for name in ("unfiltered", "broad", "mid", "narrow"):
         for way in ways:
