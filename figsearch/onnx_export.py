@@ -34,6 +34,7 @@ from figsearch.onnx_encoder import (
     FORMAT,
     IMAGE_FILE,
     MANIFEST,
+    PROJECTION_FILE,
     TEXT_FILE,
     TOKENIZER_FILE,
     OnnxEncoder,
@@ -153,6 +154,35 @@ def _tower(model: Any, forward: Callable[[Any, Any], Any]) -> Any:
     return Tower().eval()
 
 
+def trunk_digest(transformer: Any) -> str:
+    """sha256 of an HF text trunk's weights (names, shapes, float32 bytes; the unused pooler
+    head left out): equal digests mean one trunk (:meth:`OnnxEncoder.share_trunk_with`)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(transformer.state_dict().items()):
+        if name.startswith("pooler."):
+            continue
+        data = tensor.detach().float().contiguous().cpu().numpy()
+        digest.update(f"{name}:{tuple(data.shape)}".encode())
+        digest.update(data.tobytes())
+    return digest.hexdigest()
+
+
+def _mean_pooled_trunk(model: Any) -> tuple[Any, np.ndarray] | None:
+    """(HF trunk, projection weights) of a CLIP text tower that mean-pools an HF trunk and
+    projects it without bias, else None (other towers never share a trunk)."""
+    import torch
+
+    text = getattr(model, "text", None)
+    proj = getattr(text, "proj", None)
+    if (type(getattr(text, "pooler", None)).__name__ != "MeanPooler"
+            or not isinstance(proj, torch.nn.Linear) or proj.bias is not None
+            or getattr(text, "transformer", None) is None):
+        return None
+    return text.transformer, proj.weight.detach().float().cpu().numpy()
+
+
 def _text_forward(model: Any, input_ids: Any) -> Any:
     """ids (rows, length) -> unit vectors; length is the batch's longest text."""
     from figsearch.encoders import _clip_text_prefix, _has_builtin_text_transformer
@@ -255,9 +285,12 @@ def export_clip(encoder: Encoder, root: Path, images: list[Any] | None = None,
                 "pixels", _dims("rows"))
         if int8_image:
             quantize_int8(folder / IMAGE_FILE)
+        trunk = _mean_pooled_trunk(model)
+        if trunk is not None:
+            np.save(folder / PROJECTION_FILE, trunk[1])
         return {
             "spec": encoder.spec, "model_key": encoder.model_key, "dim": encoder.dim,
-            "text": rules, "image": {"preprocess": encoder.loaded.preprocess_cfg,
+            "text": {**rules, **({"trunk": trunk_digest(trunk[0])} if trunk else {})}, "image": {"preprocess": encoder.loaded.preprocess_cfg,
                                      "precision": "int8" if int8_image else "float32"},
         }
 
@@ -296,7 +329,7 @@ def export_caption_model(encoder: CaptionEncoder, root: Path) -> Path:
         _export(_tower(model, _sentence_forward(pad_id)), ids, folder / TEXT_FILE, "input_ids",
                 _dims("rows", "length"))
         return {"spec": encoder.spec, "model_key": encoder.model_key, "dim": encoder.dim,
-                "text": rules, "image": None}
+                "text": {**rules, "trunk": trunk_digest(model[0].auto_model)}, "image": None}
 
     def check(exported: OnnxEncoder) -> dict[str, float]:
         return {"text_min_cosine": _min_cosine(exported.encode_texts(PROBE_TEXTS),

@@ -125,6 +125,8 @@ class VersionLoader:
                                      else (None, None))
         if "torch" in (backend, caption_backend):
             self._set_model_thread_torch_threads()
+        if encoder is not None and captions is not None:
+            _share_text_trunk(encoder, captions.encoder)
         from figsearch.keyword_index import KeywordIndex
 
         # filters from the version's columns (figsearch.columns) when it has them
@@ -331,3 +333,15 @@ def open_current(settings: Settings, *, load_models: bool = True, warm_up: bool 
         loader.close()
         store.close()
         raise
+
+
+def _share_text_trunk(encoder: Any, caption_encoder: Any) -> None:
+    """Let the image model's text queries reuse the caption model's tower when both exports
+    say they are one trunk (:meth:`figsearch.onnx_encoder.OnnxEncoder.share_trunk_with`)."""
+    dense, caption = getattr(encoder, "encoder", None), getattr(caption_encoder, "encoder", None)
+    share = getattr(dense, "share_trunk_with", None)
+    if share is None or not hasattr(caption, "share_trunk_with"):
+        return
+    if share(caption):
+        log.info("%s: text queries run the caption model's trunk (%s) once, then its "
+                 "projection", getattr(dense, "model_key", ""), getattr(caption, "model_key", ""))
