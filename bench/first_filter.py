@@ -198,6 +198,7 @@ def _service(args: dict[str, Any], scratch: Path) -> Any:
         root = Path(args["onnx_encoders"])
         real_image, real_caption = (load_encoder(k, "onnx", onnx_root=root)
                                     for k in onnx_exports(root))
+        real_image.share_trunk_with(real_caption)  # one MiniLM run a query, as the API does
     encoder = BatchingEncoder(MixtureCostEncoder(real_image, key, table))
     captions = CaptionSignal(caption, BatchingEncoder(MixtureCostEncoder(real_caption, key, table)))
     columns = VersionColumns.load(Path(args["columns_dir"]))

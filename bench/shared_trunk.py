@@ -1,0 +1,198 @@
+"""A default query's two text encodings with and without the shared MiniLM trunk (ONNX Runtime).
+
+figclip-mini trained with its text tower locked is all-MiniLM-L6-v2 (the caption model) plus a
+bias-free projection, so its exported text queries can reuse the caption model's tower
+(:meth:`figsearch.onnx_encoder.OnnxEncoder.share_trunk_with`). This bench times both ways in
+turn, query by query, and checks the vectors agree:
+
+- ``encodings``: the two exports' ``encode_texts`` for one query each (the exports under
+  ``--onnx-root``, or figclip-mini built from its config with the pretrained MiniLM locked and
+  exported with the caption model into a temporary folder);
+- ``--data-dir``: also default (hybrid) text queries through the search service of a served data
+  dir whose exports share a trunk (``bench/eval/queries.jsonl``), with the top 20 compared.
+
+    .venv/bin/python -m bench.shared_trunk --data-dir /work/eval-data --name shared_trunk_eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO_ROOT, markdown_table, write_result  # noqa: E402
+from bench.pmc_scale import load_queries, percentiles  # noqa: E402
+
+
+def build_exports(root: Path) -> tuple[Path, Path]:
+    """figclip-mini from its config (MiniLM pretrained, locked) and all-MiniLM-L6-v2, exported
+    under ``root`` by the product's export functions."""
+    from figsearch.caption_index import CaptionEncoder
+    from figsearch.encoders import load_model
+    from figsearch.encoders.clip_loading import create_clip
+    from figsearch.onnx_export import export_caption_model, export_clip
+    from trainer.export import export_model_dir
+
+    loaded = create_clip("figclip-mini")
+    loaded.model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
+    model_dir = export_model_dir(loaded.model, loaded.model_cfg, loaded.preprocess_cfg,
+                                 root / "figclip-mini", text_config_dir=loaded.text_config_dir,
+                                 tokenizer_dir=loaded.tokenizer_dir,
+                                 meta={"made_by": "bench/shared_trunk.py"})
+    dense = export_clip(load_model(str(model_dir), device="cpu"), root / "onnx")
+    return dense, export_caption_model(CaptionEncoder("all-MiniLM-L6-v2"), root / "onnx")
+
+
+def sharing_pair(onnx_root: Path) -> tuple[Path, Path]:
+    """(image model export, caption model export) under ``onnx_root`` that record one trunk."""
+    from figsearch.onnx_encoder import MANIFEST
+
+    found: dict[str, dict[str, Path]] = {}
+    for folder in sorted(p for p in onnx_root.iterdir() if (p / MANIFEST).is_file()):
+        manifest = json.loads((folder / MANIFEST).read_text())
+        trunk = (manifest.get("text") or {}).get("trunk")
+        if trunk:
+            found.setdefault(trunk, {})["image" if manifest.get("image") else "caption"] = folder
+    for pair in found.values():
+        if len(pair) == 2:
+            return pair["image"], pair["caption"]
+    raise SystemExit(f"{onnx_root} holds no image and caption exports of one trunk "
+                     "(rerun `figsearch export-onnx`)")
+
+
+def in_turn(queries: list[str], rounds: int,
+            ways: dict[str, Callable[[str], Any]]) -> tuple[dict[str, dict[str, list[float]]],
+                                                            list[dict[str, Any]]]:
+    """Every query asked every way, the first way alternating: wall and CPU ms, and answers."""
+    times: dict[str, dict[str, list[float]]] = {w: {"wall": [], "cpu": []} for w in ways}
+    answers: list[dict[str, Any]] = []
+    names = list(ways)
+    for r in range(rounds):
+        for i, query in enumerate(queries):
+            got: dict[str, Any] = {}
+            for name in names[(i + r) % 2:] + names[:(i + r) % 2]:
+                wall, cpu = time.perf_counter(), time.process_time()
+                got[name] = ways[name](query)
+                times[name]["wall"].append((time.perf_counter() - wall) * 1000)
+                times[name]["cpu"].append((time.process_time() - cpu) * 1000)
+            answers.append(got)
+    return times, answers
+
+
+def summary(prefix: str, times: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for way, ms in times.items():
+        out.update({f"{prefix}_{way}_{k}": v for k, v in percentiles(ms["wall"]).items()})
+        out[f"{prefix}_{way}_cpu_mean_ms"] = round(float(np.mean(ms["cpu"])), 2)
+    return out
+
+
+def encodings(dense_dir: Path, caption_dir: Path, queries: list[str], rounds: int
+              ) -> dict[str, Any]:
+    """One query's image-model and caption-model encodings, two separate towers against one
+    shared trunk (each way its own encoders: no vector crosses over)."""
+    from figsearch.onnx_encoder import OnnxEncoder
+
+    plain = OnnxEncoder(dense_dir), OnnxEncoder(caption_dir)
+    shared = OnnxEncoder(dense_dir), OnnxEncoder(caption_dir)
+    if not shared[0].share_trunk_with(shared[1]):
+        raise SystemExit(f"{dense_dir} and {caption_dir} do not share a trunk")
+
+    def both(pair: tuple[Any, Any]) -> Callable[[str], Any]:
+        return lambda q: np.concatenate([pair[0].encode_texts([q])[0], pair[1].encode_texts([q])[0]])
+
+    for q in queries[:10]:  # ONNX Runtime plans its memory on first runs
+        both(plain)(f"{q} warm")
+        both(shared)(f"{q} warm")
+    times, answers = in_turn(queries, rounds, {"separate": both(plain), "shared": both(shared)})
+    out = summary("encode", times)
+    out["encode_max_abs_diff"] = float(max(np.abs(a["separate"] - a["shared"]).max()
+                                           for a in answers))
+    out["encode_tower_runs_separate"] = plain[0].text_runs + plain[1].text_runs
+    out["encode_tower_runs_shared"] = shared[0].text_runs + shared[1].text_runs
+    return out
+
+
+def service_queries(data_dir: Path, queries: list[str], rounds: int) -> dict[str, Any]:
+    """Default text queries through the served data dir's search service, the shared trunk
+    switched on and off in turn (the caption model keeping no vector across the two ways)."""
+    from figsearch.api.state import AppState
+    from figsearch.core.config import Settings
+
+    state = AppState(Settings(data_dir=data_dir, encoder_backend="onnx", query_cache_size=0))
+    state.reload()
+    try:
+        current = state.current
+        if current is None or current.service.captions is None:
+            raise SystemExit(f"{data_dir} serves no caption index")
+        dense = current.encoder.encoder
+        caption = current.service.captions.encoder.encoder
+        partner = getattr(dense, "_partner", None)
+        if partner is not caption:
+            raise SystemExit(f"{data_dir}: its exports do not share a trunk")
+
+        def ask(share: bool) -> Callable[[str], list[int]]:
+            def run(query: str) -> list[int]:
+                dense._partner = partner if share else None
+                caption._recent = OrderedDict() if share else None
+                return [h.id for h in current.service.search_text(query, k=20, mode="hybrid").hits]
+            return run
+
+        for q in queries[:10]:
+            ask(True)(q)
+            ask(False)(q)
+        times, answers = in_turn(queries, rounds, {"separate": ask(False), "shared": ask(True)})
+        dense._partner = partner
+        out = summary("default", times)
+        out["default_same_top20"] = sum(a["separate"] == a["shared"] for a in answers)
+        out["default_queries_asked"] = len(answers)
+        return out
+    finally:
+        state.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--onnx-root", type=Path, default=None,
+                   help="exports to time (default: figclip-mini and MiniLM exported afresh)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="also time default queries through this data dir's search service")
+    p.add_argument("--queries", type=int, default=0, help="first N queries only (0: all)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--name", default="shared_trunk")
+    args = p.parse_args(argv)
+    queries = load_queries(args.queries)
+    figures: dict[str, Any] = {"queries": len(queries)}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.onnx_root or (args.data_dir / "models" / "onnx" if args.data_dir else None)
+        dense, caption = sharing_pair(root) if root else build_exports(Path(tmp))
+        figures.update(encodings(dense, caption, queries, args.rounds))
+    if args.data_dir is not None:
+        path = REPO_ROOT / "bench" / "eval" / "queries.jsonl"
+        real = [json.loads(line)["query"] for line in path.read_text().splitlines() if line.strip()]
+        figures.update(service_queries(args.data_dir, real[:args.queries] if args.queries
+                                       else real, args.rounds))
+    for way in ("separate", "shared"):
+        line = f"shared_trunk: {way:8s} encodings p50 {figures[f'encode_{way}_p50_ms']:.2f} ms"
+        if f"default_{way}_p50_ms" in figures:
+            line += f", default query p50 {figures[f'default_{way}_p50_ms']:.1f} ms"
+        print(line, file=sys.stderr)
+    print(markdown_table(["figure", "value"], [[k, v] for k, v in figures.items()]))
+    write_result(args.name, {"command": "python -m bench.shared_trunk " + " ".join(
+        argv if argv is not None else sys.argv[1:]), "rounds": args.rounds}, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
