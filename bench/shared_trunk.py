@@ -6,8 +6,7 @@ bias-free projection, so its exported text queries can reuse the caption model's
 turn, query by query, and checks the vectors agree:
 
 - ``encodings``: the two exports' ``encode_texts`` for one query each (the exports under
-  ``--onnx-root``, or figclip-mini built from its config with the pretrained MiniLM locked and
-  exported with the caption model into a temporary folder);
+  ``--onnx-root``, or under the data dir's ``models/onnx``);
 - ``--data-dir``: also default (hybrid) text queries through the search service of a served data
   dir whose exports share a trunk (``bench/eval/queries.jsonl``), with the top 20 compared.
 
@@ -19,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,25 +31,6 @@ if __package__ in (None, ""):
 
 from bench.common import REPO_ROOT, markdown_table, write_result  # noqa: E402
 from bench.pmc_scale import load_queries, percentiles  # noqa: E402
-
-
-def build_exports(root: Path) -> tuple[Path, Path]:
-    """figclip-mini from its config (MiniLM pretrained, locked) and all-MiniLM-L6-v2, exported
-    under ``root`` by the product's export functions."""
-    from figsearch.caption_index import CaptionEncoder
-    from figsearch.encoders import load_model
-    from figsearch.encoders.clip_loading import create_clip
-    from figsearch.onnx_export import export_caption_model, export_clip
-    from trainer.export import export_model_dir
-
-    loaded = create_clip("figclip-mini")
-    loaded.model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
-    model_dir = export_model_dir(loaded.model, loaded.model_cfg, loaded.preprocess_cfg,
-                                 root / "figclip-mini", text_config_dir=loaded.text_config_dir,
-                                 tokenizer_dir=loaded.tokenizer_dir,
-                                 meta={"made_by": "bench/shared_trunk.py"})
-    dense = export_clip(load_model(str(model_dir), device="cpu"), root / "onnx")
-    return dense, export_caption_model(CaptionEncoder("all-MiniLM-L6-v2"), root / "onnx")
 
 
 def sharing_pair(onnx_root: Path) -> tuple[Path, Path]:
@@ -165,7 +144,7 @@ def service_queries(data_dir: Path, queries: list[str], rounds: int) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--onnx-root", type=Path, default=None,
-                   help="exports to time (default: figclip-mini and MiniLM exported afresh)")
+                   help="exports to time (default: the data dir's models/onnx)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="also time default queries through this data dir's search service")
     p.add_argument("--queries", type=int, default=0, help="first N queries only (0: all)")
@@ -174,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     queries = load_queries(args.queries)
     figures: dict[str, Any] = {"queries": len(queries)}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.onnx_root or (args.data_dir / "models" / "onnx" if args.data_dir else None)
-        dense, caption = sharing_pair(root) if root else build_exports(Path(tmp))
-        figures.update(encodings(dense, caption, queries, args.rounds))
+    root = args.onnx_root or (args.data_dir / "models" / "onnx" if args.data_dir else None)
+    if root is None:
+        p.error("give --onnx-root or --data-dir")
+    dense, caption = sharing_pair(root)
+    figures.update(encodings(dense, caption, queries, args.rounds))
     if args.data_dir is not None:
         path = REPO_ROOT / "bench" / "eval" / "queries.jsonl"
         real = [json.loads(line)["query"] for line in path.read_text().splitlines() if line.strip()]

@@ -115,3 +115,19 @@ def test_the_served_encoders_share_when_both_exports_say_so(exports):
     assert tiny.encoder._partner is None
     vector = dense.encode_texts(["TREM2 signalling pathway"])
     assert vector.shape == (1, dense.dim) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+
+
+def test_the_bench_times_both_ways_on_these_exports(exports, tmp_path, monkeypatch):
+    """``bench.shared_trunk`` (its smoke run, in process, on this module's exports): the
+    shared trunk runs half the tower runs and gives the separate towers' vectors."""
+    from bench.shared_trunk import main
+
+    monkeypatch.setenv("FIGSEARCH_BENCH_RESULTS", str(tmp_path))
+    assert main(["--onnx-root", str(exports["dense"].parent), "--queries", "4",
+                 "--rounds", "1", "--name", "smoke"]) == 0
+    figures = json.loads((tmp_path / "smoke.json").read_text())["figures"]
+    assert figures["queries"] == 4
+    assert figures["encode_tower_runs_shared"] * 2 == figures["encode_tower_runs_separate"]
+    assert figures["encode_max_abs_diff"] < 1e-5
+    assert figures["encode_separate_p50_ms"] > 0 and figures["encode_shared_p50_ms"] > 0
+    assert "default_separate_p50_ms" not in figures  # no data dir given: encodings only
