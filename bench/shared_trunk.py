@@ -30,24 +30,16 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO_ROOT, markdown_table, write_result  # noqa: E402
-from bench.pmc_scale import load_queries, percentiles  # noqa: E402
+from bench.pmc_scale import load_queries, onnx_exports, percentiles  # noqa: E402
 
 
-def sharing_pair(onnx_root: Path) -> tuple[Path, Path]:
-    """(image model export, caption model export) under ``onnx_root`` that record one trunk."""
-    from figsearch.onnx_encoder import MANIFEST
+def export_dirs(onnx_root: Path) -> tuple[Path, Path]:
+    """(image model export, caption model export) under ``onnx_root``, found as the other
+    benches find them (:func:`bench.pmc_scale.onnx_exports`)."""
+    from figsearch.onnx_encoder import find_export
 
-    found: dict[str, dict[str, Path]] = {}
-    for folder in sorted(p for p in onnx_root.iterdir() if (p / MANIFEST).is_file()):
-        manifest = json.loads((folder / MANIFEST).read_text())
-        trunk = (manifest.get("text") or {}).get("trunk")
-        if trunk:
-            found.setdefault(trunk, {})["image" if manifest.get("image") else "caption"] = folder
-    for pair in found.values():
-        if len(pair) == 2:
-            return pair["image"], pair["caption"]
-    raise SystemExit(f"{onnx_root} holds no image and caption exports of one trunk "
-                     "(rerun `figsearch export-onnx`)")
+    image_key, caption_key = onnx_exports(onnx_root)
+    return find_export(onnx_root, image_key), find_export(onnx_root, caption_key)
 
 
 def in_turn(queries: list[str], rounds: int,
@@ -89,7 +81,8 @@ def encodings(dense_dir: Path, caption_dir: Path, queries: list[str], rounds: in
         raise SystemExit(f"{dense_dir} and {caption_dir} do not share a trunk")
 
     def both(pair: tuple[Any, Any]) -> Callable[[str], Any]:
-        return lambda q: np.concatenate([pair[0].encode_texts([q])[0], pair[1].encode_texts([q])[0]])
+        return lambda q: np.concatenate([pair[0].encode_texts([q])[0],
+                                         pair[1].encode_texts([q])[0]])
 
     for q in queries[:10]:  # ONNX Runtime plans its memory on first runs
         both(plain)(f"{q} warm")
@@ -156,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.onnx_root or (args.data_dir / "models" / "onnx" if args.data_dir else None)
     if root is None:
         p.error("give --onnx-root or --data-dir")
-    dense, caption = sharing_pair(root)
+    dense, caption = export_dirs(root)
     figures.update(encodings(dense, caption, queries, args.rounds))
     if args.data_dir is not None:
         path = REPO_ROOT / "bench" / "eval" / "queries.jsonl"

@@ -285,13 +285,15 @@ def export_clip(encoder: Encoder, root: Path, images: list[Any] | None = None,
                 "pixels", _dims("rows"))
         if int8_image:
             quantize_int8(folder / IMAGE_FILE)
+        text = dict(rules)
         trunk = _mean_pooled_trunk(model)
         if trunk is not None:
             np.save(folder / PROJECTION_FILE, trunk[1])
+            text["trunk"] = trunk_digest(trunk[0])
         return {
             "spec": encoder.spec, "model_key": encoder.model_key, "dim": encoder.dim,
-            "text": {**rules, **({"trunk": trunk_digest(trunk[0])} if trunk else {})}, "image": {"preprocess": encoder.loaded.preprocess_cfg,
-                                     "precision": "int8" if int8_image else "float32"},
+            "text": text, "image": {"preprocess": encoder.loaded.preprocess_cfg,
+                                    "precision": "int8" if int8_image else "float32"},
         }
 
     def check(exported: OnnxEncoder) -> dict[str, float]:

@@ -48,7 +48,8 @@ def exports(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     model_dir = minilm_clip_dir(tmp_path_factory.mktemp("models") / "minilm-clip")
     return {"dense": export_clip(load_model(str(model_dir), device="cpu"), root),
             "caption": export_caption_model(CaptionEncoder("all-MiniLM-L6-v2"), root),
-            "tiny": export_clip(load_model(str(tiny_model_dir), device="cpu"), root)}
+            "tiny": export_clip(load_model(str(tiny_model_dir), device="cpu"),
+                                tmp_path_factory.mktemp("onnx-tiny"))}
 
 
 def real_captions(shared_data: Path, n: int) -> list[str]:
@@ -70,7 +71,8 @@ def test_the_exports_record_one_trunk_and_the_projection(exports):
 
 def test_shared_trunk_gives_the_dense_towers_own_vectors(exports, shared_data):
     alone = OnnxEncoder(exports["dense"], threads=1)
-    dense, caption = OnnxEncoder(exports["dense"], threads=1), OnnxEncoder(exports["caption"], threads=1)
+    dense = OnnxEncoder(exports["dense"], threads=1)
+    caption = OnnxEncoder(exports["caption"], threads=1)
     assert dense.share_trunk_with(caption)
     texts = QUERIES + real_captions(shared_data, 120) + ["word " * 200]
     got, want = dense.encode_texts(texts), alone.encode_texts(texts)
@@ -80,7 +82,8 @@ def test_shared_trunk_gives_the_dense_towers_own_vectors(exports, shared_data):
 
 
 def test_a_query_runs_the_trunk_once_and_a_long_text_runs_its_own_tower(exports):
-    dense, caption = OnnxEncoder(exports["dense"], threads=1), OnnxEncoder(exports["caption"], threads=1)
+    dense = OnnxEncoder(exports["dense"], threads=1)
+    caption = OnnxEncoder(exports["caption"], threads=1)
     assert dense.share_trunk_with(caption)
     for first, second in ((dense, caption), (caption, dense)):  # either signal may ask first
         query = f"TREM2 signalling in microglia, asked {first is dense}"
@@ -95,7 +98,8 @@ def test_a_query_runs_the_trunk_once_and_a_long_text_runs_its_own_tower(exports)
 
 
 def test_only_equal_trunks_share(exports):
-    tiny, caption = OnnxEncoder(exports["tiny"], threads=1), OnnxEncoder(exports["caption"], threads=1)
+    tiny = OnnxEncoder(exports["tiny"], threads=1)
+    caption = OnnxEncoder(exports["caption"], threads=1)
     assert not tiny.share_trunk_with(caption)
     dense = OnnxEncoder(exports["dense"], threads=1)
     caption.trunk = "0" * 64  # another caption model's trunk
